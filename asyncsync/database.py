@@ -1,0 +1,133 @@
+"""PostgreSQL: the embedded default, the pool, the schema and the SQL files.
+
+With no ``DATABASE_URL`` the project starts its own PostgreSQL (pgserver) under the data
+directory, so a fresh laptop needs nothing installed. asyncpg errors are converted here
+to :class:`~asyncsync.errors.DatabaseError` with their SQLSTATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from .errors import ConfigError, DatabaseError
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def sql(name: str) -> str:
+    """The text of ``asyncsync/sql/<name>.sql``."""
+    return (resources.files("asyncsync") / "sql" / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under ``data_dir``; return its DSN.
+
+    The server keeps running for later runs of the same data directory and is stopped
+    when the last process using it exits.
+    """
+    pgdata = data_dir / "pgdata"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    log.info("starting embedded PostgreSQL in %s", pgdata)
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        try:
+            import pgserver
+
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        except ImportError as exc:  # pragma: no cover - it is a hard dependency
+            raise ConfigError("no DATABASE_URL and pgserver is not installed") from exc
+        except Exception as exc:
+            raise DatabaseError(
+                f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
+            ) from exc
+    return str(server.get_uri())
+
+
+async def resolve_dsn(database_url: str | None, data_dir: Path) -> str:
+    """``database_url`` itself, or the embedded server's DSN when it is None."""
+    if database_url:
+        return database_url
+    return await asyncio.to_thread(start_embedded, data_dir)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute(sql("stage"))
+
+
+@asynccontextmanager
+async def connect_pool(dsn: str, *, max_size: int = 4) -> AsyncIterator[asyncpg.Pool]:
+    """A pool whose connections carry the staging tables; clear errors when unreachable."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=max_size, init=_init_connection, timeout=15
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL at {redact(dsn)}: {exc}",
+            sqlstate=getattr(exc, "sqlstate", None),
+        ) from exc
+    try:
+        yield pool
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), timeout=10)
+        except (TimeoutError, asyncio.CancelledError):
+            pool.terminate()
+            raise
+
+
+async def migrate(pool: asyncpg.Pool) -> None:
+    """Apply ``schema.sql`` (idempotent); serialized so parallel starts don't collide."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('asyncsync.schema'))")
+        await conn.execute(sql("schema"))
+
+
+@asynccontextmanager
+async def open_database(
+    database_url: str | None, data_dir: Path, *, apply_schema: bool = True, max_size: int = 4
+) -> AsyncIterator[asyncpg.Pool]:
+    """Resolve the DSN (embedded when None), open a pool and apply the schema."""
+    dsn = await resolve_dsn(database_url, data_dir)
+    async with connect_pool(dsn, max_size=max_size) as pool:
+        if apply_schema:
+            await guarded(migrate(pool), "applying schema.sql")
+        yield pool
+
+
+async def guarded(awaitable: Any, what: str) -> Any:
+    """Await ``awaitable``, turning asyncpg errors into DatabaseError with the SQLSTATE."""
+    try:
+        return await awaitable
+    except asyncpg.PostgresError as exc:
+        raise DatabaseError(f"{what}: {exc}", sqlstate=exc.sqlstate) from exc
+    except (OSError, asyncpg.InterfaceError) as exc:
+        raise DatabaseError(f"{what}: {exc}") from exc
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` pointing at database ``name`` instead (query string, e.g. a socket, kept)."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    if "@" not in dsn or "://" not in dsn:
+        return dsn
+    scheme, rest = dsn.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}@{host}"

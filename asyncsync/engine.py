@@ -1,0 +1,220 @@
+"""The listing engine: concurrent paginated fetches feeding one writer through a queue.
+
+Producers page through :class:`Partition` s (a status, optionally an emission window)
+and put pages on a bounded queue, so memory stays bounded whatever the number of
+orders. One writer parses the items, batches them and merges each batch with its
+failures and checkpoints in one transaction.
+
+Two paging shapes:
+
+* ``streaming`` (full sync): once the first page reports ``paginacao.total``, the rest
+  of the partition's pages are requested concurrently;
+* ``checkpointed`` (backfill): pages go one after another and each waits for its merge,
+  whose transaction also stores the partition's checkpoint. A crash re-fetches at most
+  one page per partition in flight.
+
+A stop event drains gracefully: producers stop asking, the writer merges what arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from .errors import RecordError
+from .progress import Progress
+from .records import FailureRecord, OrderRecord, failure_from, parse_list_item
+from .seams import Checkpoint, ListQuery, MergeStats, OrderSink, OrderSource, Page
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """A slice of the listing: one status, optionally one emission-date window."""
+
+    situacao: int
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    key: str | None = None  # sync_metadata key of its checkpoint (checkpointed paging)
+    start_offset: int = 0
+
+    def query(self, offset: int, limit: int) -> ListQuery:
+        return ListQuery(self.situacao, offset, limit, self.date_from, self.date_to)
+
+
+@dataclass
+class ListingResult:
+    """What a listing run saw and did."""
+
+    stats: MergeStats = field(default_factory=MergeStats)
+    pages: int = 0
+    seen: dict[int, set[int]] = field(default_factory=dict)  # status -> ids listed
+    complete: set[Partition] = field(default_factory=set)  # partitions paged to the end
+    totals: dict[Partition, int | None] = field(default_factory=dict)
+
+
+@dataclass
+class _Item:
+    partition: Partition
+    page: Page
+    checkpoint: Checkpoint | None
+    done: asyncio.Future[None] | None
+
+
+def checkpoint_value(next_offset: int, complete: bool) -> str:
+    return orjson.dumps({"offset": next_offset, "complete": complete}).decode()
+
+
+class ListingEngine:
+    """Lists partitions from an OrderSource into an OrderSink."""
+
+    def __init__(
+        self,
+        source: OrderSource,
+        sink: OrderSink,
+        *,
+        page_size: int = 100,
+        batch_size: int = 2000,
+        queue_pages: int = 32,
+        partitions_in_flight: int = 8,
+        progress: Progress | None = None,
+        stop: asyncio.Event | None = None,
+        on_page: Callable[[Page], None] | None = None,
+    ) -> None:
+        self._source = source
+        self._sink = sink
+        self._page_size = page_size
+        self._batch_size = batch_size
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=queue_pages)
+        self._in_flight = asyncio.Semaphore(partitions_in_flight)
+        self.progress = progress or Progress("listing")
+        self._stop = stop or asyncio.Event()
+        self._on_page = on_page
+        self.result = ListingResult()
+
+    async def run(self, partitions: Sequence[Partition], *, checkpointed: bool) -> ListingResult:
+        """Fetch every partition and merge everything; returns what was seen."""
+        self.progress.partitions_total = (self.progress.partitions_total or 0) + len(partitions)
+        async with asyncio.TaskGroup() as outer:
+            # If the writer dies, the group cancels the producers blocked on the queue.
+            outer.create_task(self._writer(), name="listing-writer")
+            async with asyncio.TaskGroup() as tg:
+                for part in partitions:
+                    tg.create_task(self._produce(part, checkpointed), name=f"list:{part}")
+            await self._queue.put(None)
+        return self.result
+
+    async def _produce(self, part: Partition, checkpointed: bool) -> None:
+        async with self._in_flight:
+            if self._stop.is_set():
+                return
+            if checkpointed:
+                await self._page_sequentially(part)
+            else:
+                await self._page_streaming(part)
+            if not self._stop.is_set():
+                self.result.complete.add(part)
+                self.progress.partitions_done += 1
+
+    async def _fetch(self, part: Partition, offset: int) -> Page:
+        page = await self._source.list_orders(part.query(offset, self._page_size))
+        self.result.pages += 1
+        self.progress.pages += 1
+        if self._on_page is not None:
+            self._on_page(page)
+        return page
+
+    async def _page_sequentially(self, part: Partition) -> None:
+        offset = part.start_offset
+        while not self._stop.is_set():
+            page = await self._fetch(part, offset)
+            self.result.totals[part] = page.total
+            offset += len(page.items)
+            assert part.key is not None, "checkpointed partitions need a key"
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            cp = Checkpoint(part.key, checkpoint_value(offset, page.is_last))
+            await self._queue.put(_Item(part, page, cp, done))
+            await done  # merged and checkpointed together
+            if page.is_last:
+                return
+
+    async def _page_streaming(self, part: Partition) -> None:
+        first = await self._fetch(part, part.start_offset)
+        self.result.totals[part] = first.total
+        await self._queue.put(_Item(part, first, None, None))
+        if first.is_last:
+            return
+        if first.total is None:  # no paginacao: walk until a short page
+            offset = part.start_offset + len(first.items)
+            while not self._stop.is_set():
+                page = await self._fetch(part, offset)
+                await self._queue.put(_Item(part, page, None, None))
+                if page.is_last:
+                    return
+                offset += len(page.items)
+            return
+        offsets = range(part.start_offset + self._page_size, first.total, self._page_size)
+
+        async def one(offset: int) -> None:
+            if not self._stop.is_set():
+                await self._queue.put(_Item(part, await self._fetch(part, offset), None, None))
+
+        async with asyncio.TaskGroup() as tg:
+            for offset in offsets:
+                tg.create_task(one(offset))
+
+    async def _writer(self) -> None:
+        batch: list[_Item] = []
+        count = 0
+        while True:
+            item = await self._queue.get()
+            if item is not None:
+                batch.append(item)
+                count += len(item.page.items)
+            # Merge when the batch is full, when a producer waits for its checkpoint,
+            # or when nothing else is queued.
+            flush = (
+                item is None
+                or count >= self._batch_size
+                or item.done is not None
+                or self._queue.empty()
+            )
+            if flush and batch:
+                await self._merge(batch)
+                batch, count = [], 0
+            if item is None:
+                return
+
+    async def _merge(self, batch: list[_Item]) -> None:
+        records: list[OrderRecord] = []
+        failures: list[FailureRecord] = []
+        for item in batch:
+            seen = self.result.seen.setdefault(item.page.query.situacao, set())
+            for raw in item.page.items:
+                try:
+                    rec = parse_list_item(raw, item.page.observed_at)
+                except RecordError as exc:
+                    failures.append(failure_from(exc))
+                    continue
+                records.append(rec)
+                seen.add(rec.id)
+        checkpoints = [i.checkpoint for i in batch if i.checkpoint is not None]
+        try:
+            stats = await self._sink.merge_listed(records, failures, checkpoints)
+        except BaseException as exc:
+            for i in batch:
+                if i.done is not None and not i.done.done():
+                    i.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError())
+            raise
+        self.result.stats.add(stats)
+        self.progress.records += stats.received
+        self.progress.failures += len(failures)
+        for i in batch:
+            if i.done is not None and not i.done.done():
+                i.done.set_result(None)

@@ -1,0 +1,120 @@
+"""The enrichment pass: details (``dataConclusao`` and the rest), most useful first.
+
+Listings make the mirror complete in ids, statuses and dates at 100 orders a request;
+details cost a request each, so they are fetched afterwards and only where needed:
+orders whose listing changed since their last detail (``detail_stale``), open and
+recently changed ones first. Progress lives in the database itself, so the pass is
+resumable by construction: whatever was merged is no longer in the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .errors import (
+    RecordError,
+    TinyAuthError,
+    TinyBadPayload,
+    TinyError,
+    TinyHTTPError,
+    TinyNotFound,
+)
+from .progress import Progress
+from .records import DetailRecord, FailureRecord, canonical_json, failure_from, parse_detail
+from .seams import MergeStats, OrderSink, OrderSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DetailOutcome:
+    """Details of a set of ids, sorted into what the sink needs."""
+
+    details: list[DetailRecord] = field(default_factory=list)
+    failures: list[FailureRecord] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    raw: dict[int, object] = field(default_factory=dict)  # id -> parsed JSON body
+
+
+def failure_for(order_id: int, exc: TinyError) -> FailureRecord:
+    """The import_failures row for a detail request that failed."""
+    body = exc.body if isinstance(exc, TinyHTTPError | TinyBadPayload) else ""
+    raw = canonical_json({"status": getattr(exc, "status", None), "body": body}) if body else None
+    return FailureRecord(order_id=order_id, error=f"{type(exc).__name__}: {exc}", raw=raw)
+
+
+async def fetch_details(
+    source: OrderSource, ids: Iterable[int], *, concurrency: int = 16
+) -> DetailOutcome:
+    """Fetch and parse details of ``ids``; per-order problems become failures, not errors.
+
+    Authentication failures are not per order: they propagate and stop the run.
+    """
+    out = DetailOutcome()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(order_id: int) -> None:
+        async with gate:
+            try:
+                detail = await source.get_order(order_id)
+            except TinyNotFound:
+                out.missing.append(order_id)
+                return
+            except TinyAuthError:
+                raise
+            except TinyError as exc:
+                out.failures.append(failure_for(order_id, exc))
+                return
+        try:
+            out.details.append(parse_detail(detail.body, order_id, detail.observed_at))
+            out.raw[order_id] = detail.body
+        except RecordError as exc:
+            out.failures.append(failure_from(exc))
+
+    async with asyncio.TaskGroup() as tg:
+        for order_id in ids:
+            tg.create_task(one(order_id))
+    return out
+
+
+class Enricher:
+    """Fetches details for the sink's backlog until it is empty or the budget is spent."""
+
+    def __init__(
+        self,
+        source: OrderSource,
+        sink: OrderSink,
+        *,
+        concurrency: int = 16,
+        chunk: int = 200,
+        progress: Progress | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self._source = source
+        self._sink = sink
+        self._concurrency = concurrency
+        self._chunk = chunk
+        self.progress = progress or Progress("details")
+        self._stop = stop or asyncio.Event()
+
+    async def run(self, budget: int | None = None) -> MergeStats:
+        """Enrich up to ``budget`` orders (None: the whole backlog)."""
+        total = MergeStats()
+        attempted: set[int] = set()
+        while not self._stop.is_set():
+            want = self._chunk if budget is None else min(self._chunk, budget - len(attempted))
+            if want <= 0:
+                break
+            ids = await self._sink.detail_backlog(want, exclude=attempted)
+            if not ids:
+                break
+            attempted.update(ids)
+            out = await fetch_details(self._source, ids, concurrency=self._concurrency)
+            stats = await self._sink.merge_details(out.details, out.failures, out.missing)
+            total.add(stats)
+            self.progress.details += len(ids)
+            self.progress.failures += len(out.failures)
+        return total

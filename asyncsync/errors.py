@@ -1,0 +1,97 @@
+"""The one exception tree of asyncsync.
+
+Every error the package raises on purpose derives from :class:`AsyncsyncError`.
+aiohttp and asyncpg errors are converted where they enter (``raise ... from exc``),
+so the original stays reachable as ``__cause__``::
+
+    AsyncsyncError
+    ├── ConfigError                 bad or missing configuration; the CLI prints it and exits 2
+    ├── TinyError                   anything that went wrong talking to Tiny
+    │   ├── TinyAuthError           the OAuth exchange failed
+    │   │   └── ReauthorizationRequired   invalid_grant: a person must authorize again
+    │   ├── TinyHTTPError           an HTTP answer we cannot use (.status, .body)
+    │   │   ├── TinyNotFound        404 for one order
+    │   │   └── TinyOrderForbidden  401 on one order while the token is fresh
+    │   ├── TinyRateLimited         429, after the account-wide pause and retries ran out
+    │   ├── TinyUnavailable         5xx / timeouts / connection errors, after bounded retries
+    │   └── TinyBadPayload          a 200 whose body is not the JSON we expect
+    ├── DatabaseError               PostgreSQL failed (.sqlstate)
+    │   └── LockBusy                another run of the same account holds the lock
+    └── RecordError                 one API record cannot be mapped (goes to import_failures)
+"""
+
+from __future__ import annotations
+
+
+class AsyncsyncError(Exception):
+    """Root of every error asyncsync raises on purpose."""
+
+
+class ConfigError(AsyncsyncError):
+    """The configuration is missing or wrong; the message says what to change."""
+
+
+class TinyError(AsyncsyncError):
+    """Talking to the Tiny API failed."""
+
+
+class TinyAuthError(TinyError):
+    """The OAuth token endpoint refused or failed."""
+
+
+class ReauthorizationRequired(TinyAuthError):
+    """The refresh token is expired or revoked: only a person can authorize again."""
+
+
+class TinyHTTPError(TinyError):
+    """An HTTP answer the client cannot use."""
+
+    def __init__(self, message: str, *, status: int, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class TinyNotFound(TinyHTTPError):
+    """404: the order does not exist (any more)."""
+
+
+class TinyOrderForbidden(TinyHTTPError):
+    """401 for one order even with a freshly refreshed token: a per-order failure."""
+
+
+class TinyRateLimited(TinyError):
+    """429 kept coming after the account-wide pause and the bounded retries."""
+
+
+class TinyUnavailable(TinyError):
+    """5xx, timeouts or connection errors persisted past the bounded retries."""
+
+
+class TinyBadPayload(TinyError):
+    """A 200 answer whose body is not the JSON the API documents."""
+
+    def __init__(self, message: str, *, body: str = "") -> None:
+        super().__init__(message)
+        self.body = body
+
+
+class DatabaseError(AsyncsyncError):
+    """PostgreSQL failed; ``sqlstate`` keeps the server's error code when there is one."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class LockBusy(DatabaseError):
+    """Another sync, backfill or integrity run of the same account is running."""
+
+
+class RecordError(AsyncsyncError):
+    """One API record cannot be mapped to a row; it goes to ``import_failures``."""
+
+    def __init__(self, message: str, *, raw: object, order_id: int | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.order_id = order_id

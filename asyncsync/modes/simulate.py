@@ -1,0 +1,60 @@
+"""``--mode simulate`` (serve the bundled Tiny simulator) and ``--simulator N`` (any mode
+runs against an in-process simulator with N orders, for demos and first runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ..config import Credentials, Settings
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def bundled(
+    settings: Settings, orders: int | None, *, seed: int = 1, latency_s: float = 0.0
+) -> AsyncIterator[Settings]:
+    """With ``orders``: start a simulator and yield settings pointed at it; else as given.
+
+    The simulator's quota is the configured rate limit, so the demo shows real pacing.
+    """
+    if not orders:
+        yield settings
+        return
+    from ..simulator import SimConfig, TinySimulator
+
+    config = SimConfig(
+        orders=orders,
+        seed=seed,
+        rate_limit_per_minute=settings.rate_limit_per_minute,
+        latency_s=latency_s,
+    )
+    async with TinySimulator(config) as sim:
+        log.info("bundled Tiny simulator with %d orders at %s", orders, sim.base_url)
+        yield dataclasses.replace(
+            settings,
+            api_base_url=sim.base_url,
+            token_url=sim.token_url,
+            credentials=Credentials(
+                config.client_id, config.client_secret, sim.valid_refresh_token()
+            ),
+        )
+
+
+async def run(settings: Settings, *, args: Any, stop: asyncio.Event) -> int:
+    """Serve a simulator on ``--sim-port`` until stopped."""
+    from ..simulator import SimConfig, serve
+
+    config = SimConfig(
+        orders=args.simulator or 5000,
+        seed=args.sim_seed,
+        rate_limit_per_minute=settings.rate_limit_per_minute,
+        latency_s=args.sim_latency_ms / 1000,
+    )
+    await serve(config, "127.0.0.1", args.sim_port, stop)
+    return 0

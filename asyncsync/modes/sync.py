@@ -1,0 +1,143 @@
+"""``--mode sync``: a full sync of the account (listing every status, then details)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TextIO
+
+import orjson
+
+from .. import metrics
+from ..config import Settings
+from ..engine import ListingEngine, Partition
+from ..enrich import Enricher
+from ..locks import account_lock
+from ..progress import Progress, ProgressReporter
+from ..report import api_stats, status_name, table
+from ..runtime import Runtime, open_runtime
+from ..seams import MergeStats
+from ..status import ALL_STATUSES
+
+FULL_SYNC_KEY = "full_sync"
+
+
+@dataclass
+class SyncReport:
+    """What a sync run did, for people (``render``) and machines (``to_json``)."""
+
+    kind: str
+    started_at: str
+    duration_s: float = 0.0
+    listed: MergeStats = field(default_factory=MergeStats)
+    details: MergeStats = field(default_factory=MergeStats)
+    api_totals: dict[int, int | None] = field(default_factory=dict)
+    db_counts: dict[int, int] = field(default_factory=dict)
+    api: dict[str, object] = field(default_factory=dict)
+    detail_backlog: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def to_json(self) -> str:
+        return orjson.dumps(asdict(self), option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def render(self) -> str:
+        rows = [
+            [status_name(code), self.api_totals.get(code), self.db_counts.get(code, 0)]
+            for code in sorted(set(self.api_totals) | set(self.db_counts))
+        ]
+        rows.append(
+            [
+                "total",
+                sum(v or 0 for v in self.api_totals.values()) if self.api_totals else None,
+                sum(self.db_counts.values()),
+            ]
+        )
+        lines = [
+            table(
+                ["status", "API", "database"],
+                rows,
+                f"{self.kind} sync — {self.duration_s:.1f} s"
+                + (" (interrupted: resumes next run)" if self.interrupted else ""),
+            ),
+            "",
+            f"orders listed {self.listed.received:,}: {self.listed.inserted:,} new, "
+            f"{self.listed.changed:,} changed, {self.listed.unchanged:,} unchanged; "
+            f"{self.listed.status_changes + self.details.status_changes:,} status changes "
+            "recorded",
+            f"details fetched {self.details.details:,} ({self.details.missing:,} gone, "
+            f"{self.detail_backlog:,} still waiting); import failures "
+            f"{self.listed.failures + self.details.failures:,}",
+            f"API requests {self.api.get('requests_total', 0):,} {self.api.get('requests', {})}, "
+            f"429s {self.api.get('rate_limited_429', 0)}, retries {self.api.get('retries', 0)}, "
+            f"latency mean {self.api.get('latency_mean_ms')} ms, "
+            f"p95 {self.api.get('latency_p95_ms')} ms",
+        ]
+        lines += [f"{k}: {v}" for k, v in self.extra.items()]
+        return "\n".join(lines)
+
+
+async def full_sync(rt: Runtime, *, stop: asyncio.Event, stream: TextIO) -> SyncReport:
+    """List every status completely, merge, then fetch details for what needs them."""
+    settings = rt.settings
+    report = SyncReport(kind="full", started_at=dt.datetime.now(dt.UTC).isoformat())
+    started = time.monotonic()
+    progress = Progress("sync")
+    async with ProgressReporter(progress, stream=stream):
+        engine = ListingEngine(
+            rt.client,
+            rt.sink,
+            page_size=settings.page_size,
+            batch_size=settings.batch_size,
+            queue_pages=settings.queue_pages,
+            partitions_in_flight=len(ALL_STATUSES),
+            progress=progress,
+            stop=stop,
+        )
+        result = await engine.run([Partition(int(s)) for s in ALL_STATUSES], checkpointed=False)
+        report.listed = result.stats
+        report.api_totals = {p.situacao: t for p, t in result.totals.items()}
+        progress.records_total = sum(t or 0 for t in report.api_totals.values()) or None
+        complete = len(result.complete) == len(ALL_STATUSES)
+        if complete:
+            await rt.sink.set_metadata(
+                FULL_SYNC_KEY,
+                orjson.dumps(
+                    {
+                        "completed_at": dt.datetime.now(dt.UTC).isoformat(),
+                        "totals": report.api_totals,
+                    },
+                    option=orjson.OPT_NON_STR_KEYS,
+                ).decode(),
+            )
+        progress.details_total = await rt.sink.detail_backlog_size()
+        report.details = await Enricher(
+            rt.client,
+            rt.sink,
+            concurrency=settings.max_concurrency * 2,
+            progress=progress,
+            stop=stop,
+        ).run(settings.detail_budget)
+    report.interrupted = stop.is_set() or not complete
+    report.detail_backlog = await rt.sink.detail_backlog_size()
+    metrics.DETAIL_BACKLOG.set(report.detail_backlog)
+    report.db_counts = await rt.sink.counts_by_status()
+    report.duration_s = round(time.monotonic() - started, 2)
+    report.api = api_stats(rt.client.stats, rt.client.limiter.stats)
+    metrics.RUN_SECONDS.labels("sync").observe(report.duration_s)
+    if not report.interrupted:
+        metrics.LAST_SUCCESS.labels("sync").set_to_current_time()
+    return report
+
+
+async def run(
+    settings: Settings, *, args: object = None, stop: asyncio.Event, stream: TextIO = sys.stdout
+) -> int:
+    """Entry point of ``--mode sync``."""
+    async with open_runtime(settings) as rt, account_lock(rt.pool, settings.account, "sync"):
+        report = await full_sync(rt, stop=stop, stream=sys.stderr)
+    stream.write(report.render() + "\n")
+    return 0

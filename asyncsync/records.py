@@ -1,0 +1,244 @@
+"""Mapping raw Tiny JSON to typed rows: the values the engine hands to the sink.
+
+Parsing is strict about meaning and lenient about form: every documented quirk
+(situacao as ``3``/``"3"``/``"3 - Finalizada"``, ``"0000-00-00"`` dates, money as
+``"1.234,56"``) is accepted; anything else raises :class:`RecordError` carrying the
+raw item, so the caller can store it in ``import_failures`` and go on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from .errors import RecordError
+from .status import parse_situacao
+
+_ZERO_DATES = {"", "0000-00-00", "0000-00-00 00:00:00"}
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """One service order as the listing shows it, typed, with its raw payload and hash."""
+
+    id: int
+    numero: str | None
+    situacao: int
+    data_emissao: dt.date | None
+    data_prevista: dt.datetime | None
+    cliente_id: int | None
+    cliente_nome: str | None
+    valor: Decimal | None
+    payload: str  # canonical JSON of the raw item (sorted keys)
+    hash: bytes  # blake2b-128 of ``payload``
+    observed_at: dt.datetime  # when the request that returned it was sent
+
+
+@dataclass(frozen=True, slots=True)
+class DetailRecord:
+    """What ``GET /ordem-servico/{id}`` adds: the conclusion date and the full payload."""
+
+    id: int
+    situacao: int
+    data_conclusao: dt.datetime | None
+    payload: str
+    hash: bytes
+    observed_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    """A record or order that could not be imported; becomes an ``import_failures`` row."""
+
+    order_id: int
+    error: str
+    raw: str | None  # JSON text of what the API answered, for debugging
+
+
+def canonical_json(item: object) -> str:
+    """Serialize ``item`` with sorted keys so equal content gives equal text and hash."""
+    return orjson.dumps(item, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def content_hash(payload: str) -> bytes:
+    """16-byte blake2b digest used to skip unchanged rows before any write."""
+    return hashlib.blake2b(payload.encode(), digest_size=16).digest()
+
+
+def synthetic_id(payload: str) -> int:
+    """A stable negative id for a record that has none, so it can key ``import_failures``."""
+    return -(int.from_bytes(content_hash(payload)[:4], "big") & 0x7FFFFFFF) - 1
+
+
+def parse_date(value: object, field: str) -> dt.date | None:
+    """``"YYYY-MM-DD"`` (or a datetime string) → date; zero dates and null → None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected a date string, got {type(value).__name__}")
+    text = value.strip()
+    if text in _ZERO_DATES:
+        return None
+    try:
+        return dt.date.fromisoformat(text[:10])
+    except ValueError:
+        raise ValueError(f"{field}: unparseable date {value!r}") from None
+
+
+def parse_datetime(value: object, field: str) -> dt.datetime | None:
+    """``"YYYY-MM-DD HH:MM:SS"`` or ``"YYYY-MM-DD"`` → naive datetime; zero dates → None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected a date-time string, got {type(value).__name__}")
+    text = value.strip()
+    if text in _ZERO_DATES:
+        return None
+    try:
+        if len(text) <= 10:
+            return dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
+        return dt.datetime.fromisoformat(text).replace(tzinfo=None)
+    except ValueError:
+        raise ValueError(f"{field}: unparseable date-time {value!r}") from None
+
+
+def parse_money(value: object, field: str) -> Decimal | None:
+    """A number, ``"1234.56"``, ``"1234,56"`` or ``"1.234,56"`` → Decimal; null/"" → None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{field}: expected money, got a boolean")
+    if isinstance(value, int | float):
+        return Decimal(str(value)).quantize(Decimal("0.01"))
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected money, got {type(value).__name__}")
+    text = value.strip()
+    if not text:
+        return None
+    if "," in text:  # Brazilian form: dots group thousands, the comma is the decimal mark
+        text = text.replace(".", "").replace(",", ".")
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{field}: unparseable amount {value!r}") from None
+    if not amount.is_finite():
+        raise ValueError(f"{field}: unparseable amount {value!r}")
+    return amount.quantize(Decimal("0.01"))
+
+
+def _parse_id(value: object, field: str) -> int:
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{field}: missing")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ValueError(f"{field}: expected an integer id, got {value!r}")
+
+
+def _optional_id(value: object, field: str) -> int | None:
+    return None if value in (None, "", 0) else _parse_id(value, field)
+
+
+def _optional_text(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{field}: expected text, got {type(value).__name__}")
+
+
+def _raw_id(item: Mapping[str, Any], payload: str) -> int:
+    try:
+        return _parse_id(item.get("id"), "id")
+    except ValueError:
+        return synthetic_id(payload)
+
+
+def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
+    """Map one item of ``GET /ordem-servico`` to an :class:`OrderRecord`."""
+    if not isinstance(item, Mapping):
+        payload = canonical_json(item)
+        raise RecordError("list item is not an object", raw=payload, order_id=synthetic_id(payload))
+    payload = canonical_json(item)
+    try:
+        cliente = item.get("cliente") or {}
+        if not isinstance(cliente, Mapping):
+            raise ValueError("cliente: expected an object")
+        return OrderRecord(
+            id=_parse_id(item.get("id"), "id"),
+            numero=_optional_text(item.get("numeroOrdemServico"), "numeroOrdemServico"),
+            situacao=int(parse_situacao(item.get("situacao"))),
+            data_emissao=parse_date(item.get("data"), "data"),
+            data_prevista=parse_datetime(item.get("dataPrevista"), "dataPrevista"),
+            cliente_id=_optional_id(cliente.get("id"), "cliente.id"),
+            cliente_nome=_optional_text(cliente.get("nome"), "cliente.nome"),
+            valor=parse_money(item.get("valor"), "valor"),
+            payload=payload,
+            hash=content_hash(payload),
+            observed_at=observed_at,
+        )
+    except ValueError as exc:
+        raise RecordError(str(exc), raw=payload, order_id=_raw_id(item, payload)) from exc
+
+
+def parse_detail(item: object, order_id: int, observed_at: dt.datetime) -> DetailRecord:
+    """Map ``GET /ordem-servico/{id}`` to a :class:`DetailRecord` (checks the id matches)."""
+    payload = canonical_json(item)
+    if not isinstance(item, Mapping):
+        raise RecordError("detail is not an object", raw=payload, order_id=order_id)
+    try:
+        got = _parse_id(item.get("id"), "id")
+        if got != order_id:
+            raise ValueError(f"id: asked for {order_id}, got {got}")
+        return DetailRecord(
+            id=order_id,
+            situacao=int(parse_situacao(item.get("situacao"))),
+            data_conclusao=parse_datetime(item.get("dataConclusao"), "dataConclusao"),
+            payload=payload,
+            hash=content_hash(payload),
+            observed_at=observed_at,
+        )
+    except ValueError as exc:
+        raise RecordError(str(exc), raw=payload, order_id=order_id) from exc
+
+
+def failure_from(exc: RecordError) -> FailureRecord:
+    """The ``import_failures`` row for a record that could not be mapped."""
+    raw = exc.raw if isinstance(exc.raw, str) or exc.raw is None else canonical_json(exc.raw)
+    order_id = exc.order_id if exc.order_id is not None else synthetic_id(raw or "")
+    return FailureRecord(order_id=order_id, error=str(exc), raw=raw)
+
+
+def order_from_detail(item: object, order_id: int, observed_at: dt.datetime) -> OrderRecord:
+    """An :class:`OrderRecord` built from a detail, to import an order known only by id.
+
+    The detail carries every listed field (``contato`` is the listing's ``cliente``,
+    ``totalOrdemServico`` its ``valor``); the next listing replaces the payload with the
+    list item itself, without a history row since the status is the same.
+    """
+    if not isinstance(item, Mapping):
+        raise RecordError("detail is not an object", raw=canonical_json(item), order_id=order_id)
+    projected = {
+        "id": item.get("id"),
+        "situacao": item.get("situacao"),
+        "data": item.get("data"),
+        "dataPrevista": item.get("dataPrevista"),
+        "valor": item.get("totalOrdemServico"),
+        "numeroOrdemServico": item.get("numeroOrdemServico"),
+        "cliente": item.get("contato") or item.get("cliente"),
+    }
+    record = parse_list_item(projected, observed_at)
+    if record.id != order_id:
+        raise RecordError(
+            f"id: asked for {order_id}, got {record.id}",
+            raw=canonical_json(item),
+            order_id=order_id,
+        )
+    return record

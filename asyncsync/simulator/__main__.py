@@ -1,0 +1,100 @@
+"""``python -m asyncsync.simulator``: run the Tiny API simulator until SIGINT/SIGTERM.
+
+Every flag also reads a ``TINY_SIM_*`` environment variable (shown in ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from . import serve
+from .data import Quirks, SimConfig
+
+QUIRK_NAMES = ("int", "str", "label", "mixed", "zero-dates", "money-strings", "no-paginacao")
+
+
+def parse_quirks(text: str) -> Quirks:
+    """``"label,zero-dates"`` -> ``Quirks(situacao_style="label", zero_dates=True)``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in QUIRK_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown quirk(s) {unknown}; choose from {QUIRK_NAMES}")
+    styles = [n for n in names if n in ("int", "str", "label", "mixed")]
+    if len(styles) > 1:
+        raise argparse.ArgumentTypeError(f"choose one situacao style, not {styles}")
+    return Quirks(
+        situacao_style=styles[0] if styles else "int",
+        zero_dates="zero-dates" in names,
+        money_as_string="money-strings" in names,
+        omit_paginacao="no-paginacao" in names,
+    )
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"TINY_SIM_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m asyncsync.simulator",
+        description="Serve a simulated Tiny ERP API v3 (service orders + OAuth2 token endpoint).",
+    )
+
+    def opt(flag: str, env: str, default: str, type_: type, help_: str) -> None:
+        p.add_argument(
+            flag,
+            type=type_,
+            default=type_(_env(env, default)),
+            help=f"{help_} (env TINY_SIM_{env}, default %(default)s)",
+        )
+
+    opt("--host", "HOST", "127.0.0.1", str, "address to bind")
+    opt("--port", "PORT", "8080", int, "port to bind, 0 for a free one")
+    opt("--orders", "ORDERS", "5000", int, "how many orders to generate")
+    opt("--seed", "SEED", "1", int, "generator seed")
+    opt("--start-year", "START_YEAR", "2014", int, "first emission year")
+    opt("--rate-limit", "RATE_LIMIT", "120", int, "requests allowed per window")
+    opt("--rate-window-s", "RATE_WINDOW_S", "60", float, "rate window length, seconds")
+    opt("--latency-ms", "LATENCY_MS", "0", float, "added to every API response, ms")
+    opt("--max-limit", "MAX_LIMIT", "100", int, "cap on the limit parameter")
+    p.add_argument(
+        "--quirks",
+        type=parse_quirks,
+        default=parse_quirks(_env("QUIRKS", "")),
+        help=f"comma list of {', '.join(QUIRK_NAMES)} (env TINY_SIM_QUIRKS)",
+    )
+    p.add_argument(
+        "--no-rotate",
+        action="store_true",
+        default=_env("NO_ROTATE", "") not in ("", "0", "false"),
+        help="keep one refresh token instead of rotating (env TINY_SIM_NO_ROTATE)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = SimConfig(
+        orders=args.orders,
+        seed=args.seed,
+        start_year=args.start_year,
+        rate_limit_per_minute=args.rate_limit,
+        rate_window_s=args.rate_window_s,
+        latency_s=args.latency_ms / 1000,
+        max_limit=args.max_limit,
+        quirks=args.quirks,
+        rotate_refresh_tokens=not args.no_rotate,
+    )
+    try:
+        asyncio.run(serve(config, args.host, args.port))
+    except KeyboardInterrupt:  # a second Ctrl-C, or a platform without signal handlers
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

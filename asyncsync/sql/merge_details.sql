@@ -1,0 +1,16 @@
+-- Apply staged details: payload, conclusion date, and the status when the detail is newer.
+-- detail_stale stays true when the listing changed after the detail was requested. $1 account
+UPDATE ordens_servico o SET
+    detalhe = s.detalhe,
+    detail_hash = s.detail_hash,
+    data_conclusao = s.data_conclusao,
+    situacao = CASE WHEN s.observed_at >= o.observed_at THEN s.situacao ELSE o.situacao END,
+    updated_at = CASE WHEN s.observed_at >= o.observed_at AND s.situacao <> o.situacao
+                      THEN now() ELSE o.updated_at END,
+    observed_at = greatest(o.observed_at, s.observed_at),
+    detail_stale = o.observed_at > s.observed_at,
+    possibly_deleted = false,
+    detail_synced_at = now(),
+    synced_at = now()
+FROM stage_details s
+WHERE o.account = $1 AND o.id = s.id;

@@ -1,0 +1,111 @@
+-- asyncsync schema: the PostgreSQL mirror of Tiny service orders.
+-- Applied idempotently at start and by `asyncsync --mode migrate`; every statement is
+-- safe to run again. Every table is keyed by `account` so that several Tiny accounts can
+-- share one database; a single-account install uses 'default'.
+
+-- One row per service order: typed columns for reports, raw API payloads for everything else.
+CREATE TABLE IF NOT EXISTS ordens_servico (
+    account          text        NOT NULL DEFAULT 'default',
+    id               bigint      NOT NULL,
+    numero           text,
+    situacao         smallint    NOT NULL CHECK (situacao BETWEEN 0 AND 7),
+    data_emissao     date,
+    data_prevista    timestamp,
+    data_conclusao   timestamp,
+    cliente_id       bigint,
+    cliente_nome     text,
+    valor            numeric(14, 2),
+    payload          jsonb       NOT NULL,      -- the raw list item
+    detalhe          jsonb,                     -- the raw GET /ordem-servico/{id} answer
+    list_hash        bytea       NOT NULL,      -- blake2b-128 of payload: unchanged rows cost nothing
+    detail_hash      bytea,
+    observed_at      timestamptz NOT NULL,      -- when the API answer behind this row was requested
+    detail_stale     boolean     NOT NULL DEFAULT true,  -- listing changed since the last detail
+    possibly_deleted boolean     NOT NULL DEFAULT false, -- in no API listing at the last integrity run
+    first_seen       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),  -- last change of any listed field
+    synced_at        timestamptz NOT NULL DEFAULT now(),  -- last write from the API (list or detail)
+    detail_synced_at timestamptz,
+    PRIMARY KEY (account, id)
+);
+CREATE INDEX IF NOT EXISTS idx_ordens_servico_situacao_data
+    ON ordens_servico (account, situacao, data_emissao);
+-- The enrichment pass reads "what lacks a detail", open orders first.
+CREATE INDEX IF NOT EXISTS idx_ordens_servico_detail_stale
+    ON ordens_servico (account, situacao) WHERE detail_stale;
+
+-- Every observed status change; status_antigo is NULL for the first sighting of an order.
+CREATE TABLE IF NOT EXISTS ordem_status_history (
+    seq           bigserial   PRIMARY KEY,
+    account       text        NOT NULL DEFAULT 'default',
+    id_os         bigint      NOT NULL,
+    status_antigo smallint,
+    status_novo   smallint    NOT NULL,
+    changed_at    timestamptz NOT NULL DEFAULT now(),  -- when the change was observed
+    source        text        NOT NULL DEFAULT 'list'  -- list | detail | integrity
+);
+CREATE INDEX IF NOT EXISTS idx_ordem_status_history_os
+    ON ordem_status_history (account, id_os, changed_at);
+
+-- Cursors, checkpoints and per-status state (values are JSON text).
+CREATE TABLE IF NOT EXISTS sync_metadata (
+    account    text        NOT NULL DEFAULT 'default',
+    chave      text        NOT NULL,
+    valor      text,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account, chave)
+);
+
+-- Seed document, section 6, plus the account key. id_ordem is bigint like
+-- ordens_servico.id; a record that arrived without an id gets a stable negative id.
+CREATE TABLE IF NOT EXISTS import_failures (
+    account            text      NOT NULL DEFAULT 'default',
+    id_ordem           bigint    NOT NULL,
+    primeira_tentativa timestamp DEFAULT CURRENT_TIMESTAMP,
+    ultima_tentativa   timestamp DEFAULT CURRENT_TIMESTAMP,
+    erro               text,
+    tentativas         integer   DEFAULT 1,
+    resolvido          boolean   DEFAULT FALSE,
+    dados_api          jsonb,    -- the API's raw answer, for debugging
+    PRIMARY KEY (account, id_ordem)
+);
+CREATE INDEX IF NOT EXISTS idx_import_failures_resolvido ON import_failures (resolvido);
+CREATE INDEX IF NOT EXISTS idx_import_failures_tentativas ON import_failures (tentativas);
+
+-- The newest OAuth tokens of each account, shared by every process (refresh tokens rotate).
+CREATE TABLE IF NOT EXISTS tiny_tokens (
+    account           text        PRIMARY KEY,
+    access_token      text,
+    access_expires_at timestamptz,
+    refresh_token     text        NOT NULL,
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per integrity run, so runs can be compared over time.
+CREATE TABLE IF NOT EXISTS integrity_runs (
+    id          bigserial   PRIMARY KEY,
+    account     text        NOT NULL DEFAULT 'default',
+    started_at  timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    consistent  boolean     NOT NULL,
+    report      jsonb       NOT NULL
+);
+
+-- Where reports read conclusions from: the API's dataConclusao, else the first observed
+-- change into 3 - Finalizada.
+CREATE OR REPLACE VIEW ordens_finalizadas AS
+SELECT o.account,
+       o.id,
+       o.numero,
+       o.cliente_nome,
+       o.valor,
+       o.data_emissao,
+       COALESCE(o.data_conclusao, h.first_finalizada) AS data_conclusao,
+       CASE WHEN o.data_conclusao IS NOT NULL THEN 'api' ELSE 'history' END AS conclusao_fonte
+FROM ordens_servico o
+LEFT JOIN LATERAL (
+    SELECT (min(changed_at) AT TIME ZONE 'America/Sao_Paulo') AS first_finalizada
+    FROM ordem_status_history
+    WHERE account = o.account AND id_os = o.id AND status_novo = 3
+) h ON true
+WHERE o.situacao = 3;

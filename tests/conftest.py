@@ -1,0 +1,140 @@
+"""Test fixtures: a real PostgreSQL (a fresh database per test) and the Tiny simulator.
+
+PostgreSQL comes from ``ASYNCSYNC_TEST_DSN`` when set, else from the embedded server
+(pgserver) the product itself uses by default, started once per session. Each test gets
+its own database, cloned from a template that already holds the schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from asyncsync.config import Credentials, Settings
+from asyncsync.database import connect_pool, migrate, start_embedded, with_database
+from asyncsync.runtime import Runtime, open_runtime
+from asyncsync.simulator import SimConfig, TinySimulator
+
+TEMPLATE = f"asyncsync_tpl_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def admin_dsn() -> Iterator[str]:
+    """A DSN with rights to create databases."""
+    dsn = os.environ.get("ASYNCSYNC_TEST_DSN")
+    if dsn:
+        yield dsn
+        return
+    with tempfile.TemporaryDirectory(prefix="asyncsync-test-pg-") as tmp:
+        yield start_embedded(Path(tmp))
+
+
+@pytest.fixture(scope="session")
+def template_db(admin_dsn: str) -> Iterator[str]:
+    """A database with the schema applied, cloned for every test."""
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+            await conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+        finally:
+            await conn.close()
+        async with connect_pool(with_database(admin_dsn, TEMPLATE), max_size=1) as pool:
+            await migrate(pool)
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield TEMPLATE
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def database_url(admin_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh database holding the schema and nothing else."""
+    name = f"asyncsync_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await conn.close()
+    yield with_database(admin_dsn, name)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test's database, for assertions."""
+    async with connect_pool(database_url, max_size=2) as pool:
+        yield pool
+
+
+def settings_for(sim: TinySimulator, database_url: str, **overrides: Any) -> Settings:
+    """Settings pointing at a running simulator and a test database."""
+    base = Settings(
+        database_url=database_url,
+        data_dir=Path(tempfile.gettempdir()) / "asyncsync-unused",
+        api_base_url=sim.base_url,
+        token_url=sim.token_url,
+        credentials=Credentials(
+            sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token()
+        ),
+        rate_limit_per_minute=sim.config.rate_limit_per_minute,
+        max_concurrency=8,
+        request_timeout_s=10.0,
+        max_retries=4,
+        batch_size=500,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+SimFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[SimFactory]:
+    """``await simulator(orders=..., ...)`` starts a simulator on a free port."""
+    started: list[TinySimulator] = []
+
+    async def make(**config: Any) -> TinySimulator:
+        config.setdefault("rate_limit_per_minute", 60_000)
+        sim = TinySimulator(SimConfig(**config))
+        await sim.__aenter__()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        await sim.aclose()
+
+
+@pytest.fixture
+def runtime_for(database_url: str) -> Callable[..., Any]:
+    """``async with runtime_for(sim, **overrides) as rt``: the product's own wiring."""
+
+    def make(sim: TinySimulator, **overrides: Any) -> Any:
+        return open_runtime(settings_for(sim, database_url, **overrides))
+
+    return make
+
+
+__all__ = ["Runtime", "settings_for"]

@@ -1,0 +1,89 @@
+"""Issue 2, end to end: the simulator, the product's own wiring and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import Counter
+
+import orjson
+
+from asyncsync.modes.sync import full_sync
+from asyncsync.simulator import Quirks
+from asyncsync.status import Situacao
+
+from .mirror import diff, history, mirror
+
+QUIRKY = Quirks(situacao_style="mixed", zero_dates=True, money_as_string=True)
+
+
+async def test_full_sync_mirrors_the_simulator_exactly(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=3000, seed=7, quirks=QUIRKY)
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    assert report.listed.inserted == 3000 and report.details.details == 3000
+    assert sum(report.db_counts.values()) == 3000
+    # Every order has its raw payloads, and exactly one first-sighting history row.
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM ordens_servico WHERE detalhe IS NULL OR detail_stale"
+        )
+        == 0
+    )
+    rows = await history(db)
+    assert Counter(r[0] for r in rows) == Counter({i: 1 for i in sim.orders})
+    assert all(old is None for _, old, _ in rows)
+
+    # A second sync changes nothing and adds no history.
+    async with runtime_for(sim) as rt:
+        again = await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    assert (again.listed.inserted, again.listed.changed, again.listed.unchanged) == (0, 0, 3000)
+    assert again.details.details == 0
+    assert len(await history(db)) == 3000
+
+
+async def test_a_status_change_is_one_history_row(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=600, seed=3)
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    before = await history(db)
+    moved = next(o.id for o in sim.orders.values() if o.situacao == Situacao.EM_ANDAMENTO)
+    sim.set_status(moved, Situacao.FINALIZADA)
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    after = await history(db)
+    assert after[len(before) :] == [(moved, int(Situacao.EM_ANDAMENTO), int(Situacao.FINALIZADA))]
+    assert report.listed.changed == 1
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    # The conclusion date came from the detail, fetched again because the listing changed.
+    concl = await db.fetchval("SELECT data_conclusao FROM ordens_servico WHERE id = $1", moved)
+    assert concl is not None and concl == sim.orders[moved].data_conclusao
+
+
+async def test_malformed_records_go_to_import_failures_and_nothing_else_is_lost(
+    simulator, runtime_for, db
+) -> None:
+    sim = await simulator(orders=500, seed=5)
+    bad = [
+        sim.add_malformed("no_id", Situacao.FINALIZADA),
+        sim.add_malformed("bad_date", Situacao.EM_ABERTO),
+        sim.add_malformed("bad_type", Situacao.CANCELADA),
+    ]
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    rows = await db.fetch(
+        "SELECT id_ordem, erro, dados_api::text AS raw, tentativas, resolvido FROM import_failures"
+    )
+    assert len(rows) == 3 and report.listed.failures == 3
+
+    def canon(x: object) -> bytes:
+        return orjson.dumps(x, option=orjson.OPT_SORT_KEYS)
+
+    # The raw payloads, intact.
+    assert sorted(canon(orjson.loads(r["raw"])) for r in rows) == sorted(canon(b) for b in bad)
+    by_id = {r["id_ordem"]: r for r in rows}
+    assert "data" in by_id[bad[1]["id"]]["erro"] and "valor" in by_id[bad[2]["id"]]["erro"]
+    assert any(i < 0 for i in by_id)  # the record without an id got a stable synthetic key
+    assert all(r["tentativas"] == 1 and not r["resolvido"] for r in rows)
