@@ -3,9 +3,9 @@
 Tiny's quota is per account and per minute, shared by every app of the account, so:
 
 * the configured rate is a ceiling, paced by an aiolimiter bucket with a small burst;
-* ``X-RateLimit-Limit`` below that ceiling lowers it; ``X-RateLimit-Remaining`` that
-  would be used up by the requests already in flight pauses everyone until
-  ``X-RateLimit-Reset``;
+* ``X-RateLimit-Limit`` below that ceiling lowers it; ``X-RateLimit-Remaining`` (less
+  the requests still in flight) is a budget counted down as requests leave, and when it
+  is spent everyone waits for ``X-RateLimit-Reset``;
 * a 429 pauses **every** request of the account until the reset, not only the one that
   got it.
 """
@@ -44,22 +44,27 @@ class AccountLimiter:
         rate_per_minute: int,
         max_concurrency: int,
         *,
+        period_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``rate_per_minute`` requests per quota period (``period_s``: Tiny's is a minute;
+        tests against a simulator with a shorter window pass that window)."""
         self._clock = clock
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._inflight = 0
         self._resume_at = 0.0
+        self._budget: int | None = None  # requests left in the server's current window
+        self._budget_until = 0.0
         self.stats = LimiterStats()
         self.rate_per_minute = rate_per_minute
+        self._period_s = period_s
         self._bucket = self._make_bucket(rate_per_minute)
 
-    @staticmethod
-    def _make_bucket(rate_per_minute: int) -> AsyncLimiter:
+    def _make_bucket(self, rate: int) -> AsyncLimiter:
         # A burst of about one second of quota: enough to keep the pipes busy, small
-        # enough that a fixed one-minute window on the server is never overrun by it.
-        burst = max(1, rate_per_minute // 60)
-        return AsyncLimiter(burst, burst * 60.0 / rate_per_minute)
+        # enough that a fixed window on the server is not overrun by it.
+        burst = max(1, int(rate / self._period_s))
+        return AsyncLimiter(burst, burst * self._period_s / rate)
 
     @property
     def paused_for_s(self) -> float:
@@ -73,11 +78,13 @@ class AccountLimiter:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Wait for the pause, a concurrency slot and a bucket token, in that order."""
+        """Wait for the pause, a concurrency slot, a bucket token and the window's budget."""
         await self._wait_resume()
         async with self._semaphore:
             await self._bucket.acquire()
             # A pause may have started while we waited for the bucket.
+            await self._wait_resume()
+            self._spend_budget()
             await self._wait_resume()
             self._inflight += 1
             self.stats.acquired += 1
@@ -85,6 +92,20 @@ class AccountLimiter:
                 yield
             finally:
                 self._inflight -= 1
+
+    def _spend_budget(self) -> None:
+        """Count this request against what the last headers said is left in the window;
+        when nothing is left, pause everyone until the window resets."""
+        if self._budget is None:
+            return
+        left_s = self._budget_until - self._clock()
+        if left_s <= 0:
+            self._budget = None  # a new window: unknown until the next answer
+        elif self._budget <= 0:
+            self.pause(left_s)
+            self._budget = None
+        else:
+            self._budget -= 1
 
     def pause(self, seconds: float) -> None:
         """Hold back every request of the account for ``seconds`` (extends, never shortens)."""
@@ -113,9 +134,10 @@ class AccountLimiter:
             self._bucket = self._make_bucket(self.rate_per_minute)
         remaining = _number(headers.get("X-RateLimit-Remaining"))
         reset = _number(headers.get("X-RateLimit-Reset"))
-        # Requests already sent may not be counted yet: keep them out of what is left.
-        if remaining is not None and reset and remaining <= self._inflight - 1:
-            self.pause(reset)
+        if remaining is not None and reset:
+            # Requests still in flight may not be counted yet: keep them out of what is left.
+            self._budget = int(remaining) - (self._inflight - 1)
+            self._budget_until = self._clock() + reset
 
 
 def _number(value: str | None) -> float | None:

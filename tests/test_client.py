@@ -1,0 +1,193 @@
+"""The Tiny client against the simulator: tokens, 401s, 429s, retries and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+
+from asyncsync.client import TinyClient
+from asyncsync.config import Credentials
+from asyncsync.errors import (
+    ReauthorizationRequired,
+    TinyBadPayload,
+    TinyNotFound,
+    TinyOrderForbidden,
+    TinyUnavailable,
+)
+from asyncsync.ratelimit import AccountLimiter
+from asyncsync.runtime import open_runtime
+from asyncsync.seams import ListQuery, TokenSet
+from asyncsync.simulator import TinySimulator
+from asyncsync.tokens import MemoryTokenStore, TokenManager, utcnow
+from asyncsync.tokenstore import PgTokenStore
+
+from .conftest import settings_for
+
+
+@asynccontextmanager
+async def client_for(
+    sim: TinySimulator,
+    *,
+    store: Any = None,
+    rate: int = 60_000,
+    concurrency: int = 64,
+    clock: Callable[[], dt.datetime] = utcnow,
+    refresh_token: str | None = None,
+    max_retries: int = 3,
+    period_s: float = 60.0,
+) -> AsyncIterator[TinyClient]:
+    creds = Credentials(
+        sim.config.client_id, sim.config.client_secret, refresh_token or sim.valid_refresh_token()
+    )
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenManager(
+            session, sim.token_url, creds, store or MemoryTokenStore(), clock=clock
+        )
+        yield TinyClient(
+            session,
+            sim.base_url,
+            tokens,
+            AccountLimiter(rate, concurrency, period_s=period_s),
+            max_retries=max_retries,
+            max_backoff_s=0.2,
+        )
+
+
+async def test_fifty_concurrent_requests_cause_one_refresh(simulator) -> None:
+    sim = await simulator(orders=100)
+    ids = list(sim.orders)[:50]
+    async with client_for(sim) as client:
+        await asyncio.gather(*(client.get_order(i) for i in ids))
+        assert sim.stats.requests_by_endpoint["token"] == 1
+        # Tokens revoked server-side: fifty 401s, still one refresh, every request retried once.
+        sim.expire_access_tokens()
+        details = await asyncio.gather(*(client.get_order(i) for i in ids))
+        assert sim.stats.requests_by_endpoint["token"] == 2
+        assert [d.order_id for d in details] == ids
+
+
+async def test_token_is_refreshed_five_minutes_before_expiry(simulator) -> None:
+    sim = await simulator(orders=10)
+    now = [utcnow()]
+    async with client_for(sim, clock=lambda: now[0]) as client:
+        await client.get_order(next(iter(sim.orders)))
+        now[0] += dt.timedelta(hours=4) - dt.timedelta(minutes=4)  # inside the 5-minute margin
+        await client.get_order(next(iter(sim.orders)))
+    assert sim.stats.requests_by_endpoint["token"] == 2
+    assert sim.stats.unauthorized == 0  # proactive: no request was sent with a dying token
+
+
+async def test_newest_refresh_token_lives_in_postgres(simulator, database_url, db) -> None:
+    sim = await simulator(orders=10)
+    first = sim.valid_refresh_token()
+    async with open_runtime(settings_for(sim, database_url)) as rt:
+        await rt.client.get_order(next(iter(sim.orders)))
+    stored = await db.fetchrow("SELECT refresh_token, access_token FROM tiny_tokens")
+    assert stored["refresh_token"] == sim.valid_refresh_token() != first  # rotated and kept
+    # A later process started with the stale bootstrap token still works: the store wins.
+    sim.expire_access_tokens()
+    async with client_for(sim, store=PgTokenStore(db, "default"), refresh_token=first) as client:
+        await client.get_order(next(iter(sim.orders)))
+    assert sim.stats.token_refreshes == 2
+
+
+async def test_revoked_refresh_token_says_a_person_must_authorize(simulator) -> None:
+    sim = await simulator(orders=10)
+    token = sim.valid_refresh_token()
+    sim.revoke_refresh_tokens()
+    async with client_for(sim, refresh_token=token) as client:
+        with pytest.raises(ReauthorizationRequired, match="Authorize the app again"):
+            await client.get_order(next(iter(sim.orders)))
+
+
+async def test_tokens_never_reach_the_logs(simulator, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    sim = await simulator(orders=10)
+    async with client_for(sim) as client:
+        await client.get_order(next(iter(sim.orders)))
+        access = await client._tokens.access_token()
+    text = caplog.text
+    assert "refreshed" in text and access not in text
+    assert (sim.valid_refresh_token() or "") not in text
+    assert "refresh_token=" not in repr(TokenSet(refresh_token="secret-x"))
+
+
+async def test_a_429_pauses_every_worker_until_the_reset(simulator) -> None:
+    sim = await simulator(orders=200, rate_limit_per_minute=10, rate_window_s=2.0)
+    ids = list(sim.orders)[:30]
+    async with client_for(sim, concurrency=8, max_retries=10, period_s=2.0) as client:
+        token = await client._tokens.access_token()
+        # Another app of the same account spends the whole window's quota.
+        async with aiohttp.ClientSession() as other:
+            while True:
+                async with other.get(
+                    f"{sim.base_url}/ordem-servico/{ids[0]}",
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as resp:
+                    if resp.status == 429:
+                        break
+        throttled_before = sim.stats.rate_limited
+        started = time.monotonic()
+        details = await asyncio.gather(*(client.get_order(i) for i in ids))
+        elapsed = time.monotonic() - started
+    assert [d.order_id for d in details] == ids
+    ours = sim.stats.rate_limited - throttled_before
+    # 30 requests at 10 per 2 s window need three windows; only requests already in flight
+    # when the first 429 came back may see one: everyone else waited for the reset.
+    assert 1 <= ours <= 8, ours
+    assert client.limiter.stats.pauses >= 1 and elapsed >= 2.0
+
+
+class _SentStream:
+    output_size = 0
+
+
+class _CompatResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 predates aiohttp 3.14's required ``stream_writer`` argument."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", _SentStream())
+        super().__init__(*args, **kwargs)
+
+
+async def test_server_errors_are_retried_then_typed(monkeypatch) -> None:
+    monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
+    store = MemoryTokenStore(TokenSet("r", "tok", utcnow() + dt.timedelta(hours=1)))
+    base = "http://tiny.test/api"
+    with aioresponses() as mocked:
+        mocked.get(f"{base}/ordem-servico/1", status=503, repeat=2)
+        mocked.get(f"{base}/ordem-servico/1", status=200, payload={"id": 1})
+        mocked.get(f"{base}/ordem-servico/2", status=500, repeat=True)
+        mocked.get(f"{base}/ordem-servico/3", status=404, payload={"mensagem": "x"})
+        mocked.get(f"{base}/ordem-servico/4", status=200, body="{not json")
+        mocked.get(f"{base}/ordem-servico/5", status=401, repeat=True)
+        mocked.post("http://tiny.test/token", payload={"access_token": "t2", "expires_in": 3600})
+        async with aiohttp.ClientSession() as session:
+            tokens = TokenManager(
+                session, "http://tiny.test/token", Credentials("c", "s", "r"), store
+            )
+            client = TinyClient(
+                session, base, tokens, AccountLimiter(6000, 4), max_retries=3, max_backoff_s=0.05
+            )
+            assert (await client.get_order(1)).body == {"id": 1}
+            assert client.stats.retries == 2
+            with pytest.raises(TinyUnavailable, match="HTTP 500 after retries"):
+                await client.get_order(2)
+            with pytest.raises(TinyNotFound):
+                await client.get_order(3)
+            with pytest.raises(TinyBadPayload):
+                await client.get_order(4)
+            with pytest.raises(TinyOrderForbidden):  # 401 again after a fresh token
+                await client.get_order(5)
+            with pytest.raises(TinyBadPayload, match="itens"):
+                mocked.get(f"{base}/ordem-servico?limit=100&offset=0&situacao=3", payload={})
+                await client.list_orders(ListQuery(3))
