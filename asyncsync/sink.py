@@ -173,6 +173,13 @@ class PgSink:
         n = await guarded(self._pool.fetchval(sql("detail_backlog_count"), self.account), "")
         return int(n)
 
+    async def ids_in_statuses(self, statuses: Sequence[int]) -> set[int]:
+        """Ids the mirror holds in ``statuses`` (possibly-deleted rows left out)."""
+        rows = await guarded(
+            self._pool.fetch(sql("open_ids"), self.account, list(statuses)), "reading open ids"
+        )
+        return {row["id"] for row in rows}
+
     async def get_metadata(self, key: str) -> str | None:
         """A ``sync_metadata`` value of this account."""
         value = await guarded(self._pool.fetchval(sql("get_metadata"), self.account, key), key)

@@ -1,28 +1,42 @@
-"""``--mode sync``: a full sync of the account (listing every status, then details)."""
+"""``--mode sync``: the first run is a full sync; later runs are incremental cycles.
+
+A full sync lists every status completely, then fetches details. An incremental cycle
+(see :mod:`asyncsync.incremental`) lists open statuses completely and closed ones over a
+recent window (swept completely once a day), fetches details only where something moved
+or changed, and records every status change. ``--full`` forces a full sync.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 
 from .. import metrics
+from ..client import ClientStats
 from ..config import Settings
 from ..engine import ListingEngine, Partition
 from ..enrich import Enricher
+from ..incremental import plan_cycle, run_cycle
 from ..locks import account_lock
 from ..progress import Progress, ProgressReporter
+from ..ratelimit import LimiterStats
 from ..report import api_stats, status_name, table
 from ..runtime import Runtime, open_runtime
 from ..seams import MergeStats
 from ..status import ALL_STATUSES
 
 FULL_SYNC_KEY = "full_sync"
+CLOSED_SWEEP_KEY = "closed_sweep"
+INCREMENTAL_KEY = "incremental"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +54,11 @@ class SyncReport:
     detail_backlog: int = 0
     extra: dict[str, object] = field(default_factory=dict)
     interrupted: bool = False
+
+    @property
+    def changes(self) -> int:
+        """Status changes recorded in history by this run."""
+        return self.listed.status_changes + self.details.status_changes
 
     def to_json(self) -> str:
         return orjson.dumps(asdict(self), option=orjson.OPT_NON_STR_KEYS).decode()
@@ -66,7 +85,7 @@ class SyncReport:
             "",
             f"orders listed {self.listed.received:,}: {self.listed.inserted:,} new, "
             f"{self.listed.changed:,} changed, {self.listed.unchanged:,} unchanged; "
-            f"{self.listed.status_changes + self.details.status_changes:,} status changes "
+            f"{self.changes:,} status changes "
             "recorded",
             f"details fetched {self.details.details:,} ({self.details.missing:,} gone, "
             f"{self.detail_backlog:,} still waiting); import failures "
@@ -84,6 +103,7 @@ async def full_sync(rt: Runtime, *, stop: asyncio.Event, stream: TextIO) -> Sync
     """List every status completely, merge, then fetch details for what needs them."""
     settings = rt.settings
     report = SyncReport(kind="full", started_at=dt.datetime.now(dt.UTC).isoformat())
+    begin_run(rt)
     started = time.monotonic()
     progress = Progress("sync")
     async with ProgressReporter(progress, stream=stream):
@@ -103,16 +123,9 @@ async def full_sync(rt: Runtime, *, stop: asyncio.Event, stream: TextIO) -> Sync
         progress.records_total = sum(t or 0 for t in report.api_totals.values()) or None
         complete = len(result.complete) == len(ALL_STATUSES)
         if complete:
-            await rt.sink.set_metadata(
-                FULL_SYNC_KEY,
-                orjson.dumps(
-                    {
-                        "completed_at": dt.datetime.now(dt.UTC).isoformat(),
-                        "totals": report.api_totals,
-                    },
-                    option=orjson.OPT_NON_STR_KEYS,
-                ).decode(),
-            )
+            stamp = {"completed_at": dt.datetime.now(dt.UTC).isoformat()}
+            await rt.sink.set_metadata(FULL_SYNC_KEY, _json({**stamp, "totals": report.api_totals}))
+            await rt.sink.set_metadata(CLOSED_SWEEP_KEY, _json(stamp))
         progress.details_total = await rt.sink.detail_backlog_size()
         report.details = await Enricher(
             rt.client,
@@ -133,11 +146,104 @@ async def full_sync(rt: Runtime, *, stop: asyncio.Event, stream: TextIO) -> Sync
     return report
 
 
+def _json(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def begin_run(rt: Runtime) -> None:
+    """Start the per-run API counters afresh (Prometheus keeps the cumulative ones)."""
+    rt.client.stats = ClientStats()
+    rt.client.limiter.stats = LimiterStats()
+
+
+async def _last_sweep(rt: Runtime) -> dt.datetime | None:
+    raw = await rt.sink.get_metadata(CLOSED_SWEEP_KEY)
+    if not raw:
+        return None
+    return dt.datetime.fromisoformat(orjson.loads(raw)["completed_at"])
+
+
+async def incremental_sync(
+    rt: Runtime, *, stop: asyncio.Event, stream: TextIO, now: dt.datetime | None = None
+) -> SyncReport:
+    """One incremental cycle (plus the closed-status sweep when it is due)."""
+    settings = rt.settings
+    now = now or dt.datetime.now(dt.UTC)
+    begin_run(rt)
+    plan = plan_cycle(
+        settings.open_statuses,
+        settings.closed_statuses,
+        recent_days=settings.recent_window_days,
+        sweep_interval_s=settings.sweep_interval_s,
+        last_sweep=await _last_sweep(rt),
+        now=now,
+    )
+    progress = Progress("cycle")
+    async with ProgressReporter(progress, stream=stream):
+        result = await run_cycle(
+            rt.client,
+            rt.sink,
+            plan,
+            page_size=settings.page_size,
+            batch_size=settings.batch_size,
+            queue_pages=settings.queue_pages,
+            concurrency=settings.max_concurrency * 2,
+            detail_budget=settings.detail_budget,
+            progress=progress,
+            stop=stop,
+        )
+    if result.complete and plan.sweep:
+        await rt.sink.set_metadata(CLOSED_SWEEP_KEY, _json({"completed_at": now.isoformat()}))
+    report = SyncReport(
+        kind="incremental",
+        started_at=now.isoformat(),
+        duration_s=result.duration_s,
+        listed=result.listed,
+        details=result.details,
+        api_totals=result.totals,
+        interrupted=stop.is_set() or not result.complete,
+        extra={
+            "closed statuses": "swept completely"
+            if plan.sweep
+            else f"listed from {plan.window_from.isoformat()} (emission)",
+            "open orders gone from the open listings (detail fetched)": result.vanished,
+        },
+    )
+    report.db_counts = await rt.sink.counts_by_status()
+    report.detail_backlog = await rt.sink.detail_backlog_size()
+    report.api = api_stats(rt.client.stats, rt.client.limiter.stats)
+    await rt.sink.set_metadata(INCREMENTAL_KEY, report.to_json())
+    metrics.DETAIL_BACKLOG.set(report.detail_backlog)
+    metrics.RUN_SECONDS.labels("cycle").observe(report.duration_s)
+    if not report.interrupted:
+        metrics.LAST_SUCCESS.labels("cycle").set_to_current_time()
+    log.info(
+        "cycle done in %.1f s: requests %s, %d orders listed, %d details, %d status changes, "
+        "%d new, %d changed",
+        result.duration_s,
+        report.api.get("requests"),
+        result.listed.received,
+        result.details.details,
+        result.changes,
+        result.listed.inserted,
+        result.listed.changed,
+    )
+    return report
+
+
+async def sync_once(rt: Runtime, *, full: bool, stop: asyncio.Event, stream: TextIO) -> SyncReport:
+    """A full sync when asked or when none has completed yet, else an incremental cycle."""
+    if full or await rt.sink.get_metadata(FULL_SYNC_KEY) is None:
+        return await full_sync(rt, stop=stop, stream=stream)
+    return await incremental_sync(rt, stop=stop, stream=stream)
+
+
 async def run(
-    settings: Settings, *, args: object = None, stop: asyncio.Event, stream: TextIO = sys.stdout
+    settings: Settings, *, args: Any = None, stop: asyncio.Event, stream: TextIO = sys.stdout
 ) -> int:
     """Entry point of ``--mode sync``."""
+    full = bool(getattr(args, "full", False))
     async with open_runtime(settings) as rt, account_lock(rt.pool, settings.account, "sync"):
-        report = await full_sync(rt, stop=stop, stream=sys.stderr)
+        report = await sync_once(rt, full=full, stop=stop, stream=sys.stderr)
     stream.write(report.render() + "\n")
     return 0

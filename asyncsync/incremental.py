@@ -1,0 +1,139 @@
+"""An incremental cycle: every status change visible after one cycle, for the least quota.
+
+Tiny's service-order listing has no updated-since filter and there are no webhooks, so
+changes are found by listing, shaped by where orders move:
+
+* **open statuses** (0, 1, 2, 5, 6 by default) are listed completely: they are few, and
+  every move into them shows up there;
+* an order the mirror holds as open but that no listing of this cycle returned has moved
+  (to a closed status, or been deleted): only its detail is fetched, which says where;
+* **closed statuses** (3, 4, 7) are listed over a recent emission window (orders created
+  already closed), and swept completely on a slower schedule (closed → closed moves);
+* details are fetched only for orders that are new or whose listed fields changed.
+
+Offset pagination is not a snapshot: an order skipped because the pages shifted looks
+"vanished" and gets its detail fetched, so nothing skipped stays skipped; an order seen
+twice is merged once, and an older observation never overwrites a newer one, so repeats
+never duplicate history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .engine import ListingEngine, Partition
+from .enrich import Enricher, fetch_details
+from .progress import Progress
+from .seams import MergeStats, OrderSink, OrderSource
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    """What one cycle lists."""
+
+    open_statuses: tuple[int, ...]
+    closed_statuses: tuple[int, ...]
+    window_from: dt.date  # closed statuses are listed from this emission date on
+    sweep: bool  # list closed statuses completely this time
+
+    def partitions(self) -> list[Partition]:
+        parts = [Partition(s) for s in self.open_statuses]
+        for s in self.closed_statuses:
+            parts.append(Partition(s) if self.sweep else Partition(s, date_from=self.window_from))
+        return parts
+
+
+def plan_cycle(
+    open_statuses: Sequence[int],
+    closed_statuses: Sequence[int],
+    *,
+    recent_days: int,
+    sweep_interval_s: float,
+    last_sweep: dt.datetime | None,
+    now: dt.datetime,
+) -> CyclePlan:
+    """The plan for a cycle at ``now``; a sweep is due when the last one is old enough."""
+    due = last_sweep is None or (now - last_sweep).total_seconds() >= sweep_interval_s
+    # One extra day: Tiny's dates are Brazilian local dates, ``now`` is UTC.
+    window_from = (now - dt.timedelta(days=recent_days + 1)).date()
+    return CyclePlan(tuple(open_statuses), tuple(closed_statuses), window_from, due)
+
+
+@dataclass
+class CycleResult:
+    """What a cycle found and what it cost."""
+
+    plan: CyclePlan
+    listed: MergeStats = field(default_factory=MergeStats)
+    details: MergeStats = field(default_factory=MergeStats)
+    pages: int = 0
+    vanished: int = 0  # held as open, absent from every listing: detail fetched
+    complete: bool = False  # every partition listed to its end
+    totals: dict[int, int | None] = field(default_factory=dict)  # complete partitions only
+    duration_s: float = 0.0
+
+    @property
+    def changes(self) -> int:
+        """Status changes recorded in history by this cycle."""
+        return self.listed.status_changes + self.details.status_changes
+
+
+async def run_cycle(
+    source: OrderSource,
+    sink: OrderSink,
+    plan: CyclePlan,
+    *,
+    page_size: int = 100,
+    batch_size: int = 2000,
+    queue_pages: int = 32,
+    concurrency: int = 16,
+    detail_budget: int | None = None,
+    progress: Progress | None = None,
+    stop: asyncio.Event | None = None,
+) -> CycleResult:
+    """List, find the vanished open orders, fetch their details, then enrich the changed."""
+    started = time.monotonic()
+    stop = stop or asyncio.Event()
+    progress = progress or Progress("cycle")
+    result = CycleResult(plan)
+    parts = plan.partitions()
+    engine = ListingEngine(
+        source,
+        sink,
+        page_size=page_size,
+        batch_size=batch_size,
+        queue_pages=queue_pages,
+        partitions_in_flight=len(parts),
+        progress=progress,
+        stop=stop,
+    )
+    listing = await engine.run(parts, checkpointed=False)
+    result.listed, result.pages = listing.stats, listing.pages
+    result.complete = len(listing.complete) == len(parts)
+    result.totals = {
+        p.situacao: t
+        for p, t in listing.totals.items()
+        if p.date_from is None and p.date_to is None
+    }
+    if result.complete:  # a partial listing would make everything look vanished
+        seen: set[int] = set().union(*listing.seen.values()) if listing.seen else set()
+        vanished = await sink.ids_in_statuses(plan.open_statuses) - seen
+        result.vanished = len(vanished)
+        if vanished:
+            out = await fetch_details(source, sorted(vanished), concurrency=concurrency)
+            result.details.add(await sink.merge_details(out.details, out.failures, out.missing))
+            progress.details += len(vanished)
+    if not stop.is_set():
+        budget = detail_budget
+        progress.details_total = await sink.detail_backlog_size()
+        result.details.add(
+            await Enricher(source, sink, concurrency=concurrency, progress=progress, stop=stop).run(
+                budget
+            )
+        )
+    result.duration_s = round(time.monotonic() - started, 2)
+    return result

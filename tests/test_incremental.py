@@ -1,0 +1,162 @@
+"""Issue 3: incremental cycles catch every status change, for the fewest API calls."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import itertools
+import math
+import random
+from collections import defaultdict
+
+from asyncsync.modes.sync import full_sync, incremental_sync
+from asyncsync.simulator import TinySimulator
+from asyncsync.status import CLOSED_STATUSES, OPEN_STATUSES, Situacao
+
+from .mirror import diff, mirror
+
+PAGE = 20
+RECENT_DAYS = 45
+
+
+async def history_by_id(db) -> dict[int, list[tuple[int | None, int]]]:
+    rows = await db.fetch(
+        "SELECT id_os, status_antigo, status_novo FROM ordem_status_history ORDER BY seq"
+    )
+    out: dict[int, list[tuple[int | None, int]]] = defaultdict(list)
+    for r in rows:
+        out[r["id_os"]].append((r["status_antigo"], r["status_novo"]))
+    return out
+
+
+def expected_requests(sim: TinySimulator, changed: int, window_from: dt.date) -> int:
+    """pages(open listings) + pages(recent closed window) + orders that changed."""
+    pages = 0
+    for s in OPEN_STATUSES:
+        n = sum(1 for o in sim.orders.values() if o.situacao == s)
+        pages += max(1, math.ceil((n + 1) / PAGE))
+    for s in CLOSED_STATUSES:
+        n = sum(1 for o in sim.orders.values() if o.situacao == s and o.data >= window_from)
+        pages += max(1, math.ceil((n + 1) / PAGE))
+    return pages + changed
+
+
+async def test_one_cycle_catches_every_kind_of_change(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=2500, seed=11)
+    overrides = {"page_size": PAGE, "recent_window_days": RECENT_DAYS, "sweep_interval_s": 1e9}
+    async with runtime_for(sim, **overrides) as rt:
+        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    expected = await history_by_id(db)
+    rng = random.Random(5)
+    today = dt.date.today()
+    old = [o for o in sim.orders.values() if o.data < today - dt.timedelta(days=30)]
+
+    def move(order_id: int, to: Situacao) -> None:
+        expected[order_id].append((int(sim.orders[order_id].situacao), int(to)))
+        sim.set_status(order_id, to)
+
+    opened = [o.id for o in sim.orders.values() if o.situacao in OPEN_STATUSES]
+    old_open = [o.id for o in old if o.situacao in OPEN_STATUSES]
+    old_closed = [o.id for o in old if o.situacao in CLOSED_STATUSES]
+    rng.shuffle(opened), rng.shuffle(old_open), rng.shuffle(old_closed)
+    open_to_closed = old_open[:12]  # older than 30 days: the seed's sync never sees these
+    for i in open_to_closed:
+        move(i, rng.choice(CLOSED_STATUSES))
+    open_to_open = [i for i in opened if i not in open_to_closed][:10]
+    for i in open_to_open:
+        move(i, rng.choice([s for s in OPEN_STATUSES if s != sim.orders[i].situacao]))
+    closed_to_open = old_closed[:8]
+    for i in closed_to_open:
+        move(i, rng.choice(OPEN_STATUSES))
+    closed_to_closed = old_closed[8:14]
+    for i in closed_to_closed:
+        move(i, rng.choice([s for s in CLOSED_STATUSES if s != sim.orders[i].situacao]))
+    new = [sim.add_order(situacao=rng.choice(list(Situacao))) for _ in range(15)]
+    for i in new:
+        expected[i].append((None, int(sim.orders[i].situacao)))
+
+    # One cycle without the sweep: everything but closed → closed is exact.
+    window_from = (dt.datetime.now(dt.UTC) - dt.timedelta(days=RECENT_DAYS + 1)).date()
+    async with runtime_for(sim, **overrides) as rt:
+        report = await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+
+    def but_closed_to_closed(rows: dict[int, dict[str, object]]) -> dict[int, dict[str, object]]:
+        return {k: v for k, v in rows.items() if k not in closed_to_closed}
+
+    assert diff(but_closed_to_closed(sim.snapshot()), but_closed_to_closed(await mirror(db))) == []
+    # Moved out of the open statuses and emitted before the closed window: found missing
+    # from the open listings, their detail says where they went.
+    gone = sum(1 for i in open_to_closed if sim.orders[i].data < window_from)
+    assert gone >= 6
+    assert report.extra["open orders gone from the open listings (detail fetched)"] == gone
+    changed = len(open_to_closed) + len(open_to_open) + len(closed_to_open) + len(new)
+    budget = expected_requests(sim, changed, window_from)
+    spent = report.api["requests_total"]
+    assert isinstance(spent, int) and spent <= budget + 2, (spent, budget)
+    # Nothing unchanged was fetched in detail.
+    assert report.api["requests"]["detail"] == changed  # type: ignore[index]
+
+    # The sweep catches closed → closed; then the mirror and its history are exact.
+    async with runtime_for(sim, **{**overrides, "sweep_interval_s": 0.0}) as rt:
+        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    assert await history_by_id(db) == expected
+
+    # A quiet cycle changes nothing and costs only the listings.
+    async with runtime_for(sim, **overrides) as rt:
+        quiet = await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    assert quiet.api["requests"].get("detail", 0) == 0  # type: ignore[union-attr]
+    assert (quiet.listed.inserted, quiet.listed.changed, quiet.changes) == (0, 0, 0)
+    assert await history_by_id(db) == expected
+
+
+async def test_data_conclusao_falls_back_to_history(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=300, seed=2)
+    async with runtime_for(sim, page_size=PAGE) as rt:
+        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    rows = await db.fetch(
+        "SELECT id, data_conclusao, conclusao_fonte FROM ordens_finalizadas ORDER BY id"
+    )
+    finalizadas = {o.id: o for o in sim.orders.values() if o.situacao == Situacao.FINALIZADA}
+    assert [r["id"] for r in rows] == sorted(finalizadas)
+    for r in rows:
+        api = finalizadas[r["id"]].data_conclusao
+        if api is not None:
+            assert (r["data_conclusao"], r["conclusao_fonte"]) == (api, "api")
+        else:  # no dataConclusao from the API: the first observed change into 3
+            assert r["conclusao_fonte"] == "history" and r["data_conclusao"] is not None
+
+
+async def test_moves_while_paging_converge_without_duplicate_history(
+    simulator, runtime_for, db
+) -> None:
+    sim = await simulator(orders=1500, seed=21)
+    overrides = {"page_size": PAGE, "sweep_interval_s": 0.0}
+    async with runtime_for(sim, **overrides) as rt:
+        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    rng = random.Random(9)
+    moves = {"left": 60}
+
+    def shuffle_statuses(s: TinySimulator, params: dict[str, str]) -> None:
+        # Every few pages an order moves, shifting the pages still to come.
+        if moves["left"] and rng.random() < 0.5:
+            moves["left"] -= 1
+            victim = rng.choice(list(s.orders))
+            s.set_status(
+                victim, rng.choice([x for x in Situacao if x != s.orders[victim].situacao])
+            )
+
+    sim.on_list_page = shuffle_statuses
+    async with runtime_for(sim, **overrides) as rt:
+        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    sim.on_list_page = None
+    assert moves["left"] < 60  # orders really moved during the listing
+    async with runtime_for(sim, **overrides) as rt:
+        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    for order_id, chain in (await history_by_id(db)).items():
+        assert chain[0][0] is None, chain
+        for (_, new), (old2, new2) in itertools.pairwise(chain):
+            assert old2 == new and new2 != old2, (order_id, chain)  # no repeat, no step back
+        assert chain[-1][1] == sim.orders[order_id].situacao
