@@ -1,0 +1,68 @@
+"""The service as it runs in production: cycles, /metrics, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import aiohttp
+
+from asyncsync import metrics
+from asyncsync.modes.serve import serve_loop
+from asyncsync.status import Situacao
+
+from .mirror import diff, mirror
+
+
+async def test_serve_cycles_and_exposes_metrics(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=400, seed=4)
+    stop = asyncio.Event()
+    cycles: list[int] = []
+
+    async def after_cycle(rt, stop_event) -> None:
+        cycles.append(len(cycles) + 1)
+        if len(cycles) == 1:  # between cycles an order moves; the next cycle sees it
+            moved = next(o.id for o in sim.orders.values() if o.situacao == Situacao.ORCADA)
+            sim.set_status(moved, Situacao.APROVADA)
+        if len(cycles) == 2:
+            stop.set()
+
+    async with runtime_for(sim) as rt, metrics.metrics_server("127.0.0.1", 0) as port:
+        task = asyncio.create_task(
+            serve_loop(rt, stop=stop, interval_s=0.05, after_cycle=after_cycle)
+        )
+        assert await asyncio.wait_for(task, timeout=60) == 0
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            text = await resp.text()
+    assert cycles == [1, 2]
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    for name in (
+        "asyncsync_tiny_requests_total",
+        "asyncsync_orders_synced_total",
+        "asyncsync_status_changes_total",
+        "asyncsync_token_refreshes_total",
+        "asyncsync_last_success_timestamp_seconds",
+    ):
+        assert name in text
+    assert metrics.value("asyncsync_last_success_timestamp_seconds", {"mode": "cycle"}) > 0
+
+
+async def test_sigterm_drains_and_exits(database_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncsync", "--mode", "sync", "--simulator", "3000",
+        "--rate-limit", "1200", "--database-url", database_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    await asyncio.sleep(4)  # listing done, details under way at 20 requests/s
+    proc.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    text = out.decode()
+    assert "interrupted: resumes next run" in text and "orders listed 3,000" in text
+    assert "Traceback" not in err.decode()

@@ -1,0 +1,59 @@
+"""The sink's merge rules, directly: stale observations lose, checkpoints ride along."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from asyncsync.records import parse_list_item
+from asyncsync.seams import Checkpoint
+from asyncsync.sink import PgSink
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def item(order_id: int, situacao: int, valor: str = "10.00") -> dict[str, object]:
+    return {"id": order_id, "situacao": situacao, "data": "2025-12-01", "valor": valor}
+
+
+async def test_an_older_observation_never_overwrites_a_newer_one(db) -> None:
+    sink = PgSink(db, "default", [0, 1, 2, 5, 6])
+    await sink.merge_listed([parse_list_item(item(1, 6), T0)])
+    # Seen as 3 at t+2 (merged first), then a stale page from t+1 still saying 6.
+    newer = parse_list_item(item(1, 3), T0 + dt.timedelta(seconds=2))
+    stale = parse_list_item(item(1, 6), T0 + dt.timedelta(seconds=1))
+    first = await sink.merge_listed([newer])
+    second = await sink.merge_listed([stale])
+    assert (first.changed, first.status_changes) == (1, 1)
+    assert (second.changed, second.unchanged, second.status_changes) == (0, 1, 0)
+    assert await db.fetchval("SELECT situacao FROM ordens_servico WHERE id = 1") == 3
+    rows = await db.fetch(
+        "SELECT status_antigo, status_novo FROM ordem_status_history ORDER BY seq"
+    )
+    assert [tuple(r) for r in rows] == [(None, 6), (6, 3)]
+
+
+async def test_one_batch_with_an_order_twice_keeps_the_latest(db) -> None:
+    sink = PgSink(db, "default", [0])
+    batch = [
+        parse_list_item(item(7, 0), T0 + dt.timedelta(seconds=1)),
+        parse_list_item(item(7, 5), T0 + dt.timedelta(seconds=3)),
+        parse_list_item(item(8, 0), T0),
+    ]
+    stats = await sink.merge_listed(batch)
+    assert (stats.received, stats.inserted) == (3, 2)
+    assert await db.fetchval("SELECT situacao FROM ordens_servico WHERE id = 7") == 5
+    assert await db.fetchval("SELECT count(*) FROM ordem_status_history") == 2
+
+
+async def test_mixed_batch_and_checkpoint_commit_together(db) -> None:
+    sink = PgSink(db, "default", [0])
+    await sink.merge_listed([parse_list_item(item(1, 0), T0)])
+    mixed = [
+        parse_list_item(item(1, 0, valor="11.00"), T0 + dt.timedelta(seconds=1)),  # changed
+        parse_list_item(item(2, 0), T0 + dt.timedelta(seconds=1)),  # new
+    ]
+    stats = await sink.merge_listed(mixed, checkpoints=[Checkpoint("k", '{"offset": 2}')])
+    assert (stats.inserted, stats.changed, stats.status_changes) == (1, 1, 1)
+    assert await sink.get_metadata("k") == '{"offset": 2}'
+    assert await db.fetchval("SELECT valor FROM ordens_servico WHERE id = 1") == 11
+    assert await db.fetchval("SELECT detail_stale FROM ordens_servico WHERE id = 1") is True
