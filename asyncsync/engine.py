@@ -54,7 +54,7 @@ class ListingResult:
 
     stats: MergeStats = field(default_factory=MergeStats)
     pages: int = 0
-    seen: dict[int, set[int]] = field(default_factory=dict)  # status -> ids listed
+    seen: dict[int, set[int]] = field(default_factory=dict)  # status -> ids (track_seen)
     complete: set[Partition] = field(default_factory=set)  # partitions paged to the end
     totals: dict[Partition, int | None] = field(default_factory=dict)
 
@@ -86,6 +86,8 @@ class ListingEngine:
         progress: Progress | None = None,
         stop: asyncio.Event | None = None,
         on_page: Callable[[Page], None] | None = None,
+        pages_in_flight: int = 16,
+        track_seen: bool = False,
     ) -> None:
         self._source = source
         self._sink = sink
@@ -96,6 +98,9 @@ class ListingEngine:
         self.progress = progress or Progress("listing")
         self._stop = stop or asyncio.Event()
         self._on_page = on_page
+        # Pages requested but not yet queued, per streaming partition: bounds memory.
+        self._pages_in_flight = pages_in_flight
+        self._track_seen = track_seen
         self.result = ListingResult()
 
     async def run(self, partitions: Sequence[Partition], *, checkpointed: bool) -> ListingResult:
@@ -159,15 +164,18 @@ class ListingEngine:
                     return
                 offset += len(page.items)
             return
-        offsets = range(part.start_offset + self._page_size, first.total, self._page_size)
+        offsets = iter(range(part.start_offset + self._page_size, first.total, self._page_size))
 
-        async def one(offset: int) -> None:
-            if not self._stop.is_set():
+        async def worker() -> None:
+            # A few workers share the offsets: at most that many pages wait for the queue.
+            for offset in offsets:
+                if self._stop.is_set():
+                    return
                 await self._queue.put(_Item(part, await self._fetch(part, offset), None, None))
 
         async with asyncio.TaskGroup() as tg:
-            for offset in offsets:
-                tg.create_task(one(offset))
+            for _ in range(self._pages_in_flight):
+                tg.create_task(worker())
 
     async def _writer(self) -> None:
         batch: list[_Item] = []
@@ -195,7 +203,11 @@ class ListingEngine:
         records: list[OrderRecord] = []
         failures: list[FailureRecord] = []
         for item in batch:
-            seen = self.result.seen.setdefault(item.page.query.situacao, set())
+            seen = (
+                self.result.seen.setdefault(item.page.query.situacao, set())
+                if self._track_seen
+                else None
+            )
             for raw in item.page.items:
                 try:
                     rec = parse_list_item(raw, item.page.observed_at)
@@ -203,7 +215,8 @@ class ListingEngine:
                     failures.append(failure_from(exc))
                     continue
                 records.append(rec)
-                seen.add(rec.id)
+                if seen is not None:
+                    seen.add(rec.id)
         checkpoints = [i.checkpoint for i in batch if i.checkpoint is not None]
         try:
             stats = await self._sink.merge_listed(records, failures, checkpoints)

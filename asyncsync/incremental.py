@@ -110,6 +110,7 @@ async def run_cycle(
         partitions_in_flight=len(parts),
         progress=progress,
         stop=stop,
+        track_seen=True,
     )
     listing = await engine.run(parts, checkpointed=False)
     result.listed, result.pages = listing.stats, listing.pages

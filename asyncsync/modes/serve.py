@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import sys
@@ -67,8 +68,18 @@ async def _retry_failures(rt: Runtime, stop: asyncio.Event) -> object:
     return await retry_due(rt, now=dt.datetime.now(dt.UTC), stop=stop)
 
 
+def cycle_detail_budget(settings: Settings) -> int:
+    """Detail requests one cycle may spend: the configured budget, else about 70% of what
+    the quota allows in one interval, so a 14-hour backlog of details never delays the
+    next cycle (the backlog resumes where it stopped, open orders first)."""
+    if settings.detail_budget is not None:
+        return settings.detail_budget
+    return max(1, int(settings.rate_limit_per_minute * settings.interval_s / 60 * 0.7))
+
+
 async def run(settings: Settings, *, args: Any = None, stop: asyncio.Event) -> int:
     """Entry point of ``--mode serve``."""
+    settings = dataclasses.replace(settings, detail_budget=cycle_detail_budget(settings))
     async with contextlib.AsyncExitStack() as stack:
         rt = await stack.enter_async_context(open_runtime(settings))
         if settings.metrics_port is not None:
