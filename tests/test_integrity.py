@@ -1,0 +1,247 @@
+"""Issue 5, integrity: damage a synced mirror on purpose, then let integrity heal it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import io
+from pathlib import Path
+
+import orjson
+
+from asyncsync.integrity import check_integrity
+from asyncsync.modes import integrity as integrity_mode
+from asyncsync.modes.sync import full_sync
+from asyncsync.records import canonical_json, synthetic_id
+from asyncsync.simulator import Quirks, TinySimulator
+from asyncsync.status import Situacao
+
+from .conftest import settings_for
+from .mirror import diff, mirror
+
+T0 = dt.datetime(2031, 5, 4, 12, 0, tzinfo=dt.UTC)
+FAST = {"max_retries": 2}  # a 500 costs one retry, not four
+
+
+async def sync(sim: TinySimulator, runtime_for) -> None:
+    async with runtime_for(sim, **FAST) as rt:
+        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+
+
+async def integrity(sim: TinySimulator, runtime_for, *, deep: bool = False, at=T0):
+    async with runtime_for(sim, **FAST) as rt:
+        return await check_integrity(rt, deep=deep, stop=asyncio.Event(), clock=lambda: at)
+
+
+async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
+    simulator, runtime_for, db
+) -> None:
+    sim = await simulator(orders=400, seed=11)
+    no_id = sim.add_malformed("no_id", Situacao.ORCADA)  # recorded by the sync, id-less
+    await sync(sim, runtime_for)
+    expected = sim.snapshot()
+    assert diff(expected, await mirror(db)) == []
+    no_id_key = synthetic_id(canonical_json(no_id))
+    assert await db.fetchval("SELECT id_ordem FROM import_failures") == no_id_key
+
+    # The damage: 6 rows deleted (2 of them will fail to import), 4 statuses changed,
+    # 2 rows the API never had.
+    ids = sorted(sim.orders)
+    deleted, changed, extra = ids[10:16], ids[50:54], [9_000_000_001, 9_000_000_002]
+    failing = {deleted[0]: "500", deleted[1]: "malformed"}
+    await db.execute("DELETE FROM ordens_servico WHERE id = ANY($1::bigint[])", deleted)
+    await db.execute(
+        "UPDATE ordens_servico SET situacao = (situacao + 1) % 8 WHERE id = ANY($1::bigint[])",
+        changed,
+    )
+    await db.execute(
+        "INSERT INTO ordens_servico (id, numero, situacao, payload, list_hash, observed_at) "
+        "SELECT x, 'X' || x, 3, '{}', '\\x00', now() FROM unnest($1::bigint[]) x",
+        extra,
+    )
+    sim.fail_detail.update(failing)
+    history_before = await db.fetchval("SELECT count(*) FROM ordem_status_history")
+
+    report = await integrity(sim, runtime_for)
+
+    # The report's numbers are exactly the damage done.
+    assert (report.method, report.counts_agree) == ("full comparison", False)
+    assert report.recovered == sorted(set(deleted) - set(failing))
+    assert report.failed == sorted(failing)
+    fixed = [(s["id"], s["from"], s["to"]) for s in report.stale]
+    assert fixed == [
+        (i, (expected[i]["situacao"] + 1) % 8, expected[i]["situacao"]) for i in changed
+    ]
+    assert report.possibly_deleted == extra
+    assert report.unreadable == report.reappeared == report.found_by_detail == []
+    assert report.awaiting_retry == [] and report.listed == 400
+    assert report.manual_review == [no_id_key]  # no id: no request can fetch it
+    assert report.exit_code == 1 and not report.consistent  # failures persist
+    assert sum(report.api_totals.values()) == 401  # the malformed item is listed too
+    assert sum(report.db_before.values()) == 400 - 6 + 2
+    assert sum(report.db_after.values()) == 400 - 2  # the extra rows are flagged, not counted
+    assert report.tracked_after == _statuses(
+        [int(Situacao.ORCADA)]
+        + [
+            int(expected[i]["situacao"])
+            for i in failing  # type: ignore[call-overload]
+        ]
+    )
+
+    # The mirror is exact except the failing ids; the extra rows stay, flagged.
+    got = await mirror(db)
+    assert diff({i: o for i, o in expected.items() if i not in failing}, got) == [
+        f"extra {i}" for i in extra
+    ]
+    flagged = await db.fetch("SELECT id FROM ordens_servico WHERE possibly_deleted ORDER BY id")
+    assert [r["id"] for r in flagged] == extra
+    # Recovered orders are complete: detail and conclusion date included.
+    assert not await db.fetchval(
+        "SELECT count(*) FROM ordens_servico WHERE id = ANY($1::bigint[]) AND detalhe IS NULL",
+        report.recovered,
+    )
+    # The status corrections are in the history, tagged 'integrity'; recoveries are first
+    # sightings; nothing else was added.
+    hist = await db.fetch(
+        "SELECT id_os, status_antigo, status_novo, source FROM ordem_status_history "
+        "ORDER BY seq OFFSET $1",
+        history_before,
+    )
+    assert sorted((r["id_os"], r["status_antigo"], r["status_novo"]) for r in hist
+                  if r["source"] == "integrity") == fixed  # fmt: skip
+    assert sorted(r["id_os"] for r in hist if r["source"] != "integrity") == report.recovered
+
+    # The failing ids sit in import_failures with the list item and the failing answer.
+    rows = {
+        r["id_ordem"]: r
+        for r in await db.fetch(
+            "SELECT id_ordem, erro, tentativas, resolvido, ultima_tentativa, dados_api::text AS raw"
+            " FROM import_failures WHERE id_ordem > 0"
+        )
+    }
+    assert sorted(rows) == sorted(failing)
+    for order_id, row in rows.items():
+        dados = orjson.loads(row["raw"])
+        assert dados["list_item"]["id"] == order_id
+        assert dados["list_item"]["numeroOrdemServico"] == expected[order_id]["numero"]
+        assert row["tentativas"] == 1 and not row["resolvido"]
+        assert row["ultima_tentativa"] == T0.replace(tzinfo=None)  # the session is in UTC
+    assert "500" in rows[deleted[0]]["erro"] and "Erro interno" in rows[deleted[0]]["raw"]
+    assert "TinyBadPayload" in rows[deleted[1]]["erro"]
+    bad_body = orjson.loads(rows[deleted[1]]["raw"])["detail"]["body"]
+    assert bad_body.startswith(f'{{"id": {deleted[1]}, "situacao"')  # the truncated answer
+
+    # A second run on the healed mirror: the pre-check sees agreement at 8 list requests.
+    before = sim.stats.requests_total
+    again = await integrity(sim, runtime_for, at=T0 + dt.timedelta(seconds=1))
+    assert sim.stats.requests_total - before <= 8
+    assert (again.method, again.counts_agree, again.consistent) == ("pre-check", True, True)
+    assert again.exit_code == 0 and again.manual_review == [no_id_key]
+
+    # --deep compares every id anyway, and leaves failures that are not due to the retry mode.
+    deep = await integrity(sim, runtime_for, deep=True, at=T0 + dt.timedelta(seconds=2))
+    assert deep.consistent and deep.exit_code == 0 and deep.counts_agree is None
+    assert deep.awaiting_retry == sorted(failing)
+    assert await db.fetchval("SELECT max(tentativas) FROM import_failures WHERE id_ordem > 0") == 1
+
+    runs = await db.fetch("SELECT consistent, report FROM integrity_runs ORDER BY id")
+    assert [r["consistent"] for r in runs] == [False, True, True]
+    stored = orjson.loads(runs[0]["report"])
+    assert stored["counts"]["recovered"] == 4 and stored["exit_code"] == 1
+
+
+def _statuses(codes: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for s in codes:
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+async def test_changes_in_the_api_are_caught_without_a_sync(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=250, seed=4)
+    await sync(sim, runtime_for)
+    ids = sorted(sim.orders)
+    moved, gone, back, skipped = ids[3], ids[7], ids[9], ids[11]
+    old = sim.orders[moved].situacao
+    new = Situacao.CANCELADA if old != Situacao.CANCELADA else Situacao.EM_ABERTO
+    sim.set_status(moved, new)
+    sim.delete_order(gone)
+    await db.execute("UPDATE ordens_servico SET possibly_deleted = true WHERE id = $1", back)
+    # An order the listings miss (as offset paging can) while its detail still answers.
+    sim._index.remove(skipped, sim.orders[skipped].situacao)
+
+    report = await integrity(sim, runtime_for)
+    assert report.stale == [{"id": moved, "from": int(old), "to": int(new)}]
+    assert report.possibly_deleted == [gone] and report.reappeared == [back]
+    assert report.found_by_detail == [skipped]  # asked before flagging: alive, not flagged
+    assert report.exit_code == 0 and not report.consistent
+    hist = await db.fetch("SELECT id_os FROM ordem_status_history WHERE source = 'integrity'")
+    assert [r["id_os"] for r in hist] == [moved]
+    # The next sync agrees: the corrected row's list fields are the listing's own.
+    async with runtime_for(sim, **FAST) as rt:
+        after = await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    assert after.listed.changed == 0 and after.listed.inserted == 0
+    snapshot = sim.snapshot()
+    got = await mirror(db)
+    assert diff(snapshot, {i: o for i, o in got.items() if i != gone}) == []
+
+
+async def test_without_paginacao_the_full_comparison_runs(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=150, seed=2, quirks=Quirks(omit_paginacao=True))
+    await sync(sim, runtime_for)
+    report = await integrity(sim, runtime_for)
+    assert report.method == "full comparison" and report.counts_agree is False
+    assert report.consistent and report.exit_code == 0 and report.listed == 150
+
+
+async def test_the_mode_prints_a_table_and_writes_json(
+    simulator, database_url, runtime_for, db, tmp_path: Path
+) -> None:
+    sim = await simulator(orders=120, seed=9)
+    await sync(sim, runtime_for)
+    victim = sorted(sim.orders)[5]
+    await db.execute("DELETE FROM ordens_servico WHERE id = $1", victim)
+    out = io.StringIO()
+    args = argparse.Namespace(deep=False, json_path=str(tmp_path / "report.json"))
+    settings = settings_for(sim, database_url, **FAST)
+    code = await integrity_mode.run(settings, args=args, stop=asyncio.Event(), stream=out)
+    assert code == 0
+    text = out.getvalue()
+    assert "missing, recovered" in text and str(victim) in text and "│ total" in text
+    data = orjson.loads((tmp_path / "report.json").read_bytes())
+    assert data["recovered"] == [victim] and data["exit_code"] == 0
+    assert data["api"]["requests_total"] > 0 and "latency_p95_ms" in data["api"]
+
+
+async def test_a_status_that_cannot_be_listed_flags_nothing(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=200, seed=6)
+    await sync(sim, runtime_for)
+    await db.execute("DELETE FROM ordens_servico WHERE id = $1", sorted(sim.orders)[0])
+
+    def broken(_sim: TinySimulator, params: dict[str, str]) -> None:
+        if params.get("situacao") == str(int(Situacao.FINALIZADA)):
+            raise RuntimeError("simulated outage")  # the simulator answers 500
+
+    sim.on_list_page = broken
+    report = await integrity(sim, runtime_for)
+    assert list(report.listing_errors) == [int(Situacao.FINALIZADA)]
+    assert "TinyUnavailable" in report.listing_errors[int(Situacao.FINALIZADA)]
+    # Orders of the unlisted status are not "in no listing": nothing is flagged.
+    assert report.possibly_deleted == [] and report.exit_code == 1
+    assert not await db.fetchval("SELECT count(*) FROM ordens_servico WHERE possibly_deleted")
+
+
+async def test_a_stop_mid_listing_changes_nothing(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=600, seed=8)
+    await sync(sim, runtime_for)
+    victim = sorted(sim.orders)[0]
+    await db.execute("DELETE FROM ordens_servico WHERE id = $1", victim)
+    stop = asyncio.Event()
+    sim.on_list_page = lambda _sim, params: stop.set() if params.get("limit") != "1" else None
+    async with runtime_for(sim, **FAST) as rt:
+        report = await check_integrity(rt, stop=stop, clock=lambda: T0)
+    assert report.interrupted and not report.consistent
+    assert report.recovered == report.possibly_deleted == [] and report.pages < 10
+    assert not await db.fetchval("SELECT count(*) FROM ordens_servico WHERE possibly_deleted")
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 599

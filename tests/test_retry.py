@@ -1,0 +1,101 @@
+"""Issue 5, retries: exponential backoff on a controllable clock, then manual review."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+
+from asyncsync.integrity import check_integrity
+from asyncsync.modes.sync import full_sync
+from asyncsync.records import canonical_json, synthetic_id
+from asyncsync.retry import DEFAULT_POLICY, RetryPolicy, retry_due
+from asyncsync.simulator import TinySimulator
+from asyncsync.status import Situacao
+from asyncsync.tokens import utcnow
+
+from .mirror import diff, mirror
+
+FAST = {"max_retries": 2}
+
+
+def test_the_schedule_is_30s_2min_8min_32min_then_nothing() -> None:
+    p = DEFAULT_POLICY
+    assert [p.delay_s(n) for n in (1, 2, 3, 4)] == [30, 120, 480, 1920]
+    t = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    assert p.due_at(t, 1) == t + dt.timedelta(seconds=30)
+    assert p.due_at(t, 4) == t + dt.timedelta(minutes=32)
+    assert p.due_at(t, 5) is None and RetryPolicy(max_attempts=3).due_at(t, 3) is None
+
+
+async def failures(db) -> dict[int, tuple[int, bool, dt.datetime]]:
+    rows = await db.fetch(
+        "SELECT id_ordem, tentativas, resolvido, ultima_tentativa FROM import_failures"
+    )
+    return {r["id_ordem"]: (r["tentativas"], r["resolvido"], r["ultima_tentativa"]) for r in rows}
+
+
+async def test_retry_backs_off_resolves_and_gives_up_after_five(simulator, runtime_for, db) -> None:
+    sim: TinySimulator = await simulator(orders=120, seed=5)
+    no_id = sim.add_malformed("no_id", Situacao.EM_ABERTO)
+    ids = sorted(sim.orders)
+    late, hard, flaky = ids[2], ids[20], ids[40]
+    sim.fail_detail[late] = "401"  # the sync lists it but cannot get its detail
+    async with runtime_for(sim, **FAST) as rt:
+        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    sim.fail_detail.clear()
+    # Integrity, an hour from now, fails to import two orders missing from the mirror.
+    await db.execute("DELETE FROM ordens_servico WHERE id = ANY($1::bigint[])", [hard, flaky])
+    sim.fail_detail.update({hard: "500", flaky: "malformed"})
+    t0 = utcnow().replace(microsecond=0) + dt.timedelta(hours=1)
+    async with runtime_for(sim, **FAST) as rt:
+        report = await check_integrity(rt, stop=asyncio.Event(), clock=lambda: t0)
+    assert report.failed == sorted([hard, flaky])
+    synthetic = synthetic_id(canonical_json(no_id))
+    state = await failures(db)
+    assert sorted(state) == sorted([synthetic, late, hard, flaky])
+
+    async with runtime_for(sim, **FAST) as rt:
+
+        async def retry(at: dt.datetime):
+            return await retry_due(rt, now=at, stop=asyncio.Event())
+
+        # 29 s after the failures: only the sync's failure (recorded an hour ago) is due,
+        # and it imports now; the id-less record is for a person from the start.
+        r = await retry(t0 + dt.timedelta(seconds=29))
+        assert (r.due, r.resolved, r.failed_again) == (1, [late], [])
+        assert r.pending == 2 and r.next_due_at == (t0 + dt.timedelta(seconds=30)).isoformat()
+        assert [m.id_ordem for m in r.manual_review] == [synthetic] and r.exit_code == 1
+        assert (await failures(db))[late][1] is True
+        # 30 s: both are due, both fail again.
+        now = t0 + dt.timedelta(seconds=30)
+        r = await retry(now)
+        assert r.resolved == [] and r.failed_again == sorted([hard, flaky])
+        state = await failures(db)
+        assert state[hard][:2] == state[flaky][:2] == (2, False)
+        assert state[hard][2] == now.replace(tzinfo=None)
+        # Next wait is 2 min: not due a second early, due on the dot; then flaky heals.
+        assert (await retry(now + dt.timedelta(seconds=119))).due == 0
+        now += dt.timedelta(seconds=120)
+        sim.fail_detail.pop(flaky)
+        r = await retry(now)
+        assert (r.resolved, r.failed_again) == ([flaky], [hard])
+        assert (await failures(db))[hard][0] == 3
+        # hard keeps failing: attempts 4 (after 8 min) and 5 (after 32 min), then no more.
+        now += dt.timedelta(minutes=8)
+        assert (await retry(now)).failed_again == [hard]
+        now += dt.timedelta(minutes=32)
+        r = await retry(now)
+        assert (r.failed_again, r.exhausted) == ([], [hard])
+        assert sorted(m.id_ordem for m in r.manual_review) == sorted([synthetic, hard])
+        detail_requests = sim.stats.requests_by_endpoint["detail"]
+        r = await retry(now + dt.timedelta(days=30))
+        assert r.due == 0 and r.pending == 0 and r.next_due_at is None
+        assert sim.stats.requests_by_endpoint["detail"] == detail_requests
+        assert r.exit_code == 1 and str(hard) in r.render()
+
+    state = await failures(db)
+    assert state[hard][:2] == (5, False) and state[flaky][1] and state[late][1]
+    # What the retries imported is exactly the API's.
+    snapshot = sim.snapshot()
+    assert diff({i: o for i, o in snapshot.items() if i != hard}, await mirror(db)) == []
