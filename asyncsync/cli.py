@@ -27,6 +27,7 @@ from .config import (
     load_bootstrap_tokens,
 )
 from .errors import AsyncsyncError, ConfigError, LockBusy, ReauthorizationRequired
+from .tasks import first_leaf
 
 MODES = ("sync", "backfill", "integrity", "retry", "serve", "migrate", "simulate")
 
@@ -218,21 +219,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from(args)
         return _runner()(_run_mode(args, settings))
-    except ConfigError as exc:
+    except BaseException as exc:  # every failure becomes a sentence and an exit code
+        return report_failure(args.mode, exc)
+
+
+def report_failure(mode: str, exc: BaseException) -> int:
+    """Print what went wrong in a sentence (with its causes) and return the exit code."""
+    if isinstance(exc, BaseExceptionGroup):  # a safety net: task groups are unwrapped
+        exc = first_leaf(exc)
+    if isinstance(exc, ConfigError):
         print(f"asyncsync: configuration error: {cause_chain(exc)}", file=sys.stderr)
         return 2
-    except LockBusy as exc:
+    if isinstance(exc, LockBusy):
         print(f"asyncsync: {exc}", file=sys.stderr)
         return 3
-    except ReauthorizationRequired as exc:
+    if isinstance(exc, ReauthorizationRequired):
         print(f"asyncsync: {exc}", file=sys.stderr)
         return 1
-    except AsyncsyncError as exc:
-        print(f"asyncsync: {args.mode} failed: {cause_chain(exc)}", file=sys.stderr)
+    if isinstance(exc, AsyncsyncError):
+        print(f"asyncsync: {mode} failed: {cause_chain(exc)}", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
         print("asyncsync: interrupted", file=sys.stderr)
         return 130
+    raise exc
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -161,7 +161,8 @@ class TinyClient:
             log.warning("429 from Tiny: pausing every request of the account for %.0f s", pause)
             raise _Retry(TinyRateLimited(f"{path}: still rate limited after retries"))
         if status >= 500:
-            raise _Retry(TinyUnavailable(f"{path}: HTTP {status} after retries: {_preview(body)}"))
+            message = f"{path}: HTTP {status} after retries: {_preview(body)}"
+            raise _Retry(TinyUnavailable(message, status=status, body=body[:10000]))
         if status == 404:
             raise TinyNotFound(f"{path}: not found", status=404, body=body[:2000])
         if status != 200:

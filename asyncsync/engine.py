@@ -30,6 +30,7 @@ from .errors import RecordError
 from .progress import Progress
 from .records import FailureRecord, OrderRecord, failure_from, parse_list_item
 from .seams import Checkpoint, ListQuery, MergeStats, OrderSink, OrderSource, Page
+from .tasks import unwrap
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,10 @@ class ListingEngine:
     async def run(self, partitions: Sequence[Partition], *, checkpointed: bool) -> ListingResult:
         """Fetch every partition and merge everything; returns what was seen."""
         self.progress.partitions_total = (self.progress.partitions_total or 0) + len(partitions)
+        await unwrap(self._run(partitions, checkpointed))
+        return self.result
+
+    async def _run(self, partitions: Sequence[Partition], checkpointed: bool) -> None:
         async with asyncio.TaskGroup() as outer:
             # If the writer dies, the group cancels the producers blocked on the queue.
             outer.create_task(self._writer(), name="listing-writer")
@@ -113,7 +118,6 @@ class ListingEngine:
                 for part in partitions:
                     tg.create_task(self._produce(part, checkpointed), name=f"list:{part}")
             await self._queue.put(None)
-        return self.result
 
     async def _produce(self, part: Partition, checkpointed: bool) -> None:
         async with self._in_flight:

@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from .errors import (
     RecordError,
     TinyAuthError,
-    TinyBadPayload,
     TinyError,
-    TinyHTTPError,
     TinyNotFound,
 )
 from .progress import Progress
 from .records import DetailRecord, FailureRecord, canonical_json, failure_from, parse_detail
 from .seams import MergeStats, OrderSink, OrderSource
+from .tasks import run_all
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,8 @@ class DetailOutcome:
 
 
 def failure_for(order_id: int, exc: TinyError) -> FailureRecord:
-    """The import_failures row for a detail request that failed."""
-    body = exc.body if isinstance(exc, TinyHTTPError | TinyBadPayload) else ""
+    """The import_failures row for a detail request that failed (with the body, if any)."""
+    body: str = getattr(exc, "body", "")
     raw = canonical_json({"status": getattr(exc, "status", None), "body": body}) if body else None
     return FailureRecord(order_id=order_id, error=f"{type(exc).__name__}: {exc}", raw=raw)
 
@@ -74,9 +73,7 @@ async def fetch_details(
         except RecordError as exc:
             out.failures.append(failure_from(exc))
 
-    async with asyncio.TaskGroup() as tg:
-        for order_id in ids:
-            tg.create_task(one(order_id))
+    await run_all(one(order_id) for order_id in ids)
     return out
 
 

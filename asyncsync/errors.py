@@ -65,7 +65,14 @@ class TinyRateLimited(TinyError):
 
 
 class TinyUnavailable(TinyError):
-    """5xx, timeouts or connection errors persisted past the bounded retries."""
+    """5xx, timeouts or connection errors persisted past the bounded retries.
+
+    ``status`` and ``body`` keep the last answer (None and "" when there was none)."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
 
 
 class TinyBadPayload(TinyError):

@@ -36,13 +36,12 @@ from .retry import (
     RetryPolicy,
     manual_review,
     record_failures,
-    run_all,
     split_outcome,
-    unwrap,
 )
 from .runtime import Runtime
 from .seams import ListQuery, Page
 from .status import ALL_STATUSES
+from .tasks import run_all, unwrap
 from .tokens import utcnow
 
 Clock = Callable[[], dt.datetime]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Collection, Coroutine, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from .errors import RecordError
 from .records import DetailRecord, FailureRecord, OrderRecord, failure_from, order_from_detail
 from .report import api_stats, table
 from .runtime import Runtime
+from .tasks import unwrap
 from .tokens import utcnow
 
 T = TypeVar("T")
@@ -128,31 +129,6 @@ def api_line(api: dict[str, object]) -> str:
         f"429s {api.get('rate_limited_429', 0)}, retries {api.get('retries', 0)}, "
         f"latency mean {api.get('latency_mean_ms', 0)} ms, p95 {api.get('latency_p95_ms', 0)} ms"
     )
-
-
-async def unwrap(awaitable: Awaitable[T]) -> T:
-    """Await; a failure inside a TaskGroup surfaces as itself, not as an ExceptionGroup."""
-    try:
-        return await awaitable
-    except BaseExceptionGroup as group:
-        raise first_leaf(group)  # noqa: B904 - the leaf keeps its own __cause__
-
-
-async def run_all(coros: Iterable[Coroutine[Any, Any, object]]) -> None:
-    """Run coroutines concurrently; the first failure cancels the others and is raised."""
-
-    async def group() -> None:
-        async with asyncio.TaskGroup() as tg:
-            for coro in coros:
-                tg.create_task(coro)
-
-    await unwrap(group())
-
-
-def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first non-group exception of ``group``, depth first."""
-    inner = group.exceptions[0]
-    return first_leaf(inner) if isinstance(inner, BaseExceptionGroup) else inner
 
 
 async def record_failures(

@@ -7,7 +7,10 @@ import io
 from collections import Counter
 
 import orjson
+import pytest
 
+from asyncsync.config import Credentials
+from asyncsync.errors import ReauthorizationRequired
 from asyncsync.modes.sync import full_sync
 from asyncsync.simulator import Quirks
 from asyncsync.status import Situacao
@@ -87,3 +90,13 @@ async def test_malformed_records_go_to_import_failures_and_nothing_else_is_lost(
     assert "data" in by_id[bad[1]["id"]]["erro"] and "valor" in by_id[bad[2]["id"]]["erro"]
     assert any(i < 0 for i in by_id)  # the record without an id got a stable synthetic key
     assert all(r["tentativas"] == 1 and not r["resolvido"] for r in rows)
+
+
+async def test_revoked_token_stops_a_sync_with_the_plain_error(simulator, runtime_for) -> None:
+    sim = await simulator(orders=50)
+    token = sim.valid_refresh_token()
+    sim.revoke_refresh_tokens()
+    creds = Credentials(sim.config.client_id, sim.config.client_secret, token)
+    async with runtime_for(sim, credentials=creds) as rt:
+        with pytest.raises(ReauthorizationRequired, match="Authorize the app again"):
+            await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())

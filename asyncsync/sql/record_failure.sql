@@ -1,12 +1,14 @@
--- Seed section 6: one row per failing order, attempts counted, reopened on a new failure.
--- $1 account, $2 id_ordem, $3 erro, $4 dados_api (JSON text or NULL)
+-- A record or order that could not be imported (seed section 6). Recorded once: a row that
+-- is already open stays as it is, because a listing shows the same broken record at every
+-- run and that is not a new attempt (the retry mode counts attempts); a resolved row is
+-- reopened at attempt 1. $1 account, $2 id_ordem, $3 erro, $4 dados_api (JSON text or NULL)
 INSERT INTO import_failures AS f (account, id_ordem, erro, dados_api)
 VALUES ($1, $2, $3, $4::jsonb)
 ON CONFLICT (account, id_ordem) DO UPDATE SET
+    primeira_tentativa = CURRENT_TIMESTAMP,
     ultima_tentativa = CURRENT_TIMESTAMP,
     erro = EXCLUDED.erro,
-    tentativas = CASE WHEN f.resolvido THEN 1 ELSE f.tentativas + 1 END,
-    primeira_tentativa = CASE WHEN f.resolvido THEN CURRENT_TIMESTAMP
-                              ELSE f.primeira_tentativa END,
+    tentativas = 1,
     resolvido = false,
-    dados_api = coalesce(EXCLUDED.dados_api, f.dados_api);
+    dados_api = coalesce(EXCLUDED.dados_api, f.dados_api)
+WHERE f.resolvido;

@@ -1,0 +1,45 @@
+"""Structured concurrency that fails like sequential code.
+
+``asyncio.TaskGroup`` wraps a child's error in an ``ExceptionGroup``; callers of this
+package expect the error itself (a :class:`~asyncsync.errors.TinyAuthError`, say), so
+every task group here is awaited through :func:`unwrap`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error of ``group``, depth first; cancellations only if nothing else."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for exc in g.exceptions:
+            walk(exc) if isinstance(exc, BaseExceptionGroup) else leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if not isinstance(e, asyncio.CancelledError)), leaves[0])
+
+
+async def unwrap(awaitable: Awaitable[T]) -> T:
+    """Await; a failure inside a TaskGroup surfaces as itself, not as an ExceptionGroup."""
+    try:
+        return await awaitable
+    except BaseExceptionGroup as group:
+        raise first_leaf(group)  # noqa: B904 - the leaf keeps its own __cause__
+
+
+async def run_all(coros: Iterable[Coroutine[Any, Any, object]]) -> None:
+    """Run coroutines concurrently; the first failure cancels the others and is raised."""
+
+    async def group() -> None:
+        async with asyncio.TaskGroup() as tg:
+            for coro in coros:
+                tg.create_task(coro)
+
+    await unwrap(group())
