@@ -21,7 +21,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -40,6 +40,7 @@ from .retry import (
 )
 from .runtime import Runtime
 from .seams import ListQuery, Page
+from .sink import ORDER_COLUMNS, order_row
 from .status import ALL_STATUSES
 from .tasks import run_all, unwrap
 from .tokens import utcnow
@@ -49,9 +50,6 @@ Clock = Callable[[], dt.datetime]
 CONFIRM_LIMIT = 500
 #: Lists longer than this are cut in the JSON report (their counts are complete).
 JSON_LIST_CAP = 1000
-#: integrity_fix columns, in the field order of OrderRecord (rows are ``astuple(record)``).
-_FIX_COLUMNS = ("id", "numero", "situacao", "data_emissao", "data_prevista", "cliente_id",
-                "cliente_nome", "valor", "payload", "list_hash", "observed_at")  # fmt: skip
 _FINDINGS = ("recovered", "failed", "awaiting_retry", "unreadable", "stale", "reappeared",
              "possibly_deleted", "found_by_detail", "manual_review")  # fmt: skip
 _KNOWN = ("awaiting_retry", "manual_review")  # failures found earlier, owned by the retry mode
@@ -280,8 +278,8 @@ class _Check:
             missing = [m for m in missing if m["id"] in self.candidates]
             stale = await conn.fetch(sql("integrity_stale"), account)
             stale = [s for s in stale if s["id"] in self.candidates]
-            fixes = [astuple(self.candidates[s["id"]]) for s in stale]
-            await conn.copy_records_to_table("integrity_fix", records=fixes, columns=_FIX_COLUMNS)
+            fixes = [order_row(self.candidates[s["id"]]) for s in stale]
+            await conn.copy_records_to_table("stage_orders", records=fixes, columns=ORDER_COLUMNS)
             await conn.execute(sql("integrity_fix_history"), account)
             fixed = {row["id"] for row in await conn.fetch(sql("integrity_fix_orders"), account)}
             complete = not r.listing_errors and not self.stop.is_set()

@@ -20,13 +20,14 @@ from .database import guarded, sql
 from .records import DetailRecord, FailureRecord, OrderRecord
 from .seams import Checkpoint, MergeStats
 
-_ORDER_COLUMNS = (
+ORDER_COLUMNS = (
     "id", "numero", "situacao", "data_emissao", "data_prevista", "cliente_id",
     "cliente_nome", "valor", "payload", "list_hash", "observed_at",
 )  # fmt: skip
 
 
-def _order_row(r: OrderRecord) -> tuple[Any, ...]:
+def order_row(r: OrderRecord) -> tuple[Any, ...]:
+    """The ``ORDER_COLUMNS`` of a record, for COPY into ``stage_orders``."""
     return (
         r.id, r.numero, r.situacao, r.data_emissao, r.data_prevista, r.cliente_id,
         r.cliente_nome, r.valor, r.payload, r.hash, r.observed_at,
@@ -76,13 +77,13 @@ class PgSink:
                 found = await conn.fetch(sql("find_changed"), self.account)
                 new_ids = {row["id"] for row in found if row["is_new"]}
                 todo = {row["id"] for row in found}
-                rows = [_order_row(r) for r in unique if r.id in todo]
+                rows = [order_row(r) for r in unique if r.id in todo]
                 if rows and len(new_ids) == len(todo):
                     await self._insert_new(conn, rows)
                     stats.status_changes = len(rows)
                 elif rows:
                     await conn.copy_records_to_table(
-                        "stage_orders", records=rows, columns=_ORDER_COLUMNS
+                        "stage_orders", records=rows, columns=ORDER_COLUMNS
                     )
                     history = await conn.execute(sql("merge_history"), self.account)
                     stats.status_changes = _count(history)
@@ -106,7 +107,7 @@ class PgSink:
         await conn.copy_records_to_table(
             "ordens_servico",
             records=[(self.account, *row) for row in rows],
-            columns=("account", *_ORDER_COLUMNS),
+            columns=("account", *ORDER_COLUMNS),
         )
         await conn.copy_records_to_table(
             "ordem_status_history",

@@ -16,6 +16,6 @@ UPDATE ordens_servico o SET
     possibly_deleted = false,
     updated_at = now(),
     synced_at = now()
-FROM integrity_fix f
+FROM stage_orders f
 WHERE o.account = $1 AND o.id = f.id AND f.observed_at >= o.observed_at
 RETURNING o.id;
