@@ -66,3 +66,32 @@ async def test_sigterm_drains_and_exits(database_url: str) -> None:
     text = out.decode()
     assert "interrupted: resumes next run" in text and "orders listed 3,000" in text
     assert "Traceback" not in err.decode()
+
+
+async def test_serve_retries_failed_imports_on_its_own(simulator, runtime_for, db) -> None:
+    from asyncsync.modes.serve import _retry_failures
+
+    sim = await simulator(orders=200, seed=8)
+    broken = next(iter(sim.orders))
+    sim.fail_detail[broken] = "500"
+    stop = asyncio.Event()
+    rounds: list[object] = []
+
+    async def after_cycle(rt, stop_event) -> None:
+        rounds.append(await _retry_failures(rt, stop_event))
+        if len(rounds) == 1:
+            # The API heals and the failure's backoff (30 s) runs out.
+            assert await db.fetchval("SELECT count(*) FROM import_failures WHERE NOT resolvido")
+            sim.fail_detail.clear()
+            await db.execute("UPDATE import_failures SET ultima_tentativa = ultima_tentativa - "
+                             "interval '1 minute'")  # fmt: skip
+        else:
+            stop.set()
+
+    async with runtime_for(sim, max_retries=2) as rt:
+        await serve_loop(rt, stop=stop, interval_s=0.05, after_cycle=after_cycle)
+    assert len(rounds) == 2
+    row = await db.fetchrow("SELECT resolvido, tentativas FROM import_failures")
+    assert row["resolvido"] is True
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    assert await db.fetchval("SELECT detalhe IS NOT NULL FROM ordens_servico WHERE id=$1", broken)
