@@ -29,7 +29,7 @@ from .config import (
 from .errors import AsyncsyncError, ConfigError, LockBusy, ReauthorizationRequired
 from .tasks import first_leaf
 
-MODES = ("sync", "backfill", "integrity", "retry", "serve", "migrate", "simulate")
+MODES = ("sync", "backfill", "integrity", "retry", "serve", "migrate", "health", "simulate")
 
 
 def _env_flag(parser: Any, flag: str, env: str, help: str, **kw: Any) -> None:

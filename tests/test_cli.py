@@ -82,3 +82,15 @@ def test_token_file_bootstraps_credentials(tmp_path, database_url: str) -> None:
     )
     assert result.returncode == 2
     assert "has no client_id/client_secret" in result.stderr
+
+
+def test_health_says_whether_the_mirror_is_fresh(database_url: str) -> None:
+    never = run_cli("--mode", "health", "--database-url", database_url)
+    assert never.returncode == 1 and "never been synced" in never.stdout
+    synced = run_cli(
+        "--mode", "sync", "--simulator", "100", "--rate-limit", "60000",
+        "--database-url", database_url,
+    )  # fmt: skip
+    assert synced.returncode == 0, synced.stderr
+    fresh = run_cli("--mode", "health", "--database-url", database_url)
+    assert fresh.returncode == 0 and fresh.stdout.startswith("healthy: last sync 0 min ago")
