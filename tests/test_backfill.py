@@ -1,0 +1,307 @@
+"""Issue 4, end to end: ``asyncsync --mode backfill`` as a real process against the simulator.
+
+The simulator runs in the test process, so every list page it serves is recorded;
+the backfill runs as ``python -m asyncsync`` and is killed with SIGKILL halfway, then
+restarted with the simulator's *original* credentials (the first process rotated the
+refresh token; the newest one waits in ``tiny_tokens``).
+
+The kill comes from the simulator's page hook, while it serves a partition's second
+page: the event loop is the simulator's, so the page is never sent, and that
+partition's first page is known to be merged with its checkpoint. The restart must
+resume it at offset 100.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from asyncsync.backfill_plan import last_day, month_range, plan_backfill, resolve_range
+from asyncsync.errors import ConfigError
+from asyncsync.simulator import TinySimulator
+
+from .mirror import diff, history, mirror
+
+FIRST, LAST = dt.date(2015, 1, 1), dt.date(2016, 12, 31)
+IN_FLIGHT = 5
+PageKey = tuple[int, str, str, int]  # situacao, window from, window to, offset
+
+
+def test_plan_skips_complete_partitions_and_resumes_the_others() -> None:
+    stored = {
+        "backfill:2015-02:3": '{"offset": 200, "complete": true}',
+        "backfill:2015-02:0": '{"offset": 100, "complete": false}',
+        "backfill:2015-01:7": "not json",  # unreadable: that partition starts over
+        "backfill:2014-12:3": '{"offset": 300, "complete": true}',  # outside the range
+    }
+    plan = plan_backfill(dt.date(2015, 1, 1), dt.date(2015, 2, 1), stored)
+    assert (plan.total, plan.skipped, plan.resumed, plan.records_done) == (16, 1, 1, 300)
+    keys = [p.key for p in plan.todo]
+    assert len(keys) == 15 and "backfill:2015-02:3" not in keys
+    assert keys[:2] == ["backfill:2015-02:0", "backfill:2015-02:1"]  # newest month first
+    resumed = plan.todo[0]
+    assert (resumed.situacao, resumed.start_offset) == (0, 100)
+    assert (resumed.date_from, resumed.date_to) == (dt.date(2015, 2, 1), dt.date(2015, 2, 28))
+    assert all(p.start_offset == 0 for p in plan.todo[1:])
+
+
+def test_the_month_range_defaults_to_2014_through_this_month() -> None:
+    today = dt.date(2016, 2, 29)
+    assert resolve_range(None, None, today) == (dt.date(2014, 1, 1), dt.date(2016, 2, 1))
+    assert resolve_range("2015-11", "2016-01", today) == (dt.date(2015, 11, 1), dt.date(2016, 1, 1))
+    assert last_day(dt.date(2016, 2, 1)) == dt.date(2016, 2, 29)
+    assert last_day(dt.date(2015, 12, 1)) == dt.date(2015, 12, 31)
+    for bad in [("2014-13", None), ("2014-1", None), (None, "2016-03"), ("2016-02", "2016-01")]:
+        with pytest.raises(ConfigError):
+            resolve_range(*bad, today)
+
+
+def backfill_args(sim: TinySimulator, database_url: str, *extra: str) -> list[str]:
+    cfg = sim.config
+    return [
+        sys.executable, "-m", "asyncsync", "--mode", "backfill",
+        "--from", f"{FIRST:%Y-%m}", "--to", f"{LAST:%Y-%m}",
+        "--database-url", database_url,
+        "--api-base-url", sim.base_url, "--token-url", sim.token_url,
+        "--client-id", cfg.client_id, "--client-secret", cfg.client_secret,
+        "--refresh-token", cfg.refresh_token,  # the original: rotated away by the first run
+        "--rate-limit", str(cfg.rate_limit_per_minute),
+        "--partitions", str(IN_FLIGHT), "--detail-budget", "0",
+        "--log-format", "json", "--log-level", "WARNING",
+        *extra,
+    ]  # fmt: skip
+
+
+@dataclass
+class Proc:
+    """A running ``asyncsync`` process whose output is drained as it comes."""
+
+    proc: asyncio.subprocess.Process
+    output: asyncio.Task[tuple[bytes, bytes]]
+
+    @classmethod
+    async def start(cls, args: list[str], cwd: Path) -> Proc:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ASYNCSYNC_", "TINY_")) and k != "DATABASE_URL"
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *args, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        return cls(proc, asyncio.create_task(proc.communicate()))
+
+    @property
+    def running(self) -> bool:
+        return self.proc.returncode is None
+
+    async def finish(self, timeout_s: float) -> tuple[int, str, str]:
+        out, err = await asyncio.wait_for(asyncio.shield(self.output), timeout_s)
+        assert self.proc.returncode is not None
+        return self.proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Callable[[list[str]], Awaitable[Proc]]]:
+    """``await spawn(args)`` starts a Proc in ``tmp_path``; any left running is killed."""
+    started: list[Proc] = []
+
+    async def start(args: list[str]) -> Proc:
+        started.append(await Proc.start(args, tmp_path))
+        return started[-1]
+
+    yield start
+    for p in started:
+        if p.running:
+            p.proc.kill()
+        await asyncio.gather(p.output, return_exceptions=True)
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], what: str, proc: Proc, timeout_s: float = 20
+) -> None:
+    """Poll ``check`` until true, failing if ``proc`` ends first."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        if not proc.running:
+            code, out, err = await proc.finish(5)
+            raise AssertionError(f"the backfill ended ({code}) before {what}:\n{out}\n{err}")
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def record_list_pages(
+    sim: TinySimulator, kill_when: Callable[[Counter[PageKey], PageKey], bool] | None = None
+) -> tuple[Counter[PageKey], list[int]]:
+    """Count every list page the simulator serves, by (status, window, offset); SIGKILL
+    the process whose pid is put in the returned list when ``kill_when`` first says so."""
+    served: Counter[PageKey] = Counter()
+    victim: list[int] = []
+
+    def on_page(_: TinySimulator, params: dict[str, str]) -> None:
+        key = (
+            int(params["situacao"]),
+            params.get("dataInicialEmissao", ""),
+            params.get("dataFinalEmissao", ""),
+            int(params.get("offset", "0")),
+        )
+        served[key] += 1
+        if victim and kill_when is not None and kill_when(served, key):
+            os.kill(victim.pop(), signal.SIGKILL)
+
+    sim.on_list_page = on_page
+    return served, victim
+
+
+def expected_pages(sim: TinySimulator) -> set[PageKey]:
+    """The pages of 100 a month × status backfill of FIRST..LAST must read once each."""
+    sizes = Counter(
+        (int(o.situacao), o.data.replace(day=1)) for o in sim.orders.values() if in_range(o.data)
+    )
+    return {
+        (s, month.isoformat(), last_day(month).isoformat(), offset)
+        for month in month_range(FIRST, LAST)
+        for s in range(8)
+        for offset in range(0, max(sizes[(s, month)], 1), 100)
+    }
+
+
+def in_range(day: object) -> bool:
+    return isinstance(day, dt.date) and FIRST <= day <= LAST
+
+
+def listed_fields(rows: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Everything but data_conclusao, which only details bring (skipped here)."""
+    return {
+        i: {k: v for k, v in row.items() if k != "data_conclusao"}
+        for i, row in rows.items()
+        if in_range(row["data_emissao"])
+    }
+
+
+async def checkpoints(db: asyncpg.Pool) -> dict[str, dict[str, Any]]:
+    rows = await db.fetch("SELECT chave, valor FROM sync_metadata WHERE chave LIKE 'backfill:%'")
+    return {r["chave"]: orjson.loads(r["valor"]) for r in rows}
+
+
+async def assert_checkpoints_match_rows(db: asyncpg.Pool) -> dict[str, dict[str, Any]]:
+    """Each page commits with its checkpoint: the stored offsets add up to the rows merged."""
+    stored = await checkpoints(db)
+    rows = await db.fetchval("SELECT count(*) FROM ordens_servico")
+    assert sum(cp["offset"] for cp in stored.values()) == rows
+    return stored
+
+
+async def test_backfill_killed_halfway_resumes_without_rereading(
+    simulator, database_url, db, spawn, tmp_path
+) -> None:
+    # 3000 orders from 2015 to January 2017 (left out of the range): 192 partitions,
+    # a dozen of them longer than a page. At 1200 req/min with 20 ms of latency the
+    # ~220 requests of both runs take about ten seconds.
+    sim = await simulator(
+        orders=3000,
+        seed=11,
+        start_year=2015,
+        today=dt.date(2017, 1, 31),
+        rate_limit_per_minute=1200,
+        latency_s=0.02,
+    )
+    pages = expected_pages(sim)
+    partitions = len(month_range(FIRST, LAST)) * 8
+
+    def halfway_at_a_second_page(served: Counter[PageKey], key: PageKey) -> bool:
+        return key[3] > 0 and sum(served.values()) >= len(pages) // 2
+
+    served, victim = record_list_pages(sim, halfway_at_a_second_page)
+    first = await spawn(backfill_args(sim, database_url))
+    victim.append(first.proc.pid)
+    code, _, _ = await first.finish(30)
+    assert code == -signal.SIGKILL, "the first run was not killed"
+    assert len(pages) // 2 <= sum(served.values()) < len(pages)
+    after_kill = await assert_checkpoints_match_rows(db)
+    done_before = sum(cp["complete"] for cp in after_kill.values())
+    partial = [k for k, cp in after_kill.items() if not cp["complete"]]
+    assert 0 < done_before < partitions and partial
+
+    report_path = tmp_path / "report.json"
+    second = await spawn(backfill_args(sim, database_url, "--json", str(report_path)))
+    code, out, err = await second.finish(40)
+    assert code == 0, out + err
+    assert f"backfill {FIRST:%Y-%m}..{LAST:%Y-%m}" in out and "interrupted" not in out
+
+    # The mirror holds every order emitted in the range, and nothing else.
+    assert diff(listed_fields(sim.snapshot()), listed_fields(await mirror(db))) == []
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == len(
+        listed_fields(sim.snapshot())
+    )
+    # One first-sighting history row per order: the restart duplicated none.
+    rows = await history(db)
+    assert Counter(r[0] for r in rows) == Counter(listed_fields(sim.snapshot()).keys())
+    assert all(old is None for _, old, _ in rows)
+
+    # Every page was read; only pages unmerged at the kill (one per partition in flight)
+    # were read twice, and no page below a stored checkpoint was read again.
+    month_pages = Counter({k: n for k, n in served.items() if k in pages})
+    assert set(month_pages) == pages
+    assert sum(served.values()) - sum(month_pages.values()) == 2 * 8  # the two census
+    refetched = sum(n - 1 for n in month_pages.values())
+    assert refetched <= IN_FLIGHT, month_pages.most_common(IN_FLIGHT + 1)
+    for key, cp in after_kill.items():
+        _, month, s = key.split(":")
+        start = dt.date.fromisoformat(f"{month}-01")
+        window = (int(s), start.isoformat(), last_day(start).isoformat())
+        assert all(month_pages[(*window, off)] == 1 for off in range(0, cp["offset"], 100)), key
+
+    final = await assert_checkpoints_match_rows(db)
+    assert len(final) == partitions and all(cp["complete"] for cp in final.values())
+    report = orjson.loads(report_path.read_bytes())
+    assert report["partitions_skipped"] == done_before
+    assert report["partitions_resumed"] == len(partial)
+    assert report["partitions_skipped"] + report["partitions_done"] == partitions
+    assert report["rate_limited"] == 0 and sim.stats.rate_limited == 0
+
+
+async def test_a_second_backfill_or_a_sync_is_refused_with_exit_3(
+    simulator, database_url, db, spawn
+) -> None:
+    sim = await simulator(orders=300, seed=5, today=dt.date(2016, 12, 31), latency_s=0.25)
+    first = await spawn(backfill_args(sim, database_url))
+
+    async def holds_lock() -> bool:
+        n = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'asyncsync backfill' AND datname = current_database()"
+        )
+        return bool(n)
+
+    await until(holds_lock, "the first backfill took the run lock", first)
+    second = await spawn(backfill_args(sim, database_url))
+    code, out, err = await second.finish(30)
+    assert code == 3, out + err
+    assert "account 'default' is busy: asyncsync backfill is already running" in err
+    assert "not starting backfill" in err and "Traceback" not in err
+    # An incremental sync of the same account is refused the same way.
+    sync = await spawn([*backfill_args(sim, database_url), "--mode", "sync"])
+    code, out, err = await sync.finish(30)
+    assert code == 3 and "asyncsync backfill is already running; not starting sync" in err
+
+    # SIGTERM drains the first one gracefully: what it merged matches its checkpoints.
+    assert first.running
+    first.proc.send_signal(signal.SIGTERM)
+    code, out, err = await first.finish(30)
+    assert code == 130, out + err
+    assert "interrupted: resumes next run" in out
+    stored = await assert_checkpoints_match_rows(db)
+    assert 0 < len(stored) < len(month_range(FIRST, LAST)) * 8
