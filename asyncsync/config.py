@@ -67,7 +67,13 @@ class Settings:
     metrics_host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
-        for name in ("rate_limit_per_minute", "max_concurrency", "page_size", "batch_size"):
+        for name in (
+            "rate_limit_per_minute",
+            "max_concurrency",
+            "page_size",
+            "batch_size",
+            "partitions_in_flight",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:

@@ -159,7 +159,7 @@ class ListingEngine:
         await self._queue.put(_Item(part, first, None, None))
         if first.is_last:
             return
-        if first.total is None:  # no paginacao: walk until a short page
+        if first.total is None:  # no paginacao: walk until an empty page
             offset = part.start_offset + len(first.items)
             while not self._stop.is_set():
                 page = await self._fetch(part, offset)
@@ -168,7 +168,9 @@ class ListingEngine:
                     return
                 offset += len(page.items)
             return
-        offsets = iter(range(part.start_offset + self._page_size, first.total, self._page_size))
+        # A full first page shows the server's real page size, which may be below ours.
+        step = len(first.items)
+        offsets = iter(range(part.start_offset + step, first.total, step))
 
         async def worker() -> None:
             # A few workers share the offsets: at most that many pages wait for the queue.

@@ -214,12 +214,13 @@ class _Check:
             offset = len(first.items)
             if first.is_last:
                 return
-            if total is not None:
-                pages = (self._page(situacao, o, size) for o in range(size, total, size))
+            if total is not None:  # the first page shows the server's real page size
+                step = offset
+                pages = (self._page(situacao, o, step) for o in range(step, total, step))
                 await run_all(pages)
                 return
             while (page := await self._page(situacao, offset, size)) is not None:
-                listed[situacao] += len(page.items)  # no paginacao: walk to a short page
+                listed[situacao] += len(page.items)  # no paginacao: walk to an empty page
                 offset += len(page.items)
                 if page.is_last:
                     return
@@ -245,8 +246,10 @@ class _Check:
             if rec.id not in self.seen or rec.observed_at >= self.seen[rec.id][2]:
                 self.seen[rec.id] = (rec.situacao, rec.hash, rec.observed_at)
         ids, statuses = [x.id for x in records], [x.situacao for x in records]
-        query = self.rt.pool.fetch(sql("integrity_candidates"), self.account, ids, statuses)
-        disagree = {row["id"] for row in await guarded(query, "comparing a page")} if ids else set()
+        disagree: set[int] = set()
+        if ids:
+            query = self.rt.pool.fetch(sql("integrity_candidates"), self.account, ids, statuses)
+            disagree = {row["id"] for row in await guarded(query, "comparing a page")}
         for rec in records:
             held = self.candidates.get(rec.id)
             if rec.id in disagree and (held is None or rec.observed_at >= held.observed_at):

@@ -23,6 +23,7 @@ class Progress:
     partitions_total: int | None = None
     partitions_done: int = 0
     pages: int = 0
+    pages_total: int | None = None  # when requests, not records, set the pace (backfill)
     records: int = 0
     records_total: int | None = None
     details: int = 0
@@ -52,6 +53,8 @@ class Progress:
     def _work(self) -> tuple[int, int | None]:
         if self.details_total is not None:
             return self.details, self.details_total
+        if self.pages_total is not None:
+            return self.pages, self.pages_total
         return self.records, self.records_total
 
 

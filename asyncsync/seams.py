@@ -38,10 +38,17 @@ class Page:
 
     @property
     def is_last(self) -> bool:
-        """Short page, or the reported total reached: there is nothing after this one."""
-        if len(self.items) < self.query.limit:
+        """Nothing comes after this page.
+
+        With ``paginacao.total`` that is exact. Without it, a short page proves nothing:
+        Tiny documents no maximum ``limit`` and a server may answer fewer items than asked
+        on every page, so only an empty page ends the listing (one extra request).
+        """
+        if not self.items:
             return True
-        return self.total is not None and self.query.offset + len(self.items) >= self.total
+        if self.total is not None:
+            return self.query.offset + len(self.items) >= self.total
+        return False
 
 
 @dataclass(frozen=True, slots=True)

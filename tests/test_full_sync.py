@@ -100,3 +100,14 @@ async def test_revoked_token_stops_a_sync_with_the_plain_error(simulator, runtim
     async with runtime_for(sim, credentials=creds) as rt:
         with pytest.raises(ReauthorizationRequired, match="Authorize the app again"):
             await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+
+
+async def test_a_server_that_caps_the_page_size_loses_nothing(simulator, runtime_for, db) -> None:
+    # Tiny documents no maximum for `limit`: a server answering 30 items to limit=100 must
+    # be paged on, with and without paginacao.
+    for quirks in (Quirks(), Quirks(omit_paginacao=True)):
+        sim = await simulator(orders=700, seed=13, max_limit=30, quirks=quirks)
+        async with runtime_for(sim) as rt:
+            await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+        assert diff(sim.snapshot(), await mirror(db)) == []
+        await db.execute("TRUNCATE ordens_servico, ordem_status_history, sync_metadata")

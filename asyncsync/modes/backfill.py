@@ -32,7 +32,6 @@ from ..client import TinyClient
 from ..config import Settings
 from ..engine import ListingEngine
 from ..enrich import Enricher
-from ..errors import ConfigError
 from ..locks import account_lock
 from ..progress import Progress, ProgressReporter
 from ..report import api_stats, status_name, table
@@ -157,6 +156,8 @@ async def backfill(
         totals = list(report.api_totals.values())
         if totals and None not in totals:
             progress.records_total = max(sum(t or 0 for t in totals) - plan.records_done, 0)
+            # Requests set the pace: one page per partition at least, then full pages.
+            progress.pages_total = len(plan.todo) + progress.records_total // settings.page_size
         engine = ListingEngine(
             rt.client,
             rt.sink,
@@ -210,8 +211,6 @@ async def run(
     first, last = resolve_range(
         getattr(args, "date_from", None), getattr(args, "date_to", None), dt.date.today()
     )
-    if settings.partitions_in_flight < 1:
-        raise ConfigError(f"--partitions must be at least 1, got {settings.partitions_in_flight}")
     async with open_runtime(settings) as rt, account_lock(rt.pool, settings.account, "backfill"):
         report = await backfill(rt, first, last, stop=stop)
     stream.write(report.render() + "\n")
