@@ -17,7 +17,15 @@ ON CONFLICT (account, id) DO UPDATE SET
     payload = EXCLUDED.payload,
     list_hash = EXCLUDED.list_hash,
     observed_at = EXCLUDED.observed_at,
-    detail_stale = true,
+    -- The detail is stale when a tracked field moved. An order whose status a detail has
+    -- already brought (it vanished from the open listings) is not refetched when the
+    -- listing catches up.
+    detail_stale = o.detail_stale
+        OR (o.numero, o.situacao, o.data_emissao, o.data_prevista, o.cliente_id,
+            o.cliente_nome, o.valor)
+           IS DISTINCT FROM
+           (EXCLUDED.numero, EXCLUDED.situacao, EXCLUDED.data_emissao, EXCLUDED.data_prevista,
+            EXCLUDED.cliente_id, EXCLUDED.cliente_nome, EXCLUDED.valor),
     possibly_deleted = false,
     updated_at = now(),
     synced_at = now();
