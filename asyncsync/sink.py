@@ -34,11 +34,13 @@ def order_row(r: OrderRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-#: Rows written between two ANALYZEs of the mirror during a load. Without fresh statistics
-#: the hashes-first lookup turns into a hash join over the whole table for every batch
-#: (bench/bench_merge.py: 56 ms instead of 7 ms a batch at 100k rows, worse as it grows);
-#: autovacuum would analyze eventually, but a first load outruns it or it is off.
-ANALYZE_EVERY = 20_000
+#: Rows written before the first ANALYZE of the mirror during a load; the threshold then
+#: doubles (like autovacuum's scale factor), so a load of N rows analyzes about log2(N)
+#: times. Without fresh statistics the hashes-first lookup turns into a hash join over the
+#: whole table for every batch (bench/bench_merge.py: 56 ms instead of 7 ms a batch at
+#: 100k rows, worse as it grows); autovacuum would analyze eventually, but a first load
+#: outruns it, or it is off.
+ANALYZE_FIRST = 20_000
 
 
 def latest_per_id(records: Sequence[OrderRecord]) -> list[OrderRecord]:
@@ -59,6 +61,7 @@ class PgSink:
         self.account = account
         self._open = list(open_statuses)
         self._written_since_analyze = 0
+        self._analyze_threshold = ANALYZE_FIRST
 
     async def merge_listed(
         self,
@@ -113,8 +116,9 @@ class PgSink:
 
     async def _analyze_if_grown(self, written: int) -> None:
         self._written_since_analyze += written
-        if self._written_since_analyze >= ANALYZE_EVERY:
+        if self._written_since_analyze >= self._analyze_threshold:
             self._written_since_analyze = 0
+            self._analyze_threshold *= 2
             await self._pool.execute("ANALYZE ordens_servico")
 
     async def _insert_new(self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
