@@ -115,3 +115,18 @@ class Enricher:
             self.progress.details += len(ids)
             self.progress.failures += len(out.failures)
         return total
+
+
+async def enrich_backlog(
+    source: OrderSource,
+    sink: OrderSink,
+    *,
+    concurrency: int,
+    budget: int | None,
+    progress: Progress,
+    stop: asyncio.Event,
+) -> MergeStats:
+    """The details pass after a listing: show the backlog on ``progress``, then work it."""
+    progress.details_total = await sink.detail_backlog_size()
+    enricher = Enricher(source, sink, concurrency=concurrency, progress=progress, stop=stop)
+    return await enricher.run(budget)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .engine import ListingEngine, Partition
-from .enrich import Enricher, fetch_details
+from .enrich import enrich_backlog, fetch_details
 from .progress import Progress
 from .seams import MergeStats, OrderSink, OrderSource
 
@@ -129,11 +129,14 @@ async def run_cycle(
             result.details.add(await sink.merge_details(out.details, out.failures, out.missing))
             progress.details += len(vanished)
     if not stop.is_set():
-        budget = detail_budget
-        progress.details_total = await sink.detail_backlog_size()
         result.details.add(
-            await Enricher(source, sink, concurrency=concurrency, progress=progress, stop=stop).run(
-                budget
+            await enrich_backlog(
+                source,
+                sink,
+                concurrency=concurrency,
+                budget=detail_budget,
+                progress=progress,
+                stop=stop,
             )
         )
     result.duration_s = round(time.monotonic() - started, 2)

@@ -21,8 +21,9 @@ from typing import Any
 
 import asyncpg
 
-from asyncsync.config import Credentials, Settings
+from asyncsync.config import Settings
 from asyncsync.database import connect_pool, migrate, redact, with_database
+from asyncsync.modes.simulate import pointed_at
 from asyncsync.records import OrderRecord
 from asyncsync.simulator import TinySimulator
 
@@ -115,15 +116,9 @@ def sim_settings(sim: TinySimulator, database_url: str, **overrides: Any) -> Set
     base = Settings(
         database_url=database_url,
         data_dir=Path(tempfile.gettempdir()) / "asyncsync-bench-unused",
-        api_base_url=sim.base_url,
-        token_url=sim.token_url,
-        credentials=Credentials(
-            sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token()
-        ),
-        rate_limit_per_minute=sim.config.rate_limit_per_minute,
         request_timeout_s=60.0,
     )
-    return dataclasses.replace(base, **overrides)
+    return pointed_at(base, sim, **overrides)
 
 
 @dataclasses.dataclass

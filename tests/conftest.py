@@ -8,7 +8,6 @@ its own database, cloned from a template that already holds the schema.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import tempfile
 import uuid
@@ -19,8 +18,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from asyncsync.config import Credentials, Settings
+from asyncsync.config import Settings
 from asyncsync.database import connect_pool, migrate, start_embedded, with_database
+from asyncsync.modes.simulate import pointed_at
 from asyncsync.runtime import Runtime, open_runtime
 from asyncsync.simulator import SimConfig, TinySimulator
 
@@ -93,18 +93,12 @@ def settings_for(sim: TinySimulator, database_url: str, **overrides: Any) -> Set
     base = Settings(
         database_url=database_url,
         data_dir=Path(tempfile.gettempdir()) / "asyncsync-unused",
-        api_base_url=sim.base_url,
-        token_url=sim.token_url,
-        credentials=Credentials(
-            sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token()
-        ),
-        rate_limit_per_minute=sim.config.rate_limit_per_minute,
         max_concurrency=8,
         request_timeout_s=10.0,
         max_retries=4,
         batch_size=500,
     )
-    return dataclasses.replace(base, **overrides)
+    return pointed_at(base, sim, **overrides)
 
 
 SimFactory = Callable[..., Any]

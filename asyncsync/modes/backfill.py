@@ -31,7 +31,7 @@ from ..backfill_plan import Plan, counts_in_range, plan_backfill, read_checkpoin
 from ..client import TinyClient
 from ..config import Settings
 from ..engine import ListingEngine
-from ..enrich import Enricher
+from ..enrich import enrich_backlog
 from ..locks import account_lock
 from ..progress import Progress, ProgressReporter
 from ..report import api_stats, status_name, table
@@ -177,14 +177,14 @@ async def backfill(
             report.requests_per_minute = round(60 * report.requests / report.listing_s, 1)
         report.listed, report.pages = result.stats, result.pages
         report.partitions_done = len(result.complete)
-        progress.details_total = await rt.sink.detail_backlog_size()
-        report.details = await Enricher(
+        report.details = await enrich_backlog(
             rt.client,
             rt.sink,
             concurrency=settings.max_concurrency * 2,
+            budget=settings.detail_budget,
             progress=progress,
             stop=stop,
-        ).run(settings.detail_budget)
+        )
     report.interrupted = stop.is_set() or report.partitions_left > 0
     report.detail_backlog = await rt.sink.detail_backlog_size()
     metrics.DETAIL_BACKLOG.set(report.detail_backlog)

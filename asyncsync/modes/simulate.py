@@ -8,9 +8,12 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Credentials, Settings
+
+if TYPE_CHECKING:
+    from ..simulator import TinySimulator
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +39,20 @@ async def bundled(
     )
     async with TinySimulator(config) as sim:
         log.info("bundled Tiny simulator with %d orders at %s", orders, sim.base_url)
-        yield dataclasses.replace(
-            settings,
-            api_base_url=sim.base_url,
-            token_url=sim.token_url,
-            credentials=Credentials(
-                config.client_id, config.client_secret, sim.valid_refresh_token()
-            ),
-        )
+        yield pointed_at(settings, sim)
+
+
+def pointed_at(settings: Settings, sim: TinySimulator, **overrides: Any) -> Settings:
+    """``settings`` talking to a running simulator: its URLs, credentials and quota."""
+    pointing: dict[str, Any] = {
+        "api_base_url": sim.base_url,
+        "token_url": sim.token_url,
+        "credentials": Credentials(
+            sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token()
+        ),
+        "rate_limit_per_minute": sim.config.rate_limit_per_minute,
+    }
+    return dataclasses.replace(settings, **{**pointing, **overrides})
 
 
 async def run(settings: Settings, *, args: Any, stop: asyncio.Event) -> int:

@@ -22,7 +22,7 @@ from .. import metrics
 from ..client import ClientStats
 from ..config import Settings
 from ..engine import ListingEngine, Partition
-from ..enrich import Enricher
+from ..enrich import enrich_backlog
 from ..incremental import plan_cycle, run_cycle
 from ..locks import account_lock
 from ..progress import Progress, ProgressReporter
@@ -126,14 +126,14 @@ async def full_sync(rt: Runtime, *, stop: asyncio.Event, stream: TextIO) -> Sync
             stamp = {"completed_at": dt.datetime.now(dt.UTC).isoformat()}
             await rt.sink.set_metadata(FULL_SYNC_KEY, _json({**stamp, "totals": report.api_totals}))
             await rt.sink.set_metadata(CLOSED_SWEEP_KEY, _json(stamp))
-        progress.details_total = await rt.sink.detail_backlog_size()
-        report.details = await Enricher(
+        report.details = await enrich_backlog(
             rt.client,
             rt.sink,
             concurrency=settings.max_concurrency * 2,
+            budget=settings.detail_budget,
             progress=progress,
             stop=stop,
-        ).run(settings.detail_budget)
+        )
     report.interrupted = stop.is_set() or not complete
     report.detail_backlog = await rt.sink.detail_backlog_size()
     metrics.DETAIL_BACKLOG.set(report.detail_backlog)
