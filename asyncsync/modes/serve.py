@@ -48,7 +48,9 @@ async def serve_loop(
         try:
             async with account_lock(rt.pool, rt.settings.account, "serve"):
                 report = await sync_once(rt, full=False, stop=stop, stream=sys.stderr)
-                log.info("%s cycle %d finished: %d changes", report.kind, cycles, report.changes)
+                log.info(
+                    "%s cycle %d finished: %d history rows", report.kind, cycles, report.changes
+                )
                 if after_cycle is not None and not stop.is_set():
                     await after_cycle(rt, stop)
         except ReauthorizationRequired:

@@ -57,7 +57,7 @@ class SyncReport:
 
     @property
     def changes(self) -> int:
-        """Status changes recorded in history by this run."""
+        """History rows added by this run (first sightings of new orders included)."""
         return self.listed.status_changes + self.details.status_changes
 
     def to_json(self) -> str:
@@ -85,8 +85,8 @@ class SyncReport:
             "",
             f"orders listed {self.listed.received:,}: {self.listed.inserted:,} new, "
             f"{self.listed.changed:,} changed, {self.listed.unchanged:,} unchanged; "
-            f"{self.changes:,} status changes "
-            "recorded",
+            f"history: {self.changes - self.listed.inserted:,} status changes, "
+            f"{self.listed.inserted:,} first sightings",
             f"details fetched {self.details.details:,} ({self.details.missing:,} gone, "
             f"{self.detail_backlog:,} still waiting); import failures "
             f"{self.listed.failures + self.details.failures:,}",
