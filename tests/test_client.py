@@ -15,7 +15,7 @@ import pytest
 from aioresponses import aioresponses
 
 from asyncsync.client import TinyClient
-from asyncsync.config import Credentials
+from asyncsync.config import Credentials, load_bootstrap_tokens
 from asyncsync.errors import (
     ReauthorizationRequired,
     TinyBadPayload,
@@ -191,3 +191,21 @@ async def test_server_errors_are_retried_then_typed(monkeypatch) -> None:
             with pytest.raises(TinyBadPayload, match="itens"):
                 mocked.get(f"{base}/ordem-servico?limit=100&offset=0&situacao=3", payload={})
                 await client.list_orders(ListQuery(3))
+
+
+async def test_bootstrap_from_the_users_tiny_token_json(simulator, tmp_path) -> None:
+    sim = await simulator(orders=5)
+    path = tmp_path / "tiny_token.json"
+    path.write_text(
+        '{"client_id": "sim-client", "client_secret": "sim-secret", '
+        f'"refresh_token": "{sim.valid_refresh_token()}", "access_token": "stale", '
+        '"expires_at": 1700000000}'
+    )
+    creds = load_bootstrap_tokens(path, None, None)
+    assert creds.client_id == "sim-client" and "sim-secret" not in repr(creds)
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenManager(session, sim.token_url, creds, MemoryTokenStore())
+        client = TinyClient(session, sim.base_url, tokens, AccountLimiter(6000, 4))
+        detail = await client.get_order(next(iter(sim.orders)))
+    assert detail.order_id in sim.orders
+    assert sim.stats.unauthorized == 0  # the expired access token was refreshed, not sent

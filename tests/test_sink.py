@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+
+import pytest
 
 from asyncsync.records import parse_list_item
 from asyncsync.seams import Checkpoint
@@ -57,3 +60,28 @@ async def test_mixed_batch_and_checkpoint_commit_together(db) -> None:
     assert await sink.get_metadata("k") == '{"offset": 2}'
     assert await db.fetchval("SELECT valor FROM ordens_servico WHERE id = 1") == 11
     assert await db.fetchval("SELECT detail_stale FROM ordens_servico WHERE id = 1") is True
+
+
+async def test_a_merge_cancelled_mid_copy_leaves_nothing_and_the_pool_works(db) -> None:
+    sink = PgSink(db, "default", [0])
+    batch = [parse_list_item(item(i, 3), T0) for i in range(1, 200_001)]
+    task = asyncio.create_task(sink.merge_listed(batch))
+    await asyncio.sleep(0.3)  # inside the COPY of 200k rows
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The transaction rolled back as a whole, and the connections still serve.
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 0
+    assert await db.fetchval("SELECT count(*) FROM ordem_status_history") == 0
+    stats = await sink.merge_listed(batch[:1000])
+    assert stats.inserted == 1000
+
+
+async def test_accounts_share_a_database_without_touching_each_other(db) -> None:
+    a, b = PgSink(db, "loja-a", [0]), PgSink(db, "loja-b", [0])
+    await a.merge_listed([parse_list_item(item(1, 0), T0), parse_list_item(item(2, 3), T0)])
+    await b.merge_listed([parse_list_item(item(1, 3), T0)])  # same Tiny id, other account
+    assert await a.counts_by_status() == {0: 1, 3: 1}
+    assert await b.counts_by_status() == {3: 1}
+    await a.set_metadata("k", "a")
+    assert await b.get_metadata("k") is None
