@@ -61,9 +61,9 @@ class AccountLimiter:
         self._bucket = self._make_bucket(rate_per_minute)
 
     def _make_bucket(self, rate: int) -> AsyncLimiter:
-        # A burst of about one second of quota: enough to keep the pipes busy, small
-        # enough that a fixed window on the server is not overrun by it.
-        burst = max(1, int(rate / self._period_s))
+        # A burst of a tenth of a second of quota: enough to keep the pipes busy, small
+        # enough that a run's achieved rate stays at the quota (aiolimiter starts full).
+        burst = max(1, int(rate / self._period_s / 10))
         return AsyncLimiter(burst, burst * self._period_s / rate)
 
     @property
