@@ -209,3 +209,21 @@ async def test_bootstrap_from_the_users_tiny_token_json(simulator, tmp_path) -> 
         detail = await client.get_order(next(iter(sim.orders)))
     assert detail.order_id in sim.orders
     assert sim.stats.unauthorized == 0  # the expired access token was refreshed, not sent
+
+
+async def test_timeouts_and_refused_connections_are_retried_then_typed(simulator) -> None:
+    sim = await simulator(orders=5, latency_s=0.5)
+    order_id = next(iter(sim.orders))
+    creds = Credentials(sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token())
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenManager(session, sim.token_url, creds, MemoryTokenStore())
+        slow = TinyClient(session, sim.base_url, tokens, AccountLimiter(6000, 4),
+                          timeout_s=0.1, max_retries=3, max_backoff_s=0.05)  # fmt: skip
+        with pytest.raises(TinyUnavailable, match="TimeoutError after retries"):
+            await slow.get_order(order_id)
+        assert slow.stats.retries == 2 and sim.stats.requests_by_endpoint["detail"] == 3
+        dead = TinyClient(session, "http://127.0.0.1:1/api", tokens, AccountLimiter(6000, 4),
+                          max_retries=2, max_backoff_s=0.05)  # fmt: skip
+        with pytest.raises(TinyUnavailable, match="ClientConnectorError after retries"):
+            await dead.get_order(order_id)
+        assert dead.stats.retries == 1
