@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS integrity_runs (
 );
 
 -- Where reports read conclusions from: the API's dataConclusao, else the first observed
--- change into 3 - Finalizada.
+-- change into 3 - Finalizada (NULL when the order was first seen already finalized).
 CREATE OR REPLACE VIEW ordens_finalizadas AS
 SELECT o.account,
        o.id,
@@ -101,11 +101,13 @@ SELECT o.account,
        o.valor,
        o.data_emissao,
        COALESCE(o.data_conclusao, h.first_finalizada) AS data_conclusao,
-       CASE WHEN o.data_conclusao IS NOT NULL THEN 'api' ELSE 'history' END AS conclusao_fonte
+       CASE WHEN o.data_conclusao IS NOT NULL THEN 'api'
+            WHEN h.first_finalizada IS NOT NULL THEN 'history' END AS conclusao_fonte
 FROM ordens_servico o
 LEFT JOIN LATERAL (
     SELECT (min(changed_at) AT TIME ZONE 'America/Sao_Paulo') AS first_finalizada
     FROM ordem_status_history
     WHERE account = o.account AND id_os = o.id AND status_novo = 3
+      AND status_antigo IS NOT NULL  -- first seen already finalized: the moment is unknown
 ) h ON true
 WHERE o.situacao = 3;

@@ -325,6 +325,10 @@ class _Check:
         out = await unwrap(fetch_details(rt.client, ask, concurrency=rt.settings.max_concurrency))
         await rt.sink.merge_details(out.details)
         self.report.found_by_detail = sorted(d.id for d in out.details)
-        gone = [*out.missing, *(f.order_id for f in out.failures), *ids[CONFIRM_LIMIT:]]
+        # Only a 404 says "deleted"; a detail that failed (5xx, bad JSON) proves nothing:
+        # it becomes an import failure for the retry mode, and this run reports it unfixed.
+        await record_failures(rt.pool, self.account, out.failures, self.clock())
+        self.report.failed = sorted({*self.report.failed, *(f.order_id for f in out.failures)})
+        gone = [*out.missing, *ids[CONFIRM_LIMIT:]]
         query = rt.pool.fetch(sql("integrity_flag_deleted"), self.account, gone)
         self.report.possibly_deleted = sorted(row["id"] for row in await guarded(query, "flagging"))

@@ -21,6 +21,10 @@ from .errors import RecordError
 from .status import parse_situacao
 
 _ZERO_DATES = {"", "0000-00-00", "0000-00-00 00:00:00"}
+#: numeric(14, 2) holds less than this; a larger amount is bad data, not a crash.
+_MONEY_LIMIT = Decimal(10) ** 12
+#: ids are bigint.
+_ID_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,7 @@ def parse_money(value: object, field: str) -> Decimal | None:
     if isinstance(value, bool):
         raise ValueError(f"{field}: expected money, got a boolean")
     if isinstance(value, int | float):
-        return Decimal(str(value)).quantize(Decimal("0.01"))
+        return _bounded(Decimal(str(value)), field, value)
     if not isinstance(value, str):
         raise ValueError(f"{field}: expected money, got {type(value).__name__}")
     text = value.strip()
@@ -127,19 +131,23 @@ def parse_money(value: object, field: str) -> Decimal | None:
         amount = Decimal(text)
     except InvalidOperation:
         raise ValueError(f"{field}: unparseable amount {value!r}") from None
-    if not amount.is_finite():
-        raise ValueError(f"{field}: unparseable amount {value!r}")
+    return _bounded(amount, field, value)
+
+
+def _bounded(amount: Decimal, field: str, value: object) -> Decimal:
+    if not amount.is_finite() or abs(amount) >= _MONEY_LIMIT:
+        raise ValueError(f"{field}: amount out of range {value!r}")
     return amount.quantize(Decimal("0.01"))
 
 
 def _parse_id(value: object, field: str) -> int:
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{field}: missing")
-    if isinstance(value, int):
-        return value
     if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    raise ValueError(f"{field}: expected an integer id, got {value!r}")
+        value = int(value)
+    if isinstance(value, int) and 0 < value <= _ID_MAX:
+        return value
+    raise ValueError(f"{field}: expected a positive integer id, got {value!r}")
 
 
 def _optional_id(value: object, field: str) -> int | None:

@@ -114,7 +114,9 @@ async def test_one_cycle_catches_every_kind_of_change(simulator, runtime_for, db
     assert await history_by_id(db) == expected
 
 
-async def test_data_conclusao_falls_back_to_history(simulator, runtime_for, db) -> None:
+async def test_data_conclusao_comes_from_the_api_or_stays_unknown(
+    simulator, runtime_for, db
+) -> None:
     sim = await simulator(orders=300, seed=2)
     async with runtime_for(sim, page_size=PAGE) as rt:
         await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
@@ -127,8 +129,9 @@ async def test_data_conclusao_falls_back_to_history(simulator, runtime_for, db) 
         api = finalizadas[r["id"]].data_conclusao
         if api is not None:
             assert (r["data_conclusao"], r["conclusao_fonte"]) == (api, "api")
-        else:  # no dataConclusao from the API: the first observed change into 3
-            assert r["conclusao_fonte"] == "history" and r["data_conclusao"] is not None
+        else:  # first seen already finalized, without dataConclusao: the moment is unknown
+            assert (r["data_conclusao"], r["conclusao_fonte"]) == (None, None)
+    assert any(r["conclusao_fonte"] is None for r in rows)  # the generator leaves ~10% empty
 
 
 async def test_moves_while_paging_converge_without_duplicate_history(
@@ -163,3 +166,36 @@ async def test_moves_while_paging_converge_without_duplicate_history(
         for (_, new), (old2, new2) in itertools.pairwise(chain):
             assert old2 == new and new2 != old2, (order_id, chain)  # no repeat, no step back
         assert chain[-1][1] == sim.orders[order_id].situacao
+
+
+async def test_an_order_reopened_after_a_detail_closed_it(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=600, seed=17)
+    overrides = {"page_size": PAGE, "recent_window_days": 0, "sweep_interval_s": 1e9}
+    async with runtime_for(sim, **overrides) as rt:
+        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    old = dt.date.today() - dt.timedelta(days=90)
+    order = next(
+        o.id for o in sim.orders.values() if o.situacao == Situacao.FINALIZADA and o.data < old
+    )
+    sim.set_status(order, Situacao.EM_ANDAMENTO)  # reopened: the open listing shows it
+    async with runtime_for(sim, **overrides) as rt:
+        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    sim.set_status(order, Situacao.FINALIZADA)  # vanishes from the open listings
+    sim.orders[order].data_conclusao = None  # and Tiny gives no dataConclusao
+    async with runtime_for(sim, **overrides) as rt:
+        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    fallback = await db.fetchrow(
+        "SELECT data_conclusao, conclusao_fonte FROM ordens_finalizadas WHERE id = $1", order
+    )
+    changed_at = await db.fetchval(
+        "SELECT changed_at AT TIME ZONE 'America/Sao_Paulo' FROM ordem_status_history "
+        "WHERE id_os = $1 AND status_antigo = 6 AND status_novo = 3",
+        order,
+    )
+    assert tuple(fallback) == (changed_at, "history")  # the observed change, not the sync
+    sim.set_status(order, Situacao.EM_ANDAMENTO)  # lists exactly as before it closed
+    async with runtime_for(sim, **overrides) as rt:
+        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    assert await db.fetchval("SELECT situacao FROM ordens_servico WHERE id = $1", order) == 6
+    hist = (await history_by_id(db))[order]
+    assert hist == [(None, 3), (3, 6), (6, 3), (3, 6)]

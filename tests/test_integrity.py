@@ -245,3 +245,19 @@ async def test_a_stop_mid_listing_changes_nothing(simulator, runtime_for, db) ->
     assert report.recovered == report.possibly_deleted == [] and report.pages < 10
     assert not await db.fetchval("SELECT count(*) FROM ordens_servico WHERE possibly_deleted")
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 599
+
+
+async def test_a_failing_detail_is_not_taken_for_a_deletion(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=120, seed=6)
+    await sync(sim, runtime_for)
+    hidden = sorted(sim.orders)[5]
+    sim._index.remove(hidden, sim.orders[hidden].situacao)  # missed by the listings...
+    sim.fail_detail[hidden] = "500"  # ...and its detail fails: nothing proves it is gone
+    report = await integrity(sim, runtime_for)
+    assert report.possibly_deleted == [] and report.failed == [hidden]
+    assert report.exit_code == 1
+    assert not await db.fetchval("SELECT possibly_deleted FROM ordens_servico WHERE id=$1", hidden)
+    row = await db.fetchrow(
+        "SELECT resolvido, dados_api FROM import_failures WHERE id_ordem=$1", hidden
+    )
+    assert row is not None and not row["resolvido"] and "500" in row["dados_api"]

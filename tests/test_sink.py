@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 
+from asyncsync.errors import RecordError
 from asyncsync.records import parse_list_item
 from asyncsync.seams import Checkpoint
 from asyncsync.sink import PgSink
@@ -85,3 +86,13 @@ async def test_accounts_share_a_database_without_touching_each_other(db) -> None
     assert await b.counts_by_status() == {3: 1}
     await a.set_metadata("k", "a")
     assert await b.get_metadata("k") is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("valor", 10**12), ("valor", "1.000.000.000.000,00"), ("id", 2**63), ("id", -4)],
+)
+def test_values_the_columns_cannot_hold_are_bad_records(field: str, value: object) -> None:
+    raw = {**item(1, 3), field: value}
+    with pytest.raises(RecordError, match=field):
+        parse_list_item(raw, T0)
