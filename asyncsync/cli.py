@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
               "status codes listed completely every cycle", default="0,1,2,5,6")  # fmt: skip
     _env_flag(g, "--metrics-port", "ASYNCSYNC_METRICS_PORT",
               "serve Prometheus /metrics on this port", type=int)  # fmt: skip
+    _env_flag(g, "--metrics-host", "ASYNCSYNC_METRICS_HOST", "address /metrics listens on",
+              default="0.0.0.0")  # fmt: skip
 
     d = p.add_argument_group("database")
     _env_flag(d, "--database-url", "DATABASE_URL",
@@ -109,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
               type=float, default=0.0)  # fmt: skip
 
     o = p.add_argument_group("output")
-    _env_flag(o, "--log-level", "ASYNCSYNC_LOG_LEVEL", "log level", default="INFO")
+    _env_flag(o, "--log-level", "ASYNCSYNC_LOG_LEVEL", "log level", default="INFO",
+              type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"))  # fmt: skip
     _env_flag(o, "--log-format", "ASYNCSYNC_LOG_FORMAT", "log format",
               choices=("auto", "json", "text"), default="auto")  # fmt: skip
     return p
@@ -164,6 +167,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         interval_s=args.interval,
         partitions_in_flight=args.partitions,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
 
@@ -238,6 +242,9 @@ def report_failure(mode: str, exc: BaseException) -> int:
         return 1
     if isinstance(exc, AsyncsyncError):
         print(f"asyncsync: {mode} failed: {cause_chain(exc)}", file=sys.stderr)
+        return 1
+    if isinstance(exc, OSError):  # a port taken, a directory not writable...
+        print(f"asyncsync: {mode} failed: {exc}", file=sys.stderr)
         return 1
     if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
         print("asyncsync: interrupted", file=sys.stderr)

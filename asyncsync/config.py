@@ -73,6 +73,7 @@ class Settings:
             "page_size",
             "batch_size",
             "partitions_in_flight",
+            "max_retries",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -71,7 +71,13 @@ async def connect_pool(dsn: str, *, max_size: int = 4) -> AsyncIterator[asyncpg.
     """A pool whose connections carry the staging tables; clear errors when unreachable."""
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=max_size, init=_init_connection, timeout=15
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            init=_init_connection,
+            timeout=15,
+            # import_failures keeps the seed's `timestamp` columns: pin what they mean.
+            server_settings={"timezone": "UTC", "application_name": "asyncsync"},
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseError(
@@ -91,7 +97,7 @@ async def connect_pool(dsn: str, *, max_size: int = 4) -> AsyncIterator[asyncpg.
 async def migrate(pool: asyncpg.Pool) -> None:
     """Apply ``schema.sql`` (idempotent); serialized so parallel starts don't collide."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('asyncsync.schema'))")
+        await conn.execute(sql("schema_lock"))
         await conn.execute(sql("schema"))
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -86,7 +86,6 @@ class ListingEngine:
         partitions_in_flight: int = 8,
         progress: Progress | None = None,
         stop: asyncio.Event | None = None,
-        on_page: Callable[[Page], None] | None = None,
         pages_in_flight: int = 16,
         track_seen: bool = False,
     ) -> None:
@@ -98,7 +97,6 @@ class ListingEngine:
         self._in_flight = asyncio.Semaphore(partitions_in_flight)
         self.progress = progress or Progress("listing")
         self._stop = stop or asyncio.Event()
-        self._on_page = on_page
         # Pages requested but not yet queued, per streaming partition: bounds memory.
         self._pages_in_flight = pages_in_flight
         self._track_seen = track_seen
@@ -135,8 +133,6 @@ class ListingEngine:
         page = await self._source.list_orders(part.query(offset, self._page_size))
         self.result.pages += 1
         self.progress.pages += 1
-        if self._on_page is not None:
-            self._on_page(page)
         return page
 
     async def _page_sequentially(self, part: Partition) -> None:

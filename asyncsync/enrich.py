@@ -46,17 +46,24 @@ def failure_for(order_id: int, exc: TinyError) -> FailureRecord:
 
 
 async def fetch_details(
-    source: OrderSource, ids: Iterable[int], *, concurrency: int = 16
+    source: OrderSource,
+    ids: Iterable[int],
+    *,
+    concurrency: int = 16,
+    stop: asyncio.Event | None = None,
 ) -> DetailOutcome:
     """Fetch and parse details of ``ids``; per-order problems become failures, not errors.
 
-    Authentication failures are not per order: they propagate and stop the run.
+    Authentication failures are not per order: they propagate and stop the run. Once
+    ``stop`` is set no new request starts; what already arrived is returned, to be merged.
     """
     out = DetailOutcome()
     gate = asyncio.Semaphore(concurrency)
 
     async def one(order_id: int) -> None:
         async with gate:
+            if stop is not None and stop.is_set():
+                return
             try:
                 detail = await source.get_order(order_id)
             except TinyNotFound:
@@ -109,10 +116,12 @@ class Enricher:
             if not ids:
                 break
             attempted.update(ids)
-            out = await fetch_details(self._source, ids, concurrency=self._concurrency)
+            out = await fetch_details(
+                self._source, ids, concurrency=self._concurrency, stop=self._stop
+            )
             stats = await self._sink.merge_details(out.details, out.failures, out.missing)
             total.add(stats)
-            self.progress.details += len(ids)
+            self.progress.details += len(out.details) + len(out.failures) + len(out.missing)
             self.progress.failures += len(out.failures)
         return total
 

@@ -125,7 +125,7 @@ async def run_cycle(
         vanished = await sink.ids_in_statuses(plan.open_statuses) - seen
         result.vanished = len(vanished)
         if vanished:
-            out = await fetch_details(source, sorted(vanished), concurrency=concurrency)
+            out = await fetch_details(source, sorted(vanished), concurrency=concurrency, stop=stop)
             result.details.add(await sink.merge_details(out.details, out.failures, out.missing))
             progress.details += len(vanished)
     if not stop.is_set():

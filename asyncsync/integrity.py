@@ -162,7 +162,7 @@ class _Check:
 
     async def _counts(self) -> tuple[dict[int, int], dict[int, int]]:
         pool = self.rt.pool
-        db = await guarded(pool.fetch(sql("integrity_counts"), self.account), "counting orders")
+        db = await guarded(pool.fetch(sql("counts_by_status"), self.account), "counting orders")
         tracked = await guarded(
             pool.fetch(sql("integrity_tracked_counts"), self.account), "counting failures"
         )

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from .database import guarded
+from .database import guarded, sql
 from .errors import LockBusy
 
 
@@ -24,26 +24,15 @@ async def account_lock(pool: asyncpg.Pool, account: str, purpose: str) -> AsyncI
     """
     key = f"asyncsync.run:{account}"
     async with pool.acquire() as conn:
-        got = await guarded(
-            conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key), "taking the run lock"
-        )
-        if not got:
-            holder = await conn.fetchval(
-                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                "WHERE l.locktype = 'advisory' AND l.granted "
-                "AND l.objid::bigint = (hashtext($1)::bigint & 4294967295) "
-                "AND a.pid <> pg_backend_pid() LIMIT 1",
-                key,
-            )
+        if not await guarded(conn.fetchval(sql("lock_try"), key), "taking the run lock"):
+            holder = await conn.fetchval(sql("lock_holder"), key)
             who = holder or "another asyncsync process"
             raise LockBusy(
                 f"account {account!r} is busy: {who} is already running; not starting {purpose}"
             )
-        await conn.execute(
-            "SELECT set_config('application_name', $1, false)", f"asyncsync {purpose}"
-        )
+        await conn.execute(sql("set_application_name"), f"asyncsync {purpose}")
         try:
             yield
         finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
-            await conn.execute("RESET application_name")
+            await conn.execute(sql("lock_release"), key)
+            await conn.execute(sql("reset_application_name"))

@@ -66,11 +66,6 @@ class AccountLimiter:
         burst = max(1, int(rate / self._period_s / 10))
         return AsyncLimiter(burst, burst * self._period_s / rate)
 
-    @property
-    def paused_for_s(self) -> float:
-        """Seconds left of the current account-wide pause (0 when not paused)."""
-        return max(0.0, self._resume_at - self._clock())
-
     async def _wait_resume(self) -> None:
         # The deadline can move while we sleep (a later 429 extends it), so re-read it.
         while (delay := self._resume_at - self._clock()) > 0:  # noqa: ASYNC110

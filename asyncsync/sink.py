@@ -119,7 +119,7 @@ class PgSink:
         if self._written_since_analyze >= self._analyze_threshold:
             self._written_since_analyze = 0
             self._analyze_threshold *= 2
-            await self._pool.execute("ANALYZE ordens_servico")
+            await self._pool.execute(sql("analyze_orders"))
 
     async def _insert_new(self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
         """All-new batch: COPY straight into the target and its first-sighting history."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import backoff
 import orjson
 
 from . import metrics
@@ -93,10 +94,16 @@ class TokenManager:
                 if stored and stored.access_token != stale and self._usable(stored):
                     self._tokens = stored
                     return stored.access_token  # type: ignore[return-value]
-                self._tokens = await self._grant(stored)
-                await self._store.save(self._tokens)
+                # Tiny invalidates the spent refresh token at once: once the request is
+                # sent, the new one must be stored even if this task is being cancelled.
+                self._tokens = await asyncio.shield(self._grant_and_save(stored))
             assert self._tokens.access_token is not None
             return self._tokens.access_token
+
+    async def _grant_and_save(self, stored: TokenSet | None) -> TokenSet:
+        tokens = await self._grant(stored)
+        await self._store.save(tokens)
+        return tokens
 
     async def _grant(self, stored: TokenSet | None) -> TokenSet:
         """Spend the newest refresh token we know; fall back to the bootstrap one."""
@@ -120,7 +127,11 @@ class TokenManager:
         assert last is not None
         raise last
 
+    @backoff.on_exception(
+        backoff.expo, TinyUnavailable, max_tries=3, max_value=10, jitter=backoff.full_jitter
+    )
     async def _post(self, refresh_token: str) -> TokenSet:
+        """One grant; a 5xx or an unreachable endpoint is tried three times in all."""
         form = {
             "grant_type": "refresh_token",
             "client_id": self._credentials.client_id,

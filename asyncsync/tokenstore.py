@@ -48,8 +48,8 @@ class PgTokenStore:
     async def exclusive(self) -> AsyncIterator[None]:
         async with self._pool.acquire() as conn:
             key = f"asyncsync.token:{self._account}"
-            await guarded(conn.execute("SELECT pg_advisory_lock(hashtext($1))", key), "token lock")
+            await guarded(conn.execute(sql("lock_wait"), key), "taking the token lock")
             try:
                 yield
             finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+                await conn.execute(sql("lock_release"), key)

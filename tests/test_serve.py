@@ -6,8 +6,10 @@ import asyncio
 import os
 import signal
 import sys
+import time
 
 import aiohttp
+import asyncpg
 
 from asyncsync import metrics
 from asyncsync.modes.serve import serve_loop
@@ -29,6 +31,8 @@ async def test_serve_cycles_and_exposes_metrics(simulator, runtime_for, db) -> N
         if len(cycles) == 2:
             stop.set()
 
+    inserted_before = metrics.value("asyncsync_orders_synced_total", {"outcome": "inserted"})
+    started = time.time()
     async with runtime_for(sim) as rt, metrics.metrics_server("127.0.0.1", 0) as port:
         task = asyncio.create_task(
             serve_loop(rt, stop=stop, interval_s=0.05, after_cycle=after_cycle)
@@ -49,7 +53,11 @@ async def test_serve_cycles_and_exposes_metrics(simulator, runtime_for, db) -> N
         "asyncsync_last_success_timestamp_seconds",
     ):
         assert name in text
-    assert metrics.value("asyncsync_last_success_timestamp_seconds", {"mode": "cycle"}) > 0
+    # The registry is process-wide: compare with what it held before this test.
+    inserted = metrics.value("asyncsync_orders_synced_total", {"outcome": "inserted"})
+    assert inserted - inserted_before == 400
+    assert 'asyncsync_orders_synced_total{outcome="inserted"} ' + f"{inserted}" in text
+    assert metrics.value("asyncsync_last_success_timestamp_seconds", {"mode": "cycle"}) >= started
 
 
 async def test_sigterm_drains_and_exits(database_url: str) -> None:
@@ -59,9 +67,21 @@ async def test_sigterm_drains_and_exits(database_url: str) -> None:
         "--rate-limit", "1200", "--database-url", database_url,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
-    await asyncio.sleep(4)  # listing done, details under way at 20 requests/s
-    proc.send_signal(signal.SIGTERM)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    # Wait for the listing to be merged; details then go at 20 requests/s.
+    pool = await asyncpg.connect(database_url)
+    try:
+        for _ in range(300):
+            if await pool.fetchval("SELECT count(*) FROM ordens_servico") == 3000:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        # Requests in flight finish, nothing new starts: well under a 200-detail chunk (10 s).
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=6)
+        fetched = await pool.fetchval("SELECT count(*) FROM ordens_servico WHERE NOT detail_stale")
+    finally:
+        await pool.close()
+    assert 0 < fetched < 3000  # the details that arrived were merged before exiting
     assert proc.returncode == 130, err.decode()[-2000:]
     text = out.decode()
     assert "interrupted: resumes next run" in text and "orders listed 3,000" in text

@@ -68,6 +68,7 @@ async def test_a_merge_cancelled_mid_copy_leaves_nothing_and_the_pool_works(db) 
     batch = [parse_list_item(item(i, 3), T0) for i in range(1, 200_001)]
     task = asyncio.create_task(sink.merge_listed(batch))
     await asyncio.sleep(0.3)  # inside the COPY of 200k rows
+    assert not task.done()  # the cancel lands inside the merge's transaction
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -12,12 +12,19 @@ from typing import Any
 
 from ..config import Settings
 from ..database import guarded, open_database, sql
+from ..errors import DatabaseError
 
 
 async def run(settings: Settings, *, args: Any = None, stop: asyncio.Event) -> int:
     """Print one line and return the exit code."""
     async with open_database(settings.database_url, settings.data_dir, apply_schema=False) as pool:
-        last = await guarded(pool.fetchval(sql("health"), settings.account), "reading health")
+        try:
+            last = await guarded(pool.fetchval(sql("health"), settings.account), "health")
+        except DatabaseError as exc:
+            if exc.sqlstate != "42P01":  # undefined_table
+                raise
+            print("unhealthy: the database has no asyncsync schema (run --mode migrate)")
+            return 1
     limit = dt.timedelta(seconds=max(3 * settings.interval_s, 3600))
     if last is None:
         print(f"unhealthy: account {settings.account!r} has never been synced")

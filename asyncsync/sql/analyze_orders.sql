@@ -1,0 +1,2 @@
+-- Fresh planner statistics while a load grows the mirror.
+ANALYZE ordens_servico;

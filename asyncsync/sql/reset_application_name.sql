@@ -1,0 +1,2 @@
+-- Back to the pool's own session name.
+RESET application_name;
