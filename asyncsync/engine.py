@@ -21,16 +21,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
-from .errors import RecordError
+from .errors import RecordError, TinyAuthError, TinyError
 from .progress import Progress
 from .records import FailureRecord, OrderRecord, failure_from, parse_list_item
 from .seams import Checkpoint, ListQuery, MergeStats, OrderSink, OrderSource, Page
-from .tasks import unwrap
+from .status import ALL_STATUSES
+from .tasks import run_all, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,69 @@ class _Item:
     page: Page
     checkpoint: Checkpoint | None
     done: asyncio.Future[None] | None
+
+
+async def page_through(
+    source: OrderSource,
+    part: Partition,
+    *,
+    page_size: int,
+    workers: int,
+    stop: asyncio.Event,
+    on_page: Callable[[Page], Awaitable[None]],
+) -> None:
+    """Hand every page of ``part`` to ``on_page``, the first one first.
+
+    Once the first page reports ``paginacao.total``, the other offsets are shared by
+    ``workers`` concurrent fetchers (so at most that many pages wait on a slow
+    ``on_page``), stepping by the first page's size: a server may cap ``limit`` below
+    ours. Without a total, pages follow one another until an empty one. No page is asked
+    for once ``stop`` is set.
+    """
+    if stop.is_set():
+        return
+    first = await source.list_orders(part.query(part.start_offset, page_size))
+    await on_page(first)
+    if first.is_last:
+        return
+    if first.total is None:
+        offset = part.start_offset + len(first.items)
+        while not stop.is_set():
+            page = await source.list_orders(part.query(offset, page_size))
+            await on_page(page)
+            if page.is_last:
+                return
+            offset += len(page.items)
+        return
+    offsets = iter(range(part.start_offset + len(first.items), first.total, len(first.items)))
+
+    async def worker() -> None:
+        for offset in offsets:
+            if stop.is_set():
+                return
+            await on_page(await source.list_orders(part.query(offset, page_size)))
+
+    await run_all(worker() for _ in range(workers))
+
+
+async def status_totals(
+    source: OrderSource, date_from: dt.date | None = None, date_to: dt.date | None = None
+) -> dict[int, int | None]:
+    """``paginacao.total`` of every status (one single-item request each); None where the
+    API gave none or the request failed (authentication failures propagate)."""
+    totals: dict[int, int | None] = {}
+
+    async def one(situacao: int) -> None:
+        try:
+            page = await source.list_orders(ListQuery(situacao, 0, 1, date_from, date_to))
+            totals[situacao] = page.total
+        except TinyAuthError:
+            raise
+        except TinyError:
+            totals[situacao] = None
+
+    await run_all(one(int(s)) for s in ALL_STATUSES)
+    return dict(sorted(totals.items()))
 
 
 def checkpoint_value(next_offset: int, complete: bool) -> str:
@@ -150,34 +214,20 @@ class ListingEngine:
                 return
 
     async def _page_streaming(self, part: Partition) -> None:
-        first = await self._fetch(part, part.start_offset)
-        self.result.totals[part] = first.total
-        await self._queue.put(_Item(part, first, None, None))
-        if first.is_last:
-            return
-        if first.total is None:  # no paginacao: walk until an empty page
-            offset = part.start_offset + len(first.items)
-            while not self._stop.is_set():
-                page = await self._fetch(part, offset)
-                await self._queue.put(_Item(part, page, None, None))
-                if page.is_last:
-                    return
-                offset += len(page.items)
-            return
-        # A full first page shows the server's real page size, which may be below ours.
-        step = len(first.items)
-        offsets = iter(range(part.start_offset + step, first.total, step))
+        async def queue(page: Page) -> None:
+            self.result.pages += 1
+            self.progress.pages += 1
+            self.result.totals.setdefault(part, page.total)
+            await self._queue.put(_Item(part, page, None, None))
 
-        async def worker() -> None:
-            # A few workers share the offsets: at most that many pages wait for the queue.
-            for offset in offsets:
-                if self._stop.is_set():
-                    return
-                await self._queue.put(_Item(part, await self._fetch(part, offset), None, None))
-
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(self._pages_in_flight):
-                tg.create_task(worker())
+        await page_through(
+            self._source,
+            part,
+            page_size=self._page_size,
+            workers=self._pages_in_flight,
+            stop=self._stop,
+            on_page=queue,
+        )
 
     async def _writer(self) -> None:
         batch: list[_Item] = []

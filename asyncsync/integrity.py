@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from .database import guarded, sql
+from .engine import Partition, page_through, status_totals
 from .enrich import fetch_details
 from .errors import RecordError, TinyAuthError, TinyError
 from .records import FailureRecord, OrderRecord, failure_from, parse_list_item
@@ -39,7 +40,7 @@ from .retry import (
     split_outcome,
 )
 from .runtime import Runtime
-from .seams import ListQuery, Page
+from .seams import Page
 from .sink import ORDER_COLUMNS, order_row
 from .status import ALL_STATUSES
 from .tasks import run_all, unwrap
@@ -169,19 +170,8 @@ class _Check:
         return {r["situacao"]: r["n"] for r in db}, {r["situacao"]: r["n"] for r in tracked}
 
     async def _totals(self) -> dict[int, int | None]:
-        totals: dict[int, int | None] = {}
-
-        async def one(situacao: int) -> None:
-            try:
-                page = await self.rt.client.list_orders(ListQuery(situacao, 0, 1))
-                totals[situacao] = page.total
-            except TinyAuthError:
-                raise
-            except TinyError:  # unknown: the full comparison will try (and report) it
-                totals[situacao] = None
-
-        await run_all(one(int(s)) for s in ALL_STATUSES)
-        return dict(sorted(totals.items()))
+        # A total that failed is unknown: the full comparison will try (and report) it.
+        return await status_totals(self.rt.client)
 
     # --- the full comparison ---------------------------------------------------------
 
@@ -204,36 +194,31 @@ class _Check:
             await self._confirm_unlisted(unlisted)
 
     async def _list_status(self, situacao: int, listed: dict[int, int]) -> None:
-        size = self.rt.settings.page_size
+        listed[situacao] = 0
+
+        async def inspect(page: Page) -> None:
+            await self._inspect(page)
+            # The API's own total when it gives one, else what the pages held.
+            listed[situacao] = (
+                page.total if page.total is not None else (listed[situacao] + len(page.items))
+            )
+
         try:
-            first = await self._page(situacao, 0, size)
-            if first is None:
-                return
-            total = first.total
-            listed[situacao] = total if total is not None else len(first.items)
-            offset = len(first.items)
-            if first.is_last:
-                return
-            if total is not None:  # the first page shows the server's real page size
-                step = offset
-                pages = (self._page(situacao, o, step) for o in range(step, total, step))
-                await run_all(pages)
-                return
-            while (page := await self._page(situacao, offset, size)) is not None:
-                listed[situacao] += len(page.items)  # no paginacao: walk to an empty page
-                offset += len(page.items)
-                if page.is_last:
-                    return
+            await page_through(
+                self.rt.client,
+                Partition(situacao),
+                page_size=self.rt.settings.page_size,
+                workers=self.rt.settings.max_concurrency,
+                stop=self.stop,
+                on_page=inspect,
+            )
         except TinyAuthError:
             raise
         except TinyError as exc:
             self.report.listing_errors[situacao] = f"{type(exc).__name__}: {exc}"
 
-    async def _page(self, situacao: int, offset: int, limit: int) -> Page | None:
-        """List one page and keep what disagrees with the mirror; None once stopping."""
-        if self.stop.is_set():
-            return None
-        page = await self.rt.client.list_orders(ListQuery(situacao, offset, limit))
+    async def _inspect(self, page: Page) -> None:
+        """Keep what a listed page says, and the rows that disagree with the mirror."""
         self.report.pages += 1
         records: list[OrderRecord] = []
         for raw in page.items:
@@ -254,7 +239,6 @@ class _Check:
             held = self.candidates.get(rec.id)
             if rec.id in disagree and (held is None or rec.observed_at >= held.observed_at):
                 self.candidates[rec.id] = rec
-        return page
 
     async def _note_unreadable(self) -> None:
         now = self.clock()

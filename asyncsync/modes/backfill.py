@@ -27,17 +27,15 @@ from typing import TextIO
 import orjson
 
 from .. import metrics
-from ..backfill_plan import Plan, counts_in_range, plan_backfill, read_checkpoints, resolve_range
-from ..client import TinyClient
+from ..backfill_plan import counts_in_range, plan_backfill, read_checkpoints, resolve_range
 from ..config import Settings
-from ..engine import ListingEngine
+from ..engine import ListingEngine, status_totals
 from ..enrich import enrich_backlog
 from ..locks import account_lock
 from ..progress import Progress, ProgressReporter
 from ..report import api_stats, status_name, table
 from ..runtime import Runtime, open_runtime
-from ..seams import ListQuery, MergeStats
-from ..status import ALL_STATUSES
+from ..seams import MergeStats
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +112,6 @@ class BackfillReport:
         )
 
 
-async def census(client: TinyClient, plan: Plan) -> dict[int, int | None]:
-    """Orders per status over the whole range, from one single-item request each."""
-
-    async def total(situacao: int) -> int | None:
-        query = ListQuery(int(situacao), 0, 1, plan.first, plan.last_day)
-        return (await client.list_orders(query)).total
-
-    totals = await asyncio.gather(*(total(s) for s in ALL_STATUSES))
-    return {int(s): t for s, t in zip(ALL_STATUSES, totals, strict=True)}
-
-
 async def backfill(
     rt: Runtime,
     first: dt.date,
@@ -152,7 +139,7 @@ async def backfill(
         requests_before, throttled_before = stats.total, limiter.stats.throttled
         listing_started = time.monotonic()
         if not stop.is_set():
-            report.api_totals = await census(rt.client, plan)
+            report.api_totals = await status_totals(rt.client, plan.first, plan.last_day)
         totals = list(report.api_totals.values())
         if totals and None not in totals:
             progress.records_total = max(sum(t or 0 for t in totals) - plan.records_done, 0)
