@@ -178,7 +178,7 @@ class TinyClient:
         self, endpoint: str, path: str, params: dict[str, str], token: str
     ) -> tuple[int, dict[str, str], str, dt.datetime]:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        async with self.limiter.slot():
+        async with self.limiter.slot() as seq:
             observed_at = self._clock()
             started = time.perf_counter()
             try:
@@ -197,7 +197,7 @@ class TinyClient:
                 self.stats.record(endpoint, elapsed)
                 metrics.REQUEST_SECONDS.labels(endpoint).observe(elapsed)
             metrics.REQUESTS.labels(endpoint, str(status)).inc()
-            self.limiter.observe(resp_headers)
+            self.limiter.observe(resp_headers, seq)
         return status, resp_headers, text, observed_at
 
 

@@ -55,6 +55,7 @@ class AccountLimiter:
         self._resume_at = 0.0
         self._budget: int | None = None  # requests left in the server's current window
         self._budget_until = 0.0
+        self._newest_seen = 0  # sequence number of the newest request whose answer counted
         self.stats = LimiterStats()
         self.rate_per_minute = rate_per_minute
         self._period_s = period_s
@@ -72,8 +73,10 @@ class AccountLimiter:
             await asyncio.sleep(delay)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Wait for the pause, a concurrency slot, a bucket token and the window's budget."""
+    async def slot(self) -> AsyncIterator[int]:
+        """Wait for the pause, a concurrency slot, a bucket token and the window's budget.
+
+        Yields the request's sequence number, to hand back to :meth:`observe`."""
         await self._wait_resume()
         async with self._semaphore:
             await self._bucket.acquire()
@@ -84,7 +87,7 @@ class AccountLimiter:
             self._inflight += 1
             self.stats.acquired += 1
             try:
-                yield
+                yield self.stats.acquired
             finally:
                 self._inflight -= 1
 
@@ -121,14 +124,20 @@ class AccountLimiter:
         self.pause(seconds)
         return seconds
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Let an answer's ``X-RateLimit-*`` headers tighten the pace."""
+    def observe(self, headers: Mapping[str, str], seq: int | None = None) -> None:
+        """Let an answer's ``X-RateLimit-*`` headers tighten the pace. ``seq`` (from
+        :meth:`slot`) lets an answer to an older request arrive late without raising the
+        budget a newer answer already lowered."""
         limit = _number(headers.get("X-RateLimit-Limit"))
         if limit and 0 < limit < self.rate_per_minute:
             self.rate_per_minute = int(limit)
             self._bucket = self._make_bucket(self.rate_per_minute)
         remaining = _number(headers.get("X-RateLimit-Remaining"))
         reset = _number(headers.get("X-RateLimit-Reset"))
+        if seq is not None:
+            if seq < self._newest_seen:
+                return
+            self._newest_seen = seq
         if remaining is not None and reset:
             # Requests still in flight may not be counted yet: keep them out of what is left.
             self._budget = int(remaining) - (self._inflight - 1)

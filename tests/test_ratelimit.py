@@ -21,6 +21,21 @@ async def test_a_spent_window_budget_pauses_until_the_reset() -> None:
     assert limiter.stats.pauses == 1
 
 
+async def test_a_late_answer_to_an_older_request_does_not_raise_the_budget() -> None:
+    limiter = AccountLimiter(6000, 4)
+    async with limiter.slot() as older:
+        pass  # its answer is slow to come
+    async with limiter.slot() as newer:
+        limiter.observe({"X-RateLimit-Remaining": "1", "X-RateLimit-Reset": "1"}, newer)
+        limiter.observe({"X-RateLimit-Remaining": "50", "X-RateLimit-Reset": "1"}, older)
+    async with limiter.slot():  # the last one of the window
+        pass
+    started = time.monotonic()
+    async with limiter.slot():
+        pass
+    assert time.monotonic() - started >= 0.9  # the stale "50" was ignored
+
+
 async def test_the_limit_header_lowers_the_configured_rate() -> None:
     limiter = AccountLimiter(600, 4)
     limiter.observe({"X-RateLimit-Limit": "120"})
