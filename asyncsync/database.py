@@ -67,7 +67,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 @asynccontextmanager
-async def connect_pool(dsn: str, *, max_size: int = 4) -> AsyncIterator[asyncpg.Pool]:
+async def connect_pool(
+    dsn: str, *, max_size: int = 4, application_name: str = "asyncsync"
+) -> AsyncIterator[asyncpg.Pool]:
     """A pool whose connections carry the staging tables; clear errors when unreachable."""
     try:
         pool = await asyncpg.create_pool(
@@ -77,7 +79,7 @@ async def connect_pool(dsn: str, *, max_size: int = 4) -> AsyncIterator[asyncpg.
             init=_init_connection,
             timeout=15,
             # import_failures keeps the seed's `timestamp` columns: pin what they mean.
-            server_settings={"timezone": "UTC", "application_name": "asyncsync"},
+            server_settings={"timezone": "UTC", "application_name": application_name},
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseError(

@@ -84,7 +84,7 @@ async def database_url(admin_dsn: str, template_db: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on the test's database, for assertions."""
-    async with connect_pool(database_url, max_size=2) as pool:
+    async with connect_pool(database_url, max_size=2, application_name="tests") as pool:
         yield pool
 
 

@@ -230,6 +230,15 @@ async def test_backfill_killed_halfway_resumes_without_rereading(
     code, _, _ = await first.finish(30)
     assert code == -signal.SIGKILL, "the first run was not killed"
     assert len(pages) // 2 <= sum(served.values()) < len(pages)
+    # A COMMIT the server received just before the kill still lands: wait until the dead
+    # client's sessions are gone before reading what was committed.
+    for _ in range(500):
+        if not await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'asyncsync%' AND datname = current_database()"
+        ):
+            break
+        await asyncio.sleep(0.01)
     after_kill = await assert_checkpoints_match_rows(db)
     done_before = sum(cp["complete"] for cp in after_kill.values())
     partial = [k for k, cp in after_kill.items() if not cp["complete"]]
