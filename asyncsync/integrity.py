@@ -245,8 +245,8 @@ class _Check:
         for f in self.unreadable.values():
             item = orjson.loads(f.raw) if f.raw else None
             raw = orjson.dumps({"list_item": item}).decode()
-            args = (self.account, f.order_id, now, f.error, raw)
-            if await guarded(self.rt.pool.fetchval(sql("integrity_note_failure"), *args), ""):
+            args = (self.account, f.order_id, f.error, raw, now)
+            if await guarded(self.rt.pool.fetchval(sql("record_failure"), *args), "failures"):
                 self.report.unreadable.append(f.order_id)
         self.report.unreadable.sort()
 

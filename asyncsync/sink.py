@@ -10,6 +10,7 @@ the rows they describe, so a crash never leaves one without the other.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -138,9 +139,10 @@ class PgSink:
         self, conn: asyncpg.Connection, failures: Sequence[FailureRecord]
     ) -> None:
         if failures:
+            now = dt.datetime.now(dt.UTC)
             await conn.executemany(
                 sql("record_failure"),
-                [(self.account, f.order_id, f.error, f.raw) for f in failures],
+                [(self.account, f.order_id, f.error, f.raw, now) for f in failures],
             )
             metrics.IMPORT_FAILURES.inc(len(failures))
 
