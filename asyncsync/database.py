@@ -11,8 +11,8 @@ import asyncio
 import functools
 import logging
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,21 @@ def start_embedded(data_dir: Path) -> str:
     The server keeps running for later runs of the same data directory and is stopped
     when the last process using it exits.
     """
+    return str(_embedded_server(data_dir).get_uri())
+
+
+@contextmanager
+def embedded_server(data_dir: Path) -> Iterator[str]:
+    """The embedded PostgreSQL under ``data_dir`` for the duration (tests, benchmarks):
+    yields its DSN and stops it on exit, before its directory can be removed."""
+    server = _embedded_server(data_dir)
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+def _embedded_server(data_dir: Path) -> Any:
     pgdata = data_dir / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL in %s", pgdata)
@@ -45,14 +60,13 @@ def start_embedded(data_dir: Path) -> str:
         try:
             import pgserver
 
-            server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+            return pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         except ImportError as exc:  # pragma: no cover - it is a hard dependency
             raise ConfigError("no DATABASE_URL and pgserver is not installed") from exc
         except Exception as exc:
             raise DatabaseError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
             ) from exc
-    return str(server.get_uri())
 
 
 async def resolve_dsn(database_url: str | None, data_dir: Path) -> str:

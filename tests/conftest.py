@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from asyncsync.config import Settings
-from asyncsync.database import connect_pool, migrate, start_embedded, with_database
+from asyncsync.database import connect_pool, embedded_server, migrate, with_database
 from asyncsync.modes.simulate import pointed_at
 from asyncsync.runtime import Runtime, open_runtime
 from asyncsync.simulator import SimConfig, TinySimulator
@@ -34,8 +34,11 @@ def admin_dsn() -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    with tempfile.TemporaryDirectory(prefix="asyncsync-test-pg-") as tmp:
-        yield start_embedded(Path(tmp))
+    with (
+        tempfile.TemporaryDirectory(prefix="asyncsync-test-pg-") as tmp,
+        embedded_server(Path(tmp)) as dsn,
+    ):
+        yield dsn
 
 
 @pytest.fixture(scope="session")
