@@ -63,3 +63,19 @@ def api_stats(client: ClientStats, limiter: LimiterStats) -> dict[str, object]:
         "latency_mean_ms": round(mean_ms, 1),
         "latency_p95_ms": round(p95_ms, 1),
     }
+
+
+def api_line(api: dict[str, object]) -> str:
+    """One line of the API statistics of :func:`api_stats`, for the end of a report."""
+    total = api.get("requests_total", 0)
+    return (
+        f"API requests {total:,} {api.get('requests', {})}, "
+        f"429s {api.get('rate_limited_429', 0)}, retries {api.get('retries', 0)}, "
+        f"latency mean {api.get('latency_mean_ms', 0)} ms, p95 {api.get('latency_p95_ms', 0)} ms"
+    )
+
+
+def ids_text(ids: Sequence[object], limit: int = 10) -> str:
+    """``"1, 2, 3 … (+7)"``: a sample of ids for a table cell."""
+    head = ", ".join(str(i) for i in ids[:limit])
+    return head + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")

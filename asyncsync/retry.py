@@ -25,7 +25,7 @@ from .database import guarded, sql
 from .enrich import DetailOutcome, fetch_details
 from .errors import RecordError
 from .records import DetailRecord, FailureRecord, OrderRecord, failure_from, order_from_detail
-from .report import api_stats, table
+from .report import api_line, api_stats, ids_text, table
 from .runtime import Runtime
 from .tasks import unwrap
 from .tokens import utcnow
@@ -114,21 +114,6 @@ class RetryReport:
             title += " (interrupted)"
         lines = [table(["outcome", "orders", "ids"], rows, title), "", api_line(self.api)]
         return "\n".join(lines)
-
-
-def ids_text(ids: Sequence[object], limit: int = 10) -> str:
-    """``"1, 2, 3 … (+7)"``: a sample of ids for a table cell."""
-    head = ", ".join(str(i) for i in ids[:limit])
-    return head + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")
-
-
-def api_line(api: dict[str, object]) -> str:
-    """One line of API statistics from :func:`asyncsync.report.api_stats`."""
-    return (
-        f"API requests {api.get('requests_total', 0)} {api.get('requests', {})}, "
-        f"429s {api.get('rate_limited_429', 0)}, retries {api.get('retries', 0)}, "
-        f"latency mean {api.get('latency_mean_ms', 0)} ms, p95 {api.get('latency_p95_ms', 0)} ms"
-    )
 
 
 async def record_failures(

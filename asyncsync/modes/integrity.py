@@ -11,8 +11,7 @@ from .. import metrics
 from ..config import Settings
 from ..integrity import IntegrityReport, check_integrity
 from ..locks import account_lock
-from ..report import status_name, table
-from ..retry import api_line, ids_text
+from ..report import api_line, ids_text, status_name, table
 from ..runtime import open_runtime
 
 

@@ -27,7 +27,7 @@ from ..incremental import plan_cycle, run_cycle
 from ..locks import account_lock
 from ..progress import Progress, ProgressReporter
 from ..ratelimit import LimiterStats
-from ..report import api_stats, status_name, table
+from ..report import api_line, api_stats, status_name, table
 from ..runtime import Runtime, open_runtime
 from ..seams import MergeStats
 from ..status import ALL_STATUSES
@@ -90,10 +90,7 @@ class SyncReport:
             f"details fetched {self.details.details:,} ({self.details.missing:,} gone, "
             f"{self.detail_backlog:,} still waiting); import failures "
             f"{self.listed.failures + self.details.failures:,}",
-            f"API requests {self.api.get('requests_total', 0):,} {self.api.get('requests', {})}, "
-            f"429s {self.api.get('rate_limited_429', 0)}, retries {self.api.get('retries', 0)}, "
-            f"latency mean {self.api.get('latency_mean_ms')} ms, "
-            f"p95 {self.api.get('latency_p95_ms')} ms",
+            api_line(self.api),
         ]
         lines += [f"{k}: {v}" for k, v in self.extra.items()]
         return "\n".join(lines)
