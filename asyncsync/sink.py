@@ -191,9 +191,11 @@ class PgSink:
         return [row["id"] for row in rows]
 
     async def detail_backlog_size(self) -> int:
-        """How many orders still wait for a detail."""
-        n = await guarded(self._pool.fetchval(sql("detail_backlog_count"), self.account), "")
-        return int(n)
+        """How many orders still wait for a detail (also published as a gauge)."""
+        query = self._pool.fetchval(sql("detail_backlog_count"), self.account)
+        n = int(await guarded(query, "counting the detail backlog"))
+        metrics.DETAIL_BACKLOG.set(n)
+        return n
 
     async def ids_in_statuses(self, statuses: Sequence[int]) -> set[int]:
         """Ids the mirror holds in ``statuses`` (possibly-deleted rows left out)."""

@@ -174,7 +174,6 @@ async def backfill(
         )
     report.interrupted = stop.is_set() or report.partitions_left > 0
     report.detail_backlog = await rt.sink.detail_backlog_size()
-    metrics.DETAIL_BACKLOG.set(report.detail_backlog)
     report.db_counts = await counts_in_range(rt.pool, settings.account, first, plan.last_day)
     api_total, db_total = sum(t or 0 for t in totals), sum(report.db_counts.values())
     if not report.interrupted and None not in totals and api_total != db_total:

@@ -133,7 +133,6 @@ async def full_sync(rt: Runtime, *, stop: asyncio.Event, stream: TextIO) -> Sync
         )
     report.interrupted = stop.is_set() or not complete
     report.detail_backlog = await rt.sink.detail_backlog_size()
-    metrics.DETAIL_BACKLOG.set(report.detail_backlog)
     report.db_counts = await rt.sink.counts_by_status()
     report.duration_s = round(time.monotonic() - started, 2)
     report.api = api_stats(rt.client.stats, rt.client.limiter.stats)
@@ -210,7 +209,6 @@ async def incremental_sync(
     report.detail_backlog = await rt.sink.detail_backlog_size()
     report.api = api_stats(rt.client.stats, rt.client.limiter.stats)
     await rt.sink.set_metadata(INCREMENTAL_KEY, report.to_json())
-    metrics.DETAIL_BACKLOG.set(report.detail_backlog)
     metrics.RUN_SECONDS.labels("cycle").observe(report.duration_s)
     if not report.interrupted:
         metrics.LAST_SUCCESS.labels("cycle").set_to_current_time()
