@@ -1,23 +1,17 @@
-"""Who may call the simulated API, and what they did: OAuth2 tokens (Keycloak-like),
-the rate window and the request counters.
+"""What callers of the simulated API did, and how much of the quota they used: the request
+counters and the per-account rate window.
 
-Tokens and windows use :func:`time.monotonic`, so changing the simulator's wall ``clock`` does not
-expire tokens or reset windows; tests use ``expire_access_tokens()`` and a short
-``rate_window_s`` instead.
+The window uses :func:`time.monotonic`, so changing the simulator's wall ``clock`` does not
+reset it; tests use a short ``rate_window_s`` instead. Tokens live in :mod:`.oauth`.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from .data import SimConfig
 
 Clock = Callable[[], float]
 
@@ -26,7 +20,7 @@ Clock = Callable[[], float]
 class SimStats:
     """Mutable request counters (``GET /_sim/stats`` shows them as JSON)."""
 
-    #: Keys ``list``, ``detail`` and ``token``.
+    #: Keys ``list``, ``detail``, ``token`` and ``auth``.
     requests_by_endpoint: Counter[str] = field(default_factory=Counter)
     #: Listing requests per ``situacao`` filter; ``-1`` counts listings without one.
     list_requests_by_status: Counter[int] = field(default_factory=Counter)
@@ -34,8 +28,21 @@ class SimStats:
     requests_total: int = 0
     rate_limited: int = 0
     unauthorized: int = 0
-    #: Successful token grants.
+    #: Successful ``refresh_token`` grants.
     token_refreshes: int = 0
+    #: Successful ``authorization_code`` grants.
+    code_exchanges: int = 0
+    #: Refresh grants presenting a refresh token that an earlier grant had rotated away:
+    #: the sign of two processes refreshing with the same token.
+    stale_refresh_uses: int = 0
+    #: Requests (API and token endpoint) answered by an outage: 5xx, dropped or hung.
+    outage_answers: int = 0
+    #: 500s injected by ``detail_error_rate`` / ``list_error_rate``.
+    injected_errors: int = 0
+    #: The most requests *accepted* (not 429) in any one rate window so far.
+    window_peak: int = 0
+    #: Rate windows that saw at least one charged request.
+    windows: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -45,6 +52,12 @@ class SimStats:
             "rate_limited": self.rate_limited,
             "unauthorized": self.unauthorized,
             "token_refreshes": self.token_refreshes,
+            "code_exchanges": self.code_exchanges,
+            "stale_refresh_uses": self.stale_refresh_uses,
+            "outage_answers": self.outage_answers,
+            "injected_errors": self.injected_errors,
+            "window_peak": self.window_peak,
+            "windows": self.windows,
         }
 
 
@@ -66,15 +79,45 @@ class RateVerdict:
 
 
 class RateWindow:
-    """Fixed windows of ``window_s`` seconds, ``limit`` requests each, from creation time."""
+    """Fixed windows of ``window_s`` seconds, ``limit`` requests each, from creation time.
+
+    It also keeps the figures a multi-worker test checks the quota against:
+    :attr:`windows_seen` and :attr:`peak` (most accepted requests in one window).
+    """
 
     def __init__(self, limit: int, window_s: float, clock: Clock = time.monotonic) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
+        if limit < 0:
+            raise ValueError("limit must not be negative")
         self._limit, self._window_s, self._clock = limit, window_s, clock
+        self._pending: int | None = None
         self._origin = clock()
         self._current = 0
         self._used = 0
+        self.windows_seen = 0
+        self.peak = 0
+
+    @property
+    def limit(self) -> int:
+        """The limit of the current window (what the headers report)."""
+        self._roll()
+        return self._limit
+
+    def set_limit(self, limit: int) -> None:
+        """Change the quota, as a plan change would.
+
+        A window that has already counted requests keeps its limit (its answers told the
+        client so); the change applies from the next window. A window nobody has used yet
+        takes the new limit at once, so a test can set the quota before the first request.
+        """
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        self._roll()
+        if self._used == 0:
+            self._limit, self._pending = limit, None
+        else:
+            self._pending = limit
 
     def _roll(self) -> float:
         """Start a new window if due; return the seconds until the current one ends."""
@@ -82,6 +125,8 @@ class RateWindow:
         window = int(elapsed // self._window_s)
         if window != self._current:
             self._current, self._used = window, 0
+            if self._pending is not None:
+                self._limit, self._pending = self._pending, None
         return (window + 1) * self._window_s - elapsed
 
     def _verdict(self, allowed: bool, left_s: float) -> RateVerdict:
@@ -91,94 +136,12 @@ class RateWindow:
     def hit(self) -> RateVerdict:
         """Count one request; it is allowed while the window's quota lasts."""
         left_s = self._roll()
+        if self._used == 0:
+            self.windows_seen += 1
         self._used += 1
+        self.peak = max(self.peak, min(self._used, self._limit))
         return self._verdict(self._used <= self._limit, left_s)
 
     def peek(self) -> RateVerdict:
         """The current state, without counting a request (for 401 answers)."""
         return self._verdict(True, self._roll())
-
-
-@dataclass(frozen=True)
-class Grant:
-    """The answer of the token endpoint: HTTP status and JSON body."""
-
-    status: int
-    body: dict[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200
-
-
-def _oauth_error(status: int, error: str, description: str) -> Grant:
-    return Grant(status, {"error": error, "error_description": description})
-
-
-class TokenStore:
-    """Issues opaque access tokens and (optionally rotating) refresh tokens."""
-
-    def __init__(self, config: SimConfig, clock: Clock = time.monotonic) -> None:
-        self._config, self._clock = config, clock
-        self._access: dict[str, float] = {}
-        self._refresh: dict[str, float] = {config.refresh_token: clock() + config.refresh_ttl_s}
-        self._stale: set[str] = set()
-        self._latest: str | None = config.refresh_token
-        self._serial = itertools.count(1)
-
-    def check_access(self, token: str) -> bool:
-        expiry = self._access.get(token)
-        return expiry is not None and self._clock() < expiry
-
-    def expire_access(self) -> None:
-        self._access.clear()
-
-    def revoke_refresh(self) -> None:
-        self._stale.update(self._refresh)
-        self._refresh.clear()
-        self._latest = None
-
-    def valid_refresh(self) -> str | None:
-        token = self._latest
-        if token is None or self._refresh.get(token, 0.0) <= self._clock():
-            return None
-        return token
-
-    def grant(self, form: Mapping[str, str]) -> Grant:
-        """Answer one POST to the token endpoint."""
-        cfg = self._config
-        if form.get("client_id") != cfg.client_id or form.get("client_secret") != cfg.client_secret:
-            return _oauth_error(
-                401, "invalid_client", "Invalid client or Invalid client credentials"
-            )
-        if form.get("grant_type") != "refresh_token":
-            return _oauth_error(400, "unsupported_grant_type", "Unsupported grant_type")
-        old = form.get("refresh_token", "")
-        expiry = self._refresh.get(old)
-        now = self._clock()
-        if expiry is None:
-            reason = "Stale token" if old in self._stale else "Invalid refresh token"
-            return _oauth_error(400, "invalid_grant", reason)
-        if expiry <= now:
-            return _oauth_error(400, "invalid_grant", "Token is not active")
-        new = old
-        if cfg.rotate_refresh_tokens:
-            del self._refresh[old]
-            self._stale.add(old)
-            new = f"sim-refresh-{next(self._serial)}-{secrets.token_urlsafe(12)}"
-            self._refresh[new] = now + cfg.refresh_ttl_s
-            self._latest = new
-        access = secrets.token_urlsafe(32)
-        self._access[access] = now + cfg.access_ttl_s
-        return Grant(
-            200,
-            {
-                "access_token": access,
-                "expires_in": int(cfg.access_ttl_s),
-                "refresh_expires_in": round(self._refresh[new] - now),
-                "refresh_token": new,
-                "token_type": "Bearer",
-                "not-before-policy": 0,
-                "scope": "openid email offline_access",
-            },
-        )

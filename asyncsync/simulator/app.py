@@ -1,45 +1,49 @@
-"""The simulator: an aiohttp server over a live, mutable set of orders, plus a control API.
+"""The simulator's aiohttp server over :class:`~.state.SimState`.
 
 Every API request goes through the same gate, in this order: it is counted in
-:class:`SimStats`; the bearer token is checked (401); the rate window is charged (429,
-plain text, as the live API answers outside its JSON error shape); ``latency_s`` is
-slept. All API answers, 401 and 429 included, carry the ``X-RateLimit-*`` headers; a 401
-does not charge the window (the account behind an unknown token is unknown).
+:class:`SimStats`; an outage answers it (5xx in Tiny's JSON error shape, a dropped
+connection, or a hang) without charging the rate window; the bearer token is checked
+(401); the rate window is charged (429, plain text, as the live API answers outside its
+JSON error shape); ``latency_s`` is slept; an injected transient 500 may answer it. API
+answers past the outage check, 401 and 429 included, carry the ``X-RateLimit-*`` headers;
+a 401 does not charge the window (the account behind an unknown token is unknown). The
+token endpoint meets outages too; the authorization endpoint and ``/_sim/*`` do not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import random
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
 
 import orjson
 from aiohttp import web
 
-from asyncsync.status import Situacao, parse_situacao
+from asyncsync.status import parse_situacao
 
-from .access import RateWindow, SimStats, TokenStore
-from .data import ID_BASE, OrderFactory, SimConfig, SimOrder, generate_orders, next_id_after
-from .index import OrderIndex, QueryError, parse_query
-from .render import Renderer, malform
+from .consent import authorize
+from .control import ControlChange, ControlError
+from .data import SimConfig
+from .faults import NOTES, drop, send_padded
+from .index import QueryError, parse_query
+from .oauth import EXCHANGED, REFRESHED, STALE
+from .state import DEFAULT_CONFIG, SimState
 
 API_PREFIX = "/public-api/v3"
-TOKEN_PATH = "/realms/tiny/protocol/openid-connect/token"
+OIDC_PREFIX = "/realms/tiny/protocol/openid-connect"
+TOKEN_PATH = f"{OIDC_PREFIX}/token"
+AUTH_PATH = f"{OIDC_PREFIX}/auth"
 STATS_PATH = "/_sim/stats"
-DEFAULT_CONFIG = SimConfig()
-#: ``fail_detail`` modes: an HTTP status to answer, or ``malformed`` (200, body not JSON).
-DETAIL_FAILURES = frozenset({"500", "malformed", "401", "404"})
+CONTROL_PATH = "/_sim/control"
+#: ``fail_detail`` modes: an HTTP status to answer, ``malformed`` (200, body not JSON) or
+#: ``huge`` (200, a valid body of ``huge_detail_bytes``, streamed).
+DETAIL_FAILURES = frozenset({"500", "malformed", "401", "404", "huge"})
 NOT_FOUND = "Ordem de serviço não encontrada"
+INTERNAL_ERROR = "Erro interno do servidor"
+OUTAGE_MESSAGES = {503: "Serviço temporariamente indisponível", 500: INTERNAL_ERROR}
 
 ListPageHook = Callable[["TinySimulator", dict[str, str]], None]
-
-
-def _wall_clock() -> dt.datetime:
-    """Naive local time, as Tiny (America/Sao_Paulo) renders it, to the second."""
-    return dt.datetime.now().replace(microsecond=0)
+Answer = web.StreamResponse
 
 
 def _json(
@@ -69,37 +73,18 @@ def _status_key(params: Mapping[str, str]) -> int | None:
         return None
 
 
-class TinySimulator:
-    """A local stand-in for Tiny API v3 service orders and its OAuth2 token endpoint.
+class TinySimulator(SimState):
+    """A local stand-in for Tiny API v3 service orders and its OAuth2 endpoints.
 
     Use as ``async with TinySimulator(config) as sim:``; ``port=0`` picks a free port.
-    The control methods (``set_status``, ``add_order``, ...) are plain and synchronous:
-    they run on the event loop between requests, so every request sees a consistent state.
+    The control methods (``set_status``, ``set_outage``, ...) come from :class:`SimState`.
     """
 
     def __init__(
         self, config: SimConfig = DEFAULT_CONFIG, *, host: str = "127.0.0.1", port: int = 0
     ) -> None:
-        self.config = config
+        super().__init__(config)
         self._host, self._port = host, port
-        #: Wall clock used for conclusion times and new orders; tests may replace it.
-        self.clock: Callable[[], dt.datetime] = _wall_clock
-        generated = generate_orders(config)
-        #: The live state, id -> order.
-        self.orders: dict[int, SimOrder] = {o.id: o for o in generated}
-        self._index = OrderIndex(generated)
-        self._renderer = Renderer(config.quirks, config.seed)
-        self._rng = random.Random(f"{config.seed}:control")
-        self._factory = OrderFactory(self._rng, config.resolved_today(), clients=50)
-        self._last_id = generated[-1].id if generated else ID_BASE
-        self._last_numero = len(generated)
-        self._tokens = TokenStore(config)
-        self._rate = RateWindow(config.rate_limit_per_minute, config.rate_window_s)
-        self.stats = SimStats()
-        #: Order id -> a mode of :data:`DETAIL_FAILURES`, applied on ``GET /ordem-servico/{id}``.
-        self.fail_detail: dict[int, str] = {}
-        #: Raw malformed list items injected by :meth:`add_malformed`.
-        self.malformed: list[dict[str, Any]] = []
         #: Called with the query params after each list page is rendered, before it is sent.
         self.on_list_page: ListPageHook | None = None
         self._runner: web.AppRunner | None = None
@@ -128,7 +113,9 @@ class TinySimulator:
         app.router.add_get(f"{API_PREFIX}/ordem-servico", self._list)
         app.router.add_get(f"{API_PREFIX}/ordem-servico/{{id}}", self._detail)
         app.router.add_post(TOKEN_PATH, self._token)
+        app.router.add_get(AUTH_PATH, self._auth)
         app.router.add_get(STATS_PATH, self._stats)
+        app.router.add_post(CONTROL_PATH, self._control)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
@@ -140,8 +127,9 @@ class TinySimulator:
         self._bound_port = int(runner.addresses[0][1])
 
     async def aclose(self) -> None:
-        """Stop serving (idempotent)."""
+        """Stop serving (idempotent); hung requests are released first, answering 503."""
         self._closed = True
+        self._outage.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -161,116 +149,66 @@ class TinySimulator:
     def token_url(self) -> str:
         return self.origin + TOKEN_PATH
 
-    # --- control API -------------------------------------------------------------------
+    @property
+    def auth_url(self) -> str:
+        """Where a client sends the person's browser for the first authorization."""
+        return self.origin + AUTH_PATH
 
-    def now(self) -> dt.datetime:
-        return self.clock()
+    # --- the gate ----------------------------------------------------------------------
 
-    def set_status(self, order_id: int, situacao: Situacao) -> None:
-        """Move an order; entering FINALIZADA stamps ``data_conclusao`` if it had none.
-
-        Leaving FINALIZADA keeps ``data_conclusao``: what the live API does there is
-        unknown, and keeping it is the harder case for a client that trusts the field.
-        """
-        order = self.orders[order_id]
-        old, new = order.situacao, Situacao(situacao)
-        order.situacao = new
-        if new is Situacao.FINALIZADA and order.data_conclusao is None:
-            order.data_conclusao = self.now()
-        self._index.move(order_id, old, new)
-
-    def _fresh_identity(self) -> tuple[int, str]:
-        self._last_id = next_id_after(self._rng, self._last_id)
-        self._last_numero += 1
-        return self._last_id, str(self._last_numero)
-
-    def add_order(self, *, situacao: Situacao, data: dt.date | None = None) -> int:
-        """Create an order with an id above all existing ones; return the id."""
-        status = Situacao(situacao)
-        order_id, numero = self._fresh_identity()
-        order = self._factory.make(order_id, numero, data or self.now().date(), status)
-        order.data_conclusao = self.now() if status is Situacao.FINALIZADA else None
-        self.orders[order_id] = order
-        self._index.add(order_id, status)
-        return order_id
-
-    def delete_order(self, order_id: int) -> None:
-        order = self.orders.pop(order_id)
-        self._index.remove(order_id, order.situacao)
-
-    def add_malformed(self, kind: str, situacao: Situacao) -> dict[str, Any]:
-        """Inject a broken list item (``no_id``, ``bad_date``, ``bad_type``) into listings of
-        ``situacao``. It is not an order: absent from ``orders``, ``snapshot()`` and details.
-        """
-        status = Situacao(situacao)
-        malform({"id": 0}, kind)  # validate the kind before consuming an id
-        order_id, numero = self._fresh_identity()
-        template = self._factory.make(order_id, numero, self.now().date(), status)
-        item = malform(self._renderer.list_item(template), kind)
-        self.malformed.append(item)
-        self._index.add_raw(status, item)
-        return item
-
-    def snapshot(self) -> dict[int, dict[str, object]]:
-        """A canonical, typed view of every order, for assertions."""
-        return {
-            o.id: {
-                "numero": o.numero,
-                "situacao": int(o.situacao),
-                "data_emissao": o.data,
-                "data_prevista": o.data_prevista,
-                "data_conclusao": o.data_conclusao,
-                "cliente_nome": o.cliente.get("nome"),
-                "valor": o.valor,
-            }
-            for o in self.orders.values()
-        }
-
-    def expire_access_tokens(self) -> None:
-        """Every access token issued so far now answers 401."""
-        self._tokens.expire_access()
-
-    def revoke_refresh_tokens(self) -> None:
-        """Every refresh token now answers ``invalid_grant``."""
-        self._tokens.revoke_refresh()
-
-    def valid_refresh_token(self) -> str | None:
-        """The refresh token that currently works (the newest after rotation), if any."""
-        return self._tokens.valid_refresh()
-
-    # --- HTTP --------------------------------------------------------------------------
+    async def _outage_answer(self, request: web.Request) -> Answer | None:
+        """The answer an outage gives this request, or None to serve it."""
+        if self._outage.mode is None:
+            return None
+        self.stats.outage_answers += 1
+        mode = await self._outage.sit_out()
+        if mode is None:
+            return None
+        if mode == "reset":
+            return drop(request)
+        status = int(mode)
+        return _error(status, OUTAGE_MESSAGES.get(status, INTERNAL_ERROR))
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         return scheme.lower() == "bearer" and self._tokens.check_access(token.strip())
 
     async def _admit(
-        self, request: web.Request, endpoint: str
-    ) -> tuple[web.Response | None, dict[str, str]]:
+        self, request: web.Request, endpoint: str, error_rate: float
+    ) -> tuple[Answer | None, dict[str, str]]:
         """The common gate; returns the refusal to send, if any, and the rate headers."""
         self.stats.requests_total += 1
         self.stats.requests_by_endpoint[endpoint] += 1
-        refusal: web.Response | None = None
+        outage = await self._outage_answer(request)
+        if outage is not None:
+            return outage, {}
+        refusal: Answer | None = None
         if not self._authorized(request):
             self.stats.unauthorized += 1
             headers = self._rate.peek().headers()
             refusal = _error(401, "Token inválido", headers=headers)
         else:
             verdict = self._rate.hit()
+            self.stats.windows, self.stats.window_peak = self._rate.windows_seen, self._rate.peak
             headers = verdict.headers()
             if not verdict.allowed:
                 self.stats.rate_limited += 1
                 refusal = web.Response(status=429, text="Too Many Requests", headers=headers)
         if self.config.latency_s > 0:
             await asyncio.sleep(self.config.latency_s)
+        if refusal is None and error_rate > 0 and self._fault_rng.random() < error_rate:
+            self.stats.injected_errors += 1
+            refusal = _error(500, INTERNAL_ERROR, None, headers)
         return refusal, headers
 
-    async def _list(self, request: web.Request) -> web.Response:
+    # --- API ---------------------------------------------------------------------------
+
+    async def _list(self, request: web.Request) -> Answer:
         params = {key: request.query[key] for key in request.query}
         status_key = _status_key(params)
         if status_key is not None:
             self.stats.list_requests_by_status[status_key] += 1
-        refusal, headers = await self._admit(request, "list")
+        refusal, headers = await self._admit(request, "list", self.list_error_rate)
         if refusal is not None:
             return refusal
         try:
@@ -285,12 +223,15 @@ class TinySimulator:
         if not self.config.quirks.omit_paginacao:
             body["paginacao"] = {"limit": query.limit, "offset": query.offset, "total": total}
         payload = orjson.dumps(body)  # before the hook: its changes belong to later pages
+        pad = self.pad_list_bytes
         if self.on_list_page is not None:
             self.on_list_page(self, params)
+        if pad > 0:
+            return await send_padded(request, payload, "_padding", pad, headers)
         return web.Response(body=payload, content_type="application/json", headers=headers)
 
-    async def _detail(self, request: web.Request) -> web.Response:
-        refusal, headers = await self._admit(request, "detail")
+    async def _detail(self, request: web.Request) -> Answer:
+        refusal, headers = await self._admit(request, "detail", self.detail_error_rate)
         if refusal is not None:
             return refusal
         raw = request.match_info["id"]
@@ -300,12 +241,19 @@ class TinySimulator:
             detalhes = [{"campo": "idOrdemServico", "mensagem": f"Valor inválido '{raw}'"}]
             return _error(400, "Parâmetros inválidos", detalhes, headers)
         mode = self.fail_detail.get(order_id)
-        if mode is not None:
+        if mode is not None and mode != "huge":
             return self._failure(mode, order_id, headers)
         order = self.orders.get(order_id)
         if order is None:
             return _error(404, NOT_FOUND, None, headers)
-        return _json(self._renderer.detail(order), headers=headers)
+        body = self._renderer.detail(order)
+        if mode == "huge":  # the real fields, then a very long ``observacoes``
+            lead = orjson.dumps(body.pop("observacoes", ""))[1:-1]
+            head, size = orjson.dumps(body), self.huge_detail_bytes
+            return await send_padded(
+                request, head, "observacoes", size, headers, lead=lead, filler=NOTES
+            )
+        return _json(body, headers=headers)
 
     @staticmethod
     def _failure(mode: str, order_id: int, headers: dict[str, str]) -> web.Response:
@@ -317,17 +265,51 @@ class TinySimulator:
         if mode == "404":
             return _error(404, NOT_FOUND, None, headers)
         if mode == "500":
-            return _error(500, "Erro interno do servidor", None, headers)
+            return _error(500, INTERNAL_ERROR, None, headers)
         return _error(500, f"simulator: unknown fail_detail mode {mode!r}", None, headers)
 
-    async def _token(self, request: web.Request) -> web.Response:
+    # --- OAuth2 ------------------------------------------------------------------------
+
+    async def _token(self, request: web.Request) -> Answer:
         self.stats.requests_by_endpoint["token"] += 1
+        outage = await self._outage_answer(request)
+        if outage is not None:
+            return outage
         form = await request.post()
         fields = {key: value for key, value in form.items() if isinstance(value, str)}
         grant = self._tokens.grant(fields)
-        if grant.ok:
+        if grant.outcome == REFRESHED:
             self.stats.token_refreshes += 1
+        elif grant.outcome == EXCHANGED:
+            self.stats.code_exchanges += 1
+        elif grant.outcome == STALE:
+            self.stats.stale_refresh_uses += 1
         return _json(grant.body, grant.status, {"Cache-Control": "no-store"})
 
-    async def _stats(self, request: web.Request) -> web.Response:
-        return _json({**self.stats.as_dict(), "orders": len(self.orders)})
+    async def _auth(self, request: web.Request) -> Answer:
+        self.stats.requests_by_endpoint["auth"] += 1
+        params = {key: request.query[key] for key in request.query}
+        consent = authorize(
+            params,
+            self.config,
+            deny=self.deny_authorization,
+            issue_code=self._tokens.issue_code,
+        )
+        if consent.location is not None:
+            return web.Response(status=consent.status, headers={"Location": consent.location})
+        return web.Response(status=consent.status, text=consent.page, content_type="text/html")
+
+    # --- test control ------------------------------------------------------------------
+
+    async def _stats(self, request: web.Request) -> Answer:
+        return _json(
+            {**self.stats.as_dict(), "orders": len(self.orders), "control": self.control_state()}
+        )
+
+    async def _control(self, request: web.Request) -> Answer:
+        try:
+            change = ControlChange.parse(orjson.loads(await request.read()))
+        except (orjson.JSONDecodeError, ControlError) as exc:
+            return _json({"error": str(exc)}, 400)
+        change.apply(self)
+        return _json(self.control_state())

@@ -15,16 +15,17 @@ from typing import Any
 
 from asyncsync.status import Situacao
 
-SITUACAO_STYLES: tuple[str, ...] = ("int", "str", "label", "mixed")
+SITUACAO_STYLES: tuple[str, ...] = ("int", "str", "label", "mixed", "unstable")
 ID_BASE = 700_000_000
 _ID_MAX_GAP = 37
 
 
 @dataclass(frozen=True)
 class Quirks:
-    """Switches for the response variants seen from the live API (see TINY_API.md)."""
+    """Switches for the response variants seen from the live API (a client must accept all)."""
 
-    #: ``int`` | ``str`` | ``label`` | ``mixed`` (mixed: chosen per order, seeded).
+    #: ``int`` | ``str`` | ``label`` | ``mixed`` (chosen per order, seeded) | ``unstable``
+    #: (chosen afresh at every rendering, so one order arrives in several forms).
     situacao_style: str = "int"
     #: Empty ``dataPrevista``/``dataConclusao`` as ``"0000-00-00"`` / ``"0000-00-00 00:00:00"``
     #: (the form is chosen per order) instead of ``null``.
@@ -65,6 +66,13 @@ class SimConfig:
     refresh_ttl_s: float = 86400.0
     #: Each refresh returns a new refresh token and invalidates the old one.
     rotate_refresh_tokens: bool = True
+    #: Redirect URIs registered for the app; empty accepts any loopback ``http`` URI.
+    redirect_uris: tuple[str, ...] = ()
+    #: How long an authorization code can be exchanged, in (monotonic) seconds.
+    code_ttl_s: float = 60.0
+    #: Initial ``TinySimulator.detail_error_rate`` / ``list_error_rate`` (0..1).
+    detail_error_rate: float = 0.0
+    list_error_rate: float = 0.0
 
     def resolved_today(self) -> dt.date:
         """``today``, or the real current date when it is ``None``."""

@@ -2,12 +2,16 @@
 
 Per-order variants (``mixed`` situacao style, the money string form, the zero-date form)
 are picked by a hash of the seed and the order id, so an order always looks the same in
-the listing and in its detail, and the same seed always gives the same bytes.
+the listing and in its detail, and the same seed always gives the same bytes. The
+``unstable`` situacao style is the exception on purpose: a seeded stream advanced at every
+rendering, so one order arrives as ``3``, ``"3"`` and ``"3 - Finalizada"`` across answers
+and a client cannot get away with comparing raw values.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import random
 from decimal import Decimal
 from typing import Any
 
@@ -51,6 +55,7 @@ class Renderer:
     def __init__(self, quirks: Quirks, seed: int) -> None:
         self.quirks = quirks
         self._seed = seed
+        self._unstable = random.Random(f"{seed}:unstable")
 
     def _bit(self, order_id: int, salt: int, modulo: int) -> int:
         # A cheap, stable integer hash (Knuth multiplicative); Python's hash() is salted.
@@ -61,6 +66,8 @@ class Renderer:
         style = self.quirks.situacao_style
         if style == "mixed":
             style = _STYLES[self._bit(order_id, _SALT_STATUS, 3)]
+        elif style == "unstable":
+            style = self._unstable.choice(_STYLES)
         return format_situacao(status, style)
 
     def money(self, value: Decimal, order_id: int, *, string: bool = False) -> float | str:
