@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS sync_metadata (
     PRIMARY KEY (account, chave)
 );
 
--- Seed document, section 6, plus the account key. id_ordem is bigint like
+-- The integrity-check failure table, plus the account key. id_ordem is bigint like
 -- ordens_servico.id; a record that arrived without an id gets a stable negative id.
 CREATE TABLE IF NOT EXISTS import_failures (
     account            text      NOT NULL DEFAULT 'default',

@@ -1,6 +1,7 @@
-"""Settings: one frozen value built from flags and their environment-variable twins.
+"""Typed options: one frozen value per concern and per mode, with its defaults stated here
+once. The CLI (:mod:`asyncsync.flags`) fills them from flags and their environment twins;
+tests and benchmarks build them directly.
 
-Every setting has an env var (shown in ``asyncsync --help``); flags win over env vars.
 :func:`load_bootstrap_tokens` reads the user's existing ``tiny_token.json``.
 """
 
@@ -8,18 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import orjson
 
 from .errors import ConfigError
-from .status import CLOSED_STATUSES, OPEN_STATUSES
+from .status import ALL_STATUSES, OPEN_STATUSES
 
 DEFAULT_API_BASE_URL = "https://api.tiny.com.br/public-api/v3"
 DEFAULT_TOKEN_URL = "https://accounts.tiny.com.br/realms/tiny/protocol/openid-connect/token"
+ALL_CODES = tuple(int(s) for s in ALL_STATUSES)
+ACCOUNT_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def default_data_dir() -> Path:
@@ -39,72 +42,179 @@ class Credentials:
     access_expires_at: dt.datetime | None = None
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything a run needs to know; built once by the CLI (or a test)."""
+# --- what every mode may use ------------------------------------------------------------
 
-    database_url: str | None = None
+
+@dataclass(frozen=True)
+class DatabaseOptions:
+    """Where the mirror lives."""
+
+    database_url: str | None = field(default=None, repr=False)  # None: the embedded server
     data_dir: Path = field(default_factory=default_data_dir)
-    account: str = "default"
+
+
+@dataclass(frozen=True)
+class TinyOptions:
+    """How to reach one Tiny account's API."""
+
     api_base_url: str = DEFAULT_API_BASE_URL
     token_url: str = DEFAULT_TOKEN_URL
-    credentials: Credentials | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None  # a tiny_token.json to bootstrap from
     rate_limit_per_minute: int = 120
     max_concurrency: int = 8
     request_timeout_s: float = 30.0
     max_retries: int = 5
+
+    def credentials(self) -> Credentials:
+        """The credentials, or a ConfigError that says how to provide them."""
+        token_file = self.token_file or (
+            Path("tiny_token.json") if Path("tiny_token.json").exists() else None
+        )
+        if self.refresh_token or token_file is None:
+            given = {
+                "TINY_CLIENT_ID": self.client_id,
+                "TINY_CLIENT_SECRET": self.client_secret,
+                "TINY_REFRESH_TOKEN": self.refresh_token,
+            }
+            if not any(given.values()):
+                raise ConfigError(
+                    "no Tiny credentials: set TINY_CLIENT_ID, TINY_CLIENT_SECRET and "
+                    "TINY_REFRESH_TOKEN, or point TINY_TOKEN_FILE at your tiny_token.json"
+                )
+            missing = [name for name, value in given.items() if not value]
+            if missing:
+                raise ConfigError(f"incomplete Tiny credentials: also set {', '.join(missing)}")
+            assert self.client_id and self.client_secret
+            return Credentials(self.client_id, self.client_secret, self.refresh_token)
+        return load_bootstrap_tokens(token_file, self.client_id, self.client_secret)
+
+
+@dataclass(frozen=True)
+class SimulatorOptions:
+    """The bundled Tiny simulator (``--simulator N`` runs any mode against it)."""
+
+    orders: int | None = None
+    seed: int = 1
+    latency_ms: float = 0.0
+    port: int = 8080  # simulate mode
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Logs and reports."""
+
+    log_level: str = "INFO"
+    log_format: str = "auto"  # auto | json | text
+    json_path: Path | None = None  # write the run report as JSON here
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """What every mode is given besides its own options."""
+
+    account: str = "default"
+    database: DatabaseOptions = field(default_factory=DatabaseOptions)
+    tiny: TinyOptions = field(default_factory=TinyOptions)
+    simulator: SimulatorOptions = field(default_factory=SimulatorOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+
+    def __post_init__(self) -> None:
+        if not ACCOUNT_KEY.fullmatch(self.account):
+            raise ConfigError(
+                f"account must be 1 to 64 letters, digits, '.', '_' or '-', got {self.account!r}"
+            )
+
+
+# --- one value per mode ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CycleOptions:
+    """How a sync lists and enriches (a one-shot sync and every serve cycle)."""
+
+    detail_budget: int | None = None  # detail requests per run; None: no limit
+    open_statuses: tuple[int, ...] = tuple(int(s) for s in OPEN_STATUSES)
+    recent_days: int = 45
+    sweep_interval_s: float = 86400.0
     page_size: int = 100
     batch_size: int = 2000
     queue_pages: int = 32
-    detail_budget: int | None = None  # detail requests per run; None = no limit
-    open_statuses: tuple[int, ...] = tuple(int(s) for s in OPEN_STATUSES)
-    closed_statuses: tuple[int, ...] = tuple(int(s) for s in CLOSED_STATUSES)
-    recent_window_days: int = 45
-    sweep_interval_s: float = 86400.0
+
+    @property
+    def closed_statuses(self) -> tuple[int, ...]:
+        return tuple(s for s in ALL_CODES if s not in self.open_statuses)
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """``--mode sync``."""
+
+    full: bool = False
+    cycle: CycleOptions = field(default_factory=CycleOptions)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """``--mode serve``."""
+
     interval_s: float = 900.0
-    partitions_in_flight: int = 5
-    metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
+    metrics_port: int | None = None
+    cycle: CycleOptions = field(default_factory=CycleOptions)
 
-    def __post_init__(self) -> None:
-        for name in (
-            "rate_limit_per_minute",
-            "max_concurrency",
-            "page_size",
-            "batch_size",
-            "partitions_in_flight",
-            "max_retries",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.request_timeout_s <= 0:
-            raise ConfigError("request_timeout_s must be positive")
-        for name in ("api_base_url", "token_url"):
-            check_http_url(getattr(self, name), name)
-        if self.database_url is not None:
-            parsed = urlparse(self.database_url)
-            if parsed.scheme not in ("postgres", "postgresql"):
-                raise ConfigError(
-                    f"DATABASE_URL must start with postgresql://, got {self.database_url!r}"
-                )
-        if not self.account or len(self.account) > 64:
-            raise ConfigError("account must be 1 to 64 characters")
-
-    def require_credentials(self) -> Credentials:
-        """The credentials, or a ConfigError that says how to provide them."""
-        if self.credentials is None:
-            raise ConfigError(
-                "no Tiny credentials: set TINY_CLIENT_ID, TINY_CLIENT_SECRET and "
-                "TINY_REFRESH_TOKEN, or point TINY_TOKEN_FILE at your tiny_token.json"
-            )
-        return self.credentials
+    def detail_budget(self, rate_per_minute: int) -> int:
+        """Detail requests one cycle may spend: the configured budget, else about 70% of
+        what the quota allows in one interval, so a long backlog of details never delays
+        the next cycle (the backlog resumes where it stopped, open orders first)."""
+        if self.cycle.detail_budget is not None:
+            return self.cycle.detail_budget
+        return max(1, int(rate_per_minute * self.interval_s / 60 * 0.7))
 
 
-def check_http_url(value: str, name: str) -> None:
-    """Raise ConfigError unless ``value`` is an absolute http(s) URL."""
-    parsed = urlparse(value)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+@dataclass(frozen=True)
+class BackfillOptions:
+    """``--mode backfill``."""
+
+    date_from: dt.date | None = None  # a month (its first day); None: 2014-01
+    date_to: dt.date | None = None  # a month (its first day); None: this month
+    partitions: int = 5
+    detail_budget: int | None = None
+    page_size: int = 100
+    batch_size: int = 2000
+    queue_pages: int = 32
+
+
+@dataclass(frozen=True)
+class IntegrityOptions:
+    """``--mode integrity``."""
+
+    deep: bool = False
+    page_size: int = 100
+
+
+@dataclass(frozen=True)
+class RetryOptions:
+    """``--mode retry``."""
+
+
+@dataclass(frozen=True)
+class HealthOptions:
+    """``--mode health``."""
+
+    interval_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class MigrateOptions:
+    """``--mode migrate``."""
+
+
+@dataclass(frozen=True)
+class SimulateOptions:
+    """``--mode simulate`` (its figures are in :class:`SimulatorOptions`)."""
 
 
 def load_bootstrap_tokens(

@@ -1,12 +1,223 @@
-"""Plain-text tables for the reports a person reads at the end of a run."""
+"""The one run report: a value every job returns, rendered in one place.
+
+A :class:`RunReport` says what a run of a mode did (counts, the API and mirror figures by
+status, the ids found, the API statistics, errors) and how it ended (:class:`Outcome`).
+:func:`render_text` draws it for a terminal, :func:`to_json` for machines and files,
+:func:`observe` turns it into metrics, and :func:`log_fields` into structured log fields.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from .client import ClientStats
-from .ratelimit import LimiterStats
+import orjson
+
+from . import metrics
+from .clock import iso
+from .seams import ApiStats
 from .status import Situacao
+
+#: Id lists longer than this are cut in JSON (their totals stay complete).
+JSON_LIST_CAP = 1000
+
+
+class Outcome(enum.StrEnum):
+    """How a run ended."""
+
+    OK = "ok"  # finished; nothing is left for a person
+    ATTENTION = "attention"  # finished, but something needs a person (see the findings)
+    INTERRUPTED = "interrupted"  # stopped before the end (SIGTERM); resumes next run
+    FAILED = "failed"  # an error ended it (the errors say which)
+
+    @property
+    def exit_code(self) -> int:
+        return {"ok": 0, "attention": 1, "interrupted": 130, "failed": 1}[self.value]
+
+
+#: Human names of the counts, in the order a report shows them.
+COUNT_LABELS: dict[str, str] = {
+    "partitions_total": "partitions in the range",
+    "partitions_skipped": "partitions complete before this run",
+    "partitions_resumed": "partitions resumed at a stored offset",
+    "partitions_done": "partitions completed by this run",
+    "partitions_left": "partitions left",
+    "pages": "pages listed",
+    "listed": "distinct ids listed",
+    "orders_listed": "orders listed",
+    "inserted": "new orders",
+    "changed": "changed orders",
+    "unchanged": "unchanged orders",
+    "first_sightings": "history: first sightings",
+    "status_changes": "history: status changes",
+    "vanished": "open orders gone from the open listings",
+    "details_fetched": "details fetched",
+    "details_gone": "details answering 404",
+    "detail_backlog": "details still waiting",
+    "import_failures": "import failures recorded",
+    "due": "failures due for a retry",
+    "pending": "failures waiting for a later retry",
+    "requests_listing": "requests while listing",
+    "listing_s": "listing time, seconds",
+    "requests_per_minute": "requests per minute while listing",
+    "quota_per_minute": "quota per minute",
+}
+
+#: Human names of the findings (id lists), in the order a report shows them.
+FINDING_LABELS: dict[str, str] = {
+    "recovered": "missing, recovered",
+    "failed": "missing, import failed",
+    "awaiting_retry": "missing, awaiting retry",
+    "unreadable": "unreadable list items",
+    "stale": "status corrected",
+    "reappeared": "listed again (unflagged)",
+    "possibly_deleted": "possibly deleted (flagged)",
+    "found_by_detail": "unlisted, alive by detail",
+    "resolved": "resolved",
+    "failed_again": "failed again, rescheduled",
+    "exhausted": "failed for the last time",
+    "manual_review": "failures for manual review",
+}
+
+#: Column names of the by-status table.
+COLUMN_LABELS: dict[str, str] = {
+    "api": "API",
+    "mirror": "database",
+    "mirror_before": "database before",
+    "mirror_after": "database after",
+    "failing": "failing",
+}
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What one run of a mode did. Built by the jobs, rendered here."""
+
+    mode: str
+    account: str
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    outcome: Outcome
+    title: str = ""  # what kind of run, e.g. "full sync" or "incremental cycle"
+    counts: Mapping[str, int | float] = field(default_factory=dict)
+    by_status: Mapping[int, Mapping[str, int | None]] = field(default_factory=dict)
+    findings: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    facts: Mapping[str, str | bool | None] = field(default_factory=dict)  # what kind of run
+    api: ApiStats = field(default_factory=ApiStats)
+    notes: Sequence[str] = ()
+    errors: Sequence[str] = ()
+
+    @property
+    def duration_s(self) -> float:
+        return round((self.finished_at - self.started_at).total_seconds(), 2)
+
+    @property
+    def exit_code(self) -> int:
+        return self.outcome.exit_code
+
+    def count(self, name: str) -> int:
+        """A count as an int (0 when absent)."""
+        return int(self.counts.get(name, 0))
+
+
+def to_dict(report: RunReport) -> dict[str, Any]:
+    """The report as JSON-ready data (what run history and ``--json`` store)."""
+    return {
+        "mode": report.mode,
+        "account": report.account,
+        "title": report.title,
+        "outcome": report.outcome.value,
+        "exit_code": report.exit_code,
+        "started_at": iso(report.started_at),
+        "finished_at": iso(report.finished_at),
+        "duration_s": report.duration_s,
+        "counts": dict(report.counts),
+        "by_status": {str(code): dict(row) for code, row in sorted(report.by_status.items())},
+        "findings": {k: list(v)[:JSON_LIST_CAP] for k, v in report.findings.items()},
+        "findings_total": {k: len(v) for k, v in report.findings.items()},
+        "facts": dict(report.facts),
+        "api": report.api.as_dict(),
+        "notes": list(report.notes),
+        "errors": list(report.errors),
+    }
+
+
+def to_json(report: RunReport) -> str:
+    return orjson.dumps(to_dict(report), option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def log_fields(report: RunReport) -> dict[str, object]:
+    """Flat fields for one structured log line about the run."""
+    fields: dict[str, object] = {
+        "mode": report.mode,
+        "account": report.account,
+        "outcome": report.outcome.value,
+        "duration_s": report.duration_s,
+        "requests": report.api.total,
+        "rate_limited": report.api.rate_limited,
+    }
+    fields.update(report.counts)
+    fields.update({k: len(v) for k, v in report.findings.items() if v})
+    if report.errors:
+        fields["error"] = report.errors[0]
+    return fields
+
+
+def observe(report: RunReport) -> None:
+    """Record the run in the Prometheus metrics."""
+    labels = (report.account, report.mode)
+    metrics.RUNS.labels(*labels, report.outcome.value).inc()
+    if report.outcome in (Outcome.OK, Outcome.ATTENTION):
+        metrics.RUN_SECONDS.labels(*labels).observe(report.duration_s)
+        metrics.LAST_SUCCESS.labels(*labels).set(report.finished_at.timestamp())
+
+
+# --- the terminal rendering ------------------------------------------------------------
+
+_OUTCOME_TEXT = {
+    Outcome.OK: "ok",
+    Outcome.ATTENTION: "needs attention",
+    Outcome.INTERRUPTED: "interrupted: resumes next run",
+    Outcome.FAILED: "FAILED",
+}
+
+
+def render_text(report: RunReport) -> str:
+    """The report as a person reads it on a terminal."""
+    head = f"{report.mode}: {report.title or report.mode}" if report.title else report.mode
+    head += f" — {_OUTCOME_TEXT[report.outcome]} — {report.duration_s:,.1f} s"
+    if report.account != "default":
+        head += f" — account {report.account}"
+    parts = [head]
+    if report.by_status:
+        parts.append(_by_status_table(report.by_status))
+    counts = [[COUNT_LABELS.get(k, k), v] for k, v in report.counts.items()]
+    if counts:
+        parts.append(table(["figure", "value"], counts))
+    if report.findings:
+        rows = [[FINDING_LABELS.get(k, k), len(v), ids_text(v)] for k, v in report.findings.items()]
+        parts.append(table(["finding", "orders", "ids"], rows))
+    facts = [f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in report.facts.items()]
+    lines = ["\n\n".join(parts), *facts, *report.notes, api_line(report.api)]
+    lines += [f"error: {e}" for e in report.errors]
+    return "\n".join(lines)
+
+
+def _by_status_table(by_status: Mapping[int, Mapping[str, int | None]]) -> str:
+    columns = list(next(iter(by_status.values())).keys())
+    rows: list[list[object]] = [
+        [status_name(code), *(row.get(c) for c in columns)]
+        for code, row in sorted(by_status.items())
+    ]
+    totals: list[object] = ["total"]
+    for c in columns:
+        values = [row.get(c) for row in by_status.values()]
+        totals.append(None if None in values else sum(v or 0 for v in values))
+    rows.append(totals)
+    return table(["status", *(COLUMN_LABELS.get(c, c) for c in columns)], rows)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> str:
@@ -16,7 +227,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str =
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
     numeric = [
-        all(isinstance(r[i], int | float) or r[i] in ("", None, "-") for r in rows) and bool(rows)
+        bool(rows) and all(isinstance(r[i], int | float) or r[i] in ("", None) for r in rows)
         for i in range(len(headers))
     ]
 
@@ -27,18 +238,22 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str =
         ]
         return "│ " + " │ ".join(parts) + " │"
 
-    rule = "─┼─".join("─" * w for w in widths)
+    top = "┌─" + "─┬─".join("─" * w for w in widths) + "─┐"
+    mid = "├─" + "─┼─".join("─" * w for w in widths) + "─┤"
+    bottom = "└─" + "─┴─".join("─" * w for w in widths) + "─┘"
     out = [title] if title else []
-    out += [line(headers), "├─" + rule + "─┤", *(line(r) for r in cells)]
+    out += [top, line(headers), mid, *(line(r) for r in cells), bottom]
     return "\n".join(out)
 
 
 def _fmt(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.1f}"
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int):
         return f"{value:,}"
     return str(value)
 
@@ -51,31 +266,24 @@ def status_name(code: int) -> str:
         return str(code)
 
 
-def api_stats(client: ClientStats, limiter: LimiterStats) -> dict[str, object]:
-    """Request counters of a run, for reports and JSON."""
-    mean_ms, p95_ms = client.latency_summary()
-    return {
-        "requests": dict(client.requests),
-        "requests_total": client.total,
-        "rate_limited_429": limiter.throttled,
-        "retries": client.retries,
-        "paused_s": round(limiter.paused_s, 1),
-        "latency_mean_ms": round(mean_ms, 1),
-        "latency_p95_ms": round(p95_ms, 1),
-    }
-
-
-def api_line(api: dict[str, object]) -> str:
-    """One line of the API statistics of :func:`api_stats`, for the end of a report."""
-    total = api.get("requests_total", 0)
+def api_line(api: ApiStats) -> str:
+    """One line of API statistics for the end of a report."""
+    by_endpoint = ", ".join(f"{k} {n:,}" for k, n in sorted(api.requests.items()))
     return (
-        f"API requests {total:,} {api.get('requests', {})}, "
-        f"429s {api.get('rate_limited_429', 0)}, retries {api.get('retries', 0)}, "
-        f"latency mean {api.get('latency_mean_ms', 0)} ms, p95 {api.get('latency_p95_ms', 0)} ms"
-    )
+        f"API requests {api.total:,}" + (f" ({by_endpoint})" if by_endpoint else "")
+        + f", 429s {api.rate_limited}, retries {api.retries}, paused {api.paused_s:.0f} s, "
+        f"token refreshes {api.token_refreshes}, latency mean {api.mean_ms:.1f} ms, "
+        f"p95 ≤ {api.p95_ms:.0f} ms"
+    )  # fmt: skip
 
 
 def ids_text(ids: Sequence[object], limit: int = 10) -> str:
     """``"1, 2, 3 … (+7)"``: a sample of ids for a table cell."""
-    head = ", ".join(str(i) for i in ids[:limit])
+    head = ", ".join(_finding(i) for i in ids[:limit])
     return head + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")
+
+
+def _finding(item: object) -> str:
+    if isinstance(item, Mapping) and {"id", "from", "to"} <= item.keys():
+        return f"{item['id']} ({item['from']}→{item['to']})"
+    return str(item)

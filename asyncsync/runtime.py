@@ -1,66 +1,109 @@
 """The composition root: opens the database, the HTTP session, tokens, limiter and client.
 
-Modes receive a :class:`Runtime`; the client and the sink never see each other.
+Modes receive a :class:`Runtime` and hand its parts to the jobs as seams Protocols; the
+client and the store never see each other.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TextIO
 
 import aiohttp
-import asyncpg
 
-from .client import TinyClient
-from .config import Settings
-from .database import open_database
-from .ratelimit import AccountLimiter
-from .sink import PgSink
-from .tokens import TokenManager
-from .tokenstore import PgTokenStore
+from .client import AccountLimiter, TinyClient, TokenManager
+from .clock import Clock, utcnow
+from .jobs import RunContext
+from .options import CommonOptions, Credentials, TinyOptions
+from .seams import TokenStore
+from .store import AccountStore, Database, open_database
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Everything a mode works with, opened and closed together."""
+    """Everything a mode works with for one account, opened and closed together."""
 
-    settings: Settings
-    pool: asyncpg.Pool
-    sink: PgSink
+    common: CommonOptions
+    database: Database
+    store: AccountStore
     client: TinyClient
+
+    @property
+    def account(self) -> str:
+        return self.common.account
+
+    def context(
+        self, stop: asyncio.Event, *, progress: TextIO | None = None, clock: Clock = utcnow
+    ) -> RunContext:
+        """What a job of this account runs with."""
+        return RunContext(
+            account=self.account,
+            stop=stop,
+            clock=clock,
+            progress=progress or sys.stderr,
+            # Enough requests waiting at the limiter to keep every slot busy.
+            concurrency=self.common.tiny.max_concurrency * 2,
+        )
+
+
+def make_client(
+    session: aiohttp.ClientSession,
+    account: str,
+    tiny: TinyOptions,
+    credentials: Credentials,
+    tokens: TokenStore,
+) -> TinyClient:
+    """The Tiny client of one account: its own limiter and token manager, a shared session."""
+    manager = TokenManager(
+        session,
+        tiny.token_url,
+        credentials,
+        tokens,
+        timeout_s=tiny.request_timeout_s,
+        account=account,
+    )
+    limiter = AccountLimiter(tiny.rate_limit_per_minute, tiny.max_concurrency, account=account)
+    return TinyClient(
+        session,
+        tiny.api_base_url,
+        manager,
+        limiter,
+        timeout_s=tiny.request_timeout_s,
+        max_retries=tiny.max_retries,
+        account=account,
+    )
+
+
+def database_of(
+    common: CommonOptions, *, apply_schema: bool = True
+) -> AsyncContextManager[Database]:
+    """The database alone (modes that need no Tiny account: health, migrate)."""
+    db = common.database
+    return open_database(db.database_url, db.data_dir, apply_schema=apply_schema)
 
 
 @asynccontextmanager
-async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    common: CommonOptions, *, open_statuses: tuple[int, ...] | None = None
+) -> AsyncIterator[Runtime]:
     """Open database (schema applied), HTTP session and client; close them all on exit."""
-    credentials = settings.require_credentials()  # fail before starting anything
+    credentials = common.tiny.credentials()  # fail before starting anything
     async with (
-        open_database(settings.database_url, settings.data_dir, max_size=4) as pool,
+        open_database(common.database.database_url, common.database.data_dir) as database,
         aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.max_concurrency * 2),
+            connector=aiohttp.TCPConnector(limit=common.tiny.max_concurrency * 2),
             raise_for_status=False,
         ) as session,
     ):
-        tokens = TokenManager(
-            session,
-            settings.token_url,
-            credentials,
-            PgTokenStore(pool, settings.account),
-            timeout_s=settings.request_timeout_s,
+        store = (
+            database.account(common.account, open_statuses=open_statuses)
+            if open_statuses is not None
+            else database.account(common.account)
         )
-        limiter = AccountLimiter(settings.rate_limit_per_minute, settings.max_concurrency)
-        client = TinyClient(
-            session,
-            settings.api_base_url,
-            tokens,
-            limiter,
-            timeout_s=settings.request_timeout_s,
-            max_retries=settings.max_retries,
-        )
-        yield Runtime(
-            settings=settings,
-            pool=pool,
-            sink=PgSink(pool, settings.account, settings.open_statuses),
-            client=client,
-        )
+        client = make_client(session, common.account, common.tiny, credentials, store.tokens)
+        yield Runtime(common=common, database=database, store=store, client=client)

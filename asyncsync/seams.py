@@ -1,19 +1,22 @@
-"""The small Protocols the engine joins, and the values that cross them.
+"""The small Protocols the engine and the jobs see, and the frozen values that cross them.
 
-The Tiny client implements :class:`OrderSource`; the PostgreSQL sink implements
-:class:`OrderSink` and :class:`TokenStore`. Neither imports the other: the engine and
-the modes wire them together, so each can be tested alone or swapped.
+The Tiny client implements :class:`OrderSource`; the ``store`` wing implements every other
+Protocol here. Neither imports the other: modes wire them together, and each job receives
+only the Protocols it uses, so it can be tested or reused with another implementation.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from .records import DetailRecord, FailureRecord, OrderRecord
+
+# --- what the Tiny side hands over ---------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,88 @@ class TokenSet:
     access_expires_at: dt.datetime | None = None
 
 
+#: Upper edges of the latency buckets, in milliseconds: 1 ms to ~110 s in steps of 25%,
+#: fine enough for a p95 within a quarter, and counts (unlike samples) can be subtracted.
+LATENCY_EDGES_MS: tuple[float, ...] = tuple(1.25**k for k in range(53))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiStats:
+    """Cumulative figures of a Tiny client; ``later.since(earlier)`` is one run's share."""
+
+    requests: Mapping[str, int] = field(default_factory=dict)  # sent, by endpoint
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers
+    paused_s: float = 0.0  # time the account was held back (429 or a spent window)
+    token_refreshes: int = 0
+    latency_sum_s: float = 0.0
+    latency_buckets: tuple[int, ...] = ()  # counts per LATENCY_EDGES_MS bucket
+    quota_per_minute: int = 0  # the pace the client keeps now (not a total)
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+    def since(self, earlier: ApiStats) -> ApiStats:
+        """What happened between ``earlier`` and this snapshot."""
+        buckets = self.latency_buckets
+        if earlier.latency_buckets:
+            buckets = tuple(a - b for a, b in zip(buckets, earlier.latency_buckets, strict=True))
+        return ApiStats(
+            requests={
+                k: n - earlier.requests.get(k, 0)
+                for k, n in self.requests.items()
+                if n - earlier.requests.get(k, 0)
+            },
+            retries=self.retries - earlier.retries,
+            rate_limited=self.rate_limited - earlier.rate_limited,
+            paused_s=self.paused_s - earlier.paused_s,
+            token_refreshes=self.token_refreshes - earlier.token_refreshes,
+            latency_sum_s=self.latency_sum_s - earlier.latency_sum_s,
+            latency_buckets=buckets,
+            quota_per_minute=self.quota_per_minute,
+        )
+
+    @property
+    def mean_ms(self) -> float:
+        n = sum(self.latency_buckets)
+        return 1000 * self.latency_sum_s / n if n else 0.0
+
+    @property
+    def p95_ms(self) -> float:
+        """The upper edge of the bucket holding the 95th percentile (0 with no requests)."""
+        n = sum(self.latency_buckets)
+        if not n:
+            return 0.0
+        seen = 0
+        for edge, count in zip(LATENCY_EDGES_MS, self.latency_buckets, strict=False):
+            seen += count
+            if seen >= 0.95 * n:
+                return edge
+        return LATENCY_EDGES_MS[-1]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "requests": dict(self.requests),
+            "requests_total": self.total,
+            "retries": self.retries,
+            "rate_limited_429": self.rate_limited,
+            "paused_s": round(self.paused_s, 1),
+            "token_refreshes": self.token_refreshes,
+            "latency_mean_ms": round(self.mean_ms, 1),
+            "latency_p95_ms": round(self.p95_ms, 1),
+            "quota_per_minute": self.quota_per_minute,
+        }
+
+
+def latency_bucket(seconds: float) -> int:
+    """Index of the LATENCY_EDGES_MS bucket a latency falls in."""
+    return min(bisect.bisect_left(LATENCY_EDGES_MS, seconds * 1000), len(LATENCY_EDGES_MS) - 1)
+
+
+# --- what the store hands over -------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A progress marker stored in ``sync_metadata`` in the same transaction as its data."""
@@ -77,22 +162,94 @@ class Checkpoint:
     value: str  # JSON text
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class MergeStats:
-    """What one merge did; added up over a run."""
+    """What one merge did; ``a + b`` adds two up over a run."""
 
     received: int = 0
     inserted: int = 0
     changed: int = 0
     unchanged: int = 0
-    status_changes: int = 0
+    first_sightings: int = 0  # history rows of orders seen for the first time
+    status_changes: int = 0  # history rows of known orders that changed status
     failures: int = 0
     details: int = 0
     missing: int = 0
 
-    def add(self, other: MergeStats) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+    def __add__(self, other: MergeStats) -> MergeStats:
+        return MergeStats(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When a failed import is tried again, and how often at most."""
+
+    base_s: float = 30.0
+    factor: float = 4.0
+    max_attempts: int = 5  # attempts in total, the first (failed) import included
+
+    def delay_s(self, tentativas: int) -> float:
+        """Seconds to wait after attempt number ``tentativas`` before the next one."""
+        return self.base_s * self.factor ** (max(tentativas, 1) - 1)
+
+    def due_at(self, ultima_tentativa: dt.datetime, tentativas: int) -> dt.datetime | None:
+        """When the next attempt is due; None when the attempts are used up."""
+        if tentativas >= self.max_attempts:
+            return None
+        return ultima_tentativa + dt.timedelta(seconds=self.delay_s(tentativas))
+
+
+@dataclass(frozen=True, slots=True)
+class DueFailure:
+    """An open import failure whose next attempt is due."""
+
+    id_ordem: int
+    tentativas: int
+    in_mirror: bool  # the order already has a row (only its detail failed)
+
+
+@dataclass(frozen=True, slots=True)
+class ManualReview:
+    """An open failure no retry will fix."""
+
+    id_ordem: int
+    tentativas: int
+    erro: str | None
+    ultima_tentativa: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """The latest listing of one id during an integrity run."""
+
+    id: int
+    situacao: int
+    hash: bytes
+    observed_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StaleRow:
+    """A mirror row the listing disagrees with."""
+
+    id: int
+    old: int  # status in the mirror
+    new: int  # status in the listing
+    flagged: bool  # it was flagged possibly_deleted
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """What an integrity run's listing says about the mirror."""
+
+    missing: tuple[tuple[int, bool], ...]  # (id, due): listed, absent from the mirror
+    stale: tuple[StaleRow, ...]
+    unlisted: tuple[int, ...]  # mirror rows in no listing (only when the listing was complete)
+
+
+# --- the Protocols -----------------------------------------------------------------------
 
 
 class OrderSource(Protocol):
@@ -102,9 +259,11 @@ class OrderSource(Protocol):
 
     async def get_order(self, order_id: int) -> Detail: ...
 
+    def api_stats(self) -> ApiStats: ...
+
 
 class OrderSink(Protocol):
-    """Where orders go (the PostgreSQL mirror)."""
+    """Where orders go (the PostgreSQL mirror of one account)."""
 
     async def merge_listed(
         self,
@@ -126,9 +285,73 @@ class OrderSink(Protocol):
 
     async def ids_in_statuses(self, statuses: Sequence[int]) -> set[int]: ...
 
-    async def get_metadata(self, key: str) -> str | None: ...
+    async def counts_by_status(self) -> dict[int, int]: ...
 
-    async def set_metadata(self, key: str, value: str) -> None: ...
+    async def counts_in_range(self, first_day: dt.date, last_day: dt.date) -> dict[int, int]: ...
+
+
+class Metadata(Protocol):
+    """Cursors and checkpoints of one account (``sync_metadata``)."""
+
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str) -> None: ...
+
+    async def with_prefix(self, prefix: str) -> dict[str, str | None]: ...
+
+
+class FailureLog(Protocol):
+    """``import_failures`` of one account: records that could not be imported."""
+
+    async def record(
+        self, failures: Sequence[FailureRecord], *, now: dt.datetime, counts_as_attempt: bool
+    ) -> list[int]:
+        """Write failures at ``now``; returns the ids whose row was written.
+
+        With ``counts_as_attempt`` an open row counts one more attempt (a retry or an
+        import that failed again); without it an open row stays as it is (a listing shows
+        the same broken record at every run, which is not a new attempt). A resolved row
+        is reopened at attempt 1 either way.
+        """
+        ...
+
+    async def due(self, now: dt.datetime, policy: RetryPolicy, limit: int) -> list[DueFailure]: ...
+
+    async def pending(
+        self, now: dt.datetime, policy: RetryPolicy
+    ) -> tuple[int, dt.datetime | None]: ...
+
+    async def manual_review(self, policy: RetryPolicy) -> list[ManualReview]: ...
+
+
+class IntegrityStore(Protocol):
+    """What an integrity run asks of the mirror."""
+
+    async def counts(self) -> tuple[dict[int, int], dict[int, int]]:
+        """(mirror rows by status, open failures of absent orders by listed status)."""
+        ...
+
+    async def disagreeing(self, records: Sequence[OrderRecord]) -> set[int]: ...
+
+    async def compare(
+        self,
+        seen: Sequence[Sighting],
+        *,
+        now: dt.datetime,
+        policy: RetryPolicy,
+        complete: bool,
+    ) -> Comparison: ...
+
+    async def correct(self, records: Sequence[OrderRecord]) -> set[int]:
+        """Apply list rows that disagree with the mirror (status included, with an
+        ``'integrity'`` history row); returns the ids corrected."""
+        ...
+
+    async def flag_deleted(self, ids: Sequence[int]) -> list[int]: ...
+
+    async def save_run(
+        self, started_at: dt.datetime, finished_at: dt.datetime, consistent: bool, report: str
+    ) -> None: ...
 
 
 class TokenStore(Protocol):

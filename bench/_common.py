@@ -21,11 +21,11 @@ from typing import Any
 
 import asyncpg
 
-from asyncsync.config import Settings
-from asyncsync.database import connect_pool, migrate, redact, with_database
-from asyncsync.modes.simulate import pointed_at
+from asyncsync.modes import pointed_at
+from asyncsync.options import CommonOptions, DatabaseOptions, TinyOptions
 from asyncsync.records import OrderRecord
 from asyncsync.simulator import TinySimulator
+from asyncsync.store.database import connect_pool, migrate, redact, with_database
 
 #: The seed's write: a plain upsert of one listed order (no history: the seed keeps none).
 SEED_UPSERT = """
@@ -111,14 +111,22 @@ def describe_dsn(dsn: str) -> str:
     return redact(dsn)
 
 
-def sim_settings(sim: TinySimulator, database_url: str, **overrides: Any) -> Settings:
-    """Settings pointing the product at an in-process simulator and a scratch database."""
-    base = Settings(
-        database_url=database_url,
-        data_dir=Path(tempfile.gettempdir()) / "asyncsync-bench-unused",
-        request_timeout_s=60.0,
+#: Where the embedded PostgreSQL would live; never used: every benchmark names its database.
+UNUSED_DATA_DIR = Path(tempfile.gettempdir()) / "asyncsync-bench-unused"
+
+
+def common_options(database_url: str, **tiny: Any) -> CommonOptions:
+    """Options for a scratch database; ``tiny`` sets :class:`TinyOptions` fields."""
+    return CommonOptions(
+        database=DatabaseOptions(database_url=database_url, data_dir=UNUSED_DATA_DIR),
+        tiny=TinyOptions(**tiny),
     )
-    return pointed_at(base, sim, **overrides)
+
+
+def common_for(sim: TinySimulator, database_url: str, **tiny: Any) -> CommonOptions:
+    """Options pointing the product at an in-process simulator and a scratch database;
+    ``tiny`` overrides what the simulator says (its quota, for one)."""
+    return pointed_at(common_options(database_url, request_timeout_s=60.0), sim, **tiny)
 
 
 @dataclasses.dataclass

@@ -3,7 +3,7 @@
 What it measures
     A simulator holds ``--orders`` service orders (100k by default) emitted from 2014 to
     today, with a fixed 60 s window of ``--quota`` requests and ``--latency-ms`` per
-    answer. The product's backfill (:func:`asyncsync.modes.backfill.backfill`, the
+    answer. The product's backfill (:func:`asyncsync.jobs.backfill.backfill`, on the
     product's own runtime) loads every month from 2014-01 to this month into a fresh
     database: month × status partitions, ``--partitions`` in flight under one
     account-wide limiter set to the quota, each page merged with its checkpoint. Details
@@ -46,12 +46,21 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-from _common import SEED_UPSERT, describe_dsn, parser, print_table, scratch_database, upsert_args
+from _common import (
+    SEED_UPSERT,
+    common_options,
+    describe_dsn,
+    parser,
+    print_table,
+    scratch_database,
+    upsert_args,
+)
 
-from asyncsync.backfill_plan import DEFAULT_FIRST_MONTH, last_day, month_range
-from asyncsync.config import Credentials, Settings
-from asyncsync.modes.backfill import BackfillReport, backfill
+from asyncsync.jobs.backfill import backfill
+from asyncsync.jobs.backfill_plan import DEFAULT_FIRST_MONTH, last_day, month_range
+from asyncsync.options import BackfillOptions
 from asyncsync.records import parse_list_item
+from asyncsync.report import RunReport, render_text
 from asyncsync.runtime import open_runtime
 
 SEED_PAUSE_S = 60.0  # what a naive script sleeps on a 429
@@ -120,36 +129,55 @@ class Figures:
         return 60 * self.requests / self.listing_s if self.listing_s else 0.0
 
 
-async def run_backfill(args: argparse.Namespace) -> tuple[Figures, BackfillReport]:
+async def run_backfill(args: argparse.Namespace) -> tuple[Figures, RunReport]:
     async with (
         simulator(args) as sim,
         scratch_database(args.dsn, "backfill") as dsn,
         aiohttp.ClientSession() as http,
     ):
-        settings = Settings(
-            database_url=dsn,
+        common = common_options(
+            dsn,
             api_base_url=sim.base_url,
             token_url=sim.token_url,
-            credentials=Credentials(sim.client_id, sim.client_secret, sim.refresh_token),
+            client_id=sim.client_id,
+            client_secret=sim.client_secret,
+            refresh_token=sim.refresh_token,
             rate_limit_per_minute=args.quota,
+        )
+        options = BackfillOptions(
+            date_from=DEFAULT_FIRST_MONTH,
+            date_to=dt.date.today().replace(day=1),
+            partitions=args.partitions,
             detail_budget=0,
-            partitions_in_flight=args.partitions,
         )
         started = time.monotonic()
-        async with open_runtime(settings) as rt:
-            this_month = dt.date.today().replace(day=1)
-            report = await backfill(rt, DEFAULT_FIRST_MONTH, this_month, stop=asyncio.Event())
-            rows = await rt.pool.fetchval("SELECT count(*) FROM ordens_servico")
+        async with open_runtime(common) as rt:
+            ctx = rt.context(asyncio.Event())
+            report = await backfill(rt.client, rt.store.orders, rt.store.metadata, options, ctx)
         wall = time.monotonic() - started
+        rows = await count_orders(dsn)
         stats = await sim.stats(http)
     figures = Figures(
         wall_s=wall,
         requests=int(stats["requests_total"]),
-        listing_s=report.listing_s,
+        listing_s=listing_seconds(report),
         throttled=int(stats["rate_limited"]),
-        records=int(rows),
+        records=rows,
     )
     return figures, report
+
+
+def listing_seconds(report: RunReport) -> float:
+    """How long the backfill listed (census included)."""
+    return float(report.counts.get("listing_s", 0.0))
+
+
+async def count_orders(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM ordens_servico"))
+    finally:
+        await conn.close()
 
 
 @dataclass
@@ -329,11 +357,11 @@ def print_comparison(args: argparse.Namespace, fast: Figures, serial: Figures | 
 async def run(args: argparse.Namespace) -> None:
     print(f"asyncsync backfill: {args.orders:,} orders, quota {args.quota:,} req/min", flush=True)
     fast, report = await run_backfill(args)
-    print(report.render() + "\n", flush=True)
+    print(render_text(report) + "\n", flush=True)
     serial = None
     if args.baseline_seconds > 0:
         print(f"seed-style serial loader, for at most {args.baseline_seconds:g} s", flush=True)
-        serial = await run_serial(args, report.pages)
+        serial = await run_serial(args, report.count("pages"))
     print()
     print_comparison(args, fast, serial)
 

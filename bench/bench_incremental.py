@@ -49,10 +49,13 @@ from collections.abc import Sequence
 import aiohttp
 import asyncpg
 import orjson
-from _common import describe_dsn, parser, per_s, print_table, scratch_database, sim_settings, timed
+from _common import common_for, describe_dsn, parser, per_s, print_table, scratch_database, timed
 
-from asyncsync.incremental import plan_cycle
-from asyncsync.modes.sync import SyncReport, full_sync, incremental_sync
+from asyncsync.clock import Clock, utcnow
+from asyncsync.engine.cycle import plan_cycle
+from asyncsync.jobs.sync import full_sync, incremental_sync
+from asyncsync.options import CommonOptions, CycleOptions
+from asyncsync.report import Outcome, RunReport
 from asyncsync.runtime import open_runtime
 from asyncsync.simulator import SimConfig, TinySimulator
 from asyncsync.status import CLOSED_STATUSES, OPEN_STATUSES, Situacao
@@ -134,6 +137,39 @@ def snapshot(sim: TinySimulator) -> Counter[str]:
 def delta(sim: TinySimulator, before: Counter[str]) -> Counter[str]:
     after = snapshot(sim)
     return Counter({k: after[k] - before[k] for k in after if after[k] - before[k]})
+
+
+async def run_sync(
+    common: CommonOptions,
+    cycle: CycleOptions,
+    *,
+    full: bool = False,
+    now: dt.datetime | None = None,
+) -> tuple[RunReport, float]:
+    """One sync job on a fresh runtime, wired as ``--mode sync`` wires it (progress hidden),
+    and the seconds the job took; ``now`` fixes the clock of an incremental cycle."""
+    clock = utcnow if now is None else fixed_clock(now)
+    async with open_runtime(common, open_statuses=cycle.open_statuses) as rt:
+        ctx = rt.context(asyncio.Event(), progress=io.StringIO(), clock=clock)
+        job = full_sync if full else incremental_sync
+        with timed() as t:
+            report = await job(rt.client, rt.store.orders, rt.store.metadata, cycle, ctx)
+    return report, t.s
+
+
+def fixed_clock(at: dt.datetime) -> Clock:
+    """A clock that always says ``at``."""
+    return lambda: at
+
+
+async def mark_details_done(dsn: str) -> int:
+    """Mark every listed order's detail as fetched; returns how many rows that touched."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        status = await conn.execute("UPDATE ordens_servico SET detail_stale = false")
+    finally:
+        await conn.close()
+    return int(status.split()[-1])
 
 
 async def caught(dsn: str, changes: Sequence[Change]) -> int:
@@ -223,19 +259,19 @@ async def run(args: argparse.Namespace) -> None:
     print(f"simulator: {len(sim.orders):,} orders generated in {t.s:.1f} s, {n_open:,} open")
     async with sim:
         async with scratch_database(args.dsn, "incremental") as dsn:
-            hourly = sim_settings(sim, dsn, sweep_interval_s=1e12, rate_limit_per_minute=RATE)
-            quiet = io.StringIO()
+            common = common_for(sim, dsn, rate_limit_per_minute=RATE)
+            hourly = CycleOptions(sweep_interval_s=1e12)
 
-            async with open_runtime(dataclasses.replace(hourly, detail_budget=0)) as rt:
-                with timed() as t:
-                    full = await full_sync(rt, stop=asyncio.Event(), stream=quiet)
-                skipped = await rt.pool.execute("UPDATE ordens_servico SET detail_stale = false")
+            listings_only = dataclasses.replace(hourly, detail_budget=0)
+            full, full_s = await run_sync(common, listings_only, full=True)
+            skipped = await mark_details_done(dsn)
+            listed = full.count("orders_listed")
             print(
-                f"full sync (listings only): {full.listed.received:,} orders in {t.s:.1f} s "
-                f"({per_s(full.listed.received, t.s):,} orders/s, {full.api.get('requests')})"
+                f"full sync (listings only): {listed:,} orders in {full_s:.1f} s "
+                f"({per_s(listed, full_s):,} orders/s, {dict(full.api.requests)})"
             )
             print(
-                f"details of the {int(skipped.split()[-1]):,} listed orders NOT fetched: "
+                f"details of the {skipped:,} listed orders NOT fetched: "
                 "`UPDATE ordens_servico SET detail_stale = false` marks them done instead "
                 "(a cycle never refetches an unchanged order's detail anyway)\n"
             )
@@ -246,24 +282,20 @@ async def run(args: argparse.Namespace) -> None:
             plan = plan_cycle(
                 hourly.open_statuses,
                 hourly.closed_statuses,
-                recent_days=hourly.recent_window_days,
+                recent_days=hourly.recent_days,
                 sweep_interval_s=hourly.sweep_interval_s,
                 last_sweep=now,
                 now=now,
             )
 
             before = snapshot(sim)
-            async with open_runtime(hourly) as rt:
-                with timed() as t_cycle:
-                    cycle = await incremental_sync(rt, stop=asyncio.Event(), stream=quiet, now=now)
+            cycle, cycle_s = await run_sync(common, hourly, now=now)
             cycle_req = delta(sim, before)
             cycle_caught = await caught(dsn, changes)
 
-            sweep_settings = dataclasses.replace(hourly, sweep_interval_s=0.0)
+            daily = dataclasses.replace(hourly, sweep_interval_s=0.0)
             before = snapshot(sim)
-            async with open_runtime(sweep_settings) as rt:
-                with timed() as t_sweep:
-                    sweep = await incremental_sync(rt, stop=asyncio.Event(), stream=quiet)
+            sweep, sweep_s = await run_sync(common, daily)
             sweep_req = delta(sim, before)
             sweep_caught = await caught(dsn, changes)
 
@@ -317,7 +349,7 @@ async def run(args: argparse.Namespace) -> None:
         f"({'equal' if formula == measured else f'off by {measured - formula:+d}'})"
     )
     all_closed = sum(pages(sum(1 for o in state if o.situacao == s)) for s in CLOSED_STATUSES)
-    gone = int(str(cycle.extra.get("open orders gone from the open listings (detail fetched)", 0)))
+    gone = cycle.count("vanished")
     cc_old = sum(
         1 for c in changes if c.old in CLOSED_STATUSES and c.new in CLOSED_STATUSES
         and c.emitted < plan.window_from
@@ -347,18 +379,24 @@ async def run(args: argparse.Namespace) -> None:
         f"quota), seed 24 runs = {per_day_seed:,} ({minutes(per_day_seed):.0f} min)"
     )
     print(
-        f"\nwall time: hourly cycle {t_cycle.s:.1f} s, sweep cycle {t_sweep.s:.1f} s, "
+        f"\nwall time: hourly cycle {cycle_s:.1f} s, sweep cycle {sweep_s:.1f} s, "
         f"seed run {t_seed.s:.1f} s (simulator without latency: quota, not time, is the "
         "cost that matters); cycle status changes recorded "
-        f"{cycle.changes}, sweep {sweep.changes}"
+        f"{history_rows(cycle)}, sweep {history_rows(sweep)}"
     )
     _check(cycle, sweep)
 
 
-def _check(*reports: SyncReport) -> None:
+def history_rows(report: RunReport) -> str:
+    """History rows a run added: status changes, plus first sightings of new orders."""
+    changes, first = report.count("status_changes"), report.count("first_sightings")
+    return f"{changes + first} ({changes} changes + {first} first sightings)"
+
+
+def _check(*reports: RunReport) -> None:
     for report in reports:
-        if report.interrupted:
-            print(f"warning: a {report.kind} run did not complete", file=sys.stderr)
+        if report.outcome is not Outcome.OK:
+            print(f"warning: a {report.title} run did not complete", file=sys.stderr)
 
 
 def main() -> None:

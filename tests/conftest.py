@@ -18,11 +18,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from asyncsync.config import Settings
-from asyncsync.database import connect_pool, embedded_server, migrate, with_database
-from asyncsync.modes.simulate import pointed_at
 from asyncsync.runtime import Runtime, open_runtime
 from asyncsync.simulator import SimConfig, TinySimulator
+from asyncsync.store.database import connect_pool, embedded_server, migrate, with_database
+
+from .helpers import common_for
 
 TEMPLATE = f"asyncsync_tpl_{os.getpid()}"
 
@@ -91,19 +91,6 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
 
 
-def settings_for(sim: TinySimulator, database_url: str, **overrides: Any) -> Settings:
-    """Settings pointing at a running simulator and a test database."""
-    base = Settings(
-        database_url=database_url,
-        data_dir=Path(tempfile.gettempdir()) / "asyncsync-unused",
-        max_concurrency=8,
-        request_timeout_s=10.0,
-        max_retries=4,
-        batch_size=500,
-    )
-    return pointed_at(base, sim, **overrides)
-
-
 SimFactory = Callable[..., Any]
 
 
@@ -126,12 +113,13 @@ async def simulator() -> AsyncIterator[SimFactory]:
 
 @pytest.fixture
 def runtime_for(database_url: str) -> Callable[..., Any]:
-    """``async with runtime_for(sim, **overrides) as rt``: the product's own wiring."""
+    """``async with runtime_for(sim, **tiny) as rt``: the product's own wiring, with
+    TinyOptions overrides (``max_retries=2``...)."""
 
-    def make(sim: TinySimulator, **overrides: Any) -> Any:
-        return open_runtime(settings_for(sim, database_url, **overrides))
+    def make(sim: TinySimulator, **tiny: Any) -> Any:
+        return open_runtime(common_for(sim, database_url, **tiny))
 
     return make
 
 
-__all__ = ["Runtime", "settings_for"]
+__all__ = ["Runtime"]

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from asyncsync.client import TinyClient
-from asyncsync.config import Credentials, load_bootstrap_tokens
+from asyncsync.client import AccountLimiter, MemoryTokenStore, TinyClient, TokenManager
+from asyncsync.clock import utcnow
 from asyncsync.errors import (
     ReauthorizationRequired,
     TinyBadPayload,
@@ -23,14 +23,13 @@ from asyncsync.errors import (
     TinyOrderForbidden,
     TinyUnavailable,
 )
-from asyncsync.ratelimit import AccountLimiter
+from asyncsync.options import Credentials, load_bootstrap_tokens
 from asyncsync.runtime import open_runtime
 from asyncsync.seams import ListQuery, TokenSet
 from asyncsync.simulator import TinySimulator
-from asyncsync.tokens import MemoryTokenStore, TokenManager, utcnow
-from asyncsync.tokenstore import PgTokenStore
+from asyncsync.store.tokens import PgTokenStore
 
-from .conftest import settings_for
+from .helpers import common_for
 
 
 @asynccontextmanager
@@ -89,7 +88,7 @@ async def test_token_is_refreshed_five_minutes_before_expiry(simulator) -> None:
 async def test_newest_refresh_token_lives_in_postgres(simulator, database_url, db) -> None:
     sim = await simulator(orders=10)
     first = sim.valid_refresh_token()
-    async with open_runtime(settings_for(sim, database_url)) as rt:
+    async with open_runtime(common_for(sim, database_url)) as rt:
         await rt.client.get_order(next(iter(sim.orders)))
     stored = await db.fetchrow("SELECT refresh_token, access_token FROM tiny_tokens")
     assert stored["refresh_token"] == sim.valid_refresh_token() != first  # rotated and kept
@@ -179,7 +178,7 @@ async def test_server_errors_are_retried_then_typed(monkeypatch) -> None:
                 session, base, tokens, AccountLimiter(6000, 4), max_retries=3, max_backoff_s=0.05
             )
             assert (await client.get_order(1)).body == {"id": 1}
-            assert client.stats.retries == 2
+            assert client.api_stats().retries == 2
             with pytest.raises(TinyUnavailable, match="HTTP 500 after retries"):
                 await client.get_order(2)
             with pytest.raises(TinyNotFound):
@@ -221,9 +220,9 @@ async def test_timeouts_and_refused_connections_are_retried_then_typed(simulator
                           timeout_s=0.1, max_retries=3, max_backoff_s=0.05)  # fmt: skip
         with pytest.raises(TinyUnavailable, match="TimeoutError after retries"):
             await slow.get_order(order_id)
-        assert slow.stats.retries == 2 and sim.stats.requests_by_endpoint["detail"] == 3
+        assert slow.api_stats().retries == 2 and sim.stats.requests_by_endpoint["detail"] == 3
         dead = TinyClient(session, "http://127.0.0.1:1/api", tokens, AccountLimiter(6000, 4),
                           max_retries=2, max_backoff_s=0.05)  # fmt: skip
         with pytest.raises(TinyUnavailable, match="ClientConnectorError after retries"):
             await dead.get_order(order_id)
-        assert dead.stats.retries == 1
+        assert dead.api_stats().retries == 1

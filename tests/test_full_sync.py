@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 from collections import Counter
 
 import orjson
 import pytest
 
-from asyncsync.config import Credentials
 from asyncsync.errors import ReauthorizationRequired
-from asyncsync.modes.sync import full_sync
 from asyncsync.simulator import Quirks
 from asyncsync.status import Situacao
 
+from .helpers import full_sync
 from .mirror import diff, history, mirror
 
 QUIRKY = Quirks(situacao_style="mixed", zero_dates=True, money_as_string=True)
@@ -23,10 +20,12 @@ QUIRKY = Quirks(situacao_style="mixed", zero_dates=True, money_as_string=True)
 async def test_full_sync_mirrors_the_simulator_exactly(simulator, runtime_for, db) -> None:
     sim = await simulator(orders=3000, seed=7, quirks=QUIRKY)
     async with runtime_for(sim) as rt:
-        report = await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+        report = await full_sync(rt)
     assert diff(sim.snapshot(), await mirror(db)) == []
-    assert report.listed.inserted == 3000 and report.details.details == 3000
-    assert sum(report.db_counts.values()) == 3000
+    assert report.count("inserted") == 3000 and report.count("details_fetched") == 3000
+    assert report.count("first_sightings") == 3000 and report.count("status_changes") == 0
+    assert sum(row["mirror"] or 0 for row in report.by_status.values()) == 3000
+    assert report.outcome == "ok" and report.exit_code == 0
     # Every order has its raw payloads, and exactly one first-sighting history row.
     assert (
         await db.fetchval(
@@ -40,24 +39,24 @@ async def test_full_sync_mirrors_the_simulator_exactly(simulator, runtime_for, d
 
     # A second sync changes nothing and adds no history.
     async with runtime_for(sim) as rt:
-        again = await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
-    assert (again.listed.inserted, again.listed.changed, again.listed.unchanged) == (0, 0, 3000)
-    assert again.details.details == 0
+        again = await full_sync(rt)
+    counts = (again.count("inserted"), again.count("changed"), again.count("unchanged"))
+    assert counts == (0, 0, 3000) and again.count("details_fetched") == 0
     assert len(await history(db)) == 3000
 
 
 async def test_a_status_change_is_one_history_row(simulator, runtime_for, db) -> None:
     sim = await simulator(orders=600, seed=3)
     async with runtime_for(sim) as rt:
-        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+        await full_sync(rt)
     before = await history(db)
     moved = next(o.id for o in sim.orders.values() if o.situacao == Situacao.EM_ANDAMENTO)
     sim.set_status(moved, Situacao.FINALIZADA)
     async with runtime_for(sim) as rt:
-        report = await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+        report = await full_sync(rt)
     after = await history(db)
     assert after[len(before) :] == [(moved, int(Situacao.EM_ANDAMENTO), int(Situacao.FINALIZADA))]
-    assert report.listed.changed == 1
+    assert report.count("changed") == 1 and report.count("status_changes") == 1
     assert diff(sim.snapshot(), await mirror(db)) == []
     # The conclusion date came from the detail, fetched again because the listing changed.
     concl = await db.fetchval("SELECT data_conclusao FROM ordens_servico WHERE id = $1", moved)
@@ -74,12 +73,12 @@ async def test_malformed_records_go_to_import_failures_and_nothing_else_is_lost(
         sim.add_malformed("bad_type", Situacao.CANCELADA),
     ]
     async with runtime_for(sim) as rt:
-        report = await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+        report = await full_sync(rt)
     assert diff(sim.snapshot(), await mirror(db)) == []
     rows = await db.fetch(
         "SELECT id_ordem, erro, dados_api::text AS raw, tentativas, resolvido FROM import_failures"
     )
-    assert len(rows) == 3 and report.listed.failures == 3
+    assert len(rows) == 3 and report.count("import_failures") == 3
 
     def canon(x: object) -> bytes:
         return orjson.dumps(x, option=orjson.OPT_SORT_KEYS)
@@ -96,10 +95,9 @@ async def test_revoked_token_stops_a_sync_with_the_plain_error(simulator, runtim
     sim = await simulator(orders=50)
     token = sim.valid_refresh_token()
     sim.revoke_refresh_tokens()
-    creds = Credentials(sim.config.client_id, sim.config.client_secret, token)
-    async with runtime_for(sim, credentials=creds) as rt:
+    async with runtime_for(sim, refresh_token=token) as rt:
         with pytest.raises(ReauthorizationRequired, match="Authorize the app again"):
-            await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+            await full_sync(rt)
 
 
 async def test_a_server_that_caps_the_page_size_loses_nothing(simulator, runtime_for, db) -> None:
@@ -108,6 +106,6 @@ async def test_a_server_that_caps_the_page_size_loses_nothing(simulator, runtime
     for quirks in (Quirks(), Quirks(omit_paginacao=True)):
         sim = await simulator(orders=700, seed=13, max_limit=30, quirks=quirks)
         async with runtime_for(sim) as rt:
-            await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+            await full_sync(rt)
         assert diff(sim.snapshot(), await mirror(db)) == []
         await db.execute("TRUNCATE ordens_servico, ordem_status_history, sync_metadata")

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import io
 import itertools
 import math
 import random
 from collections import defaultdict
 
-from asyncsync.modes.sync import full_sync, incremental_sync
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import CLOSED_STATUSES, OPEN_STATUSES, Situacao
 
+from .helpers import full_sync, incremental_sync
 from .mirror import diff, mirror
 
 PAGE = 20
@@ -44,9 +42,9 @@ def expected_requests(sim: TinySimulator, changed: int, window_from: dt.date) ->
 
 async def test_one_cycle_catches_every_kind_of_change(simulator, runtime_for, db) -> None:
     sim = await simulator(orders=2500, seed=11)
-    overrides = {"page_size": PAGE, "recent_window_days": RECENT_DAYS, "sweep_interval_s": 1e9}
-    async with runtime_for(sim, **overrides) as rt:
-        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    overrides = {"page_size": PAGE, "recent_days": RECENT_DAYS, "sweep_interval_s": 1e9}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **overrides)
     expected = await history_by_id(db)
     rng = random.Random(5)
     today = dt.date.today()
@@ -60,7 +58,7 @@ async def test_one_cycle_catches_every_kind_of_change(simulator, runtime_for, db
     old_open = [o.id for o in old if o.situacao in OPEN_STATUSES]
     old_closed = [o.id for o in old if o.situacao in CLOSED_STATUSES]
     rng.shuffle(opened), rng.shuffle(old_open), rng.shuffle(old_closed)
-    open_to_closed = old_open[:12]  # older than 30 days: the seed's sync never sees these
+    open_to_closed = old_open[:12]  # older than 30 days: a 30-day re-read never sees these
     for i in open_to_closed:
         move(i, rng.choice(CLOSED_STATUSES))
     open_to_open = [i for i in opened if i not in open_to_closed][:10]
@@ -78,8 +76,8 @@ async def test_one_cycle_catches_every_kind_of_change(simulator, runtime_for, db
 
     # One cycle without the sweep: everything but closed → closed is exact.
     window_from = (dt.datetime.now(dt.UTC) - dt.timedelta(days=RECENT_DAYS + 1)).date()
-    async with runtime_for(sim, **overrides) as rt:
-        report = await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    async with runtime_for(sim) as rt:
+        report = await incremental_sync(rt, **overrides)
 
     def but_closed_to_closed(rows: dict[int, dict[str, object]]) -> dict[int, dict[str, object]]:
         return {k: v for k, v in rows.items() if k not in closed_to_closed}
@@ -89,28 +87,32 @@ async def test_one_cycle_catches_every_kind_of_change(simulator, runtime_for, db
     # from the open listings, their detail says where they went.
     gone = sum(1 for i in open_to_closed if sim.orders[i].data < window_from)
     assert gone >= 6
-    assert report.extra["open orders gone from the open listings (detail fetched)"] == gone
+    assert report.count("vanished") == gone
     changed = len(open_to_closed) + len(open_to_open) + len(closed_to_open) + len(new)
     budget = expected_requests(sim, changed, window_from)
-    spent = report.api["requests_total"]
-    assert isinstance(spent, int) and spent <= budget + 2, (spent, budget)
+    spent = report.api.total
+    assert spent <= budget + 2, (spent, budget)
     # Nothing unchanged was fetched in detail.
-    assert report.api["requests"]["detail"] == changed  # type: ignore[index]
+    assert report.api.requests["detail"] == changed
 
     # The sweep catches closed → closed; then the mirror and its history are exact.
-    async with runtime_for(sim, **{**overrides, "sweep_interval_s": 0.0}) as rt:
-        sweep = await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    async with runtime_for(sim) as rt:
+        sweep = await incremental_sync(rt, **{**overrides, "sweep_interval_s": 0.0})
     # Only the closed -> closed moves need a detail: the orders that vanished from the open
     # listings already got theirs, and their listing catching up does not refetch it.
-    assert sweep.api["requests"]["detail"] == len(closed_to_closed)  # type: ignore[index]
+    assert sweep.api.requests["detail"] == len(closed_to_closed)
     assert diff(sim.snapshot(), await mirror(db)) == []
     assert await history_by_id(db) == expected
 
     # A quiet cycle changes nothing and costs only the listings.
-    async with runtime_for(sim, **overrides) as rt:
-        quiet = await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
-    assert quiet.api["requests"].get("detail", 0) == 0  # type: ignore[union-attr]
-    assert (quiet.listed.inserted, quiet.listed.changed, quiet.changes) == (0, 0, 0)
+    async with runtime_for(sim) as rt:
+        quiet = await incremental_sync(rt, **overrides)
+    assert quiet.api.requests.get("detail", 0) == 0
+    assert (quiet.count("inserted"), quiet.count("changed"), quiet.count("status_changes")) == (
+        0,
+        0,
+        0,
+    )
     assert await history_by_id(db) == expected
 
 
@@ -118,8 +120,8 @@ async def test_data_conclusao_comes_from_the_api_or_stays_unknown(
     simulator, runtime_for, db
 ) -> None:
     sim = await simulator(orders=300, seed=2)
-    async with runtime_for(sim, page_size=PAGE) as rt:
-        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, page_size=PAGE)
     rows = await db.fetch(
         "SELECT id, data_conclusao, conclusao_fonte FROM ordens_finalizadas ORDER BY id"
     )
@@ -139,8 +141,8 @@ async def test_moves_while_paging_converge_without_duplicate_history(
 ) -> None:
     sim = await simulator(orders=1500, seed=21)
     overrides = {"page_size": PAGE, "sweep_interval_s": 0.0}
-    async with runtime_for(sim, **overrides) as rt:
-        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **overrides)
     rng = random.Random(9)
     moves = {"left": 60}
 
@@ -154,12 +156,12 @@ async def test_moves_while_paging_converge_without_duplicate_history(
             )
 
     sim.on_list_page = shuffle_statuses
-    async with runtime_for(sim, **overrides) as rt:
-        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
     sim.on_list_page = None
     assert moves["left"] < 60  # orders really moved during the listing
-    async with runtime_for(sim, **overrides) as rt:
-        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
     assert diff(sim.snapshot(), await mirror(db)) == []
     for order_id, chain in (await history_by_id(db)).items():
         assert chain[0][0] is None, chain
@@ -170,20 +172,20 @@ async def test_moves_while_paging_converge_without_duplicate_history(
 
 async def test_an_order_reopened_after_a_detail_closed_it(simulator, runtime_for, db) -> None:
     sim = await simulator(orders=600, seed=17)
-    overrides = {"page_size": PAGE, "recent_window_days": 0, "sweep_interval_s": 1e9}
-    async with runtime_for(sim, **overrides) as rt:
-        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    overrides = {"page_size": PAGE, "recent_days": 0, "sweep_interval_s": 1e9}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **overrides)
     old = dt.date.today() - dt.timedelta(days=90)
     order = next(
         o.id for o in sim.orders.values() if o.situacao == Situacao.FINALIZADA and o.data < old
     )
     sim.set_status(order, Situacao.EM_ANDAMENTO)  # reopened: the open listing shows it
-    async with runtime_for(sim, **overrides) as rt:
-        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
     sim.set_status(order, Situacao.FINALIZADA)  # vanishes from the open listings
     sim.orders[order].data_conclusao = None  # and Tiny gives no dataConclusao
-    async with runtime_for(sim, **overrides) as rt:
-        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
     fallback = await db.fetchrow(
         "SELECT data_conclusao, conclusao_fonte FROM ordens_finalizadas WHERE id = $1", order
     )
@@ -194,8 +196,8 @@ async def test_an_order_reopened_after_a_detail_closed_it(simulator, runtime_for
     )
     assert tuple(fallback) == (changed_at, "history")  # the observed change, not the sync
     sim.set_status(order, Situacao.EM_ANDAMENTO)  # lists exactly as before it closed
-    async with runtime_for(sim, **overrides) as rt:
-        await incremental_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
     assert await db.fetchval("SELECT situacao FROM ordens_servico WHERE id = $1", order) == 6
     hist = (await history_by_id(db))[order]
     assert hist == [(None, 3), (3, 6), (6, 3), (3, 6)]

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
 import datetime as dt
-import io
 from pathlib import Path
 
 import orjson
 
-from asyncsync.integrity import check_integrity
-from asyncsync.modes import integrity as integrity_mode
-from asyncsync.modes.sync import full_sync
+from asyncsync.modes import execute
+from asyncsync.options import IntegrityOptions, OutputOptions
 from asyncsync.records import canonical_json, synthetic_id
 from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
 
-from .conftest import settings_for
+from . import helpers
+from .helpers import full_sync
 from .mirror import diff, mirror
 
 T0 = dt.datetime(2031, 5, 4, 12, 0, tzinfo=dt.UTC)
@@ -26,12 +25,32 @@ FAST = {"max_retries": 2}  # a 500 costs one retry, not four
 
 async def sync(sim: TinySimulator, runtime_for) -> None:
     async with runtime_for(sim, **FAST) as rt:
-        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+        await full_sync(rt)
 
 
 async def integrity(sim: TinySimulator, runtime_for, *, deep: bool = False, at=T0):
     async with runtime_for(sim, **FAST) as rt:
-        return await check_integrity(rt, deep=deep, stop=asyncio.Event(), clock=lambda: at)
+        return Found(await helpers.integrity(rt, deep=deep, at=at))
+
+
+class Found:
+    """An integrity report read the way these tests ask about it."""
+
+    def __init__(self, report) -> None:
+        self.report = report
+        for name, ids in report.findings.items():
+            setattr(self, name, list(ids))
+        self.method = report.facts["method"]
+        self.counts_agree = report.facts["counts_agree"]
+        self.consistent = report.facts["consistent"]
+        self.exit_code = report.exit_code
+        self.listed = report.count("listed")
+        self.pages = report.count("pages")
+        self.interrupted = report.outcome == "interrupted"
+        self.listing_errors = list(report.errors)
+
+    def column(self, name: str) -> dict[int, int]:
+        return {c: row[name] for c, row in self.report.by_status.items() if row[name]}
 
 
 async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
@@ -78,10 +97,11 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
     assert report.awaiting_retry == [] and report.listed == 400
     assert report.manual_review == [no_id_key]  # no id: no request can fetch it
     assert report.exit_code == 1 and not report.consistent  # failures persist
-    assert sum(report.api_totals.values()) == 401  # the malformed item is listed too
-    assert sum(report.db_before.values()) == 400 - 6 + 2
-    assert sum(report.db_after.values()) == 400 - 2  # the extra rows are flagged, not counted
-    assert report.tracked_after == _statuses(
+    assert sum(report.column("api").values()) == 401  # the malformed item is listed too
+    assert sum(report.column("mirror_before").values()) == 400 - 6 + 2
+    # The extra rows are flagged, not counted.
+    assert sum(report.column("mirror_after").values()) == 400 - 2
+    assert report.column("failing") == _statuses(
         [int(Situacao.ORCADA)]
         + [
             int(expected[i]["situacao"])
@@ -148,7 +168,7 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
     runs = await db.fetch("SELECT consistent, report FROM integrity_runs ORDER BY id")
     assert [r["consistent"] for r in runs] == [False, True, True]
     stored = orjson.loads(runs[0]["report"])
-    assert stored["counts"]["recovered"] == 4 and stored["exit_code"] == 1
+    assert stored["findings_total"]["recovered"] == 4 and stored["exit_code"] == 1
 
 
 def _statuses(codes: list[int]) -> dict[int, int]:
@@ -180,8 +200,8 @@ async def test_changes_in_the_api_are_caught_without_a_sync(simulator, runtime_f
     assert [r["id_os"] for r in hist] == [moved]
     # The next sync agrees: the corrected row's list fields are the listing's own.
     async with runtime_for(sim, **FAST) as rt:
-        after = await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
-    assert after.listed.changed == 0 and after.listed.inserted == 0
+        after = await full_sync(rt)
+    assert after.count("changed") == 0 and after.count("inserted") == 0
     snapshot = sim.snapshot()
     got = await mirror(db)
     assert diff(snapshot, {i: o for i, o in got.items() if i != gone}) == []
@@ -196,22 +216,22 @@ async def test_without_paginacao_the_full_comparison_runs(simulator, runtime_for
 
 
 async def test_the_mode_prints_a_table_and_writes_json(
-    simulator, database_url, runtime_for, db, tmp_path: Path
+    simulator, database_url, runtime_for, db, tmp_path: Path, capsys
 ) -> None:
     sim = await simulator(orders=120, seed=9)
     await sync(sim, runtime_for)
     victim = sorted(sim.orders)[5]
     await db.execute("DELETE FROM ordens_servico WHERE id = $1", victim)
-    out = io.StringIO()
-    args = argparse.Namespace(deep=False, json_path=str(tmp_path / "report.json"))
-    settings = settings_for(sim, database_url, **FAST)
-    code = await integrity_mode.run(settings, args=args, stop=asyncio.Event(), stream=out)
+    common = helpers.common_for(sim, database_url, **FAST)
+    common = dataclasses.replace(common, output=OutputOptions(json_path=tmp_path / "report.json"))
+    code = await execute("integrity", common, IntegrityOptions(), asyncio.Event())
     assert code == 0
-    text = out.getvalue()
+    text = capsys.readouterr().out
     assert "missing, recovered" in text and str(victim) in text and "│ total" in text
     data = orjson.loads((tmp_path / "report.json").read_bytes())
-    assert data["recovered"] == [victim] and data["exit_code"] == 0
+    assert data["findings"]["recovered"] == [victim] and data["exit_code"] == 0
     assert data["api"]["requests_total"] > 0 and "latency_p95_ms" in data["api"]
+    assert data["mode"] == "integrity" and data["outcome"] == "ok"
 
 
 async def test_a_status_that_cannot_be_listed_flags_nothing(simulator, runtime_for, db) -> None:
@@ -225,8 +245,11 @@ async def test_a_status_that_cannot_be_listed_flags_nothing(simulator, runtime_f
 
     sim.on_list_page = broken
     report = await integrity(sim, runtime_for)
-    assert list(report.listing_errors) == [int(Situacao.FINALIZADA)]
-    assert "TinyUnavailable" in report.listing_errors[int(Situacao.FINALIZADA)]
+    assert len(report.listing_errors) == 1
+    assert (
+        f"listing of status {int(Situacao.FINALIZADA)} failed: TinyUnavailable"
+        in (report.listing_errors[0])
+    )
     # Orders of the unlisted status are not "in no listing": nothing is flagged.
     assert report.possibly_deleted == [] and report.exit_code == 1
     assert not await db.fetchval("SELECT count(*) FROM ordens_servico WHERE possibly_deleted")
@@ -240,7 +263,7 @@ async def test_a_stop_mid_listing_changes_nothing(simulator, runtime_for, db) ->
     stop = asyncio.Event()
     sim.on_list_page = lambda _sim, params: stop.set() if params.get("limit") != "1" else None
     async with runtime_for(sim, **FAST) as rt:
-        report = await check_integrity(rt, stop=stop, clock=lambda: T0)
+        report = Found(await helpers.integrity(rt, at=T0, stop=stop))
     assert report.interrupted and not report.consistent
     assert report.recovered == report.possibly_deleted == [] and report.pages < 10
     assert not await db.fetchval("SELECT count(*) FROM ordens_servico WHERE possibly_deleted")

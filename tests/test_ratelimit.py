@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from asyncsync.ratelimit import AccountLimiter
+from asyncsync.client import AccountLimiter
 
 
 async def test_a_spent_window_budget_pauses_until_the_reset() -> None:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import io
 
-from asyncsync.integrity import check_integrity
-from asyncsync.modes.sync import full_sync
+from asyncsync.clock import utcnow
+from asyncsync.jobs.retry import DEFAULT_POLICY
 from asyncsync.records import canonical_json, synthetic_id
-from asyncsync.retry import DEFAULT_POLICY, RetryPolicy, retry_due
+from asyncsync.report import render_text
+from asyncsync.seams import RetryPolicy
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import Situacao
-from asyncsync.tokens import utcnow
 
+from . import helpers
+from .helpers import full_sync
 from .mirror import diff, mirror
 
 FAST = {"max_retries": 2}
@@ -26,6 +26,19 @@ def test_the_schedule_is_30s_2min_8min_32min_then_nothing() -> None:
     assert p.due_at(t, 1) == t + dt.timedelta(seconds=30)
     assert p.due_at(t, 4) == t + dt.timedelta(minutes=32)
     assert p.due_at(t, 5) is None and RetryPolicy(max_attempts=3).due_at(t, 3) is None
+
+
+class Retried:
+    """A retry report read the way these tests ask about it."""
+
+    def __init__(self, report) -> None:
+        self.report = report
+        for name, ids in report.findings.items():
+            setattr(self, name, list(ids))
+        self.due = report.count("due")
+        self.pending = report.count("pending")
+        self.next_due_at = report.facts["next_due_at"]
+        self.exit_code = report.exit_code
 
 
 async def failures(db) -> dict[int, tuple[int, bool, dt.datetime]]:
@@ -42,30 +55,30 @@ async def test_retry_backs_off_resolves_and_gives_up_after_five(simulator, runti
     late, hard, flaky = ids[2], ids[20], ids[40]
     sim.fail_detail[late] = "401"  # the sync lists it but cannot get its detail
     async with runtime_for(sim, **FAST) as rt:
-        await full_sync(rt, stop=asyncio.Event(), stream=io.StringIO())
+        await full_sync(rt)
     sim.fail_detail.clear()
     # Integrity, an hour from now, fails to import two orders missing from the mirror.
     await db.execute("DELETE FROM ordens_servico WHERE id = ANY($1::bigint[])", [hard, flaky])
     sim.fail_detail.update({hard: "500", flaky: "malformed"})
     t0 = utcnow().replace(microsecond=0) + dt.timedelta(hours=1)
     async with runtime_for(sim, **FAST) as rt:
-        report = await check_integrity(rt, stop=asyncio.Event(), clock=lambda: t0)
-    assert report.failed == sorted([hard, flaky])
+        report = await helpers.integrity(rt, at=t0)
+    assert report.findings["failed"] == sorted([hard, flaky])
     synthetic = synthetic_id(canonical_json(no_id))
     state = await failures(db)
     assert sorted(state) == sorted([synthetic, late, hard, flaky])
 
     async with runtime_for(sim, **FAST) as rt:
 
-        async def retry(at: dt.datetime):
-            return await retry_due(rt, now=at, stop=asyncio.Event())
+        async def retry(at: dt.datetime) -> Retried:
+            return Retried(await helpers.retry(rt, now=at))
 
         # 29 s after the failures: only the sync's failure (recorded an hour ago) is due,
         # and it imports now; the id-less record is for a person from the start.
         r = await retry(t0 + dt.timedelta(seconds=29))
         assert (r.due, r.resolved, r.failed_again) == (1, [late], [])
         assert r.pending == 2 and r.next_due_at == (t0 + dt.timedelta(seconds=30)).isoformat()
-        assert [m.id_ordem for m in r.manual_review] == [synthetic] and r.exit_code == 1
+        assert r.manual_review == [synthetic] and r.exit_code == 1
         assert (await failures(db))[late][1] is True
         # 30 s: both are due, both fail again.
         now = t0 + dt.timedelta(seconds=30)
@@ -87,12 +100,12 @@ async def test_retry_backs_off_resolves_and_gives_up_after_five(simulator, runti
         now += dt.timedelta(minutes=32)
         r = await retry(now)
         assert (r.failed_again, r.exhausted) == ([], [hard])
-        assert sorted(m.id_ordem for m in r.manual_review) == sorted([synthetic, hard])
+        assert sorted(r.manual_review) == sorted([synthetic, hard])
         detail_requests = sim.stats.requests_by_endpoint["detail"]
         r = await retry(now + dt.timedelta(days=30))
         assert r.due == 0 and r.pending == 0 and r.next_due_at is None
         assert sim.stats.requests_by_endpoint["detail"] == detail_requests
-        assert r.exit_code == 1 and str(hard) in r.render()
+        assert r.exit_code == 1 and str(hard) in render_text(r.report)
 
     state = await failures(db)
     assert state[hard][:2] == (5, False) and state[flaky][1] and state[late][1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import time
@@ -13,8 +14,10 @@ import asyncpg
 
 from asyncsync import metrics
 from asyncsync.modes.serve import serve_loop
+from asyncsync.options import ServeOptions
 from asyncsync.status import Situacao
 
+from .helpers import cycle
 from .mirror import diff, mirror
 
 
@@ -23,7 +26,7 @@ async def test_serve_cycles_and_exposes_metrics(simulator, runtime_for, db) -> N
     stop = asyncio.Event()
     cycles: list[int] = []
 
-    async def after_cycle(rt, stop_event) -> None:
+    async def after_cycle(rt, reports) -> None:
         cycles.append(len(cycles) + 1)
         if len(cycles) == 1:  # between cycles an order moves; the next cycle sees it
             moved = next(o.id for o in sim.orders.values() if o.situacao == Situacao.ORCADA)
@@ -31,12 +34,12 @@ async def test_serve_cycles_and_exposes_metrics(simulator, runtime_for, db) -> N
         if len(cycles) == 2:
             stop.set()
 
-    inserted_before = metrics.value("asyncsync_orders_synced_total", {"outcome": "inserted"})
+    labels = {"account": "default", "outcome": "inserted"}
+    inserted_before = metrics.value("asyncsync_orders_synced_total", labels)
     started = time.time()
     async with runtime_for(sim) as rt, metrics.metrics_server("127.0.0.1", 0) as port:
-        task = asyncio.create_task(
-            serve_loop(rt, stop=stop, interval_s=0.05, after_cycle=after_cycle)
-        )
+        options = ServeOptions(interval_s=0.05, cycle=cycle())
+        task = asyncio.create_task(serve_loop(rt, options, stop, after_cycle=after_cycle))
         assert await asyncio.wait_for(task, timeout=60) == 0
         async with (
             aiohttp.ClientSession() as http,
@@ -54,10 +57,15 @@ async def test_serve_cycles_and_exposes_metrics(simulator, runtime_for, db) -> N
     ):
         assert name in text
     # The registry is process-wide: compare with what it held before this test.
-    inserted = metrics.value("asyncsync_orders_synced_total", {"outcome": "inserted"})
+    inserted = metrics.value("asyncsync_orders_synced_total", labels)
     assert inserted - inserted_before == 400
-    assert 'asyncsync_orders_synced_total{outcome="inserted"} ' + f"{inserted}" in text
-    assert metrics.value("asyncsync_last_success_timestamp_seconds", {"mode": "cycle"}) >= started
+    assert (
+        'asyncsync_orders_synced_total{account="default",outcome="inserted"} ' + (f"{inserted}")
+        in text
+    )
+    last = {"account": "default", "mode": "sync"}
+    assert metrics.value("asyncsync_last_success_timestamp_seconds", last) >= started
+    assert "_created" not in text
 
 
 async def test_sigterm_drains_and_exits(database_url: str) -> None:
@@ -84,21 +92,20 @@ async def test_sigterm_drains_and_exits(database_url: str) -> None:
     assert 0 < fetched < 3000  # the details that arrived were merged before exiting
     assert proc.returncode == 130, err.decode()[-2000:]
     text = out.decode()
-    assert "interrupted: resumes next run" in text and "orders listed 3,000" in text
+    assert "interrupted: resumes next run" in text
+    assert re.search(r"│ orders listed +│ +3,000 │", text), text
     assert "Traceback" not in err.decode()
 
 
 async def test_serve_retries_failed_imports_on_its_own(simulator, runtime_for, db) -> None:
-    from asyncsync.modes.serve import _retry_failures
-
     sim = await simulator(orders=200, seed=8)
     broken = next(iter(sim.orders))
     sim.fail_detail[broken] = "500"
     stop = asyncio.Event()
-    rounds: list[object] = []
+    rounds: list[list[str]] = []
 
-    async def after_cycle(rt, stop_event) -> None:
-        rounds.append(await _retry_failures(rt, stop_event))
+    async def after_cycle(rt, reports) -> None:
+        rounds.append([r.mode for r in reports])
         if len(rounds) == 1:
             # The API heals and the failure's backoff (30 s) runs out.
             assert await db.fetchval("SELECT count(*) FROM import_failures WHERE NOT resolvido")
@@ -109,8 +116,9 @@ async def test_serve_retries_failed_imports_on_its_own(simulator, runtime_for, d
             stop.set()
 
     async with runtime_for(sim, max_retries=2) as rt:
-        await serve_loop(rt, stop=stop, interval_s=0.05, after_cycle=after_cycle)
-    assert len(rounds) == 2
+        options = ServeOptions(interval_s=0.05, cycle=cycle())
+        await serve_loop(rt, options, stop, after_cycle=after_cycle)
+    assert rounds == [["sync", "retry"], ["sync", "retry"]]
     row = await db.fetchrow("SELECT resolvido, tentativas FROM import_failures")
     assert row["resolvido"] is True
     assert diff(sim.snapshot(), await mirror(db)) == []

@@ -1,7 +1,7 @@
 """The Tiny API v3 client for service orders: one aiohttp session, paced and retried.
 
-Every request goes through the account's :class:`~asyncsync.ratelimit.AccountLimiter`,
-carries a token from the :class:`~asyncsync.tokens.TokenManager`, is retried with
+Every request goes through the account's :class:`~.ratelimit.AccountLimiter`,
+carries a token from the :class:`~.tokens.TokenManager`, is retried with
 jittered exponential backoff on 5xx, timeouts, connection errors and 429 (after the
 account-wide pause), and is mapped to the :mod:`asyncsync.errors` tree at this boundary.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +18,9 @@ import aiohttp
 import backoff
 import orjson
 
-from . import metrics
-from .errors import (
+from .. import metrics
+from ..clock import Clock, utcnow
+from ..errors import (
     TinyAuthError,
     TinyBadPayload,
     TinyHTTPError,
@@ -29,9 +29,9 @@ from .errors import (
     TinyRateLimited,
     TinyUnavailable,
 )
+from ..seams import LATENCY_EDGES_MS, ApiStats, Detail, ListQuery, Page, latency_bucket
 from .ratelimit import AccountLimiter
-from .seams import Detail, ListQuery, Page
-from .tokens import TokenManager, utcnow
+from .tokens import TokenManager
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +45,18 @@ class _Retry(Exception):
 
 
 @dataclass
-class ClientStats:
-    """Request counters and latencies for reports (Prometheus has the same, globally)."""
+class _Counters:
+    """The client's running totals; :meth:`TinyClient.api_stats` snapshots them."""
 
     requests: dict[str, int] = field(default_factory=dict)  # by endpoint
     retries: int = 0
-    latencies_s: list[float] = field(default_factory=list)
+    latency_sum_s: float = 0.0
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_EDGES_MS))
 
     def record(self, endpoint: str, seconds: float) -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
-        if len(self.latencies_s) < 200_000:
-            self.latencies_s.append(seconds)
-
-    @property
-    def total(self) -> int:
-        return sum(self.requests.values())
-
-    def latency_summary(self) -> tuple[float, float]:
-        """(mean, p95) latency in milliseconds; zeros when nothing was sent."""
-        if not self.latencies_s:
-            return 0.0, 0.0
-        ordered = sorted(self.latencies_s)
-        p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
-        return 1000 * sum(ordered) / len(ordered), 1000 * p95
+        self.latency_sum_s += seconds
+        self.latency_buckets[latency_bucket(seconds)] += 1
 
 
 class TinyClient:
@@ -83,7 +72,8 @@ class TinyClient:
         timeout_s: float = 30.0,
         max_retries: int = 5,
         max_backoff_s: float = 30.0,
-        clock: Callable[[], dt.datetime] = utcnow,
+        clock: Clock = utcnow,
+        account: str = "default",
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
@@ -91,7 +81,8 @@ class TinyClient:
         self.limiter = limiter
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._clock = clock
-        self.stats = ClientStats()
+        self.account = account
+        self._counters = _Counters()
         self._get = backoff.on_exception(
             backoff.expo,
             _Retry,
@@ -103,7 +94,21 @@ class TinyClient:
         )(self._get_once)
 
     def _count_retry(self, details: Any) -> None:
-        self.stats.retries += 1
+        self._counters.retries += 1
+
+    def api_stats(self) -> ApiStats:
+        """Cumulative figures of this client (a run reports ``after.since(before)``)."""
+        c, limiter = self._counters, self.limiter.stats
+        return ApiStats(
+            requests=dict(c.requests),
+            retries=c.retries,
+            rate_limited=limiter.throttled,
+            paused_s=limiter.paused_s,
+            token_refreshes=self._tokens.refreshes,
+            latency_sum_s=c.latency_sum_s,
+            latency_buckets=tuple(c.latency_buckets),
+            quota_per_minute=self.limiter.rate_per_minute,
+        )
 
     async def list_orders(self, query: ListQuery) -> Page:
         """One page of ``GET /ordem-servico`` filtered by status (and emission window)."""
@@ -188,15 +193,15 @@ class TinyClient:
                     text = await resp.text(errors="replace")
                     status, resp_headers = resp.status, dict(resp.headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                metrics.REQUESTS.labels(endpoint, "error").inc()
+                metrics.REQUESTS.labels(self.account, endpoint, "error").inc()
                 error = TinyUnavailable(f"{path}: {type(exc).__name__} after retries: {exc}")
                 error.__cause__ = exc
                 raise _Retry(error) from exc
             finally:
                 elapsed = time.perf_counter() - started
-                self.stats.record(endpoint, elapsed)
-                metrics.REQUEST_SECONDS.labels(endpoint).observe(elapsed)
-            metrics.REQUESTS.labels(endpoint, str(status)).inc()
+                self._counters.record(endpoint, elapsed)
+                metrics.REQUEST_SECONDS.labels(self.account, endpoint).observe(elapsed)
+            metrics.REQUESTS.labels(self.account, endpoint, str(status)).inc()
             self.limiter.observe(resp_headers, seq)
         return status, resp_headers, text, observed_at
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-from . import metrics
+from .. import metrics
 
 #: Pause after a 429 that carries no usable reset header.
 DEFAULT_PAUSE_S = 10.0
@@ -46,10 +46,12 @@ class AccountLimiter:
         *,
         period_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        account: str = "default",
     ) -> None:
         """``rate_per_minute`` requests per quota period (``period_s``: Tiny's is a minute;
         tests against a simulator with a shorter window pass that window)."""
         self._clock = clock
+        self._account = account
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._inflight = 0
         self._resume_at = 0.0
@@ -113,12 +115,12 @@ class AccountLimiter:
             self._resume_at = resume_at
             self.stats.pauses += 1
             self.stats.paused_s += added
-            metrics.RATE_PAUSE_SECONDS.inc(added)
+            metrics.RATE_PAUSE_SECONDS.labels(self._account).inc(added)
 
     def throttled(self, headers: Mapping[str, str]) -> float:
         """Record a 429 and pause the account until the window resets; returns the pause."""
         self.stats.throttled += 1
-        metrics.RATE_LIMITED.inc()
+        metrics.RATE_LIMITED.labels(self._account).inc()
         reset = _number(headers.get("X-RateLimit-Reset")) or _number(headers.get("Retry-After"))
         seconds = reset if reset and reset > 0 else DEFAULT_PAUSE_S
         self.pause(seconds)

@@ -14,25 +14,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import backoff
 import orjson
 
-from . import metrics
-from .config import Credentials
-from .errors import ReauthorizationRequired, TinyAuthError, TinyUnavailable
-from .seams import TokenSet, TokenStore
+from .. import metrics
+from ..clock import Clock, utcnow
+from ..errors import ReauthorizationRequired, TinyAuthError, TinyUnavailable
+from ..options import Credentials
+from ..seams import TokenSet, TokenStore
 
 log = logging.getLogger(__name__)
 
 REFRESH_MARGIN = dt.timedelta(minutes=5)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class TokenManager:
@@ -46,7 +42,8 @@ class TokenManager:
         store: TokenStore,
         *,
         timeout_s: float = 30.0,
-        clock: Callable[[], dt.datetime] = utcnow,
+        clock: Clock = utcnow,
+        account: str = "default",
     ) -> None:
         self._session = session
         self._token_url = token_url
@@ -54,6 +51,7 @@ class TokenManager:
         self._store = store
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._clock = clock
+        self._account = account
         self._lock = asyncio.Lock()
         self._tokens: TokenSet | None = None
         if credentials.access_token and credentials.refresh_token:
@@ -161,7 +159,7 @@ class TokenManager:
                 "check TINY_CLIENT_ID and TINY_CLIENT_SECRET"
             )
         self.refreshes += 1
-        metrics.TOKEN_REFRESHES.inc()
+        metrics.TOKEN_REFRESHES.labels(self._account).inc()
         expires_in = float(data.get("expires_in") or 14400)
         log.info("access token refreshed; valid for %.0f s", expires_in)
         return TokenSet(

@@ -25,10 +25,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .engine import ListingEngine, Partition
-from .enrich import enrich_backlog, fetch_details
-from .progress import Progress
-from .seams import MergeStats, OrderSink, OrderSource
+from ..progress import Progress
+from ..seams import MergeStats, OrderSink, OrderSource
+from .details import enrich_backlog, fetch_details
+from .listing import ListingEngine, Partition
 
 
 @dataclass(frozen=True)
@@ -126,10 +126,11 @@ async def run_cycle(
         result.vanished = len(vanished)
         if vanished:
             out = await fetch_details(source, sorted(vanished), concurrency=concurrency, stop=stop)
-            result.details.add(await sink.merge_details(out.details, out.failures, out.missing))
+            merged = await sink.merge_details(out.details, out.failures, out.missing)
+            result.details = result.details + merged
             progress.details += len(vanished)
     if not stop.is_set():
-        result.details.add(
+        result.details = result.details + (
             await enrich_backlog(
                 source,
                 sink,

@@ -14,16 +14,16 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .errors import (
+from ..errors import (
     RecordError,
     TinyAuthError,
     TinyError,
     TinyNotFound,
 )
-from .progress import Progress
-from .records import DetailRecord, FailureRecord, canonical_json, failure_from, parse_detail
-from .seams import MergeStats, OrderSink, OrderSource
-from .tasks import run_all
+from ..progress import Progress
+from ..records import DetailRecord, FailureRecord, canonical_json, failure_from, parse_detail
+from ..seams import MergeStats, OrderSink, OrderSource
+from ..tasks import run_all
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Enricher:
                 self._source, ids, concurrency=self._concurrency, stop=self._stop
             )
             stats = await self._sink.merge_details(out.details, out.failures, out.missing)
-            total.add(stats)
+            total = total + stats
             self.progress.details += len(out.details) + len(out.failures) + len(out.missing)
             self.progress.failures += len(out.failures)
         return total

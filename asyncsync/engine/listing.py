@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .errors import RecordError, TinyAuthError, TinyError
-from .progress import Progress
-from .records import FailureRecord, OrderRecord, failure_from, parse_list_item
-from .seams import Checkpoint, ListQuery, MergeStats, OrderSink, OrderSource, Page
-from .status import ALL_STATUSES
-from .tasks import run_all, unwrap
+from ..errors import RecordError, TinyAuthError, TinyError
+from ..progress import Progress
+from ..records import FailureRecord, OrderRecord, failure_from, parse_list_item
+from ..seams import Checkpoint, ListQuery, MergeStats, OrderSink, OrderSource, Page
+from ..status import ALL_STATUSES
+from ..tasks import run_all, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class ListingEngine:
                 if i.done is not None and not i.done.done():
                     i.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError())
             raise
-        self.result.stats.add(stats)
+        self.result.stats = self.result.stats + stats
         self.progress.records += stats.received
         self.progress.failures += len(failures)
         for i in batch:

@@ -12,32 +12,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import asyncpg
 import orjson
 
-from .database import guarded, sql
-from .engine import Partition
-from .errors import ConfigError
-from .status import ALL_STATUSES
+from ..engine.listing import Partition
+from ..errors import ConfigError
+from ..status import ALL_STATUSES
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "backfill:"
 #: Where a backfill starts when ``--from`` is not given (the account's first year).
 DEFAULT_FIRST_MONTH = dt.date(2014, 1, 1)
-_MONTH_RE = re.compile(r"(\d{4})-(\d{2})")
-
-
-def parse_month(text: str, flag: str) -> dt.date:
-    """``"2014-01"`` -> ``date(2014, 1, 1)``; ConfigError naming ``flag`` otherwise."""
-    match = _MONTH_RE.fullmatch(text.strip())
-    if match is None or not 1 <= int(match[2]) <= 12 or int(match[1]) < 1900:
-        raise ConfigError(f"{flag} must be a month like 2014-01, got {text!r}")
-    return dt.date(int(match[1]), int(match[2]), 1)
 
 
 def next_month(month: dt.date) -> dt.date:
@@ -59,7 +47,7 @@ def month_range(first: dt.date, last: dt.date) -> list[dt.date]:
 
 
 def resolve_range(
-    date_from: str | None, date_to: str | None, today: dt.date
+    first: dt.date | None, last: dt.date | None, today: dt.date
 ) -> tuple[dt.date, dt.date]:
     """The (first, last) month of ``--from``/``--to``: by default 2014-01 to this month.
 
@@ -67,8 +55,8 @@ def resolve_range(
     before any of its orders exist, and later backfills would skip them.
     """
     this_month = today.replace(day=1)
-    first = parse_month(date_from, "--from") if date_from else DEFAULT_FIRST_MONTH
-    last = parse_month(date_to, "--to") if date_to else this_month
+    first = (first or DEFAULT_FIRST_MONTH).replace(day=1)
+    last = (last or this_month).replace(day=1)
     if last > this_month:
         raise ConfigError(f"--to {last:%Y-%m} is after the current month {this_month:%Y-%m}")
     if first > last:
@@ -147,21 +135,3 @@ def plan_backfill(
                 resumed += 1
             todo.append(Partition(situacao, month, last_day(month), key, offset))
     return Plan(first, last, tuple(todo), total, skipped, resumed, records_done)
-
-
-async def read_checkpoints(pool: asyncpg.Pool, account: str) -> dict[str, str | None]:
-    """Every stored backfill checkpoint of the account, key -> JSON value."""
-    rows = await guarded(
-        pool.fetch(sql("backfill_checkpoints"), account), "reading backfill checkpoints"
-    )
-    return {row["chave"]: row["valor"] for row in rows}
-
-
-async def counts_in_range(
-    pool: asyncpg.Pool, account: str, first_day: dt.date, last_day: dt.date
-) -> dict[int, int]:
-    """Orders in the mirror per status, emitted between the two days (inclusive)."""
-    rows = await guarded(
-        pool.fetch(sql("backfill_counts"), account, first_day, last_day), "counting orders"
-    )
-    return {int(r["situacao"]): int(r["n"]) for r in rows}

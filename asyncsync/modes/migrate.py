@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from typing import Any
 
-from ..config import Settings
-from ..database import open_database
+from ..options import CommonOptions, MigrateOptions
+from ..runtime import database_of
 
 
-async def run(settings: Settings, *, args: Any = None, stop: asyncio.Event) -> int:
+async def run(common: CommonOptions, options: MigrateOptions, stop: asyncio.Event) -> int:
     """Create or update the schema."""
-    async with open_database(settings.database_url, settings.data_dir):
+    async with database_of(common):
         pass
-    print("schema is up to date", file=sys.stdout)
+    print("schema is up to date")
     return 0

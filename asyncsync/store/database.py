@@ -20,15 +20,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from .errors import ConfigError, DatabaseError
+from ..errors import ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
 
 
 @functools.cache
 def sql(name: str) -> str:
-    """The text of ``asyncsync/sql/<name>.sql``."""
-    return (resources.files("asyncsync") / "sql" / f"{name}.sql").read_text(encoding="utf-8")
+    """The text of ``asyncsync/store/sql/<name>.sql``."""
+    return (resources.files("asyncsync.store") / "sql" / f"{name}.sql").read_text(encoding="utf-8")
 
 
 def start_embedded(data_dir: Path) -> str:
@@ -92,7 +92,7 @@ async def connect_pool(
             max_size=max_size,
             init=_init_connection,
             timeout=15,
-            # import_failures keeps the seed's `timestamp` columns: pin what they mean.
+            # import_failures keeps its `timestamp` columns: pin what they mean.
             server_settings={"timezone": "UTC", "application_name": application_name},
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -115,18 +115,6 @@ async def migrate(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(sql("schema_lock"))
         await conn.execute(sql("schema"))
-
-
-@asynccontextmanager
-async def open_database(
-    database_url: str | None, data_dir: Path, *, apply_schema: bool = True, max_size: int = 4
-) -> AsyncIterator[asyncpg.Pool]:
-    """Resolve the DSN (embedded when None), open a pool and apply the schema."""
-    dsn = await resolve_dsn(database_url, data_dir)
-    async with connect_pool(dsn, max_size=max_size) as pool:
-        if apply_schema:
-            await guarded(migrate(pool), "applying schema.sql")
-        yield pool
 
 
 async def guarded(awaitable: Any, what: str) -> Any:

@@ -1,38 +1,88 @@
-"""One run per account at a time: a PostgreSQL session advisory lock.
+"""PostgreSQL session advisory locks: one run per account, one token refresh at a time.
 
 A backfill and an incremental sync of the same account must never interleave their
 merges (history rows would race), and a second backfill started by mistake must say
-so and exit rather than queue behind the first.
+so and exit rather than queue behind the first. The lock lives on a connection held for
+the duration; if that connection dies the lock is gone with it, so releasing never
+raises: a broken connection is terminated instead of being handed back to the pool.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
 
+from ..errors import LockBusy
 from .database import guarded, sql
-from .errors import LockBusy
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def advisory_lock(
+    pool: asyncpg.Pool,
+    name: str,
+    *,
+    wait: bool,
+    purpose: str | None = None,
+    busy: str = "{holder} holds it",
+) -> AsyncIterator[asyncpg.Connection]:
+    """Hold the advisory lock ``name`` on a pooled connection for the duration.
+
+    With ``wait`` it queues behind the holder; without, it raises LockBusy with ``busy``
+    (``{holder}`` is the holder's ``application_name``). ``purpose`` names this session
+    while it holds the lock.
+    """
+    conn: asyncpg.Connection = await guarded(pool.acquire(), f"connecting to take {name}")
+    try:
+        if wait:
+            await guarded(conn.execute(sql("lock_wait"), name), f"taking {name}")
+        elif not await guarded(conn.fetchval(sql("lock_try"), name), f"taking {name}"):
+            holder = await guarded(conn.fetchval(sql("lock_holder"), name), "naming the holder")
+            raise LockBusy(busy.format(holder=holder or "another asyncsync process"))
+        if purpose is not None:
+            await guarded(conn.execute(sql("set_application_name"), purpose), "naming the session")
+        try:
+            yield conn
+        finally:
+            await _unlock(conn, name, renamed=purpose is not None)
+    finally:
+        await _release(pool, conn)
+
+
+async def _unlock(conn: asyncpg.Connection, name: str, *, renamed: bool) -> None:
+    try:
+        await asyncio.shield(conn.execute(sql("lock_release"), name))
+        if renamed:
+            await asyncio.shield(conn.execute(sql("reset_application_name")))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The session is gone, and its locks with it; the pool must not reuse it.
+        log.warning("could not release %s cleanly (%s): dropping the connection", name, exc)
+        conn.terminate()
+
+
+async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.shield(pool.release(conn))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("dropping a broken database connection: %s", exc)
+        with contextlib.suppress(Exception):
+            conn.terminate()
 
 
 @asynccontextmanager
 async def account_lock(pool: asyncpg.Pool, account: str, purpose: str) -> AsyncIterator[None]:
-    """Hold the account's run lock for the duration; raise LockBusy if another run has it.
-
-    The holder's purpose is recorded in ``application_name`` so the refusal can say who.
-    """
-    key = f"asyncsync.run:{account}"
-    async with pool.acquire() as conn:
-        if not await guarded(conn.fetchval(sql("lock_try"), key), "taking the run lock"):
-            holder = await conn.fetchval(sql("lock_holder"), key)
-            who = holder or "another asyncsync process"
-            raise LockBusy(
-                f"account {account!r} is busy: {who} is already running; not starting {purpose}"
-            )
-        await conn.execute(sql("set_application_name"), f"asyncsync {purpose}")
-        try:
-            yield
-        finally:
-            await conn.execute(sql("lock_release"), key)
-            await conn.execute(sql("reset_application_name"))
+    """Hold the account's run lock for the duration; LockBusy if another run has it."""
+    async with advisory_lock(
+        pool,
+        f"asyncsync.run:{account}",
+        wait=False,
+        purpose=f"asyncsync {purpose}",
+        busy=f"account {account!r} is busy: {{holder}} is already running; not starting {purpose}",
+    ):
+        yield

@@ -11,8 +11,9 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from ..seams import TokenSet
 from .database import guarded, sql
-from .seams import TokenSet
+from .locks import advisory_lock
 
 
 class PgTokenStore:
@@ -33,23 +34,16 @@ class PgTokenStore:
         )
 
     async def save(self, tokens: TokenSet) -> None:
-        await guarded(
-            self._pool.execute(
-                sql("token_save"),
-                self._account,
-                tokens.refresh_token,
-                tokens.access_token,
-                tokens.access_expires_at,
-            ),
-            "saving tokens",
+        query = self._pool.execute(
+            sql("token_save"),
+            self._account,
+            tokens.refresh_token,
+            tokens.access_token,
+            tokens.access_expires_at,
         )
+        await guarded(query, "saving tokens")
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        async with self._pool.acquire() as conn:
-            key = f"asyncsync.token:{self._account}"
-            await guarded(conn.execute(sql("lock_wait"), key), "taking the token lock")
-            try:
-                yield
-            finally:
-                await conn.execute(sql("lock_release"), key)
+        async with advisory_lock(self._pool, f"asyncsync.token:{self._account}", wait=True):
+            yield

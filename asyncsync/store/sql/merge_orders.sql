@@ -1,4 +1,5 @@
--- Upsert the staged (new or changed) orders. $1 account
+-- Upsert the staged orders (new, changed, or corrected by an integrity run); an observation
+-- older than the row's never overwrites it. $1 account. Returns the ids written.
 INSERT INTO ordens_servico AS o (
     account, id, numero, situacao, data_emissao, data_prevista, cliente_id, cliente_nome,
     valor, payload, list_hash, observed_at
@@ -28,4 +29,6 @@ ON CONFLICT (account, id) DO UPDATE SET
             EXCLUDED.cliente_id, EXCLUDED.cliente_nome, EXCLUDED.valor),
     possibly_deleted = false,
     updated_at = now(),
-    synced_at = now();
+    synced_at = now()
+WHERE o.observed_at <= EXCLUDED.observed_at
+RETURNING o.id;

@@ -1,4 +1,5 @@
--- Orders imported successfully: their open failures are resolved. $1 account, $2 ids
+-- Orders imported successfully: their open failures are resolved at the caller's clock.
+-- $1 account, $2 ids, $3 now
 UPDATE import_failures
-SET resolvido = true, ultima_tentativa = CURRENT_TIMESTAMP
-WHERE account = $1 AND id_ordem = ANY($2::bigint[]) AND NOT resolvido;
+SET resolvido = true, ultima_tentativa = $3::timestamptz
+WHERE account = $1 AND id_ordem = ANY($2::bigint[]) AND NOT coalesce(resolvido, false);

@@ -1,0 +1,183 @@
+"""A sync of one account: the first run is a full sync, later runs incremental cycles.
+
+A full sync lists every status completely, then fetches details. An incremental cycle
+(:mod:`asyncsync.engine.cycle`) lists open statuses completely and closed ones over a
+recent window (swept completely once a day), fetches details only where something moved
+or changed, and records every status change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import orjson
+
+from ..engine.cycle import plan_cycle, run_cycle
+from ..engine.details import enrich_backlog
+from ..engine.listing import ListingEngine, Partition
+from ..options import CycleOptions
+from ..progress import Progress, ProgressReporter
+from ..report import Outcome, RunReport
+from ..seams import ApiStats, MergeStats, Metadata, OrderSink, OrderSource
+from ..status import ALL_STATUSES
+from . import RunContext, merge_counts
+
+FULL_SYNC_KEY = "full_sync"
+CLOSED_SWEEP_KEY = "closed_sweep"
+INCREMENTAL_KEY = "incremental"
+
+
+async def sync_once(
+    source: OrderSource,
+    sink: OrderSink,
+    metadata: Metadata,
+    options: CycleOptions,
+    ctx: RunContext,
+    *,
+    full: bool = False,
+) -> RunReport:
+    """A full sync when asked or when none has completed yet, else an incremental cycle."""
+    if full or await metadata.get(FULL_SYNC_KEY) is None:
+        return await full_sync(source, sink, metadata, options, ctx)
+    return await incremental_sync(source, sink, metadata, options, ctx)
+
+
+async def full_sync(
+    source: OrderSource,
+    sink: OrderSink,
+    metadata: Metadata,
+    options: CycleOptions,
+    ctx: RunContext,
+) -> RunReport:
+    """List every status completely, merge, then fetch details for what needs them."""
+    started_at, api_before = ctx.clock(), source.api_stats()
+    progress = Progress("sync")
+    async with ProgressReporter(progress, stream=ctx.progress):
+        engine = ListingEngine(
+            source,
+            sink,
+            page_size=options.page_size,
+            batch_size=options.batch_size,
+            queue_pages=options.queue_pages,
+            partitions_in_flight=len(ALL_STATUSES),
+            progress=progress,
+            stop=ctx.stop,
+        )
+        result = await engine.run([Partition(int(s)) for s in ALL_STATUSES], checkpointed=False)
+        api_totals = {p.situacao: t for p, t in result.totals.items()}
+        progress.records_total = sum(t or 0 for t in api_totals.values()) or None
+        complete = len(result.complete) == len(ALL_STATUSES)
+        if complete:
+            stamp = {"completed_at": ctx.clock().isoformat()}
+            await metadata.set(FULL_SYNC_KEY, _json({**stamp, "totals": api_totals}))
+            await metadata.set(CLOSED_SWEEP_KEY, _json(stamp))
+        details = await enrich_backlog(
+            source,
+            sink,
+            concurrency=ctx.concurrency,
+            budget=options.detail_budget,
+            progress=progress,
+            stop=ctx.stop,
+        )
+    return await _report(
+        "full sync", source, sink, ctx, started_at, api_before,
+        listed=result.stats, details=details, pages=result.pages, api_totals=api_totals,
+        complete=complete,
+    )  # fmt: skip
+
+
+async def incremental_sync(
+    source: OrderSource,
+    sink: OrderSink,
+    metadata: Metadata,
+    options: CycleOptions,
+    ctx: RunContext,
+) -> RunReport:
+    """One incremental cycle (plus the closed-status sweep when it is due)."""
+    started_at, api_before = ctx.clock(), source.api_stats()
+    plan = plan_cycle(
+        options.open_statuses,
+        options.closed_statuses,
+        recent_days=options.recent_days,
+        sweep_interval_s=options.sweep_interval_s,
+        last_sweep=await _last_sweep(metadata),
+        now=started_at,
+    )
+    progress = Progress("cycle")
+    async with ProgressReporter(progress, stream=ctx.progress):
+        result = await run_cycle(
+            source,
+            sink,
+            plan,
+            page_size=options.page_size,
+            batch_size=options.batch_size,
+            queue_pages=options.queue_pages,
+            concurrency=ctx.concurrency,
+            detail_budget=options.detail_budget,
+            progress=progress,
+            stop=ctx.stop,
+        )
+    if result.complete and plan.sweep:
+        await metadata.set(CLOSED_SWEEP_KEY, _json({"completed_at": started_at.isoformat()}))
+    closed = (
+        "swept completely"
+        if plan.sweep
+        else f"listed from {plan.window_from.isoformat()} (emission date)"
+    )
+    report = await _report(
+        "incremental cycle", source, sink, ctx, started_at, api_before,
+        listed=result.listed, details=result.details, pages=result.pages,
+        api_totals=result.totals, complete=result.complete, vanished=result.vanished,
+        facts={"closed_statuses": closed},
+    )  # fmt: skip
+    if report.outcome is Outcome.OK:
+        await metadata.set(INCREMENTAL_KEY, _json({"finished_at": report.finished_at.isoformat()}))
+    return report
+
+
+async def _report(
+    title: str,
+    source: OrderSource,
+    sink: OrderSink,
+    ctx: RunContext,
+    started_at: dt.datetime,
+    api_before: ApiStats,
+    *,
+    listed: MergeStats,
+    details: MergeStats,
+    pages: int,
+    api_totals: dict[int, int | None],
+    complete: bool,
+    vanished: int | None = None,
+    facts: dict[str, str | bool | None] | None = None,
+) -> RunReport:
+    mirror = await sink.counts_by_status()
+    counts: dict[str, int | float] = {"pages": pages, **merge_counts(listed, details)}
+    if vanished is not None:
+        counts["vanished"] = vanished
+    counts["detail_backlog"] = await sink.detail_backlog_size()
+    codes = sorted(set(api_totals) | set(mirror))
+    interrupted = ctx.stop.is_set() or not complete
+    return RunReport(
+        mode="sync",
+        account=ctx.account,
+        started_at=started_at,
+        finished_at=ctx.clock(),
+        outcome=Outcome.INTERRUPTED if interrupted else Outcome.OK,
+        title=title,
+        counts=counts,
+        by_status={c: {"api": api_totals.get(c), "mirror": mirror.get(c, 0)} for c in codes},
+        facts=facts or {},
+        api=source.api_stats().since(api_before),
+    )
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+async def _last_sweep(metadata: Metadata) -> dt.datetime | None:
+    raw = await metadata.get(CLOSED_SWEEP_KEY)
+    if not raw:
+        return None
+    return dt.datetime.fromisoformat(orjson.loads(raw)["completed_at"])

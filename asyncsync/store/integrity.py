@@ -1,0 +1,92 @@
+"""What an integrity run asks of the mirror: counts, page-by-page disagreement, and the
+set comparison of everything listed (a temp table per connection, emptied at commit).
+
+Corrections are not merged here: they go through the orders store's one merge path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import asyncpg
+
+from ..records import OrderRecord
+from ..seams import Comparison, RetryPolicy, Sighting, StaleRow
+from .database import guarded, sql
+from .orders import PgOrderStore
+
+
+class PgIntegrityStore:
+    """Integrity queries of one account. Implements ``IntegrityStore``."""
+
+    def __init__(self, pool: asyncpg.Pool, orders: PgOrderStore) -> None:
+        self._pool = pool
+        self._orders = orders
+        self.account = orders.account
+
+    async def counts(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Mirror rows by status, and open failures of absent orders by their listed status
+        (the API lists and counts those; the retry mode owns them)."""
+        mirror = await self._orders.counts_by_status()
+        query = self._pool.fetch(sql("integrity_tracked_counts"), self.account)
+        tracked = await guarded(query, "counting failures")
+        return mirror, {int(r["situacao"]): int(r["n"]) for r in tracked}
+
+    async def disagreeing(self, records: Sequence[OrderRecord]) -> set[int]:
+        """Ids of ``records`` the mirror lacks, holds in another status, or flags deleted."""
+        if not records:
+            return set()
+        ids, statuses = [r.id for r in records], [r.situacao for r in records]
+        query = self._pool.fetch(sql("integrity_candidates"), self.account, ids, statuses)
+        return {row["id"] for row in await guarded(query, "comparing a page")}
+
+    async def compare(
+        self,
+        seen: Sequence[Sighting],
+        *,
+        now: dt.datetime,
+        policy: RetryPolicy,
+        complete: bool,
+    ) -> Comparison:
+        """Stage every sighting and compare the sets; ``unlisted`` only when ``complete``."""
+        return await guarded(  # type: ignore[no-any-return]
+            self._compare(seen, now, policy, complete), "comparing with the mirror"
+        )
+
+    async def _compare(
+        self, seen: Sequence[Sighting], now: dt.datetime, policy: RetryPolicy, complete: bool
+    ) -> Comparison:
+        rows = [(s.id, s.situacao, s.hash, s.observed_at) for s in seen]
+        args = (policy.max_attempts, policy.base_s, policy.factor)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(sql("integrity_stage"))
+            await conn.copy_records_to_table("integrity_listed", records=rows)
+            missing = await conn.fetch(sql("integrity_missing"), self.account, now, *args)
+            stale = await conn.fetch(sql("integrity_stale"), self.account)
+            unlisted = await conn.fetch(sql("integrity_unlisted"), self.account) if complete else []
+        return Comparison(
+            missing=tuple((m["id"], m["due"]) for m in missing),
+            stale=tuple(
+                StaleRow(s["id"], s["old"], s["new"], s["possibly_deleted"]) for s in stale
+            ),
+            unlisted=tuple(u["id"] for u in unlisted),
+        )
+
+    async def correct(self, records: Sequence[OrderRecord]) -> set[int]:
+        """Through the orders store's merge, forced (see :meth:`PgOrderStore.correct`)."""
+        return await self._orders.correct(records)
+
+    async def flag_deleted(self, ids: Sequence[int]) -> list[int]:
+        """Flag ``ids`` possibly_deleted (never delete); returns the ids newly flagged."""
+        query = self._pool.fetch(sql("integrity_flag_deleted"), self.account, list(ids))
+        return sorted(row["id"] for row in await guarded(query, "flagging unlisted orders"))
+
+    async def save_run(
+        self, started_at: dt.datetime, finished_at: dt.datetime, consistent: bool, report: str
+    ) -> None:
+        """One ``integrity_runs`` row."""
+        query = self._pool.execute(
+            sql("integrity_save_run"), self.account, started_at, finished_at, consistent, report
+        )
+        await guarded(query, "saving the integrity run")

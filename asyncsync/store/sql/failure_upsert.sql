@@ -1,0 +1,32 @@
+-- Orders or records that could not be imported (import_failures),
+-- one row each, stamped with the caller's clock ($5).
+-- $6 counts_as_attempt: an open row counts one more attempt (a retry, an import that failed
+-- again); without it an open row stays as it is, because a listing shows the same broken
+-- record at every run and that is not a new attempt. A resolved row is reopened at attempt 1.
+-- dados_api keeps what earlier attempts stored (the list item) and takes the newest answer.
+-- $1 account, $2 ids, $3 errors, $4 dados_api (JSON text or NULL), same order; ids distinct.
+-- Returns the ids whose row was written.
+INSERT INTO import_failures AS f (
+    account, id_ordem, primeira_tentativa, ultima_tentativa, erro, tentativas, resolvido, dados_api
+)
+SELECT $1, t.id, $5::timestamptz, $5::timestamptz, t.erro, 1, false, t.dados::jsonb
+FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t (id, erro, dados)
+ON CONFLICT (account, id_ordem) DO UPDATE SET
+    ultima_tentativa = EXCLUDED.ultima_tentativa,
+    erro = EXCLUDED.erro,
+    tentativas = CASE WHEN coalesce(f.resolvido, false) THEN 1
+                      ELSE coalesce(f.tentativas, 0) + 1 END,
+    primeira_tentativa = CASE WHEN coalesce(f.resolvido, false) THEN EXCLUDED.primeira_tentativa
+                              ELSE f.primeira_tentativa END,
+    resolvido = false,
+    dados_api = CASE
+        WHEN EXCLUDED.dados_api IS NULL THEN f.dados_api
+        WHEN f.dados_api IS NULL OR coalesce(f.resolvido, false) THEN EXCLUDED.dados_api
+        WHEN jsonb_typeof(f.dados_api) = 'object'
+             AND (f.dados_api ? 'list_item' OR f.dados_api ? 'detail')
+            THEN f.dados_api || EXCLUDED.dados_api
+        -- a raw record stored by a listing: kept whole under 'original'
+        ELSE jsonb_build_object('original', f.dados_api) || EXCLUDED.dados_api
+    END
+WHERE coalesce(f.resolvido, false) OR $6::boolean
+RETURNING f.id_ordem;

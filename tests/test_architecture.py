@@ -1,0 +1,137 @@
+"""The house rules, checked by walking every module's imports and calls.
+
+Data flows one way: cli → modes → jobs → engine → (client | store). The store alone
+runs SQL and touches asyncpg; the client and the store never meet (only the composition
+root, ``runtime``, opens both); nothing imports the CLI; the simulator shares only the
+status vocabulary. A new module must find its place in :data:`RANK` or this test fails.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "asyncsync"
+
+#: Lower ranks never import higher ones. Same-rank imports are allowed only inside one
+#: package (store → store), and the explicit rules below narrow things further.
+RANK: dict[str, float] = {
+    # leaves: every layer may import them
+    "asyncsync": 0, "errors": 0, "clock": 0, "status": 0, "metrics": 0, "logs": 0, "tasks": 0,
+    # values that cross the seams
+    "records": 1, "options": 1, "progress": 1, "seams": 1.1, "report": 1.2,
+    # the two sides, and the engine between them
+    "client": 2, "store": 2, "engine": 2,
+    "jobs": 3,
+    "runtime": 4,
+    "modes": 5,
+    "flags": 6,
+    "cli": 7,
+    "__main__": 8,
+    "simulator": -1,  # apart: shares only `status`
+}  # fmt: skip
+
+
+def modules() -> Iterator[tuple[str, Path]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        yield ".".join(parts), path
+
+
+def top(module: str) -> str:
+    """The rank key of ``asyncsync.x.y``: ``x`` (or ``asyncsync`` for the package root)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def imports(module: str, path: Path) -> Iterator[str]:
+    """Every module imported anywhere in the file (lazy imports included), absolute."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            yield base
+            for alias in node.names:  # `from . import metrics` imports a module
+                yield f"{base}.{alias.name}"
+
+
+def internal(names: Iterator[str]) -> set[str]:
+    known = {m for m, _ in modules()}
+    return {n for n in names if n in known}
+
+
+def layer_violations(module: str, path: Path) -> Iterator[str]:
+    me = top(module)
+    if me not in RANK:
+        yield f"{module}: place it in RANK"
+        return
+    for other in sorted(internal(imports(module, path))):
+        them = top(other)
+        if them == me:
+            if me == "modes" and "asyncsync.modes" not in (module, other):
+                yield f"{module} imports another mode, {other}: share through jobs"
+        elif me == "simulator":
+            if them != "status":
+                yield f"the simulator imports {other}: only status is shared"
+        elif them == "simulator" and me != "modes":
+            yield f"{module} imports the simulator"
+        elif RANK[them] >= RANK[me]:
+            yield f"{module} (rank {RANK[me]}) imports {other} (rank {RANK[them]})"
+        elif them in ("client", "store") and me != "runtime":
+            yield f"{module} imports {other}: only runtime opens the client and the store"
+        elif them == "cli" and me != "__main__":
+            yield f"{module} imports the CLI"
+
+
+def sql_violations(module: str, path: Path) -> Iterator[str]:
+    if top(module) == "store":
+        return
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names.append(getattr(node, "module", None) or "")
+            if any(n.split(".")[0] == "asyncpg" for n in names):
+                yield f"{module} imports asyncpg"
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if name in ("sql", "fetch", "fetchval", "fetchrow", "copy_records_to_table"):
+                yield f"{module} line {node.lineno} runs SQL ({name})"
+
+
+def test_data_flows_one_way() -> None:
+    found = [v for module, path in modules() for v in layer_violations(module, path)]
+    assert found == []
+
+
+def test_only_the_store_speaks_sql() -> None:
+    found = [v for module, path in modules() for v in sql_violations(module, path)]
+    assert found == []
+
+
+def test_the_rules_can_fail(tmp_path: Path) -> None:
+    """Relative, lazy and `from . import` imports are seen, and a violation is reported."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import asyncpg\n"
+        "def f(pool):\n    from ..store import orders\n    from .. import cli\n"
+        "    return pool.fetch(sql('x'))\n"
+    )
+    found = set(imports("asyncsync.engine.bad", bad))
+    assert {"asyncsync.store", "asyncsync.store.orders", "asyncsync.cli"} <= found
+    layers = list(layer_violations("asyncsync.engine.bad", bad))
+    assert any("imports asyncsync.store" in v for v in layers)
+    assert any("imports asyncsync.cli" in v for v in layers)
+    sql = list(sql_violations("asyncsync.engine.bad", bad))
+    assert len(sql) == 3  # asyncpg, fetch, sql
