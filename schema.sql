@@ -80,6 +80,11 @@ CREATE TABLE IF NOT EXISTS tiny_tokens (
     refresh_token     text        NOT NULL,
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
+-- When the access token was asked for (its lifetime sets when to refresh it), when the
+-- refresh token was granted and when Tiny said it lapses (serve keeps it alive).
+ALTER TABLE tiny_tokens ADD COLUMN IF NOT EXISTS access_issued_at timestamptz;
+ALTER TABLE tiny_tokens ADD COLUMN IF NOT EXISTS refresh_expires_at timestamptz;
+ALTER TABLE tiny_tokens ADD COLUMN IF NOT EXISTS refresh_issued_at timestamptz;
 
 -- One row per integrity run, so runs can be compared over time.
 CREATE TABLE IF NOT EXISTS integrity_runs (

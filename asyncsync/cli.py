@@ -1,9 +1,10 @@
 """The command line: parse, configure, run one mode, print the cause chain on failure.
 
 ``asyncsync MODE [options]`` (or ``--mode MODE`` / ``ASYNCSYNC_MODE``); every flag has an
-environment twin, shown in ``--help``; flags win. Exit codes: 0 ok; 1 the run failed or
-found what it could not fix; 2 bad configuration; 3 another run of the account holds the
-lock; 130 interrupted.
+environment twin, shown in ``--help``; flags win. Exit codes (:data:`EXIT_CODES`): 0 ok;
+1 the run failed or found what it could not fix; 2 bad configuration; 3 another run of the
+account holds the lock; 4 a person must authorize the app again; 5 Tiny is unavailable;
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import flags, logs
-from .errors import AsyncsyncError, ConfigError, LockBusy, ReauthorizationRequired
+from .errors import (
+    AsyncsyncError,
+    ConfigError,
+    LockBusy,
+    ReauthorizationRequired,
+    TinyUnavailable,
+)
 from .tasks import first_leaf
 
 
@@ -63,6 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_failure(invocation.mode, exc)
 
 
+#: What each exit code means (the README's table).
+EXIT_CODES = {
+    0: "done",
+    1: "the run failed, or found what it could not fix (the report says what)",
+    2: "bad configuration: one sentence says what to change",
+    3: "another run of the same account holds its lock",
+    4: "re-authorization required: Tiny refused the refresh token (run asyncsync authorize)",
+    5: "Tiny is unavailable (5xx, timeouts or refused connections in a row)",
+    130: "interrupted (SIGTERM/SIGINT): what arrived was merged; the next run resumes",
+}
+
+
 def cause_chain(exc: BaseException) -> str:
     """``message (caused by: ...)`` down the ``__cause__`` chain."""
     parts = [str(exc) or type(exc).__name__]
@@ -85,7 +104,10 @@ def report_failure(mode: str, exc: BaseException) -> int:
         return 3
     if isinstance(exc, ReauthorizationRequired):
         print(f"asyncsync: {exc}", file=sys.stderr)
-        return 1
+        return 4
+    if isinstance(exc, TinyUnavailable):
+        print(f"asyncsync: {mode} failed: {exc}", file=sys.stderr)
+        return 5
     if isinstance(exc, AsyncsyncError):
         print(f"asyncsync: {mode} failed: {cause_chain(exc)}", file=sys.stderr)
         return 1

@@ -14,7 +14,9 @@ so the original stays reachable as ``__cause__``::
     │   │   └── TinyOrderForbidden  401 on one order while the token is fresh
     │   ├── TinyRateLimited         429, after the account-wide pause and retries ran out
     │   ├── TinyUnavailable         5xx / timeouts / connection errors, after bounded retries
+    │   │   └── TinyOutage          the circuit is open: too many failures in a row
     │   └── TinyBadPayload          a 200 whose body is not the JSON we expect
+    │       └── TinyAnswerTooLarge  an answer over the size cap, refused unread
     ├── DatabaseError               PostgreSQL failed (.sqlstate)
     │   └── LockBusy                another run of the same account holds the lock
     └── RecordError                 one API record cannot be mapped (goes to import_failures)
@@ -75,12 +77,27 @@ class TinyUnavailable(TinyError):
         self.body = body
 
 
+class TinyOutage(TinyUnavailable):
+    """Tiny failed ``threshold`` times in a row: no request is sent until the cool-down ends.
+
+    Not a property of any record: a pass that meets it stops, and nothing is written to
+    ``import_failures``."""
+
+    def __init__(self, message: str, *, retry_at_s: float) -> None:
+        super().__init__(message)
+        self.retry_at_s = retry_at_s  # monotonic time when the next probe may go
+
+
 class TinyBadPayload(TinyError):
     """A 200 answer whose body is not the JSON the API documents."""
 
     def __init__(self, message: str, *, body: str = "") -> None:
         super().__init__(message)
         self.body = body
+
+
+class TinyAnswerTooLarge(TinyBadPayload):
+    """An answer larger than the configured cap; the rest of it was never read."""
 
 
 class DatabaseError(AsyncsyncError):

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 from .options import (
     ACCOUNT_KEY,
+    AuthorizeOptions,
     BackfillOptions,
     CommonOptions,
     CycleOptions,
@@ -72,6 +73,16 @@ def number(minimum: float, *, strict: bool = False) -> Parser:
         return value
 
     return parse
+
+
+def fraction(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be a number, got {raw!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"must be more than 0 and at most 1, got {raw!r}")
+    return value
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -195,13 +206,24 @@ FLAGS: tuple[Flag, ...] = (
     F("--token-file", "TINY_TOKEN_FILE", TinyOptions, "token_file", path,
       "tiny_token.json to bootstrap from (./tiny_token.json if present)", metavar="PATH"),
     F("--rate-limit", "TINY_RATE_LIMIT_PER_MINUTE", TinyOptions, "rate_limit_per_minute",
-      integer(1), "requests per minute, at most", metavar="N"),
+      integer(1), "ceiling on requests per minute (default: none, the pace follows the "
+      "account's quota from X-RateLimit-Limit)", metavar="N"),
+    F("--quota-share", "TINY_QUOTA_SHARE", TinyOptions, "quota_share", fraction,
+      "part of the account's quota to use, leaving the rest to its other apps",
+      metavar="FRACTION"),
     F("--max-concurrency", "TINY_MAX_CONCURRENCY", TinyOptions, "max_concurrency",
       integer(1, 256), "requests in flight, at most", metavar="N"),
     F("--timeout", "TINY_REQUEST_TIMEOUT_S", TinyOptions, "request_timeout_s",
       number(0, strict=True), "seconds per request", metavar="S"),
     F("--max-retries", "TINY_MAX_RETRIES", TinyOptions, "max_retries", integer(1, 100),
       "tries per request on 5xx, 429 and timeouts", metavar="N"),
+    F("--breaker-failures", "TINY_BREAKER_FAILURES", TinyOptions, "breaker_failures",
+      integer(1, 1000), "transport failures or 5xx in a row after which Tiny is taken "
+      "for down: the run fails, serve waits for the cool-down", metavar="N"),
+    F("--breaker-cooldown", "TINY_BREAKER_COOLDOWN_S", TinyOptions, "breaker_cooldown_s",
+      number(1), "seconds without requests once Tiny is down", metavar="S"),
+    F("--max-answer-mb", "TINY_MAX_ANSWER_MB", TinyOptions, "max_answer_mb",
+      number(0, strict=True), "answers larger than this are refused unread", metavar="MB"),
     # bundled simulator
     F("--simulator", "ASYNCSYNC_SIMULATOR_ORDERS", SimulatorOptions, "orders", integer(1),
       "run against the bundled Tiny simulator with this many orders", metavar="N"),
@@ -211,6 +233,9 @@ FLAGS: tuple[Flag, ...] = (
       number(0), "simulator latency per request", metavar="MS"),
     F("--sim-port", "ASYNCSYNC_SIM_PORT", SimulatorOptions, "port", integer(0, 65535),
       "simulate: port to listen on", metavar="PORT"),
+    F("--sim-quota", "ASYNCSYNC_SIM_QUOTA_PER_MINUTE", SimulatorOptions, "quota_per_minute",
+      integer(1), "the simulated plan's requests per minute (default: --rate-limit, else "
+      "6000)", metavar="N"),
     # output
     F("--log-level", "ASYNCSYNC_LOG_LEVEL", OutputOptions, "log_level",
       choice("DEBUG", "INFO", "WARNING", "ERROR", fold=str.upper), "log level"),
@@ -247,6 +272,14 @@ FLAGS: tuple[Flag, ...] = (
       "month × status partitions paged at once", metavar="N"),
     F("--detail-budget", "ASYNCSYNC_DETAIL_BUDGET", BackfillOptions, "detail_budget",
       integer(0), "most detail requests after the listing (default: no limit)", metavar="N"),
+    # authorize
+    F("--redirect-uri", "TINY_REDIRECT_URI", AuthorizeOptions, "redirect_uri", http_url,
+      "the redirect URI registered for the app in Tiny; a 127.0.0.1/localhost one is "
+      "caught here, any other is pasted back", metavar="URL"),
+    F("--auth-url", "TINY_AUTH_URL", AuthorizeOptions, "auth_url", http_url,
+      "OAuth authorization endpoint (default: the token URL's .../auth)", metavar="URL"),
+    F("--authorize-timeout", "ASYNCSYNC_AUTHORIZE_TIMEOUT_S", AuthorizeOptions, "timeout_s",
+      number(1), "seconds to wait for the person to authorize", metavar="S"),
     # integrity, health
     F("--deep", "ASYNCSYNC_DEEP", IntegrityOptions, "deep", boolean,
       "compare every id even when the totals agree", boolean=True),
@@ -263,6 +296,7 @@ TITLES: dict[type, str] = {
     BackfillOptions: "backfill",
     IntegrityOptions: "integrity",
     HealthOptions: "health",
+    AuthorizeOptions: "authorize",
     CommonOptions: "account",
     DatabaseOptions: "database",
     TinyOptions: "Tiny API",
@@ -296,6 +330,8 @@ MODES: dict[str, Mode] = {
     "health": Mode(HealthOptions, (HealthOptions, *_LOCAL),
                    "exit 0 when the mirror was synced recently"),
     "migrate": Mode(MigrateOptions, _LOCAL, "create or update the schema"),
+    "authorize": Mode(AuthorizeOptions, (AuthorizeOptions, *_EVERYTHING),
+                      "first authorization: a person logs in to Tiny, the tokens are stored"),
     "simulate": Mode(SimulateOptions, (SimulatorOptions, TinyOptions, OutputOptions),
                      "serve the bundled Tiny simulator"),
 }  # fmt: skip

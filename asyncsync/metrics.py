@@ -37,6 +37,32 @@ RATE_PAUSE_SECONDS = Counter(
 TOKEN_REFRESHES = Counter(
     "asyncsync_token_refreshes_total", "OAuth token refreshes performed.", ["account"]
 )
+TOKEN_REFRESH_FAILURES = Counter(
+    "asyncsync_token_refresh_failures_total",
+    "OAuth token refreshes that failed, by reason (invalid_grant means a person must "
+    "authorize the app again).",
+    ["account", "reason"],
+)
+REFRESH_TOKEN_AGE = Gauge(
+    "asyncsync_refresh_token_age_seconds",
+    "Age of the account's refresh token (it lapses after about a day unused).",
+    ["account"],
+)
+QUOTA = Gauge(
+    "asyncsync_tiny_quota_per_minute",
+    "Requests per minute the client paces itself to (X-RateLimit-Limit × share, capped).",
+    ["account"],
+)
+CIRCUIT_OPEN = Gauge(
+    "asyncsync_tiny_circuit_open",
+    "1 while requests to Tiny are suspended after consecutive failures, else 0.",
+    ["account"],
+)
+CIRCUIT_OPENINGS = Counter(
+    "asyncsync_tiny_circuit_openings_total",
+    "Times Tiny was declared unavailable (the circuit opened).",
+    ["account"],
+)
 ORDERS_SYNCED = Counter(
     "asyncsync_orders_synced_total",
     "Orders received from listings, by outcome (inserted/changed/unchanged).",

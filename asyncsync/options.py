@@ -63,26 +63,30 @@ class TinyOptions:
     client_secret: str | None = field(default=None, repr=False)
     refresh_token: str | None = field(default=None, repr=False)
     token_file: Path | None = None  # a tiny_token.json to bootstrap from
-    rate_limit_per_minute: int = 120
+    rate_limit_per_minute: int | None = None  # a ceiling; None: the quota Tiny announces
+    quota_share: float = 1.0  # the part of the announced quota this service may use
     max_concurrency: int = 8
     request_timeout_s: float = 30.0
     max_retries: int = 5
+    breaker_failures: int = 5  # transport failures or 5xx in a row that mean "Tiny is down"
+    breaker_cooldown_s: float = 60.0  # no request for this long once Tiny is down
+    max_answer_mb: float = 50.0  # answers larger than this are refused unread
 
     def credentials(self) -> Credentials:
-        """The credentials, or a ConfigError that says how to provide them."""
+        """The credentials, or a ConfigError that says how to provide them.
+
+        The app's client id and secret are always needed; a refresh token only until the
+        database holds one (``asyncsync authorize`` stores the first)."""
         token_file = self.token_file or (
             Path("tiny_token.json") if Path("tiny_token.json").exists() else None
         )
         if self.refresh_token or token_file is None:
-            given = {
-                "TINY_CLIENT_ID": self.client_id,
-                "TINY_CLIENT_SECRET": self.client_secret,
-                "TINY_REFRESH_TOKEN": self.refresh_token,
-            }
+            given = {"TINY_CLIENT_ID": self.client_id, "TINY_CLIENT_SECRET": self.client_secret}
             if not any(given.values()):
                 raise ConfigError(
-                    "no Tiny credentials: set TINY_CLIENT_ID, TINY_CLIENT_SECRET and "
-                    "TINY_REFRESH_TOKEN, or point TINY_TOKEN_FILE at your tiny_token.json"
+                    "no Tiny credentials: set TINY_CLIENT_ID and TINY_CLIENT_SECRET (the app's), "
+                    "then run `asyncsync authorize` once, or point TINY_TOKEN_FILE at your "
+                    "tiny_token.json"
                 )
             missing = [name for name, value in given.items() if not value]
             if missing:
@@ -100,6 +104,10 @@ class SimulatorOptions:
     seed: int = 1
     latency_ms: float = 0.0
     port: int = 8080  # simulate mode
+    quota_per_minute: int | None = None  # the simulated plan; None: --rate-limit, else 6000
+
+    def quota(self, tiny: TinyOptions) -> int:
+        return self.quota_per_minute or tiny.rate_limit_per_minute or 6000
 
 
 @dataclass(frozen=True)
@@ -210,6 +218,21 @@ class HealthOptions:
 @dataclass(frozen=True)
 class MigrateOptions:
     """``--mode migrate``."""
+
+
+@dataclass(frozen=True)
+class AuthorizeOptions:
+    """``--mode authorize``: the first authorization of the app, in a browser."""
+
+    redirect_uri: str = "http://127.0.0.1:8765/callback"  # as registered for the app in Tiny
+    auth_url: str | None = None  # None: the token URL's sibling .../auth
+    timeout_s: float = 600.0  # how long to wait for the person
+
+    def authorization_url(self, token_url: str) -> str:
+        if self.auth_url:
+            return self.auth_url
+        head, _, last = token_url.rstrip("/").rpartition("/")
+        return f"{head}/auth" if last == "token" else token_url.rstrip("/") + "/auth"
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ COUNT_LABELS: dict[str, str] = {
     "vanished": "open orders gone from the open listings",
     "details_fetched": "details fetched",
     "details_gone": "details answering 404",
+    "details_unavailable": "details Tiny could not serve (left for later)",
     "detail_backlog": "details still waiting",
     "import_failures": "import failures recorded",
     "due": "failures due for a retry",
@@ -70,6 +71,7 @@ COUNT_LABELS: dict[str, str] = {
 FINDING_LABELS: dict[str, str] = {
     "recovered": "missing, recovered",
     "failed": "missing, import failed",
+    "unavailable": "detail unavailable (Tiny 5xx/timeouts), asked again later",
     "awaiting_retry": "missing, awaiting retry",
     "unreadable": "unreadable list items",
     "stale": "status corrected",

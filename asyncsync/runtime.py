@@ -16,10 +16,11 @@ from typing import TextIO
 
 import aiohttp
 
-from .client import AccountLimiter, TinyClient, TokenManager
+from .client import AccountLimiter, CircuitBreaker, TinyClient, TokenManager
+from .client.authorize import Authorization
 from .clock import Clock, utcnow
 from .jobs import RunContext
-from .options import CommonOptions, Credentials, TinyOptions
+from .options import AuthorizeOptions, CommonOptions, Credentials, TinyOptions
 from .seams import TokenStore
 from .store import AccountStore, Database, open_database
 
@@ -67,7 +68,10 @@ def make_client(
         timeout_s=tiny.request_timeout_s,
         account=account,
     )
-    limiter = AccountLimiter(tiny.rate_limit_per_minute, tiny.max_concurrency, account=account)
+    limiter = AccountLimiter(
+        tiny.rate_limit_per_minute, tiny.max_concurrency, share=tiny.quota_share, account=account
+    )
+    breaker = CircuitBreaker(tiny.breaker_failures, tiny.breaker_cooldown_s, account=account)
     return TinyClient(
         session,
         tiny.api_base_url,
@@ -76,6 +80,8 @@ def make_client(
         timeout_s=tiny.request_timeout_s,
         max_retries=tiny.max_retries,
         account=account,
+        breaker=breaker,
+        max_answer_bytes=int(tiny.max_answer_mb * 1024 * 1024),
     )
 
 
@@ -85,6 +91,32 @@ def database_of(
     """The database alone (modes that need no Tiny account: health, migrate)."""
     db = common.database
     return open_database(db.database_url, db.data_dir, apply_schema=apply_schema)
+
+
+@asynccontextmanager
+async def open_authorization(
+    common: CommonOptions, options: AuthorizeOptions
+) -> AsyncIterator[tuple[Authorization, RunContext]]:
+    """The database and an Authorization for the account's first tokens (only the app's
+    client id and secret are needed)."""
+    tiny = common.tiny
+    credentials = tiny.credentials()
+    async with (
+        open_database(common.database.database_url, common.database.data_dir) as database,
+        aiohttp.ClientSession() as session,
+    ):
+        store = database.account(common.account)
+        manager = TokenManager(
+            session, tiny.token_url, credentials, store.tokens,
+            timeout_s=tiny.request_timeout_s, account=common.account,
+        )  # fmt: skip
+        authorization = Authorization(
+            manager,
+            auth_url=options.authorization_url(tiny.token_url),
+            client_id=credentials.client_id,
+            redirect_uri=options.redirect_uri,
+        )
+        yield authorization, RunContext(account=common.account)
 
 
 @asynccontextmanager

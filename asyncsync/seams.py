@@ -70,6 +70,8 @@ class TokenSet:
     refresh_token: str = field(repr=False)
     access_token: str | None = field(default=None, repr=False)
     access_expires_at: dt.datetime | None = None
+    access_issued_at: dt.datetime | None = None  # when the grant was asked for
+    refresh_expires_at: dt.datetime | None = None  # as Tiny announced (refresh_expires_in)
 
 
 #: Upper edges of the latency buckets, in milliseconds: 1 ms to ~110 s in steps of 25%,
@@ -175,6 +177,7 @@ class MergeStats:
     failures: int = 0
     details: int = 0
     missing: int = 0
+    unavailable: int = 0  # details Tiny could not serve (5xx, timeouts): left for later
 
     def __add__(self, other: MergeStats) -> MergeStats:
         return MergeStats(
@@ -364,3 +367,16 @@ class TokenStore(Protocol):
     def exclusive(self) -> AbstractAsyncContextManager[None]:
         """Held while refreshing, so two processes never spend the same refresh token."""
         ...
+
+
+class Authorizer(Protocol):
+    """The first authorization of an account's app, by a person at a browser."""
+
+    redirect_uri: str
+    caught_locally: bool  # the redirect is caught on this machine (else it is pasted)
+
+    def url(self, state: str) -> str: ...
+
+    async def code(self, state: str, timeout_s: float) -> str: ...
+
+    async def exchange(self, code: str) -> TokenSet: ...

@@ -29,7 +29,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     ("args", "env", "message"),
     [
         ((), {}, "no Tiny credentials: set TINY_CLIENT_ID"),
-        ((), {"TINY_CLIENT_ID": "x"}, "also set TINY_CLIENT_SECRET, TINY_REFRESH_TOKEN"),
+        ((), {"TINY_CLIENT_ID": "x"}, "incomplete Tiny credentials: also set TINY_CLIENT_SECRET"),
         (("--api-base-url", "ftp://nope"), {}, "--api-base-url must be an http(s) URL"),
         (("--database-url", "mysql://x"), {}, "--database-url must start with postgresql://"),
         (("--rate-limit", "0"), {}, "--rate-limit must be ≥ 1, got 0"),

@@ -104,7 +104,7 @@ async def test_revoked_refresh_token_says_a_person_must_authorize(simulator) -> 
     token = sim.valid_refresh_token()
     sim.revoke_refresh_tokens()
     async with client_for(sim, refresh_token=token) as client:
-        with pytest.raises(ReauthorizationRequired, match="Authorize the app again"):
+        with pytest.raises(ReauthorizationRequired, match="Run `asyncsync authorize`"):
             await client.get_order(next(iter(sim.orders)))
 
 
@@ -115,7 +115,7 @@ async def test_tokens_never_reach_the_logs(simulator, caplog) -> None:
         await client.get_order(next(iter(sim.orders)))
         access = await client._tokens.access_token()
     text = caplog.text
-    assert "refreshed" in text and access not in text
+    assert "access token granted" in text and access not in text
     assert (sim.valid_refresh_token() or "") not in text
     assert "refresh_token=" not in repr(TokenSet(refresh_token="secret-x"))
 

@@ -96,7 +96,7 @@ async def test_revoked_token_stops_a_sync_with_the_plain_error(simulator, runtim
     token = sim.valid_refresh_token()
     sim.revoke_refresh_tokens()
     async with runtime_for(sim, refresh_token=token) as rt:
-        with pytest.raises(ReauthorizationRequired, match="Authorize the app again"):
+        with pytest.raises(ReauthorizationRequired, match="Run `asyncsync authorize`"):
             await full_sync(rt)
 
 

@@ -64,11 +64,13 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
     no_id_key = synthetic_id(canonical_json(no_id))
     assert await db.fetchval("SELECT id_ordem FROM import_failures") == no_id_key
 
-    # The damage: 6 rows deleted (2 of them will fail to import), 4 statuses changed,
-    # 2 rows the API never had.
+    # The damage: 7 rows deleted (2 of them will fail to import, one is unavailable for
+    # now), 4 statuses changed, 2 rows the API never had.
     ids = sorted(sim.orders)
-    deleted, changed, extra = ids[10:16], ids[50:54], [9_000_000_001, 9_000_000_002]
-    failing = {deleted[0]: "500", deleted[1]: "malformed"}
+    deleted, changed, extra = ids[10:17], ids[50:54], [9_000_000_001, 9_000_000_002]
+    failing = {deleted[0]: "401", deleted[1]: "malformed"}
+    down = deleted[2]
+    sim.fail_detail[down] = "500"  # Tiny errs on it: no fault of the record
     await db.execute("DELETE FROM ordens_servico WHERE id = ANY($1::bigint[])", deleted)
     await db.execute(
         "UPDATE ordens_servico SET situacao = (situacao + 1) % 8 WHERE id = ANY($1::bigint[])",
@@ -86,8 +88,8 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
 
     # The report's numbers are exactly the damage done.
     assert (report.method, report.counts_agree) == ("full comparison", False)
-    assert report.recovered == sorted(set(deleted) - set(failing))
-    assert report.failed == sorted(failing)
+    assert report.recovered == sorted(set(deleted) - set(failing) - {down})
+    assert report.failed == sorted(failing) and report.unavailable == [down]
     fixed = [(s["id"], s["from"], s["to"]) for s in report.stale]
     assert fixed == [
         (i, (expected[i]["situacao"] + 1) % 8, expected[i]["situacao"]) for i in changed
@@ -98,9 +100,9 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
     assert report.manual_review == [no_id_key]  # no id: no request can fetch it
     assert report.exit_code == 1 and not report.consistent  # failures persist
     assert sum(report.column("api").values()) == 401  # the malformed item is listed too
-    assert sum(report.column("mirror_before").values()) == 400 - 6 + 2
+    assert sum(report.column("mirror_before").values()) == 400 - 7 + 2
     # The extra rows are flagged, not counted.
-    assert sum(report.column("mirror_after").values()) == 400 - 2
+    assert sum(report.column("mirror_after").values()) == 400 - 3
     assert report.column("failing") == _statuses(
         [int(Situacao.ORCADA)]
         + [
@@ -111,7 +113,7 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
 
     # The mirror is exact except the failing ids; the extra rows stay, flagged.
     got = await mirror(db)
-    assert diff({i: o for i, o in expected.items() if i not in failing}, got) == [
+    assert diff({i: o for i, o in expected.items() if i not in {*failing, down}}, got) == [
         f"extra {i}" for i in extra
     ]
     flagged = await db.fetch("SELECT id FROM ordens_servico WHERE possibly_deleted ORDER BY id")
@@ -147,10 +149,18 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
         assert dados["list_item"]["numeroOrdemServico"] == expected[order_id]["numero"]
         assert row["tentativas"] == 1 and not row["resolvido"]
         assert row["ultima_tentativa"] == T0.replace(tzinfo=None)  # the session is in UTC
-    assert "500" in rows[deleted[0]]["erro"] and "Erro interno" in rows[deleted[0]]["raw"]
+    # The order Tiny could not serve is no failed record: nothing in import_failures.
+    assert "TinyOrderForbidden" in rows[deleted[0]]["erro"]
+    assert "Token inválido" in rows[deleted[0]]["raw"]
     assert "TinyBadPayload" in rows[deleted[1]]["erro"]
     bad_body = orjson.loads(rows[deleted[1]]["raw"])["detail"]["body"]
     assert bad_body.startswith(f'{{"id": {deleted[1]}, "situacao"')  # the truncated answer
+
+    # Tiny serves it again: the next run imports it.
+    sim.fail_detail.pop(down)
+    middle = await integrity(sim, runtime_for, at=T0 + dt.timedelta(seconds=0.5))
+    assert middle.recovered == [down] and middle.unavailable == []
+    assert middle.awaiting_retry == sorted(failing)  # their retry is not due yet
 
     # A second run on the healed mirror: the pre-check sees agreement at 8 list requests.
     before = sim.stats.requests_total
@@ -166,7 +176,7 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
     assert await db.fetchval("SELECT max(tentativas) FROM import_failures WHERE id_ordem > 0") == 1
 
     runs = await db.fetch("SELECT consistent, report FROM integrity_runs ORDER BY id")
-    assert [r["consistent"] for r in runs] == [False, True, True]
+    assert [r["consistent"] for r in runs] == [False, False, True, True]
     stored = orjson.loads(runs[0]["report"])
     assert stored["findings_total"]["recovered"] == 4 and stored["exit_code"] == 1
 
@@ -273,14 +283,17 @@ async def test_a_stop_mid_listing_changes_nothing(simulator, runtime_for, db) ->
 async def test_a_failing_detail_is_not_taken_for_a_deletion(simulator, runtime_for, db) -> None:
     sim = await simulator(orders=120, seed=6)
     await sync(sim, runtime_for)
-    hidden = sorted(sim.orders)[5]
-    sim._index.remove(hidden, sim.orders[hidden].situacao)  # missed by the listings...
-    sim.fail_detail[hidden] = "500"  # ...and its detail fails: nothing proves it is gone
+    down, broken = sorted(sim.orders)[5], sorted(sim.orders)[6]
+    for hidden in (down, broken):  # missed by the listings...
+        sim._index.remove(hidden, sim.orders[hidden].situacao)
+    sim.fail_detail[down] = "500"  # ...and their detail fails: nothing proves them gone
+    sim.fail_detail[broken] = "malformed"
     report = await integrity(sim, runtime_for)
-    assert report.possibly_deleted == [] and report.failed == [hidden]
-    assert report.exit_code == 1
-    assert not await db.fetchval("SELECT possibly_deleted FROM ordens_servico WHERE id=$1", hidden)
-    row = await db.fetchrow(
-        "SELECT resolvido, dados_api FROM import_failures WHERE id_ordem=$1", hidden
-    )
-    assert row is not None and not row["resolvido"] and "500" in row["dados_api"]
+    assert report.possibly_deleted == [] and report.exit_code == 1
+    assert report.failed == [broken] and report.unavailable == [down]
+    flagged = "SELECT count(*) FROM ordens_servico WHERE possibly_deleted"
+    assert not await db.fetchval(flagged)
+    rows = await db.fetch("SELECT id_ordem, resolvido, erro FROM import_failures")
+    # A bad answer is a failed record; an unavailable Tiny is not.
+    assert [(r["id_ordem"], r["resolvido"]) for r in rows] == [(broken, False)]
+    assert "TinyBadPayload" in rows[0]["erro"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from asyncsync import metrics
 from asyncsync.client import AccountLimiter
 
 
@@ -36,12 +37,45 @@ async def test_a_late_answer_to_an_older_request_does_not_raise_the_budget() -> 
     assert time.monotonic() - started >= 0.9  # the stale "50" was ignored
 
 
-async def test_the_limit_header_lowers_the_configured_rate() -> None:
-    limiter = AccountLimiter(600, 4)
-    limiter.observe({"X-RateLimit-Limit": "120"})
-    assert limiter.rate_per_minute == 120
-    limiter.observe({"X-RateLimit-Limit": "900"})  # the configured quota stays the ceiling
-    assert limiter.rate_per_minute == 120
+async def test_the_pace_follows_the_limit_header_up_and_down_within_the_ceiling() -> None:
+    capped = AccountLimiter(600, 4)
+    capped.observe({"X-RateLimit-Limit": "120"})
+    assert capped.rate_per_minute == 120
+    capped.observe({"X-RateLimit-Limit": "900"})  # the configured rate is a ceiling
+    assert capped.rate_per_minute == 600
+    free = AccountLimiter(None, 4)
+    assert free.rate_per_minute == 120  # assumed until Tiny says
+    free.observe({"X-RateLimit-Limit": "900"})
+    assert free.rate_per_minute == 900
+    free.observe({"X-RateLimit-Limit": "60"})
+    assert free.rate_per_minute == 60
+    shared = AccountLimiter(None, 4, share=0.5)
+    shared.observe({"X-RateLimit-Limit": "600"})
+    assert shared.rate_per_minute == 300  # the rest is left to the account's other apps
+    quota = {"account": "default"}
+    assert metrics.value("asyncsync_tiny_quota_per_minute", quota) == 300
+
+
+async def test_requests_go_one_at_a_time_until_the_quota_is_known() -> None:
+    limiter = AccountLimiter(None, 8)
+    inside: list[int] = []
+    most = 0
+
+    async def request(i: int) -> None:
+        nonlocal most
+        async with limiter.slot() as seq:
+            inside.append(i)
+            most = max(most, len(inside))
+            await asyncio.sleep(0.01)
+            if i == 0:
+                limiter.observe({"X-RateLimit-Limit": "60000"}, seq)
+            inside.remove(i)
+
+    first = asyncio.create_task(request(0))
+    await asyncio.sleep(0)
+    await asyncio.gather(first, *(request(i) for i in range(1, 9)))
+    assert most > 1  # once the first answer told the quota, they went together
+    assert limiter.rate_per_minute == 60000
 
 
 async def test_a_429_holds_back_requests_that_were_waiting() -> None:

@@ -59,7 +59,7 @@ async def test_retry_backs_off_resolves_and_gives_up_after_five(simulator, runti
     sim.fail_detail.clear()
     # Integrity, an hour from now, fails to import two orders missing from the mirror.
     await db.execute("DELETE FROM ordens_servico WHERE id = ANY($1::bigint[])", [hard, flaky])
-    sim.fail_detail.update({hard: "500", flaky: "malformed"})
+    sim.fail_detail.update({hard: "401", flaky: "malformed"})
     t0 = utcnow().replace(microsecond=0) + dt.timedelta(hours=1)
     async with runtime_for(sim, **FAST) as rt:
         report = await helpers.integrity(rt, at=t0)

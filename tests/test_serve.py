@@ -38,7 +38,7 @@ async def test_serve_cycles_and_exposes_metrics(simulator, runtime_for, db) -> N
     inserted_before = metrics.value("asyncsync_orders_synced_total", labels)
     started = time.time()
     async with runtime_for(sim) as rt, metrics.metrics_server("127.0.0.1", 0) as port:
-        options = ServeOptions(interval_s=0.05, cycle=cycle())
+        options = ServeOptions(interval_s=0.05, cycle=cycle(detail_budget=10_000))
         task = asyncio.create_task(serve_loop(rt, options, stop, after_cycle=after_cycle))
         assert await asyncio.wait_for(task, timeout=60) == 0
         async with (
@@ -99,8 +99,9 @@ async def test_sigterm_drains_and_exits(database_url: str) -> None:
 
 async def test_serve_retries_failed_imports_on_its_own(simulator, runtime_for, db) -> None:
     sim = await simulator(orders=200, seed=8)
-    broken = next(iter(sim.orders))
-    sim.fail_detail[broken] = "500"
+    broken, down = sorted(sim.orders)[:2]
+    sim.fail_detail[broken] = "malformed"  # the record's fault: import_failures, then retries
+    sim.fail_detail[down] = "500"  # Tiny's fault: left in the backlog, asked next cycle
     stop = asyncio.Event()
     rounds: list[list[str]] = []
 
@@ -108,7 +109,9 @@ async def test_serve_retries_failed_imports_on_its_own(simulator, runtime_for, d
         rounds.append([r.mode for r in reports])
         if len(rounds) == 1:
             # The API heals and the failure's backoff (30 s) runs out.
-            assert await db.fetchval("SELECT count(*) FROM import_failures WHERE NOT resolvido")
+            failing = await db.fetch("SELECT id_ordem FROM import_failures WHERE NOT resolvido")
+            assert [r["id_ordem"] for r in failing] == [broken]
+            assert reports[0].count("details_unavailable") == 1
             sim.fail_detail.clear()
             await db.execute("UPDATE import_failures SET ultima_tentativa = ultima_tentativa - "
                              "interval '1 minute'")  # fmt: skip
@@ -116,10 +119,12 @@ async def test_serve_retries_failed_imports_on_its_own(simulator, runtime_for, d
             stop.set()
 
     async with runtime_for(sim, max_retries=2) as rt:
-        options = ServeOptions(interval_s=0.05, cycle=cycle())
+        options = ServeOptions(interval_s=0.05, cycle=cycle(detail_budget=10_000))
         await serve_loop(rt, options, stop, after_cycle=after_cycle)
     assert rounds == [["sync", "retry"], ["sync", "retry"]]
     row = await db.fetchrow("SELECT resolvido, tentativas FROM import_failures")
     assert row["resolvido"] is True
     assert diff(sim.snapshot(), await mirror(db)) == []
-    assert await db.fetchval("SELECT detalhe IS NOT NULL FROM ordens_servico WHERE id=$1", broken)
+    for order_id in (broken, down):
+        detail = "SELECT detalhe IS NOT NULL FROM ordens_servico WHERE id=$1"
+        assert await db.fetchval(detail, order_id)

@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+from .breaker import CircuitBreaker
 from .http import TinyClient
 from .ratelimit import AccountLimiter
 from .tokens import MemoryTokenStore, TokenManager
 
-__all__ = ["AccountLimiter", "MemoryTokenStore", "TinyClient", "TokenManager"]
+__all__ = ["AccountLimiter", "CircuitBreaker", "MemoryTokenStore", "TinyClient", "TokenManager"]

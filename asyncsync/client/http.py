@@ -21,6 +21,7 @@ import orjson
 from .. import metrics
 from ..clock import Clock, utcnow
 from ..errors import (
+    TinyAnswerTooLarge,
     TinyAuthError,
     TinyBadPayload,
     TinyHTTPError,
@@ -30,10 +31,14 @@ from ..errors import (
     TinyUnavailable,
 )
 from ..seams import LATENCY_EDGES_MS, ApiStats, Detail, ListQuery, Page, latency_bucket
+from .breaker import CircuitBreaker
 from .ratelimit import AccountLimiter
 from .tokens import TokenManager
 
 log = logging.getLogger(__name__)
+
+#: Tokens a request may go through before a run of 401s is an authentication failure.
+_AUTH_ROUNDS = 4
 
 
 class _Retry(Exception):
@@ -74,6 +79,8 @@ class TinyClient:
         max_backoff_s: float = 30.0,
         clock: Clock = utcnow,
         account: str = "default",
+        breaker: CircuitBreaker | None = None,
+        max_answer_bytes: int = 50 * 1024 * 1024,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
@@ -83,6 +90,8 @@ class TinyClient:
         self._clock = clock
         self.account = account
         self._counters = _Counters()
+        self._max_answer_bytes = max_answer_bytes
+        self.breaker = breaker or CircuitBreaker(account=account)
         self._get = backoff.on_exception(
             backoff.expo,
             _Retry,
@@ -91,10 +100,15 @@ class TinyClient:
             jitter=backoff.full_jitter,
             on_backoff=self._count_retry,
             raise_on_giveup=True,
+            logger=None,  # the breaker says when Tiny is down; a line per retry says nothing
         )(self._get_once)
 
     def _count_retry(self, details: Any) -> None:
         self._counters.retries += 1
+
+    async def keep_alive(self) -> bool:
+        """Renew the tokens if the refresh token is past half its life (see TokenManager)."""
+        return await self._tokens.keep_alive()
 
     def api_stats(self) -> ApiStats:
         """Cumulative figures of this client (a run reports ``after.since(before)``)."""
@@ -150,50 +164,61 @@ class TinyClient:
     async def _get_once(
         self, endpoint: str, path: str, params: dict[str, str]
     ) -> tuple[Any, dt.datetime]:
-        token = await self._tokens.access_token()
-        status, headers, body, observed_at = await self._send(endpoint, path, params, token)
-        if status == 401:
-            # One retry after a refresh; a second 401 on a fresh token is about this order.
-            token = await self._tokens.invalidate(token)
-            status, headers, body, observed_at = await self._send(endpoint, path, params, token)
-            if status == 401:
-                message = f"{path}: 401 even with a fresh token"
-                if endpoint == "detail":
-                    raise TinyOrderForbidden(message, status=401, body=body[:2000])
-                raise TinyAuthError(message)
+        genuine = 0  # 401s to a token that was valid when sent
+        for _ in range(_AUTH_ROUNDS):
+            sent = await self._send(endpoint, path, params)
+            if sent.status != 401:
+                break
+            if self._tokens.valid_at(sent.token, sent.observed_at):
+                genuine += 1
+                if genuine == 2:  # a fresh token was refused too: it is about this order
+                    message = f"{path}: 401 even with a fresh token"
+                    if endpoint == "detail":
+                        raise TinyOrderForbidden(message, status=401, body=sent.text(2000))
+                    raise TinyAuthError(message)
+            # Refused, or expired on the way: a new token, and the request goes again.
+            await self._tokens.rejected(sent.token)
+        else:
+            raise TinyAuthError(f"{path}: 401 for {_AUTH_ROUNDS} tokens in a row")
+        status = sent.status
         if status == 429:
-            pause = self.limiter.throttled(headers)
-            log.warning("429 from Tiny: pausing every request of the account for %.0f s", pause)
+            pause = self.limiter.throttled(sent.headers)
+            log.info("429 from Tiny: every request of the account waits %.0f s", pause)
             raise _Retry(TinyRateLimited(f"{path}: still rate limited after retries"))
         if status >= 500:
-            message = f"{path}: HTTP {status} after retries: {_preview(body)}"
-            raise _Retry(TinyUnavailable(message, status=status, body=body[:10000]))
+            message = f"{path}: HTTP {status} after retries: {_preview(sent.text(200))}"
+            raise _Retry(TinyUnavailable(message, status=status, body=sent.text(10000)))
         if status == 404:
-            raise TinyNotFound(f"{path}: not found", status=404, body=body[:2000])
+            raise TinyNotFound(f"{path}: not found", status=404, body=sent.text(2000))
         if status != 200:
+            body = sent.text(10000)
             raise TinyHTTPError(
                 f"{path}: HTTP {status}: {_preview(body)}", status=status, body=body
             )
         try:
-            return orjson.loads(body), observed_at
+            return orjson.loads(sent.body), sent.observed_at
         except orjson.JSONDecodeError as exc:
-            raise TinyBadPayload(f"{path}: answer is not JSON", body=body[:10000]) from exc
+            raise TinyBadPayload(f"{path}: answer is not JSON", body=sent.text(10000)) from exc
 
-    async def _send(
-        self, endpoint: str, path: str, params: dict[str, str], token: str
-    ) -> tuple[int, dict[str, str], str, dt.datetime]:
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    async def _send(self, endpoint: str, path: str, params: dict[str, str]) -> _Sent:
+        """One attempt. The token is read once the limiter lets the request go, so a
+        short-lived token never expires while the request waits for its turn."""
+        self.breaker.refuse_if_open()
         async with self.limiter.slot() as seq:
+            await self.breaker.admit()  # it may have opened while this request waited
+            token = await self._tokens.access_token()
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             observed_at = self._clock()
             started = time.perf_counter()
             try:
                 async with self._session.get(
                     self._base + path, params=params, headers=headers, timeout=self._timeout
                 ) as resp:
-                    text = await resp.text(errors="replace")
+                    body = await self._read(resp, path)
                     status, resp_headers = resp.status, dict(resp.headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 metrics.REQUESTS.labels(self.account, endpoint, "error").inc()
+                self.breaker.failure("timeout" if isinstance(exc, TimeoutError) else "connection")
                 error = TinyUnavailable(f"{path}: {type(exc).__name__} after retries: {exc}")
                 error.__cause__ = exc
                 raise _Retry(error) from exc
@@ -202,8 +227,46 @@ class TinyClient:
                 self._counters.record(endpoint, elapsed)
                 metrics.REQUEST_SECONDS.labels(self.account, endpoint).observe(elapsed)
             metrics.REQUESTS.labels(self.account, endpoint, str(status)).inc()
+            if status >= 500:
+                self.breaker.failure(f"http_{status}")
+            else:
+                self.breaker.success()
             self.limiter.observe(resp_headers, seq)
-        return status, resp_headers, text, observed_at
+        return _Sent(status, resp_headers, body, observed_at, token)
+
+    async def _read(self, resp: aiohttp.ClientResponse, path: str) -> bytes:
+        """The body, refused past ``max_answer_bytes`` without ever holding more."""
+        cap = self._max_answer_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            raise TinyAnswerTooLarge(
+                f"{path}: the answer is {resp.content_length:,} bytes, over the "
+                f"{cap:,}-byte cap (--max-answer-mb)"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > cap:
+                raise TinyAnswerTooLarge(
+                    f"{path}: the answer passed the {cap:,}-byte cap (--max-answer-mb); "
+                    "the rest was not read"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """One attempt's answer."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    observed_at: dt.datetime
+    token: str
+
+    def text(self, limit: int) -> str:
+        return self.body[:limit].decode("utf-8", errors="replace")
 
 
 def _preview(body: object) -> str:

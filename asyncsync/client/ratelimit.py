@@ -1,11 +1,15 @@
 """Account-wide request pacing: a token bucket, a concurrency cap and a shared pause.
 
-Tiny's quota is per account and per minute, shared by every app of the account, so:
+Tiny's quota is per account and per minute, differs per plan, and is shared by every app
+of the account, so:
 
-* the configured rate is a ceiling, paced by an aiolimiter bucket with a small burst;
-* ``X-RateLimit-Limit`` below that ceiling lowers it; ``X-RateLimit-Remaining`` (less
-  the requests still in flight) is a budget counted down as requests leave, and when it
-  is spent everyone waits for ``X-RateLimit-Reset``;
+* the pace follows the account's real quota, ``X-RateLimit-Limit`` (up and down), times
+  ``share`` (room left for the account's other apps), capped by an optional ceiling
+  (``--rate-limit``); until the first answer says what the quota is, requests go one at
+  a time; an API that sends no limit header is paced at the ceiling, or at
+  :data:`ASSUMED_PER_MINUTE` without one;
+* ``X-RateLimit-Remaining`` (less the requests still in flight) is a budget counted down
+  as requests leave, and when it is spent everyone waits for ``X-RateLimit-Reset``;
 * a 429 pauses **every** request of the account until the reset, not only the one that
   got it.
 """
@@ -13,6 +17,7 @@ Tiny's quota is per account and per minute, shared by every app of the account, 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -22,8 +27,12 @@ from aiolimiter import AsyncLimiter
 
 from .. import metrics
 
+log = logging.getLogger(__name__)
+
 #: Pause after a 429 that carries no usable reset header.
 DEFAULT_PAUSE_S = 10.0
+#: The pace when Tiny sends no X-RateLimit-Limit and no ceiling is configured.
+ASSUMED_PER_MINUTE = 120
 
 
 @dataclass
@@ -41,17 +50,24 @@ class AccountLimiter:
 
     def __init__(
         self,
-        rate_per_minute: int,
+        ceiling_per_minute: int | None,
         max_concurrency: int,
         *,
+        share: float = 1.0,
         period_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         account: str = "default",
     ) -> None:
-        """``rate_per_minute`` requests per quota period (``period_s``: Tiny's is a minute;
-        tests against a simulator with a shorter window pass that window)."""
+        """Requests per quota period (``period_s``: Tiny's is a minute; tests against a
+        simulator with a shorter window pass that window). ``ceiling_per_minute`` caps the
+        pace (None: the quota Tiny announces is the only limit); ``share`` is the part of
+        the announced quota this client may use."""
         self._clock = clock
         self._account = account
+        self._ceiling = ceiling_per_minute
+        self._share = share
+        self._learned = False  # an answer has told us the pace
+        self._probe = asyncio.Lock()  # one request at a time until then
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._inflight = 0
         self._resume_at = 0.0
@@ -59,9 +75,29 @@ class AccountLimiter:
         self._budget_until = 0.0
         self._newest_seen = 0  # sequence number of the newest request whose answer counted
         self.stats = LimiterStats()
-        self.rate_per_minute = rate_per_minute
         self._period_s = period_s
-        self._bucket = self._make_bucket(rate_per_minute)
+        self.rate_per_minute = self._unannounced()
+        self._bucket = self._make_bucket(self.rate_per_minute)
+        metrics.QUOTA.labels(account).set(self.rate_per_minute)
+
+    def _unannounced(self) -> int:
+        """The pace while Tiny has not announced the quota: the configured rate, if any."""
+        return self._ceiling or ASSUMED_PER_MINUTE
+
+    def _capped(self, rate: float) -> int:
+        return max(1, int(min(rate, self._ceiling) if self._ceiling else rate))
+
+    def _set_rate(self, rate: int, why: str) -> None:
+        if rate != self.rate_per_minute or not self._learned:
+            log.info(
+                "Tiny quota for account %s: pacing at %d requests/minute (%s)",
+                self._account, rate, why,
+                extra={"fields": {"account": self._account, "quota_per_minute": rate}},
+            )  # fmt: skip
+        if rate != self.rate_per_minute:
+            self.rate_per_minute = rate
+            self._bucket = self._make_bucket(rate)
+            metrics.QUOTA.labels(self._account).set(rate)
 
     def _make_bucket(self, rate: int) -> AsyncLimiter:
         # A burst of a tenth of a second of quota: enough to keep the pipes busy, small
@@ -79,6 +115,17 @@ class AccountLimiter:
         """Wait for the pause, a concurrency slot, a bucket token and the window's budget.
 
         Yields the request's sequence number, to hand back to :meth:`observe`."""
+        if not self._learned:
+            async with self._probe:
+                if not self._learned:
+                    async with self._acquired() as seq:
+                        yield seq
+                    return
+        async with self._acquired() as seq:
+            yield seq
+
+    @asynccontextmanager
+    async def _acquired(self) -> AsyncIterator[int]:
         await self._wait_resume()
         async with self._semaphore:
             await self._bucket.acquire()
@@ -127,19 +174,28 @@ class AccountLimiter:
         return seconds
 
     def observe(self, headers: Mapping[str, str], seq: int | None = None) -> None:
-        """Let an answer's ``X-RateLimit-*`` headers tighten the pace. ``seq`` (from
-        :meth:`slot`) lets an answer to an older request arrive late without raising the
-        budget a newer answer already lowered."""
-        limit = _number(headers.get("X-RateLimit-Limit"))
-        if limit and 0 < limit < self.rate_per_minute:
-            self.rate_per_minute = int(limit)
-            self._bucket = self._make_bucket(self.rate_per_minute)
-        remaining = _number(headers.get("X-RateLimit-Remaining"))
-        reset = _number(headers.get("X-RateLimit-Reset"))
+        """Let an answer's ``X-RateLimit-*`` headers set the pace and the window's budget.
+        ``seq`` (from :meth:`slot`) lets an answer to an older request arrive late without
+        undoing what a newer answer said."""
         if seq is not None:
             if seq < self._newest_seen:
                 return
             self._newest_seen = seq
+        limit = _number(headers.get("X-RateLimit-Limit"))
+        if limit and limit > 0:
+            why = f"X-RateLimit-Limit {limit:g}" + (
+                f" × share {self._share:g}" if self._share < 1 else ""
+            )
+            if self._ceiling and self._ceiling < limit * self._share:
+                why += f", ceiling {self._ceiling}"
+            self._set_rate(self._capped(limit * self._share), why)
+            self._learned = True
+        elif not self._learned:
+            why = f"ceiling {self._ceiling}" if self._ceiling else "no X-RateLimit-Limit: assumed"
+            self._set_rate(self._unannounced(), why)
+            self._learned = True
+        remaining = _number(headers.get("X-RateLimit-Remaining"))
+        reset = _number(headers.get("X-RateLimit-Reset"))
         if remaining is not None and reset:
             # Requests still in flight may not be counted yet: keep them out of what is left.
             self._budget = int(remaining) - (self._inflight - 1)

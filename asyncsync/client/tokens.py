@@ -1,11 +1,17 @@
 """OAuth access tokens that refresh themselves: proactive, single-flight, shared.
 
-* An access token is renewed :data:`REFRESH_MARGIN` before it expires.
+* An access token is renewed before it expires by a margin that fits its lifetime: a
+  quarter of it, at most five minutes (Tiny documents four hours, Keycloak's default is
+  five minutes, a realm can set anything): refreshes stay near one per lifetime.
 * However many requests need a token at once, one refresh runs (an asyncio lock, and
   the token is checked again once the lock is held).
 * The refresh itself runs under the :class:`~asyncsync.seams.TokenStore`'s exclusive
   lock, re-reading the stored tokens first: another process may already have rotated
-  the refresh token, and spending the old one would revoke the account's session.
+  the refresh token, and spending the old one would revoke the account's session. The
+  new tokens are stored before anything else happens, so a crash can lose them only
+  between Tiny's answer and that write.
+* :meth:`TokenManager.keep_alive` renews a refresh token past half its lifetime, so an
+  idle service does not let it lapse (about a day at Tiny).
 * Tokens are never logged; :class:`~asyncsync.seams.TokenSet` hides them from repr.
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import aiohttp
@@ -28,7 +35,25 @@ from ..seams import TokenSet, TokenStore
 
 log = logging.getLogger(__name__)
 
-REFRESH_MARGIN = dt.timedelta(minutes=5)
+MAX_MARGIN = dt.timedelta(minutes=5)
+#: Part of an access token's lifetime left when it is renewed.
+MARGIN_SHARE = 0.25
+#: A refresh token's lifetime when Tiny does not announce it.
+REFRESH_LIFETIME = dt.timedelta(days=1)
+#: Part of a refresh token's lifetime after which keep_alive renews it.
+KEEP_ALIVE_SHARE = 0.5
+#: A token this close to its expiry when sent may die on the way: its 401 is no proof.
+IN_FLIGHT_SKEW = dt.timedelta(seconds=1)
+
+
+def renew_at(tokens: TokenSet) -> dt.datetime | None:
+    """When the access token should be replaced (None: there is none to use)."""
+    expires = tokens.access_expires_at
+    if tokens.access_token is None or expires is None:
+        return None
+    issued = tokens.access_issued_at
+    margin = MAX_MARGIN if issued is None else min(MAX_MARGIN, (expires - issued) * MARGIN_SHARE)
+    return expires - margin
 
 
 class TokenManager:
@@ -54,54 +79,131 @@ class TokenManager:
         self._account = account
         self._lock = asyncio.Lock()
         self._tokens: TokenSet | None = None
+        # Expiry of the last few access tokens handed out, to judge their 401s.
+        self._expiry: OrderedDict[str, dt.datetime] = OrderedDict()
         if credentials.access_token and credentials.refresh_token:
-            self._tokens = TokenSet(
-                refresh_token=credentials.refresh_token,
-                access_token=credentials.access_token,
-                access_expires_at=credentials.access_expires_at,
+            self._adopt(
+                TokenSet(
+                    refresh_token=credentials.refresh_token,
+                    access_token=credentials.access_token,
+                    access_expires_at=credentials.access_expires_at,
+                )
             )
         self.refreshes = 0
+        metrics.REFRESH_TOKEN_AGE.labels(account).set_function(self._refresh_age_or_zero)
+
+    def _adopt(self, tokens: TokenSet) -> TokenSet:
+        self._tokens = tokens
+        if tokens.access_token and tokens.access_expires_at:
+            self._expiry[tokens.access_token] = tokens.access_expires_at
+            while len(self._expiry) > 8:
+                self._expiry.popitem(last=False)
+        return tokens
 
     def _usable(self, tokens: TokenSet | None) -> bool:
-        return (
-            tokens is not None
-            and tokens.access_token is not None
-            and tokens.access_expires_at is not None
-            and tokens.access_expires_at - REFRESH_MARGIN > self._clock()
-        )
+        due = None if tokens is None else renew_at(tokens)
+        return due is not None and due > self._clock()
 
     async def access_token(self) -> str:
-        """A token valid for at least five more minutes."""
+        """A token that will not need renewing for a while."""
         tokens = self._tokens
         if self._usable(tokens):
             assert tokens is not None and tokens.access_token is not None
             return tokens.access_token
         return await self._refresh(stale=tokens.access_token if tokens else None)
 
-    async def invalidate(self, rejected: str) -> str:
-        """The API answered 401 to ``rejected``: get a different token (refreshing once)."""
-        return await self._refresh(stale=rejected)
+    def valid_at(self, token: str, moment: dt.datetime) -> bool:
+        """Whether ``token`` had time to live when a request carrying it was sent at
+        ``moment``: a 401 to such a token is the API's word, not an expiry on the way."""
+        expires = self._expiry.get(token)
+        return expires is not None and expires - IN_FLIGHT_SKEW > moment
 
-    async def _refresh(self, stale: str | None) -> str:
+    async def rejected(self, token: str) -> None:
+        """The API answered 401 to ``token``: replace it, unless that already happened."""
+        await self._refresh(stale=token)
+
+    def refresh_token_age_s(self) -> float | None:
+        """Seconds since the refresh token in use was granted (None: unknown)."""
+        tokens = self._tokens
+        if tokens is None or tokens.access_issued_at is None:
+            return None
+        return (self._clock() - tokens.access_issued_at).total_seconds()
+
+    def _refresh_age_or_zero(self) -> float:
+        return self.refresh_token_age_s() or 0.0
+
+    async def keep_alive(self) -> bool:
+        """Renew the tokens when the refresh token is past half its lifetime (or its age is
+        unknown); returns whether a grant was made."""
+        tokens = self._tokens or await self._store.load()
+        if tokens is not None and tokens.access_issued_at is not None:
+            lapses = tokens.refresh_expires_at or tokens.access_issued_at + REFRESH_LIFETIME
+            halfway = (
+                tokens.access_issued_at + (lapses - tokens.access_issued_at) * KEEP_ALIVE_SHARE
+            )
+            if self._clock() < halfway:
+                self._tokens = self._tokens or tokens
+                return False
+        before = self.refreshes
+        await self._refresh(stale=tokens.access_token if tokens else None, force=True)
+        return self.refreshes > before
+
+    async def _refresh(self, stale: str | None, *, force: bool = False) -> str:
         async with self._lock:
             current = self._tokens
-            if current and current.access_token != stale and self._usable(current):
+            if not force and current and current.access_token != stale and self._usable(current):
                 return current.access_token  # type: ignore[return-value]
             async with self._store.exclusive():
                 stored = await self._store.load()
-                if stored and stored.access_token != stale and self._usable(stored):
-                    self._tokens = stored
-                    return stored.access_token  # type: ignore[return-value]
+                fresh = stored and stored.access_token != stale and self._usable(stored)
+                if fresh and not (force and stored == current):
+                    assert stored is not None and stored.access_token is not None
+                    self._adopt(stored)
+                    return stored.access_token
                 # Tiny invalidates the spent refresh token at once: once the request is
                 # sent, the new one must be stored even if this task is being cancelled.
-                self._tokens = await asyncio.shield(self._grant_and_save(stored))
-            assert self._tokens.access_token is not None
-            return self._tokens.access_token
+                granted = await asyncio.shield(self._grant_and_save(stored))
+            self._adopt(granted)
+            assert granted.access_token is not None
+            return granted.access_token
 
     async def _grant_and_save(self, stored: TokenSet | None) -> TokenSet:
         tokens = await self._grant(stored)
-        await self._store.save(tokens)
+        await self._store.save(tokens)  # first: the spent refresh token is worthless now
+        metrics.TOKEN_REFRESHES.labels(self._account).inc()
+        lifetime = (tokens.access_expires_at - tokens.access_issued_at).total_seconds()  # type: ignore[operator]
+        log.info(
+            "access token granted for account %s; valid for %.0f s", self._account, lifetime,
+            extra={"fields": {"account": self._account, "event": "token_granted"}},
+        )  # fmt: skip
         return tokens
+
+    async def exchange_code(self, code: str, redirect_uri: str) -> TokenSet:
+        """First authorization: trade an authorization code for tokens and store them."""
+        form = {
+            "grant_type": "authorization_code",
+            "client_id": self._credentials.client_id,
+            "client_secret": self._credentials.client_secret,
+            "redirect_uri": redirect_uri,
+            "code": code,
+        }
+        sent_at = self._clock()
+        try:
+            async with self._session.post(self._token_url, data=form, timeout=self._timeout) as r:
+                body, status = await r.read(), r.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TinyUnavailable(f"token endpoint unreachable: {exc!r}") from exc
+        data = _json_object(body)
+        if status == 400 and data.get("error") == "invalid_grant":
+            raise TinyAuthError(
+                "Tiny refused the authorization code (invalid_grant): it is used, expired "
+                "(codes live about a minute) or the redirect URI differs; authorize again"
+            )
+        async with self._store.exclusive():
+            tokens = self._granted(status, data, sent_at, None)
+            await asyncio.shield(self._store.save(tokens))
+        metrics.TOKEN_REFRESHES.labels(self._account).inc()
+        return self._adopt(tokens)
 
     async def _grant(self, stored: TokenSet | None) -> TokenSet:
         """Spend the newest refresh token we know; fall back to the bootstrap one."""
@@ -112,9 +214,10 @@ class TokenManager:
         if boot and boot not in candidates:
             candidates.append(boot)
         if not candidates:
+            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "no_token").inc()
             raise ReauthorizationRequired(
-                "no refresh token is stored or configured: authorize the app in Tiny and "
-                "set TINY_REFRESH_TOKEN"
+                f"no refresh token is stored for account {self._account!r}: run "
+                "`asyncsync authorize` once (or set TINY_REFRESH_TOKEN)"
             )
         last: ReauthorizationRequired | None = None
         for refresh_token in candidates:
@@ -145,28 +248,49 @@ class TokenManager:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TinyUnavailable(f"token endpoint unreachable: {exc!r}") from exc
-        data = _json_object(body)
+        return self._granted(status, _json_object(body), sent_at, refresh_token)
+
+    def _granted(
+        self, status: int, data: dict[str, Any], sent_at: dt.datetime, spent: str | None
+    ) -> TokenSet:
+        """The tokens of a token-endpoint answer, or the error it means."""
         if status == 400 and data.get("error") == "invalid_grant":
+            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "invalid_grant").inc()
             raise ReauthorizationRequired(
-                "Tiny refused the refresh token (invalid_grant): it expired or was revoked. "
-                "Authorize the app again in Tiny and set a new TINY_REFRESH_TOKEN."
+                f"Tiny refused the grant for account {self._account!r} (invalid_grant): the "
+                "refresh token expired or was revoked. Run `asyncsync authorize` to let a "
+                "person authorize the app again."
             )
         if status >= 500:
+            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
             raise TinyUnavailable(f"token endpoint answered {status}")
         if status != 200 or not isinstance(data.get("access_token"), str):
+            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
             raise TinyAuthError(
                 f"token endpoint answered {status} ({data.get('error', 'no error code')}): "
                 "check TINY_CLIENT_ID and TINY_CLIENT_SECRET"
             )
         self.refreshes += 1
-        metrics.TOKEN_REFRESHES.labels(self._account).inc()
-        expires_in = float(data.get("expires_in") or 14400)
-        log.info("access token refreshed; valid for %.0f s", expires_in)
+        expires_in = _seconds(data.get("expires_in"), 14400.0)
+        refresh_in = _seconds(data.get("refresh_expires_in"), 0.0)
+        refresh = data.get("refresh_token") or spent
+        if not isinstance(refresh, str):
+            raise TinyAuthError("token endpoint answered no refresh_token")
         return TokenSet(
-            refresh_token=str(data.get("refresh_token") or refresh_token),
+            refresh_token=refresh,
             access_token=data["access_token"],
             access_expires_at=sent_at + dt.timedelta(seconds=expires_in),
+            access_issued_at=sent_at,
+            refresh_expires_at=sent_at + dt.timedelta(seconds=refresh_in) if refresh_in else None,
         )
+
+
+def _seconds(value: object, default: float) -> float:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return seconds if seconds > 0 else default
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -127,8 +127,9 @@ async def run_cycle(
         if vanished:
             out = await fetch_details(source, sorted(vanished), concurrency=concurrency, stop=stop)
             merged = await sink.merge_details(out.details, out.failures, out.missing)
-            result.details = result.details + merged
+            result.details = result.details + merged + MergeStats(unavailable=len(out.unavailable))
             progress.details += len(vanished)
+            out.raise_outage()
     if not stop.is_set():
         result.details = result.details + (
             await enrich_backlog(

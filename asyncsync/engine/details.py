@@ -19,6 +19,9 @@ from ..errors import (
     TinyAuthError,
     TinyError,
     TinyNotFound,
+    TinyOutage,
+    TinyRateLimited,
+    TinyUnavailable,
 )
 from ..progress import Progress
 from ..records import DetailRecord, FailureRecord, canonical_json, failure_from, parse_detail
@@ -33,9 +36,16 @@ class DetailOutcome:
     """Details of a set of ids, sorted into what the sink needs."""
 
     details: list[DetailRecord] = field(default_factory=list)
-    failures: list[FailureRecord] = field(default_factory=list)
-    missing: list[int] = field(default_factory=list)
+    failures: list[FailureRecord] = field(default_factory=list)  # the record is at fault
+    missing: list[int] = field(default_factory=list)  # 404
+    unavailable: list[int] = field(default_factory=list)  # 5xx/429/timeouts: try again later
     raw: dict[int, object] = field(default_factory=dict)  # id -> parsed JSON body
+    outage: TinyOutage | None = None  # the circuit opened: no more requests went out
+
+    def raise_outage(self) -> None:
+        """After merging what arrived: end the pass if Tiny went down during it."""
+        if self.outage is not None:
+            raise self.outage
 
 
 def failure_for(order_id: int, exc: TinyError) -> FailureRecord:
@@ -54,23 +64,36 @@ async def fetch_details(
 ) -> DetailOutcome:
     """Fetch and parse details of ``ids``; per-order problems become failures, not errors.
 
-    Authentication failures are not per order: they propagate and stop the run. Once
-    ``stop`` is set no new request starts; what already arrived is returned, to be merged.
+    Only what is wrong with the order itself is a failure (a 401 on it alone, a body that
+    is not its detail). A detail that could not be had because Tiny was unavailable (5xx,
+    429, timeouts, after retries) is no fault of the record: it is listed as
+    ``unavailable`` and stays in the backlog for a later pass. Authentication failures
+    and an open circuit (:class:`~asyncsync.errors.TinyOutage`) are not per order: they
+    stop the pass: authentication failures propagate at once; after an outage no new
+    request starts and what already arrived is returned with ``outage`` set, to be merged
+    before the caller calls :meth:`DetailOutcome.raise_outage`. Once ``stop`` is set no new
+    request starts either.
     """
     out = DetailOutcome()
     gate = asyncio.Semaphore(concurrency)
 
     async def one(order_id: int) -> None:
         async with gate:
-            if stop is not None and stop.is_set():
+            if (stop is not None and stop.is_set()) or out.outage is not None:
                 return
             try:
                 detail = await source.get_order(order_id)
             except TinyNotFound:
                 out.missing.append(order_id)
                 return
+            except TinyOutage as exc:
+                out.outage = out.outage or exc
+                return
             except TinyAuthError:
                 raise
+            except (TinyUnavailable, TinyRateLimited):
+                out.unavailable.append(order_id)
+                return
             except TinyError as exc:
                 out.failures.append(failure_for(order_id, exc))
                 return
@@ -120,9 +143,10 @@ class Enricher:
                 self._source, ids, concurrency=self._concurrency, stop=self._stop
             )
             stats = await self._sink.merge_details(out.details, out.failures, out.missing)
-            total = total + stats
+            total = total + stats + MergeStats(unavailable=len(out.unavailable))
             self.progress.details += len(out.details) + len(out.failures) + len(out.missing)
             self.progress.failures += len(out.failures)
+            out.raise_outage()
         return total
 
 

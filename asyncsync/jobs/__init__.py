@@ -36,6 +36,7 @@ def merge_counts(listed: MergeStats, details: MergeStats) -> dict[str, int | flo
         "status_changes": listed.status_changes + details.status_changes,
         "details_fetched": details.details,
         "details_gone": details.missing,
+        "details_unavailable": details.unavailable,
         "import_failures": listed.failures + details.failures,
     }
 

@@ -24,7 +24,7 @@ import orjson
 
 from ..engine.details import fetch_details
 from ..engine.listing import Partition, page_through, status_totals
-from ..errors import RecordError, TinyAuthError, TinyError
+from ..errors import RecordError, TinyAuthError, TinyError, TinyOutage
 from ..records import FailureRecord, OrderRecord, failure_from, parse_list_item
 from ..report import Outcome, RunReport, to_json
 from ..seams import FailureLog, IntegrityStore, OrderSink, OrderSource, Page, RetryPolicy, Sighting
@@ -38,7 +38,7 @@ CONFIRM_LIMIT = 500
 #: Findings that were already known (owned by the retry mode): not new inconsistencies.
 _KNOWN = ("awaiting_retry", "manual_review")
 #: Findings this run met and could not fix.
-_UNFIXED = ("failed", "unreadable")
+_UNFIXED = ("failed", "unreadable", "unavailable")
 
 
 async def check_integrity(
@@ -76,8 +76,9 @@ class _Check:
         self.unreadable: dict[int, FailureRecord] = {}
         self.found: dict[str, list[Any]] = {
             name: []
-            for name in ("recovered", "failed", "awaiting_retry", "unreadable", "stale",
-                         "reappeared", "possibly_deleted", "found_by_detail", "manual_review")
+            for name in ("recovered", "failed", "unavailable", "awaiting_retry", "unreadable",
+                         "stale", "reappeared", "possibly_deleted", "found_by_detail",
+                         "manual_review")
         }  # fmt: skip
         self.api_totals: dict[int, int | None] = {}
         self.listing_errors: dict[int, str] = {}
@@ -177,8 +178,8 @@ class _Check:
                 stop=self.ctx.stop,
                 on_page=inspect,
             )
-        except TinyAuthError:
-            raise
+        except (TinyAuthError, TinyOutage):
+            raise  # not about this status: the run fails
         except TinyError as exc:
             self.listing_errors[situacao] = f"{type(exc).__name__}: {exc}"
 
@@ -243,6 +244,8 @@ class _Check:
         )
         self.found["recovered"] = sorted(d.id for d in details)
         self.found["failed"] = sorted(f.order_id for f in failed)
+        self.found["unavailable"] = sorted(out.unavailable)
+        out.raise_outage()
 
     def _with_item(self, failure: FailureRecord) -> FailureRecord:
         """The failure's ``dados_api`` with the list item next to the failing answer."""
@@ -257,13 +260,16 @@ class _Check:
         out = await unwrap(fetch_details(self.source, ask, concurrency=self.ctx.concurrency))
         await self.sink.merge_details(out.details)
         self.found["found_by_detail"] = sorted(d.id for d in out.details)
-        # Only a 404 says "deleted"; a detail that failed (5xx, bad JSON) proves nothing:
-        # it becomes an import failure for the retry mode, and this run reports it unfixed.
+        # Only a 404 says "deleted"; a detail that failed proves nothing: a bad answer
+        # becomes an import failure for the retry mode, an unavailable one is asked again
+        # next run, and this run reports both unfixed.
         await self.failures.record(out.failures, now=self.ctx.clock(), counts_as_attempt=True)
         self.found["failed"] = sorted({*self.found["failed"], *(f.order_id for f in out.failures)})
+        self.found["unavailable"] = sorted({*self.found["unavailable"], *out.unavailable})
         self.found["possibly_deleted"] = await self.store.flag_deleted(
             [*out.missing, *ids[CONFIRM_LIMIT:]]
         )
+        out.raise_outage()
 
 
 def _json(value: object) -> str:

@@ -82,6 +82,7 @@ async def retry_due(
     started_at, api_before = ctx.clock(), source.api_stats()
     now = now or started_at
     resolved: list[int] = []
+    unavailable: list[int] = []
     failed_again: list[int] = []
     exhausted: list[int] = []
     tried: set[int] = set()
@@ -101,6 +102,8 @@ async def retry_due(
         await sink.merge_details(details)
         await failures.record(failed, now=now, counts_as_attempt=True)
         resolved += sorted(d.id for d in details)
+        unavailable += sorted(out.unavailable)  # an outage is not an attempt: still due
+        out.raise_outage()
         attempts = {r.id_ordem: r.tentativas + 1 for r in rows}
         for f in sorted(failed, key=lambda f: f.order_id):
             done = attempts[f.order_id] >= policy.max_attempts
@@ -126,6 +129,7 @@ async def retry_due(
         },
         findings={
             "resolved": resolved,
+            "unavailable": unavailable,
             "failed_again": failed_again,
             "exhausted": exhausted,
             "manual_review": [m.id_ordem for m in review],

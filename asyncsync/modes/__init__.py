@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The sync_metadata key where serve says how its last cycle went (read by --mode health).
+SERVE_HEALTH_KEY = "serve_health"
+
 
 async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.Event) -> int:
     """Run ``mode`` (against the bundled simulator when asked) and return the exit code."""
@@ -65,7 +68,7 @@ async def bundled(
     config = SimConfig(
         orders=common.simulator.orders,
         seed=common.simulator.seed,
-        rate_limit_per_minute=common.tiny.rate_limit_per_minute,
+        rate_limit_per_minute=common.simulator.quota(common.tiny),
         latency_s=common.simulator.latency_ms / 1000,
     )
     async with TinySimulator(config) as sim:
@@ -74,7 +77,7 @@ async def bundled(
 
 
 def pointed_at(common: CommonOptions, sim: TinySimulator, **tiny: Any) -> CommonOptions:
-    """``common`` talking to a running simulator: its URLs, credentials and quota."""
+    """``common`` talking to a running simulator: its URLs and credentials."""
     pointing: dict[str, Any] = {
         "api_base_url": sim.base_url,
         "token_url": sim.token_url,
@@ -82,7 +85,6 @@ def pointed_at(common: CommonOptions, sim: TinySimulator, **tiny: Any) -> Common
         "client_secret": sim.config.client_secret,
         "refresh_token": sim.valid_refresh_token(),
         "token_file": None,
-        "rate_limit_per_minute": sim.config.rate_limit_per_minute,
     }
     return dataclasses.replace(
         common, tiny=dataclasses.replace(common.tiny, **{**pointing, **tiny})

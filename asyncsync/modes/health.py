@@ -1,7 +1,8 @@
 """``--mode health``: exit 0 when the mirror was synced recently, 1 otherwise.
 
-For container health checks and monitoring: the database must answer, and the last sync
-or cycle must be younger than three intervals (at least an hour).
+For container health checks and monitoring: the database must answer, the last serve
+cycle must not have failed (a Tiny outage, a database error: the reason is printed), and
+the last successful sync or cycle must be younger than three intervals (at least an hour).
 """
 
 from __future__ import annotations
@@ -9,22 +10,31 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import orjson
+
 from ..clock import utcnow
 from ..errors import DatabaseError
 from ..options import CommonOptions, HealthOptions
 from ..runtime import database_of
+from . import SERVE_HEALTH_KEY
 
 
 async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event) -> int:
     """Print one line and return the exit code."""
     async with database_of(common, apply_schema=False) as database:
+        metadata = database.account(common.account).metadata
         try:
-            last = await database.account(common.account).metadata.last_synced()
+            last = await metadata.last_synced()
+            serve = await metadata.get(SERVE_HEALTH_KEY)
         except DatabaseError as exc:
             if exc.sqlstate != "42P01":  # undefined_table
                 raise
             print("unhealthy: the database has no asyncsync schema (run --mode migrate)")
             return 1
+    said = orjson.loads(serve) if serve else {}
+    if said.get("ok") is False:
+        print(f"unhealthy: {said.get('problem')} (at {said.get('at')})")
+        return 1
     limit = dt.timedelta(seconds=max(3 * options.interval_s, 3600))
     if last is None:
         print(f"unhealthy: account {common.account!r} has never been synced")

@@ -16,7 +16,7 @@ async def run(common: CommonOptions, options: SimulateOptions, stop: asyncio.Eve
     config = SimConfig(
         orders=sim.orders or 5000,
         seed=sim.seed,
-        rate_limit_per_minute=common.tiny.rate_limit_per_minute,
+        rate_limit_per_minute=sim.quota(common.tiny),
         latency_s=sim.latency_ms / 1000,
     )
     await serve(config, "127.0.0.1", sim.port, stop)

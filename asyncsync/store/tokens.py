@@ -31,6 +31,8 @@ class PgTokenStore:
             refresh_token=row["refresh_token"],
             access_token=row["access_token"],
             access_expires_at=row["access_expires_at"],
+            access_issued_at=row["access_issued_at"],
+            refresh_expires_at=row["refresh_expires_at"],
         )
 
     async def save(self, tokens: TokenSet) -> None:
@@ -40,6 +42,8 @@ class PgTokenStore:
             tokens.refresh_token,
             tokens.access_token,
             tokens.access_expires_at,
+            tokens.access_issued_at,
+            tokens.refresh_expires_at,
         )
         await guarded(query, "saving tokens")
 

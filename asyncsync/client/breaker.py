@@ -1,0 +1,142 @@
+"""The circuit breaker: an outage is an outage, not a flood of retries.
+
+Every HTTP attempt that ends in a transport failure or a 5xx counts; any other answer
+resets the count. After ``threshold`` failures in a row the circuit opens: no request is
+sent for ``cooldown_s`` and every caller gets :class:`~asyncsync.errors.TinyOutage` at once,
+so a pass stops asking and its run ends as failed instead of writing every order it
+meets to ``import_failures``. After the cool-down one probe request is let through
+(half-open) while the others wait for it: it closes the circuit if it succeeds and
+reopens it if it fails.
+
+One warning with the counts is logged when the circuit opens, instead of a line per retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from .. import metrics
+from ..errors import TinyOutage
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Counts consecutive failures of one account's requests; opens after ``threshold``."""
+
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown_s: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        account: str = "default",
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._account = account
+        self.state = State.CLOSED
+        self._streak = 0
+        self._kinds: Counter[str] = Counter()  # what the current streak was made of
+        self._streak_started = 0.0
+        self._reopen_at = 0.0
+        self._probing = False
+        self._probe_started = 0.0
+        self._settled = asyncio.Event()  # set when a probe's answer came back
+        self.opened = 0  # times the circuit opened
+        self.reason = ""  # why it is open, for health and reports
+        metrics.CIRCUIT_OPEN.labels(account).set(0)
+
+    @property
+    def retry_at(self) -> float:
+        """Monotonic time when requests may go again (0 when they may now)."""
+        return self._reopen_at if self.state is not State.CLOSED else 0.0
+
+    def refuse_if_open(self) -> None:
+        """Raise TinyOutage while the cool-down runs (a cheap test before queueing)."""
+        if self.state is State.OPEN and self._clock() < self._reopen_at:
+            raise self._outage()
+
+    def _outage(self) -> TinyOutage:
+        left = max(self._reopen_at - self._clock(), 0)
+        return TinyOutage(
+            f"Tiny is unavailable ({self.reason}); the next attempt is in {left:.0f} s",
+            retry_at_s=self._reopen_at,
+        )
+
+    async def admit(self) -> None:
+        """Return when a request may be sent now; raise TinyOutage while the circuit is open.
+
+        After the cool-down one request goes as the probe; the others wait for its answer
+        and follow it (the circuit closed) or get TinyOutage (it reopened)."""
+        while self.state is not State.CLOSED:
+            now = self._clock()
+            if self.state is State.OPEN:
+                if now < self._reopen_at:
+                    raise self._outage()
+                self.state, self._probing = State.HALF_OPEN, False
+            # A probe that never reported (cancelled on the way) must not block forever.
+            stuck = self._probing and now >= self._probe_started + self.cooldown_s
+            if not self._probing or stuck:
+                self._probing, self._probe_started = True, now  # this request is the probe
+                self._settled.clear()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), timeout=self.cooldown_s)
+
+    def success(self) -> None:
+        """An answer that is not a 5xx: the API is up."""
+        if self.state is not State.CLOSED:
+            log.warning(
+                "Tiny answers again: requests resume",
+                extra={"fields": {"account": self._account, "event": "circuit_closed"}},
+            )
+            metrics.CIRCUIT_OPEN.labels(self._account).set(0)
+        self.state, self._probing, self._streak, self.reason = State.CLOSED, False, 0, ""
+        self._kinds.clear()
+        self._settled.set()
+
+    def failure(self, kind: str) -> None:
+        """A transport failure or a 5xx (``kind`` says which: ``http_503``, ``timeout``)."""
+        now = self._clock()
+        if self._streak == 0:
+            self._streak_started = now
+        self._streak += 1
+        self._kinds[kind] += 1
+        if self.state is State.HALF_OPEN or (
+            self.state is State.CLOSED and self._streak >= self.threshold
+        ):
+            self._open(now)
+
+    def _open(self, now: float) -> None:
+        self.state, self._probing = State.OPEN, False
+        self._settled.set()
+        self._reopen_at = now + self.cooldown_s
+        self.opened += 1
+        kinds = ", ".join(f"{n} × {k}" for k, n in self._kinds.most_common())
+        self.reason = f"{self._streak} failures in a row: {kinds}"
+        metrics.CIRCUIT_OPEN.labels(self._account).set(1)
+        metrics.CIRCUIT_OPENINGS.labels(self._account).inc()
+        fields: dict[str, object] = {
+            "account": self._account, "event": "circuit_open", "failures": self._streak,
+            "cooldown_s": self.cooldown_s,
+        }  # fmt: skip
+        fields.update({f"failures_{k}": n for k, n in self._kinds.items()})
+        log.warning(
+            "Tiny is unavailable: %s in %.0f s; no request for %.0f s",
+            self.reason, now - self._streak_started, self.cooldown_s,
+            extra={"fields": fields},
+        )  # fmt: skip

@@ -1,0 +1,54 @@
+"""The first authorization: show a person where to log in, wait for Tiny's redirect,
+exchange the code, and say what to run next. The tokens are stored by the exchange."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+from ..report import Outcome, RunReport
+from ..seams import Authorizer
+from . import RunContext
+
+NEXT_STEPS = (
+    "next: asyncsync backfill --from 2014-01   (the history, resumable)",
+    "then: asyncsync serve --metrics-port 9108  (incremental cycles every 15 minutes)",
+)
+
+
+async def authorize(
+    authorizer: Authorizer, ctx: RunContext, *, timeout_s: float, say: Callable[[str], None]
+) -> RunReport:
+    """Walk a person through the authorization-code flow; the tokens end in the store."""
+    started_at = ctx.clock()
+    state = secrets.token_urlsafe(16)
+    say(
+        "Open this address in a browser, log in to Tiny and allow access:\n\n"
+        f"    {authorizer.url(state)}\n"
+    )
+    if authorizer.caught_locally:
+        say(
+            f"Waiting for Tiny to send the browser back to {authorizer.redirect_uri} "
+            f"(up to {timeout_s:.0f} s). If that page does not load, paste here the "
+            "address the browser ended on."
+        )
+    else:
+        say("Then paste here the address the browser ended on (it holds a code=...).")
+    code = await authorizer.code(state, timeout_s)
+    tokens = await authorizer.exchange(code)
+    lifetime = "unknown"
+    if tokens.access_expires_at and tokens.access_issued_at:
+        lifetime = f"{(tokens.access_expires_at - tokens.access_issued_at).total_seconds():.0f} s"
+    return RunReport(
+        mode="authorize",
+        account=ctx.account,
+        started_at=started_at,
+        finished_at=ctx.clock(),
+        outcome=Outcome.OK,
+        title="first authorization",
+        facts={
+            "tokens": "stored in the database (tiny_tokens); TINY_REFRESH_TOKEN is not needed",
+            "access_token_lifetime": lifetime,
+        },
+        notes=NEXT_STEPS,
+    )

@@ -1,0 +1,22 @@
+"""``--mode authorize``: the first authorization of the app by a person; see
+:mod:`asyncsync.jobs.authorize`. Run it once per account (and again whenever Tiny answers
+``invalid_grant``, exit code 4)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..jobs.authorize import authorize
+from ..options import AuthorizeOptions, CommonOptions
+from ..report import RunReport
+from ..runtime import open_authorization
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run(common: CommonOptions, options: AuthorizeOptions, stop: asyncio.Event) -> RunReport:
+    """Authorize the account's app and store its first tokens."""
+    async with open_authorization(common, options) as (authorizer, ctx):
+        return await authorize(authorizer, ctx, timeout_s=options.timeout_s, say=_say)

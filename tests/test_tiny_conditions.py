@@ -1,0 +1,281 @@
+"""The Tiny side under real conditions: short-lived tokens, the plan's real quota, outages,
+first authorization — each against the simulator and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import sys
+import time
+
+import aiohttp
+import pytest
+
+from asyncsync import metrics
+from asyncsync.modes.serve import serve_loop
+from asyncsync.options import ServeOptions
+from asyncsync.simulator import TinySimulator
+from asyncsync.status import Situacao
+
+from .helpers import cycle, full_sync
+from .mirror import diff, mirror
+
+
+def refresh_bound(duration_s: float, ttl_s: float) -> int:
+    """About one refresh per half-lifetime, plus the first grant."""
+    return math.ceil(duration_s / (ttl_s / 2)) + 1
+
+
+@pytest.mark.parametrize("ttl_s", [4.0, 300.0])
+async def test_short_tokens_and_demand_above_quota_lose_nothing(
+    ttl_s: float, simulator, runtime_for, db
+) -> None:
+    # 230 requests at 1,200/min take ~12 s: a 4 s token lives three times over while
+    # requests queue behind the limiter; a 300 s one (Keycloak's default) never lapses.
+    sim = await simulator(orders=220, seed=3, access_ttl_s=ttl_s, rate_limit_per_minute=1200)
+    started = time.monotonic()
+    async with runtime_for(sim, max_concurrency=8) as rt:
+        report = await full_sync(rt)
+    duration = time.monotonic() - started
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    assert sim.stats.rate_limited == 0
+    refreshes = sim.stats.token_refreshes
+    assert 1 <= refreshes <= refresh_bound(duration, ttl_s), (refreshes, duration)
+    if ttl_s == 300:
+        assert refreshes == 1  # was one per request when the margin outlived the token
+    else:
+        assert duration > 2 * ttl_s and refreshes >= 2  # the token really was renewed
+    # A token is read when its request leaves the limiter: none is sent already expired.
+    assert sim.stats.unauthorized == 0
+
+
+async def test_the_pace_follows_the_accounts_real_quota(simulator, runtime_for, db) -> None:
+    # No --rate-limit: X-RateLimit-Limit (600) sets the pace, not the old default of 120.
+    sim = await simulator(orders=680, seed=5, rate_limit_per_minute=600)
+    async with runtime_for(sim) as rt:
+        assert rt.common.tiny.rate_limit_per_minute is None
+        report = await full_sync(rt)
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    requests = report.api.total
+    achieved = 60 * requests / report.duration_s
+    assert requests >= 690 and achieved >= 0.95 * 600, (requests, report.duration_s, achieved)
+    assert sim.stats.rate_limited <= max(1, requests // 1000)
+    assert report.api.quota_per_minute == 600
+    assert metrics.value("asyncsync_tiny_quota_per_minute", {"account": "default"}) == 600
+
+
+async def test_a_quota_raised_mid_run_is_followed(simulator, runtime_for) -> None:
+    sim = await simulator(orders=30, seed=2, rate_limit_per_minute=120, rate_window_s=1.0)
+    async with runtime_for(sim) as rt:
+        await rt.client.get_order(next(iter(sim.orders)))
+        assert rt.client.api_stats().quota_per_minute == 120
+        sim.set_rate_limit(3000)  # the account moved to a bigger plan (from the next window)
+        await asyncio.sleep(1.1)
+        for order_id in list(sim.orders)[:3]:
+            await rt.client.get_order(order_id)
+        assert rt.client.api_stats().quota_per_minute == 3000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
+    env.pop("DATABASE_URL", None)
+    return {**env, **extra}
+
+
+async def asyncsync(*args: str, env: dict[str, str], stdin: int | None = None):
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncsync", *args, env=env, stdin=stdin,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+def tiny_args(sim: TinySimulator, database_url: str) -> list[str]:
+    return [
+        "--database-url", database_url, "--api-base-url", sim.base_url,
+        "--token-url", sim.token_url, "--log-format", "json",
+    ]  # fmt: skip
+
+
+def app_env(sim: TinySimulator) -> dict[str, str]:
+    return cli_env(TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret)
+
+
+async def read_url(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line, "authorize ended before printing the address"
+        if "://" in line and "response_type=code" in line:
+            return line.strip()
+
+
+async def test_first_authorization_end_to_end(simulator, database_url, db) -> None:
+    sim = await simulator(orders=60, seed=4, rotate_refresh_tokens=True)
+    port = free_port()
+    proc = await asyncsync(
+        "authorize", *tiny_args(sim, database_url),
+        "--redirect-uri", f"http://127.0.0.1:{port}/callback", env=app_env(sim),
+    )  # fmt: skip
+    url = await read_url(proc)
+    assert url.startswith(sim.auth_url) and "client_id=sim-client" in url
+    # The person's browser: Tiny's login, then the redirect to the local callback.
+    async with aiohttp.ClientSession() as browser:
+        for _ in range(100):  # the callback server may need a moment to listen
+            try:
+                async with browser.get(url) as page:
+                    text = await page.text()
+                break
+            except aiohttp.ClientConnectorError:
+                await asyncio.sleep(0.05)
+    assert page.status == 200 and "authorized" in text
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert "next: asyncsync backfill" in out.decode()
+    stored = await db.fetchval("SELECT refresh_token FROM tiny_tokens")
+    assert stored == sim.valid_refresh_token() and sim.stats.code_exchanges == 1
+    # No TINY_REFRESH_TOKEN from now on: the stored one is used (and rotated).
+    sync = await asyncsync("sync", *tiny_args(sim, database_url), env=app_env(sim))
+    out, err = await asyncio.wait_for(sync.communicate(), 60)
+    assert sync.returncode == 0, err.decode()
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_authorization_by_pasting_the_address(simulator, database_url, db) -> None:
+    redirect = "https://app.example.com/tiny/callback"  # not on this machine
+    sim = await simulator(orders=10, redirect_uris=(redirect,))
+    proc = await asyncsync(
+        "authorize", *tiny_args(sim, database_url), "--redirect-uri", redirect,
+        env=app_env(sim), stdin=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url = await read_url(proc)
+    async with aiohttp.ClientSession() as browser, browser.get(url, allow_redirects=False) as r:
+        landed = r.headers["Location"]  # where the browser ends: pasted back by the person
+    assert landed.startswith(redirect + "?code=")
+    _out, err = await asyncio.wait_for(proc.communicate((landed + "\n").encode()), 30)
+    assert proc.returncode == 0, err.decode()
+    assert await db.fetchval("SELECT refresh_token FROM tiny_tokens") == sim.valid_refresh_token()
+
+
+async def test_invalid_grant_has_its_own_exit_code(simulator, database_url) -> None:
+    sim = await simulator(orders=10)
+    token = sim.valid_refresh_token()
+    sim.revoke_refresh_tokens()
+    for mode in ("sync", "serve"):
+        proc = await asyncsync(
+            mode, *tiny_args(sim, database_url), env={**app_env(sim), "TINY_REFRESH_TOKEN": token}
+        )
+        _out, err = await asyncio.wait_for(proc.communicate(), 60)
+        text = err.decode()
+        assert proc.returncode == 4, text
+        assert "invalid_grant" in text and "asyncsync authorize" in text
+        assert "Traceback" not in text
+
+
+async def test_an_outage_fails_a_one_shot_run_without_blaming_records(
+    simulator, database_url, db
+) -> None:
+    sim = await simulator(orders=600, seed=6)
+    pages = {"n": 0}
+
+    def down_after_a_few_pages(s: TinySimulator, params: dict[str, str]) -> None:
+        pages["n"] += 1
+        if pages["n"] == 4:
+            s.set_outage("503")
+
+    sim.on_list_page = down_after_a_few_pages
+    env = {**app_env(sim), "TINY_REFRESH_TOKEN": sim.valid_refresh_token() or ""}
+    proc = await asyncsync(
+        "sync", *tiny_args(sim, database_url), "--max-retries", "3",
+        "--breaker-failures", "4", "--breaker-cooldown", "30", env=env,
+    )  # fmt: skip
+    _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = err.decode()
+    assert proc.returncode == 5, text
+    assert "sync failed: Tiny is unavailable" in text and "Traceback" not in text
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    # The client stopped asking once the circuit opened: the 4 that opened it and those
+    # already in flight (at most 8 at once), not a flood of retries.
+    assert sim.stats.outage_answers <= 4 + 8, sim.stats.outage_answers
+    lines = [line for line in text.splitlines() if '"level":"warning"' in line]
+    assert len(lines) <= 2, lines  # one warning with the counts, not a line per retry
+
+
+async def test_serve_rides_out_an_outage_and_says_so(
+    simulator, runtime_for, db, database_url, caplog
+) -> None:
+    caplog.set_level(logging.INFO)
+    sim = await simulator(orders=300, seed=9)
+    stop = asyncio.Event()
+    seen: list[list[str]] = []
+    health: list[tuple[int, str]] = []
+
+    async def check_health() -> tuple[int, str]:
+        proc = await asyncsync("health", "--database-url", database_url, env=cli_env())
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode().strip()
+
+    async def after_cycle(rt, reports) -> None:
+        seen.append([r.outcome.value for r in reports])
+        if len(seen) == 1:  # the next cycle meets an outage half-way through its listing
+            moved = sorted(sim.orders)[7]
+            sim.set_status(moved, Situacao.APROVADA)
+            sim.on_list_page = lambda s, p: s.set_outage("503")
+        elif len(seen) == 2:
+            health.append(await check_health())
+            sim.on_list_page = None
+            sim.set_outage(None)  # Tiny is back; the next cycle waits out the cool-down
+        else:
+            health.append(await check_health())
+            stop.set()
+
+    labels = {"account": "default", "mode": "sync"}
+    async with runtime_for(sim, max_retries=2, breaker_failures=3, breaker_cooldown_s=1.0) as rt:
+        options = ServeOptions(interval_s=0.05, cycle=cycle(detail_budget=10_000))
+        task = asyncio.create_task(serve_loop(rt, options, stop, after_cycle=after_cycle))
+        await asyncio.wait_for(task, 60)
+        last_ok_after_outage = metrics.value("asyncsync_last_success_timestamp_seconds", labels)
+    assert seen[0] == ["ok", "ok"] and seen[1] == ["failed"] and seen[2][0] == "ok"
+    code, line = health[0]
+    assert code == 1 and "unhealthy: last cycle failed: Tiny is unavailable" in line, line
+    assert health[1][0] == 0, health[1]
+    assert last_ok_after_outage > 0
+    assert diff(sim.snapshot(), await mirror(db)) == []  # recovered, exact
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    outage_lines = [r for r in caplog.records if "Tiny is unavailable" in r.getMessage()]
+    assert 1 <= len(outage_lines) <= 3  # the warning with counts and the failed cycle
+
+
+async def test_an_idle_service_keeps_its_refresh_token_alive(
+    simulator, runtime_for, monkeypatch
+) -> None:
+    # A refresh token that lapses after 3 s unused (Tiny's lives a day): serve sleeps
+    # through a long interval, yet renews it past half its lifetime.
+    import asyncsync.modes.serve as serve
+
+    monkeypatch.setattr(serve, "KEEP_ALIVE_EVERY_S", 0.3)
+    sim = await simulator(orders=20, seed=1, refresh_ttl_s=3.0)
+    stop = asyncio.Event()
+
+    async def after_cycle(rt, reports) -> None:
+        asyncio.get_running_loop().call_later(5.0, stop.set)  # idle for 5 s
+
+    async with runtime_for(sim) as rt:
+        options = ServeOptions(interval_s=3600, cycle=cycle(detail_budget=10_000))
+        await asyncio.wait_for(serve_loop(rt, options, stop, after_cycle=after_cycle), 30)
+        age = metrics.value("asyncsync_refresh_token_age_seconds", {"account": "default"})
+        assert 0 < age < 3.0
+        assert await rt.client.keep_alive() is False  # young enough: nothing to do
+    assert sim.stats.token_refreshes >= 3  # the first grant, then one per ~1.5 s idle
+    assert sim.stats.stale_refresh_uses == 0
+    assert sim.valid_refresh_token() is not None  # it never lapsed
