@@ -4,7 +4,7 @@
 environment twin, shown in ``--help``; flags win. Exit codes (:data:`EXIT_CODES`): 0 ok;
 1 the run failed or found what it could not fix; 2 bad configuration; 3 another run of the
 account holds the lock; 4 a person must authorize the app again; 5 Tiny is unavailable;
-130 interrupted.
+6 the database is unavailable; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from . import flags, logs
 from .errors import (
     AsyncsyncError,
     ConfigError,
+    DatabaseUnavailable,
     LockBusy,
     ReauthorizationRequired,
     TinyUnavailable,
@@ -78,6 +79,7 @@ EXIT_CODES = {
     3: "another run of the same account holds its lock",
     4: "re-authorization required: Tiny refused the refresh token (run asyncsync authorize)",
     5: "Tiny is unavailable (5xx, timeouts or refused connections in a row)",
+    6: "the database is unavailable (unreachable, restarting, or frozen past the timeouts)",
     130: "interrupted (SIGTERM/SIGINT): what arrived was merged; the next run resumes",
 }
 
@@ -108,6 +110,9 @@ def report_failure(mode: str, exc: BaseException) -> int:
     if isinstance(exc, TinyUnavailable):
         print(f"asyncsync: {mode} failed: {exc}", file=sys.stderr)
         return 5
+    if isinstance(exc, DatabaseUnavailable):
+        print(f"asyncsync: {mode} failed: {exc}", file=sys.stderr)
+        return 6
     if isinstance(exc, AsyncsyncError):
         print(f"asyncsync: {mode} failed: {cause_chain(exc)}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ so the original stays reachable as ``__cause__``::
     │   └── TinyBadPayload          a 200 whose body is not the JSON we expect
     │       └── TinyAnswerTooLarge  an answer over the size cap, refused unread
     ├── DatabaseError               PostgreSQL failed (.sqlstate)
+    │   ├── DatabaseUnavailable     unreachable, gone mid-statement, restarting or frozen
     │   └── LockBusy                another run of the same account holds the lock
     └── RecordError                 one API record cannot be mapped (goes to import_failures)
 """
@@ -106,6 +107,11 @@ class DatabaseError(AsyncsyncError):
     def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached, went away mid-statement, is restarting, or did not
+    answer within the statement timeout: an outage, not a property of the data."""
 
 
 class LockBusy(DatabaseError):

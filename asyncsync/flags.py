@@ -193,6 +193,14 @@ FLAGS: tuple[Flag, ...] = (
       secret=True),
     F("--data-dir", "ASYNCSYNC_DATA_DIR", DatabaseOptions, "data_dir", path,
       "embedded PostgreSQL data directory", metavar="DIR"),
+    F("--statement-timeout", "ASYNCSYNC_STATEMENT_TIMEOUT_S", DatabaseOptions,
+      "statement_timeout_s", number(1), "seconds a statement may take before it is an "
+      "error (a frozen database)", metavar="S"),
+    F("--lock-timeout", "ASYNCSYNC_LOCK_TIMEOUT_S", DatabaseOptions, "lock_timeout_s",
+      number(1), "seconds a statement may wait for a lock", metavar="S"),
+    F("--db-reconnect", "ASYNCSYNC_DB_RECONNECT_S", DatabaseOptions, "reconnect_s",
+      number(0), "seconds a statement is tried again while the database is unreachable",
+      metavar="S"),
     # Tiny
     F("--api-base-url", "TINY_API_BASE_URL", TinyOptions, "api_base_url", http_url,
       "Tiny API base URL", metavar="URL"),

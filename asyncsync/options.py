@@ -51,6 +51,9 @@ class DatabaseOptions:
 
     database_url: str | None = field(default=None, repr=False)  # None: the embedded server
     data_dir: Path = field(default_factory=default_data_dir)
+    statement_timeout_s: float = 120.0  # a frozen database becomes an error after this
+    lock_timeout_s: float = 30.0
+    reconnect_s: float = 30.0  # a statement is tried again this long while the db is away
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class TinyOptions:
     max_concurrency: int = 8
     request_timeout_s: float = 30.0
     max_retries: int = 5
-    breaker_failures: int = 5  # transport failures or 5xx in a row that mean "Tiny is down"
+    breaker_failures: int = 10  # transport failures or 5xx in a row that mean "Tiny is down"
     breaker_cooldown_s: float = 60.0  # no request for this long once Tiny is down
     max_answer_mb: float = 50.0  # answers larger than this are refused unread
 

@@ -4,6 +4,13 @@ Parsing is strict about meaning and lenient about form: every documented quirk
 (situacao as ``3``/``"3"``/``"3 - Finalizada"``, ``"0000-00-00"`` dates, money as
 ``"1.234,56"``) is accepted; anything else raises :class:`RecordError` carrying the
 raw item, so the caller can store it in ``import_failures`` and go on.
+
+Two things PostgreSQL cannot hold are dealt with here: NUL characters (neither ``text``
+nor ``jsonb`` stores them) are removed from every string of an item before anything
+else, and a date of year 9999 (a placeholder, which asyncpg would turn into
+``infinity``) means "no date". The content hash is taken over the item with its parsed
+fields in one normal form, so the same order answered as ``3`` or ``"3 - Finalizada"``,
+``1234.5`` or ``"1.234,50"``, hashes the same: a change of form is not a change.
 """
 
 from __future__ import annotations
@@ -21,8 +28,13 @@ from .errors import RecordError
 from .status import parse_situacao
 
 _ZERO_DATES = {"", "0000-00-00", "0000-00-00 00:00:00"}
+#: A year this far out is a placeholder for "no date" (asyncpg maps date.max to infinity).
+_NO_DATE_YEAR = 9999
 #: numeric(14, 2) holds less than this; a larger amount is bad data, not a crash.
 _MONEY_LIMIT = Decimal(10) ** 12
+#: Money fields of a detail (numbers or strings, in either decimal form).
+_DETAIL_MONEY = ("totalServicos", "totalOrdemServico", "totalPecas", "desconto", "valor",
+                 "alqComissao", "vlrComissao")  # fmt: skip
 #: ids are bigint.
 _ID_MAX = 2**63 - 1
 
@@ -75,6 +87,32 @@ def content_hash(payload: str) -> bytes:
     return hashlib.blake2b(payload.encode(), digest_size=16).digest()
 
 
+def without_nul(value: Any) -> Any:
+    """``value`` with NUL characters removed from every string in it (keys included)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def clean(item: Any) -> Any:
+    """What PostgreSQL can store of a raw item (NUL characters removed)."""
+    return without_nul(item) if _has_nul(item) else item
+
+
 def synthetic_id(payload: str) -> int:
     """A stable negative id for a record that has none, so it can key ``import_failures``."""
     return -(int.from_bytes(content_hash(payload)[:4], "big") & 0x7FFFFFFF) - 1
@@ -90,9 +128,10 @@ def parse_date(value: object, field: str) -> dt.date | None:
     if text in _ZERO_DATES:
         return None
     try:
-        return dt.date.fromisoformat(text[:10])
+        day = dt.date.fromisoformat(text[:10])
     except ValueError:
         raise ValueError(f"{field}: unparseable date {value!r}") from None
+    return None if day.year >= _NO_DATE_YEAR else day
 
 
 def parse_datetime(value: object, field: str) -> dt.datetime | None:
@@ -106,10 +145,12 @@ def parse_datetime(value: object, field: str) -> dt.datetime | None:
         return None
     try:
         if len(text) <= 10:
-            return dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
-        return dt.datetime.fromisoformat(text).replace(tzinfo=None)
+            moment = dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
+        else:
+            moment = dt.datetime.fromisoformat(text).replace(tzinfo=None)
     except ValueError:
         raise ValueError(f"{field}: unparseable date-time {value!r}") from None
+    return None if moment.year >= _NO_DATE_YEAR else moment
 
 
 def parse_money(value: object, field: str) -> Decimal | None:
@@ -169,8 +210,18 @@ def _raw_id(item: Mapping[str, Any], payload: str) -> int:
         return synthetic_id(payload)
 
 
+def _iso(value: dt.date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def normal_hash(item: Mapping[str, Any], parsed: Mapping[str, object]) -> bytes:
+    """The content hash of ``item`` with its ``parsed`` fields in their normal form."""
+    return content_hash(canonical_json({**item, **parsed}))
+
+
 def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
     """Map one item of ``GET /ordem-servico`` to an :class:`OrderRecord`."""
+    item = clean(item)
     if not isinstance(item, Mapping):
         payload = canonical_json(item)
         raise RecordError("list item is not an object", raw=payload, order_id=synthetic_id(payload))
@@ -179,17 +230,23 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
         cliente = item.get("cliente") or {}
         if not isinstance(cliente, Mapping):
             raise ValueError("cliente: expected an object")
+        situacao = int(parse_situacao(item.get("situacao")))
+        data = parse_date(item.get("data"), "data")
+        prevista = parse_datetime(item.get("dataPrevista"), "dataPrevista")
+        valor = parse_money(item.get("valor"), "valor")
+        normal = {"situacao": situacao, "data": _iso(data), "dataPrevista": _iso(prevista),
+                  "valor": None if valor is None else str(valor)}  # fmt: skip
         return OrderRecord(
             id=_parse_id(item.get("id"), "id"),
             numero=_optional_text(item.get("numeroOrdemServico"), "numeroOrdemServico"),
-            situacao=int(parse_situacao(item.get("situacao"))),
-            data_emissao=parse_date(item.get("data"), "data"),
-            data_prevista=parse_datetime(item.get("dataPrevista"), "dataPrevista"),
+            situacao=situacao,
+            data_emissao=data,
+            data_prevista=prevista,
             cliente_id=_optional_id(cliente.get("id"), "cliente.id"),
             cliente_nome=_optional_text(cliente.get("nome"), "cliente.nome"),
-            valor=parse_money(item.get("valor"), "valor"),
+            valor=valor,
             payload=payload,
-            hash=content_hash(payload),
+            hash=normal_hash(item, normal),
             observed_at=observed_at,
         )
     except ValueError as exc:
@@ -198,6 +255,7 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
 
 def parse_detail(item: object, order_id: int, observed_at: dt.datetime) -> DetailRecord:
     """Map ``GET /ordem-servico/{id}`` to a :class:`DetailRecord` (checks the id matches)."""
+    item = clean(item)
     payload = canonical_json(item)
     if not isinstance(item, Mapping):
         raise RecordError("detail is not an object", raw=payload, order_id=order_id)
@@ -205,12 +263,22 @@ def parse_detail(item: object, order_id: int, observed_at: dt.datetime) -> Detai
         got = _parse_id(item.get("id"), "id")
         if got != order_id:
             raise ValueError(f"id: asked for {order_id}, got {got}")
+        situacao = int(parse_situacao(item.get("situacao")))
+        conclusao = parse_datetime(item.get("dataConclusao"), "dataConclusao")
+        normal: dict[str, object] = {"situacao": situacao, "dataConclusao": _iso(conclusao)}
+        for name in _DETAIL_MONEY:
+            if name in item:
+                try:
+                    amount = parse_money(item[name], name)
+                except ValueError:
+                    continue  # not a field we store: its form stays as it came
+                normal[name] = None if amount is None else str(amount)
         return DetailRecord(
             id=order_id,
-            situacao=int(parse_situacao(item.get("situacao"))),
-            data_conclusao=parse_datetime(item.get("dataConclusao"), "dataConclusao"),
+            situacao=situacao,
+            data_conclusao=conclusao,
             payload=payload,
-            hash=content_hash(payload),
+            hash=normal_hash(item, normal),
             observed_at=observed_at,
         )
     except ValueError as exc:

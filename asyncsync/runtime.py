@@ -88,9 +88,17 @@ def make_client(
 def database_of(
     common: CommonOptions, *, apply_schema: bool = True
 ) -> AsyncContextManager[Database]:
-    """The database alone (modes that need no Tiny account: health, migrate)."""
+    """The database of ``common``, its timeouts and reconnects applied (alone: for the
+    modes that need no Tiny account, health and migrate)."""
     db = common.database
-    return open_database(db.database_url, db.data_dir, apply_schema=apply_schema)
+    return open_database(
+        db.database_url,
+        db.data_dir,
+        apply_schema=apply_schema,
+        statement_timeout_s=db.statement_timeout_s,
+        lock_timeout_s=db.lock_timeout_s,
+        reconnect_s=db.reconnect_s,
+    )
 
 
 @asynccontextmanager
@@ -102,7 +110,7 @@ async def open_authorization(
     tiny = common.tiny
     credentials = tiny.credentials()
     async with (
-        open_database(common.database.database_url, common.database.data_dir) as database,
+        database_of(common) as database,
         aiohttp.ClientSession() as session,
     ):
         store = database.account(common.account)
@@ -126,7 +134,7 @@ async def open_runtime(
     """Open database (schema applied), HTTP session and client; close them all on exit."""
     credentials = common.tiny.credentials()  # fail before starting anything
     async with (
-        open_database(common.database.database_url, common.database.data_dir) as database,
+        database_of(common) as database,
         aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=common.tiny.max_concurrency * 2),
             raise_for_status=False,

@@ -65,8 +65,8 @@ from asyncsync.seams import MergeStats
 from asyncsync.simulator.data import SimConfig, generate_orders
 from asyncsync.simulator.render import Renderer
 from asyncsync.status import OPEN_STATUSES, Situacao
+from asyncsync.store import Database
 from asyncsync.store.database import connect_pool, sql
-from asyncsync.store.orders import PgOrderStore
 
 ACCOUNT = "default"
 #: PERF_NOTES.md figures (rows/s), measured on a similar 2-core machine, 200k rows.
@@ -208,7 +208,7 @@ async def run_sink(
 ) -> tuple[list[Result], list[list[object]]]:
     """``runs`` through ``PgOrderStore.merge_listed``; ``fresh``: into the never-analyzed tables
     the schema just created (else emptied ones, statistics kept)."""
-    sink = PgOrderStore(pool, ACCOUNT, [int(s) for s in OPEN_STATUSES])
+    sink = Database(pool).account(ACCOUNT, open_statuses=[int(s) for s in OPEN_STATUSES]).orders
     out, plans = [], []
     if not fresh:
         async with pool.acquire() as conn:

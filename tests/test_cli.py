@@ -48,8 +48,9 @@ def test_bad_configuration_is_one_sentence_and_exit_2(args, env, message, tmp_pa
 
 def test_unreachable_database_is_reported_without_traceback() -> None:
     env = {"TINY_CLIENT_ID": "a", "TINY_CLIENT_SECRET": "b", "TINY_REFRESH_TOKEN": "c"}
-    result = run_cli("--database-url", "postgresql://u@127.0.0.1:1/x", env=env)
-    assert result.returncode == 1
+    result = run_cli("--database-url", "postgresql://u:s3cret@127.0.0.1:1/x", env=env)
+    assert result.returncode == 6  # the database is unavailable
+    assert len(result.stderr.strip().splitlines()) == 1 and "s3cret" not in result.stderr
     assert "cannot connect to PostgreSQL at postgresql://u@127.0.0.1:1/x" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -133,6 +134,7 @@ def test_flags_win_over_the_environment_and_are_checked_alike() -> None:
     ok = run_cli("--log-format", "text", "--mode", "health", "--database-url",
                  "postgresql://u@127.0.0.1:1/x", env={"ASYNCSYNC_LOG_FORMAT": "yaml"})  # fmt: skip
     assert "ASYNCSYNC_LOG_FORMAT" not in ok.stderr and ok.returncode == 1, ok.stderr
+    assert ok.stdout.startswith("unhealthy: cannot connect to PostgreSQL")
 
 
 def test_help_is_grouped_by_mode_and_version_is_shown() -> None:

@@ -27,7 +27,7 @@ from asyncsync.options import Credentials, load_bootstrap_tokens
 from asyncsync.runtime import open_runtime
 from asyncsync.seams import ListQuery, TokenSet
 from asyncsync.simulator import TinySimulator
-from asyncsync.store.tokens import PgTokenStore
+from asyncsync.store import Database
 
 from .helpers import common_for
 
@@ -94,7 +94,9 @@ async def test_newest_refresh_token_lives_in_postgres(simulator, database_url, d
     assert stored["refresh_token"] == sim.valid_refresh_token() != first  # rotated and kept
     # A later process started with the stale bootstrap token still works: the store wins.
     sim.expire_access_tokens()
-    async with client_for(sim, store=PgTokenStore(db, "default"), refresh_token=first) as client:
+    async with client_for(
+        sim, store=Database(db).account("default").tokens, refresh_token=first
+    ) as client:
         await client.get_order(next(iter(sim.orders)))
     assert sim.stats.token_refreshes == 2
 

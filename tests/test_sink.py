@@ -10,8 +10,7 @@ import pytest
 from asyncsync.errors import RecordError
 from asyncsync.records import parse_list_item
 from asyncsync.seams import Checkpoint
-from asyncsync.store.metadata import PgMetadata
-from asyncsync.store.orders import PgOrderStore
+from asyncsync.store import Database
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -21,7 +20,7 @@ def item(order_id: int, situacao: int, valor: str = "10.00") -> dict[str, object
 
 
 async def test_an_older_observation_never_overwrites_a_newer_one(db) -> None:
-    sink = PgOrderStore(db, "default", [0, 1, 2, 5, 6])
+    sink = Database(db).account("default", open_statuses=[0, 1, 2, 5, 6]).orders
     await sink.merge_listed([parse_list_item(item(1, 6), T0)])
     # Seen as 3 at t+2 (merged first), then a stale page from t+1 still saying 6.
     newer = parse_list_item(item(1, 3), T0 + dt.timedelta(seconds=2))
@@ -38,7 +37,7 @@ async def test_an_older_observation_never_overwrites_a_newer_one(db) -> None:
 
 
 async def test_one_batch_with_an_order_twice_keeps_the_latest(db) -> None:
-    sink = PgOrderStore(db, "default", [0])
+    sink = Database(db).account("default", open_statuses=[0]).orders
     batch = [
         parse_list_item(item(7, 0), T0 + dt.timedelta(seconds=1)),
         parse_list_item(item(7, 5), T0 + dt.timedelta(seconds=3)),
@@ -51,7 +50,7 @@ async def test_one_batch_with_an_order_twice_keeps_the_latest(db) -> None:
 
 
 async def test_mixed_batch_and_checkpoint_commit_together(db) -> None:
-    sink = PgOrderStore(db, "default", [0])
+    sink = Database(db).account("default", open_statuses=[0]).orders
     await sink.merge_listed([parse_list_item(item(1, 0), T0)])
     mixed = [
         parse_list_item(item(1, 0, valor="11.00"), T0 + dt.timedelta(seconds=1)),  # changed
@@ -60,13 +59,13 @@ async def test_mixed_batch_and_checkpoint_commit_together(db) -> None:
     stats = await sink.merge_listed(mixed, checkpoints=[Checkpoint("k", '{"offset": 2}')])
     assert (stats.inserted, stats.changed, stats.status_changes) == (1, 1, 0)
     assert stats.first_sightings == 1  # the new order; the changed one kept its status
-    assert await PgMetadata(db, "default").get("k") == '{"offset": 2}'
+    assert await Database(db).account("default").metadata.get("k") == '{"offset": 2}'
     assert await db.fetchval("SELECT valor FROM ordens_servico WHERE id = 1") == 11
     assert await db.fetchval("SELECT detail_stale FROM ordens_servico WHERE id = 1") is True
 
 
 async def test_a_merge_cancelled_mid_copy_leaves_nothing_and_the_pool_works(db) -> None:
-    sink = PgOrderStore(db, "default", [0])
+    sink = Database(db).account("default", open_statuses=[0]).orders
     batch = [parse_list_item(item(i, 3), T0) for i in range(1, 200_001)]
     task = asyncio.create_task(sink.merge_listed(batch))
     await asyncio.sleep(0.3)  # inside the COPY of 200k rows
@@ -82,13 +81,16 @@ async def test_a_merge_cancelled_mid_copy_leaves_nothing_and_the_pool_works(db) 
 
 
 async def test_accounts_share_a_database_without_touching_each_other(db) -> None:
-    a, b = PgOrderStore(db, "loja-a", [0]), PgOrderStore(db, "loja-b", [0])
+    a, b = (
+        Database(db).account("loja-a", open_statuses=[0]).orders,
+        Database(db).account("loja-b", open_statuses=[0]).orders,
+    )
     await a.merge_listed([parse_list_item(item(1, 0), T0), parse_list_item(item(2, 3), T0)])
     await b.merge_listed([parse_list_item(item(1, 3), T0)])  # same Tiny id, other account
     assert await a.counts_by_status() == {0: 1, 3: 1}
     assert await b.counts_by_status() == {3: 1}
-    await PgMetadata(db, "loja-a").set("k", "a")
-    assert await PgMetadata(db, "loja-b").get("k") is None
+    await Database(db).account("loja-a").metadata.set("k", "a")
+    assert await Database(db).account("loja-b").metadata.get("k") is None
 
 
 @pytest.mark.parametrize(

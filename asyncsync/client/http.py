@@ -147,16 +147,19 @@ class TinyClient:
             observed_at=observed_at,
         )
 
-    async def get_order(self, order_id: int) -> Detail:
-        """``GET /ordem-servico/{id}``; raises TinyNotFound for a missing order."""
-        body, observed_at = await self._request("detail", f"/ordem-servico/{order_id}", {})
+    async def get_order(self, order_id: int, *, retry: bool = True) -> Detail:
+        """``GET /ordem-servico/{id}``; raises TinyNotFound for a missing order. Without
+        ``retry`` a 5xx, 429 or timeout is raised at once (the caller retries later)."""
+        path = f"/ordem-servico/{order_id}"
+        body, observed_at = await self._request("detail", path, {}, retry=retry)
         return Detail(order_id=order_id, body=body, observed_at=observed_at)
 
     async def _request(
-        self, endpoint: str, path: str, params: dict[str, str]
+        self, endpoint: str, path: str, params: dict[str, str], *, retry: bool = True
     ) -> tuple[Any, dt.datetime]:
         try:
-            result: tuple[Any, dt.datetime] = await self._get(endpoint, path, params)
+            get = self._get if retry else self._get_once
+            result: tuple[Any, dt.datetime] = await get(endpoint, path, params)
             return result
         except _Retry as exc:
             raise exc.final from exc.final.__cause__

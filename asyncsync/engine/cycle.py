@@ -29,6 +29,7 @@ from ..progress import Progress
 from ..seams import MergeStats, OrderSink, OrderSource
 from .details import enrich_backlog, fetch_details
 from .listing import ListingEngine, Partition
+from .settle import settle
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,16 @@ class CyclePlan:
     closed_statuses: tuple[int, ...]
     window_from: dt.date  # closed statuses are listed from this emission date on
     sweep: bool  # list closed statuses completely this time
+    whole: tuple[int, ...] = ()  # closed statuses listed completely anyway (short last time)
+
+    def listed_whole(self, situacao: int) -> bool:
+        return self.sweep or situacao in self.open_statuses or situacao in self.whole
 
     def partitions(self) -> list[Partition]:
-        parts = [Partition(s) for s in self.open_statuses]
-        for s in self.closed_statuses:
-            parts.append(Partition(s) if self.sweep else Partition(s, date_from=self.window_from))
-        return parts
+        return [
+            Partition(s) if self.listed_whole(s) else Partition(s, date_from=self.window_from)
+            for s in (*self.open_statuses, *self.closed_statuses)
+        ]
 
 
 def plan_cycle(
@@ -55,12 +60,15 @@ def plan_cycle(
     sweep_interval_s: float,
     last_sweep: dt.datetime | None,
     now: dt.datetime,
+    short: Sequence[int] = (),
 ) -> CyclePlan:
-    """The plan for a cycle at ``now``; a sweep is due when the last one is old enough."""
+    """The plan for a cycle at ``now``; a sweep is due when the last one is old enough.
+    ``short``: closed statuses the last run left short, listed completely this time."""
     due = last_sweep is None or (now - last_sweep).total_seconds() >= sweep_interval_s
     # One extra day: Tiny's dates are Brazilian local dates, ``now`` is UTC.
     window_from = (now - dt.timedelta(days=recent_days + 1)).date()
-    return CyclePlan(tuple(open_statuses), tuple(closed_statuses), window_from, due)
+    whole = tuple(s for s in short if s in closed_statuses)
+    return CyclePlan(tuple(open_statuses), tuple(closed_statuses), window_from, due, whole)
 
 
 @dataclass
@@ -74,6 +82,8 @@ class CycleResult:
     vanished: int = 0  # held as open, absent from every listing: detail fetched
     complete: bool = False  # every partition listed to its end
     totals: dict[int, int | None] = field(default_factory=dict)  # complete partitions only
+    relisted: list[int] = field(default_factory=list)  # statuses listed again: short
+    short: list[int] = field(default_factory=list)  # still short: the next cycle lists them
     duration_s: float = 0.0
 
     @property
@@ -101,18 +111,21 @@ async def run_cycle(
     progress = progress or Progress("cycle")
     result = CycleResult(plan)
     parts = plan.partitions()
-    engine = ListingEngine(
-        source,
-        sink,
-        page_size=page_size,
-        batch_size=batch_size,
-        queue_pages=queue_pages,
-        partitions_in_flight=len(parts),
-        progress=progress,
-        stop=stop,
-        track_seen=True,
-    )
-    listing = await engine.run(parts, checkpointed=False)
+
+    def engine(track_seen: bool = False) -> ListingEngine:
+        return ListingEngine(
+            source,
+            sink,
+            page_size=page_size,
+            batch_size=batch_size,
+            queue_pages=queue_pages,
+            partitions_in_flight=len(parts),
+            progress=progress,
+            stop=stop,
+            track_seen=track_seen,
+        )
+
+    listing = await engine(track_seen=True).run(parts, checkpointed=False)
     result.listed, result.pages = listing.stats, listing.pages
     result.complete = len(listing.complete) == len(parts)
     result.totals = {
@@ -130,6 +143,14 @@ async def run_cycle(
             result.details = result.details + merged + MergeStats(unavailable=len(out.unavailable))
             progress.details += len(vanished)
             out.raise_outage()
+        # Drift leftovers: statuses listed whole are checked against their own totals,
+        # closed ones listed over the window against a fresh total (one request each).
+        windowed = [s for s in plan.closed_statuses if not plan.listed_whole(s)]
+        settled = await settle(source, sink, engine, result.totals, ask=windowed, rounds=1)
+        result.listed = result.listed + settled.listed
+        result.pages += settled.pages
+        result.relisted = sorted({p.situacao for p in settled.relisted})
+        result.short = [s.situacao for s in settled.left]
     if not stop.is_set():
         result.details = result.details + (
             await enrich_backlog(

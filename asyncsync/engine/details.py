@@ -64,6 +64,9 @@ async def fetch_details(
 ) -> DetailOutcome:
     """Fetch and parse details of ``ids``; per-order problems become failures, not errors.
 
+    Each is tried once; those that failed transiently are tried again, with the client's
+    retries and backoff, after all the others.
+
     Only what is wrong with the order itself is a failure (a 401 on it alone, a body that
     is not its detail). A detail that could not be had because Tiny was unavailable (5xx,
     429, timeouts, after retries) is no fault of the record: it is listed as
@@ -76,13 +79,14 @@ async def fetch_details(
     """
     out = DetailOutcome()
     gate = asyncio.Semaphore(concurrency)
+    later: list[int] = []  # failed transiently on the first try: retried after the rest
 
-    async def one(order_id: int) -> None:
+    async def one(order_id: int, first_try: bool) -> None:
         async with gate:
             if (stop is not None and stop.is_set()) or out.outage is not None:
                 return
             try:
-                detail = await source.get_order(order_id)
+                detail = await source.get_order(order_id, retry=not first_try)
             except TinyNotFound:
                 out.missing.append(order_id)
                 return
@@ -92,7 +96,7 @@ async def fetch_details(
             except TinyAuthError:
                 raise
             except (TinyUnavailable, TinyRateLimited):
-                out.unavailable.append(order_id)
+                (later if first_try else out.unavailable).append(order_id)
                 return
             except TinyError as exc:
                 out.failures.append(failure_for(order_id, exc))
@@ -103,7 +107,10 @@ async def fetch_details(
         except RecordError as exc:
             out.failures.append(failure_from(exc))
 
-    await run_all(one(order_id) for order_id in ids)
+    # Healthy details first; a failing one is retried (with backoff) only once the others
+    # are in, so its retries never hold back the healthy ones.
+    await run_all(one(order_id, True) for order_id in ids)
+    await run_all(one(order_id, False) for order_id in later)
     return out
 
 

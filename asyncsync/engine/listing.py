@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from ..errors import RecordError, TinyAuthError, TinyError
+from ..errors import RecordError, TinyAuthError, TinyError, TinyOutage
 from ..progress import Progress
 from ..records import FailureRecord, OrderRecord, failure_from, parse_list_item
 from ..seams import Checkpoint, ListQuery, MergeStats, OrderSink, OrderSource, Page
@@ -34,6 +34,8 @@ from ..status import ALL_STATUSES
 from ..tasks import run_all, unwrap
 
 log = logging.getLogger(__name__)
+
+ALL_CODES = tuple(int(code) for code in ALL_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,22 +115,26 @@ async def page_through(
 
 
 async def status_totals(
-    source: OrderSource, date_from: dt.date | None = None, date_to: dt.date | None = None
+    source: OrderSource,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    *,
+    statuses: Sequence[int] = ALL_CODES,
 ) -> dict[int, int | None]:
-    """``paginacao.total`` of every status (one single-item request each); None where the
-    API gave none or the request failed (authentication failures propagate)."""
+    """``paginacao.total`` of ``statuses`` (one single-item request each); None where the
+    API gave none or the request failed (authentication failures and outages propagate)."""
     totals: dict[int, int | None] = {}
 
     async def one(situacao: int) -> None:
         try:
             page = await source.list_orders(ListQuery(situacao, 0, 1, date_from, date_to))
             totals[situacao] = page.total
-        except TinyAuthError:
+        except (TinyAuthError, TinyOutage):
             raise
         except TinyError:
             totals[situacao] = None
 
-    await run_all(one(int(s)) for s in ALL_STATUSES)
+    await run_all(one(s) for s in statuses)
     return dict(sorted(totals.items()))
 
 
@@ -217,7 +223,9 @@ class ListingEngine:
         async def queue(page: Page) -> None:
             self.result.pages += 1
             self.progress.pages += 1
-            self.result.totals.setdefault(part, page.total)
+            # The newest total: what the listing should have found by its end.
+            if page.total is not None or part not in self.result.totals:
+                self.result.totals[part] = page.total
             await self._queue.put(_Item(part, page, None, None))
 
         await page_through(

@@ -15,6 +15,7 @@ import orjson
 from ..engine.cycle import plan_cycle, run_cycle
 from ..engine.details import enrich_backlog
 from ..engine.listing import ListingEngine, Partition
+from ..engine.settle import settle
 from ..options import CycleOptions
 from ..progress import Progress, ProgressReporter
 from ..report import Outcome, RunReport
@@ -25,6 +26,8 @@ from . import RunContext, merge_counts
 FULL_SYNC_KEY = "full_sync"
 CLOSED_SWEEP_KEY = "closed_sweep"
 INCREMENTAL_KEY = "incremental"
+SHORT_KEY = "short_statuses"
+ALL_CODES = tuple(int(s) for s in ALL_STATUSES)
 
 
 async def sync_once(
@@ -53,21 +56,32 @@ async def full_sync(
     started_at, api_before = ctx.clock(), source.api_stats()
     progress = Progress("sync")
     async with ProgressReporter(progress, stream=ctx.progress):
-        engine = ListingEngine(
-            source,
-            sink,
-            page_size=options.page_size,
-            batch_size=options.batch_size,
-            queue_pages=options.queue_pages,
-            partitions_in_flight=len(ALL_STATUSES),
-            progress=progress,
-            stop=ctx.stop,
-        )
-        result = await engine.run([Partition(int(s)) for s in ALL_STATUSES], checkpointed=False)
+
+        def engine() -> ListingEngine:
+            return ListingEngine(
+                source,
+                sink,
+                page_size=options.page_size,
+                batch_size=options.batch_size,
+                queue_pages=options.queue_pages,
+                partitions_in_flight=len(ALL_STATUSES),
+                progress=progress,
+                stop=ctx.stop,
+            )
+
+        result = await engine().run([Partition(s) for s in ALL_CODES], checkpointed=False)
         api_totals = {p.situacao: t for p, t in result.totals.items()}
         progress.records_total = sum(t or 0 for t in api_totals.values()) or None
         complete = len(result.complete) == len(ALL_STATUSES)
+        listed, pages, relisted = result.stats, result.pages, 0
         if complete:
+            # Pages shift while statuses are listed: fresh totals say what was skipped.
+            settled = await settle(
+                source, sink, engine, {}, ask=ALL_CODES, today=ctx.clock().date()
+            )
+            listed, pages = listed + settled.listed, pages + settled.pages
+            relisted = len(settled.relisted)
+            await _note_short(metadata, [s.situacao for s in settled.left])
             stamp = {"completed_at": ctx.clock().isoformat()}
             await metadata.set(FULL_SYNC_KEY, _json({**stamp, "totals": api_totals}))
             await metadata.set(CLOSED_SWEEP_KEY, _json(stamp))
@@ -81,8 +95,8 @@ async def full_sync(
         )
     return await _report(
         "full sync", source, sink, ctx, started_at, api_before,
-        listed=result.stats, details=details, pages=result.pages, api_totals=api_totals,
-        complete=complete,
+        listed=listed, details=details, pages=pages, api_totals=api_totals,
+        complete=complete, relisted=relisted,
     )  # fmt: skip
 
 
@@ -102,6 +116,7 @@ async def incremental_sync(
         sweep_interval_s=options.sweep_interval_s,
         last_sweep=await _last_sweep(metadata),
         now=started_at,
+        short=await _short(metadata),
     )
     progress = Progress("cycle")
     async with ProgressReporter(progress, stream=ctx.progress):
@@ -119,6 +134,8 @@ async def incremental_sync(
         )
     if result.complete and plan.sweep:
         await metadata.set(CLOSED_SWEEP_KEY, _json({"completed_at": started_at.isoformat()}))
+    if result.complete:
+        await _note_short(metadata, result.short)
     closed = (
         "swept completely"
         if plan.sweep
@@ -128,6 +145,7 @@ async def incremental_sync(
         "incremental cycle", source, sink, ctx, started_at, api_before,
         listed=result.listed, details=result.details, pages=result.pages,
         api_totals=result.totals, complete=result.complete, vanished=result.vanished,
+        relisted=len(result.relisted),
         facts={"closed_statuses": closed},
     )  # fmt: skip
     if report.outcome is Outcome.OK:
@@ -149,12 +167,14 @@ async def _report(
     api_totals: dict[int, int | None],
     complete: bool,
     vanished: int | None = None,
+    relisted: int = 0,
     facts: dict[str, str | bool | None] | None = None,
 ) -> RunReport:
     mirror = await sink.counts_by_status()
     counts: dict[str, int | float] = {"pages": pages, **merge_counts(listed, details)}
     if vanished is not None:
         counts["vanished"] = vanished
+    counts["relisted"] = relisted
     counts["detail_backlog"] = await sink.detail_backlog_size()
     codes = sorted(set(api_totals) | set(mirror))
     interrupted = ctx.stop.is_set() or not complete
@@ -170,6 +190,17 @@ async def _report(
         facts=facts or {},
         api=source.api_stats().since(api_before),
     )
+
+
+async def _note_short(metadata: Metadata, statuses: list[int]) -> None:
+    """Statuses still short after settling: the next cycle lists them completely."""
+    if statuses or await metadata.get(SHORT_KEY):
+        await metadata.set(SHORT_KEY, _json(statuses))
+
+
+async def _short(metadata: Metadata) -> list[int]:
+    raw = await metadata.get(SHORT_KEY)
+    return [int(s) for s in orjson.loads(raw)] if raw else []
 
 
 def _json(value: object) -> str:

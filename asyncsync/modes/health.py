@@ -8,12 +8,13 @@ the last successful sync or cycle must be younger than three intervals (at least
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 
 import orjson
 
 from ..clock import utcnow
-from ..errors import DatabaseError
+from ..errors import DatabaseError, DatabaseUnavailable
 from ..options import CommonOptions, HealthOptions
 from ..runtime import database_of
 from . import SERVE_HEALTH_KEY
@@ -21,16 +22,22 @@ from . import SERVE_HEALTH_KEY
 
 async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event) -> int:
     """Print one line and return the exit code."""
-    async with database_of(common, apply_schema=False) as database:
-        metadata = database.account(common.account).metadata
-        try:
+    quick = dataclasses.replace(common.database, reconnect_s=0.0, statement_timeout_s=10.0)
+    try:
+        async with database_of(
+            dataclasses.replace(common, database=quick), apply_schema=False
+        ) as database:
+            metadata = database.account(common.account).metadata
             last = await metadata.last_synced()
             serve = await metadata.get(SERVE_HEALTH_KEY)
-        except DatabaseError as exc:
-            if exc.sqlstate != "42P01":  # undefined_table
-                raise
-            print("unhealthy: the database has no asyncsync schema (run --mode migrate)")
-            return 1
+    except DatabaseUnavailable as exc:
+        print(f"unhealthy: {exc}")
+        return 1
+    except DatabaseError as exc:
+        if exc.sqlstate != "42P01":  # undefined_table
+            raise
+        print("unhealthy: the database has no asyncsync schema (run --mode migrate)")
+        return 1
     said = orjson.loads(serve) if serve else {}
     if said.get("ok") is False:
         print(f"unhealthy: {said.get('problem')} (at {said.get('at')})")

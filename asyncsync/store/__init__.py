@@ -23,12 +23,13 @@ import asyncpg
 
 from ..clock import Clock, utcnow
 from ..status import OPEN_STATUSES
-from .database import connect_pool, guarded, migrate, resolve_dsn
+from .database import connect_pool, migrate, resolve_dsn
 from .failures import PgFailureLog
 from .integrity import PgIntegrityStore
 from .locks import account_lock
 from .metadata import PgMetadata
 from .orders import PgOrderStore
+from .resilience import Reconnect, SqlRunner
 from .tokens import PgTokenStore
 
 __all__ = ["AccountStore", "Database", "open_database"]
@@ -56,8 +57,9 @@ class AccountStore:
 class Database:
     """An open pool on a database that holds the asyncsync schema."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, reconnect: Reconnect | None = None) -> None:
         self._pool = pool
+        self._sql = SqlRunner(pool, reconnect or Reconnect())
 
     def account(
         self,
@@ -67,20 +69,20 @@ class Database:
         clock: Clock = utcnow,
     ) -> AccountStore:
         """The stores of ``account`` (cheap: they share this pool)."""
-        orders = PgOrderStore(self._pool, account, open_statuses, clock=clock)
+        orders = PgOrderStore(self._sql, account, open_statuses, clock=clock)
         return AccountStore(
             account=account,
             orders=orders,
-            failures=PgFailureLog(self._pool, account),
-            integrity=PgIntegrityStore(self._pool, orders),
-            metadata=PgMetadata(self._pool, account),
-            tokens=PgTokenStore(self._pool, account),
+            failures=PgFailureLog(self._sql, account),
+            integrity=PgIntegrityStore(self._sql, orders),
+            metadata=PgMetadata(self._sql, account),
+            tokens=PgTokenStore(self._sql, account),
             _pool=self._pool,
         )
 
     async def migrate(self) -> None:
         """Apply ``schema.sql`` (idempotent)."""
-        await guarded(migrate(self._pool), "applying schema.sql")
+        await self._sql.run("applying schema.sql", lambda: migrate(self._pool))
 
 
 @asynccontextmanager
@@ -91,11 +93,20 @@ async def open_database(
     apply_schema: bool = True,
     max_size: int = 4,
     application_name: str = "asyncsync",
+    statement_timeout_s: float = 120.0,
+    lock_timeout_s: float = 30.0,
+    reconnect_s: float = 30.0,
 ) -> AsyncIterator[Database]:
     """Resolve the DSN (embedded when None), open a pool, apply the schema."""
     dsn = await resolve_dsn(database_url, data_dir)
-    async with connect_pool(dsn, max_size=max_size, application_name=application_name) as pool:
-        database = Database(pool)
+    async with connect_pool(
+        dsn,
+        max_size=max_size,
+        application_name=application_name,
+        statement_timeout_s=statement_timeout_s,
+        lock_timeout_s=lock_timeout_s,
+    ) as pool:
+        database = Database(pool, Reconnect(within_s=reconnect_s))
         if apply_schema:
             await database.migrate()
         yield database

@@ -8,12 +8,10 @@ to :class:`~asyncsync.errors.DatabaseError` with their SQLSTATE.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,14 +19,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ..errors import ConfigError, DatabaseError
+from .resilience import classify, guarded
+from .sqlfiles import sql
 
 log = logging.getLogger(__name__)
 
-
-@functools.cache
-def sql(name: str) -> str:
-    """The text of ``asyncsync/store/sql/<name>.sql``."""
-    return (resources.files("asyncsync.store") / "sql" / f"{name}.sql").read_text(encoding="utf-8")
+__all__ = ["connect_pool", "embedded_server", "guarded", "migrate", "redact", "resolve_dsn", "sql"]
 
 
 def start_embedded(data_dir: Path) -> str:
@@ -82,32 +78,54 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 @asynccontextmanager
 async def connect_pool(
-    dsn: str, *, max_size: int = 4, application_name: str = "asyncsync"
+    dsn: str,
+    *,
+    max_size: int = 4,
+    application_name: str = "asyncsync",
+    statement_timeout_s: float = 120.0,
+    lock_timeout_s: float = 30.0,
 ) -> AsyncIterator[asyncpg.Pool]:
-    """A pool whose connections carry the staging tables; clear errors when unreachable."""
+    """A pool whose connections carry the staging tables; clear errors when unreachable.
+
+    The server cuts a statement after ``statement_timeout_s`` and a lock wait after
+    ``lock_timeout_s``; the client gives up a little later, for a server too frozen to
+    cut anything."""
     try:
         pool = await asyncpg.create_pool(
             dsn,
-            min_size=1,
+            # No floor: while the server is away, nothing reconnects in the background.
+            min_size=0,
             max_size=max_size,
             init=_init_connection,
             timeout=15,
-            # import_failures keeps its `timestamp` columns: pin what they mean.
-            server_settings={"timezone": "UTC", "application_name": application_name},
+            command_timeout=statement_timeout_s + 5,
+            server_settings={
+                # import_failures keeps its `timestamp` columns: pin what they mean.
+                "timezone": "UTC",
+                "application_name": application_name,
+                "statement_timeout": str(int(statement_timeout_s * 1000)),
+                "lock_timeout": str(int(lock_timeout_s * 1000)),
+            },
         )
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DatabaseError(
-            f"cannot connect to PostgreSQL at {redact(dsn)}: {exc}",
-            sqlstate=getattr(exc, "sqlstate", None),
-        ) from exc
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        error = classify(exc, f"cannot connect to PostgreSQL at {redact(dsn)}")
+        raise error from exc
+    try:  # fail at the start, in one sentence, rather than at the first statement
+        await pool.execute("SELECT 1")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        pool.terminate()
+        error = classify(exc, f"cannot connect to PostgreSQL at {redact(dsn)}")
+        raise error from exc
     try:
         yield pool
     finally:
         try:
             await asyncio.wait_for(pool.close(), timeout=10)
-        except (TimeoutError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             pool.terminate()
             raise
+        except (TimeoutError, *_CLOSE_ERRORS):
+            pool.terminate()  # a frozen or vanished server: nothing to close politely
 
 
 async def migrate(pool: asyncpg.Pool) -> None:
@@ -117,14 +135,7 @@ async def migrate(pool: asyncpg.Pool) -> None:
         await conn.execute(sql("schema"))
 
 
-async def guarded(awaitable: Any, what: str) -> Any:
-    """Await ``awaitable``, turning asyncpg errors into DatabaseError with the SQLSTATE."""
-    try:
-        return await awaitable
-    except asyncpg.PostgresError as exc:
-        raise DatabaseError(f"{what}: {exc}", sqlstate=exc.sqlstate) from exc
-    except (OSError, asyncpg.InterfaceError) as exc:
-        raise DatabaseError(f"{what}: {exc}") from exc
+_CLOSE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def with_database(dsn: str, name: str) -> str:

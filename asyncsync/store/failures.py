@@ -16,7 +16,8 @@ import asyncpg
 from .. import metrics
 from ..records import FailureRecord
 from ..seams import DueFailure, ManualReview, RetryPolicy
-from .database import guarded, sql
+from .resilience import SqlRunner
+from .sqlfiles import sql
 
 
 def _policy(policy: RetryPolicy) -> tuple[int, float, float]:
@@ -51,37 +52,42 @@ async def upsert(
 class PgFailureLog:
     """The ``import_failures`` rows of one account. Implements ``FailureLog``."""
 
-    def __init__(self, pool: asyncpg.Pool, account: str) -> None:
-        self._pool = pool
+    def __init__(self, sql: SqlRunner, account: str) -> None:
+        self._sql = sql
         self.account = account
 
     async def record(
         self, failures: Sequence[FailureRecord], *, now: dt.datetime, counts_as_attempt: bool
     ) -> list[int]:
         """See :meth:`asyncsync.seams.FailureLog.record`."""
-        written = upsert(
-            self._pool, self.account, failures, now=now, counts_as_attempt=counts_as_attempt
+        return await self._sql.run(
+            "recording import failures",
+            lambda: upsert(
+                self._sql.pool, self.account, failures, now=now, counts_as_attempt=counts_as_attempt
+            ),
         )
-        return await guarded(written, "recording import failures")  # type: ignore[no-any-return]
 
     async def due(self, now: dt.datetime, policy: RetryPolicy, limit: int) -> list[DueFailure]:
         """Open failures whose next attempt is due at ``now``, oldest attempt first."""
-        query = self._pool.fetch(sql("retry_due"), self.account, now, *_policy(policy), limit)
-        rows = await guarded(query, "reading due failures")
+        args = (self.account, now, *_policy(policy), limit)
+        rows = await self._sql.fetch("reading due failures", "retry_due", *args)
         return [DueFailure(r["id_ordem"], r["tentativas"], r["in_mirror"]) for r in rows]
 
     async def pending(
         self, now: dt.datetime, policy: RetryPolicy
     ) -> tuple[int, dt.datetime | None]:
         """How many open failures wait for a later attempt, and when the next is due."""
-        query = self._pool.fetchrow(sql("retry_pending"), self.account, now, *_policy(policy))
-        row = await guarded(query, "reading pending failures")
+        args = (self.account, now, *_policy(policy))
+        row = await self._sql.fetchrow("reading pending failures", "retry_pending", *args)
+        assert row is not None  # an aggregate always answers one row
         return int(row["n"]), row["next_due_at"]
 
     async def manual_review(self, policy: RetryPolicy) -> list[ManualReview]:
         """Open failures that need a person: attempts used up, or no id to fetch."""
-        query = self._pool.fetch(sql("retry_manual_review"), self.account, policy.max_attempts)
-        rows = await guarded(query, "reading failures for manual review")
+        rows = await self._sql.fetch(
+            "reading failures for manual review", "retry_manual_review", self.account,
+            policy.max_attempts,
+        )  # fmt: skip
         return [
             ManualReview(r["id_ordem"], r["tentativas"], r["erro"], r["ultima_tentativa"])
             for r in rows

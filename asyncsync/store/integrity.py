@@ -9,19 +9,18 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-import asyncpg
-
 from ..records import OrderRecord
 from ..seams import Comparison, RetryPolicy, Sighting, StaleRow
-from .database import guarded, sql
 from .orders import PgOrderStore
+from .resilience import SqlRunner
+from .sqlfiles import sql
 
 
 class PgIntegrityStore:
     """Integrity queries of one account. Implements ``IntegrityStore``."""
 
-    def __init__(self, pool: asyncpg.Pool, orders: PgOrderStore) -> None:
-        self._pool = pool
+    def __init__(self, sql: SqlRunner, orders: PgOrderStore) -> None:
+        self._sql = sql
         self._orders = orders
         self.account = orders.account
 
@@ -29,8 +28,9 @@ class PgIntegrityStore:
         """Mirror rows by status, and open failures of absent orders by their listed status
         (the API lists and counts those; the retry mode owns them)."""
         mirror = await self._orders.counts_by_status()
-        query = self._pool.fetch(sql("integrity_tracked_counts"), self.account)
-        tracked = await guarded(query, "counting failures")
+        tracked = await self._sql.fetch(
+            "counting failures", "integrity_tracked_counts", self.account
+        )
         return mirror, {int(r["situacao"]): int(r["n"]) for r in tracked}
 
     async def disagreeing(self, records: Sequence[OrderRecord]) -> set[int]:
@@ -38,8 +38,10 @@ class PgIntegrityStore:
         if not records:
             return set()
         ids, statuses = [r.id for r in records], [r.situacao for r in records]
-        query = self._pool.fetch(sql("integrity_candidates"), self.account, ids, statuses)
-        return {row["id"] for row in await guarded(query, "comparing a page")}
+        rows = await self._sql.fetch(
+            "comparing a page", "integrity_candidates", self.account, ids, statuses
+        )
+        return {row["id"] for row in rows}
 
     async def compare(
         self,
@@ -50,8 +52,8 @@ class PgIntegrityStore:
         complete: bool,
     ) -> Comparison:
         """Stage every sighting and compare the sets; ``unlisted`` only when ``complete``."""
-        return await guarded(  # type: ignore[no-any-return]
-            self._compare(seen, now, policy, complete), "comparing with the mirror"
+        return await self._sql.run(
+            "comparing with the mirror", lambda: self._compare(seen, now, policy, complete)
         )
 
     async def _compare(
@@ -59,7 +61,7 @@ class PgIntegrityStore:
     ) -> Comparison:
         rows = [(s.id, s.situacao, s.hash, s.observed_at) for s in seen]
         args = (policy.max_attempts, policy.base_s, policy.factor)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._sql.pool.acquire() as conn, conn.transaction():
             await conn.execute(sql("integrity_stage"))
             await conn.copy_records_to_table("integrity_listed", records=rows)
             missing = await conn.fetch(sql("integrity_missing"), self.account, now, *args)
@@ -79,14 +81,16 @@ class PgIntegrityStore:
 
     async def flag_deleted(self, ids: Sequence[int]) -> list[int]:
         """Flag ``ids`` possibly_deleted (never delete); returns the ids newly flagged."""
-        query = self._pool.fetch(sql("integrity_flag_deleted"), self.account, list(ids))
-        return sorted(row["id"] for row in await guarded(query, "flagging unlisted orders"))
+        rows = await self._sql.fetch(
+            "flagging unlisted orders", "integrity_flag_deleted", self.account, list(ids)
+        )
+        return sorted(row["id"] for row in rows)
 
     async def save_run(
         self, started_at: dt.datetime, finished_at: dt.datetime, consistent: bool, report: str
     ) -> None:
         """One ``integrity_runs`` row."""
-        query = self._pool.execute(
-            sql("integrity_save_run"), self.account, started_at, finished_at, consistent, report
-        )
-        await guarded(query, "saving the integrity run")
+        await self._sql.execute(
+            "saving the integrity run", "integrity_save_run",
+            self.account, started_at, finished_at, consistent, report,
+        )  # fmt: skip

@@ -63,7 +63,8 @@ async def _unlock(conn: asyncpg.Connection, name: str, *, renamed: bool) -> None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         # The session is gone, and its locks with it; the pool must not reuse it.
         log.warning("could not release %s cleanly (%s): dropping the connection", name, exc)
-        conn.terminate()
+        with contextlib.suppress(asyncpg.InterfaceError):  # already taken back by the pool
+            conn.terminate()
 
 
 async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:

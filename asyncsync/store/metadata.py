@@ -8,32 +8,31 @@ from __future__ import annotations
 
 import datetime as dt
 
-import asyncpg
-
-from .database import guarded, sql
+from .resilience import SqlRunner
 
 
 class PgMetadata:
     """Key/value JSON texts of one account. Implements ``Metadata``."""
 
-    def __init__(self, pool: asyncpg.Pool, account: str) -> None:
-        self._pool = pool
+    def __init__(self, sql: SqlRunner, account: str) -> None:
+        self._sql = sql
         self.account = account
 
     async def get(self, key: str) -> str | None:
-        value = await guarded(self._pool.fetchval(sql("get_metadata"), self.account, key), key)
+        value = await self._sql.fetchval(f"reading {key}", "get_metadata", self.account, key)
         return None if value is None else str(value)
 
     async def set(self, key: str, value: str) -> None:
-        await guarded(self._pool.execute(sql("set_metadata"), self.account, key, value), key)
+        await self._sql.execute(f"writing {key}", "set_metadata", self.account, key, value)
 
     async def with_prefix(self, prefix: str) -> dict[str, str | None]:
         """Every entry whose key starts with ``prefix``, key -> value."""
-        query = self._pool.fetch(sql("metadata_prefix"), self.account, prefix)
-        rows = await guarded(query, f"reading {prefix}* entries")
+        rows = await self._sql.fetch(f"reading {prefix}*", "metadata_prefix", self.account, prefix)
         return {row["chave"]: row["valor"] for row in rows}
 
     async def last_synced(self) -> dt.datetime | None:
         """When the last full sync or incremental cycle finished, if ever."""
-        query = self._pool.fetchval(sql("health"), self.account)
-        return await guarded(query, "reading the last sync")  # type: ignore[no-any-return]
+        last: dt.datetime | None = await self._sql.fetchval(
+            "reading the last sync", "health", self.account
+        )
+        return last

@@ -14,6 +14,7 @@ the same merge with every row forced through it (:meth:`PgOrderStore.correct`).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -21,10 +22,14 @@ import asyncpg
 
 from .. import metrics
 from ..clock import Clock, utcnow
+from ..errors import DatabaseError, DatabaseUnavailable
 from ..records import DetailRecord, FailureRecord, OrderRecord
 from ..seams import Checkpoint, MergeStats
 from . import failures as failure_rows
-from .database import guarded, sql
+from .resilience import SqlRunner
+from .sqlfiles import sql
+
+log = logging.getLogger(__name__)
 
 _ORDER_COLUMNS = (
     "id", "numero", "situacao", "data_emissao", "data_prevista", "cliente_id",
@@ -61,13 +66,14 @@ class PgOrderStore:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        sql: SqlRunner,
         account: str,
         open_statuses: Sequence[int],
         *,
         clock: Clock = utcnow,
     ) -> None:
-        self._pool = pool
+        self._sql = sql
+        self._pool = sql.pool
         self.account = account
         self._open = list(open_statuses)
         self._clock = clock
@@ -80,21 +86,79 @@ class PgOrderStore:
         failures: Sequence[FailureRecord] = (),
         checkpoints: Sequence[Checkpoint] = (),
     ) -> MergeStats:
-        """Merge one batch of listed orders, its failures and checkpoints atomically."""
-        merge = self._merge_listed(records, failures, checkpoints, source="list", force=False)
-        stats: MergeStats
-        stats, _ = await guarded(merge, "merging orders")
+        """Merge one batch of listed orders, its failures and checkpoints atomically.
+
+        A record PostgreSQL refuses (a value it cannot store, a constraint) does not block
+        the others: the batch is split until the culprit is alone, and it goes to
+        ``import_failures`` with its payload and the error; the checkpoints commit with
+        the last part, once everything before them is in."""
+        try:
+            stats = await self._merge_once(records, failures, checkpoints)
+        except DatabaseError as exc:
+            if not _refused(exc) or not records:
+                raise
+            stats = await self._isolate(list(records), failures, checkpoints, exc)
         await self._analyze_if_grown(stats.inserted + stats.changed)
         self._count(stats)
         return stats
+
+    async def _merge_once(
+        self,
+        records: Sequence[OrderRecord],
+        failures: Sequence[FailureRecord],
+        checkpoints: Sequence[Checkpoint],
+    ) -> MergeStats:
+        stats: MergeStats
+        stats, _ = await self._sql.run(
+            "merging orders",
+            lambda: self._merge_listed(records, failures, checkpoints, source="list", force=False),
+        )
+        return stats
+
+    async def _isolate(
+        self,
+        records: list[OrderRecord],
+        failures: Sequence[FailureRecord],
+        checkpoints: Sequence[Checkpoint],
+        refusal: DatabaseError,
+    ) -> MergeStats:
+        """Bisect a refused batch: halves merge on their own, a lone culprit is a failure."""
+        if len(records) == 1:
+            culprit = records[0]
+            log.warning("PostgreSQL refused order %d: %s", culprit.id, refusal)
+            bad = FailureRecord(culprit.id, f"PostgreSQL refused the record: {refusal}", None)
+            for raw in (culprit.payload, None):  # the payload itself may be what is refused
+                try:
+                    bad = FailureRecord(bad.order_id, bad.error, raw)
+                    stats = await self._merge_once((), [*failures, bad], checkpoints)
+                    return stats + MergeStats(received=1)
+                except DatabaseError as exc:
+                    if not _refused(exc) or raw is None:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        middle = len(records) // 2
+        total = MergeStats()
+        for part, extra, marks in (
+            (records[:middle], (), ()),
+            (records[middle:], failures, checkpoints),
+        ):
+            try:
+                total = total + await self._merge_once(part, extra, marks)
+            except DatabaseError as exc:
+                if not _refused(exc):
+                    raise
+                total = total + await self._isolate(part, extra, marks, exc)
+        return total
 
     async def correct(self, records: Sequence[OrderRecord]) -> set[int]:
         """Force list rows through the merge even where the hashes agree (a damaged status
         with an unchanged payload): history rows are tagged ``'integrity'``. Returns the
         ids written (an observation older than the row's is not)."""
-        merge = self._merge_listed(records, (), (), source="integrity", force=True)
         written: set[int]
-        stats, written = await guarded(merge, "correcting orders")
+        stats, written = await self._sql.run(
+            "correcting orders",
+            lambda: self._merge_listed(records, (), (), source="integrity", force=True),
+        )
         self._count(stats)
         return written
 
@@ -165,7 +229,7 @@ class PgOrderStore:
         if self._written_since_analyze >= self._analyze_threshold:
             self._written_since_analyze = 0
             self._analyze_threshold *= 2
-            await guarded(self._pool.execute(sql("analyze_orders")), "analyzing the mirror")
+            await self._sql.execute("analyzing the mirror", "analyze_orders")
 
     async def _insert_new(
         self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]], source: str
@@ -189,8 +253,9 @@ class PgOrderStore:
         missing: Collection[int] = (),
     ) -> MergeStats:
         """Apply fetched details; record failures; flag orders whose detail is gone (404)."""
-        merge = self._merge_details(details, failures, missing)
-        stats: MergeStats = await guarded(merge, "merging details")
+        stats = await self._sql.run(
+            "merging details", lambda: self._merge_details(details, failures, missing)
+        )
         metrics.DETAILS_FETCHED.labels(self.account).inc(stats.details)
         metrics.STATUS_CHANGES.labels(self.account).inc(stats.status_changes)
         return stats
@@ -230,35 +295,51 @@ class PgOrderStore:
 
     async def detail_backlog(self, limit: int, exclude: Collection[int] = ()) -> list[int]:
         """Up to ``limit`` ids that need a detail, most useful first."""
-        query = self._pool.fetch(
-            sql("detail_backlog"), self.account, limit, self._open, list(exclude)
-        )
-        rows = await guarded(query, "reading the detail backlog")
+        rows = await self._sql.fetch(
+            "reading the detail backlog", "detail_backlog",
+            self.account, limit, self._open, list(exclude),
+        )  # fmt: skip
         return [row["id"] for row in rows]
 
     async def detail_backlog_size(self) -> int:
         """How many orders still wait for a detail (also published as a gauge)."""
-        query = self._pool.fetchval(sql("detail_backlog_count"), self.account)
-        n = int(await guarded(query, "counting the detail backlog"))
+        count = "detail_backlog_count"
+        n = int(await self._sql.fetchval("counting the detail backlog", count, self.account))
         metrics.DETAIL_BACKLOG.labels(self.account).set(n)
         return n
 
     async def ids_in_statuses(self, statuses: Sequence[int]) -> set[int]:
         """Ids the mirror holds in ``statuses`` (possibly-deleted rows left out)."""
-        query = self._pool.fetch(sql("open_ids"), self.account, list(statuses))
-        return {row["id"] for row in await guarded(query, "reading open ids")}
+        rows = await self._sql.fetch("reading open ids", "open_ids", self.account, list(statuses))
+        return {row["id"] for row in rows}
 
     async def counts_by_status(self) -> dict[int, int]:
         """Orders in the mirror per status code (possibly-deleted rows left out)."""
-        query = self._pool.fetch(sql("counts_by_status"), self.account)
-        rows = await guarded(query, "counting orders")
+        rows = await self._sql.fetch("counting orders", "counts_by_status", self.account)
         return {int(r["situacao"]): int(r["n"]) for r in rows}
+
+    async def known_by_status(self) -> dict[int, int]:
+        """Rows per status plus the open failures of orders the mirror lacks, by the status
+        their list item showed (see ``OrderSink.known_by_status``)."""
+        known = await self.counts_by_status()
+        failing = await self._sql.fetch(
+            "counting failures", "integrity_tracked_counts", self.account
+        )
+        for row in failing:
+            known[int(row["situacao"])] = known.get(int(row["situacao"]), 0) + int(row["n"])
+        return known
 
     async def counts_in_range(self, first_day: dt.date, last_day: dt.date) -> dict[int, int]:
         """Orders in the mirror per status, emitted between the two days (inclusive)."""
-        query = self._pool.fetch(sql("backfill_counts"), self.account, first_day, last_day)
-        rows = await guarded(query, "counting orders")
+        rows = await self._sql.fetch(
+            "counting orders", "backfill_counts", self.account, first_day, last_day
+        )
         return {int(r["situacao"]): int(r["n"]) for r in rows}
+
+
+def _refused(exc: DatabaseError) -> bool:
+    """PostgreSQL refused the data (class 22: a value; 23: a constraint), not the service."""
+    return not isinstance(exc, DatabaseUnavailable) and (exc.sqlstate or "")[:2] in ("22", "23")
 
 
 def _affected(tag: str) -> int:

@@ -9,22 +9,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg
-
 from ..seams import TokenSet
-from .database import guarded, sql
 from .locks import advisory_lock
+from .resilience import SqlRunner
 
 
 class PgTokenStore:
     """``tiny_tokens`` row of one account. Implements ``TokenStore``."""
 
-    def __init__(self, pool: asyncpg.Pool, account: str) -> None:
-        self._pool = pool
+    def __init__(self, sql: SqlRunner, account: str) -> None:
+        self._sql = sql
         self._account = account
 
     async def load(self) -> TokenSet | None:
-        row = await guarded(self._pool.fetchrow(sql("token_load"), self._account), "reading tokens")
+        row = await self._sql.fetchrow("reading tokens", "token_load", self._account)
         if row is None:
             return None
         return TokenSet(
@@ -36,8 +34,9 @@ class PgTokenStore:
         )
 
     async def save(self, tokens: TokenSet) -> None:
-        query = self._pool.execute(
-            sql("token_save"),
+        await self._sql.execute(
+            "saving tokens",
+            "token_save",
             self._account,
             tokens.refresh_token,
             tokens.access_token,
@@ -45,9 +44,8 @@ class PgTokenStore:
             tokens.access_issued_at,
             tokens.refresh_expires_at,
         )
-        await guarded(query, "saving tokens")
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        async with advisory_lock(self._pool, f"asyncsync.token:{self._account}", wait=True):
+        async with advisory_lock(self._sql.pool, f"asyncsync.token:{self._account}", wait=True):
             yield

@@ -1,0 +1,124 @@
+"""The database comes and goes: errors converted where they enter, and brief outages ridden.
+
+:func:`classify` turns an asyncpg (or socket) error into the package's tree: a database
+that cannot be reached, went away mid-statement, timed out or is restarting becomes
+:class:`~asyncsync.errors.DatabaseUnavailable`; anything else (a value PostgreSQL refuses,
+a constraint) stays a plain :class:`~asyncsync.errors.DatabaseError`, SQLSTATE kept.
+
+:class:`Reconnect` runs a unit of work again, on a fresh connection, while the database is
+unavailable, for a bounded time: a restart of a few seconds costs a pause, not a run. Only
+whole units are repeated (one transaction, one statement), so nothing is done twice: a
+transaction the connection died in was rolled back by the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from ..errors import DatabaseError, DatabaseUnavailable
+from .sqlfiles import sql
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: SQLSTATEs that say "not now" rather than "not this": shutdowns, restarts, too many
+#: connections, a statement or lock wait cut by its timeout.
+_NOT_NOW = {"57P01", "57P02", "57P03", "53300", "57014", "55P03"}
+
+
+def classify(exc: BaseException, what: str) -> DatabaseError:
+    """The package's error for ``exc`` met while ``what``."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        if state.startswith("08") or state in _NOT_NOW:
+            hint = " (a statement or lock timeout: is the database frozen?)" * (
+                state in ("57014", "55P03")
+            )
+            return DatabaseUnavailable(f"{what}: {exc}{hint}", sqlstate=state)
+        return DatabaseError(f"{what}: {exc}", sqlstate=state)
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        # asyncpg could not encode a value for PostgreSQL: a property of the data.
+        return DatabaseError(f"{what}: {exc}", sqlstate="22000")
+    if isinstance(exc, TimeoutError):
+        return DatabaseUnavailable(f"{what}: the database did not answer in time (frozen?)")
+    if isinstance(exc, OSError | asyncpg.InterfaceError):
+        return DatabaseUnavailable(f"{what}: the database is unreachable: {exc}")
+    raise TypeError(f"not a database error: {exc!r}")  # pragma: no cover
+
+
+_CAUGHT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+async def guarded(awaitable: Awaitable[Any], what: str) -> Any:
+    """Await ``awaitable`` once, converting database errors (see :func:`classify`)."""
+    try:
+        return await awaitable
+    except _CAUGHT as exc:
+        raise classify(exc, what) from exc
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """How long a unit of work is tried again while the database is unavailable."""
+
+    within_s: float = 30.0
+    first_pause_s: float = 0.2
+    max_pause_s: float = 5.0
+
+    async def run(self, work: Callable[[], Awaitable[T]], what: str) -> T:
+        """``await work()``; again (a fresh call) after a pause while the database is
+        unavailable, until ``within_s`` has passed; then the error."""
+        deadline = time.monotonic() + self.within_s
+        pause = self.first_pause_s
+        tries = 0
+        while True:
+            try:
+                return await work()
+            except (*_CAUGHT, DatabaseUnavailable) as exc:
+                error = exc if isinstance(exc, DatabaseError) else classify(exc, what)
+                tries += 1
+                final = not isinstance(error, DatabaseUnavailable)
+                if final or time.monotonic() + pause > deadline:
+                    if tries > 1:
+                        said = f"{error} (tried {tries} times)"
+                        error = type(error)(said, sqlstate=error.sqlstate)
+                    raise error from exc
+                if tries == 1:
+                    log.warning(
+                        "database unavailable while %s; trying again for up to %.0f s: %s",
+                        what, self.within_s, exc,
+                        extra={"fields": {"event": "database_unavailable"}},
+                    )  # fmt: skip
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.max_pause_s)
+
+
+class SqlRunner:
+    """Runs the named SQL files on a pool, each statement ridden through brief outages."""
+
+    def __init__(self, pool: asyncpg.Pool, reconnect: Reconnect) -> None:
+        self.pool = pool
+        self.reconnect = reconnect
+
+    async def run(self, what: str, work: Callable[[], Awaitable[T]]) -> T:
+        """A unit of work of the caller's (a whole transaction), tried again as a unit."""
+        return await self.reconnect.run(work, what)
+
+    async def fetch(self, what: str, name: str, *args: object) -> list[asyncpg.Record]:
+        return await self.reconnect.run(lambda: self.pool.fetch(sql(name), *args), what)
+
+    async def fetchrow(self, what: str, name: str, *args: object) -> asyncpg.Record | None:
+        return await self.reconnect.run(lambda: self.pool.fetchrow(sql(name), *args), what)
+
+    async def fetchval(self, what: str, name: str, *args: object) -> Any:
+        return await self.reconnect.run(lambda: self.pool.fetchval(sql(name), *args), what)
+
+    async def execute(self, what: str, name: str, *args: object) -> str:
+        return await self.reconnect.run(lambda: self.pool.execute(sql(name), *args), what)

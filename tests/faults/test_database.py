@@ -1,0 +1,146 @@
+"""The database is a dependency that comes and goes: stopped and restarted under serve,
+a backend terminated mid-merge, frozen with SIGSTOP, down under a one-shot run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from asyncsync.modes.serve import serve_loop
+from asyncsync.options import ServeOptions
+from asyncsync.runtime import open_runtime
+from asyncsync.simulator import TinySimulator
+from asyncsync.status import Situacao
+
+from ..helpers import common_for, cycle, full_sync
+from ..mirror import diff, mirror
+from .conftest import OwnPostgres, asyncsync, cli_env
+
+
+def fast_db(common, **database):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    return dataclasses.replace(common, database=dataclasses.replace(common.database, **database))
+
+
+async def test_serve_rides_out_a_database_restart(simulator, own_postgres: OwnPostgres) -> None:
+    sim = await simulator(orders=300, seed=12)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0)
+    stop = asyncio.Event()
+    outcomes: list[list[str]] = []
+
+    async def after_cycle(rt, reports) -> None:
+        outcomes.append([r.outcome.value for r in reports])
+        if len(outcomes) == 1:
+            own_postgres.stop()  # the next cycle meets a database that is gone
+            moved = sorted(sim.orders)[3]
+            sim.set_status(moved, Situacao.CANCELADA)
+        elif len(outcomes) == 2:
+            own_postgres.start()  # back: the cycle after this one resumes
+        elif len(outcomes) == 3:
+            stop.set()
+
+    async with open_runtime(common) as rt:
+        options = ServeOptions(interval_s=0.05, cycle=cycle(detail_budget=10_000))
+        code = await asyncio.wait_for(serve_loop(rt, options, stop, after_cycle=after_cycle), 90)
+    assert code == 0  # the service lived through it
+    assert outcomes[0] == ["ok", "ok"] and outcomes[1] == ["failed"]
+    assert outcomes[2] == ["ok", "ok"]
+    pool = await asyncpg.create_pool(own_postgres.dsn, min_size=1, max_size=1)
+    try:
+        assert diff(sim.snapshot(), await mirror(pool)) == []
+    finally:
+        await pool.close()
+
+
+async def test_a_backend_terminated_mid_merge_is_ridden(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=2500, seed=21, max_limit=50)
+    kills = {"done": 0}
+    pending: set[asyncio.Task[None]] = set()
+
+    async def terminate() -> None:
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'asyncsync' "
+            "AND pid <> pg_backend_pid()"
+        )
+        kills["done"] += 1
+
+    def now_and_then(_: TinySimulator, params: dict[str, str]) -> None:
+        if int(params.get("offset", "0")) % 500 == 250 and kills["done"] < 6:
+            task = asyncio.get_running_loop().create_task(terminate())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    sim.on_list_page = now_and_then
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt, page_size=50, batch_size=200)
+    await asyncio.gather(*pending)
+    assert kills["done"] >= 3
+    assert report.outcome == "ok"
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    history = await db.fetchval("SELECT count(*) FROM ordem_status_history")
+    assert history == 2500  # every first sighting once: no batch merged twice
+
+
+async def test_a_frozen_database_becomes_an_error_not_a_hang(
+    simulator, own_postgres: OwnPostgres
+) -> None:
+    sim = await simulator(orders=3000, seed=5, latency_s=0.01)
+    pages = {"n": 0}
+
+    def freeze_after_some_pages(_: TinySimulator, params: dict[str, str]) -> None:
+        pages["n"] += 1
+        if pages["n"] == 6:
+            own_postgres.freeze()
+
+    sim.on_list_page = freeze_after_some_pages
+    env = cli_env(
+        TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
+        TINY_REFRESH_TOKEN=sim.valid_refresh_token() or "",
+    )  # fmt: skip
+    started = time.monotonic()
+    proc = await asyncsync(
+        "sync", "--database-url", own_postgres.dsn, "--api-base-url", sim.base_url,
+        "--token-url", sim.token_url, "--statement-timeout", "2", "--lock-timeout", "2",
+        "--db-reconnect", "1", "--log-format", "json", env=env,
+    )  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        own_postgres.thaw()
+    took = time.monotonic() - started
+    text = err.decode()
+    assert proc.returncode == 6, text
+    assert "the database did not answer in time" in text and "Traceback" not in text
+    assert took < 45, took  # bounded by the timeouts, not by how long the freeze lasts
+
+
+async def test_a_one_shot_run_whose_database_stops_exits_6(
+    simulator, own_postgres: OwnPostgres
+) -> None:
+    sim = await simulator(orders=3000, seed=6, latency_s=0.01)
+    pages = {"n": 0}
+
+    def stop_after_some_pages(_: TinySimulator, params: dict[str, str]) -> None:
+        pages["n"] += 1
+        if pages["n"] == 8:
+            own_postgres.stop()
+
+    sim.on_list_page = stop_after_some_pages
+    env = cli_env(
+        TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
+        TINY_REFRESH_TOKEN=sim.valid_refresh_token() or "",
+    )  # fmt: skip
+    proc = await asyncsync(
+        "sync", "--database-url", own_postgres.dsn, "--api-base-url", sim.base_url,
+        "--token-url", sim.token_url, "--db-reconnect", "1", "--log-format", "json", env=env,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = err.decode()
+    assert proc.returncode == 6, text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("asyncsync: sync failed:") and "unreachable" in last, last
+    assert "Traceback" not in text

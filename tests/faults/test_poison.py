@@ -1,0 +1,115 @@
+"""A record PostgreSQL cannot take never blocks the others: NUL characters, a record the
+database refuses, a huge answer, a placeholder date."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import resource
+
+import pytest
+
+from asyncsync.errors import TinyAnswerTooLarge
+from asyncsync.simulator import TinySimulator
+
+from ..helpers import full_sync
+from ..mirror import diff, mirror
+from .conftest import asyncsync, cli_env
+
+
+async def test_nul_characters_are_cleaned_and_nothing_is_lost(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=800, seed=31)
+    dirty = sorted(sim.orders)[100]
+    order = sim.orders[dirty]
+    order.cliente = {**order.cliente, "nome": "Ana\x00 Maria"}
+    order.extra = {**order.extra, "observacoes": "urgente\x00\x00!"}
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    expected = sim.snapshot()
+    expected[dirty]["cliente_nome"] = "Ana Maria"  # what PostgreSQL can hold of it
+    assert diff(expected, await mirror(db)) == []
+    row = await db.fetchrow(
+        "SELECT payload->'cliente'->>'nome' AS nome, detalhe->>'observacoes' AS obs "
+        "FROM ordens_servico WHERE id = $1",
+        dirty,
+    )
+    assert (row["nome"], row["obs"]) == ("Ana Maria", "urgente!")
+
+
+async def test_a_record_the_database_refuses_goes_alone_to_import_failures(
+    simulator, runtime_for, db
+) -> None:
+    # A constraint of the user's own refuses one record: the rest of its batch is stored.
+    await db.execute(
+        "ALTER TABLE ordens_servico "
+        "ADD CONSTRAINT no_poison CHECK (cliente_nome NOT LIKE '%POISON%')"
+    )
+    sim = await simulator(orders=1200, seed=32)
+    poisoned = sorted(sim.orders)[600]
+    sim.orders[poisoned].cliente = {**sim.orders[poisoned].cliente, "nome": "POISON Ltda"}
+    for _ in range(2):  # and again: the same record does not block the next run either
+        async with runtime_for(sim) as rt:
+            report = await full_sync(rt, batch_size=400)
+        assert report.outcome == "ok"
+    expected = {i: o for i, o in sim.snapshot().items() if i != poisoned}
+    assert diff(expected, await mirror(db)) == []
+    rows = await db.fetch("SELECT id_ordem, erro, dados_api, tentativas FROM import_failures")
+    assert [r["id_ordem"] for r in rows] == [poisoned]
+    assert "no_poison" in rows[0]["erro"] and "POISON Ltda" in rows[0]["dados_api"]
+    assert rows[0]["tentativas"] == 1  # the listing seeing it again is not an attempt
+    history = await db.fetchval("SELECT count(*) FROM ordem_status_history")
+    assert history == 1199
+
+
+async def test_a_huge_detail_is_refused_unread(simulator, database_url, db) -> None:
+    sim: TinySimulator = await simulator(orders=200, seed=33)
+    sim.huge_detail_bytes = 120 * 1024 * 1024
+    huge = sorted(sim.orders)[10]
+    sim.fail_detail[huge] = "huge"
+    env = cli_env(
+        TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
+        TINY_REFRESH_TOKEN=sim.valid_refresh_token() or "",
+    )  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc = await asyncsync(
+        "sync", "--database-url", database_url, "--api-base-url", sim.base_url,
+        "--token-url", sim.token_url, "--max-answer-mb", "50", "--log-format", "json", env=env,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # A 120 MB answer read whole would take 120 MB and more to parse; refused, it is not
+    # read at all (the run's whole peak stays well below the answer's size).
+    assert peak_mib < 120 or before / 1024 >= 120, peak_mib
+    row = await db.fetchrow("SELECT erro, resolvido FROM import_failures WHERE id_ordem=$1", huge)
+    assert row is not None and "TinyAnswerTooLarge" in row["erro"] and "cap" in row["erro"]
+    got = await mirror(db)
+    assert (
+        diff(
+            {i: o for i, o in sim.snapshot().items() if i != huge},
+            {i: o for i, o in got.items() if i != huge},
+        )
+        == []
+    )
+
+
+async def test_a_huge_listing_page_fails_the_run_with_a_clear_error(simulator, runtime_for) -> None:
+    sim = await simulator(orders=50, seed=34)
+    sim.pad_list_bytes = 3 * 1024 * 1024
+    async with runtime_for(sim, max_answer_mb=1.0) as rt:
+        with pytest.raises(TinyAnswerTooLarge, match="1,048,576-byte cap"):
+            await full_sync(rt)
+
+
+async def test_a_placeholder_date_is_no_date(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=40, seed=35)
+    placeholder = sorted(sim.orders)[3]
+    sim.orders[placeholder].data_prevista = dt.datetime(9999, 12, 31, 0, 0)
+    async with runtime_for(sim) as rt:
+        await full_sync(rt)
+    value = await db.fetchval(
+        "SELECT data_prevista::text FROM ordens_servico WHERE id = $1", placeholder
+    )
+    assert value is None  # not 'infinity'
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 40
