@@ -217,6 +217,9 @@ class ListingEngine:
         async def queue(page: Page) -> None:
             self.result.pages += 1
             self.progress.pages += 1
+            if part not in self.result.totals and page.total is not None:
+                # The first page tells how many orders the partition holds: the bar's total.
+                self.progress.records_total = (self.progress.records_total or 0) + page.total
             self.result.totals.setdefault(part, page.total)
             await self._queue.put(_Item(part, page, None, None))
 

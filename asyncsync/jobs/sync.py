@@ -65,7 +65,6 @@ async def full_sync(
         )
         result = await engine.run([Partition(int(s)) for s in ALL_STATUSES], checkpointed=False)
         api_totals = {p.situacao: t for p, t in result.totals.items()}
-        progress.records_total = sum(t or 0 for t in api_totals.values()) or None
         complete = len(result.complete) == len(ALL_STATUSES)
         if complete:
             stamp = {"completed_at": ctx.clock().isoformat()}

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from ..overview import TokenAges
 from ..seams import TokenSet
 from .database import guarded, sql
 from .locks import advisory_lock
@@ -32,6 +33,13 @@ class PgTokenStore:
             access_token=row["access_token"],
             access_expires_at=row["access_expires_at"],
         )
+
+    async def ages(self) -> TokenAges | None:
+        """When the tokens were last refreshed and when the access token expires (no secret
+        leaves the database)."""
+        query = self._pool.fetchrow(sql("token_ages"), self._account)
+        row = await guarded(query, "reading token ages")
+        return None if row is None else TokenAges(row["updated_at"], row["access_expires_at"])
 
     async def save(self, tokens: TokenSet) -> None:
         query = self._pool.execute(
