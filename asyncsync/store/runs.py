@@ -82,8 +82,3 @@ class PgRunLog:
             if held is None or run.started_at > held.started_at:
                 last[run.mode] = run
         return last, success
-
-    async def recent(self, limit: int = 20) -> list[dict[str, Any]]:
-        """The latest ``limit`` rows, newest first, as plain dicts."""
-        query = self._pool.fetch(sql("run_history"), self.account, limit)
-        return [dict(row) for row in await guarded(query, "reading runs")]
