@@ -196,8 +196,8 @@ def render_status(status: AccountStatus, interval_s: float) -> RenderableType:
     fresh: Any = data["freshness"]
     state = "fresh" if fresh["fresh"] else "STALE"
     head = Text(
-        f"account {status.account} — {state}: last sync {_ago(fresh['age_s'])} "
-        f"(limit {int(fresh['limit_s'] // 60)} min)",
+        f"account {status.account} — {state}: statuses listed completely "
+        f"{_ago(fresh['age_s'])} (limit {int(fresh['limit_s'] // 60)} min)",
         style="bold" if fresh["fresh"] else "bold red",
     )
     runs = [
@@ -229,8 +229,10 @@ def render_status(status: AccountStatus, interval_s: float) -> RenderableType:
     by_status: list[list[object]] = [
         [status_name(code), n] for code, n in sorted(status.orders_by_status.items())
     ]
-    by_status.append(["total", sum(status.orders_by_status.values())])
-    parts.append(table(["status", "orders"], by_status, title="the mirror"))
+    mirror = table(["status", "orders"], by_status, title="the mirror")
+    mirror.add_section()
+    mirror.add_row("total", f"{sum(status.orders_by_status.values()):,}", style="bold")
+    parts.append(mirror)
     facts: list[list[object]] = [
         ["details still waiting", status.detail_backlog],
         ["failures waiting for a retry", status.failures.pending],

@@ -68,19 +68,27 @@ class Meter:
         self.rate: float | None = None  # per second, over the window
         self.eta_s: float | None = None
         self._eta_at: float | None = None
+        self._first: tuple[float, int] | None = None
 
     def update(self, now: float, done: int, total: int | None) -> None:
         if total is not None and done >= total and self.eta_s == 0.0:
-            return  # finished: keep the rate it finished at
+            return  # finished: keep the rate shown when it finished
+        if self._first is None and total is not None:
+            self._first = (now, done)  # the phase starts when its total is known
+        if total is not None and done >= total:
+            # Finished: the phase's average, steadier than the last window's bursts.
+            t0, d0 = self._first or (now, done)
+            self.rate = (done - d0) / (now - t0) if now - t0 >= 1.0 else self.rate
+            self.eta_s, self._eta_at = 0.0, now
+            return
         samples = self._samples
         samples.append((now, done))
         while len(samples) > 2 and now - samples[1][0] >= self._window_s:
             samples.popleft()
         t0, d0 = samples[0]
         self.rate = (done - d0) / (now - t0) if now - t0 >= 1.0 else self.rate
-        if total is None or not self.rate or done >= total:
-            self.eta_s = 0.0 if total is not None and done >= total else None
-            self._eta_at = now if self.eta_s is not None else None
+        if total is None or not self.rate:
+            self.eta_s = self._eta_at = None
             return
         fresh = (total - done) / self.rate
         if self.eta_s is None or self._eta_at is None:

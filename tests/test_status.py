@@ -67,7 +67,7 @@ async def test_status_reports_runs_freshness_mirror_failures_tokens_and_lock(
     table = await asyncio.to_thread(
         run_cli, "status", "--log-format", "text", "--database-url", database_url
     )
-    assert "account default — fresh: last sync" in table.stdout
+    assert "account default — fresh: statuses listed completely" in table.stdout
     assert "│ failures for manual review   │ 1 " in table.stdout
     assert "│ run lock                     │ free" in table.stdout
 
