@@ -96,6 +96,32 @@ CREATE TABLE IF NOT EXISTS integrity_runs (
     report      jsonb       NOT NULL
 );
 
+-- Every run of every mode (and every serve cycle): the run report, persisted. The history
+-- `asyncsync status` reads; integrity_runs above is kept for existing readers.
+CREATE TABLE IF NOT EXISTS sync_runs (
+    id               bigserial   PRIMARY KEY,
+    account          text        NOT NULL DEFAULT 'default',
+    mode             text        NOT NULL,  -- what ran: sync, backfill, integrity, retry
+    invoked_as       text        NOT NULL,  -- the command that ran it: serve, sync, failures...
+    title            text        NOT NULL DEFAULT '',
+    started_at       timestamptz NOT NULL,
+    finished_at      timestamptz NOT NULL,
+    outcome          text        NOT NULL CHECK (outcome IN ('ok', 'attention', 'interrupted', 'failed')),
+    counts           jsonb       NOT NULL DEFAULT '{}',
+    requests         jsonb       NOT NULL DEFAULT '{}',  -- API requests by endpoint
+    requests_total   integer     NOT NULL DEFAULT 0,
+    rate_limited     integer     NOT NULL DEFAULT 0,     -- 429 answers
+    retries          integer     NOT NULL DEFAULT 0,
+    quota_per_minute integer,                            -- the pace the client kept
+    errors           text[]      NOT NULL DEFAULT '{}',
+    report           jsonb       NOT NULL                -- the whole run report
+);
+CREATE INDEX IF NOT EXISTS idx_sync_runs_account_mode
+    ON sync_runs (account, mode, started_at DESC);
+
+-- A failure a person chose to ignore stays resolved, even when a listing shows it again.
+ALTER TABLE import_failures ADD COLUMN IF NOT EXISTS ignorado_em timestamptz;
+
 -- Where reports read conclusions from: the API's dataConclusao, else the first observed
 -- change into 3 - Finalizada (NULL when the order was first seen already finalized).
 CREATE OR REPLACE VIEW ordens_finalizadas AS

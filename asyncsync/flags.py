@@ -1,4 +1,4 @@
-"""Every command-line flag, its environment twin, and how its text becomes a typed value.
+"""Every command-line flag, its environment twin, and the parser of its text.
 
 One table (:data:`FLAGS`) binds each flag to a field of an options dataclass in
 :mod:`asyncsync.options`, which states the default. A value is validated by the same
@@ -11,159 +11,53 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .options import (
-    ACCOUNT_KEY,
+    FAILURE_ACTIONS,
+    FAILURE_STATES,
+    STDOUT,
     AuthorizeOptions,
     BackfillOptions,
     CommonOptions,
     CycleOptions,
     DatabaseOptions,
+    FailuresOptions,
     HealthOptions,
     IntegrityOptions,
     MigrateOptions,
     OutputOptions,
     RetryOptions,
+    RunOptions,
     ServeOptions,
     SimulateOptions,
     SimulatorOptions,
+    StatusOptions,
     SyncOptions,
     TinyOptions,
 )
+from .parsers import (
+    Parser,
+    account_key,
+    boolean,
+    choice,
+    dsn,
+    fraction,
+    http_url,
+    integer,
+    month,
+    number,
+    order_ids,
+    path,
+    status_codes,
+    text,
+)
 
-Parser = Callable[[str], object]
-
-# --- parsers: text in, a value or ValueError("must be ..., got ...") out -----------------
-
-
-def text(raw: str) -> str:
-    return raw
-
-
-def integer(minimum: int, maximum: int | None = None) -> Parser:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ValueError(f"must be a whole number, got {raw!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            span = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
-            raise ValueError(f"must be {span}, got {value}")
-        return value
-
-    return parse
-
-
-def number(minimum: float, *, strict: bool = False) -> Parser:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError(f"must be a number, got {raw!r}") from None
-        if value != value or value < minimum or (strict and value == minimum):
-            raise ValueError(f"must be {'>' if strict else '≥'} {minimum:g}, got {raw!r}")
-        return value
-
-    return parse
-
-
-def fraction(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ValueError(f"must be a number, got {raw!r}") from None
-    if not 0 < value <= 1:
-        raise ValueError(f"must be more than 0 and at most 1, got {raw!r}")
-    return value
-
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
-
-
-def boolean(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"must be true or false (1/0, yes/no, on/off), got {raw!r}")
-
-
-def choice(*allowed: str, fold: Callable[[str], str] = str.lower) -> Parser:
-    def parse(raw: str) -> str:
-        value = fold(raw.strip())
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}, got {raw!r}")
-        return value
-
-    return parse
-
-
-def http_url(raw: str) -> str:
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"must be an http(s) URL, got {raw!r}")
-    return raw.strip()
-
-
-def dsn(raw: str) -> str:
-    """A PostgreSQL URL; the message never repeats a password."""
-    value = raw.strip()
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises on a port that is not a number
-        host = parts.hostname
-    except ValueError as exc:
-        raise ValueError(f"is not a valid PostgreSQL URL ({exc})") from None
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"must start with postgresql://, got {parts.scheme or 'no'} scheme")
-    if not host and "host=" not in parts.query:
-        raise ValueError("names no host (postgresql://user@host:5432/database)")
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"has port {port}, outside 1..65535")
-    return value
-
-
-def status_codes(raw: str) -> tuple[int, ...]:
-    try:
-        codes = tuple(int(x) for x in raw.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"must be status codes like 0,1,2, got {raw!r}") from None
-    if not codes or any(not 0 <= c <= 7 for c in codes):
-        raise ValueError(f"must be status codes from 0 to 7, got {raw!r}")
-    return codes
-
-
-def month(raw: str) -> dt.date:
-    """``"2014-01"`` → ``date(2014, 1, 1)``."""
-    year, _, mon = raw.strip().partition("-")
-    if not (len(year) == 4 and year.isdigit() and len(mon) == 2 and mon.isdigit()):
-        raise ValueError(f"must be a month like 2014-01, got {raw!r}")
-    if not 1 <= int(mon) <= 12 or int(year) < 1900:
-        raise ValueError(f"must be a month like 2014-01, got {raw!r}")
-    return dt.date(int(year), int(mon), 1)
-
-
-def path(raw: str) -> Path:
-    if not raw.strip():
-        raise ValueError("must be a path, got nothing")
-    return Path(raw).expanduser()
-
-
-def account_key(raw: str) -> str:
-    value = raw.strip()
-    if not ACCOUNT_KEY.fullmatch(value):
-        raise ValueError(f"must be 1 to 64 letters, digits, '.', '_' or '-', got {raw!r}")
-    return value
-
+__all__ = ["FLAGS", "MODES", "Flag", "Invocation", "Mode", "month", "parse"]
 
 # --- the table --------------------------------------------------------------------------
 
@@ -181,6 +75,12 @@ class Flag:
     boolean: bool = False
     metavar: str | None = None
     secret: bool = False  # its value never appears in help or messages
+    const: str | None = None  # the value of the flag given alone (``--json``)
+    nargs: str | None = None  # positionals (no leading ``--``): ``?`` or ``*``
+
+    @property
+    def positional(self) -> bool:
+        return not self.flag.startswith("-")
 
 
 F = Flag
@@ -250,7 +150,15 @@ FLAGS: tuple[Flag, ...] = (
     F("--log-format", "ASYNCSYNC_LOG_FORMAT", OutputOptions, "log_format",
       choice("auto", "json", "text"), "log format (auto: text on a terminal, else json)"),
     F("--json", "ASYNCSYNC_JSON_REPORT", OutputOptions, "json_path", path,
-      "write the run report as JSON to this file", metavar="PATH"),
+      "write the report as JSON to this file; alone (or '-'): to stdout, instead of tables",
+      metavar="PATH", const=str(STDOUT)),
+    # one-shot runs
+    F("--wait-lock", "ASYNCSYNC_WAIT_LOCK_S", RunOptions, "wait_lock_s", number(0),
+      "wait up to this long for the account's run lock before giving up (exit 3)",
+      metavar="S"),
+    F("--textfile", "ASYNCSYNC_METRICS_TEXTFILE", RunOptions, "metrics_textfile", path,
+      "at the end, write the metrics to this file for node-exporter's textfile collector",
+      metavar="PATH"),
     # sync and serve cycles
     F("--detail-budget", "ASYNCSYNC_DETAIL_BUDGET", CycleOptions, "detail_budget", integer(0),
       "most detail requests per run (default: no limit; serve: ~70%% of an interval's quota)",
@@ -270,7 +178,8 @@ FLAGS: tuple[Flag, ...] = (
       integer(0, 65535), "serve Prometheus /metrics on this port (0: any free port)",
       metavar="PORT"),
     F("--metrics-host", "ASYNCSYNC_METRICS_HOST", ServeOptions, "metrics_host", text,
-      "address /metrics listens on", metavar="HOST"),
+      "address /metrics, /healthz and /readyz listen on (0.0.0.0: every interface)",
+      metavar="HOST"),
     # backfill
     F("--from", "ASYNCSYNC_FROM", BackfillOptions, "date_from", month,
       "first month, YYYY-MM (default 2014-01)", metavar="MONTH"),
@@ -280,6 +189,12 @@ FLAGS: tuple[Flag, ...] = (
       "month × status partitions paged at once", metavar="N"),
     F("--detail-budget", "ASYNCSYNC_DETAIL_BUDGET", BackfillOptions, "detail_budget",
       integer(0), "most detail requests after the listing (default: no limit)", metavar="N"),
+    # integrity, health
+    F("--deep", "ASYNCSYNC_DEEP", IntegrityOptions, "deep", boolean,
+      "compare every id even when the totals agree", boolean=True),
+    F("--interval", "ASYNCSYNC_INTERVAL_S", HealthOptions, "interval_s", number(1),
+      "the serve interval: healthy when synced within three of them (at least an hour)",
+      metavar="S"),
     # authorize
     F("--redirect-uri", "TINY_REDIRECT_URI", AuthorizeOptions, "redirect_uri", http_url,
       "the redirect URI registered for the app in Tiny; a 127.0.0.1/localhost one is "
@@ -288,12 +203,24 @@ FLAGS: tuple[Flag, ...] = (
       "OAuth authorization endpoint (default: the token URL's .../auth)", metavar="URL"),
     F("--authorize-timeout", "ASYNCSYNC_AUTHORIZE_TIMEOUT_S", AuthorizeOptions, "timeout_s",
       number(1), "seconds to wait for the person to authorize", metavar="S"),
-    # integrity, health
-    F("--deep", "ASYNCSYNC_DEEP", IntegrityOptions, "deep", boolean,
-      "compare every id even when the totals agree", boolean=True),
-    F("--interval", "ASYNCSYNC_INTERVAL_S", HealthOptions, "interval_s", number(1),
-      "the serve interval: healthy when synced within three of them (at least an hour)",
+    # status
+    F("--all-accounts", "ASYNCSYNC_ALL_ACCOUNTS", StatusOptions, "all_accounts", boolean,
+      "every account in the database, not only --account", boolean=True),
+    F("--interval", "ASYNCSYNC_INTERVAL_S", StatusOptions, "interval_s", number(1),
+      "the serve interval: fresh when synced within three of them (at least an hour)",
       metavar="S"),
+    # failures
+    F("action", "ASYNCSYNC_FAILURES_ACTION", FailuresOptions, "action",
+      choice(*FAILURE_ACTIONS), "list, retry (now) or ignore import failures",
+      metavar="{" + ",".join(FAILURE_ACTIONS) + "}", nargs="?"),
+    F("ids", "ASYNCSYNC_FAILURE_IDS", FailuresOptions, "ids", order_ids,
+      "order ids to retry or ignore", metavar="ID", nargs="*"),
+    F("--all", "ASYNCSYNC_FAILURES_ALL", FailuresOptions, "every", boolean,
+      "retry or ignore every failure left for manual review", boolean=True),
+    F("--state", "ASYNCSYNC_FAILURES_STATE", FailuresOptions, "state", choice(*FAILURE_STATES),
+      "list: which failures (open = pending + review)"),
+    F("--limit", "ASYNCSYNC_FAILURES_LIMIT", FailuresOptions, "limit", integer(1),
+      "list: at most this many", metavar="N"),
 )  # fmt: skip
 
 #: Group titles in ``--help``, in display order.
@@ -304,7 +231,10 @@ TITLES: dict[type, str] = {
     BackfillOptions: "backfill",
     IntegrityOptions: "integrity",
     HealthOptions: "health",
+    StatusOptions: "status",
     AuthorizeOptions: "authorize",
+    FailuresOptions: "failures",
+    RunOptions: "one-shot runs",
     CommonOptions: "account",
     DatabaseOptions: "database",
     TinyOptions: "Tiny API",
@@ -326,15 +256,19 @@ class Mode:
 
 
 MODES: dict[str, Mode] = {
-    "sync": Mode(SyncOptions, (SyncOptions, CycleOptions, *_EVERYTHING),
+    "sync": Mode(SyncOptions, (SyncOptions, CycleOptions, RunOptions, *_EVERYTHING),
                  "a full sync the first time, an incremental cycle after"),
     "serve": Mode(ServeOptions, (ServeOptions, CycleOptions, *_EVERYTHING),
-                  "the service: a cycle every --interval, retries, /metrics"),
-    "backfill": Mode(BackfillOptions, (BackfillOptions, *_EVERYTHING),
+                  "the service: a cycle every --interval, retries, /metrics, /readyz"),
+    "backfill": Mode(BackfillOptions, (BackfillOptions, RunOptions, *_EVERYTHING),
                      "the history, month by month, checkpointed and resumable"),
-    "integrity": Mode(IntegrityOptions, (IntegrityOptions, *_EVERYTHING),
+    "integrity": Mode(IntegrityOptions, (IntegrityOptions, RunOptions, *_EVERYTHING),
                       "compare the mirror with the API and fix it"),
-    "retry": Mode(RetryOptions, _EVERYTHING, "retry failed imports that are due"),
+    "retry": Mode(RetryOptions, (RunOptions, *_EVERYTHING), "retry failed imports that are due"),
+    "status": Mode(StatusOptions, (StatusOptions, *_LOCAL),
+                   "last runs, freshness, backlog, failures, tokens and lock, per account"),
+    "failures": Mode(FailuresOptions, (FailuresOptions, RunOptions, *_EVERYTHING),
+                     "list import failures, retry them now, or ignore them"),
     "health": Mode(HealthOptions, (HealthOptions, *_LOCAL),
                    "exit 0 when the mirror was synced recently"),
     "migrate": Mode(MigrateOptions, _LOCAL, "create or update the schema"),
@@ -354,7 +288,7 @@ def _default_text(cls: type, name: str) -> str:
                 value = f.default_factory()
             else:
                 return ""
-            if value is None or value is False:
+            if value is None or value is False or value == ():
                 return ""
             if isinstance(value, tuple):
                 value = ",".join(str(v) for v in value)
@@ -371,6 +305,12 @@ def _add(parser: argparse.ArgumentParser | Any, flag: Flag) -> None:
             flag.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
             help=help_text,
         )  # fmt: skip
+    elif flag.positional:
+        parser.add_argument(dest, nargs=flag.nargs, default=None, help=help_text,
+                            metavar=flag.metavar or flag.flag.upper())  # fmt: skip
+    elif flag.const is not None:
+        parser.add_argument(flag.flag, dest=dest, default=None, help=help_text, nargs="?",
+                            const=flag.const, metavar=flag.metavar or "TEXT")  # fmt: skip
     else:
         parser.add_argument(flag.flag, dest=dest, default=None, help=help_text,
                             metavar=flag.metavar or "TEXT")  # fmt: skip
@@ -441,6 +381,8 @@ def read_values(
         if flag.target not in groups:
             continue
         given = getattr(ns, f"{flag.target.__name__}.{flag.field}", None)
+        if isinstance(given, list):  # a positional taking several words
+            given = " ".join(given) if given else None
         if given is not None and flag.boolean:
             values[(flag.target, flag.field)] = given
             continue

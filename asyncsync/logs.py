@@ -53,6 +53,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+def _text(value: object) -> str:
+    """A field's value in a text line: nested figures as compact JSON, not Python reprs."""
+    if isinstance(value, dict | list | tuple):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)
+
+
 class TextFormatter(logging.Formatter):
     """``ts LEVEL logger: message key=value ...``."""
 
@@ -61,20 +68,50 @@ class TextFormatter(logging.Formatter):
         line += record.getMessage()
         fields = _fields(record)
         if fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            line += " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return redact(line)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the moment: while a live progress display
+    is on, rich points it at a proxy that prints log lines above the bars instead of
+    through them."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+_format = "text"
+
+
+def json_mode() -> bool:
+    """Whether logs are JSON lines: then nothing else (tables, bars) goes to the screen."""
+    return _format == "json"
+
+
 def configure(level: str = "INFO", fmt: str = "auto") -> None:
     """Log to stderr; ``fmt`` is ``json``, ``text`` or ``auto`` (text on a terminal)."""
+    global _format
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
-    handler = logging.StreamHandler(sys.stderr)
+    _format = fmt
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # One line per retried attempt drowns the log in a bad hour; every run report counts
+    # its retries and 429s instead, and a request that gives up still says so (ERROR).
+    logging.getLogger("backoff").setLevel(logging.WARNING)

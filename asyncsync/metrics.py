@@ -1,4 +1,5 @@
-"""Prometheus metrics and the ``/metrics`` endpoint (prometheus-async).
+"""Prometheus metrics, the ``/metrics``, ``/healthz`` and ``/readyz`` endpoints, and the
+textfile a one-shot run leaves for node-exporter.
 
 Metrics live on prometheus_client's default registry, which prometheus-async serves.
 Every per-account series carries an ``account`` label, so one worker serving many
@@ -9,11 +10,20 @@ around the code they exercise (the registry is process-wide).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import prometheus_client
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from aiohttp import web
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+
+#: What ``/readyz`` asks: the reasons not to be ready, name → sentence (none: ready).
+Reasons = Callable[[], Mapping[str, str]]
 
 # `_created` samples triple the size of a scrape and no dashboard reads them.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -107,16 +117,120 @@ LAST_SUCCESS = Gauge(
 )
 
 
-@asynccontextmanager
-async def metrics_server(host: str, port: int) -> AsyncIterator[int]:
-    """Serve ``/metrics`` while the context is open; yields the bound port (0 → free port)."""
-    from prometheus_async.aio.web import start_http_server
+# --- gauges refreshed from the database after each cycle or one-shot run -----------------
 
-    server = await start_http_server(addr=host, port=port)
+ORDERS = Gauge(
+    "asyncsync_orders",
+    "Orders in the mirror by status code (the possibly-deleted left out).",
+    ["account", "status"],
+)
+FAILURES_PENDING = Gauge(
+    "asyncsync_import_failures_pending",
+    "Open import failures a later retry will try again.",
+    ["account"],
+)
+FAILURES_MANUAL_REVIEW = Gauge(
+    "asyncsync_import_failures_manual_review",
+    "Open import failures left for a person (attempts used up, or no id to fetch).",
+    ["account"],
+)
+# Timestamps rather than ages: an age exported at the end of a cycle is stale until the
+# next one, while `time() - timestamp` is exact at every evaluation.
+TOKEN_REFRESHED = Gauge(
+    "asyncsync_token_refreshed_timestamp_seconds",
+    "Unix time of the last token refresh, which also rotated the refresh token "
+    "(Tiny's refresh token lives about a day).",
+    ["account"],
+)
+ACCESS_TOKEN_EXPIRES = Gauge(
+    "asyncsync_access_token_expires_timestamp_seconds",
+    "Unix time the stored access token expires.",
+    ["account"],
+)
+REAUTHORIZATION_REQUIRED = Gauge(
+    "asyncsync_reauthorization_required",
+    "1 when Tiny answered invalid_grant: only a person can authorize the app again.",
+    ["account"],
+)
+INTEGRITY_CONSISTENT = Gauge(
+    "asyncsync_integrity_consistent",
+    "1 when the last finished integrity check found the mirror consistent, else 0.",
+    ["account"],
+)
+INTEGRITY_LAST_RUN = Gauge(
+    "asyncsync_integrity_last_run_timestamp_seconds",
+    "Unix time the last finished integrity check ended.",
+    ["account"],
+)
+READY = Gauge(
+    "asyncsync_ready",
+    "1 when serve is ready (database reachable, token valid, last success recent), else 0.",
+)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"alive": True})
+
+
+_REASONS: web.AppKey[Reasons | None] = web.AppKey("reasons")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ask = request.app[_REASONS]
+    reasons = {} if ask is None else dict(ask())
+    if reasons:
+        return web.json_response({"ready": False, "reasons": reasons}, status=503)
+    return web.json_response({"ready": True})
+
+
+@asynccontextmanager
+async def metrics_server(
+    host: str, port: int, reasons: Reasons | None = None
+) -> AsyncIterator[int]:
+    """Serve ``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` (200, or 503
+    with what ``reasons()`` returns) while the context is open; yields the bound port
+    (0 → a free port)."""
+    from prometheus_async.aio.web import server_stats
+
+    app = web.Application()
+    app[_REASONS] = reasons
+    app.router.add_get("/metrics", server_stats)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
     try:
-        yield int(server.socket.port)
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        yield int(runner.addresses[0][1])
     finally:
-        await asyncio.shield(server.close())
+        await asyncio.shield(runner.cleanup())
+
+
+class _Ours:
+    """The asyncsync series of the default registry (no process or Python collectors)."""
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            if family.name.startswith("asyncsync_"):
+                yield family
+
+
+def write_textfile(path: Path) -> None:
+    """Write the asyncsync series for node-exporter's textfile collector, atomically: a
+    temporary file in the same directory, then a rename, so a scrape never reads half."""
+    data = generate_latest(_Ours())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def value(name: str, labels: dict[str, str] | None = None) -> float:

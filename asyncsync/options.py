@@ -119,7 +119,23 @@ class OutputOptions:
 
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | json | text
-    json_path: Path | None = None  # write the run report as JSON here
+    json_path: Path | None = None  # write the report as JSON here; Path("-"): to stdout
+
+    @property
+    def json_to_stdout(self) -> bool:
+        return self.json_path == STDOUT
+
+
+#: ``--json`` with no file: the JSON goes to standard output instead of the table.
+STDOUT = Path("-")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a one-shot run (sync, backfill, integrity, retry, failures) may be told."""
+
+    wait_lock_s: float = 0.0  # wait this long for the account's run lock before exit 3
+    metrics_textfile: Path | None = None  # write the metrics here at the end (node-exporter)
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,7 @@ class CommonOptions:
     tiny: TinyOptions = field(default_factory=TinyOptions)
     simulator: SimulatorOptions = field(default_factory=SimulatorOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
+    run: RunOptions = field(default_factory=RunOptions)
 
     def __post_init__(self) -> None:
         if not ACCOUNT_KEY.fullmatch(self.account):
@@ -172,17 +189,17 @@ class ServeOptions:
     """``--mode serve``."""
 
     interval_s: float = 900.0
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # a container publishes it: set 0.0.0.0 inside one
     metrics_port: int | None = None
     cycle: CycleOptions = field(default_factory=CycleOptions)
 
     def detail_budget(self, rate_per_minute: int) -> int:
         """Detail requests one cycle may spend: the configured budget, else about 70% of
-        what the quota allows in one interval, so a long backlog of details never delays
-        the next cycle (the backlog resumes where it stopped, open orders first)."""
+        what the quota allows in one interval (at least 500), so a long backlog of details
+        never delays the next cycle much (it resumes where it stopped, open orders first)."""
         if self.cycle.detail_budget is not None:
             return self.cycle.detail_budget
-        return max(1, int(rate_per_minute * self.interval_s / 60 * 0.7))
+        return max(500, int(rate_per_minute * self.interval_s / 60 * 0.7))
 
 
 @dataclass(frozen=True)
@@ -216,6 +233,31 @@ class HealthOptions:
     """``--mode health``."""
 
     interval_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class StatusOptions:
+    """``asyncsync status``."""
+
+    all_accounts: bool = False
+    interval_s: float = 900.0  # the serve interval: fresh within three of them
+
+
+#: What ``asyncsync failures`` can do.
+FAILURE_ACTIONS = ("list", "retry", "ignore")
+#: The states ``asyncsync failures list --state`` selects.
+FAILURE_STATES = ("open", "pending", "review", "ignored", "resolved", "all")
+
+
+@dataclass(frozen=True)
+class FailuresOptions:
+    """``asyncsync failures list|retry|ignore [IDS]``."""
+
+    action: str = "list"
+    ids: tuple[int, ...] = ()
+    every: bool = False  # retry/ignore every failure left for manual review
+    state: str = "open"  # list: which failures
+    limit: int = 100  # list: at most this many rows
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 A :class:`RunReport` says what a run of a mode did (counts, the API and mirror figures by
 status, the ids found, the API statistics, errors) and how it ended (:class:`Outcome`).
-:func:`render_text` draws it for a terminal, :func:`to_json` for machines and files,
+:func:`render` draws it for a terminal (rich; :func:`render_text` as plain text),
+:func:`to_json` for machines and files,
 :func:`observe` turns it into metrics, and :func:`log_fields` into structured log fields.
 """
 
@@ -10,11 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Column, Table
+from rich.text import Text
 
 from . import metrics
 from .clock import iso
@@ -178,38 +184,66 @@ def observe(report: RunReport) -> None:
         metrics.LAST_SUCCESS.labels(*labels).set(report.finished_at.timestamp())
 
 
-# --- the terminal rendering ------------------------------------------------------------
+# --- the terminal rendering (rich) -----------------------------------------------------
+
+#: Outcomes of runs that ran to their end.
+FINISHED = frozenset({Outcome.OK.value, Outcome.ATTENTION.value})
 
 _OUTCOME_TEXT = {
-    Outcome.OK: "ok",
-    Outcome.ATTENTION: "needs attention",
-    Outcome.INTERRUPTED: "interrupted: resumes next run",
-    Outcome.FAILED: "FAILED",
+    Outcome.OK: ("finished ok", "green"),
+    Outcome.ATTENTION: ("finished, needs attention", "yellow"),
+    Outcome.INTERRUPTED: ("interrupted: resumes next run", "yellow"),
+    Outcome.FAILED: ("FAILED", "bold red"),
 }
 
 
-def render_text(report: RunReport) -> str:
-    """The report as a person reads it on a terminal."""
-    head = f"{report.mode}: {report.title or report.mode}" if report.title else report.mode
-    head += f" — {_OUTCOME_TEXT[report.outcome]} — {report.duration_s:,.1f} s"
+def headline(report: RunReport) -> str:
+    """``"sync: full sync — finished ok — 12.3 s"``: what ran and how it ended."""
+    head = f"{report.mode}: {report.title}" if report.title else report.mode
+    head += f" — {_OUTCOME_TEXT[report.outcome][0]} — {report.duration_s:,.1f} s"
     if report.account != "default":
         head += f" — account {report.account}"
-    parts = [head]
+    return head
+
+
+def render(report: RunReport) -> RenderableType:
+    """The report as a person reads it on a terminal: a headline, tables, then lines."""
+    parts: list[RenderableType] = [
+        Text(headline(report), style=f"bold {_OUTCOME_TEXT[report.outcome][1]}")
+    ]
     if report.by_status:
-        parts.append(_by_status_table(report.by_status))
+        parts.append(_by_status_table(report.by_status, report.facts.get("by_status")))
     counts = [[COUNT_LABELS.get(k, k), v] for k, v in report.counts.items()]
     if counts:
         parts.append(table(["figure", "value"], counts))
     if report.findings:
         rows = [[FINDING_LABELS.get(k, k), len(v), ids_text(v)] for k, v in report.findings.items()]
         parts.append(table(["finding", "orders", "ids"], rows))
-    facts = [f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in report.facts.items()]
-    lines = ["\n\n".join(parts), *facts, *report.notes, api_line(report.api)]
-    lines += [f"error: {e}" for e in report.errors]
-    return "\n".join(lines)
+    lines = [
+        f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in report.facts.items() if k != "by_status"
+    ]
+    lines += [*report.notes, api_line(report.api)]
+    parts += [Text(line) for line in lines]
+    parts += [Text(f"error: {e}", style="red") for e in report.errors]
+    return Group(*parts)
 
 
-def _by_status_table(by_status: Mapping[int, Mapping[str, int | None]]) -> str:
+def render_text(report: RunReport, width: int = 120) -> str:
+    """The terminal rendering as plain text (no colours): logs, files, tests."""
+    return plain(render(report), width)
+
+
+def plain(renderable: RenderableType, width: int = 120) -> str:
+    """Any rich renderable as plain text ``width`` columns wide."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
+    console.print(renderable)
+    return buffer.getvalue().rstrip("\n")
+
+
+def _by_status_table(
+    by_status: Mapping[int, Mapping[str, int | None]], caption: object = None
+) -> Table:
     columns = list(next(iter(by_status.values())).keys())
     rows: list[list[object]] = [
         [status_name(code), *(row.get(c) for c in columns)]
@@ -219,34 +253,50 @@ def _by_status_table(by_status: Mapping[int, Mapping[str, int | None]]) -> str:
     for c in columns:
         values = [row.get(c) for row in by_status.values()]
         totals.append(None if None in values else sum(v or 0 for v in values))
-    rows.append(totals)
-    return table(["status", *(COLUMN_LABELS.get(c, c) for c in columns)], rows)
+    out = table(["status", *(COLUMN_LABELS.get(c, c) for c in columns)], rows)
+    out.add_section()
+    out.add_row(*(_fmt(v) for v in totals), style="bold")
+    if caption:
+        out.caption = str(caption)
+    return out
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> str:
-    """A boxed table; numbers right-aligned, text left-aligned."""
-    cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    numeric = [
-        bool(rows) and all(isinstance(r[i], int | float) or r[i] in ("", None) for r in rows)
-        for i in range(len(headers))
-    ]
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    title: str = "",
+    *,
+    show_header: bool = True,
+) -> Table:
+    """A boxed rich table; numeric columns right-aligned, text left-aligned, long text
+    folded inside its cell so the table keeps to the terminal's width."""
+    out = Table(
+        *(
+            Column(
+                h,
+                justify="right" if _numeric(rows, i) else "left",
+                overflow="fold",
+                no_wrap=_numeric(rows, i),
+                min_width=min(len(h), 12),
+            )
+            for i, h in enumerate(headers)
+        ),
+        title=title or None,
+        title_justify="left",
+        box=box.SQUARE,
+        show_header=show_header,
+        header_style="bold",
+    )
+    for row in rows:
+        out.add_row(*(_fmt(c) for c in row))
+    return out
 
-    def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
-        return "│ " + " │ ".join(parts) + " │"
 
-    top = "┌─" + "─┬─".join("─" * w for w in widths) + "─┐"
-    mid = "├─" + "─┼─".join("─" * w for w in widths) + "─┤"
-    bottom = "└─" + "─┴─".join("─" * w for w in widths) + "─┘"
-    out = [title] if title else []
-    out += [top, line(headers), mid, *(line(r) for r in cells), bottom]
-    return "\n".join(out)
+def _numeric(rows: Sequence[Sequence[object]], i: int) -> bool:
+    values = [r[i] for r in rows if r[i] not in ("", None)]
+    return bool(values) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    )
 
 
 def _fmt(value: object) -> str:

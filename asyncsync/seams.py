@@ -325,7 +325,15 @@ class FailureLog(Protocol):
         """
         ...
 
-    async def due(self, now: dt.datetime, policy: RetryPolicy, limit: int) -> list[DueFailure]: ...
+    async def due(
+        self,
+        now: dt.datetime,
+        policy: RetryPolicy,
+        limit: int,
+        ids: Collection[int] | None = None,
+    ) -> list[DueFailure]:
+        """Open failures due at ``now``, oldest attempt first; only ``ids`` when given."""
+        ...
 
     async def pending(
         self, now: dt.datetime, policy: RetryPolicy

@@ -19,8 +19,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "asyncsync"
 RANK: dict[str, float] = {
     # leaves: every layer may import them
     "asyncsync": 0, "errors": 0, "clock": 0, "status": 0, "metrics": 0, "logs": 0, "tasks": 0,
+    "readiness": 0.5,  # a leaf over metrics
     # values that cross the seams
-    "records": 1, "options": 1, "progress": 1, "seams": 1.1, "report": 1.2,
+    "records": 1, "options": 1, "parsers": 1.05, "progress": 1,
+    "seams": 1.1, "report": 1.2, "overview": 1.3,
     # the two sides, and the engine between them
     "client": 2, "store": 2, "engine": 2,
     "jobs": 3,

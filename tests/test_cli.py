@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,7 +72,7 @@ def test_every_flag_shows_its_environment_variable() -> None:
 def test_sync_against_the_bundled_simulator(database_url: str) -> None:
     result = run_cli(
         "--mode", "sync", "--simulator", "400", "--rate-limit", "60000",
-        "--database-url", database_url,
+        "--database-url", database_url, "--log-format", "text",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "│ total" in result.stdout and "400" in result.stdout
@@ -155,3 +156,56 @@ def test_no_mode_shares_a_flag_twice() -> None:
     for name, mode in MODES.items():
         given = [f.flag for f in FLAGS if f.target in mode.groups]
         assert len(given) == len(set(given)), name
+
+
+def test_metrics_listen_on_loopback_unless_told() -> None:
+    from asyncsync.flags import parse
+
+    assert parse(["serve"], {}).options.metrics_host == "127.0.0.1"
+    assert parse(["serve"], {"ASYNCSYNC_METRICS_HOST": "0.0.0.0"}).options.metrics_host == "0.0.0.0"
+
+
+def test_the_image_refuses_an_embedded_database() -> None:
+    from asyncsync.store.database import embedded_refusal
+
+    result = run_cli("migrate", env={"ASYNCSYNC_IN_CONTAINER": "1"})
+    assert result.returncode == 2, result.stderr
+    assert "inside a container the embedded PostgreSQL would vanish" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    allowed = {"ASYNCSYNC_IN_CONTAINER": "1", "ASYNCSYNC_ALLOW_EMBEDDED": "1"}
+    assert embedded_refusal(allowed) is None and embedded_refusal({}) is None
+
+
+async def test_wait_lock_waits_for_the_holder_then_gives_up(simulator, database_url) -> None:
+    import asyncio
+    import time
+
+    from asyncsync.store import open_database
+
+    sim = await simulator(orders=50)
+    env = {
+        "TINY_CLIENT_ID": sim.config.client_id, "TINY_CLIENT_SECRET": sim.config.client_secret,
+        "TINY_REFRESH_TOKEN": sim.valid_refresh_token(), "TINY_API_BASE_URL": sim.base_url,
+        "TINY_TOKEN_URL": sim.token_url, "TINY_RATE_LIMIT_PER_MINUTE": "60000",
+    }  # fmt: skip
+    args = ("integrity", "--database-url", database_url, "--log-format", "text")
+    async with open_database(database_url, Path("/nonexistent")) as database:
+        async with database.account("default").lock("serve"):
+            started = time.monotonic()
+            refused = await asyncio.to_thread(run_cli, *args, "--wait-lock", "1", env=env)
+            waited = time.monotonic() - started
+        assert refused.returncode == 3, refused.stderr
+        assert "asyncsync serve is already running; not starting integrity (waited 1 s)" in (
+            refused.stderr
+        )
+        assert waited >= 1
+        lock = database.account("default").lock("serve")
+        await lock.__aenter__()  # held again; released while the next run waits
+        waiting = asyncio.create_task(
+            asyncio.to_thread(run_cli, *args, "--wait-lock", "60", env=env)
+        )
+        await asyncio.sleep(2)
+        await lock.__aexit__(None, None, None)
+        done = await waiting
+    assert done.returncode == 0, done.stderr
+    assert "waiting up to" in done.stderr and "took the run lock" in done.stderr

@@ -138,6 +138,7 @@ async def run_cycle(
         vanished = await sink.ids_in_statuses(plan.open_statuses) - seen
         result.vanished = len(vanished)
         if vanished:
+            progress.details_total = (progress.details_total or 0) + len(vanished)
             out = await fetch_details(source, sorted(vanished), concurrency=concurrency, stop=stop)
             merged = await sink.merge_details(out.details, out.failures, out.missing)
             result.details = result.details + merged + MergeStats(unavailable=len(out.unavailable))

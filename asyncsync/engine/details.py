@@ -166,7 +166,11 @@ async def enrich_backlog(
     progress: Progress,
     stop: asyncio.Event,
 ) -> MergeStats:
-    """The details pass after a listing: show the backlog on ``progress``, then work it."""
-    progress.details_total = await sink.detail_backlog_size()
+    """The details pass after a listing: show what it will fetch on ``progress`` (the
+    backlog, within the budget, after the details already counted), then work it."""
+    backlog = await sink.detail_backlog_size()
+    progress.details_total = progress.details + (
+        backlog if budget is None else min(backlog, budget)
+    )
     enricher = Enricher(source, sink, concurrency=concurrency, progress=progress, stop=stop)
     return await enricher.run(budget)

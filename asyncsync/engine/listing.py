@@ -223,6 +223,9 @@ class ListingEngine:
         async def queue(page: Page) -> None:
             self.result.pages += 1
             self.progress.pages += 1
+            if part not in self.result.totals and page.total is not None:
+                # The first page tells how many orders the partition holds: the bar's total.
+                self.progress.records_total = (self.progress.records_total or 0) + page.total
             # The newest total: what the listing should have found by its end.
             if page.total is not None or part not in self.result.totals:
                 self.result.totals[part] = page.total

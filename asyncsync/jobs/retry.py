@@ -76,9 +76,11 @@ async def retry_due(
     now: dt.datetime | None = None,
     policy: RetryPolicy = DEFAULT_POLICY,
     chunk: int = 200,
+    ids: Collection[int] | None = None,
 ) -> RunReport:
-    """Try again every failure due at ``now`` (default: the context's clock); resolve what
-    imports, reschedule the rest. The caller holds the account's run lock."""
+    """Try again every failure due at ``now`` (default: the context's clock), or only
+    those of ``ids``; resolve what imports, reschedule the rest. The caller holds the
+    account's run lock."""
     started_at, api_before = ctx.clock(), source.api_stats()
     now = now or started_at
     resolved: list[int] = []
@@ -87,7 +89,7 @@ async def retry_due(
     exhausted: list[int] = []
     tried: set[int] = set()
     while not ctx.stop.is_set():
-        due = await failures.due(now, policy, chunk + len(tried))
+        due = await failures.due(now, policy, chunk + len(tried), ids)
         rows = [r for r in due if r.id_ordem not in tried]
         if not rows:
             break

@@ -71,7 +71,6 @@ async def full_sync(
 
         result = await engine().run([Partition(s) for s in ALL_CODES], checkpointed=False)
         api_totals = {p.situacao: t for p, t in result.totals.items()}
-        progress.records_total = sum(t or 0 for t in api_totals.values()) or None
         complete = len(result.complete) == len(ALL_STATUSES)
         listed, pages, relisted = result.stats, result.pages, 0
         if complete:

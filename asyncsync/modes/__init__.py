@@ -1,6 +1,7 @@
 """One module per ``--mode``. Each exposes ``async def run(common, options, stop)``
-returning a :class:`~asyncsync.report.RunReport` (or an exit code for modes that are not
-runs, such as ``health``); :func:`execute` runs one and presents what it returned.
+returning a :class:`~asyncsync.report.RunReport` (or an exit code for commands that are
+not runs, such as ``health`` or ``status``); :func:`execute` runs one, presents what it
+returned and records it in the run history.
 """
 
 from __future__ import annotations
@@ -15,37 +16,149 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+from rich.console import Console, RenderableType
+
+from .. import logs, metrics
+from ..clock import utcnow
+from ..errors import (
+    AsyncsyncError,
+    ConfigError,
+    DatabaseUnavailable,
+    LockBusy,
+    ReauthorizationRequired,
+)
+from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions
-from ..report import RunReport, log_fields, observe, render_text, to_json
+from ..overview import observe_status
+from ..report import Outcome, RunReport, headline, log_fields, observe, render, to_json
+from ..runtime import database_of
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from ..simulator import TinySimulator
 
 log = logging.getLogger(__name__)
 
 #: The sync_metadata key where serve says how its last cycle went (read by --mode health).
 SERVE_HEALTH_KEY = "serve_health"
+#: Seconds a failed or finished run may spend being recorded before it is given up.
+RECORD_TIMEOUT_S = 30.0
+
+
+def recorded_as(mode: str, options: Any) -> str | None:
+    """The job a command runs, as the run history names it; None for commands that are
+    not runs (status, health, migrate, simulate, serve as a whole: its cycles are)."""
+    if mode in ("sync", "backfill", "integrity", "retry"):
+        return mode
+    if mode == "failures" and getattr(options, "action", None) == "retry":
+        return "retry"
+    return None
 
 
 async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.Event) -> int:
-    """Run ``mode`` (against the bundled simulator when asked) and return the exit code."""
+    """Run ``mode`` (against the bundled simulator when asked) and return the exit code.
+
+    A run that ends with an error still leaves a ``failed`` row in the history (best
+    effort: a warning says when it could not be recorded). When the database itself is
+    what failed, no row is tried: the error says so, in its one sentence.
+    """
     module = importlib.import_module(f"{__name__}.{mode}")
     async with bundled(common, serve_only=mode == "simulate") as effective:
-        result: RunReport | int = await module.run(effective, options, stop)
+        started_at = utcnow()
+        try:
+            result: RunReport | int = await module.run(effective, options, stop)
+        except BaseException as exc:
+            job = recorded_as(mode, options)
+            if job is not None and not isinstance(exc, ConfigError | LockBusy):
+                report = failed_report(job, effective.account, started_at, exc)
+                note_failure(effective.account, exc)
+                observe(report)
+                if not isinstance(exc, DatabaseUnavailable):
+                    await finish(report, effective, invoked_as=mode)
+            raise
     if isinstance(result, int):
         return result
     present(result, effective)
+    await finish(result, effective, invoked_as=mode)
     return result.exit_code
 
 
+def failed_report(
+    mode: str, account: str, started_at: dt.datetime, exc: BaseException
+) -> RunReport:
+    """The report of a run an error ended (or a second signal cancelled)."""
+    if isinstance(exc, Exception):
+        outcome, error = Outcome.FAILED, f"{type(exc).__name__}: {exc}"
+    else:
+        outcome, error = Outcome.INTERRUPTED, "cancelled before the run could drain"
+    return RunReport(
+        mode=mode,
+        account=account,
+        started_at=started_at,
+        finished_at=utcnow(),
+        outcome=outcome,
+        errors=[error],
+    )
+
+
+def note_failure(account: str, exc: BaseException) -> None:
+    """Say when only a person can help (the token refusals themselves are counted where
+    the client meets them)."""
+    if isinstance(exc, ReauthorizationRequired):
+        metrics.REAUTHORIZATION_REQUIRED.labels(account).set(1)
+
+
+async def finish(report: RunReport, common: CommonOptions, *, invoked_as: str) -> None:
+    """Record the run in ``sync_runs``, refresh the account's gauges from the database,
+    and write the metrics textfile when asked. Never fails the command: a run that could
+    not be recorded is logged."""
+    if report.outcome is not Outcome.FAILED:
+        metrics.REAUTHORIZATION_REQUIRED.labels(report.account).set(0)
+    try:
+        async with (
+            asyncio.timeout(RECORD_TIMEOUT_S),
+            database_of(common, apply_schema=False) as database,
+        ):
+            store = database.account(common.account)
+            await store.runs.record(report, invoked_as=invoked_as)
+            observe_status(await store.status(utcnow(), DEFAULT_POLICY))
+    except (AsyncsyncError, OSError, TimeoutError) as exc:
+        log.warning(
+            "the %s run could not be recorded in sync_runs: %s", report.mode, exc,
+            extra={"fields": {"mode": report.mode, "outcome": report.outcome.value}},
+        )  # fmt: skip
+    textfile = common.run.metrics_textfile
+    if textfile is not None:
+        try:
+            metrics.write_textfile(textfile)
+        except OSError as exc:
+            log.error("could not write the metrics textfile %s: %s", textfile, exc)
+
+
 def present(report: RunReport, common: CommonOptions) -> None:
-    """Show a finished run: the table on stdout, JSON where asked, metrics, one log line."""
+    """Show a finished run: the table on stdout (one JSON line instead with ``--json`` or
+    JSON logs), the JSON file where asked, metrics, one log line."""
     observe(report)
-    log.info("%s %s", report.mode, report.outcome.value, extra={"fields": log_fields(report)})
-    sys.stdout.write(render_text(report) + "\n")
-    sys.stdout.flush()
-    if common.output.json_path is not None:
-        write_text(common.output.json_path, to_json(report) + "\n")
+    log.info(headline(report), extra={"fields": log_fields(report)})
+    show(render(report), to_json(report), common)
+    path = common.output.json_path
+    if path is not None and not common.output.json_to_stdout:
+        write_text(path, to_json(report) + "\n")
+
+
+def show(renderable: RenderableType, data: object, common: CommonOptions) -> None:
+    """Print a result: tables for a person, or one JSON line with ``--json`` or when the
+    logs are JSON (so machine-read output never mixes with tables)."""
+    if common.output.json_to_stdout or logs.json_mode():
+        text = data if isinstance(data, str) else orjson.dumps(data).decode()
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    else:
+        # Piped, a report is still read by a person: wide enough that tables keep whole.
+        console = Console() if sys.stdout.isatty() else Console(width=120)
+        console.print(renderable)
 
 
 def write_text(path: Path, text: str) -> None:

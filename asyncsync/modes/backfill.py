@@ -14,6 +14,6 @@ from ..runtime import open_runtime
 
 async def run(common: CommonOptions, options: BackfillOptions, stop: asyncio.Event) -> RunReport:
     """Backfill the account's months, under its run lock."""
-    async with open_runtime(common) as rt, rt.store.lock("backfill"):
+    async with open_runtime(common) as rt, rt.store.lock("backfill", wait_s=common.run.wait_lock_s):
         store = rt.store
         return await backfill(rt.client, store.orders, store.metadata, options, rt.context(stop))

@@ -14,7 +14,10 @@ from ..runtime import open_runtime
 
 async def run(common: CommonOptions, options: IntegrityOptions, stop: asyncio.Event) -> RunReport:
     """Check the account's mirror, under its run lock."""
-    async with open_runtime(common) as rt, rt.store.lock("integrity"):
+    async with (
+        open_runtime(common) as rt,
+        rt.store.lock("integrity", wait_s=common.run.wait_lock_s),
+    ):
         store = rt.store
         return await check_integrity(
             rt.client, store.orders, store.integrity, store.failures, rt.context(stop),

@@ -13,6 +13,6 @@ from ..runtime import open_runtime
 
 async def run(common: CommonOptions, options: RetryOptions, stop: asyncio.Event) -> RunReport:
     """Retry what is due, under the account's run lock."""
-    async with open_runtime(common) as rt, rt.store.lock("retry"):
+    async with open_runtime(common) as rt, rt.store.lock("retry", wait_s=common.run.wait_lock_s):
         store = rt.store
         return await retry_due(rt.client, store.orders, store.failures, rt.context(stop))

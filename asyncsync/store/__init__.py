@@ -9,11 +9,14 @@ checkpoints, tokens and locks live in this wing, and nothing outside it runs SQL
 Modules: ``database`` (connection, embedded server, SQL files), ``orders`` (the mirror
 and its merges), ``failures`` (``import_failures``), ``integrity`` (comparisons),
 ``metadata`` (cursors and checkpoints), ``tokens`` (``tiny_tokens``), ``locks``
-(advisory locks). Queries are ``sql/<name>.sql`` files with their parameters in a header.
+(advisory locks), ``runs`` (``sync_runs``, the run history), ``resilience`` (errors
+converted where they enter, statements ridden through brief outages). Queries are
+``sql/<name>.sql`` files with their parameters in a header.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -22,14 +25,18 @@ from pathlib import Path
 import asyncpg
 
 from ..clock import Clock, utcnow
+from ..overview import AccountStatus
+from ..seams import RetryPolicy
 from ..status import OPEN_STATUSES
 from .database import connect_pool, migrate, resolve_dsn
 from .failures import PgFailureLog
 from .integrity import PgIntegrityStore
-from .locks import account_lock
+from .locks import account_lock, lock_holder
 from .metadata import PgMetadata
 from .orders import PgOrderStore
-from .resilience import Reconnect, SqlRunner
+from .resilience import Reconnect, SqlRunner, guarded
+from .runs import PgRunLog
+from .sqlfiles import sql
 from .tokens import PgTokenStore
 
 __all__ = ["AccountStore", "Database", "open_database"]
@@ -47,11 +54,33 @@ class AccountStore:
     integrity: PgIntegrityStore
     metadata: PgMetadata
     tokens: PgTokenStore
-    _pool: asyncpg.Pool
+    runs: PgRunLog
+    _sql: SqlRunner
 
-    def lock(self, purpose: str) -> AbstractAsyncContextManager[None]:
-        """The account's run lock (LockBusy when another run holds it)."""
-        return account_lock(self._pool, self.account, purpose)
+    def lock(self, purpose: str, *, wait_s: float = 0.0) -> AbstractAsyncContextManager[None]:
+        """The account's run lock (LockBusy when another run still holds it after
+        ``wait_s`` seconds)."""
+        return account_lock(self._sql.pool, self.account, purpose, wait_s=wait_s)
+
+    async def ping(self) -> None:
+        """Raise DatabaseError unless the database answers (no reconnecting: a probe)."""
+        await guarded(self._sql.pool.fetchval(sql("ping")), "reaching the database")
+
+    async def status(self, now: dt.datetime, policy: RetryPolicy) -> AccountStatus:
+        """What ``asyncsync status`` and the gauges say about this account."""
+        last_runs, last_success = await self.runs.latest()
+        return AccountStatus(
+            account=self.account,
+            as_of=now,
+            last_runs=last_runs,
+            last_success=last_success,
+            last_synced_at=await self.metadata.last_synced(),
+            orders_by_status=await self.orders.counts_by_status(),
+            detail_backlog=await self.orders.detail_backlog_size(),
+            failures=await self.failures.counts(policy),
+            token=await self.tokens.ages(),
+            lock_holder=await lock_holder(self._sql.pool, self.account),
+        )
 
 
 class Database:
@@ -77,12 +106,18 @@ class Database:
             integrity=PgIntegrityStore(self._sql, orders),
             metadata=PgMetadata(self._sql, account),
             tokens=PgTokenStore(self._sql, account),
-            _pool=self._pool,
+            runs=PgRunLog(self._sql, account),
+            _sql=self._sql,
         )
 
     async def migrate(self) -> None:
         """Apply ``schema.sql`` (idempotent)."""
         await self._sql.run("applying schema.sql", lambda: migrate(self._pool))
+
+    async def accounts(self) -> list[str]:
+        """Every account the database holds runs, cursors, tokens or failures of."""
+        rows = await self._sql.fetch("listing accounts", "accounts")
+        return [row["account"] for row in rows]
 
 
 @asynccontextmanager

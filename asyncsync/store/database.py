@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,37 @@ def _embedded_server(data_dir: Path) -> Any:
             ) from exc
 
 
-async def resolve_dsn(database_url: str | None, data_dir: Path) -> str:
-    """``database_url`` itself, or the embedded server's DSN when it is None."""
+def embedded_refusal(environ: Mapping[str, str]) -> str | None:
+    """Why the embedded PostgreSQL must not start here, or None.
+
+    The image sets ``ASYNCSYNC_IN_CONTAINER=1``: a database inside a container that is
+    removed at every restart would lose the mirror and the rotated refresh token with it.
+    ``ASYNCSYNC_ALLOW_EMBEDDED=1`` overrides (a volume on the data directory, say).
+    """
+    inside = environ.get("ASYNCSYNC_IN_CONTAINER", "").strip().lower() in _YES
+    allowed = environ.get("ASYNCSYNC_ALLOW_EMBEDDED", "").strip().lower() in _YES
+    if inside and not allowed:
+        return (
+            "no DATABASE_URL: inside a container the embedded PostgreSQL would vanish with "
+            "it, so set DATABASE_URL (or ASYNCSYNC_ALLOW_EMBEDDED=1 with a volume on "
+            "ASYNCSYNC_DATA_DIR)"
+        )
+    return None
+
+
+_YES = ("1", "true", "yes", "on")
+
+
+async def resolve_dsn(
+    database_url: str | None, data_dir: Path, environ: Mapping[str, str] | None = None
+) -> str:
+    """``database_url`` itself, or the embedded server's DSN when it is None (ConfigError
+    inside a container, unless allowed: :func:`embedded_refusal`)."""
     if database_url:
         return database_url
+    refusal = embedded_refusal(os.environ if environ is None else environ)
+    if refusal is not None:
+        raise ConfigError(refusal)
     return await asyncio.to_thread(start_embedded, data_dir)
 
 

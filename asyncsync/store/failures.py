@@ -9,11 +9,12 @@ at most ``max_attempts``) is computed in SQL from a :class:`~asyncsync.seams.Ret
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import asyncpg
 
 from .. import metrics
+from ..overview import FailureCounts, FailureRow
 from ..records import FailureRecord
 from ..seams import DueFailure, ManualReview, RetryPolicy
 from .resilience import SqlRunner
@@ -67,9 +68,17 @@ class PgFailureLog:
             ),
         )
 
-    async def due(self, now: dt.datetime, policy: RetryPolicy, limit: int) -> list[DueFailure]:
-        """Open failures whose next attempt is due at ``now``, oldest attempt first."""
-        args = (self.account, now, *_policy(policy), limit)
+    async def due(
+        self,
+        now: dt.datetime,
+        policy: RetryPolicy,
+        limit: int,
+        ids: Collection[int] | None = None,
+    ) -> list[DueFailure]:
+        """Open failures whose next attempt is due at ``now`` (only ``ids`` when given),
+        oldest attempt first."""
+        only = None if ids is None else list(ids)
+        args = (self.account, now, *_policy(policy), limit, only)
         rows = await self._sql.fetch("reading due failures", "retry_due", *args)
         return [DueFailure(r["id_ordem"], r["tentativas"], r["in_mirror"]) for r in rows]
 
@@ -92,3 +101,57 @@ class PgFailureLog:
             ManualReview(r["id_ordem"], r["tentativas"], r["erro"], r["ultima_tentativa"])
             for r in rows
         ]
+
+    async def counts(self, policy: RetryPolicy) -> FailureCounts:
+        """How many failures wait for a retry, for a person, or were ignored."""
+        row = await self._sql.fetchrow(
+            "counting import failures", "failure_counts", self.account, policy.max_attempts
+        )
+        assert row is not None  # an aggregate always answers one row
+        return FailureCounts(int(row["pending"]), int(row["manual_review"]), int(row["ignored"]))
+
+    async def listing(self, state: str, policy: RetryPolicy, limit: int) -> list[FailureRow]:
+        """Failures in ``state`` (pending, review, ignored, resolved, open, all)."""
+        rows = await self._sql.fetch(
+            "listing import failures", "failure_list", self.account, state, *_policy(policy), limit
+        )
+        return [
+            FailureRow(
+                r["id_ordem"],
+                r["state"],
+                r["tentativas"],
+                r["erro"],
+                _utc(r["primeira_tentativa"]),
+                _utc(r["ultima_tentativa"]),
+                r["next_due_at"],
+            )
+            for r in rows
+        ]
+
+    async def rearm(
+        self, ids: Collection[int] | None, *, now: dt.datetime, policy: RetryPolicy
+    ) -> list[int]:
+        """Give failures (``ids``, or None: every one left for manual review) a fresh
+        schedule, due at ``now``; ignored ones come back. Returns the ids rearmed."""
+        only = None if ids is None else list(ids)
+        rows = await self._sql.fetch(
+            "rearming failures", "failure_rearm",
+            self.account, only, now, policy.max_attempts, policy.base_s,
+        )  # fmt: skip
+        return sorted(r["id_ordem"] for r in rows)
+
+    async def ignore(
+        self, ids: Collection[int] | None, *, now: dt.datetime, policy: RetryPolicy
+    ) -> list[int]:
+        """Mark open failures (``ids``, or None: every one left for manual review) ignored:
+        resolved, and never reopened by a listing. Returns the ids ignored."""
+        only = None if ids is None else list(ids)
+        rows = await self._sql.fetch(
+            "ignoring failures", "failure_ignore", self.account, only, now, policy.max_attempts
+        )
+        return sorted(r["id_ordem"] for r in rows)
+
+
+def _utc(moment: dt.datetime | None) -> dt.datetime | None:
+    """``import_failures`` keeps its ``timestamp`` columns, in UTC (the pool pins it)."""
+    return None if moment is None or moment.tzinfo else moment.replace(tzinfo=dt.UTC)

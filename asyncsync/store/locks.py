@@ -76,14 +76,49 @@ async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
             conn.terminate()
 
 
+#: How often a run waiting for the account's lock (``--wait-lock``) tries again, seconds.
+LOCK_POLL_S = 1.0
+
+
+def run_lock_name(account: str) -> str:
+    return f"asyncsync.run:{account}"
+
+
 @asynccontextmanager
-async def account_lock(pool: asyncpg.Pool, account: str, purpose: str) -> AsyncIterator[None]:
-    """Hold the account's run lock for the duration; LockBusy if another run has it."""
-    async with advisory_lock(
-        pool,
-        f"asyncsync.run:{account}",
-        wait=False,
-        purpose=f"asyncsync {purpose}",
-        busy=f"account {account!r} is busy: {{holder}} is already running; not starting {purpose}",
-    ):
+async def account_lock(
+    pool: asyncpg.Pool, account: str, purpose: str, *, wait_s: float = 0.0
+) -> AsyncIterator[None]:
+    """Hold the account's run lock for the duration. When another run holds it, try again
+    for up to ``wait_s`` seconds (a timer started while a serve cycle runs waits for the
+    cycle to end), then raise LockBusy naming the holder."""
+    name = run_lock_name(account)
+    busy = f"account {account!r} is busy: {{holder}} is already running; not starting {purpose}"
+    deadline = asyncio.get_running_loop().time() + wait_s
+    async with contextlib.AsyncExitStack() as stack:
+        waiting = False
+        while True:
+            try:
+                lock = advisory_lock(pool, name, wait=False, purpose=f"asyncsync {purpose}",
+                                     busy=busy)  # fmt: skip
+                await stack.enter_async_context(lock)
+                break
+            except LockBusy as exc:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    if wait_s:
+                        raise LockBusy(f"{exc} (waited {wait_s:.0f} s)") from None
+                    raise
+                if not waiting:
+                    log.info("%s yet; waiting up to %.0f s for the lock", exc, left)
+                    waiting = True
+                await asyncio.sleep(min(LOCK_POLL_S, left))
+        if waiting:
+            log.info("took the run lock of account %r for %s", account, purpose)
         yield
+
+
+async def lock_holder(pool: asyncpg.Pool, account: str) -> str | None:
+    """The ``application_name`` of the session holding the account's run lock, if any."""
+    query = pool.fetchval(sql("lock_holder"), run_lock_name(account))
+    holder = await guarded(query, "reading the run lock")
+    return None if holder is None else (str(holder) or "an unnamed session")

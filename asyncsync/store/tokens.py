@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from ..overview import TokenAges
 from ..seams import TokenSet
 from .locks import advisory_lock
 from .resilience import SqlRunner
@@ -32,6 +33,12 @@ class PgTokenStore:
             access_issued_at=row["access_issued_at"],
             refresh_expires_at=row["refresh_expires_at"],
         )
+
+    async def ages(self) -> TokenAges | None:
+        """When the tokens were last refreshed and when the access token expires (no secret
+        leaves the database)."""
+        row = await self._sql.fetchrow("reading token ages", "token_ages", self._account)
+        return None if row is None else TokenAges(row["updated_at"], row["access_expires_at"])
 
     async def save(self, tokens: TokenSet) -> None:
         await self._sql.execute(

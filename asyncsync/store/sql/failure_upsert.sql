@@ -3,6 +3,7 @@
 -- $6 counts_as_attempt: an open row counts one more attempt (a retry, an import that failed
 -- again); without it an open row stays as it is, because a listing shows the same broken
 -- record at every run and that is not a new attempt. A resolved row is reopened at attempt 1.
+-- A row a person ignored (ignorado_em) is left alone: it stays resolved.
 -- dados_api keeps what earlier attempts stored (the list item) and takes the newest answer.
 -- $1 account, $2 ids, $3 errors, $4 dados_api (JSON text or NULL), same order; ids distinct.
 -- Returns the ids whose row was written.
@@ -28,5 +29,5 @@ ON CONFLICT (account, id_ordem) DO UPDATE SET
         -- a raw record stored by a listing: kept whole under 'original'
         ELSE jsonb_build_object('original', f.dados_api) || EXCLUDED.dados_api
     END
-WHERE coalesce(f.resolvido, false) OR $6::boolean
+WHERE f.ignorado_em IS NULL AND (coalesce(f.resolvido, false) OR $6::boolean)
 RETURNING f.id_ordem;

@@ -1,7 +1,8 @@
 -- Open failures whose next attempt is due at $2: ultima_tentativa + base × factor^(tentativas−1).
 -- Records with a synthetic (negative) id cannot be fetched and are never due; neither is a row
 -- that used up its attempts. in_mirror tells whether the order already has a row.
--- $1 account, $2 now, $3 max attempts, $4 base delay (s), $5 factor, $6 limit
+-- $1 account, $2 now, $3 max attempts, $4 base delay (s), $5 factor, $6 limit,
+-- $7 only these ids (NULL: any)
 SELECT f.id_ordem,
        coalesce(f.tentativas, 1) AS tentativas,
        EXISTS (
@@ -11,6 +12,7 @@ FROM import_failures f
 WHERE f.account = $1
   AND NOT coalesce(f.resolvido, false)
   AND f.id_ordem > 0
+  AND ($7::bigint[] IS NULL OR f.id_ordem = ANY($7::bigint[]))
   AND coalesce(f.tentativas, 1) < $3
   AND f.ultima_tentativa
       + make_interval(secs => $4::float8 * power($5::float8, coalesce(f.tentativas, 1) - 1))

@@ -1,0 +1,65 @@
+"""``asyncsync failures list|retry|ignore [ID ...]``: act on ``import_failures``.
+
+* ``list`` (the default): open failures (``--state`` pending, review, ignored, resolved,
+  all), newest attempt first, as a table or JSON;
+* ``retry ID ... | --all``: give the failures (or every one left for manual review) a
+  fresh schedule and retry them now, under the account's run lock; the run report says
+  what resolved, and the run history keeps it as a ``retry`` run;
+* ``ignore ID ... | --all``: a person has looked: the failures count as resolved and a
+  listing that shows the same broken record again does not reopen them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..clock import utcnow
+from ..errors import ConfigError
+from ..jobs.retry import DEFAULT_POLICY, retry_due
+from ..options import CommonOptions, FailuresOptions
+from ..overview import render_failures
+from ..report import RunReport
+from ..runtime import database_of, open_runtime
+from . import show
+
+
+def _targets(options: FailuresOptions) -> list[int] | None:
+    if options.ids and options.every:
+        raise ConfigError(f"failures {options.action}: give order ids or --all, not both")
+    if not options.ids and not options.every:
+        raise ConfigError(
+            f"failures {options.action} needs order ids (asyncsync failures "
+            f"{options.action} 123 456) or --all for every failure left for manual review"
+        )
+    return None if options.every else list(options.ids)
+
+
+async def run(
+    common: CommonOptions, options: FailuresOptions, stop: asyncio.Event
+) -> RunReport | int:
+    """List, retry or ignore; ``retry`` returns its run report."""
+    if options.action == "retry":
+        return await _retry(common, options, stop)
+    targets = _targets(options) if options.action == "ignore" else None
+    async with database_of(common) as database:
+        failures = database.account(common.account).failures
+        if options.action == "list":
+            rows = await failures.listing(options.state, DEFAULT_POLICY, options.limit)
+            show(render_failures(rows), {"failures": [r.as_dict() for r in rows]}, common)
+            return 0
+        ignored = await failures.ignore(targets, now=utcnow(), policy=DEFAULT_POLICY)
+    left = sorted(set(targets or ()) - set(ignored))
+    message = f"ignored {len(ignored)} failure(s): {', '.join(map(str, ignored)) or '-'}"
+    if left:
+        message += f"; not open, left as they were: {', '.join(map(str, left))}"
+    show(message, {"ignored": ignored, "not_open": left}, common)
+    return 0
+
+
+async def _retry(common: CommonOptions, options: FailuresOptions, stop: asyncio.Event) -> RunReport:
+    targets = _targets(options)
+    async with open_runtime(common) as rt, rt.store.lock("retry", wait_s=common.run.wait_lock_s):
+        store = rt.store
+        ctx = rt.context(stop)
+        rearmed = await store.failures.rearm(targets, now=ctx.clock(), policy=DEFAULT_POLICY)
+        return await retry_due(rt.client, store.orders, store.failures, ctx, ids=rearmed)

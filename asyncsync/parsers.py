@@ -1,0 +1,148 @@
+"""How the text of a flag or an environment variable becomes a typed value.
+
+Each parser takes the raw text and returns the value, or raises ``ValueError("must be
+..., got ...")``; :mod:`asyncsync.flags` prefixes the flag or variable it came from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .options import ACCOUNT_KEY
+
+Parser = Callable[[str], object]
+
+
+def text(raw: str) -> str:
+    return raw
+
+
+def integer(minimum: int, maximum: int | None = None) -> Parser:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            span = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
+            raise ValueError(f"must be {span}, got {value}")
+        return value
+
+    return parse
+
+
+def number(minimum: float, *, strict: bool = False) -> Parser:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be a number, got {raw!r}") from None
+        if value != value or value < minimum or (strict and value == minimum):
+            raise ValueError(f"must be {'>' if strict else '≥'} {minimum:g}, got {raw!r}")
+        return value
+
+    return parse
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def fraction(raw: str) -> float:
+    """A share: more than 0, at most 1."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be a number, got {raw!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"must be more than 0 and at most 1, got {raw!r}")
+    return value
+
+
+def boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"must be true or false (1/0, yes/no, on/off), got {raw!r}")
+
+
+def choice(*allowed: str, fold: Callable[[str], str] = str.lower) -> Parser:
+    def parse(raw: str) -> str:
+        value = fold(raw.strip())
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def http_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http(s) URL, got {raw!r}")
+    return raw.strip()
+
+
+def dsn(raw: str) -> str:
+    """A PostgreSQL URL; the message never repeats a password."""
+    value = raw.strip()
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a port that is not a number
+        host = parts.hostname
+    except ValueError as exc:
+        raise ValueError(f"is not a valid PostgreSQL URL ({exc})") from None
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"must start with postgresql://, got {parts.scheme or 'no'} scheme")
+    if not host and "host=" not in parts.query:
+        raise ValueError("names no host (postgresql://user@host:5432/database)")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"has port {port}, outside 1..65535")
+    return value
+
+
+def status_codes(raw: str) -> tuple[int, ...]:
+    try:
+        codes = tuple(int(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"must be status codes like 0,1,2, got {raw!r}") from None
+    if not codes or any(not 0 <= c <= 7 for c in codes):
+        raise ValueError(f"must be status codes from 0 to 7, got {raw!r}")
+    return codes
+
+
+def month(raw: str) -> dt.date:
+    """``"2014-01"`` → ``date(2014, 1, 1)``."""
+    year, _, mon = raw.strip().partition("-")
+    if not (len(year) == 4 and year.isdigit() and len(mon) == 2 and mon.isdigit()):
+        raise ValueError(f"must be a month like 2014-01, got {raw!r}")
+    if not 1 <= int(mon) <= 12 or int(year) < 1900:
+        raise ValueError(f"must be a month like 2014-01, got {raw!r}")
+    return dt.date(int(year), int(mon), 1)
+
+
+def path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError("must be a path, got nothing")
+    return Path(raw).expanduser()
+
+
+def order_ids(raw: str) -> tuple[int, ...]:
+    """``"12,34"`` (or ``"12 34"``) → ``(12, 34)``."""
+    parts = raw.replace(",", " ").split()
+    try:
+        ids = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"must be order ids like 123,456, got {raw!r}") from None
+    return ids
+
+
+def account_key(raw: str) -> str:
+    value = raw.strip()
+    if not ACCOUNT_KEY.fullmatch(value):
+        raise ValueError(f"must be 1 to 64 letters, digits, '.', '_' or '-', got {raw!r}")
+    return value

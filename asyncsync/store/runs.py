@@ -1,0 +1,84 @@
+"""``sync_runs``: the history of every run of every mode, one row per run report.
+
+A row keeps the figures an operator filters on as columns (mode, outcome, requests, 429s,
+errors) and the whole report as JSON, so ``asyncsync status`` and SQL alike can answer
+"did the last sync work, and what did it do".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..overview import RunSummary
+from ..report import FINISHED, RunReport, to_dict
+from .resilience import SqlRunner
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def summary(row: Any) -> RunSummary:
+    """A ``sync_runs`` row as the status shows it."""
+    facts = orjson.loads(row["facts"]) if isinstance(row["facts"], str) else row["facts"]
+    return RunSummary(
+        mode=row["mode"],
+        invoked_as=row["invoked_as"],
+        title=row["title"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        outcome=row["outcome"],
+        requests=row["requests_total"],
+        rate_limited=row["rate_limited"],
+        quota_per_minute=row["quota_per_minute"],
+        errors=tuple(row["errors"] or ()),
+        facts=facts or {},
+    )
+
+
+class PgRunLog:
+    """The run history of one account."""
+
+    def __init__(self, sql: SqlRunner, account: str) -> None:
+        self._sql = sql
+        self.account = account
+
+    async def record(self, report: RunReport, *, invoked_as: str) -> int:
+        """Store ``report`` (run by the command ``invoked_as``); returns the row's id."""
+        api = report.api
+        run_id = await self._sql.fetchval(
+            "recording the run",
+            "run_record",
+            self.account,
+            report.mode,
+            invoked_as,
+            report.title,
+            report.started_at,
+            report.finished_at,
+            report.outcome.value,
+            _json(dict(report.counts)),
+            _json(dict(api.requests)),
+            api.total,
+            api.rate_limited,
+            api.retries,
+            api.quota_per_minute or None,
+            list(report.errors),
+            _json(to_dict(report)),
+        )
+        return int(run_id)
+
+    async def latest(self) -> tuple[dict[str, RunSummary], dict[str, RunSummary]]:
+        """(mode → its latest run, mode → its latest run that finished ok or attention)."""
+        rows = await self._sql.fetch("reading runs", "run_latest", self.account)
+        last: dict[str, RunSummary] = {}
+        success: dict[str, RunSummary] = {}
+        for row in rows:
+            run = summary(row)
+            if run.outcome in FINISHED:
+                success[run.mode] = run
+            held = last.get(run.mode)
+            if held is None or run.started_at > held.started_at:
+                last[run.mode] = run
+        return last, success

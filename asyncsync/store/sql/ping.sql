@@ -1,0 +1,2 @@
+-- Is the database answering (readiness)?
+SELECT 1;

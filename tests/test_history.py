@@ -1,0 +1,156 @@
+"""Run history: every run of every mode leaves one ``sync_runs`` row, whatever its outcome,
+recorded in one place (``modes.execute``) for one-shot runs and per cycle in serve."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+from typing import Any
+
+import orjson
+import pytest
+
+from asyncsync import metrics
+from asyncsync.errors import DatabaseUnavailable, ReauthorizationRequired, TinyUnavailable
+from asyncsync.modes import execute
+from asyncsync.modes.serve import serve_loop
+from asyncsync.options import (
+    BackfillOptions,
+    IntegrityOptions,
+    RetryOptions,
+    RunOptions,
+    ServeOptions,
+    SyncOptions,
+)
+
+from .helpers import common_for, cycle
+
+
+async def runs(db, account: str = "default") -> list[dict[str, Any]]:
+    rows = await db.fetch("SELECT * FROM sync_runs WHERE account = $1 ORDER BY id", account)
+    return [dict(r) for r in rows]
+
+
+async def test_each_one_shot_mode_leaves_one_row(simulator, database_url, db) -> None:
+    sim = await simulator(orders=300, seed=21)
+    common = common_for(sim, database_url)
+    today = dt.date.today()
+    stop = asyncio.Event()
+    assert await execute("sync", common, SyncOptions(cycle=cycle()), stop) == 0
+    assert await execute("sync", common, SyncOptions(cycle=cycle()), stop) == 0
+    assert await execute("integrity", common, IntegrityOptions(deep=True), stop) == 0
+    assert await execute("retry", common, RetryOptions(), stop) == 0
+    since = (today.replace(day=1) - dt.timedelta(days=40)).replace(day=1)
+    assert await execute("backfill", common, BackfillOptions(date_from=since), stop) == 0
+
+    rows = await runs(db)
+    assert [(r["mode"], r["invoked_as"], r["title"], r["outcome"]) for r in rows] == [
+        ("sync", "sync", "full sync", "ok"),
+        ("sync", "sync", "incremental cycle", "ok"),
+        ("integrity", "integrity", "integrity check (full comparison, deep) — consistent", "ok"),
+        ("retry", "retry", "retry of failed imports", "ok"),
+        ("backfill", "backfill", f"backfill {since:%Y-%m}..{today:%Y-%m}", "ok"),
+    ]
+    first = rows[0]
+    assert first["requests_total"] == 300 + orjson.loads(first["requests"])["list"]
+    assert orjson.loads(first["requests"])["detail"] == 300
+    assert orjson.loads(first["counts"])["inserted"] == 300
+    assert first["quota_per_minute"] == sim.config.rate_limit_per_minute
+    assert first["started_at"] <= first["finished_at"] and first["errors"] == []
+    report = orjson.loads(first["report"])  # the whole run report, as --json writes it
+    assert report["by_status"]["3"]["mirror"] == report["by_status"]["3"]["api"]
+    assert orjson.loads(rows[2]["report"])["facts"]["consistent"] is True
+
+
+async def test_an_interrupted_run_is_recorded_as_interrupted(simulator, database_url, db) -> None:
+    sim = await simulator(orders=100, seed=22)
+    stop = asyncio.Event()
+    stop.set()  # SIGTERM before anything was listed
+    code = await execute("sync", common_for(sim, database_url), SyncOptions(), stop)
+    assert code == 130
+    [row] = await runs(db)
+    assert (row["mode"], row["outcome"]) == ("sync", "interrupted")
+
+
+async def test_a_failed_run_leaves_a_failed_row_with_its_error(simulator, database_url, db) -> None:
+    sim = await simulator(orders=100, seed=23)
+    sim.set_outage("503")
+    common = common_for(sim, database_url, max_retries=1)
+    failed = metrics.value(
+        "asyncsync_runs_total", {"account": "default", "mode": "sync", "outcome": "failed"}
+    )
+    with pytest.raises(TinyUnavailable):
+        await execute("sync", common, SyncOptions(), asyncio.Event())
+    [row] = await runs(db)
+    assert (row["mode"], row["outcome"]) == ("sync", "failed")
+    assert row["errors"][0].startswith("TinyUnavailable: ")
+    labels = {"account": "default", "mode": "sync", "outcome": "failed"}
+    assert metrics.value("asyncsync_runs_total", labels) == failed + 1
+
+
+async def test_reauthorization_is_recorded_and_raised(simulator, database_url, db) -> None:
+    sim = await simulator(orders=50, seed=24)
+    common = common_for(sim, database_url, account="reauth")
+    assert await execute("sync", common, SyncOptions(), asyncio.Event()) == 0
+    sim.revoke_refresh_tokens()
+    sim.expire_access_tokens()
+    await db.execute("UPDATE tiny_tokens SET access_expires_at = now() - interval '1 hour'")
+    with pytest.raises(ReauthorizationRequired):
+        await execute("integrity", common, IntegrityOptions(), asyncio.Event())
+    rows = await runs(db, "reauth")
+    assert [(r["mode"], r["outcome"]) for r in rows] == [("sync", "ok"), ("integrity", "failed")]
+    assert "ReauthorizationRequired" in rows[1]["errors"][0]
+    assert metrics.value("asyncsync_reauthorization_required", {"account": "reauth"}) == 1
+
+
+async def test_an_unreachable_database_fails_in_one_sentence(simulator, caplog) -> None:
+    # Nothing can be recorded where the database is what failed: no futile second try,
+    # no extra line; the error itself says it (exit 6 at the command line).
+    sim = await simulator(orders=10)
+    common = common_for(sim, "postgresql://nobody@127.0.0.1:1/nothing")
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(DatabaseUnavailable, match="cannot connect"),
+    ):
+        await execute("sync", common, SyncOptions(), asyncio.Event())
+    assert not any("could not be recorded" in r.getMessage() for r in caplog.records)
+
+
+async def test_serve_records_every_cycle(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=200, seed=25)
+    stop = asyncio.Event()
+
+    async def after_cycle(rt, reports) -> None:
+        if len(await runs(db)) >= 4:
+            stop.set()
+
+    async with runtime_for(sim) as rt:
+        options = ServeOptions(interval_s=0.05, cycle=cycle())
+        await serve_loop(rt, options, stop, after_cycle=after_cycle)
+        sim.set_outage("503")  # a cycle that fails is recorded too
+        await serve_loop(rt, options, asyncio.Event(), max_cycles=1)
+    rows = await runs(db)
+    assert [(r["mode"], r["invoked_as"], r["outcome"]) for r in rows] == [
+        ("sync", "serve", "ok"),
+        ("retry", "serve", "ok"),
+        ("sync", "serve", "ok"),
+        ("retry", "serve", "ok"),
+        ("sync", "serve", "failed"),
+    ]
+    assert [r["title"] for r in rows[::2]][:2] == ["full sync", "incremental cycle"]
+    assert rows[-1]["errors"][0].startswith("Tiny")
+
+
+async def test_the_textfile_holds_the_runs_metrics_only(simulator, database_url, tmp_path) -> None:
+    sim = await simulator(orders=80, seed=26)
+    path = tmp_path / "textfile" / "asyncsync-sync.prom"
+    common = common_for(sim, database_url, account="textfile")
+    common = dataclasses.replace(common, run=RunOptions(metrics_textfile=path))
+    assert await execute("sync", common, SyncOptions(), asyncio.Event()) == 0
+    text = path.read_text()
+    assert 'asyncsync_runs_total{account="textfile",mode="sync",outcome="ok"}' in text
+    assert 'asyncsync_orders{account="textfile",status="3"}' in text
+    assert "python_gc" not in text and "process_" not in text
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left

@@ -1,0 +1,174 @@
+"""What serve exposes, scraped for real on port 0: /metrics (checked by promtool),
+/healthz, /readyz with its reasons, and the gauges refreshed from the database."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+
+from asyncsync import metrics
+from asyncsync.errors import DatabaseError
+from asyncsync.modes.serve import check_readiness, serve_loop
+from asyncsync.options import ServeOptions
+from asyncsync.readiness import Readiness
+
+from .helpers import cycle
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def promtool() -> str:
+    """promtool's path; CI installs it (.ci/run), a laptop may not have it."""
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: .ci/run installs the Debian prometheus package")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    return found
+
+
+async def get(port: int, path: str) -> tuple[int, str, str]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as r:
+        return r.status, r.content_type, await r.text()
+
+
+async def test_health_readiness_and_gauges_scraped_for_real(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=300, seed=41)
+    broken = sorted(sim.orders)[:2]
+    for order_id in broken:
+        sim.fail_detail[order_id] = "malformed"  # the record is at fault
+    readiness = Readiness()
+    options = ServeOptions(interval_s=0.05, cycle=cycle())
+    seen: dict[str, object] = {}
+    async with (
+        runtime_for(sim, max_retries=1) as rt,
+        metrics.metrics_server("127.0.0.1", 0, readiness.reasons) as port,
+    ):
+        # Before any cycle: alive, but not ready (never synced).
+        await check_readiness(rt, options, readiness)
+        seen["healthz"] = await get(port, "/healthz")
+        seen["before"] = await get(port, "/readyz")
+        await serve_loop(rt, options, asyncio.Event(), max_cycles=1, readiness=readiness)
+        seen["after"] = await get(port, "/readyz")
+        seen["metrics"] = await get(port, "/metrics")
+    assert seen["healthz"] == (200, "application/json", '{"alive": true}')
+    status, _, body = seen["before"]  # type: ignore[misc]
+    assert status == 503 and '"freshness": "no full sync or cycle has completed yet"' in body
+    assert seen["after"] == (200, "application/json", '{"ready": true}')
+    _, _, text = seen["metrics"]  # type: ignore[misc]
+
+    # The gauges say what the database says.
+    acc = {"account": "default"}
+    for code, n in (await rt_counts(db)).items():
+        assert metrics.value("asyncsync_orders", {**acc, "status": str(code)}) == n
+    assert metrics.value("asyncsync_import_failures_pending", acc) == 2
+    assert metrics.value("asyncsync_import_failures_manual_review", acc) == 0
+    refreshed = await db.fetchval("SELECT extract(epoch FROM updated_at) FROM tiny_tokens")
+    assert metrics.value("asyncsync_token_refreshed_timestamp_seconds", acc) == pytest.approx(
+        float(refreshed)
+    )
+    assert metrics.value("asyncsync_access_token_expires_timestamp_seconds", acc) > refreshed
+    assert metrics.value("asyncsync_ready") == 1
+    assert 'asyncsync_orders{account="default",status="3"}' in text
+    assert "_created" not in text
+
+    checked = await asyncio.to_thread(
+        subprocess.run, [promtool(), "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Every metric the shipped dashboard and alert rules query exists in this scrape.
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")}
+    for queried in shipped_queries():
+        assert queried in names or queried.rsplit("_", 1)[0] in names, queried
+
+
+async def rt_counts(db) -> dict[int, int]:
+    rows = await db.fetch("SELECT situacao, count(*) AS n FROM ordens_servico GROUP BY 1")
+    return {r["situacao"]: r["n"] for r in rows}
+
+
+def shipped_queries() -> set[str]:
+    """Metric names in the Grafana dashboard and the Prometheus rules."""
+    import re
+
+    text = (ROOT / "deploy/grafana/dashboards/asyncsync.json").read_text()
+    text += (ROOT / "deploy/prometheus/alerts.yml").read_text()
+    found = set(re.findall(r"\basyncsync_[a-z_]+", text))
+    assert len(found) >= 10, found
+    return found
+
+
+async def test_readiness_names_its_reasons(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=50, seed=42)
+    readiness = Readiness()
+    options = ServeOptions(interval_s=60)
+    async with runtime_for(sim) as rt:
+        await serve_loop(rt, options.__class__(interval_s=0.01), asyncio.Event(), max_cycles=1)
+        await check_readiness(rt, options, readiness)
+        assert readiness.reasons() == {}
+        # The stored access token lapsed long ago and no cycle refreshed it.
+        await db.execute("UPDATE tiny_tokens SET access_expires_at = now() - interval '1 hour'")
+        await check_readiness(rt, options, readiness)
+        assert readiness.reasons()["token"].startswith("the access token expired at")
+        # The last success is older than three intervals (at least an hour).
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+        await check_readiness(rt, options, readiness, now=later)
+        assert readiness.reasons()["freshness"].startswith("last success 1")
+        assert metrics.value("asyncsync_ready") == 0
+
+    async def unreachable() -> None:
+        raise DatabaseError("connection refused")
+
+    idle = SimpleNamespace(breaker=SimpleNamespace(retry_at=0.0, reason=""))
+    broken = SimpleNamespace(store=SimpleNamespace(ping=unreachable), client=idle)
+    await check_readiness(broken, options, readiness)  # type: ignore[arg-type]
+    assert readiness.reasons()["database"] == "unreachable: connection refused"
+    async with metrics.metrics_server("127.0.0.1", 0, readiness.reasons) as port:
+        status, _, body = await get(port, "/readyz")
+    assert status == 503
+    assert '"database": "unreachable: connection refused"' in body and '"ready": false' in body
+    readiness.clear("database")
+    readiness.clear("token")
+    readiness.clear("freshness")
+    assert readiness.ready and metrics.value("asyncsync_ready") == 1
+
+
+def test_shipped_rules_and_prometheus_config_pass_promtool() -> None:
+    tool = promtool()
+    for args in (
+        ["check", "rules", "deploy/prometheus/alerts.yml"],
+        ["check", "config", "deploy/prometheus/prometheus.yml"],
+        ["test", "rules", "deploy/prometheus/alerts_test.yml"],
+    ):
+        done = subprocess.run([tool, *args], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_and_dashboard_are_well_formed() -> None:
+    import json
+
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
+    assert set(compose["services"]) == {"postgres", "asyncsync", "prometheus", "grafana"}
+    serve = compose["services"]["asyncsync"]
+    assert "serve" in serve["command"] and "--simulator" in serve["command"]
+    assert serve["environment"]["DATABASE_URL"].startswith("postgresql://")
+    for service in compose["services"].values():  # every mounted file ships in deploy/
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / "deploy" / source).exists(), source
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/asyncsync.json").read_text())
+    assert dashboard["title"] and len(dashboard["panels"]) >= 8
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert "asyncsync_" in target["expr"], panel["title"]

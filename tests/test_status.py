@@ -1,0 +1,133 @@
+"""``asyncsync status`` and ``asyncsync failures list|retry|ignore``, as an operator runs
+them: the real command line, a real database, the bundled simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from asyncsync.modes import execute
+from asyncsync.options import SyncOptions
+from asyncsync.status import Situacao
+from asyncsync.store import open_database
+
+from .helpers import common_for, cycle
+from .test_cli import run_cli
+
+
+def cli_json(*args: str, database_url: str) -> tuple[int, dict]:
+    result = run_cli(*args, "--json", "--database-url", database_url)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+async def test_status_reports_runs_freshness_mirror_failures_tokens_and_lock(
+    simulator, database_url, db, tmp_path
+) -> None:
+    code, empty = await asyncio.to_thread(cli_json, "status", database_url=database_url)
+    assert code == 1  # never synced: stale
+    [never] = empty["accounts"]
+    assert never["freshness"]["fresh"] is False and never["last_runs"] == {}
+    assert never["token"] is None and never["lock"] == {"held": False, "holder": None}
+
+    sim = await simulator(orders=300, seed=31)
+    broken = sorted(sim.orders)[:3]
+    for order_id in broken:
+        sim.fail_detail[order_id] = "malformed"  # the record is at fault
+    common = common_for(sim, database_url, max_retries=1)
+    assert await execute("sync", common, SyncOptions(cycle=cycle()), asyncio.Event()) == 0
+    await db.execute("UPDATE import_failures SET tentativas = 5 WHERE id_ordem = $1", broken[0])
+
+    async with open_database(database_url, tmp_path) as database:
+        store = database.account("default")
+        async with store.lock("backfill"):  # another run holds the account
+            code, shown = await asyncio.to_thread(cli_json, "status", database_url=database_url)
+    assert code == 0
+    [status] = shown["accounts"]
+    assert status["account"] == "default"
+    assert status["freshness"]["fresh"] is True and status["freshness"]["age_s"] < 60
+    sync = status["last_runs"]["sync"]
+    assert (sync["title"], sync["outcome"], sync["invoked_as"]) == ("full sync", "ok", "sync")
+    assert sync["requests"] > 300 and sync["rate_limited_429"] == 0
+    assert status["last_success"]["sync"] == sync["finished_at"]
+    by_status = {int(k): v for k, v in status["orders_by_status"].items()}
+    expected = {int(s): 0 for s in Situacao}
+    for order in sim.orders.values():
+        expected[int(order.situacao)] += 1
+    assert {k: v for k, v in by_status.items() if v} == {k: v for k, v in expected.items() if v}
+    assert status["orders_total"] == 300 and status["detail_backlog"] == 0
+    assert status["failures"] == {"pending": 2, "manual_review": 1, "ignored": 0}
+    token = status["token"]
+    assert 0 <= token["refresh_token_age_s"] < 60
+    assert 14_000 < token["access_expires_in_s"] <= 14_400  # the simulator's 4 hours
+    assert status["quota_per_minute"] == sim.config.rate_limit_per_minute
+    assert status["lock"] == {"held": True, "holder": "asyncsync backfill"}
+
+    # The table says the same for a person.
+    table = await asyncio.to_thread(
+        run_cli, "status", "--log-format", "text", "--database-url", database_url
+    )
+    assert "account default — fresh: statuses listed completely" in table.stdout
+    assert "│ failures for manual review   │ 1 " in table.stdout
+    assert "│ run lock                     │ free" in table.stdout
+
+
+async def test_failures_list_retry_and_ignore(simulator, database_url, db) -> None:
+    sim = await simulator(orders=200, seed=32)
+    broken = sorted(sim.orders)[:4]
+    for order_id in broken:
+        sim.fail_detail[order_id] = "malformed"  # the record is at fault
+    malformed = sim.add_malformed("bad_date", Situacao.EM_ABERTO)
+    common = common_for(sim, database_url, max_retries=1)
+    assert await execute("sync", common, SyncOptions(cycle=cycle()), asyncio.Event()) == 0
+    await db.execute(
+        "UPDATE import_failures SET tentativas = 5 WHERE id_ordem = ANY($1)", broken[:2]
+    )
+
+    def failures(*args: str) -> dict:
+        code, shown = cli_json("failures", *args, database_url=database_url)
+        assert code == 0, shown
+        return shown
+
+    listed = await asyncio.to_thread(failures, "list")
+    states = {f["id"]: f["state"] for f in listed["failures"]}
+    assert states == {
+        broken[0]: "review", broken[1]: "review", broken[2]: "pending", broken[3]: "pending",
+        malformed["id"]: "pending",
+    }  # fmt: skip
+    assert all(f["error"] for f in listed["failures"])
+    review = await asyncio.to_thread(failures, "list", "--state", "review")
+    assert sorted(f["id"] for f in review["failures"]) == broken[:2]
+
+    # Ignored: resolved, and the next listing shows the same broken record without reopening it.
+    ignored = await asyncio.to_thread(failures, "ignore", str(malformed["id"]), "99")
+    assert ignored == {"ignored": [malformed["id"]], "not_open": [99]}
+    assert await execute("sync", common, SyncOptions(cycle=cycle()), asyncio.Event()) == 0
+    again = await asyncio.to_thread(failures, "list", "--state", "ignored")
+    assert [f["id"] for f in again["failures"]] == [malformed["id"]]
+    row = await db.fetchrow(
+        "SELECT resolvido, tentativas FROM import_failures WHERE id_ordem = $1", malformed["id"]
+    )
+    assert tuple(row) == (True, 1)
+
+    # Retried now, under the run lock: the API healed, so both resolve.
+    sim.fail_detail.clear()
+    args = ["failures", "retry", str(broken[0]), str(broken[2]), "--log-format", "json"]
+    retried = await asyncio.to_thread(run_cli, *args, "--database-url", database_url, env={
+        "TINY_CLIENT_ID": sim.config.client_id, "TINY_CLIENT_SECRET": sim.config.client_secret,
+        "TINY_REFRESH_TOKEN": sim.valid_refresh_token(), "TINY_API_BASE_URL": sim.base_url,
+        "TINY_TOKEN_URL": sim.token_url, "TINY_RATE_LIMIT_PER_MINUTE": "60000",
+    })  # fmt: skip
+    assert retried.returncode == 1, retried.stderr  # broken[1] still waits for a person
+    report = json.loads(retried.stdout)
+    assert report["mode"] == "retry" and report["findings"]["resolved"] == sorted(
+        [broken[0], broken[2]]
+    )
+    assert report["findings"]["manual_review"] == [broken[1]]
+    row = await db.fetchrow("SELECT mode, invoked_as FROM sync_runs ORDER BY id DESC LIMIT 1")
+    assert tuple(row) == ("retry", "failures")
+    left = await asyncio.to_thread(failures, "list")
+    assert sorted(f["id"] for f in left["failures"]) == [broken[1], broken[3]]
+
+    refused = run_cli("failures", "ignore", "--database-url", database_url)
+    assert refused.returncode == 2 and "needs order ids" in refused.stderr
