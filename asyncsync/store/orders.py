@@ -1,9 +1,10 @@
 """The mirror of one account: COPY into staging tables, then merge, one transaction a batch.
 
-The merge is **hashes first**: a batch ships ``(id, hash, observed_at)`` by binary COPY,
-the database answers which ids are new or changed, and only those rows' payloads are
-copied and merged — so a re-sync of unchanged orders writes nothing. A batch known to be
-all new is copied straight into the target tables. History rows, import failures and
+The merge is **hashes first**: a batch ships ``(id, hash, observed_at)`` as three arrays,
+the database answers which ids are new or changed by primary-key probes (a batch costs
+the same however large the mirror grows), and only those rows' payloads are copied and
+merged — so a re-sync of unchanged orders writes nothing. A batch known to be all new is
+copied straight into the target tables. History rows, import failures and
 checkpoints commit in the same transaction as the rows they describe, so a crash never
 leaves one without the other.
 
@@ -31,17 +32,20 @@ _ORDER_COLUMNS = (
     "cliente_nome", "valor", "payload", "list_hash", "observed_at",
 )  # fmt: skip
 
-#: Rows written before the first ANALYZE of the mirror during a load; the threshold then
-#: doubles (like autovacuum's scale factor), so a load of N rows analyzes about log2(N)
-#: times. Without fresh statistics the hashes-first lookup turns into a hash join over the
-#: whole table for every batch; autovacuum would analyze eventually, but a first load
-#: outruns it, or it is off.
-ANALYZE_FIRST = 20_000
+_HISTORY_COLUMNS = ("account", "id_os", "status_antigo", "status_novo", "changed_at", "source")
 
 
 def _order_row(r: OrderRecord) -> tuple[Any, ...]:
     return (
         r.id, r.numero, r.situacao, r.data_emissao, r.data_prevista, r.cliente_id,
+        r.cliente_nome, r.valor, r.payload, r.hash, r.observed_at,
+    )  # fmt: skip
+
+
+def _target_row(account: str, r: OrderRecord) -> tuple[Any, ...]:
+    """:func:`_order_row` with the account in front: one tuple per row, built once."""
+    return (
+        account, r.id, r.numero, r.situacao, r.data_emissao, r.data_prevista, r.cliente_id,
         r.cliente_nome, r.valor, r.payload, r.hash, r.observed_at,
     )  # fmt: skip
 
@@ -71,8 +75,6 @@ class PgOrderStore:
         self.account = account
         self._open = list(open_statuses)
         self._clock = clock
-        self._written_since_analyze = 0
-        self._analyze_threshold = ANALYZE_FIRST
 
     async def merge_listed(
         self,
@@ -84,7 +86,6 @@ class PgOrderStore:
         merge = self._merge_listed(records, failures, checkpoints, source="list", force=False)
         stats: MergeStats
         stats, _ = await guarded(merge, "merging orders")
-        await self._analyze_if_grown(stats.inserted + stats.changed)
         self._count(stats)
         return stats
 
@@ -115,18 +116,23 @@ class PgOrderStore:
         written: set[int] = set()
         async with self._pool.acquire() as conn, conn.transaction():
             if unique:
-                await conn.copy_records_to_table(
-                    "stage_hash", records=[(r.id, r.hash, r.observed_at) for r in unique]
+                found = await conn.fetchrow(
+                    sql("find_changed"),
+                    self.account,
+                    [r.id for r in unique],
+                    [r.hash for r in unique],
+                    [r.observed_at for r in unique],
+                    force,
                 )
-                found = await conn.fetch(sql("find_changed"), self.account, force)
-                new_ids = {row["id"] for row in found if row["is_new"]}
-                todo = {row["id"] for row in found}
-                rows = [_order_row(r) for r in unique if r.id in todo]
-                if rows and len(new_ids) == len(todo):
-                    await self._insert_new(conn, rows, source)
-                    history = len(rows)
+                new_ids = set(found["new_ids"])
+                todo = new_ids.union(found["changed_ids"])
+                if todo and len(new_ids) == len(todo):
+                    fresh = [r for r in unique if r.id in todo]
+                    await self._insert_new(conn, fresh, source)
+                    history = len(fresh)
                     written = set(todo)
-                elif rows:
+                elif todo:
+                    rows = [_order_row(r) for r in unique if r.id in todo]
                     await conn.copy_records_to_table(
                         "stage_orders", records=rows, columns=_ORDER_COLUMNS
                     )
@@ -160,26 +166,20 @@ class PgOrderStore:
         metrics.FIRST_SIGHTINGS.labels(account).inc(stats.first_sightings)
         metrics.STATUS_CHANGES.labels(account).inc(stats.status_changes)
 
-    async def _analyze_if_grown(self, written: int) -> None:
-        self._written_since_analyze += written
-        if self._written_since_analyze >= self._analyze_threshold:
-            self._written_since_analyze = 0
-            self._analyze_threshold *= 2
-            await guarded(self._pool.execute(sql("analyze_orders")), "analyzing the mirror")
-
     async def _insert_new(
-        self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]], source: str
+        self, conn: asyncpg.Connection, records: list[OrderRecord], source: str
     ) -> None:
         """All-new batch: COPY straight into the target and its first-sighting history."""
+        account = self.account
         await conn.copy_records_to_table(
             "ordens_servico",
-            records=[(self.account, *row) for row in rows],
+            records=[_target_row(account, r) for r in records],
             columns=("account", *_ORDER_COLUMNS),
         )
         await conn.copy_records_to_table(
             "ordem_status_history",
-            records=[(self.account, row[0], None, row[2], row[-1], source) for row in rows],
-            columns=("account", "id_os", "status_antigo", "status_novo", "changed_at", "source"),
+            records=[(account, r.id, None, r.situacao, r.observed_at, source) for r in records],
+            columns=_HISTORY_COLUMNS,
         )
 
     async def merge_details(
