@@ -25,6 +25,7 @@ from ..clock import Clock, utcnow
 from ..records import DetailRecord, FailureRecord, OrderRecord
 from ..seams import Checkpoint, MergeStats
 from . import failures as failure_rows
+from .claims import Claims
 from .database import guarded, sql
 
 _ORDER_COLUMNS = (
@@ -75,6 +76,7 @@ class PgOrderStore:
         self.account = account
         self._open = list(open_statuses)
         self._clock = clock
+        self._claims = Claims()
 
     async def merge_listed(
         self,
@@ -82,7 +84,11 @@ class PgOrderStore:
         failures: Sequence[FailureRecord] = (),
         checkpoints: Sequence[Checkpoint] = (),
     ) -> MergeStats:
-        """Merge one batch of listed orders, its failures and checkpoints atomically."""
+        """Merge one batch of listed orders, its failures and checkpoints atomically.
+
+        Calls may overlap in time: batches over disjoint orders merge concurrently (on
+        connections of their own), and a batch sharing an order, a failure or a checkpoint
+        key with an earlier call waits for it (:class:`~.claims.Claims`)."""
         merge = self._merge_listed(records, failures, checkpoints, source="list", force=False)
         stats: MergeStats
         stats, _ = await guarded(merge, "merging orders")
@@ -105,6 +111,21 @@ class PgOrderStore:
         failures: Sequence[FailureRecord],
         checkpoints: Sequence[Checkpoint],
         *,
+        source: str,
+        force: bool,
+    ) -> tuple[MergeStats, set[int]]:
+        keys = frozenset(
+            [*(r.id for r in records), *(f.order_id for f in failures)]
+            + [("checkpoint", cp.key) for cp in checkpoints]
+        )
+        async with self._claims.hold(keys):
+            return await self._merge_claimed(records, failures, checkpoints, source, force)
+
+    async def _merge_claimed(
+        self,
+        records: Sequence[OrderRecord],
+        failures: Sequence[FailureRecord],
+        checkpoints: Sequence[Checkpoint],
         source: str,
         force: bool,
     ) -> tuple[MergeStats, set[int]]:
