@@ -171,13 +171,14 @@ def _raw_id(item: Mapping[str, Any], payload: str) -> int:
 
 def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
     """Map one item of ``GET /ordem-servico`` to an :class:`OrderRecord`."""
-    if not isinstance(item, Mapping):
+    # ``type(x) is dict`` first: the ABC check alone costs more than a field's parsing.
+    if type(item) is not dict and not isinstance(item, Mapping):
         payload = canonical_json(item)
         raise RecordError("list item is not an object", raw=payload, order_id=synthetic_id(payload))
     payload = canonical_json(item)
     try:
         cliente = item.get("cliente") or {}
-        if not isinstance(cliente, Mapping):
+        if type(cliente) is not dict and not isinstance(cliente, Mapping):
             raise ValueError("cliente: expected an object")
         return OrderRecord(
             id=_parse_id(item.get("id"), "id"),
