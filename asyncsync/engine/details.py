@@ -105,25 +105,48 @@ class Enricher:
         self._stop = stop or asyncio.Event()
 
     async def run(self, budget: int | None = None) -> MergeStats:
-        """Enrich up to ``budget`` orders (None: the whole backlog)."""
+        """Enrich up to ``budget`` orders (None: the whole backlog).
+
+        A chunk merges while the next one's requests are in flight, so the requests do
+        not stop while PostgreSQL writes (one merge at a time, in order)."""
         total = MergeStats()
         attempted: set[int] = set()
-        while not self._stop.is_set():
-            want = self._chunk if budget is None else min(self._chunk, budget - len(attempted))
-            if want <= 0:
-                break
-            ids = await self._sink.detail_backlog(want, exclude=attempted)
-            if not ids:
-                break
-            attempted.update(ids)
-            out = await fetch_details(
-                self._source, ids, concurrency=self._concurrency, stop=self._stop
-            )
-            stats = await self._sink.merge_details(out.details, out.failures, out.missing)
-            total = total + stats
-            self.progress.details += len(out.details) + len(out.failures) + len(out.missing)
-            self.progress.failures += len(out.failures)
+        merging: asyncio.Task[MergeStats] | None = None
+        try:
+            while not self._stop.is_set():
+                want = self._chunk if budget is None else min(self._chunk, budget - len(attempted))
+                if want <= 0:
+                    break
+                ids = await self._sink.detail_backlog(want, exclude=attempted)
+                if not ids:
+                    break
+                attempted.update(ids)
+                out = await fetch_details(
+                    self._source, ids, concurrency=self._concurrency, stop=self._stop
+                )
+                if merging is not None:
+                    total = total + await merging
+                merging = asyncio.create_task(self._merge(out), name="details-merge")
+        except BaseException:
+            if merging is not None:
+                merging.cancel()  # a no-op once it has finished
+                merging.add_done_callback(_retrieved)
+            raise
+        if merging is not None:
+            total = total + await merging
         return total
+
+    async def _merge(self, out: DetailOutcome) -> MergeStats:
+        stats = await self._sink.merge_details(out.details, out.failures, out.missing)
+        self.progress.details += len(out.details) + len(out.failures) + len(out.missing)
+        self.progress.failures += len(out.failures)
+        return stats
+
+
+def _retrieved(task: asyncio.Task[MergeStats]) -> None:
+    """Mark an abandoned merge's outcome as seen: the error being raised is the one told."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def enrich_backlog(
