@@ -160,5 +160,14 @@ async def enrich_backlog(
 ) -> MergeStats:
     """The details pass after a listing: show the backlog on ``progress``, then work it."""
     progress.details_total = await sink.detail_backlog_size()
-    enricher = Enricher(source, sink, concurrency=concurrency, progress=progress, stop=stop)
+    # A chunk's last round of requests runs below the concurrency, and each chunk costs a
+    # backlog query: sixteen rounds a chunk keep both under a tenth of the pass.
+    enricher = Enricher(
+        source,
+        sink,
+        concurrency=concurrency,
+        chunk=max(200, 16 * concurrency),
+        progress=progress,
+        stop=stop,
+    )
     return await enricher.run(budget)
