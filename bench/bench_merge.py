@@ -58,6 +58,7 @@ from _common import (
     server_settings,
     timed,
     upsert_args,
+    write_json,
 )
 
 from asyncsync.records import OrderRecord, canonical_json, content_hash, parse_list_item
@@ -361,6 +362,12 @@ async def run(args: argparse.Namespace) -> None:
         "the sink's hashes-first lookup (find_changed.sql) for the last batch of the load, "
         "EXPLAIN ANALYZE (not in the timings above)",
     )
+    write_json(args.json_out, {
+        "orders": n, "ceiling_rows_s": base,
+        "paths": [{"path": r.path, "batch": r.batch, "rows": r.rows,
+                   "rows_s": per_s(r.rows, r.seconds), "quarters": r.quarters} for r in results],
+        "plans": plans,
+    })  # fmt: skip
 
 
 def main() -> None:
