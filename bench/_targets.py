@@ -33,13 +33,13 @@ def _scale(fig: dict[str, Any]) -> Iterator[Row]:
         n, c, e = s["orders"], s["ceiling_rows_s"], s["executemany_rows_s"]
         first, k = pipelined(s), s["in_flight"]
         tag = f"scale {n:,}"
+        em = f"executemany upsert ({s['executemany_rows']:,} rows)"
         yield [tag, f"first load, {k} batches in flight, rows/s", first["rows_s"],
                "raw COPY (ceiling)", c, _ratio(first["rows_s"], c)]  # fmt: skip
-        yield [tag, "  the same", first["rows_s"], "executemany upsert", e,
-               _ratio(first["rows_s"], e)]  # fmt: skip
+        yield [tag, "  the same", first["rows_s"], em, e, _ratio(first["rows_s"], e)]  # fmt: skip
         one = path(s, "first load, 1 batch")
         if one is not None:
-            yield [tag, "first load, 1 batch at a time", one["rows_s"], "executemany upsert", e,
+            yield [tag, "first load, 1 batch at a time", one["rows_s"], em, e,
                    _ratio(one["rows_s"], e)]  # fmt: skip
         yield [tag, "first load, last ¼ of batches, rows/s", first["last_quarter"],
                "its first ¼", first["first_quarter"],
@@ -51,8 +51,8 @@ def _scale(fig: dict[str, Any]) -> Iterator[Row]:
                        _ratio(p["rows_s"], c)]  # fmt: skip
         w = path(s, "listing writer, first load")
         if w is not None:
-            yield [tag, "listing writer first load (parse included)", w["rows_s"],
-                   "executemany upsert", e, _ratio(w["rows_s"], e)]  # fmt: skip
+            yield [tag, "listing writer first load (parse included)", w["rows_s"], em, e,
+                   _ratio(w["rows_s"], e)]  # fmt: skip
 
 
 def _e2e(fig: dict[str, Any]) -> Iterator[Row]:
@@ -61,6 +61,11 @@ def _e2e(fig: dict[str, Any]) -> Iterator[Row]:
         yield [f"e2e {f['orders']:,}", "listing only, orders/s (whole command)", f["orders_s"],
                "serial seed-style loader", serial, _ratio(f["orders_s"], serial)]  # fmt: skip
     details = fig["details"]
+    for d in details:
+        if "fetch_only_s" in d:
+            yield ["e2e details", f"details pass, {d['concurrency']} in flight, orders/s",
+                   d["orders_s"], "the same requests, nothing merged", d["fetch_only_s"],
+                   _ratio(d["orders_s"], d["fetch_only_s"])]  # fmt: skip
     if details:
         base = details[0]
         for d in details[1:]:
@@ -125,6 +130,19 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
     return rows
 
 
+def cpu_bound(f: dict[str, Any], cores: int = 2) -> str:
+    """orders/s that ``cores`` fully busy would allow, from the CPU seconds the command,
+    PostgreSQL and the simulator spent per order in this run ('' when one is unknown)."""
+    names = {"asyncsync": "cli_cpu_s", "PostgreSQL": "pg_cpu_s", "simulator": "sim_cpu_s"}
+    ms = {name: f.get(key) for name, key in names.items()}
+    if any(v is None for v in ms.values()):
+        return ""
+    per_k = {name: 1e6 * float(v or 0) / f["orders"] for name, v in ms.items()}
+    total = sum(per_k.values())
+    parts = ", ".join(f"{name} {v:.0f}" for name, v in per_k.items())
+    return f"{cores * 1000 / total * 1000:,.0f}/s: {total:.0f} ms CPU per 1,000 orders ({parts})"
+
+
 def _yes(ok: bool) -> str:
     return "yes" if ok else "NO"
 
@@ -148,6 +166,13 @@ def target_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
                      f"{plan[0]}: {plan[2]:,} rows read", _yes("Index" in plan[0])])  # fmt: skip
         rows.append([f"{n:,}: first load ≥ 0.5× raw COPY", f"{first['rows_s'] / c:.2f}×",
                      _yes(first["rows_s"] >= 0.5 * c)])  # fmt: skip
+        if first.get("pg_cpu_s") and first.get("client_cpu_s"):
+            per_row = 1e6 * (first["pg_cpu_s"] + first["client_cpu_s"]) / n
+            bound = 2e6 / per_row
+            rows.append(["  the most 2 cores allow at the CPU this load spent per row",
+                         f"{bound:,.0f} rows/s = {bound / c:.2f}× COPY: {per_row:.1f} µs CPU a "
+                         f"row (Python {1e6 * first['client_cpu_s'] / n:.1f}, PostgreSQL "
+                         f"{1e6 * first['pg_cpu_s'] / n:.1f})", "-"])  # fmt: skip
         rows.append([f"{n:,}: first load ≥ 2× executemany", f"{first['rows_s'] / e:.2f}×",
                      _yes(first["rows_s"] >= 2 * e)])  # fmt: skip
         resync = path(s, "re-sync 0%")
@@ -166,6 +191,10 @@ def target_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
         if f["orders"] >= 100_000:
             rows.append([f"e2e listing only ≥ 30,000 orders/s at {f['orders']:,}",
                          f"{f['orders_s']:,}/s", _yes(f["orders_s"] >= 30_000)])  # fmt: skip
+            bound = cpu_bound(f)
+            if bound:
+                rows.append(["  the most 2 cores allow at the CPU this run spent per order",
+                             bound, "-"])  # fmt: skip
     for d in e2e.get("details", []):
         if d["concurrency"] == 32:
             rows.append(["e2e a detail per order ≥ 1,000 orders/s at 32 in flight",

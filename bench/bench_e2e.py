@@ -13,7 +13,8 @@ What it measures
       page upserted with one ``executemany`` — on at most ``--serial-orders`` orders.
     * A detail per order: after a listing-only sync of ``--detail-orders`` orders, the
       product's details pass (``enrich_backlog``, as ``--mode sync`` runs it) at each
-      concurrency of ``--concurrency`` (requests in flight), orders/s.
+      concurrency of ``--concurrency`` (requests in flight), orders/s; its peer, the same
+      requests alone (``fetch_details``, nothing merged): what HTTP allows here.
 
     .venv/bin/python bench/bench_e2e.py [--quick] [--sizes 20000,100000]
                                         [--concurrency 8,16,32] [--latency-ms 20]
@@ -48,7 +49,7 @@ from _common import scratch_database as scratch
 from _profile import BACKENDS, process_cpu_s
 from bench_backfill import Sim, simulator
 
-from asyncsync.engine.details import enrich_backlog
+from asyncsync.engine.details import enrich_backlog, fetch_details
 from asyncsync.progress import Progress
 from asyncsync.records import parse_list_item
 from asyncsync.runtime import open_runtime
@@ -191,9 +192,15 @@ async def details_pass(sim: Sim, dsn: str, concurrency: int) -> dict[str, Any]:
         )  # fmt: skip
         wall = time.perf_counter() - started
         cpu, sim_after = time.process_time() - cpu_before, process_cpu_s(sim.pid)
+        # The peer: the same requests with nothing merged, what HTTP alone allows.
+        ids = await rt.store.orders.ids_in_statuses(list(range(8)))
+        started = time.perf_counter()
+        fetched = await fetch_details(rt.client, sorted(ids), concurrency=ctx.concurrency)
+        fetch_wall = time.perf_counter() - started
     sim_cpu = None if sim_before is None or sim_after is None else sim_after - sim_before
     return {"concurrency": concurrency, "details": stats.details, "wall_s": wall,
-            "orders_s": per_s(stats.details, wall), "cpu_s": cpu, "sim_cpu_s": sim_cpu}  # fmt: skip
+            "orders_s": per_s(stats.details, wall), "cpu_s": cpu, "sim_cpu_s": sim_cpu,
+            "fetch_only_s": per_s(len(fetched.details), fetch_wall)}  # fmt: skip
 
 
 async def reset_details(dsn: str) -> None:
@@ -255,10 +262,11 @@ def render(args: argparse.Namespace, listing: list[Any], details: list[Any]) -> 
     base = details[0]["orders_s"] or 1
     print_table(
         ["requests in flight", "details", "seconds", "orders/s", f"× {levels_label(details)}",
-         "asyncsync CPU", "simulator CPU"],
+         "asyncsync CPU", "simulator CPU", "requests alone, orders/s", "pass ÷ requests alone"],
         [[d["concurrency"], d["details"], round(d["wall_s"], 2), d["orders_s"],
           f"{d['orders_s'] / base:.2f}×", share(d["cpu_s"], d["wall_s"]),
-          share(d["sim_cpu_s"], d["wall_s"])] for d in details],
+          share(d["sim_cpu_s"], d["wall_s"]), d["fetch_only_s"],
+          f"{d['orders_s'] / max(d['fetch_only_s'], 1):.2f}×"] for d in details],
         f"a detail per order: the product's details pass over {args.detail_orders:,} orders",
     )  # fmt: skip
 

@@ -193,9 +193,12 @@ async def one_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
     ):
         cpu = BackendCpu(pool)
         sink = PgOrderStore(pool, ACCOUNT, [int(s) for s in OPEN_STATUSES])
+        before, client = await cpu.sample(), time.process_time()
         async with pool.acquire() as conn:
             c = await ceiling(conn, first)
         out["ceiling_rows_s"] = per_s(c.rows, c.seconds)
+        out["ceiling_client_cpu_s"] = time.process_time() - client
+        out["ceiling_pg_cpu_s"] = await cpu.since(before)
         print(f"  raw COPY ceiling: {out['ceiling_rows_s']:,} rows/s", flush=True)
         paths.append(await measured(cpu, "first load, 1 batch at a time",
                                     lambda: sink_load(sink, first, size, 1)))  # fmt: skip
@@ -266,8 +269,10 @@ def render(results: list[dict[str, Any]]) -> None:
     rows: list[list[object]] = []
     for r in results:
         c, e = r["ceiling_rows_s"], r["executemany_rows_s"]
+        pg = r.get("ceiling_pg_cpu_s")
         rows.append([r["orders"], "raw COPY, unlogged, no index (ceiling)", c, 1.0, "-", "-",
-                     "-", "-", "-"])  # fmt: skip
+                     round(r["orders"] / c, 2), round(r.get("ceiling_client_cpu_s", 0), 2),
+                     "-" if pg is None else round(pg, 2)])  # fmt: skip
         rows.append([r["orders"], f"executemany naive upsert ({r['executemany_rows']:,} rows)",
                      e, e / c, "-", "-", "-", "-", "-"])  # fmt: skip
         for p in r["paths"]:

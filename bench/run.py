@@ -88,6 +88,53 @@ def run_scenario(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
     return figures
 
 
+def _md_table(headers: list[str], rows: list[list[object]]) -> str:
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:,.2f}"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{value:,}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(header: str, results: dict[str, Any], targets: list[list[object]]) -> str:
+    """The run's two tables in Markdown, for the README's benchmark section."""
+    return (
+        "```\n" + header + "```\n\n"
+        + _md_table(["scenario", "measure", "asyncsync", "baseline (same run)", "baseline",
+                     "ratio"], summary_rows(results))
+        + "\n" + _md_table(["target (issue 12)", "measured", "reached"], targets)
+    )  # fmt: skip
+
+
+def render_saved(path: Path) -> None:
+    """The tables, Markdown and chart of a run saved by this program, from its JSON."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    results, host = document["scenarios"], document["machine"]
+    header = (f"bench/run.py, {document['preset']} preset, {document['label']}\n"
+              f"machine: {host['cpus']} CPUs ({host['cpu']}), {host['memory_gib']} GiB, Python "
+              f"{host['python']}, load average at start {host['load'][0]:.2f}\n"
+              f"PostgreSQL: {document['postgresql']}\n")  # fmt: skip
+    targets = target_rows(results)
+    print(header)
+    print_table(
+        ["scenario", "measure", "asyncsync", "baseline (same run)", "baseline", "ratio"],
+        summary_rows(results),
+        f"every scenario ({document['seconds']:.0f} s in all)",
+    )
+    print_table(["target (issue 12)", "measured", "reached"], targets, "targets")
+    md = path.with_suffix(".md")
+    md.write_text(markdown(header, results, targets), encoding="utf-8")
+    print(f"the README's tables: {md}")
+    from _chart import draw
+
+    print(f"chart: {draw(results, path.with_suffix('.png'), header.splitlines()[1])}")
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     mem_kib = 0
@@ -119,7 +166,13 @@ def main() -> None:
     p.add_argument("--only", help=f"comma list of scenarios among {', '.join(SCENARIOS)}")
     p.add_argument("--profile", action="store_true", help="explain the scale scenario's time")
     p.add_argument("--label", help="name of the results (default: today's date)")
+    p.add_argument(
+        "--render", metavar="JSON", help="run nothing: tables, Markdown and chart of a saved run"
+    )
     args = p.parse_args()
+    if args.render:
+        render_saved(Path(args.render))
+        return
     names = args.only.split(",") if args.only else list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -152,6 +205,9 @@ def main() -> None:
     out = RESULTS / f"{label}.json"
     out.write_text(json.dumps(document, indent=1, default=str), encoding="utf-8")
     print(f"figures: {out}")
+    md = RESULTS / f"{label}.md"
+    md.write_text(markdown(header, results, targets), encoding="utf-8")
+    print(f"the README's tables: {md}")
     try:
         from _chart import draw
     except ImportError as exc:
