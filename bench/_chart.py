@@ -39,7 +39,7 @@ def _curves(ax: Any, scale: dict[str, Any], e2e: dict[str, Any]) -> None:
     ax.set_ylabel("rows/s")
     ax.set_title("throughput as the mirror grows")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="center left")
 
 
 def _ratios(results: dict[str, dict[str, Any]]) -> list[tuple[str, float]]:
