@@ -3,6 +3,7 @@
 The listing writer keeps several batches merging while it parses the next; the sink
 serializes batches that share an order. These tests mix new, changed, unchanged, moved
 and repeated orders across concurrent batches and check the rows and the history exactly.
+The details pass merges a chunk while the next chunk's requests are in flight.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from collections import Counter
 from typing import Any
 
 import orjson
+import pytest
 
+from asyncsync.engine.details import Enricher
 from asyncsync.engine.listing import ListingEngine, Partition
 from asyncsync.records import parse_list_item
-from asyncsync.seams import ApiStats, Detail, ListQuery, Page
+from asyncsync.seams import ApiStats, Detail, ListQuery, MergeStats, Page
 from asyncsync.store.database import sql
 from asyncsync.store.orders import PgOrderStore
 
@@ -141,3 +144,79 @@ async def test_the_hash_lookup_probes_the_primary_key_and_never_scans_the_mirror
     reads = [n for n in nodes if n.get("Relation Name") == "ordens_servico"]
     assert reads and all(n["Node Type"] == "Index Scan" for n in reads)
     assert sum(n["Actual Rows"] * n["Actual Loops"] for n in reads) == 5000
+
+
+class DetailSource:
+    """An OrderSource answering every detail after a pause; counts requests in flight."""
+
+    def __init__(self, log: list[str]) -> None:
+        self._log = log
+
+    async def list_orders(self, query: ListQuery) -> Page:
+        raise AssertionError("details only")
+
+    async def get_order(self, order_id: int) -> Detail:
+        self._log.append("fetch")
+        await asyncio.sleep(0.001)
+        return Detail(order_id, {"id": order_id, "situacao": 3}, T2)
+
+    def api_stats(self) -> ApiStats:
+        return ApiStats()
+
+
+class BacklogSink:
+    """The part of OrderSink the details pass uses, over an in-memory backlog."""
+
+    def __init__(self, backlog: list[int], log: list[str], fail_at: int | None = None) -> None:
+        self.backlog = backlog
+        self.merged: list[int] = []
+        self.merging = 0
+        self.most_merging = 0
+        self._log = log
+        self._fail_at = fail_at
+
+    async def detail_backlog(self, limit: int, exclude: Any = ()) -> list[int]:
+        skip = set(exclude)
+        return [i for i in self.backlog if i not in skip and i not in self.merged][:limit]
+
+    async def detail_backlog_size(self) -> int:
+        return len(self.backlog)
+
+    async def merge_details(self, details: Any, failures: Any = (), missing: Any = ()) -> Any:
+        self.merging += 1
+        self.most_merging = max(self.most_merging, self.merging)
+        self._log.append("merge start")
+        try:
+            await asyncio.sleep(0.02)  # long enough for the next chunk's requests to start
+            if self._fail_at is not None and len(self.merged) >= self._fail_at:
+                raise RuntimeError("merge failed")
+            self.merged.extend(d.id for d in details)
+            return MergeStats(details=len(details))
+        finally:
+            self._log.append("merge end")
+            self.merging -= 1
+
+
+async def test_the_details_pass_fetches_the_next_chunk_while_one_merges() -> None:
+    log: list[str] = []
+    sink = BacklogSink(list(range(1, 1001)), log)
+    stats = await Enricher(DetailSource(log), sink, concurrency=16, chunk=200).run()
+    assert stats.details == 1000 and sorted(sink.merged) == list(range(1, 1001))
+    assert len(sink.merged) == len(set(sink.merged))  # each order merged once
+    assert sink.most_merging == 1  # merges one at a time, in order
+    # Requests went out while a merge was in flight (the pipeline), not only between them.
+    inside = depth = 0
+    for event in log:
+        depth += {"merge start": 1, "merge end": -1}.get(event, 0)
+        inside += event == "fetch" and depth > 0
+    assert inside >= 200
+
+
+async def test_a_failed_details_merge_stops_the_pass_with_its_error() -> None:
+    log: list[str] = []
+    sink = BacklogSink(list(range(1, 1001)), log, fail_at=400)
+    with pytest.raises(RuntimeError, match="merge failed"):
+        await Enricher(DetailSource(log), sink, concurrency=16, chunk=200).run()
+    assert sorted(sink.merged) == list(range(1, 401))
+    await asyncio.sleep(0.05)  # nothing keeps running behind the error
+    assert sink.merging == 0
