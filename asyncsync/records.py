@@ -98,19 +98,14 @@ def without_nul(value: Any) -> Any:
     return value
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
-def clean(item: Any) -> Any:
-    """What PostgreSQL can store of a raw item (NUL characters removed)."""
-    return without_nul(item) if _has_nul(item) else item
+def storable(item: Any) -> tuple[Any, str]:
+    """What PostgreSQL can store of a raw item (NUL characters removed), and its canonical
+    JSON. The serialized text is searched, not the structure: one pass in C, not a walk."""
+    payload = canonical_json(item)
+    if "\\u0000" in payload:  # orjson writes a NUL as \u0000
+        item = without_nul(item)
+        payload = canonical_json(item)
+    return item, payload
 
 
 def synthetic_id(payload: str) -> int:
@@ -221,24 +216,25 @@ def normal_hash(item: Mapping[str, Any], parsed: Mapping[str, object]) -> bytes:
 
 def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
     """Map one item of ``GET /ordem-servico`` to an :class:`OrderRecord`."""
-    item = clean(item)
-    if not isinstance(item, Mapping):
+    # ``type(x) is dict`` first: the ABC check alone costs more than a field's parsing.
+    if type(item) is not dict and not isinstance(item, Mapping):
         payload = canonical_json(item)
         raise RecordError("list item is not an object", raw=payload, order_id=synthetic_id(payload))
-    payload = canonical_json(item)
+    cleaned, payload = storable(item)
+    fields: Mapping[str, Any] = cleaned
     try:
-        cliente = item.get("cliente") or {}
-        if not isinstance(cliente, Mapping):
+        cliente = fields.get("cliente") or {}
+        if type(cliente) is not dict and not isinstance(cliente, Mapping):
             raise ValueError("cliente: expected an object")
-        situacao = int(parse_situacao(item.get("situacao")))
-        data = parse_date(item.get("data"), "data")
-        prevista = parse_datetime(item.get("dataPrevista"), "dataPrevista")
-        valor = parse_money(item.get("valor"), "valor")
+        situacao = int(parse_situacao(fields.get("situacao")))
+        data = parse_date(fields.get("data"), "data")
+        prevista = parse_datetime(fields.get("dataPrevista"), "dataPrevista")
+        valor = parse_money(fields.get("valor"), "valor")
         normal = {"situacao": situacao, "data": _iso(data), "dataPrevista": _iso(prevista),
                   "valor": None if valor is None else str(valor)}  # fmt: skip
         return OrderRecord(
-            id=_parse_id(item.get("id"), "id"),
-            numero=_optional_text(item.get("numeroOrdemServico"), "numeroOrdemServico"),
+            id=_parse_id(fields.get("id"), "id"),
+            numero=_optional_text(fields.get("numeroOrdemServico"), "numeroOrdemServico"),
             situacao=situacao,
             data_emissao=data,
             data_prevista=prevista,
@@ -246,17 +242,16 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
             cliente_nome=_optional_text(cliente.get("nome"), "cliente.nome"),
             valor=valor,
             payload=payload,
-            hash=normal_hash(item, normal),
+            hash=normal_hash(fields, normal),
             observed_at=observed_at,
         )
     except ValueError as exc:
-        raise RecordError(str(exc), raw=payload, order_id=_raw_id(item, payload)) from exc
+        raise RecordError(str(exc), raw=payload, order_id=_raw_id(fields, payload)) from exc
 
 
 def parse_detail(item: object, order_id: int, observed_at: dt.datetime) -> DetailRecord:
     """Map ``GET /ordem-servico/{id}`` to a :class:`DetailRecord` (checks the id matches)."""
-    item = clean(item)
-    payload = canonical_json(item)
+    item, payload = storable(item)
     if not isinstance(item, Mapping):
         raise RecordError("detail is not an object", raw=payload, order_id=order_id)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import tempfile
@@ -64,7 +65,14 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
         help=f"PostgreSQL DSN allowed to CREATE DATABASE [env: {DSN_ENV}; default {DEFAULT_DSN}]",
     )
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    p.add_argument("--json-out", help="also write the figures as JSON to this file (bench/run.py)")
     return p
+
+
+def write_json(path: str | None, figures: object) -> None:
+    """Write ``figures`` as JSON to ``path`` (nothing when None): what bench/run.py reads."""
+    if path:
+        Path(path).write_text(json.dumps(figures, indent=1, default=str), encoding="utf-8")
 
 
 @asynccontextmanager

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import sys
@@ -54,6 +55,7 @@ from _common import (
     print_table,
     scratch_database,
     upsert_args,
+    write_json,
 )
 
 from asyncsync.jobs.backfill import backfill
@@ -76,6 +78,7 @@ class Sim:
     client_id: str
     client_secret: str
     refresh_token: str
+    pid: int = 0  # of the simulator process
 
     async def stats(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         origin = self.base_url.rsplit("/public-api/", 1)[0]
@@ -92,6 +95,7 @@ async def simulator(args: argparse.Namespace) -> AsyncIterator[Sim]:
         "--orders", str(args.orders), "--seed", str(args.seed),
         "--rate-limit", str(args.quota), "--rate-window-s", str(WINDOW_S),
         "--latency-ms", str(args.latency_ms),
+        *(["--no-rotate"] if getattr(args, "no_rotate", False) else []),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -106,6 +110,7 @@ async def simulator(args: argparse.Namespace) -> AsyncIterator[Sim]:
             said["client_id"],
             said["client_secret"],
             said["refresh_token"],
+            proc.pid,
         )
     finally:
         if proc.returncode is None:
@@ -364,6 +369,12 @@ async def run(args: argparse.Namespace) -> None:
         serial = await run_serial(args, report.count("pages"))
     print()
     print_comparison(args, fast, serial)
+    sides = {"asyncsync": fast, **({"serial": serial} if serial else {})}
+    write_json(args.json_out, {
+        "orders": args.orders, "quota": args.quota,
+        **{name: {**dataclasses.asdict(f), "per_minute": f.per_minute()}
+           for name, f in sides.items()},
+    })  # fmt: skip
 
 
 def main() -> None:

@@ -49,7 +49,16 @@ from collections.abc import Sequence
 import aiohttp
 import asyncpg
 import orjson
-from _common import common_for, describe_dsn, parser, per_s, print_table, scratch_database, timed
+from _common import (
+    common_for,
+    describe_dsn,
+    parser,
+    per_s,
+    print_table,
+    scratch_database,
+    timed,
+    write_json,
+)
 
 from asyncsync.clock import Clock, utcnow
 from asyncsync.engine.cycle import plan_cycle
@@ -385,6 +394,13 @@ async def run(args: argparse.Namespace) -> None:
         f"{history_rows(cycle)}, sweep {history_rows(sweep)}"
     )
     _check(cycle, sweep)
+    write_json(args.json_out, {
+        "orders": orders, "changes": len(changes),
+        "cycle": {"requests": measured, "caught": cycle_caught},
+        "sweep": {"requests": sweep_req["list"] + sweep_req["detail"], "caught": sweep_caught},
+        "seed": {"requests": seed_req["list"] + seed_req["detail"], "caught": seed_caught},
+        "formula": formula,
+    })  # fmt: skip
 
 
 def history_rows(report: RunReport) -> str:

@@ -205,13 +205,17 @@ async def count_orders(dsn: str) -> int:
         await conn.close()
 
 
-async def measure(admin_dsn: str, sizes: Sequence[int]) -> dict[tuple[str, int], dict[str, Any]]:
+async def measure(
+    admin_dsn: str, sizes: Sequence[int], naive_max: int
+) -> dict[tuple[str, int], dict[str, Any]]:
     from _common import scratch_database
 
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for n in sizes:
         with Simulator(n) as sim:
             for loader in LOADERS:
+                if loader == "naive" and n > naive_max:
+                    continue  # it holds every page at once: minutes and gigabytes
                 async with scratch_database(admin_dsn, f"memory_{loader}") as dsn:
                     result = await asyncio.to_thread(run_child, loader, sim.conn, dsn)
                     result["rows"] = await count_orders(dsn)
@@ -232,7 +236,7 @@ def parent_main(args: argparse.Namespace) -> None:
     print(f"bench_memory: full sync, listings only, {' and '.join(f'{n:,}' for n in sizes)} orders")
     print(f"PostgreSQL: {describe_dsn(args.dsn)}; simulator and loaders in separate processes\n")
     floors = {loader: run_child(loader, None, None, imports_only=True) for loader in LOADERS}
-    results = asyncio.run(measure(args.dsn, sizes))
+    results = asyncio.run(measure(args.dsn, sizes, args.naive_max))
     print()
     lo, hi = sizes[0], sizes[-1]
     mib = 1024.0
@@ -242,9 +246,11 @@ def parent_main(args: argparse.Namespace) -> None:
         "naive": "naive: all pages in a list, then insert",
     }
     for loader in LOADERS:
-        peaks = [results[(loader, n)]["peak_kib"] / mib for n in sizes]
-        growth = peaks[-1] - peaks[0]
-        per_10k = growth / ((hi - lo) / 10_000) if hi > lo else 0.0
+        got = [n for n in sizes if (loader, n) in results]
+        peaks = [results[(loader, n)]["peak_kib"] / mib if n in got else None for n in sizes]
+        first, last = got[0], got[-1]
+        growth = (results[(loader, last)]["peak_kib"] - results[(loader, first)]["peak_kib"]) / mib
+        per_10k = growth / ((last - first) / 10_000) if last > first else 0.0
         rows.append([names[loader], floors[loader]["peak_kib"] / mib, *peaks, growth, per_10k])
     print_table(
         ["loader", "imports only", *(f"{n:,} orders" for n in sizes),
@@ -252,6 +258,14 @@ def parent_main(args: argparse.Namespace) -> None:
         rows,
         "peak RSS of the loader process, MiB (simulator not included)",
     )  # fmt: skip
+    from _common import write_json
+
+    write_json(args.json_out, {
+        "sizes": sizes,
+        "peak_mib": {f"{loader} {n}": r["peak_kib"] / mib for (loader, n), r in results.items()},
+        "floor_mib": {loader: f["peak_kib"] / mib for loader, f in floors.items()},
+        "seconds": {f"{loader} {n}": r["seconds"] for (loader, n), r in results.items()},
+    })  # fmt: skip
     bad = [k for k, r in results.items() if r["rows"] != k[1]]
     if bad:
         print(f"warning: database row counts differ from the orders listed for {bad}")
@@ -271,6 +285,9 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument(
         "--sizes", help="comma list of order counts (default 20000,100000; quick 5000,20000)"
+    )
+    p.add_argument(
+        "--naive-max", type=int, default=200_000, help="largest size the naive loader runs at"
     )
     parent_main(p.parse_args())
 

@@ -58,6 +58,7 @@ from _common import (
     server_settings,
     timed,
     upsert_args,
+    write_json,
 )
 
 from asyncsync.records import OrderRecord, canonical_json, content_hash, parse_list_item
@@ -177,18 +178,12 @@ async def history_rows(conn: asyncpg.Connection) -> int:
 
 async def find_changed_plan(conn: asyncpg.Connection, batch: Sequence[OrderRecord]) -> list[object]:
     """How PostgreSQL runs the sink's hashes-first lookup (``find_changed.sql``) for one
-    staged batch (EXPLAIN ANALYZE): the join, how ``ordens_servico`` is read (estimated
-    vs actual rows) and the milliseconds it took.
-
-    The transaction commits, as the sink's do: ``stage_hash`` is ``ON COMMIT DELETE ROWS``,
-    and a rollback would leave its pages behind, which changes the next plans."""
-    async with conn.transaction():
-        await conn.copy_records_to_table(
-            "stage_hash", records=[(r.id, r.hash, r.observed_at) for r in batch]
-        )
-        text = await conn.fetchval(
-            "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql("find_changed"), ACCOUNT, False
-        )
+    batch (EXPLAIN ANALYZE): the join, how ``ordens_servico`` is read (estimated vs actual
+    rows) and the milliseconds it took."""
+    args = ([r.id for r in batch], [r.hash for r in batch], [r.observed_at for r in batch])
+    text = await conn.fetchval(
+        "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql("find_changed"), ACCOUNT, *args, False
+    )
     top = orjson.loads(text)[0]
     nodes, stack = [], [top["Plan"]]
     while stack:
@@ -197,10 +192,11 @@ async def find_changed_plan(conn: asyncpg.Connection, batch: Sequence[OrderRecor
         stack.extend(node.get("Plans", []))
     # The node that reads ordens_servico: a scan of it, or its bitmap/index scan.
     target = next(n for n in nodes if n.get("Relation Name") == "ordens_servico")
+    join = next(n for n in nodes if "Join" in n["Node Type"] or n["Node Type"] == "Nested Loop")
     how = target["Node Type"] + (f" on {target['Index Name']}" if "Index Name" in target else "")
     actual = target["Actual Rows"] * target["Actual Loops"]
     estimate = target["Plan Rows"] * target["Actual Loops"]
-    return [f"{top['Plan']['Node Type']}, {how}", estimate, actual, top["Execution Time"]]
+    return [f"{join['Node Type']}, {how}", estimate, actual, top["Execution Time"]]
 
 
 async def run_sink(
@@ -366,6 +362,12 @@ async def run(args: argparse.Namespace) -> None:
         "the sink's hashes-first lookup (find_changed.sql) for the last batch of the load, "
         "EXPLAIN ANALYZE (not in the timings above)",
     )
+    write_json(args.json_out, {
+        "orders": n, "ceiling_rows_s": base,
+        "paths": [{"path": r.path, "batch": r.batch, "rows": r.rows,
+                   "rows_s": per_s(r.rows, r.seconds), "quarters": r.quarters} for r in results],
+        "plans": plans,
+    })  # fmt: skip
 
 
 def main() -> None:

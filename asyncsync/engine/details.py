@@ -10,6 +10,9 @@ resumable by construction: whatever was merged is no longer in the backlog.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +33,19 @@ from ..tasks import run_all
 
 log = logging.getLogger(__name__)
 
+#: Tries of one detail that fails transiently, and the pause before the second (doubling).
+ATTEMPTS, FIRST_PAUSE_S = 5, 0.25
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Waiting:
+    """A detail that failed transiently, waiting for its next try."""
+
+    due: float  # loop time of the next try
+    tie: int
+    order_id: int = field(compare=False)
+    tries: int = field(compare=False)
+
 
 @dataclass
 class DetailOutcome:
@@ -41,6 +57,7 @@ class DetailOutcome:
     unavailable: list[int] = field(default_factory=list)  # 5xx/429/timeouts: try again later
     raw: dict[int, object] = field(default_factory=dict)  # id -> parsed JSON body
     outage: TinyOutage | None = None  # the circuit opened: no more requests went out
+    carry: list[Waiting] = field(default_factory=list)  # still pausing (without ``drain``)
 
     def raise_outage(self) -> None:
         """After merging what arrived: end the pass if Tiny went down during it."""
@@ -61,56 +78,95 @@ async def fetch_details(
     *,
     concurrency: int = 16,
     stop: asyncio.Event | None = None,
+    attempts: int = ATTEMPTS,
+    first_pause_s: float = FIRST_PAUSE_S,
+    carry: Iterable[Waiting] = (),
+    drain: bool = True,
 ) -> DetailOutcome:
     """Fetch and parse details of ``ids``; per-order problems become failures, not errors.
 
-    Each is tried once; those that failed transiently are tried again, with the client's
-    retries and backoff, after all the others.
-
     Only what is wrong with the order itself is a failure (a 401 on it alone, a body that
-    is not its detail). A detail that could not be had because Tiny was unavailable (5xx,
-    429, timeouts, after retries) is no fault of the record: it is listed as
-    ``unavailable`` and stays in the backlog for a later pass. Authentication failures
-    and an open circuit (:class:`~asyncsync.errors.TinyOutage`) are not per order: they
-    stop the pass: authentication failures propagate at once; after an outage no new
-    request starts and what already arrived is returned with ``outage`` set, to be merged
-    before the caller calls :meth:`DetailOutcome.raise_outage`. Once ``stop`` is set no new
-    request starts either.
+    is not its detail). A detail Tiny could not serve (5xx, 429, a timeout) is no fault of
+    the record: it goes back in the queue after a pause (0.25 s, 0.5 s, …), behind the ids
+    not tried yet, so its retries never hold a request slot the healthy ones could use;
+    after ``attempts`` tries it is listed as ``unavailable`` and stays in the backlog for a
+    later pass. Authentication failures propagate at once; after an outage
+    (:class:`~asyncsync.errors.TinyOutage`) no new request starts and what already arrived
+    is returned with ``outage`` set, to be merged before the caller calls
+    :meth:`DetailOutcome.raise_outage`. Once ``stop`` is set no new request starts either.
+
+    Without ``drain`` it returns as soon as every id of ``ids`` is settled or pausing:
+    the ones still pausing come back in ``carry``, for the caller to hand to its next call
+    with more ids, so a pause never holds up a batch of healthy ones.
     """
     out = DetailOutcome()
-    gate = asyncio.Semaphore(concurrency)
-    later: list[int] = []  # failed transiently on the first try: retried after the rest
+    loop = asyncio.get_running_loop()
+    order = itertools.count()
+    queue = [Waiting(0.0, next(order), order_id, 0) for order_id in ids]
+    fresh = len(queue)  # ids of this call not settled or pausing yet
+    queue += carry
+    heapq.heapify(queue)
+    left = len(queue)  # ids not settled yet (in the queue or in flight)
+    moved = asyncio.Event()  # the queue changed, or an id was settled
 
-    async def one(order_id: int, first_try: bool) -> None:
-        async with gate:
-            if (stop is not None and stop.is_set()) or out.outage is not None:
-                return
-            try:
-                detail = await source.get_order(order_id, retry=not first_try)
-            except TinyNotFound:
-                out.missing.append(order_id)
-                return
-            except TinyOutage as exc:
-                out.outage = out.outage or exc
-                return
-            except TinyAuthError:
-                raise
-            except (TinyUnavailable, TinyRateLimited):
-                (later if first_try else out.unavailable).append(order_id)
-                return
-            except TinyError as exc:
-                out.failures.append(failure_for(order_id, exc))
-                return
+    def halted() -> bool:
+        return (stop is not None and stop.is_set()) or out.outage is not None
+
+    def done() -> bool:
+        if left == 0 or halted():
+            return True
+        # Not draining: stop once the fresh ids are through and nothing is due now.
+        return not drain and fresh == 0 and (not queue or queue[0].due > loop.time())
+
+    async def one(order_id: int, tries: int) -> bool:
+        """Fetch one detail; True when it failed transiently and may be tried again."""
+        try:
+            detail = await source.get_order(order_id, retry=False)
+        except TinyNotFound:
+            out.missing.append(order_id)
+            return False
+        except TinyOutage as exc:
+            out.outage = out.outage or exc
+            return False
+        except TinyAuthError:
+            raise
+        except (TinyUnavailable, TinyRateLimited):
+            if tries + 1 < attempts:
+                return True
+            out.unavailable.append(order_id)
+            return False
+        except TinyError as exc:
+            out.failures.append(failure_for(order_id, exc))
+            return False
         try:
             out.details.append(parse_detail(detail.body, order_id, detail.observed_at))
             out.raw[order_id] = detail.body
         except RecordError as exc:
             out.failures.append(failure_from(exc))
+        return False
 
-    # Healthy details first; a failing one is retried (with backoff) only once the others
-    # are in, so its retries never hold back the healthy ones.
-    await run_all(one(order_id, True) for order_id in ids)
-    await run_all(one(order_id, False) for order_id in later)
+    async def worker() -> None:
+        nonlocal left, fresh
+        while not done():
+            wait = queue[0].due - loop.time() if queue else None
+            if wait is None or wait > 0:  # nothing due: wait for a change or the next due
+                moved.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(moved.wait(), wait)
+                continue
+            item = heapq.heappop(queue)
+            again = await one(item.order_id, item.tries)
+            if item.tries == 0 and item.due == 0.0:
+                fresh -= 1  # this call's own id: settled, or pausing now
+            if again:
+                due = loop.time() + first_pause_s * 2**item.tries
+                heapq.heappush(queue, Waiting(due, next(order), item.order_id, item.tries + 1))
+            else:
+                left -= 1
+            moved.set()
+
+    await run_all(worker() for _ in range(max(1, min(concurrency, len(queue)))))
+    out.carry = list(queue)
     return out
 
 
@@ -135,26 +191,50 @@ class Enricher:
         self._stop = stop or asyncio.Event()
 
     async def run(self, budget: int | None = None) -> MergeStats:
-        """Enrich up to ``budget`` orders (None: the whole backlog)."""
+        """Enrich up to ``budget`` orders (None: the whole backlog).
+
+        A chunk merges while the next one's requests are in flight, so the requests do
+        not stop while PostgreSQL writes (one merge at a time, in order)."""
         total = MergeStats()
         attempted: set[int] = set()
-        while not self._stop.is_set():
-            want = self._chunk if budget is None else min(self._chunk, budget - len(attempted))
-            if want <= 0:
-                break
-            ids = await self._sink.detail_backlog(want, exclude=attempted)
-            if not ids:
-                break
-            attempted.update(ids)
-            out = await fetch_details(
-                self._source, ids, concurrency=self._concurrency, stop=self._stop
-            )
-            stats = await self._sink.merge_details(out.details, out.failures, out.missing)
-            total = total + stats + MergeStats(unavailable=len(out.unavailable))
-            self.progress.details += len(out.details) + len(out.failures) + len(out.missing)
-            self.progress.failures += len(out.failures)
-            out.raise_outage()
+        merging: asyncio.Task[MergeStats] | None = None
+        carry: list[Waiting] = []  # failed transiently, pausing: tried again with the next
+        try:
+            while not self._stop.is_set():
+                want = self._chunk if budget is None else min(self._chunk, budget - len(attempted))
+                ids = await self._sink.detail_backlog(want, exclude=attempted) if want > 0 else []
+                if not ids and not carry:
+                    break
+                attempted.update(ids)
+                out = await fetch_details(
+                    self._source, ids, concurrency=self._concurrency, stop=self._stop,
+                    carry=carry, drain=not ids,
+                )  # fmt: skip
+                carry = out.carry
+                if merging is not None:
+                    total = total + await merging
+                merging = asyncio.create_task(self._merge(out), name="details-merge")
+        except BaseException:
+            if merging is not None:
+                merging.cancel()  # a no-op once it has finished
+                merging.add_done_callback(_retrieved)
+            raise
+        if merging is not None:
+            total = total + await merging
         return total
+
+    async def _merge(self, out: DetailOutcome) -> MergeStats:
+        stats = await self._sink.merge_details(out.details, out.failures, out.missing)
+        self.progress.details += len(out.details) + len(out.failures) + len(out.missing)
+        self.progress.failures += len(out.failures)
+        out.raise_outage()  # merged first: what arrived before Tiny went down is kept
+        return stats + MergeStats(unavailable=len(out.unavailable))
+
+
+def _retrieved(task: asyncio.Task[MergeStats]) -> None:
+    """Mark an abandoned merge's outcome as seen: the error being raised is the one told."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def enrich_backlog(
@@ -172,5 +252,14 @@ async def enrich_backlog(
     progress.details_total = progress.details + (
         backlog if budget is None else min(backlog, budget)
     )
-    enricher = Enricher(source, sink, concurrency=concurrency, progress=progress, stop=stop)
+    # A chunk's last round of requests runs below the concurrency, and each chunk costs a
+    # backlog query: sixteen rounds a chunk keep both under a tenth of the pass.
+    enricher = Enricher(
+        source,
+        sink,
+        concurrency=concurrency,
+        chunk=max(200, 16 * concurrency),
+        progress=progress,
+        stop=stop,
+    )
     return await enricher.run(budget)

@@ -2,8 +2,12 @@
 
 Producers page through :class:`Partition` s (a status, optionally an emission window)
 and put pages on a bounded queue, so memory stays bounded whatever the number of
-orders. One writer parses the items, batches them and merges each batch with its
-failures and checkpoints in one transaction.
+orders. One writer batches the pages, parses each batch and hands it to the sink, which
+merges it with its failures and checkpoints in one transaction. The writer is a
+pipeline: up to ``merges_in_flight`` batches merge while it parses the next one, so
+Python's work (parsing, hashing, encoding COPY data) overlaps PostgreSQL's, and the
+database works on more than one batch at a time (the sink serializes batches that share
+an order).
 
 Two paging shapes:
 
@@ -69,6 +73,16 @@ class _Item:
     page: Page
     checkpoint: Checkpoint | None
     done: asyncio.Future[None] | None
+
+
+@dataclass
+class _Batch:
+    """Pages parsed into what one ``merge_listed`` call takes."""
+
+    items: list[_Item]
+    records: list[OrderRecord]
+    failures: list[FailureRecord]
+    checkpoints: list[Checkpoint]
 
 
 async def page_through(
@@ -158,6 +172,7 @@ class ListingEngine:
         stop: asyncio.Event | None = None,
         pages_in_flight: int = 16,
         track_seen: bool = False,
+        merges_in_flight: int = 2,
     ) -> None:
         self._source = source
         self._sink = sink
@@ -170,6 +185,9 @@ class ListingEngine:
         # Pages requested but not yet queued, per streaming partition: bounds memory.
         self._pages_in_flight = pages_in_flight
         self._track_seen = track_seen
+        # Batches handed to the sink and not yet committed: bounds memory and connections.
+        self._merge_slots = asyncio.Semaphore(max(1, merges_in_flight))
+        self._merging = 0
         self.result = ListingResult()
 
     async def run(self, partitions: Sequence[Partition], *, checkpointed: bool) -> ListingResult:
@@ -241,28 +259,35 @@ class ListingEngine:
         )
 
     async def _writer(self) -> None:
-        batch: list[_Item] = []
-        count = 0
-        while True:
-            item = await self._queue.get()
-            if item is not None:
-                batch.append(item)
-                count += len(item.page.items)
-            # Merge when the batch is full, when a producer waits for its checkpoint,
-            # or when nothing else is queued.
-            flush = (
-                item is None
-                or count >= self._batch_size
-                or item.done is not None
-                or self._queue.empty()
-            )
-            if flush and batch:
-                await self._merge(batch)
-                batch, count = [], 0
-            if item is None:
-                return
+        # A failed merge cancels the writer and the merges still in flight (their
+        # transactions roll back), then surfaces through the outer task group.
+        async with asyncio.TaskGroup() as merges:
+            batch: list[_Item] = []
+            count = 0
+            while True:
+                item = await self._queue.get()
+                if item is not None:
+                    batch.append(item)
+                    count += len(item.page.items)
+                # Merge when the batch is full, when a producer waits for its checkpoint,
+                # or when nothing else is queued and the database is idle (while merges
+                # are in flight, more pages make a fuller batch rather than a tiny one).
+                flush = (
+                    item is None
+                    or count >= self._batch_size
+                    or item.done is not None
+                    or (self._queue.empty() and self._merging == 0)
+                )
+                if flush and batch:
+                    parsed = self._parse(batch)  # overlaps the merges in flight
+                    await self._merge_slots.acquire()
+                    self._merging += 1
+                    merges.create_task(self._merge(parsed), name="listing-merge")
+                    batch, count = [], 0
+                if item is None:
+                    return
 
-    async def _merge(self, batch: list[_Item]) -> None:
+    def _parse(self, batch: list[_Item]) -> _Batch:
         records: list[OrderRecord] = []
         failures: list[FailureRecord] = []
         for item in batch:
@@ -281,16 +306,22 @@ class ListingEngine:
                 if seen is not None:
                     seen.add(rec.id)
         checkpoints = [i.checkpoint for i in batch if i.checkpoint is not None]
+        return _Batch(batch, records, failures, checkpoints)
+
+    async def _merge(self, batch: _Batch) -> None:
         try:
-            stats = await self._sink.merge_listed(records, failures, checkpoints)
+            stats = await self._sink.merge_listed(batch.records, batch.failures, batch.checkpoints)
         except BaseException as exc:
-            for i in batch:
+            for i in batch.items:
                 if i.done is not None and not i.done.done():
                     i.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError())
             raise
+        finally:
+            self._merging -= 1
+            self._merge_slots.release()
         self.result.stats = self.result.stats + stats
         self.progress.records += stats.received
-        self.progress.failures += len(failures)
-        for i in batch:
+        self.progress.failures += len(batch.failures)
+        for i in batch.items:
             if i.done is not None and not i.done.done():
                 i.done.set_result(None)

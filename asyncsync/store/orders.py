@@ -1,9 +1,10 @@
 """The mirror of one account: COPY into staging tables, then merge, one transaction a batch.
 
-The merge is **hashes first**: a batch ships ``(id, hash, observed_at)`` by binary COPY,
-the database answers which ids are new or changed, and only those rows' payloads are
-copied and merged — so a re-sync of unchanged orders writes nothing. A batch known to be
-all new is copied straight into the target tables. History rows, import failures and
+The merge is **hashes first**: a batch ships ``(id, hash, observed_at)`` as three arrays,
+the database answers which ids are new or changed by primary-key probes (a batch costs
+the same however large the mirror grows), and only those rows' payloads are copied and
+merged — so a re-sync of unchanged orders writes nothing. A batch known to be all new is
+copied straight into the target tables. History rows, import failures and
 checkpoints commit in the same transaction as the rows they describe, so a crash never
 leaves one without the other.
 
@@ -26,6 +27,7 @@ from ..errors import DatabaseError, DatabaseUnavailable
 from ..records import DetailRecord, FailureRecord, OrderRecord
 from ..seams import Checkpoint, MergeStats
 from . import failures as failure_rows
+from .claims import Claims
 from .resilience import SqlRunner
 from .sqlfiles import sql
 
@@ -36,17 +38,20 @@ _ORDER_COLUMNS = (
     "cliente_nome", "valor", "payload", "list_hash", "observed_at",
 )  # fmt: skip
 
-#: Rows written before the first ANALYZE of the mirror during a load; the threshold then
-#: doubles (like autovacuum's scale factor), so a load of N rows analyzes about log2(N)
-#: times. Without fresh statistics the hashes-first lookup turns into a hash join over the
-#: whole table for every batch; autovacuum would analyze eventually, but a first load
-#: outruns it, or it is off.
-ANALYZE_FIRST = 20_000
+_HISTORY_COLUMNS = ("account", "id_os", "status_antigo", "status_novo", "changed_at", "source")
 
 
 def _order_row(r: OrderRecord) -> tuple[Any, ...]:
     return (
         r.id, r.numero, r.situacao, r.data_emissao, r.data_prevista, r.cliente_id,
+        r.cliente_nome, r.valor, r.payload, r.hash, r.observed_at,
+    )  # fmt: skip
+
+
+def _target_row(account: str, r: OrderRecord) -> tuple[Any, ...]:
+    """:func:`_order_row` with the account in front: one tuple per row, built once."""
+    return (
+        account, r.id, r.numero, r.situacao, r.data_emissao, r.data_prevista, r.cliente_id,
         r.cliente_nome, r.valor, r.payload, r.hash, r.observed_at,
     )  # fmt: skip
 
@@ -77,8 +82,7 @@ class PgOrderStore:
         self.account = account
         self._open = list(open_statuses)
         self._clock = clock
-        self._written_since_analyze = 0
-        self._analyze_threshold = ANALYZE_FIRST
+        self._claims = Claims()
 
     async def merge_listed(
         self,
@@ -87,6 +91,10 @@ class PgOrderStore:
         checkpoints: Sequence[Checkpoint] = (),
     ) -> MergeStats:
         """Merge one batch of listed orders, its failures and checkpoints atomically.
+
+        Calls may overlap in time: batches over disjoint orders merge concurrently (on
+        connections of their own), and a batch sharing an order, a failure or a checkpoint
+        key with an earlier call waits for it (:class:`~.claims.Claims`).
 
         A record PostgreSQL refuses (a value it cannot store, a constraint) does not block
         the others: the batch is split until the culprit is alone, and it goes to
@@ -98,7 +106,6 @@ class PgOrderStore:
             if not _refused(exc) or not records:
                 raise
             stats = await self._isolate(list(records), failures, checkpoints, exc)
-        await self._analyze_if_grown(stats.inserted + stats.changed)
         self._count(stats)
         return stats
 
@@ -126,10 +133,10 @@ class PgOrderStore:
         if len(records) == 1:
             culprit = records[0]
             log.warning("PostgreSQL refused order %d: %s", culprit.id, refusal)
-            bad = FailureRecord(culprit.id, f"PostgreSQL refused the record: {refusal}", None)
+            error = f"PostgreSQL refused the record: {refusal}"
             for raw in (culprit.payload, None):  # the payload itself may be what is refused
                 try:
-                    bad = FailureRecord(bad.order_id, bad.error, raw)
+                    bad = FailureRecord(culprit.id, error, raw)
                     stats = await self._merge_once((), [*failures, bad], checkpoints)
                     return stats + MergeStats(received=1)
                 except DatabaseError as exc:
@@ -138,10 +145,8 @@ class PgOrderStore:
             raise AssertionError("unreachable")  # pragma: no cover
         middle = len(records) // 2
         total = MergeStats()
-        for part, extra, marks in (
-            (records[:middle], (), ()),
-            (records[middle:], failures, checkpoints),
-        ):
+        halves = ((records[:middle], (), ()), (records[middle:], failures, checkpoints))
+        for part, extra, marks in halves:
             try:
                 total = total + await self._merge_once(part, extra, marks)
             except DatabaseError as exc:
@@ -171,6 +176,21 @@ class PgOrderStore:
         source: str,
         force: bool,
     ) -> tuple[MergeStats, set[int]]:
+        keys = frozenset(
+            [*(r.id for r in records), *(f.order_id for f in failures)]
+            + [("checkpoint", cp.key) for cp in checkpoints]
+        )
+        async with self._claims.hold(keys):
+            return await self._merge_claimed(records, failures, checkpoints, source, force)
+
+    async def _merge_claimed(
+        self,
+        records: Sequence[OrderRecord],
+        failures: Sequence[FailureRecord],
+        checkpoints: Sequence[Checkpoint],
+        source: str,
+        force: bool,
+    ) -> tuple[MergeStats, set[int]]:
         unique = latest_per_id(records)
         now = self._clock()
         new_ids: set[int] = set()
@@ -179,18 +199,23 @@ class PgOrderStore:
         written: set[int] = set()
         async with self._pool.acquire() as conn, conn.transaction():
             if unique:
-                await conn.copy_records_to_table(
-                    "stage_hash", records=[(r.id, r.hash, r.observed_at) for r in unique]
+                found = await conn.fetchrow(
+                    sql("find_changed"),
+                    self.account,
+                    [r.id for r in unique],
+                    [r.hash for r in unique],
+                    [r.observed_at for r in unique],
+                    force,
                 )
-                found = await conn.fetch(sql("find_changed"), self.account, force)
-                new_ids = {row["id"] for row in found if row["is_new"]}
-                todo = {row["id"] for row in found}
-                rows = [_order_row(r) for r in unique if r.id in todo]
-                if rows and len(new_ids) == len(todo):
-                    await self._insert_new(conn, rows, source)
-                    history = len(rows)
+                new_ids = set(found["new_ids"])
+                todo = new_ids.union(found["changed_ids"])
+                if todo and len(new_ids) == len(todo):
+                    fresh = [r for r in unique if r.id in todo]
+                    await self._insert_new(conn, fresh, source)
+                    history = len(fresh)
                     written = set(todo)
-                elif rows:
+                elif todo:
+                    rows = [_order_row(r) for r in unique if r.id in todo]
                     await conn.copy_records_to_table(
                         "stage_orders", records=rows, columns=_ORDER_COLUMNS
                     )
@@ -224,26 +249,20 @@ class PgOrderStore:
         metrics.FIRST_SIGHTINGS.labels(account).inc(stats.first_sightings)
         metrics.STATUS_CHANGES.labels(account).inc(stats.status_changes)
 
-    async def _analyze_if_grown(self, written: int) -> None:
-        self._written_since_analyze += written
-        if self._written_since_analyze >= self._analyze_threshold:
-            self._written_since_analyze = 0
-            self._analyze_threshold *= 2
-            await self._sql.execute("analyzing the mirror", "analyze_orders")
-
     async def _insert_new(
-        self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]], source: str
+        self, conn: asyncpg.Connection, records: list[OrderRecord], source: str
     ) -> None:
         """All-new batch: COPY straight into the target and its first-sighting history."""
+        account = self.account
         await conn.copy_records_to_table(
             "ordens_servico",
-            records=[(self.account, *row) for row in rows],
+            records=[_target_row(account, r) for r in records],
             columns=("account", *_ORDER_COLUMNS),
         )
         await conn.copy_records_to_table(
             "ordem_status_history",
-            records=[(self.account, row[0], None, row[2], row[-1], source) for row in rows],
-            columns=("account", "id_os", "status_antigo", "status_novo", "changed_at", "source"),
+            records=[(account, r.id, None, r.situacao, r.observed_at, source) for r in records],
+            columns=_HISTORY_COLUMNS,
         )
 
     async def merge_details(

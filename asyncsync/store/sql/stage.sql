@@ -1,9 +1,5 @@
--- Per-connection staging tables, emptied at every commit.
-CREATE TEMP TABLE IF NOT EXISTS stage_hash (
-    id          bigint      NOT NULL,
-    hash        bytea       NOT NULL,
-    observed_at timestamptz NOT NULL
-) ON COMMIT DELETE ROWS;
+-- Per-connection staging tables, emptied at every commit. (The hashes of a batch travel
+-- as arrays: see find_changed.sql.)
 CREATE TEMP TABLE IF NOT EXISTS stage_orders (
     id            bigint      NOT NULL,
     numero        text,

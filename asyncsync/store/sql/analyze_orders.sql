@@ -1,2 +1,0 @@
--- Fresh planner statistics while a load grows the mirror.
-ANALYZE ordens_servico;
