@@ -214,6 +214,38 @@ def normal_hash(item: Mapping[str, Any], parsed: Mapping[str, object]) -> bytes:
     return content_hash(canonical_json({**item, **parsed}))
 
 
+def _moment(value: dt.datetime | None) -> str | None:
+    """A date-time in Tiny's own form (``YYYY-MM-DD HH:MM:SS``): what most answers carry."""
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _in_normal_form(
+    fields: Mapping[str, Any],
+    data: dt.date | None,
+    prevista: dt.datetime | None,
+    valor: Decimal | None,
+) -> bool:
+    """Whether the parsed fields already arrived in normal form (an int status, ISO dates,
+    money as a number): checked by type and shape, without building the normal form."""
+    raw_data, raw_prev, raw_valor = (
+        fields.get("data"),
+        fields.get("dataPrevista"),
+        fields.get("valor"),
+    )
+    iso_day = type(raw_data) is str and len(raw_data) == 10 and data is not None
+    tiny_moment = (
+        type(raw_prev) is str and len(raw_prev) == 19 and raw_prev[10] == " "
+        and prevista is not None
+    )  # fmt: skip
+    number = type(raw_valor) is float and float(valor or 0) == raw_valor
+    return (
+        type(fields.get("situacao")) is int
+        and (raw_data is None or iso_day)
+        and (raw_prev is None or tiny_moment)
+        and (raw_valor is None or number)
+    )
+
+
 def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
     """Map one item of ``GET /ordem-servico`` to an :class:`OrderRecord`."""
     # ``type(x) is dict`` first: the ABC check alone costs more than a field's parsing.
@@ -230,8 +262,17 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
         data = parse_date(fields.get("data"), "data")
         prevista = parse_datetime(fields.get("dataPrevista"), "dataPrevista")
         valor = parse_money(fields.get("valor"), "valor")
-        normal = {"situacao": situacao, "data": _iso(data), "dataPrevista": _iso(prevista),
-                  "valor": None if valor is None else str(valor)}  # fmt: skip
+        # Most answers already carry the normal form: then the payload's hash is the one.
+        if _in_normal_form(fields, data, prevista, valor):
+            digest = content_hash(payload)
+        else:
+            normal = {
+                "situacao": situacao,
+                "data": _iso(data),
+                "dataPrevista": _moment(prevista),
+                "valor": None if valor is None else float(valor),
+            }
+            digest = normal_hash(fields, normal)
         return OrderRecord(
             id=_parse_id(fields.get("id"), "id"),
             numero=_optional_text(fields.get("numeroOrdemServico"), "numeroOrdemServico"),
@@ -242,7 +283,7 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
             cliente_nome=_optional_text(cliente.get("nome"), "cliente.nome"),
             valor=valor,
             payload=payload,
-            hash=normal_hash(fields, normal),
+            hash=digest,
             observed_at=observed_at,
         )
     except ValueError as exc:
