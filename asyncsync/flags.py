@@ -18,9 +18,11 @@ from typing import Any
 
 from .errors import ConfigError
 from .options import (
+    ACCOUNT_ACTIONS,
     FAILURE_ACTIONS,
     FAILURE_STATES,
     STDOUT,
+    AccountsOptions,
     AuthorizeOptions,
     BackfillOptions,
     CommonOptions,
@@ -46,6 +48,7 @@ from .parsers import (
     boolean,
     choice,
     dsn,
+    env_name,
     fraction,
     http_url,
     integer,
@@ -101,6 +104,9 @@ FLAGS: tuple[Flag, ...] = (
     F("--db-reconnect", "ASYNCSYNC_DB_RECONNECT_S", DatabaseOptions, "reconnect_s",
       number(0), "seconds a statement is tried again while the database is unreachable",
       metavar="S"),
+    F("--db-pool-size", "ASYNCSYNC_DB_POOL_SIZE", DatabaseOptions, "pool_size",
+      integer(2, 500), "database connections at most (default: 4; serve: its slots, at "
+      "most 12, plus 4)", metavar="N"),
     # Tiny
     F("--api-base-url", "TINY_API_BASE_URL", TinyOptions, "api_base_url", http_url,
       "Tiny API base URL", metavar="URL"),
@@ -159,6 +165,9 @@ FLAGS: tuple[Flag, ...] = (
     F("--textfile", "ASYNCSYNC_METRICS_TEXTFILE", RunOptions, "metrics_textfile", path,
       "at the end, write the metrics to this file for node-exporter's textfile collector",
       metavar="PATH"),
+    F("--all-accounts", "ASYNCSYNC_ALL_ACCOUNTS", RunOptions, "all_accounts", boolean,
+      "run for every enabled account of the accounts table, one after the other",
+      boolean=True),
     # sync and serve cycles
     F("--detail-budget", "ASYNCSYNC_DETAIL_BUDGET", CycleOptions, "detail_budget", integer(0),
       "most detail requests per run (default: no limit; serve: ~70%% of an interval's quota)",
@@ -180,6 +189,18 @@ FLAGS: tuple[Flag, ...] = (
     F("--metrics-host", "ASYNCSYNC_METRICS_HOST", ServeOptions, "metrics_host", text,
       "address /metrics, /healthz and /readyz listen on (0.0.0.0: every interface)",
       metavar="HOST"),
+    F("--slots", "ASYNCSYNC_SLOTS", ServeOptions, "slots", integer(2, 1024),
+      "units of work this worker runs at once (each of its own account)", metavar="N"),
+    F("--background-slots", "ASYNCSYNC_BACKGROUND_SLOTS", ServeOptions, "background_slots",
+      integer(1, 1024), "backfill months and integrity checks running at once across "
+      "every worker (the other slots stay free for cycles; every worker must agree)",
+      metavar="N"),
+    F("--heartbeat-timeout", "ASYNCSYNC_HEARTBEAT_TIMEOUT_S", ServeOptions, "heartbeat_s",
+      number(1), "seconds without a heartbeat after which another worker takes a unit "
+      "over (its worker died)", metavar="S"),
+    F("--integrity-interval", "ASYNCSYNC_INTEGRITY_INTERVAL_S", ServeOptions,
+      "integrity_interval_s", number(0), "seconds between integrity checks of each account "
+      "(0: never)", metavar="S"),
     # backfill
     F("--from", "ASYNCSYNC_FROM", BackfillOptions, "date_from", month,
       "first month, YYYY-MM (default 2014-01)", metavar="MONTH"),
@@ -189,6 +210,9 @@ FLAGS: tuple[Flag, ...] = (
       "month × status partitions paged at once", metavar="N"),
     F("--detail-budget", "ASYNCSYNC_DETAIL_BUDGET", BackfillOptions, "detail_budget",
       integer(0), "most detail requests after the listing (default: no limit)", metavar="N"),
+    F("--enqueue", "ASYNCSYNC_ENQUEUE", BackfillOptions, "enqueue", boolean,
+      "put the months on the work queue for the serve workers instead of running them "
+      "here (their details are then fetched by the account's cycles)", boolean=True),
     # integrity, health
     F("--deep", "ASYNCSYNC_DEEP", IntegrityOptions, "deep", boolean,
       "compare every id even when the totals agree", boolean=True),
@@ -221,6 +245,28 @@ FLAGS: tuple[Flag, ...] = (
       "list: which failures (open = pending + review)"),
     F("--limit", "ASYNCSYNC_FAILURES_LIMIT", FailuresOptions, "limit", integer(1),
       "list: at most this many", metavar="N"),
+    # accounts
+    F("accounts-action", "ASYNCSYNC_ACCOUNTS_ACTION", AccountsOptions, "action",
+      choice(*ACCOUNT_ACTIONS), "list, add, disable, enable or remove an account",
+      metavar="{" + ",".join(ACCOUNT_ACTIONS) + "}", nargs="?"),
+    F("key", "ASYNCSYNC_ACCOUNT_KEY", AccountsOptions, "key", account_key,
+      "the account's key (as --account)", metavar="KEY", nargs="?"),
+    F("--client-secret-env", "ASYNCSYNC_CLIENT_SECRET_ENV", AccountsOptions,
+      "client_secret_env", env_name, "add: the environment variable holding the account's "
+      "client secret (every worker reads it)", metavar="VAR"),
+    F("--client-secret-file", "ASYNCSYNC_CLIENT_SECRET_FILE", AccountsOptions,
+      "client_secret_file", path, "add: a file holding the client secret (a container "
+      "secret)", metavar="PATH"),
+    F("--store-client-secret", "ASYNCSYNC_STORE_CLIENT_SECRET", AccountsOptions,
+      "store_client_secret", boolean, "add: keep --client-secret in clear in the accounts "
+      "table (opt in; by reference is safer)", boolean=True),
+    F("--refresh-token-env", "ASYNCSYNC_REFRESH_TOKEN_ENV", AccountsOptions,
+      "refresh_token_env", env_name, "add: the environment variable holding a bootstrap "
+      "refresh token (optional: asyncsync authorize --account KEY stores the first)",
+      metavar="VAR"),
+    F("--refresh-token-file", "ASYNCSYNC_REFRESH_TOKEN_FILE", AccountsOptions,
+      "refresh_token_file", path, "add: a file holding a bootstrap refresh token",
+      metavar="PATH"),
 )  # fmt: skip
 
 #: Group titles in ``--help``, in display order.
@@ -234,6 +280,7 @@ TITLES: dict[type, str] = {
     StatusOptions: "status",
     AuthorizeOptions: "authorize",
     FailuresOptions: "failures",
+    AccountsOptions: "accounts",
     RunOptions: "one-shot runs",
     CommonOptions: "account",
     DatabaseOptions: "database",
@@ -269,6 +316,8 @@ MODES: dict[str, Mode] = {
                    "last runs, freshness, backlog, failures, tokens and lock, per account"),
     "failures": Mode(FailuresOptions, (FailuresOptions, RunOptions, *_EVERYTHING),
                      "list import failures, retry them now, or ignore them"),
+    "accounts": Mode(AccountsOptions, (AccountsOptions, TinyOptions, *_LOCAL),
+                     "list, add, disable, enable or remove the Tiny accounts of the database"),
     "health": Mode(HealthOptions, (HealthOptions, *_LOCAL),
                    "exit 0 when the mirror was synced recently"),
     "migrate": Mode(MigrateOptions, _LOCAL, "create or update the schema"),
