@@ -206,3 +206,24 @@ async def converge(
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"not converged: mirrors {counts}, backfill left {backfill}")
+
+
+async def test_many_accounts_refresh_at_once_on_a_small_pool(database_url) -> None:
+    # A worker refreshes the tokens of many accounts at once: each refresh holds its
+    # account's token lock on one connection and must read and write its row on that same
+    # connection, or the lock holders fill the pool waiting for a second one.
+    from asyncsync.seams import TokenSet
+    from asyncsync.store import open_database
+
+    async with open_database(database_url, Path("/nonexistent"), max_size=3) as database:
+        stores = [database.account(f"a{i}").tokens for i in range(12)]
+
+        async def refresh(n: int) -> None:
+            store = stores[n]
+            async with store.exclusive():
+                await store.load()
+                await asyncio.sleep(0.05)  # the token endpoint answers
+                await store.save(TokenSet(refresh_token=f"r{n}"))
+
+        await asyncio.wait_for(asyncio.gather(*(refresh(n) for n in range(12))), 20)
+        assert [(await s.load()).refresh_token for s in stores] == [f"r{n}" for n in range(12)]  # type: ignore[union-attr]

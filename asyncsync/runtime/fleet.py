@@ -78,7 +78,7 @@ class Fleet:
     async def single(self) -> bool:
         if self._pinned is not None:
             return True
-        return not await self._database.registry.all()
+        return await self._database.registry.none()
 
     async def _legacy(self) -> str | None:
         """The account of the flags and environment, when the table has no row."""
@@ -158,7 +158,7 @@ async def open_fleet(common: CommonOptions, options: ServeOptions) -> AsyncItera
     shares, the worker's leases, and its fleet."""
     async with AsyncExitStack() as stack:
         database = await stack.enter_async_context(database_of(common, slots=options.slots))
-        if not await database.registry.all():
+        if await database.registry.none():
             _check_legacy(common)
         connector = aiohttp.TCPConnector(
             limit=max(100, options.slots * common.tiny.max_concurrency)

@@ -60,6 +60,10 @@ class PgAccounts:
         row = await self._sql.fetchrow(f"reading account {key}", "account_get", key)
         return None if row is None else _config(row)
 
+    async def none(self) -> bool:
+        """Whether the table has no row at all (the single-account install)."""
+        return bool(await self._sql.fetchval("reading accounts", "account_none"))
+
     async def all(self) -> list[AccountConfig]:
         """Every row, enabled or not, by key."""
         return [_config(r) for r in await self._sql.fetch("listing accounts", "account_list")]
