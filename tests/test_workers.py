@@ -227,3 +227,28 @@ async def test_many_accounts_refresh_at_once_on_a_small_pool(database_url) -> No
 
         await asyncio.wait_for(asyncio.gather(*(refresh(n) for n in range(12))), 20)
         assert [(await s.load()).refresh_token for s in stores] == [f"r{n}" for n in range(12)]  # type: ignore[union-attr]
+
+
+async def test_a_one_shot_run_and_a_worker_exclude_each_other(simulator, runtime_for, db) -> None:
+    # The lease is the account's run lock: while a one-shot run holds it, the worker puts
+    # the account's units back on the queue (no slot waits); once it is free, they run.
+    from asyncsync.modes.serve import serve_loop
+    from asyncsync.options import ServeOptions
+
+    from .helpers import cycle
+
+    sim = await simulator(orders=40)
+    async with runtime_for(sim) as rt:
+        lock = rt.store.lock("sync")
+        await lock.__aenter__()
+        options = ServeOptions(interval_s=60, cycle=cycle())
+        task = asyncio.create_task(serve_loop(rt, options, asyncio.Event(), max_cycles=1))
+        await asyncio.sleep(5)
+        assert not task.done() and await db.fetchval("SELECT count(*) FROM sync_runs") == 0
+        bounced = await db.fetchval(
+            "SELECT attempts FROM pgqueuer WHERE entrypoint = 'asyncsync.cycle'"
+        )
+        assert bounced >= 1  # back on the queue while the one-shot run held the account
+        await lock.__aexit__(None, None, None)
+        assert await asyncio.wait_for(task, 30) == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []

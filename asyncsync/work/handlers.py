@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ..errors import (
     AccountBusy,
+    ConfigError,
     DatabaseError,
     ReauthorizationRequired,
     Requeue,
@@ -82,10 +83,10 @@ class Dispatcher:
         unit = Unit.decode(picked.kind, picked.payload)
         if self.stop.is_set():
             raise Requeue(0, "the worker is stopping")
-        if not await self.fleet.serves(unit.account):
-            log.info("%s ends: account %s is disabled or removed", unit, unit.account)
-            return
         try:
+            if not await self.fleet.serves(unit.account):
+                log.info("%s ends: account %s is disabled or removed", unit, unit.account)
+                return
             async with self.fleet.lease(unit.account) as leased:
                 delay = await self._run(unit, picked, leased)
         except AccountBusy as exc:
@@ -93,6 +94,13 @@ class Dispatcher:
                 raise Requeue(KEEP_ALIVE_EVERY_S, f"account held by {exc.holder}") from None
             raise Requeue(LEASE_RETRY_S * (1 + random.random()),
                           f"account {unit.account} is held by {exc.holder}") from None  # fmt: skip
+        except ConfigError as exc:
+            # A secret this worker cannot read (its variable unset here, say): said once
+            # per interval until someone fixes it, the unit kept.
+            log.error("%s cannot run on this worker: %s", unit, exc)
+            raise Requeue(self.options.interval_s, str(exc)) from None
+        except DatabaseError as exc:  # the database went away before the unit could start
+            raise Requeue(LEASE_RETRY_S, f"the database: {exc}") from None
         if delay is not None:
             raise Requeue(delay, f"{unit} is due again")
 
