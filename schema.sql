@@ -142,3 +142,25 @@ LEFT JOIN LATERAL (
       AND status_antigo IS NOT NULL  -- first seen already finalized: the moment is unknown
 ) h ON true
 WHERE o.situacao = 3;
+
+-- The Tiny accounts this database mirrors (`asyncsync accounts add`), read by every worker.
+-- Secrets are named by reference: an environment variable every worker reads, or a file
+-- (a container secret); client_secret holds one in clear only when the operator opted in.
+-- With no row at all, a single-account install runs as before: its account is the one of
+-- the flags and environment (`default`).
+CREATE TABLE IF NOT EXISTS accounts (
+    key                text        PRIMARY KEY,
+    api_base_url       text        NOT NULL,
+    token_url          text        NOT NULL,
+    client_id          text        NOT NULL,
+    client_secret_env  text,
+    client_secret_file text,
+    client_secret      text,
+    refresh_token_env  text,
+    refresh_token_file text,
+    quota_share        real        NOT NULL DEFAULT 1.0 CHECK (quota_share > 0 AND quota_share <= 1),
+    enabled            boolean     NOT NULL DEFAULT true,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    CHECK (num_nonnulls(client_secret_env, client_secret_file, client_secret) = 1)
+);

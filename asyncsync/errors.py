@@ -20,7 +20,9 @@ so the original stays reachable as ``__cause__``::
     ├── DatabaseError               PostgreSQL failed (.sqlstate)
     │   ├── DatabaseUnavailable     unreachable, gone mid-statement, restarting or frozen
     │   └── LockBusy                another run of the same account holds the lock
-    └── RecordError                 one API record cannot be mapped (goes to import_failures)
+    │       └── AccountBusy         another process holds the account's lease (a worker)
+    ├── RecordError                 one API record cannot be mapped (goes to import_failures)
+    └── Requeue                     a unit of work asks the queue to run it again later
 """
 
 from __future__ import annotations
@@ -116,6 +118,25 @@ class DatabaseUnavailable(DatabaseError):
 
 class LockBusy(DatabaseError):
     """Another sync, backfill or integrity run of the same account is running."""
+
+
+class AccountBusy(LockBusy):
+    """Another process holds the account's lease: a worker puts the unit back in the queue
+    instead of waiting for it."""
+
+    def __init__(self, message: str, *, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class Requeue(AsyncsyncError):
+    """Raised by a unit of work: the queue runs the same unit again in ``delay_s`` seconds
+    (its account was busy, a shutdown interrupted it, or it is periodic and re-armed)."""
+
+    def __init__(self, delay_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay_s = max(delay_s, 0.0)
+        self.reason = reason
 
 
 class RecordError(AsyncsyncError):

@@ -54,6 +54,15 @@ class DatabaseOptions:
     statement_timeout_s: float = 120.0  # a frozen database becomes an error after this
     lock_timeout_s: float = 30.0
     reconnect_s: float = 30.0  # a statement is tried again this long while the db is away
+    pool_size: int | None = None  # connections at most; None: 4, serve: fit to its slots
+
+    def pool_for(self, slots: int | None = None) -> int:
+        """The pool's size: as configured, else 4 for a one-shot run, or for a worker
+        running ``slots`` units at once enough that they rarely wait, plus the queue's
+        listener, its claims and heartbeats, and the lease session."""
+        if self.pool_size is not None:
+            return self.pool_size
+        return 4 if slots is None else min(slots, 12) + 4
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class RunOptions:
     """What a one-shot run (sync, backfill, integrity, retry, failures) may be told."""
 
     wait_lock_s: float = 0.0  # wait this long for the account's run lock before exit 3
+    all_accounts: bool = False  # run for every enabled account in turn
     metrics_textfile: Path | None = None  # write the metrics here at the end (node-exporter)
 
 
@@ -192,6 +202,11 @@ class ServeOptions:
     metrics_host: str = "127.0.0.1"  # a container publishes it: set 0.0.0.0 inside one
     metrics_port: int | None = None
     cycle: CycleOptions = field(default_factory=CycleOptions)
+    slots: int = 16  # units this worker runs at once (each its own account)
+    background_slots: int = 2  # backfill months and integrity checks at once, every worker
+    heartbeat_s: float = 30.0  # a unit whose worker is silent this long is taken over
+    integrity_interval_s: float = 86400.0  # between integrity checks of an account; 0: never
+    partitions: int = 5  # a backfill month's statuses paged at once
 
     def detail_budget(self, rate_per_minute: int) -> int:
         """Detail requests one cycle may spend: the configured budget, else about 70% of
@@ -209,6 +224,7 @@ class BackfillOptions:
     date_from: dt.date | None = None  # a month (its first day); None: 2014-01
     date_to: dt.date | None = None  # a month (its first day); None: this month
     partitions: int = 5
+    enqueue: bool = False  # put the months on the work queue for the workers instead
     detail_budget: int | None = None
     page_size: int = 100
     batch_size: int = 2000
@@ -258,6 +274,25 @@ class FailuresOptions:
     every: bool = False  # retry/ignore every failure left for manual review
     state: str = "open"  # list: which failures
     limit: int = 100  # list: at most this many rows
+
+
+#: What ``asyncsync accounts`` can do.
+ACCOUNT_ACTIONS = ("list", "add", "disable", "enable", "remove")
+
+
+@dataclass(frozen=True)
+class AccountsOptions:
+    """``asyncsync accounts list|add|disable|enable|remove [KEY]``. ``add`` takes the
+    account's URLs, client id and quota share from the Tiny flags (``--api-base-url``,
+    ``--token-url``, ``--client-id``, ``--quota-share``) and its secrets by reference."""
+
+    action: str = "list"
+    key: str | None = None
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    store_client_secret: bool = False  # opt in: keep --client-secret in the database
+    refresh_token_env: str | None = None
+    refresh_token_file: Path | None = None
 
 
 @dataclass(frozen=True)

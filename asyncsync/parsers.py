@@ -146,3 +146,15 @@ def account_key(raw: str) -> str:
     if not ACCOUNT_KEY.fullmatch(value):
         raise ValueError(f"must be 1 to 64 letters, digits, '.', '_' or '-', got {raw!r}")
     return value
+
+
+def env_name(raw: str) -> str:
+    """The name of an environment variable (``TINY_SECRET_ACME``), not its value."""
+    value = raw.strip()
+    if (
+        not value
+        or not (value[0].isalpha() or value[0] == "_")
+        or not all(c.isalnum() or c == "_" for c in value)
+    ):
+        raise ValueError(f"must name an environment variable (LETTERS_DIGITS_), got {raw!r}")
+    return value

@@ -23,7 +23,8 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from . import metrics
-from .clock import iso
+from .clock import iso, utcnow
+from .errors import ReauthorizationRequired
 from .seams import ApiStats
 from .status import Situacao
 
@@ -182,6 +183,31 @@ def observe(report: RunReport) -> None:
     if report.outcome in (Outcome.OK, Outcome.ATTENTION):
         metrics.RUN_SECONDS.labels(*labels).observe(report.duration_s)
         metrics.LAST_SUCCESS.labels(*labels).set(report.finished_at.timestamp())
+
+
+def failed_report(
+    mode: str, account: str, started_at: dt.datetime, exc: BaseException
+) -> RunReport:
+    """The report of a run an error ended (or a second signal cancelled)."""
+    if isinstance(exc, Exception):
+        outcome, error = Outcome.FAILED, f"{type(exc).__name__}: {exc}"
+    else:
+        outcome, error = Outcome.INTERRUPTED, "cancelled before the run could drain"
+    return RunReport(
+        mode=mode,
+        account=account,
+        started_at=started_at,
+        finished_at=utcnow(),
+        outcome=outcome,
+        errors=[error],
+    )
+
+
+def note_failure(account: str, exc: BaseException) -> None:
+    """Say when only a person can help (the token refusals themselves are counted where
+    the client meets them)."""
+    if isinstance(exc, ReauthorizationRequired):
+        metrics.REAUTHORIZATION_REQUIRED.labels(account).set(1)
 
 
 # --- the terminal rendering (rich) -----------------------------------------------------

@@ -48,3 +48,30 @@ def test_units_publish_on_loopback_and_timers_wait_for_the_lock() -> None:
     for timer in ("asyncsync-integrity.timer", "asyncsync-retry.timer"):
         service = timer.replace(".timer", ".service")
         assert (deploy / service).exists() and "OnCalendar=" in (deploy / timer).read_text()
+
+
+def test_workers_scale_out_in_compose_and_kubernetes() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "deploy/workers/compose.yaml").read_text())
+    services = compose["services"]
+    worker = services["worker"]
+    assert worker["command"][0] == "serve" and "ports" not in worker  # replicas would collide
+    assert worker["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    setup = services["setup"]["command"][0]
+    assert "asyncsync accounts add" in setup and "--client-secret-env" in setup
+    # Every secret the accounts table names is in the workers' environment.
+    for name in ("SECRET_TENANT_A", "REFRESH_TENANT_B"):
+        assert name in worker["environment"]
+    prometheus = yaml.safe_load((ROOT / "deploy/workers/prometheus.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["dns_sd_configs"][0]["names"] == ["worker"]
+    docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/asyncsync.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    deployment = kinds["Deployment"]
+    assert deployment["spec"]["replicas"] >= 2
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "serve"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "DATABASE_URL" in kinds["Secret"]["stringData"]

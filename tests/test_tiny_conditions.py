@@ -261,9 +261,10 @@ async def test_an_idle_service_keeps_its_refresh_token_alive(
 ) -> None:
     # A refresh token that lapses after 3 s unused (Tiny's lives a day): serve sleeps
     # through a long interval, yet renews it past half its lifetime.
-    import asyncsync.modes.serve as serve
+    import asyncsync.work.handlers as handlers
 
-    monkeypatch.setattr(serve, "KEEP_ALIVE_EVERY_S", 0.3)
+    # The account's keep-alive unit comes back every 0.3 s instead of every 10 minutes.
+    monkeypatch.setattr(handlers, "KEEP_ALIVE_EVERY_S", 0.3)
     sim = await simulator(orders=20, seed=1, refresh_ttl_s=3.0)
     stop = asyncio.Event()
 

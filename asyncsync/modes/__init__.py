@@ -21,30 +21,62 @@ from rich.console import Console, RenderableType
 
 from .. import logs, metrics
 from ..clock import utcnow
-from ..errors import (
-    AsyncsyncError,
-    ConfigError,
-    DatabaseUnavailable,
-    LockBusy,
-    ReauthorizationRequired,
-)
+from ..errors import AsyncsyncError, ConfigError, DatabaseUnavailable, LockBusy
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions
 from ..overview import observe_status
-from ..report import Outcome, RunReport, headline, log_fields, observe, render, to_json
+from ..report import (
+    Outcome,
+    RunReport,
+    failed_report,
+    headline,
+    log_fields,
+    note_failure,
+    observe,
+    render,
+    to_json,
+)
 from ..runtime import database_of
+from ..work.health import SERVE_HEALTH_KEY
 
 if TYPE_CHECKING:
-    import datetime as dt
-
     from ..simulator import TinySimulator
 
 log = logging.getLogger(__name__)
 
-#: The sync_metadata key where serve says how its last cycle went (read by --mode health).
-SERVE_HEALTH_KEY = "serve_health"
 #: Seconds a failed or finished run may spend being recorded before it is given up.
 RECORD_TIMEOUT_S = 30.0
+
+
+#: The one-shot modes that run for every enabled account with ``--all-accounts``.
+EACH_ACCOUNT = ("sync", "backfill", "integrity", "retry")
+
+
+async def each_account(mode: str, common: CommonOptions, options: Any, stop: asyncio.Event) -> int:
+    """Run ``mode`` for every enabled account, one after the other. An account that fails
+    does not stop the others; the first error is raised at the end (its exit code),
+    else the highest exit code is returned."""
+    async with database_of(common) as database:
+        keys = [c.key for c in await database.registry.all() if c.enabled]
+    if not keys:
+        raise ConfigError("--all-accounts: the accounts table has no enabled account "
+                          "(asyncsync accounts add)")  # fmt: skip
+    codes: list[int] = []
+    first: AsyncsyncError | None = None
+    one = dataclasses.replace(common.run, all_accounts=False)
+    for key in keys:
+        if stop.is_set():
+            break
+        try:
+            codes.append(await execute(mode, dataclasses.replace(common, account=key, run=one),
+                                       options, stop))  # fmt: skip
+        except AsyncsyncError as exc:
+            log.error("%s of account %s failed: %s", mode, key, exc,
+                      extra={"fields": {"account": key, "mode": mode}})  # fmt: skip
+            first = first or exc
+    if first is not None:
+        raise first
+    return max(codes, default=0)
 
 
 def recorded_as(mode: str, options: Any) -> str | None:
@@ -64,6 +96,10 @@ async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.
     effort: a warning says when it could not be recorded). When the database itself is
     what failed, no row is tried: the error says so, in its one sentence.
     """
+    if common.run.all_accounts and mode in EACH_ACCOUNT:
+        return await each_account(mode, common, options, stop)
+    if common.run.all_accounts and mode != "status":
+        raise ConfigError(f"{mode} works on one account: give --account instead of --all-accounts")
     module = importlib.import_module(f"{__name__}.{mode}")
     async with bundled(common, serve_only=mode == "simulate") as effective:
         started_at = utcnow()
@@ -83,31 +119,6 @@ async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.
     present(result, effective)
     await finish(result, effective, invoked_as=mode)
     return result.exit_code
-
-
-def failed_report(
-    mode: str, account: str, started_at: dt.datetime, exc: BaseException
-) -> RunReport:
-    """The report of a run an error ended (or a second signal cancelled)."""
-    if isinstance(exc, Exception):
-        outcome, error = Outcome.FAILED, f"{type(exc).__name__}: {exc}"
-    else:
-        outcome, error = Outcome.INTERRUPTED, "cancelled before the run could drain"
-    return RunReport(
-        mode=mode,
-        account=account,
-        started_at=started_at,
-        finished_at=utcnow(),
-        outcome=outcome,
-        errors=[error],
-    )
-
-
-def note_failure(account: str, exc: BaseException) -> None:
-    """Say when only a person can help (the token refusals themselves are counted where
-    the client meets them)."""
-    if isinstance(exc, ReauthorizationRequired):
-        metrics.REAUTHORIZATION_REQUIRED.labels(account).set(1)
 
 
 async def finish(report: RunReport, common: CommonOptions, *, invoked_as: str) -> None:
@@ -202,3 +213,6 @@ def pointed_at(common: CommonOptions, sim: TinySimulator, **tiny: Any) -> Common
     return dataclasses.replace(
         common, tiny=dataclasses.replace(common.tiny, **{**pointing, **tiny})
     )
+
+
+__all__ = ["SERVE_HEALTH_KEY", "execute", "failed_report", "note_failure", "pointed_at"]

@@ -1,6 +1,8 @@
 """``asyncsync status``: what an operator asks without reading logs — per account, the last
 run of each mode and how it ended, freshness, the mirror by status, the detail backlog,
-failures waiting and left for a person, token ages, the quota seen, who holds the lock.
+failures waiting and left for a person, token ages, the quota seen, who holds the lock
+(a worker, while it runs the account's units) — and the work queue: units queued, due
+later and running, by kind.
 
 Tables on a terminal, one JSON document with ``--json`` (or JSON logs). Reads the
 database only: no Tiny credentials needed. Exit 0, or 1 when an account is stale.
@@ -10,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 
-from rich.console import Group
+from rich.console import Group, RenderableType
+from rich.text import Text
 
 from ..clock import iso, utcnow
+from ..errors import DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, StatusOptions
 from ..overview import render_status, status_dict
+from ..report import table
 from ..runtime import database_of
+from ..seams import QueueCount, WorkQueue
 from . import show
 
 
@@ -28,9 +34,32 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
         states = [
             await database.account(account).status(now, DEFAULT_POLICY) for account in accounts
         ]
+        queue = await _census(database.queue, None if options.all_accounts else common.account)
     data = {
         "as_of": iso(now),
         "accounts": [status_dict(s, options.interval_s) for s in states],
+        "queue": [c.as_dict() for c in queue],
     }
-    show(Group(*(render_status(s, options.interval_s) for s in states)), data, common)
+    parts: list[RenderableType] = [render_status(s, options.interval_s) for s in states]
+    parts.append(render_queue(queue, "every account" if options.all_accounts else common.account))
+    show(Group(*parts), data, common)
     return 0 if all(s.fresh(options.interval_s) for s in states) else 1
+
+
+async def _census(queue: WorkQueue, account: str | None) -> list[QueueCount]:
+    """The queue's units (none before the queue's tables exist: migrate creates them)."""
+    try:
+        return await queue.census(account)
+    except DatabaseError as exc:
+        if exc.sqlstate == "42P01":  # undefined_table
+            return []
+        raise
+
+
+def render_queue(counts: list[QueueCount], whose: str) -> RenderableType:
+    """The work queue as a table: units by kind and state, and the oldest one's age."""
+    if not counts:
+        return Text(f"work queue ({whose}): empty")
+    rows = [[c.kind.removeprefix("asyncsync."), c.state, c.units,
+             "-" if c.oldest_s is None else f"{c.oldest_s:,.0f} s"] for c in counts]  # fmt: skip
+    return table(["unit", "state", "units", "oldest"], rows, title=f"work queue ({whose})")

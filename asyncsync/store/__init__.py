@@ -10,17 +10,20 @@ Modules: ``database`` (connection, embedded server, SQL files), ``orders`` (the 
 and its merges), ``failures`` (``import_failures``), ``integrity`` (comparisons),
 ``metadata`` (cursors and checkpoints), ``tokens`` (``tiny_tokens``), ``locks``
 (advisory locks), ``runs`` (``sync_runs``, the run history), ``resilience`` (errors
-converted where they enter, statements ridden through brief outages). Queries are
-``sql/<name>.sql`` files with their parameters in a header.
+converted where they enter, statements ridden through brief outages), ``accounts`` (the
+``accounts`` table), ``queue`` (the work queue, on pgqueuer) and ``leases`` (the accounts
+a worker holds). Queries are ``sql/<name>.sql`` files with their parameters in a header.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -28,9 +31,11 @@ from ..clock import Clock, utcnow
 from ..overview import AccountStatus
 from ..seams import RetryPolicy
 from ..status import OPEN_STATUSES
+from .accounts import PgAccounts
 from .database import connect_pool, migrate, resolve_dsn
 from .failures import PgFailureLog
 from .integrity import PgIntegrityStore
+from .leases import Leases
 from .locks import account_lock, lock_holder
 from .metadata import PgMetadata
 from .orders import PgOrderStore
@@ -39,7 +44,10 @@ from .runs import PgRunLog
 from .sqlfiles import sql
 from .tokens import PgTokenStore
 
-__all__ = ["AccountStore", "Database", "open_database"]
+if TYPE_CHECKING:
+    from .queue import PgWorkQueue
+
+__all__ = ["AccountStore", "Database", "Leases", "PgAccounts", "open_database"]
 
 _OPEN = tuple(int(code) for code in OPEN_STATUSES)
 
@@ -89,6 +97,22 @@ class Database:
     def __init__(self, pool: asyncpg.Pool, reconnect: Reconnect | None = None) -> None:
         self._pool = pool
         self._sql = SqlRunner(pool, reconnect or Reconnect())
+        self.registry = PgAccounts(self._sql)  # the accounts table
+
+    @functools.cached_property
+    def queue(self) -> PgWorkQueue:
+        """The work queue (pgqueuer is loaded on first use)."""
+        from .queue import PgWorkQueue
+
+        return PgWorkQueue(self._sql)
+
+    def leases(self, name: str) -> Leases:
+        """The leases of one worker, on a session named ``name``."""
+        return Leases(self._pool, name)
+
+    @property
+    def pool_size(self) -> int:
+        return int(self._pool.get_max_size())
 
     def account(
         self,

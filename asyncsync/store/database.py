@@ -157,10 +157,16 @@ async def connect_pool(
 
 
 async def migrate(pool: asyncpg.Pool) -> None:
-    """Apply ``schema.sql`` (idempotent); serialized so parallel starts don't collide."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(sql("schema_lock"))
-        await conn.execute(sql("schema"))
+    """Apply ``schema.sql`` and install the work queue's tables (idempotent); serialized so
+    parallel starts don't collide."""
+    from . import queue  # the queue library is loaded only where a schema is applied
+
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(sql("schema_lock"))
+            await conn.execute(sql("schema"))
+            await queue.install(conn)
+        await queue.upgrade(conn)
 
 
 _CLOSE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)

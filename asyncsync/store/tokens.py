@@ -2,17 +2,33 @@
 
 Refresh tokens rotate, so whoever refreshes must hold :meth:`PgTokenStore.exclusive`
 (a session advisory lock on a dedicated connection) and re-read the row first.
+
+Inside that section the row is read and written on the locked connection itself: a
+refresh holds one connection, never waits for a second. A worker refreshing the tokens of
+many accounts at once would otherwise fill its pool with lock holders, each waiting for a
+connection to read its row: a deadlock.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
 
 from ..overview import TokenAges
 from ..seams import TokenSet
 from .locks import advisory_lock
-from .resilience import SqlRunner
+from .resilience import SqlRunner, guarded
+from .sqlfiles import sql
+
+#: The connection holding the token lock, in the task (and its shielded children) that
+#: holds it; other tasks of the account use the pool.
+_LOCKED: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
+    "asyncsync_token_lock", default=None
+)
 
 
 class PgTokenStore:
@@ -23,7 +39,12 @@ class PgTokenStore:
         self._account = account
 
     async def load(self) -> TokenSet | None:
-        row = await self._sql.fetchrow("reading tokens", "token_load", self._account)
+        locked = _LOCKED.get()
+        if locked is not None:
+            query = locked.fetchrow(sql("token_load"), self._account)
+            row: Any = await guarded(query, "reading tokens")
+        else:
+            row = await self._sql.fetchrow("reading tokens", "token_load", self._account)
         if row is None:
             return None
         return TokenSet(
@@ -41,9 +62,7 @@ class PgTokenStore:
         return None if row is None else TokenAges(row["updated_at"], row["access_expires_at"])
 
     async def save(self, tokens: TokenSet) -> None:
-        await self._sql.execute(
-            "saving tokens",
-            "token_save",
+        args = (
             self._account,
             tokens.refresh_token,
             tokens.access_token,
@@ -51,8 +70,18 @@ class PgTokenStore:
             tokens.access_issued_at,
             tokens.refresh_expires_at,
         )
+        locked = _LOCKED.get()
+        if locked is not None:
+            await guarded(locked.execute(sql("token_save"), *args), "saving tokens")
+        else:
+            await self._sql.execute("saving tokens", "token_save", *args)
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        async with advisory_lock(self._sql.pool, f"asyncsync.token:{self._account}", wait=True):
-            yield
+        name = f"asyncsync.token:{self._account}"
+        async with advisory_lock(self._sql.pool, name, wait=True) as conn:
+            reset = _LOCKED.set(conn)
+            try:
+                yield
+            finally:
+                _LOCKED.reset(reset)

@@ -1,5 +1,6 @@
 -- Every account the database knows of (small tables only: no scan of the mirror).
-SELECT account FROM sync_runs
+SELECT key AS account FROM accounts
+UNION SELECT account FROM sync_runs
 UNION SELECT account FROM sync_metadata
 UNION SELECT account FROM tiny_tokens
 UNION SELECT account FROM import_failures

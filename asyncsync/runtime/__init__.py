@@ -1,12 +1,18 @@
 """The composition root: opens the database, the HTTP session, tokens, limiter and client.
 
 Modes receive a :class:`Runtime` and hand its parts to the jobs as seams Protocols; the
-client and the store never see each other.
+client and the store never see each other. An account is reached as its row of the
+``accounts`` table says (:func:`account_tiny`), or, when it has none, as the flags and the
+environment say (the single-account install). A worker's many accounts are in
+:mod:`.fleet`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager as AsyncContextManager
@@ -16,13 +22,15 @@ from typing import TextIO
 
 import aiohttp
 
-from .client import AccountLimiter, CircuitBreaker, TinyClient, TokenManager
-from .client.authorize import Authorization
-from .clock import Clock, utcnow
-from .jobs import RunContext
-from .options import AuthorizeOptions, CommonOptions, Credentials, TinyOptions
-from .seams import TokenStore
-from .store import AccountStore, Database, open_database
+from ..accounts import AccountConfig
+from ..client import AccountLimiter, CircuitBreaker, TinyClient, TokenManager
+from ..client.authorize import Authorization
+from ..clock import Clock, utcnow
+from ..errors import ConfigError, DatabaseError
+from ..jobs import RunContext
+from ..options import AuthorizeOptions, CommonOptions, Credentials, TinyOptions
+from ..seams import TokenStore
+from ..store import AccountStore, Database, open_database
 
 
 @dataclass(frozen=True)
@@ -86,19 +94,74 @@ def make_client(
 
 
 def database_of(
-    common: CommonOptions, *, apply_schema: bool = True
+    common: CommonOptions, *, apply_schema: bool = True, slots: int | None = None
 ) -> AsyncContextManager[Database]:
     """The database of ``common``, its timeouts and reconnects applied (alone: for the
-    modes that need no Tiny account, health and migrate)."""
+    modes that need no Tiny account, health and migrate); a worker running ``slots``
+    units at once gets a pool sized for them."""
     db = common.database
     return open_database(
         db.database_url,
         db.data_dir,
         apply_schema=apply_schema,
+        max_size=db.pool_for(slots),
         statement_timeout_s=db.statement_timeout_s,
         lock_timeout_s=db.lock_timeout_s,
         reconnect_s=db.reconnect_s,
     )
+
+
+def account_tiny(tiny: TinyOptions, config: AccountConfig) -> TinyOptions:
+    """``tiny`` (the pacing, retries and timeouts every account shares) reaching the
+    account of ``config``."""
+    return dataclasses.replace(
+        tiny, api_base_url=config.api_base_url, token_url=config.token_url,
+        client_id=config.client_id, client_secret=None, refresh_token=None, token_file=None,
+        quota_share=config.quota_share,
+    )  # fmt: skip
+
+
+async def resolve_account(
+    database: Database, common: CommonOptions, legacy: Credentials | ConfigError
+) -> tuple[TinyOptions, Credentials]:
+    """How to reach ``common.account``: its row of ``accounts`` when it has one, else the
+    flags and environment (``legacy``: their credentials, or why there are none)."""
+    config = await database.registry.get(common.account)
+    if config is not None:
+        if not config.enabled:
+            raise ConfigError(f"account {common.account!r} is disabled (asyncsync accounts "
+                              "enable)")  # fmt: skip
+        return account_tiny(common.tiny, config), config.credentials(os.environ)
+    if isinstance(legacy, ConfigError):
+        raise legacy
+    return common.tiny, legacy
+
+
+def _legacy_credentials(common: CommonOptions) -> Credentials | ConfigError:
+    try:
+        return common.tiny.credentials()
+    except ConfigError as exc:
+        return exc
+
+
+@asynccontextmanager
+async def _database_for_account(
+    common: CommonOptions,
+) -> AsyncIterator[tuple[Database, TinyOptions, Credentials]]:
+    """The database, and how to reach the account. When the flags and the environment
+    hold no credentials and the database cannot be reached either, the missing
+    credentials are what is reported (exit 2): they are the first thing to fix."""
+    legacy = _legacy_credentials(common)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            database = await stack.enter_async_context(database_of(common))
+        except DatabaseError:
+            if isinstance(legacy, ConfigError):
+                raise ConfigError(f"{legacy} (the database, whose accounts table may name "
+                                  "them, is unreachable too)") from None  # fmt: skip
+            raise
+        tiny, credentials = await resolve_account(database, common, legacy)
+        yield database, tiny, credentials
 
 
 @asynccontextmanager
@@ -107,10 +170,8 @@ async def open_authorization(
 ) -> AsyncIterator[tuple[Authorization, RunContext]]:
     """The database and an Authorization for the account's first tokens (only the app's
     client id and secret are needed)."""
-    tiny = common.tiny
-    credentials = tiny.credentials()
     async with (
-        database_of(common) as database,
+        _database_for_account(common) as (database, tiny, credentials),
         aiohttp.ClientSession() as session,
     ):
         store = database.account(common.account)
@@ -132,11 +193,10 @@ async def open_runtime(
     common: CommonOptions, *, open_statuses: tuple[int, ...] | None = None
 ) -> AsyncIterator[Runtime]:
     """Open database (schema applied), HTTP session and client; close them all on exit."""
-    credentials = common.tiny.credentials()  # fail before starting anything
     async with (
-        database_of(common) as database,
+        _database_for_account(common) as (database, tiny, credentials),
         aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=common.tiny.max_concurrency * 2),
+            connector=aiohttp.TCPConnector(limit=tiny.max_concurrency * 2),
             raise_for_status=False,
         ) as session,
     ):
@@ -145,5 +205,6 @@ async def open_runtime(
             if open_statuses is not None
             else database.account(common.account)
         )
-        client = make_client(session, common.account, common.tiny, credentials, store.tokens)
+        client = make_client(session, common.account, tiny, credentials, store.tokens)
+        common = dataclasses.replace(common, tiny=tiny)
         yield Runtime(common=common, database=database, store=store, client=client)

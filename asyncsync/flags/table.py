@@ -1,26 +1,16 @@
-"""Every command-line flag, its environment twin, and the parser of its text.
-
-One table (:data:`FLAGS`) binds each flag to a field of an options dataclass in
-:mod:`asyncsync.options`, which states the default. A value is validated by the same
-parser whether it came from a flag or from the environment, and a bad one is a
-:class:`~asyncsync.errors.ConfigError` naming where it came from (``--rate-limit`` or
-``TINY_RATE_LIMIT_PER_MINUTE``). Flags win over environment variables.
-"""
+"""The table of every flag: its environment twin, the options field it fills, its parser,
+and which groups of flags each mode reads (:data:`MODES`)."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import typing
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from .errors import ConfigError
-from .options import (
+from ..options import (
+    ACCOUNT_ACTIONS,
     FAILURE_ACTIONS,
     FAILURE_STATES,
     STDOUT,
+    AccountsOptions,
     AuthorizeOptions,
     BackfillOptions,
     CommonOptions,
@@ -40,12 +30,13 @@ from .options import (
     SyncOptions,
     TinyOptions,
 )
-from .parsers import (
+from ..parsers import (
     Parser,
     account_key,
     boolean,
     choice,
     dsn,
+    env_name,
     fraction,
     http_url,
     integer,
@@ -56,8 +47,6 @@ from .parsers import (
     status_codes,
     text,
 )
-
-__all__ = ["FLAGS", "MODES", "Flag", "Invocation", "Mode", "month", "parse"]
 
 # --- the table --------------------------------------------------------------------------
 
@@ -101,6 +90,9 @@ FLAGS: tuple[Flag, ...] = (
     F("--db-reconnect", "ASYNCSYNC_DB_RECONNECT_S", DatabaseOptions, "reconnect_s",
       number(0), "seconds a statement is tried again while the database is unreachable",
       metavar="S"),
+    F("--db-pool-size", "ASYNCSYNC_DB_POOL_SIZE", DatabaseOptions, "pool_size",
+      integer(2, 500), "database connections at most (default: 4; serve: its slots, at "
+      "most 12, plus 4)", metavar="N"),
     # Tiny
     F("--api-base-url", "TINY_API_BASE_URL", TinyOptions, "api_base_url", http_url,
       "Tiny API base URL", metavar="URL"),
@@ -159,6 +151,9 @@ FLAGS: tuple[Flag, ...] = (
     F("--textfile", "ASYNCSYNC_METRICS_TEXTFILE", RunOptions, "metrics_textfile", path,
       "at the end, write the metrics to this file for node-exporter's textfile collector",
       metavar="PATH"),
+    F("--all-accounts", "ASYNCSYNC_ALL_ACCOUNTS", RunOptions, "all_accounts", boolean,
+      "run for every enabled account of the accounts table, one after the other",
+      boolean=True),
     # sync and serve cycles
     F("--detail-budget", "ASYNCSYNC_DETAIL_BUDGET", CycleOptions, "detail_budget", integer(0),
       "most detail requests per run (default: no limit; serve: ~70%% of an interval's quota)",
@@ -180,6 +175,18 @@ FLAGS: tuple[Flag, ...] = (
     F("--metrics-host", "ASYNCSYNC_METRICS_HOST", ServeOptions, "metrics_host", text,
       "address /metrics, /healthz and /readyz listen on (0.0.0.0: every interface)",
       metavar="HOST"),
+    F("--slots", "ASYNCSYNC_SLOTS", ServeOptions, "slots", integer(2, 1024),
+      "units of work this worker runs at once (each of its own account)", metavar="N"),
+    F("--background-slots", "ASYNCSYNC_BACKGROUND_SLOTS", ServeOptions, "background_slots",
+      integer(1, 1024), "backfill months and integrity checks running at once across "
+      "every worker (the other slots stay free for cycles; every worker must agree)",
+      metavar="N"),
+    F("--heartbeat-timeout", "ASYNCSYNC_HEARTBEAT_TIMEOUT_S", ServeOptions, "heartbeat_s",
+      number(1), "seconds without a heartbeat after which another worker takes a unit "
+      "over (its worker died)", metavar="S"),
+    F("--integrity-interval", "ASYNCSYNC_INTEGRITY_INTERVAL_S", ServeOptions,
+      "integrity_interval_s", number(0), "seconds between integrity checks of each account "
+      "(0: never)", metavar="S"),
     # backfill
     F("--from", "ASYNCSYNC_FROM", BackfillOptions, "date_from", month,
       "first month, YYYY-MM (default 2014-01)", metavar="MONTH"),
@@ -189,6 +196,9 @@ FLAGS: tuple[Flag, ...] = (
       "month × status partitions paged at once", metavar="N"),
     F("--detail-budget", "ASYNCSYNC_DETAIL_BUDGET", BackfillOptions, "detail_budget",
       integer(0), "most detail requests after the listing (default: no limit)", metavar="N"),
+    F("--enqueue", "ASYNCSYNC_ENQUEUE", BackfillOptions, "enqueue", boolean,
+      "put the months on the work queue for the serve workers instead of running them "
+      "here (their details are then fetched by the account's cycles)", boolean=True),
     # integrity, health
     F("--deep", "ASYNCSYNC_DEEP", IntegrityOptions, "deep", boolean,
       "compare every id even when the totals agree", boolean=True),
@@ -221,6 +231,28 @@ FLAGS: tuple[Flag, ...] = (
       "list: which failures (open = pending + review)"),
     F("--limit", "ASYNCSYNC_FAILURES_LIMIT", FailuresOptions, "limit", integer(1),
       "list: at most this many", metavar="N"),
+    # accounts
+    F("accounts-action", "ASYNCSYNC_ACCOUNTS_ACTION", AccountsOptions, "action",
+      choice(*ACCOUNT_ACTIONS), "list, add, disable, enable or remove an account",
+      metavar="{" + ",".join(ACCOUNT_ACTIONS) + "}", nargs="?"),
+    F("key", "ASYNCSYNC_ACCOUNT_KEY", AccountsOptions, "key", account_key,
+      "the account's key (as --account)", metavar="KEY", nargs="?"),
+    F("--client-secret-env", "ASYNCSYNC_CLIENT_SECRET_ENV", AccountsOptions,
+      "client_secret_env", env_name, "add: the environment variable holding the account's "
+      "client secret (every worker reads it)", metavar="VAR"),
+    F("--client-secret-file", "ASYNCSYNC_CLIENT_SECRET_FILE", AccountsOptions,
+      "client_secret_file", path, "add: a file holding the client secret (a container "
+      "secret)", metavar="PATH"),
+    F("--store-client-secret", "ASYNCSYNC_STORE_CLIENT_SECRET", AccountsOptions,
+      "store_client_secret", boolean, "add: keep --client-secret in clear in the accounts "
+      "table (opt in; by reference is safer)", boolean=True),
+    F("--refresh-token-env", "ASYNCSYNC_REFRESH_TOKEN_ENV", AccountsOptions,
+      "refresh_token_env", env_name, "add: the environment variable holding a bootstrap "
+      "refresh token (optional: asyncsync authorize --account KEY stores the first)",
+      metavar="VAR"),
+    F("--refresh-token-file", "ASYNCSYNC_REFRESH_TOKEN_FILE", AccountsOptions,
+      "refresh_token_file", path, "add: a file holding a bootstrap refresh token",
+      metavar="PATH"),
 )  # fmt: skip
 
 #: Group titles in ``--help``, in display order.
@@ -234,6 +266,7 @@ TITLES: dict[type, str] = {
     StatusOptions: "status",
     AuthorizeOptions: "authorize",
     FailuresOptions: "failures",
+    AccountsOptions: "accounts",
     RunOptions: "one-shot runs",
     CommonOptions: "account",
     DatabaseOptions: "database",
@@ -269,6 +302,8 @@ MODES: dict[str, Mode] = {
                    "last runs, freshness, backlog, failures, tokens and lock, per account"),
     "failures": Mode(FailuresOptions, (FailuresOptions, RunOptions, *_EVERYTHING),
                      "list import failures, retry them now, or ignore them"),
+    "accounts": Mode(AccountsOptions, (AccountsOptions, TinyOptions, *_LOCAL),
+                     "list, add, disable, enable or remove the Tiny accounts of the database"),
     "health": Mode(HealthOptions, (HealthOptions, *_LOCAL),
                    "exit 0 when the mirror was synced recently"),
     "migrate": Mode(MigrateOptions, _LOCAL, "create or update the schema"),
@@ -277,157 +312,3 @@ MODES: dict[str, Mode] = {
     "simulate": Mode(SimulateOptions, (SimulatorOptions, TinyOptions, OutputOptions),
                      "serve the bundled Tiny simulator"),
 }  # fmt: skip
-
-
-def _default_text(cls: type, name: str) -> str:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                value = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                value = f.default_factory()
-            else:
-                return ""
-            if value is None or value is False or value == ():
-                return ""
-            if isinstance(value, tuple):
-                value = ",".join(str(v) for v in value)
-            return f" (default: {value})".replace("%", "%%")
-    raise AssertionError(f"{cls.__name__} has no field {name}")
-
-
-def _add(parser: argparse.ArgumentParser | Any, flag: Flag) -> None:
-    help_text = f"{flag.help}{'' if flag.secret else _default_text(flag.target, flag.field)}"
-    help_text += f" [env: {flag.env}]"
-    dest = f"{flag.target.__name__}.{flag.field}"
-    if flag.boolean:
-        parser.add_argument(
-            flag.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
-            help=help_text,
-        )  # fmt: skip
-    elif flag.positional:
-        parser.add_argument(dest, nargs=flag.nargs, default=None, help=help_text,
-                            metavar=flag.metavar or flag.flag.upper())  # fmt: skip
-    elif flag.const is not None:
-        parser.add_argument(flag.flag, dest=dest, default=None, help=help_text, nargs="?",
-                            const=flag.const, metavar=flag.metavar or "TEXT")  # fmt: skip
-    else:
-        parser.add_argument(flag.flag, dest=dest, default=None, help=help_text,
-                            metavar=flag.metavar or "TEXT")  # fmt: skip
-
-
-def build_parser(mode: str | None) -> argparse.ArgumentParser:
-    """The parser of one mode; with None, every mode's groups (for ``--help``)."""
-    prog = "asyncsync" if mode is None else f"asyncsync {mode}"
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=(
-            "Mirror Tiny ERP service orders into PostgreSQL. Usage: asyncsync MODE [options] "
-            "(or --mode MODE / ASYNCSYNC_MODE). Modes: "
-            + "; ".join(f"{name}: {m.help}" for name, m in MODES.items())
-            + ". Every flag has an environment variable; flags win."
-        ),
-    )
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"asyncsync {__version__}")
-    parser.add_argument(
-        "--mode", metavar="MODE", default=None,
-        help=f"what to run, also the first word: {', '.join(MODES)} (default: sync) "
-        "[env: ASYNCSYNC_MODE]",
-    )  # fmt: skip
-    groups = list(TITLES) if mode is None else [g for g in TITLES if g in MODES[mode].groups]
-    shown: set[str] = set()  # a flag several modes share (--interval) is shown once
-    for cls in groups:
-        group = parser.add_argument_group(TITLES[cls])
-        for flag in FLAGS:
-            if flag.target is cls and flag.flag not in shown:
-                shown.add(flag.flag)
-                _add(group, flag)
-    return parser
-
-
-def pick_mode(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
-    """The mode (first positional word, ``--mode``, or ``ASYNCSYNC_MODE``) and the rest."""
-    rest = list(argv)
-    named: tuple[str, str] | None = None
-    if rest and not rest[0].startswith("-"):
-        named = (rest.pop(0), "the mode")
-    for i, arg in enumerate(rest):
-        if arg == "--mode" and i + 1 < len(rest):
-            named = (rest[i + 1], "--mode")
-            del rest[i : i + 2]
-            break
-        if arg.startswith("--mode="):
-            named = (arg.split("=", 1)[1], "--mode")
-            del rest[i]
-            break
-    if named is None and environ.get("ASYNCSYNC_MODE"):
-        named = (environ["ASYNCSYNC_MODE"], "ASYNCSYNC_MODE")
-    if named is None:
-        return None, rest
-    value, source = named
-    if value not in MODES:
-        raise ConfigError(f"{source} must be one of {', '.join(MODES)}, got {value!r}")
-    return value, rest
-
-
-def read_values(
-    ns: argparse.Namespace, environ: Mapping[str, str], groups: Sequence[type]
-) -> dict[tuple[type, str], object]:
-    """Parse every flag of ``groups`` given as a flag or an env var; (class, field) → value."""
-    values: dict[tuple[type, str], object] = {}
-    for flag in FLAGS:
-        if flag.target not in groups:
-            continue
-        given = getattr(ns, f"{flag.target.__name__}.{flag.field}", None)
-        if isinstance(given, list):  # a positional taking several words
-            given = " ".join(given) if given else None
-        if given is not None and flag.boolean:
-            values[(flag.target, flag.field)] = given
-            continue
-        source, raw = (flag.flag, given) if given is not None else (flag.env, environ.get(flag.env))
-        if raw is None or (raw == "" and source == flag.env):
-            continue  # unset, or set to nothing: the default
-        try:
-            values[(flag.target, flag.field)] = flag.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{source} {exc}") from None
-    return values
-
-
-def build(cls: type, values: Mapping[tuple[type, str], object]) -> Any:
-    """An instance of the options dataclass ``cls``, nested groups included."""
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, object] = {}
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            kwargs[f.name] = build(hints[f.name], values)
-        elif (cls, f.name) in values:
-            kwargs[f.name] = values[(cls, f.name)]
-    return cls(**kwargs)
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """What the command line asks for."""
-
-    mode: str
-    common: CommonOptions
-    options: Any
-
-
-def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
-    """Mode and options from ``argv`` and ``environ``; ConfigError when something is off.
-
-    ``--help`` and ``--version`` print and exit (SystemExit), as argparse does.
-    """
-    mode, rest = pick_mode(argv, environ)
-    if mode is None:
-        if any(a in ("-h", "--help", "--version") for a in rest):
-            build_parser(None).parse_args(rest)
-        mode = "sync"
-    spec = MODES[mode]
-    ns = build_parser(mode).parse_args(rest)
-    values = read_values(ns, environ, spec.groups)
-    return Invocation(mode, build(CommonOptions, values), build(spec.options, values))

@@ -1,8 +1,9 @@
 """The small Protocols the engine and the jobs see, and the frozen values that cross them.
 
 The Tiny client implements :class:`OrderSource`; the ``store`` wing implements every other
-Protocol here. Neither imports the other: modes wire them together, and each job receives
-only the Protocols it uses, so it can be tested or reused with another implementation.
+Protocol here (and :class:`WorkQueue`, in :mod:`.queue`). Neither imports the other: modes
+wire them together, and each job receives only the Protocols it uses, so it can be tested
+or reused with another implementation.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from .records import DetailRecord, FailureRecord, OrderRecord
+from ..records import DetailRecord, FailureRecord, OrderRecord
+from .queue import PickedWork, QueueCount, Tick, WorkHandler, WorkItem, WorkQueue
 
 # --- what the Tiny side hands over ---------------------------------------------------------
 
@@ -395,3 +397,35 @@ class Authorizer(Protocol):
     async def code(self, state: str, timeout_s: float) -> str: ...
 
     async def exchange(self, code: str) -> TokenSet: ...
+
+
+__all__ = [
+    "LATENCY_EDGES_MS",
+    "ApiStats",
+    "Authorizer",
+    "Checkpoint",
+    "Comparison",
+    "Detail",
+    "DueFailure",
+    "FailureLog",
+    "IntegrityStore",
+    "ListQuery",
+    "ManualReview",
+    "MergeStats",
+    "Metadata",
+    "OrderSink",
+    "OrderSource",
+    "Page",
+    "PickedWork",
+    "QueueCount",
+    "RetryPolicy",
+    "Sighting",
+    "StaleRow",
+    "Tick",
+    "TokenSet",
+    "TokenStore",
+    "WorkHandler",
+    "WorkItem",
+    "WorkQueue",
+    "latency_bucket",
+]

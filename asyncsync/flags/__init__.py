@@ -1,0 +1,178 @@
+"""Every command-line flag, its environment twin, and the parser of its text.
+
+One table (:data:`FLAGS`, in :mod:`.table`) binds each flag to a field of an options dataclass in
+:mod:`asyncsync.options`, which states the default. A value is validated by the same
+parser whether it came from a flag or from the environment, and a bad one is a
+:class:`~asyncsync.errors.ConfigError` naming where it came from (``--rate-limit`` or
+``TINY_RATE_LIMIT_PER_MINUTE``). Flags win over environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..options import CommonOptions
+from ..parsers import month
+from .table import FLAGS, MODES, TITLES, Flag, Mode
+
+__all__ = ["FLAGS", "MODES", "TITLES", "Flag", "Invocation", "Mode", "month", "parse"]
+
+
+def _default_text(cls: type, name: str) -> str:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                value = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                return ""
+            if value is None or value is False or value == ():
+                return ""
+            if isinstance(value, tuple):
+                value = ",".join(str(v) for v in value)
+            return f" (default: {value})".replace("%", "%%")
+    raise AssertionError(f"{cls.__name__} has no field {name}")
+
+
+def _add(parser: argparse.ArgumentParser | Any, flag: Flag) -> None:
+    help_text = f"{flag.help}{'' if flag.secret else _default_text(flag.target, flag.field)}"
+    help_text += f" [env: {flag.env}]"
+    dest = f"{flag.target.__name__}.{flag.field}"
+    if flag.boolean:
+        parser.add_argument(
+            flag.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+            help=help_text,
+        )  # fmt: skip
+    elif flag.positional:
+        parser.add_argument(dest, nargs=flag.nargs, default=None, help=help_text,
+                            metavar=flag.metavar or flag.flag.upper())  # fmt: skip
+    elif flag.const is not None:
+        parser.add_argument(flag.flag, dest=dest, default=None, help=help_text, nargs="?",
+                            const=flag.const, metavar=flag.metavar or "TEXT")  # fmt: skip
+    else:
+        parser.add_argument(flag.flag, dest=dest, default=None, help=help_text,
+                            metavar=flag.metavar or "TEXT")  # fmt: skip
+
+
+def build_parser(mode: str | None) -> argparse.ArgumentParser:
+    """The parser of one mode; with None, every mode's groups (for ``--help``)."""
+    prog = "asyncsync" if mode is None else f"asyncsync {mode}"
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Mirror Tiny ERP service orders into PostgreSQL. Usage: asyncsync MODE [options] "
+            "(or --mode MODE / ASYNCSYNC_MODE). Modes: "
+            + "; ".join(f"{name}: {m.help}" for name, m in MODES.items())
+            + ". Every flag has an environment variable; flags win."
+        ),
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"asyncsync {__version__}")
+    parser.add_argument(
+        "--mode", metavar="MODE", default=None,
+        help=f"what to run, also the first word: {', '.join(MODES)} (default: sync) "
+        "[env: ASYNCSYNC_MODE]",
+    )  # fmt: skip
+    groups = list(TITLES) if mode is None else [g for g in TITLES if g in MODES[mode].groups]
+    shown: set[str] = set()  # a flag several modes share (--interval) is shown once
+    for cls in groups:
+        group = parser.add_argument_group(TITLES[cls])
+        for flag in FLAGS:
+            if flag.target is cls and flag.flag not in shown:
+                shown.add(flag.flag)
+                _add(group, flag)
+    return parser
+
+
+def pick_mode(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
+    """The mode (first positional word, ``--mode``, or ``ASYNCSYNC_MODE``) and the rest."""
+    rest = list(argv)
+    named: tuple[str, str] | None = None
+    if rest and not rest[0].startswith("-"):
+        named = (rest.pop(0), "the mode")
+    for i, arg in enumerate(rest):
+        if arg == "--mode" and i + 1 < len(rest):
+            named = (rest[i + 1], "--mode")
+            del rest[i : i + 2]
+            break
+        if arg.startswith("--mode="):
+            named = (arg.split("=", 1)[1], "--mode")
+            del rest[i]
+            break
+    if named is None and environ.get("ASYNCSYNC_MODE"):
+        named = (environ["ASYNCSYNC_MODE"], "ASYNCSYNC_MODE")
+    if named is None:
+        return None, rest
+    value, source = named
+    if value not in MODES:
+        raise ConfigError(f"{source} must be one of {', '.join(MODES)}, got {value!r}")
+    return value, rest
+
+
+def read_values(
+    ns: argparse.Namespace, environ: Mapping[str, str], groups: Sequence[type]
+) -> dict[tuple[type, str], object]:
+    """Parse every flag of ``groups`` given as a flag or an env var; (class, field) → value."""
+    values: dict[tuple[type, str], object] = {}
+    for flag in FLAGS:
+        if flag.target not in groups:
+            continue
+        given = getattr(ns, f"{flag.target.__name__}.{flag.field}", None)
+        if isinstance(given, list):  # a positional taking several words
+            given = " ".join(given) if given else None
+        if given is not None and flag.boolean:
+            values[(flag.target, flag.field)] = given
+            continue
+        source, raw = (flag.flag, given) if given is not None else (flag.env, environ.get(flag.env))
+        if raw is None or (raw == "" and source == flag.env):
+            continue  # unset, or set to nothing: the default
+        try:
+            values[(flag.target, flag.field)] = flag.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source} {exc}") from None
+    return values
+
+
+def build(cls: type, values: Mapping[tuple[type, str], object]) -> Any:
+    """An instance of the options dataclass ``cls``, nested groups included."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = build(hints[f.name], values)
+        elif (cls, f.name) in values:
+            kwargs[f.name] = values[(cls, f.name)]
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What the command line asks for."""
+
+    mode: str
+    common: CommonOptions
+    options: Any
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
+    """Mode and options from ``argv`` and ``environ``; ConfigError when something is off.
+
+    ``--help`` and ``--version`` print and exit (SystemExit), as argparse does.
+    """
+    mode, rest = pick_mode(argv, environ)
+    if mode is None:
+        if any(a in ("-h", "--help", "--version") for a in rest):
+            build_parser(None).parse_args(rest)
+        mode = "sync"
+    spec = MODES[mode]
+    ns = build_parser(mode).parse_args(rest)
+    values = read_values(ns, environ, spec.groups)
+    return Invocation(mode, build(CommonOptions, values), build(spec.options, values))

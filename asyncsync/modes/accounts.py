@@ -1,0 +1,104 @@
+"""``asyncsync accounts list|add|disable|enable|remove [KEY]``: the Tiny accounts of the
+database, which every worker serves.
+
+``add KEY`` takes the account's URLs, client id and quota share from the Tiny flags
+(``--api-base-url``, ``--token-url``, ``--client-id``, ``--quota-share``) and its client
+secret by reference: ``--client-secret-env VAR`` (every worker reads that variable) or
+``--client-secret-file PATH`` (a container secret); ``--client-secret`` itself is kept in
+the table only with ``--store-client-secret``. Adding (or enabling) an account puts its
+first cycle on the queue at once; its first tokens come from
+``asyncsync authorize --account KEY`` (or a bootstrap ``--refresh-token-env``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from ..accounts import AccountConfig
+from ..errors import ConfigError
+from ..options import AccountsOptions, CommonOptions
+from ..report import table
+from ..runtime import database_of
+from ..seams import WorkQueue
+from ..work.units import Kind, Unit
+from . import show
+
+
+def _config(key: str, common: CommonOptions, options: AccountsOptions) -> AccountConfig:
+    tiny = common.tiny
+    if not tiny.client_id:
+        raise ConfigError("accounts add needs --client-id (the app's, from Tiny)")
+    stored = tiny.client_secret if options.store_client_secret else None
+    if options.store_client_secret and not stored:
+        raise ConfigError("--store-client-secret keeps --client-secret: give it too")
+    given = [options.client_secret_env, options.client_secret_file, stored]
+    if sum(g is not None for g in given) != 1:
+        raise ConfigError(
+            "accounts add needs the client secret by reference: --client-secret-env VAR or "
+            "--client-secret-file PATH (or --client-secret with --store-client-secret)"
+        )
+    return AccountConfig(
+        key=key, api_base_url=tiny.api_base_url, token_url=tiny.token_url,
+        client_id=tiny.client_id, client_secret_env=options.client_secret_env,
+        client_secret_file=options.client_secret_file, client_secret=stored,
+        refresh_token_env=options.refresh_token_env,
+        refresh_token_file=options.refresh_token_file, quota_share=tiny.quota_share,
+    )  # fmt: skip
+
+
+async def _start(queue: WorkQueue, key: str) -> None:
+    """The account's first cycle, due now (the planner would add it within a minute)."""
+    await queue.enqueue([Unit(Kind.CYCLE, key).item()])
+
+
+async def run(common: CommonOptions, options: AccountsOptions, stop: asyncio.Event) -> int:
+    """Do what ``options.action`` says; exit 0, or 1 when the account does not exist."""
+    key = options.key
+    if options.action != "list" and key is None:
+        raise ConfigError(f"accounts {options.action} needs the account's key")
+    async with database_of(common) as database:
+        registry = database.registry
+        if options.action == "list":
+            rows = await registry.all()
+            headers = ["account", "enabled", "API", "client id", "client secret",
+                       "bootstrap refresh token", "quota share"]  # fmt: skip
+            cells = [[c.key, c.enabled, c.api_base_url, c.client_id, c.secret_source(),
+                      _bootstrap(c), c.quota_share] for c in rows]  # fmt: skip
+            data = {"accounts": [dict(zip(headers, row, strict=True)) for row in cells]}
+            show(table(headers, cells) if rows else "no accounts yet", data, common)
+            return 0
+        assert key is not None
+        if options.action == "add":
+            config = _config(key, common, options)
+            new = await registry.put(config)
+            await _start(database.queue, key)
+            note = _unset_here(config)
+            said = f"account {key} {'added' if new else 'updated'}" + note
+            show(said, {"account": key, "added": new}, common)
+            return 0
+        if options.action in ("enable", "disable"):
+            found = await registry.set_enabled(key, options.action == "enable")
+            if found and options.action == "enable":
+                await _start(database.queue, key)
+        else:
+            found = await registry.remove(key)
+        done = f"account {key} {options.action}d" if found else f"no account {key}"
+        show(done, {"account": key, "action": options.action, "found": found}, common)
+        return 0 if found else 1
+
+
+def _bootstrap(config: AccountConfig) -> str:
+    if config.refresh_token_env:
+        return f"env {config.refresh_token_env}"
+    return f"file {config.refresh_token_file}" if config.refresh_token_file else "-"
+
+
+def _unset_here(config: AccountConfig) -> str:
+    """A reminder when the named variable is not set where the command ran (the workers'
+    environment is what counts)."""
+    missing = [v for v in (config.client_secret_env, config.refresh_token_env)
+               if v and not os.environ.get(v)]  # fmt: skip
+    if not missing:
+        return ""
+    return f" (note: {', '.join('$' + v for v in missing)} is unset here; every worker needs it)"

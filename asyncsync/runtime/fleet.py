@@ -1,0 +1,188 @@
+"""A worker's accounts: one event loop, one HTTP session, one database pool, and one
+runtime (client: limiter, breaker, token manager) per account while its lease is held.
+
+Accounts come from the ``accounts`` table (enabled rows); when it has no row at all, the
+account of the flags and environment is the only one (a single-account install runs
+unchanged). A runtime is built when this process takes the account's lease and dropped
+when its last unit of the account ends: the next holder, here or elsewhere, starts with
+a limiter that learns the window's remaining quota from the first answer, and a token
+manager that reads the newest tokens from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from ..errors import AccountBusy, ConfigError
+from ..options import CommonOptions, Credentials, ServeOptions
+from ..store import Database, Leases
+from . import Runtime, account_tiny, database_of, make_client
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    """``asyncsync worker host:pid``: how run history and lock holders name a worker."""
+    return f"asyncsync worker {socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Held:
+    """An account this process holds: its runtime and the units using it."""
+
+    runtime: Runtime
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    users: int = 0
+
+
+@dataclass(frozen=True)
+class Leased:
+    """An account while this worker holds its lease (``work.ports.Leased``)."""
+
+    runtime: Runtime
+    lost: asyncio.Event
+
+
+class Fleet:
+    """The accounts of one worker process. Implements ``work.ports.Fleet``."""
+
+    def __init__(
+        self,
+        common: CommonOptions,
+        database: Database,
+        session: aiohttp.ClientSession | None,
+        leases: Leases,
+        *,
+        open_statuses: tuple[int, ...],
+        pinned: Runtime | None = None,
+    ) -> None:
+        self._common, self._database, self._session = common, database, session
+        self._leases = leases
+        self._open_statuses = open_statuses
+        self._pinned = pinned  # a given runtime, its account the only one (tests)
+        self._held: dict[str, _Held] = {}
+        self._taking = asyncio.Lock()
+        self.name = leases.name
+        self.database = database
+
+    async def single(self) -> bool:
+        if self._pinned is not None:
+            return True
+        return await self._database.registry.none()
+
+    async def _legacy(self) -> str | None:
+        """The account of the flags and environment, when the table has no row."""
+        return self._common.account if await self.single() else None
+
+    async def plan(self) -> list[tuple[str, dt.datetime | None]]:
+        legacy = await self._legacy()
+        return await self._database.registry.plan(None if legacy is None else [legacy])
+
+    async def serves(self, account: str) -> bool:
+        if self._pinned is not None:
+            return account == self._pinned.account
+        config = await self._database.registry.get(account)
+        if config is not None:
+            return config.enabled
+        return account == await self._legacy()
+
+    async def ping(self) -> None:
+        """The database answers; leases lost with their session stop their units."""
+        await self._database.account(self._common.account).ping()
+        for account in await self._leases.check():
+            held = self._held.get(account)
+            if held is not None:
+                held.lost.set()
+
+    @asynccontextmanager
+    async def lease(self, account: str) -> AsyncIterator[Leased]:
+        held = await self._hold(account)
+        try:
+            async with held.turn:
+                yield Leased(held.runtime, held.lost)
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._held[account]
+                await self._leases.release(account)
+
+    async def _hold(self, account: str) -> _Held:
+        async with self._taking:
+            held = self._held.get(account)
+            if held is None:
+                holder = await self._leases.take(account)
+                if holder is not None:
+                    raise AccountBusy(f"account {account!r} is held by {holder}", holder=holder)
+                try:
+                    held = _Held(await self._runtime(account))
+                except BaseException:
+                    await self._leases.release(account)
+                    raise
+                self._held[account] = held
+            held.users += 1
+            return held
+
+    async def _runtime(self, account: str) -> Runtime:
+        if self._pinned is not None:
+            return self._pinned
+        assert self._session is not None
+        config = await self._database.registry.get(account)
+        common = self._common
+        if config is None:  # the single-account install
+            tiny, credentials = common.tiny, common.tiny.credentials()
+        else:
+            tiny = account_tiny(common.tiny, config)
+            credentials = config.credentials(os.environ)
+        store = self._database.account(account, open_statuses=self._open_statuses)
+        client = make_client(self._session, account, tiny, credentials, store.tokens)
+        runtime_common = CommonOptions(
+            account=account, database=common.database, tiny=tiny,
+            simulator=common.simulator, output=common.output, run=common.run,
+        )  # fmt: skip
+        return Runtime(common=runtime_common, database=self._database, store=store, client=client)
+
+
+@asynccontextmanager
+async def open_fleet(common: CommonOptions, options: ServeOptions) -> AsyncIterator[Fleet]:
+    """The database (a pool sized for ``options.slots``), one HTTP session every account
+    shares, the worker's leases, and its fleet."""
+    async with AsyncExitStack() as stack:
+        database = await stack.enter_async_context(database_of(common, slots=options.slots))
+        if await database.registry.none():
+            _check_legacy(common)
+        connector = aiohttp.TCPConnector(
+            limit=max(100, options.slots * common.tiny.max_concurrency)
+        )
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=connector, raise_for_status=False)
+        )
+        leases = await stack.enter_async_context(database.leases(worker_name()))
+        yield Fleet(common, database, session, leases,
+                    open_statuses=options.cycle.open_statuses)  # fmt: skip
+
+
+@asynccontextmanager
+async def pinned_fleet(rt: Runtime, options: ServeOptions) -> AsyncIterator[Fleet]:
+    """A fleet whose one account is ``rt``'s, on its runtime (tests drive the worker
+    this way, watching the client they built)."""
+    async with rt.database.leases(worker_name()) as leases:
+        yield Fleet(rt.common, rt.database, None, leases,
+                    open_statuses=options.cycle.open_statuses, pinned=rt)  # fmt: skip
+
+
+def _check_legacy(common: CommonOptions) -> Credentials:
+    """With no account in the table, the flags and environment must name one."""
+    try:
+        return common.tiny.credentials()
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (or add accounts: asyncsync accounts add)") from None

@@ -1,0 +1,121 @@
+"""A worker's leases: the accounts it is working for, each one's run lock held on one
+dedicated session.
+
+An account's units run in one process at a time, so one limiter paces its quota and one
+token manager spends its refresh tokens. The lease is the account's run lock
+(``asyncsync.run:<account>``, :mod:`.locks`): a one-shot ``sync`` or ``backfill`` of the
+account and a worker exclude each other exactly as they did with ``serve``, and
+``asyncsync status`` names the worker that holds it. A worker may lease hundreds of
+accounts, so every lock sits on the same connection instead of one each; when that
+session dies the locks die with it, which :meth:`Leases.check` reports as the accounts
+lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+
+import asyncpg
+
+from ..errors import DatabaseUnavailable
+from .locks import run_lock_name
+from .resilience import classify
+from .sqlfiles import sql
+
+log = logging.getLogger(__name__)
+
+
+class Leases:
+    """The run locks one worker holds, on one session named after the worker."""
+
+    def __init__(self, pool: asyncpg.Pool, name: str) -> None:
+        self._pool = pool
+        self.name = name  # the session's application_name: who holds the account
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()  # one statement at a time on the session
+        self.held: set[str] = set()
+
+    async def __aenter__(self) -> Leases:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            self.held.clear()
+            if conn is not None:
+                # The pool resets a connection it takes back, unlocking every lock on it.
+                try:
+                    await asyncio.shield(self._pool.release(conn))
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    conn.terminate()
+
+    async def _session(self) -> asyncpg.Connection:
+        if self._conn is None:
+            conn = await self._pool.acquire()
+            await conn.execute(sql("set_application_name"), self.name)
+            self._conn = conn
+        return self._conn
+
+    async def _lost(self, exc: BaseException, what: str) -> DatabaseUnavailable:
+        """The session failed: its locks are gone. Returns the error to raise."""
+        conn, self._conn = self._conn, None
+        self.held.clear()
+        if conn is not None:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
+            # Given back, the pool replaces the dead connection.
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self._pool.release(conn)
+        error = classify(exc, what)
+        return error if isinstance(error, DatabaseUnavailable) else DatabaseUnavailable(str(error))
+
+    async def take(self, account: str) -> str | None:
+        """Lease ``account``; None when taken, else the name of the session that holds it
+        (another worker, or a one-shot run)."""
+        name = run_lock_name(account)
+        async with self._lock:
+            if account in self.held:
+                return None
+            try:
+                conn = await self._session()
+                if await conn.fetchval(sql("lock_try"), name):
+                    self.held.add(account)
+                    return None
+                holder = await conn.fetchval(sql("lock_holder"), name)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                raise await self._lost(exc, f"leasing account {account}") from exc
+        return str(holder or "another asyncsync process")
+
+    async def release(self, account: str) -> None:
+        """Give ``account`` back (nothing to do if the session is gone: so is the lock)."""
+        async with self._lock:
+            if account not in self.held or self._conn is None:
+                return
+            self.held.discard(account)
+            try:
+                await asyncio.shield(
+                    self._conn.execute(sql("lock_release"), run_lock_name(account))
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("lost the lease session while releasing %s: %s", account, exc)
+                await self._lost(exc, "releasing a lease")
+
+    async def check(self) -> set[str]:
+        """Ping the session; returns the accounts whose lease was lost with it (empty
+        when it is alive)."""
+        async with self._lock:
+            if self._conn is None or not self.held:
+                return set()
+            held = set(self.held)
+            try:
+                await self._conn.fetchval(sql("ping"))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("the lease session is gone (%s): %d accounts lost", exc, len(held))
+                await self._lost(exc, "checking the leases")
+                return held
+        return set()

@@ -1,0 +1,192 @@
+"""The work queue, on pgqueuer: its schema, enqueueing, the worker loop and a census.
+
+pgqueuer keeps the units in PostgreSQL, the database asyncsync already needs: a worker
+claims units with ``FOR UPDATE SKIP LOCKED``; a per-kind concurrency limit holds across
+every worker (it is enforced by the claiming statement); a unit whose worker stops
+sending heartbeats is claimed again by another; a periodic task (a cron schedule) runs
+once per tick across every worker; a dedupe key keeps a second unit with the same key
+out while one is queued or running. This module alone knows the library: the work layer
+sees :class:`~asyncsync.seams.WorkQueue`, and a handler's
+:class:`~asyncsync.errors.Requeue` becomes the library's ``RetryRequested`` here.
+
+Its tables (``pgqueuer``, ``pgqueuer_log``, ``pgqueuer_statistics``,
+``pgqueuer_schedules``) are installed with ``schema.sql``, under the same lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+
+import asyncpg
+from pgqueuer import PgQueuer, Queries, RetryRequested
+from pgqueuer.db import AsyncpgPoolDriver
+from pgqueuer.domain.settings import db_settings
+from pgqueuer.executors import AsyncCrontab, AsyncEntrypoint
+from pgqueuer.models import Job, Schedule, TableChangedEvent, TracebackRecord
+
+from ..errors import ConfigError, Requeue
+from ..seams import PickedWork, QueueCount, Tick, WorkHandler, WorkItem
+from .resilience import SqlRunner, classify, guarded
+
+log = logging.getLogger(__name__)
+
+#: The queue's log keeps a row per pick, re-queue and end of every unit; older rows that
+#: its statistics already count are removed by :meth:`PgWorkQueue.prune`.
+LOG_RETENTION = dt.timedelta(days=2)
+#: Units claimed by one dequeue: small, so that units spread over the workers.
+MAX_BATCH = 4
+#: pgqueuer's own lines are about its machinery (a re-queue is how periodic units re-arm
+#: here, not a failure): warnings only.
+logging.getLogger("pgqueuer").setLevel(logging.WARNING)
+
+
+def _check_names() -> None:
+    """The census and prune statements name pgqueuer's default tables."""
+    if db_settings().queue_table != "pgqueuer":
+        raise ConfigError("asyncsync uses pgqueuer's default table names: unset PGQUEUER_*")
+
+
+async def install(conn: asyncpg.Connection) -> None:
+    """Create the queue's tables unless they exist (in the caller's transaction, under
+    the schema lock, like ``schema.sql``)."""
+    _check_names()
+    queries = Queries.from_asyncpg_connection(conn)
+    if not await queries.schema_is_installed():
+        await queries.install()
+
+
+async def upgrade(conn: asyncpg.Connection) -> None:
+    """Bring an older installation of the queue's tables up to this pgqueuer's (a new
+    release of it may add columns); nothing to do, usually."""
+    queries = Queries.from_asyncpg_connection(conn)
+    if (await queries.plan_upgrade()).statements:
+        await queries.apply_upgrade()
+
+
+class _Queries(Queries):
+    """pgqueuer's queries, saying when a unit went back to the queue.
+
+    Its change trigger is per statement, so it cannot see that an UPDATE changed a row and
+    stays silent about re-queued units: idle workers would notice them only at their next
+    poll. A notification after the re-queue wakes them (and they see when it is due)."""
+
+    async def retry_job(
+        self, job: Job, delay: dt.timedelta, traceback_record: TracebackRecord | None
+    ) -> None:
+        await super().retry_job(job, delay, traceback_record)
+        channel = self.qbq.settings.channel
+        event = TableChangedEvent(channel=channel, sent_at=dt.datetime.now(dt.UTC),
+                                  type="table_changed_event", operation="update",
+                                  table=self.qbq.settings.queue_table)  # fmt: skip
+        await self.driver.notify(channel, event.model_dump_json())
+
+
+class PgWorkQueue:
+    """The work queue of one database. Implements ``seams.WorkQueue``."""
+
+    def __init__(self, sql: SqlRunner) -> None:
+        self._sql = sql
+        self._queries = Queries(AsyncpgPoolDriver(sql.pool))
+        self._worker_id = ""
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    async def enqueue(self, items: Sequence[WorkItem]) -> int:
+        if not items:
+            return 0
+        ids = await guarded(
+            self._queries.enqueue(
+                [i.kind for i in items],
+                [i.payload for i in items],
+                [i.priority for i in items],
+                [dt.timedelta(seconds=i.delay_s) for i in items],
+                [i.dedupe_key for i in items],
+                on_conflict="skip",
+            ),
+            "enqueueing units of work",
+        )
+        return sum(1 for i in ids if i is not None)
+
+    async def census(self, account: str | None = None) -> list[QueueCount]:
+        rows = await self._sql.fetch("counting queued units", "queue_census", account)
+        return [QueueCount(r["kind"], r["state"], r["units"], r["oldest_s"]) for r in rows]
+
+    async def units(self, limit: int = 100) -> list[dict[str, object]]:
+        """The latest units on the queue, for inspection and tests."""
+        rows = await self._sql.fetch("listing queued units", "queue_units", limit)
+        return [dict(r) for r in rows]
+
+    async def prune(self) -> None:
+        """Drop log rows older than :data:`LOG_RETENTION` that the statistics count."""
+        await self._sql.execute("pruning the queue's log", "queue_prune", LOG_RETENTION)
+
+    async def work(
+        self,
+        handlers: Mapping[str, WorkHandler],
+        *,
+        slots: int,
+        limits: Mapping[str, int],
+        heartbeat_s: float,
+        ticks: Mapping[str, tuple[str, Tick]],
+        stop: asyncio.Event,
+    ) -> None:
+        # Its own driver: the library holds one pooled connection to LISTEN on.
+        driver = AsyncpgPoolDriver(self._sql.pool)
+        pgq = PgQueuer(driver, queries=_Queries(driver))
+        self._worker_id = str(pgq.qm.queue_manager_id)
+        fields = {"event": "queue_started", "queue_worker": self._worker_id}
+        log.info("picking units as queue worker %s", self._worker_id, extra={"fields": fields})
+        for kind, handler in handlers.items():
+            pgq.entrypoint(kind, concurrency_limit=limits.get(kind, 0), accepts_context=False,
+                           on_failure="hold")(_entrypoint(handler))  # fmt: skip
+        for name, (cron, tick) in ticks.items():
+            pgq.schedule(name, cron, accepts_context=False)(_crontab(tick))
+        running = asyncio.create_task(
+            pgq.run(
+                batch_size=max(1, min(MAX_BATCH, slots // 2)),
+                max_concurrent_tasks=max(slots, 2),
+                heartbeat_timeout=dt.timedelta(seconds=heartbeat_s),
+                dequeue_timeout=dt.timedelta(seconds=min(heartbeat_s, 30.0)),
+            ),
+            name="work-queue",
+        )
+        stopped = asyncio.create_task(stop.wait(), name="work-queue-stop")
+        try:
+            await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # The library stops claiming, then waits for the units it runs (they drain
+            # on ``stop`` and re-queue themselves).
+            pgq.shutdown.set()
+            stopped.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopped
+        try:
+            await running
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise classify(exc, "running the work queue") from exc
+
+
+def _entrypoint(handler: WorkHandler) -> AsyncEntrypoint:
+    async def run(job: Job) -> None:
+        picked = PickedWork(int(job.id), str(job.entrypoint), job.payload or b"", job.attempts)
+        try:
+            await handler(picked)
+        except Requeue as exc:
+            raise RetryRequested(
+                delay=dt.timedelta(seconds=exc.delay_s), reason=exc.reason
+            ) from exc
+
+    return run
+
+
+def _crontab(tick: Tick) -> AsyncCrontab:
+    async def run(schedule: Schedule) -> None:
+        await tick()
+
+    return run

@@ -1,0 +1,127 @@
+"""The cycle unit: an account's incremental sync and the import-failure retries that are
+due (the daily sweep of closed statuses rides inside the sync, when ``plan_cycle`` says
+it is due), recorded in the run history; then when the next cycle is due.
+
+An outage fails a cycle, never the worker: the failed run is recorded, ``--mode health``
+says why, and the next cycle comes after Tiny's cool-down (its circuit is open) or
+sooner, with backoff, after a database failure. Cycles are due every ``--interval`` from
+the start of the last one (one that overran its interval is followed at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+from .. import metrics
+from ..clock import utcnow
+from ..errors import (
+    AsyncsyncError,
+    DatabaseError,
+    DatabaseUnavailable,
+    ReauthorizationRequired,
+    TinyAuthError,
+    TinyError,
+    TinyUnavailable,
+)
+from ..jobs.retry import retry_due
+from ..jobs.sync import sync_once
+from ..options import ServeOptions
+from ..readiness import Readiness
+from ..report import RunReport, failed_report, headline, log_fields, note_failure, observe
+from .health import say_health
+from .ports import AccountRuntime
+
+log = logging.getLogger(__name__)
+
+#: After a database failure the next cycle comes sooner: 5 s, 10 s, … up to the interval.
+DB_RETRY_FIRST_S = 5.0
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What a cycle unit did, and in how many seconds the account's next cycle is due."""
+
+    reports: list[RunReport]
+    next_in_s: float
+    database_failed: bool = False
+
+
+async def cycle(rt: AccountRuntime, options: ServeOptions, stop: asyncio.Event) -> list[RunReport]:
+    """A sync, then the retries that are due (the caller holds the account's lease, which
+    is its run lock)."""
+    ctx = rt.context(stop)
+    store = rt.store
+    # Detail requests the cycle may spend: at the pace the account's quota allows now.
+    budget = options.detail_budget(rt.client.api_stats().quota_per_minute)
+    sync_options = dataclasses.replace(options.cycle, detail_budget=budget)
+    reports = [await sync_once(rt.client, store.orders, store.metadata, sync_options, ctx)]
+    if not stop.is_set():
+        reports.append(await retry_due(rt.client, store.orders, store.failures, ctx))
+    return reports
+
+
+async def record(rt: AccountRuntime, report: RunReport, facts: dict[str, str]) -> RunReport:
+    """Metrics, one log line and a ``sync_runs`` row for a report of a unit (best effort);
+    ``facts`` say which worker ran which unit."""
+    report = dataclasses.replace(report, facts={**report.facts, **facts})
+    observe(report)
+    level = logging.INFO if report.outcome.value in ("ok", "interrupted") else logging.WARNING
+    log.log(level, headline(report), extra={"fields": {**log_fields(report), **facts}})
+    try:
+        await rt.store.runs.record(report, invoked_as="serve")
+    except DatabaseError as exc:
+        log.warning("the %s could not be recorded in sync_runs: %s", report.title, exc)
+    return report
+
+
+async def run_cycle(
+    rt: AccountRuntime,
+    options: ServeOptions,
+    stop: asyncio.Event,
+    *,
+    facts: dict[str, str],
+    db_failures: int = 0,
+    readiness: Readiness | None = None,
+) -> CycleResult:
+    """One cycle of ``rt``'s account. Raises ReauthorizationRequired (after recording
+    it): only a person can fix that."""
+    started_at, started = utcnow(), time.monotonic()
+    try:
+        await rt.client.keep_alive()
+        reports = await cycle(rt, options, stop)
+    except (TinyError, DatabaseError) as exc:
+        note_failure(rt.account, exc)
+        if isinstance(exc, TinyAuthError) and readiness is not None:
+            readiness.set("authorization", f"{type(exc).__name__}: {exc}")
+        failed = await record(rt, failed_report("sync", rt.account, started_at, exc), facts)
+        if isinstance(exc, ReauthorizationRequired):
+            await say_health(rt, "re-authorization required: run `asyncsync authorize`")
+            raise
+        await say_health(rt, f"last cycle failed: {exc}")
+        wait_s, what = next_attempt(rt, options, exc, db_failures)
+        log.error("the cycle of account %s failed (%s); next attempt in %.0f s: %s",
+                  rt.account, what, wait_s, exc)  # fmt: skip
+        return CycleResult([failed], wait_s, isinstance(exc, DatabaseUnavailable))
+    reports = [await record(rt, r, facts) for r in reports]
+    if readiness is not None:
+        readiness.clear("authorization")
+    metrics.REAUTHORIZATION_REQUIRED.labels(rt.account).set(0)
+    await say_health(rt, None)
+    return CycleResult(reports, max(options.interval_s - (time.monotonic() - started), 0.0))
+
+
+def next_attempt(
+    rt: AccountRuntime, options: ServeOptions, exc: AsyncsyncError, db_failures: int
+) -> tuple[float, str]:
+    """When to try again after a failed cycle, and what failed."""
+    if isinstance(exc, TinyUnavailable) and rt.client.breaker.retry_at:
+        # While the circuit is open, asking would only be refused: wait for its end.
+        return max(options.interval_s, rt.client.breaker.retry_at - time.monotonic()), "Tiny"
+    if isinstance(exc, DatabaseUnavailable):
+        # The database is back soon, usually: come back sooner than a whole interval.
+        return min(options.interval_s, DB_RETRY_FIRST_S * 2**db_failures), "the database"
+    return options.interval_s, "Tiny" if isinstance(exc, TinyError) else "the database"

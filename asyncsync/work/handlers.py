@@ -1,0 +1,224 @@
+"""Running a picked unit: lease its account, run its job, record it, say when it is due
+again.
+
+The lease makes an account's units run in one process at a time: a unit whose account
+another process holds goes back to the queue for a few seconds instead of waiting in a
+slot; units of one account in this process take turns on one runtime (one limiter, one
+breaker, one token manager), since two merges of one account must not interleave. A
+periodic unit re-arms itself (it goes back to the queue, due after its period); a unit
+that a shutdown interrupted goes back due at once, for another worker, and a backfill
+month resumes there from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from ..errors import (
+    AccountBusy,
+    ConfigError,
+    DatabaseError,
+    ReauthorizationRequired,
+    Requeue,
+    TinyError,
+    TinyUnavailable,
+)
+from ..jobs.backfill import backfill
+from ..jobs.integrity import check_integrity
+from ..jobs.retry import DEFAULT_POLICY
+from ..options import BackfillOptions, IntegrityOptions, ServeOptions
+from ..overview import observe_status
+from ..readiness import Readiness
+from ..report import Outcome, RunReport, failed_report, note_failure
+from ..seams import PickedWork, WorkHandler
+from .cycle import record, run_cycle
+from .health import check_readiness
+from .ports import AccountRuntime, Fleet, Leased
+from .units import Kind, Unit
+
+log = logging.getLogger(__name__)
+
+#: A unit whose account another process holds comes back after this (times 1 to 2).
+LEASE_RETRY_S = 2.0
+#: The refresh token's age is looked at this often (renewed past half its lifetime).
+KEEP_ALIVE_EVERY_S = 600.0
+#: A backfill month that failed (Tiny or the database away) is tried again after this.
+BACKFILL_RETRY_S = 30.0
+
+AfterCycle = Callable[[AccountRuntime, list[RunReport]], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a caller may watch (tests change the world between cycles)."""
+
+    after_cycle: AfterCycle | None = None
+    max_cycles: int | None = None  # stop the worker after this many cycles
+    readiness: Readiness | None = None
+
+
+class Dispatcher:
+    """The handler of every kind of unit, for one worker."""
+
+    def __init__(
+        self, fleet: Fleet, options: ServeOptions, stop: asyncio.Event, hooks: Hooks
+    ) -> None:
+        self.fleet, self.options, self.stop, self.hooks = fleet, options, stop, hooks
+        self.fatal: BaseException | None = None  # stops the worker (single-account install)
+        self._db_failures: dict[str, int] = {}
+        self._cycles = 0
+
+    def handlers(self) -> dict[str, WorkHandler]:
+        return {kind.value: self.handle for kind in Kind}
+
+    async def handle(self, picked: PickedWork) -> None:
+        """Run one picked unit; raises Requeue when it must come back later."""
+        unit = Unit.decode(picked.kind, picked.payload)
+        if self.stop.is_set():
+            raise Requeue(0, "the worker is stopping")
+        try:
+            if not await self.fleet.serves(unit.account):
+                log.info("%s ends: account %s is disabled or removed", unit, unit.account)
+                return
+            async with self.fleet.lease(unit.account) as leased:
+                delay = await self._run(unit, picked, leased)
+        except AccountBusy as exc:
+            if unit.kind is Kind.KEEPALIVE:  # its holder keeps the tokens fresh meanwhile
+                raise Requeue(KEEP_ALIVE_EVERY_S, f"account held by {exc.holder}") from None
+            raise Requeue(LEASE_RETRY_S * (1 + random.random()),
+                          f"account {unit.account} is held by {exc.holder}") from None  # fmt: skip
+        except ConfigError as exc:
+            # A secret this worker cannot read (its variable unset here, say): said once
+            # per interval until someone fixes it, the unit kept.
+            log.error("%s cannot run on this worker: %s", unit, exc)
+            raise Requeue(self.options.interval_s, str(exc)) from None
+        except DatabaseError as exc:  # the database went away before the unit could start
+            raise Requeue(LEASE_RETRY_S, f"the database: {exc}") from None
+        if delay is not None:
+            raise Requeue(delay, f"{unit} is due again")
+
+    async def _run(self, unit: Unit, picked: PickedWork, leased: Leased) -> float | None:
+        """The unit's job; returns when it is due again (None: it is done)."""
+        rt = leased.runtime
+        facts = {"worker": self.fleet.name, "unit": str(picked.id)}
+        async with _either(self.stop, leased.lost) as stop:
+            if unit.kind is Kind.CYCLE:
+                return await self._cycle(rt, stop, facts)
+            if unit.kind is Kind.KEEPALIVE:
+                await _keep_alive(rt)
+                return KEEP_ALIVE_EVERY_S
+            if unit.kind is Kind.INTEGRITY:
+                return await self._integrity(rt, stop, facts)
+            assert unit.month is not None
+            return await self._backfill(rt, unit.month, stop, facts)
+
+    async def _cycle(
+        self, rt: AccountRuntime, stop: asyncio.Event, facts: dict[str, str]
+    ) -> float | None:
+        single = await self.fleet.single()
+        readiness = self.hooks.readiness if single else None
+        try:
+            result = await run_cycle(rt, self.options, stop, facts=facts,
+                                     db_failures=self._db_failures.get(rt.account, 0),
+                                     readiness=readiness)  # fmt: skip
+        except ReauthorizationRequired as exc:
+            if single:  # only a person can fix it: stop the worker, loudly
+                self.fatal = exc
+                self.stop.set()
+            return self.options.interval_s
+        failures = self._db_failures.get(rt.account, 0) + 1 if result.database_failed else 0
+        self._db_failures[rt.account] = failures
+        with contextlib.suppress(DatabaseError):
+            if readiness is not None:
+                await check_readiness(rt, self.options.interval_s, readiness)
+            else:
+                observe_status(await rt.store.status(dt.datetime.now(dt.UTC), DEFAULT_POLICY))
+        self._cycles += 1
+        if self.hooks.after_cycle is not None:
+            await self.hooks.after_cycle(rt, result.reports)
+        if self.hooks.max_cycles is not None and self._cycles >= self.hooks.max_cycles:
+            self.stop.set()
+        return 0.0 if stop.is_set() else result.next_in_s
+
+    async def _integrity(
+        self, rt: AccountRuntime, stop: asyncio.Event, facts: dict[str, str]
+    ) -> float | None:
+        started_at = dt.datetime.now(dt.UTC)
+        options = IntegrityOptions()
+        store = rt.store
+        try:
+            report = await check_integrity(
+                rt.client, store.orders, store.integrity, store.failures, rt.context(stop),
+                deep=options.deep, page_size=options.page_size,
+            )  # fmt: skip
+        except (TinyError, DatabaseError) as exc:
+            note_failure(rt.account, exc)
+            report = failed_report("integrity", rt.account, started_at, exc)
+        await record(rt, report, facts)
+        if stop.is_set() and report.outcome is Outcome.INTERRUPTED:
+            return 0.0
+        return self.options.integrity_interval_s or None
+
+    async def _backfill(
+        self, rt: AccountRuntime, month: dt.date, stop: asyncio.Event, facts: dict[str, str]
+    ) -> float | None:
+        started_at = dt.datetime.now(dt.UTC)
+        # Details of the month's orders are left to the account's cycles (open and recent
+        # orders first, within each cycle's budget).
+        options = BackfillOptions(date_from=month, date_to=month,
+                                  partitions=self.options.partitions, detail_budget=0)  # fmt: skip
+        store = rt.store
+        try:
+            report = await backfill(rt.client, store.orders, store.metadata, options,
+                                    rt.context(stop), census=False)  # fmt: skip
+        except (TinyError, DatabaseError) as exc:
+            note_failure(rt.account, exc)
+            await record(rt, failed_report("backfill", rt.account, started_at, exc), facts)
+            if isinstance(exc, ReauthorizationRequired):
+                return self.options.interval_s
+            wait = BACKFILL_RETRY_S
+            if isinstance(exc, TinyUnavailable) and rt.client.breaker.retry_at:
+                wait = max(wait, rt.client.breaker.retry_at - time.monotonic())
+            return wait
+        await record(rt, report, facts)
+        return 0.0 if report.outcome is Outcome.INTERRUPTED else None
+
+
+async def _keep_alive(rt: AccountRuntime) -> None:
+    try:
+        await rt.client.keep_alive()
+    except ReauthorizationRequired as exc:
+        note_failure(rt.account, exc)
+        log.error("account %s: %s", rt.account, exc)
+    except (TinyError, DatabaseError) as exc:
+        log.warning("could not renew the refresh token of account %s yet: %s", rt.account, exc)
+
+
+@contextlib.asynccontextmanager
+async def _either(first: asyncio.Event, second: asyncio.Event) -> AsyncIterator[asyncio.Event]:
+    """An event set as soon as either is."""
+    both = asyncio.Event()
+
+    async def watch() -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in (first, second)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            both.set()
+        finally:
+            for w in waits:
+                w.cancel()
+
+    watcher = asyncio.create_task(watch(), name="unit-stop")
+    try:
+        yield both
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

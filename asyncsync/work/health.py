@@ -1,0 +1,67 @@
+"""What a worker says about an account's health: the ``serve_health`` marker that
+``--mode health`` reads, and the readiness of a single-account worker (``/readyz``)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+
+import orjson
+
+from ..clock import iso, utcnow
+from ..errors import DatabaseError
+from ..jobs.retry import DEFAULT_POLICY
+from ..overview import freshness_limit, observe_status
+from ..readiness import Readiness
+from .ports import AccountRuntime
+
+#: The sync_metadata key where a worker says how an account's last cycle went (read by
+#: ``--mode health``).
+SERVE_HEALTH_KEY = "serve_health"
+
+
+async def say_health(rt: AccountRuntime, problem: str | None) -> None:
+    """Tell ``--mode health`` (another process) how the account's last cycle went."""
+    value = {"ok": problem is None, "problem": problem, "at": iso(utcnow())}
+    with contextlib.suppress(DatabaseError):  # the database may be what failed
+        await rt.store.metadata.set(SERVE_HEALTH_KEY, orjson.dumps(value).decode())
+
+
+async def check_readiness(
+    rt: AccountRuntime, interval_s: float, readiness: Readiness, now: dt.datetime | None = None
+) -> None:
+    """Re-check the database, Tiny, the stored token and freshness of one account, and
+    refresh its gauges."""
+    now = now or utcnow()
+    breaker = rt.client.breaker
+    if breaker.retry_at:
+        readiness.set("tiny", f"unavailable: {breaker.reason}")
+    else:
+        readiness.clear("tiny")
+    try:
+        await rt.store.ping()
+        status = await rt.store.status(now, DEFAULT_POLICY)
+    except DatabaseError as exc:
+        readiness.set("database", f"unreachable: {exc}")
+        return
+    readiness.clear("database")
+    observe_status(status)
+    # The access token is refreshed only when a request needs one, so it may lapse between
+    # cycles; expired for longer than an interval (and the refresh margin) means no cycle
+    # could refresh it.
+    expires = status.token.access_expires_at if status.token else None
+    grace = dt.timedelta(seconds=interval_s + 300)
+    if expires is not None and now - expires > grace:
+        readiness.set("token", f"the access token expired at {expires:%Y-%m-%d %H:%M} UTC "
+                      "and no cycle has refreshed it")  # fmt: skip
+    else:
+        readiness.clear("token")
+    limit = freshness_limit(interval_s)
+    last = status.last_synced_at
+    if last is None:
+        readiness.set("freshness", "no full sync or cycle has completed yet")
+    elif now - last > limit:
+        ago = int((now - last).total_seconds() // 60)
+        readiness.set("freshness", f"last success {ago} min ago (limit {limit})")
+    else:
+        readiness.clear("freshness")

@@ -1,0 +1,115 @@
+"""A worker: picks units from the queue and runs them until stopped.
+
+Any number of workers (processes, hosts, containers) share one database: each runs the
+same code, the queue hands every unit to one of them, and a unit whose worker died is
+taken over by another once its heartbeat lapses. A single-process ``serve`` is one
+worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ..errors import AsyncsyncError, DatabaseError, DatabaseUnavailable
+from ..options import ServeOptions
+from ..readiness import Readiness
+from ..seams import WorkQueue
+from ..tasks import unwrap
+from .handlers import Dispatcher, Hooks
+from .planner import PLAN_EVERY, plan
+from .ports import Fleet
+from .units import BACKGROUND, PLAN
+
+log = logging.getLogger(__name__)
+
+#: Seconds between checks of the database (``/readyz``) and of the leases.
+READINESS_EVERY_S = 30.0
+#: After the queue lost the database it picks again after 5 s, 10 s, … at most a minute.
+DB_RETRY_FIRST_S = 5.0
+DB_RETRY_MAX_S = 60.0
+
+
+async def work(
+    queue: WorkQueue,
+    fleet: Fleet,
+    options: ServeOptions,
+    stop: asyncio.Event,
+    *,
+    hooks: Hooks | None = None,
+) -> int:
+    """Run units until ``stop``; then let the running ones drain and re-queue."""
+    hooks = hooks or Hooks()
+    dispatcher = Dispatcher(fleet, options, stop, hooks)
+    await plan(fleet, queue, options)
+
+    async def tick() -> None:
+        await plan(fleet, queue, options)
+
+    log.info(
+        "worker %s: %d slots, %d for backfill and integrity across every worker",
+        fleet.name, options.slots, options.background_slots,
+        extra={"fields": {"event": "worker_started", "worker": fleet.name}},
+    )  # fmt: skip
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            await _check(fleet, hooks.readiness)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), READINESS_EVERY_S)
+
+    async def pick() -> None:
+        """The queue's loop, started again after the database came back."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                if failures:
+                    await plan(fleet, queue, options)
+                await queue.work(
+                    dispatcher.handlers(),
+                    slots=options.slots,
+                    limits={kind.value: options.background_slots for kind in BACKGROUND},
+                    heartbeat_s=options.heartbeat_s,
+                    ticks={PLAN: (PLAN_EVERY, tick)},
+                    stop=stop,
+                )
+                return
+            except DatabaseUnavailable as exc:
+                failures += 1
+                wait_s = min(DB_RETRY_MAX_S, DB_RETRY_FIRST_S * 2 ** (failures - 1))
+                if hooks.readiness is not None:
+                    hooks.readiness.set("database", f"unreachable: {exc}")
+                log.error("the work queue lost the database; picking again in %.0f s: %s",
+                          wait_s, exc)  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait_s)
+
+    async def run() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(watch(), name="worker-watch")
+            try:
+                await pick()
+            finally:
+                done.set()
+
+    await unwrap(run())
+    if dispatcher.fatal is not None:
+        raise dispatcher.fatal
+    return 0
+
+
+async def _check(fleet: Fleet, readiness: Readiness | None) -> None:
+    """The database answers (the readiness of every worker)."""
+    try:
+        await fleet.ping()
+    except DatabaseError as exc:
+        if readiness is not None:
+            readiness.set("database", f"unreachable: {exc}")
+        return
+    except AsyncsyncError as exc:  # pragma: no cover - a probe says what it met
+        log.warning("worker check: %s", exc)
+        return
+    if readiness is not None:
+        readiness.clear("database")

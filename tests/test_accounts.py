@@ -1,0 +1,140 @@
+"""The accounts table as an operator meets it: ``asyncsync accounts``, secrets by reference,
+one-shot runs of any account (``--account`` or ``--all-accounts``), and ``authorize``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import aiohttp
+
+from asyncsync.simulator import TinySimulator
+
+from .mirror import diff, mirror
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
+    clean.pop("DATABASE_URL", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncsync", *args, env={**clean, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def add_args(key: str, sim: TinySimulator, database_url: str) -> list[str]:
+    """``accounts add KEY`` pointed at ``sim``, its secrets named by reference."""
+    var = key.upper().replace("-", "_")
+    return [
+        "accounts", "add", key, "--database-url", database_url,
+        "--api-base-url", sim.base_url, "--token-url", sim.token_url,
+        "--client-id", sim.config.client_id, "--client-secret-env", f"SECRET_{var}",
+        "--refresh-token-env", f"REFRESH_{var}", "--json",
+    ]  # fmt: skip
+
+
+def secrets(key: str, sim: TinySimulator) -> dict[str, str]:
+    var = key.upper().replace("-", "_")
+    return {
+        f"SECRET_{var}": sim.config.client_secret,
+        f"REFRESH_{var}": sim.valid_refresh_token() or "",
+    }
+
+
+async def test_accounts_are_added_listed_disabled_and_removed(simulator, database_url, db) -> None:
+    sim = await simulator(orders=10)
+    code, out, err = await cli(*add_args("acme", sim, database_url))
+    assert code == 0, err
+    assert json.loads(out) == {"account": "acme", "added": True}
+    # The secret is stored by reference, never in clear; the first cycle is queued at once.
+    row = await db.fetchrow("SELECT * FROM accounts WHERE key = 'acme'")
+    assert row["client_secret_env"] == "SECRET_ACME" and row["client_secret"] is None
+    queued = await db.fetch("SELECT entrypoint, dedupe_key FROM pgqueuer")
+    assert [(r["entrypoint"], r["dedupe_key"]) for r in queued] == [
+        ("asyncsync.cycle", "cycle:acme")
+    ]
+    code, out, err = await cli("accounts", "list", "--database-url", database_url, "--json")
+    assert code == 0, err
+    (listed,) = json.loads(out)["accounts"]
+    assert listed["account"] == "acme" and listed["client secret"] == "env SECRET_ACME"
+    assert sim.config.client_secret not in out
+    # A secret in clear needs the operator's explicit consent.
+    refused = await cli("accounts", "add", "x", "--database-url", database_url,
+                        "--client-id", "c", "--client-secret", "s3cret")  # fmt: skip
+    assert refused[0] == 2 and "by reference" in refused[2] and "s3cret" not in refused[2]
+    opted = await cli("accounts", "add", "x", "--database-url", database_url, "--client-id",
+                      "c", "--client-secret", "s3cret", "--store-client-secret")  # fmt: skip
+    assert opted[0] == 0, opted[2]
+    assert await db.fetchval("SELECT client_secret FROM accounts WHERE key = 'x'") == "s3cret"
+    for action, expected in (("disable", False), ("enable", True)):
+        code, _, err = await cli("accounts", action, "acme", "--database-url", database_url)
+        assert code == 0, err
+        assert await db.fetchval("SELECT enabled FROM accounts WHERE key = 'acme'") is expected
+    code, out, _ = await cli("accounts", "remove", "x", "--database-url", database_url,
+                             "--log-format", "text")  # fmt: skip
+    assert code == 0 and "account x removed" in out
+    missing = await cli("accounts", "remove", "x", "--database-url", database_url, "--json")
+    assert missing[0] == 1 and json.loads(missing[1]) == {
+        "account": "x",
+        "action": "remove",
+        "found": False,
+    }
+
+
+async def test_one_shot_runs_reach_every_account_by_its_row(simulator, database_url, db) -> None:
+    sims = {"north": await simulator(orders=150, seed=3), "south": await simulator(orders=90)}
+    env: dict[str, str] = {}
+    for key, sim in sims.items():
+        code, _, err = await cli(*add_args(key, sim, database_url))
+        assert code == 0, err
+        env.update(secrets(key, sim))
+    # One account, by its key: no Tiny flag or TINY_* variable, only what its row names.
+    code, _, err = await cli("sync", "--account", "south", "--database-url", database_url,
+                             "--json", env=env)  # fmt: skip
+    assert code == 0, err
+    assert diff(sims["south"].snapshot(), await mirror(db, "south")) == []
+    # Every enabled account, one after the other.
+    code, out, err = await cli("sync", "--all-accounts", "--database-url", database_url,
+                               "--json", env=env)  # fmt: skip
+    assert code == 0, err
+    reports = [json.loads(line) for line in out.splitlines()]
+    assert [(r["account"], r["outcome"]) for r in reports] == [("north", "ok"), ("south", "ok")]
+    for key, sim in sims.items():
+        assert diff(sim.snapshot(), await mirror(db, key)) == []
+    # A referenced variable that is unset is named, with its account.
+    code, _, err = await cli("integrity", "--account", "north", "--database-url", database_url)
+    assert code == 2 and "account 'north': its client secret is read from $SECRET_NORTH" in err
+
+
+async def test_authorize_stores_the_first_token_of_an_account(simulator, database_url, db) -> None:
+    sim = await simulator(orders=20, redirect_uris=("https://app.example.com/cb",))
+    args = add_args("acme", sim, database_url)
+    refresh = args.index("--refresh-token-env")
+    del args[refresh : refresh + 2]  # no bootstrap token: a person authorizes
+    code, _, err = await cli(*args)
+    assert code == 0, err
+    env = {"SECRET_ACME": sim.config.client_secret}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncsync", "authorize", "--account", "acme",
+        "--database-url", database_url, "--redirect-uri", "https://app.example.com/cb",
+        env={**clean, **env}, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    while "response_type=code" not in (line := (await proc.stdout.readline()).decode()):
+        assert line, "authorize ended before printing the address"
+    async with (
+        aiohttp.ClientSession() as browser,
+        browser.get(line.strip(), allow_redirects=False) as page,
+    ):
+        landed = page.headers["Location"]
+    _out, err = await asyncio.wait_for(proc.communicate((landed + "\n").encode()), 30)
+    assert proc.returncode == 0, err.decode()
+    stored = await db.fetchval("SELECT refresh_token FROM tiny_tokens WHERE account = 'acme'")
+    assert stored == sim.valid_refresh_token() and sim.stats.code_exchanges == 1

@@ -1,0 +1,254 @@
+"""Many accounts, many workers: three ``asyncsync serve`` processes share twenty accounts
+(each its own simulator: quota, rotating tokens, data); one worker is SIGKILLed mid-run.
+
+Every account's mirror ends equal to its simulator, no simulator ever refused a request
+for quota (its ``window_peak`` within its limit), no refresh token was spent twice, and
+every unit the killed worker held was finished by the others — a backfill month from its
+checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+
+from asyncsync.simulator import TinySimulator
+
+from .mirror import diff, mirror
+
+ACCOUNTS = 20
+HISTORY = ("acct00", "acct01")  # accounts that also get a backfill of a year
+HEARTBEAT_S = 3
+
+
+def environment(extra: dict[str, str]) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
+    clean.pop("DATABASE_URL", None)
+    return {**clean, **extra}
+
+
+async def cli(*args: str, env: dict[str, str], log: Path | None = None) -> int:
+    out = log.open("wb") if log else asyncio.subprocess.DEVNULL
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncsync", *args, env=environment(env),
+        stdout=asyncio.subprocess.DEVNULL, stderr=out,
+    )  # fmt: skip
+    return await asyncio.wait_for(proc.wait(), 60)
+
+
+async def add_accounts(sims: dict[str, TinySimulator], database_url: str) -> dict[str, str]:
+    """``asyncsync accounts add`` for each account (a few at a time); returns the workers'
+    environment: each account's secrets, by the names the table holds."""
+    env: dict[str, str] = {}
+    gate = asyncio.Semaphore(5)
+
+    async def add(key: str, sim: TinySimulator) -> None:
+        async with gate:
+            code = await cli(
+                "accounts", "add", key, "--database-url", database_url,
+                "--api-base-url", sim.base_url, "--token-url", sim.token_url,
+                "--client-id", sim.config.client_id, "--client-secret-env", f"SECRET_{key}",
+                "--refresh-token-env", f"REFRESH_{key}", env={},
+            )  # fmt: skip
+            assert code == 0, key
+
+    for key, sim in sims.items():
+        env[f"SECRET_{key}"] = sim.config.client_secret
+        env[f"REFRESH_{key}"] = sim.valid_refresh_token() or ""
+    await asyncio.gather(*(add(k, s) for k, s in sims.items()))
+    return env
+
+
+async def start_worker(
+    args: list[str], env: dict[str, str], log: Path
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncsync", *args, env=environment(env),
+        stdout=asyncio.subprocess.DEVNULL, stderr=log.open("wb"),
+    )  # fmt: skip
+
+
+def queue_worker(log: Path) -> str:
+    """The queue's id of a worker, from the line it logs when it starts picking."""
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("event") == "queue_started":
+            return str(entry["queue_worker"])
+    raise AssertionError(f"{log} has no queue_started line")
+
+
+async def test_three_workers_twenty_accounts_one_killed(
+    simulator, database_url, db, tmp_path
+) -> None:
+    year_ago = dt.date.today().replace(day=1) - dt.timedelta(days=330)
+    sims: dict[str, TinySimulator] = {}
+    for i in range(ACCOUNTS):
+        key = f"acct{i:02d}"
+        history = key in HISTORY
+        sims[key] = await simulator(
+            orders=200 if history else 60, seed=100 + i,
+            start_year=year_ago.year if history else 2014,
+            max_limit=5 if history else 100,  # small pages: long, checkpointed partitions
+            rate_limit_per_minute=900, latency_s=0.02, access_ttl_s=20.0,
+        )  # fmt: skip
+    env = await add_accounts(sims, database_url)
+    for key in HISTORY:
+        code = await cli("backfill", "--account", key, "--enqueue", "--from",
+                         f"{year_ago:%Y-%m}", "--database-url", database_url, env={})  # fmt: skip
+        assert code == 0
+    args = [
+        "serve", "--database-url", database_url, "--interval", "2", "--slots", "8",
+        "--background-slots", "2", "--heartbeat-timeout", str(HEARTBEAT_S),
+        "--integrity-interval", "0", "--max-concurrency", "4", "--log-format", "json",
+    ]  # fmt: skip
+    logs = [tmp_path / f"worker{n}.log" for n in range(3)]
+    procs = [await start_worker(args, env, log) for log in logs]
+    started = time.monotonic()
+    try:
+        # Kill the worker running a backfill month halfway through one of its partitions.
+        victim, held = await kill_mid_backfill(db, procs, logs, started)
+        killed_name = f"asyncsync worker {os.uname().nodename}:{procs[victim].pid}"
+        await converge(db, sims, held, killed_name, started)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(p.wait(), 60) for p in procs]
+    assert codes[victim] == -signal.SIGKILL
+    assert all(c == 0 for n, c in enumerate(codes) if n != victim), codes
+    for key, sim in sims.items():
+        assert diff(sim.snapshot(), await mirror(db, key)) == [], key
+        stats = sim.stats
+        assert stats.rate_limited == 0 and stats.window_peak <= sim.rate_limit, (key, stats)
+        assert stats.stale_refresh_uses == 0, key
+        assert stats.token_refreshes >= 2, key  # tokens rotated while workers came and went
+    # The killed worker's units were finished by the others: each has a run recorded by
+    # another worker after the kill; its backfill months resumed from their checkpoints.
+    finished = await runs_of(db, held)
+    for unit_id, kind in held.items():
+        after = [r for r in finished if r["unit"] == str(unit_id) and r["worker"] != killed_name]
+        assert after, f"unit {unit_id} ({kind}) was not finished by another worker"
+        if kind == "asyncsync.backfill":
+            assert any(r["outcome"] == "ok" for r in after)
+    resumed = [r for r in finished if r["mode"] == "backfill" and r["resumed"] > 0]
+    assert resumed and all(r["worker"] != killed_name for r in resumed)
+
+
+async def kill_mid_backfill(
+    db: asyncpg.Pool, procs: list[asyncio.subprocess.Process], logs: list[Path], started: float
+) -> tuple[int, dict[int, str]]:
+    """SIGKILL the worker holding a backfill month with a partition part done; returns its
+    index and the units it held when it died (id → kind)."""
+    while time.monotonic() - started < 90:
+        row = await db.fetchrow(
+            "SELECT q.id, q.queue_manager_id::text AS worker FROM pgqueuer q "
+            "JOIN sync_metadata m ON m.account = convert_from(q.payload, 'UTF8')::jsonb "
+            "->> 'account' AND m.chave LIKE 'backfill:' || (convert_from(q.payload, "
+            "'UTF8')::jsonb ->> 'month') || ':%' "
+            "WHERE q.status = 'picked' AND q.entrypoint = 'asyncsync.backfill' "
+            "AND (m.valor::jsonb ->> 'offset')::int > 0 "
+            "AND NOT (m.valor::jsonb ->> 'complete')::boolean LIMIT 1"
+        )
+        if row is not None:
+            ids = {queue_worker(log): n for n, log in enumerate(logs)}
+            victim = ids[row["worker"]]
+            procs[victim].send_signal(signal.SIGKILL)
+            await procs[victim].wait()
+            held = await db.fetch(
+                "SELECT id, entrypoint FROM pgqueuer WHERE status = 'picked' "
+                "AND queue_manager_id::text = $1",
+                row["worker"],
+            )
+            assert any(r["entrypoint"] == "asyncsync.backfill" for r in held)
+            return victim, {r["id"]: r["entrypoint"] for r in held}
+        await asyncio.sleep(0.05)
+    raise AssertionError("no backfill month was caught halfway")
+
+
+async def runs_of(db: asyncpg.Pool, units: dict[int, str]) -> list[dict[str, object]]:
+    rows = await db.fetch(
+        "SELECT mode, outcome, report -> 'facts' ->> 'unit' AS unit, "
+        "report -> 'facts' ->> 'worker' AS worker, "
+        "coalesce((counts ->> 'partitions_resumed')::int, 0) AS resumed "
+        "FROM sync_runs WHERE report -> 'facts' ->> 'unit' = ANY($1::text[]) ORDER BY id",
+        [str(u) for u in units],
+    )
+    return [dict(r) for r in rows]
+
+
+async def converge(
+    db: asyncpg.Pool,
+    sims: dict[str, TinySimulator],
+    held: dict[int, str],
+    killed: str,
+    started: float,
+) -> None:
+    """Wait until every mirror holds its simulator's orders, no backfill is left and every
+    unit of the killed worker has run again elsewhere."""
+    while time.monotonic() - started < 110:
+        counts = {r["account"]: r["n"] for r in await db.fetch(
+            "SELECT account, count(*) FILTER (WHERE NOT detail_stale) AS n "
+            "FROM ordens_servico GROUP BY account")}  # fmt: skip
+        complete = all(counts.get(k, 0) == len(s.orders) for k, s in sims.items())
+        backfill = await db.fetchval(
+            "SELECT count(*) FROM pgqueuer WHERE entrypoint = 'asyncsync.backfill'"
+        )
+        runs = await runs_of(db, held)
+        taken = {str(u) for u in held} <= {str(r["unit"]) for r in runs if r["worker"] != killed}
+        if complete and backfill == 0 and taken:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"not converged: mirrors {counts}, backfill left {backfill}")
+
+
+async def test_many_accounts_refresh_at_once_on_a_small_pool(database_url) -> None:
+    # A worker refreshes the tokens of many accounts at once: each refresh holds its
+    # account's token lock on one connection and must read and write its row on that same
+    # connection, or the lock holders fill the pool waiting for a second one.
+    from asyncsync.seams import TokenSet
+    from asyncsync.store import open_database
+
+    async with open_database(database_url, Path("/nonexistent"), max_size=3) as database:
+        stores = [database.account(f"a{i}").tokens for i in range(12)]
+
+        async def refresh(n: int) -> None:
+            store = stores[n]
+            async with store.exclusive():
+                await store.load()
+                await asyncio.sleep(0.05)  # the token endpoint answers
+                await store.save(TokenSet(refresh_token=f"r{n}"))
+
+        await asyncio.wait_for(asyncio.gather(*(refresh(n) for n in range(12))), 20)
+        assert [(await s.load()).refresh_token for s in stores] == [f"r{n}" for n in range(12)]  # type: ignore[union-attr]
+
+
+async def test_a_one_shot_run_and_a_worker_exclude_each_other(simulator, runtime_for, db) -> None:
+    # The lease is the account's run lock: while a one-shot run holds it, the worker puts
+    # the account's units back on the queue (no slot waits); once it is free, they run.
+    from asyncsync.modes.serve import serve_loop
+    from asyncsync.options import ServeOptions
+
+    from .helpers import cycle
+
+    sim = await simulator(orders=40)
+    async with runtime_for(sim) as rt:
+        lock = rt.store.lock("sync")
+        await lock.__aenter__()
+        options = ServeOptions(interval_s=60, cycle=cycle())
+        task = asyncio.create_task(serve_loop(rt, options, asyncio.Event(), max_cycles=1))
+        await asyncio.sleep(5)
+        assert not task.done() and await db.fetchval("SELECT count(*) FROM sync_runs") == 0
+        bounced = await db.fetchval(
+            "SELECT attempts FROM pgqueuer WHERE entrypoint = 'asyncsync.cycle'"
+        )
+        assert bounced >= 1  # back on the queue while the one-shot run held the account
+        await lock.__aexit__(None, None, None)
+        assert await asyncio.wait_for(task, 30) == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []
