@@ -249,6 +249,7 @@ class HealthOptions:
     """``--mode health``."""
 
     interval_s: float = 900.0
+    all_accounts: bool = False  # every enabled account, a line each
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,29 @@ async def test_one_shot_runs_reach_every_account_by_its_row(simulator, database_
     assert [(r["account"], r["outcome"]) for r in reports] == [("north", "ok"), ("south", "ok")]
     for key, sim in sims.items():
         assert diff(sim.snapshot(), await mirror(db, key)) == []
+    # Health and import failures too, for every account: each answer names its account.
+    code, out, err = await cli("health", "--all-accounts", "--database-url", database_url)
+    assert code == 0, err
+    assert [line.split(": ", 2)[:2] for line in out.splitlines()] == [
+        ["account north", "healthy"],
+        ["account south", "healthy"],
+    ]
+    code, out, err = await cli("failures", "list", "--all-accounts", "--database-url",
+                               database_url, "--json", env=env)  # fmt: skip
+    assert code == 0, err
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert [(f["account"], len(f["failures"])) for f in listed] == [
+        (key, await db.fetchval("SELECT count(*) FROM import_failures WHERE account = $1", key))
+        for key in ("north", "south")
+    ]
+    # An enabled account that never synced makes the whole answer unhealthy, and says which.
+    code, _, err = await cli(*add_args("west", sims["south"], database_url))
+    assert code == 0, err
+    code, out, _ = await cli("health", "--all-accounts", "--database-url", database_url)
+    assert code == 1 and "account west: unhealthy: account 'west' has never been synced" in out
+    # The first authorization is one account's, by a person: not a loop.
+    code, _, err = await cli("authorize", "--all-accounts", "--database-url", database_url)
+    assert code == 2 and "--all-accounts" in err.splitlines()[-1]
     # A referenced variable that is unset is named, with its account.
     code, _, err = await cli("integrity", "--account", "north", "--database-url", database_url)
     assert code == 2 and "account 'north': its client secret is read from $SECRET_NORTH" in err

@@ -101,7 +101,7 @@ async def test_failures_list_retry_and_ignore(simulator, database_url, db) -> No
 
     # Ignored: resolved, and the next listing shows the same broken record without reopening it.
     ignored = await asyncio.to_thread(failures, "ignore", str(malformed["id"]), "99")
-    assert ignored == {"ignored": [malformed["id"]], "not_open": [99]}
+    assert ignored == {"account": "default", "ignored": [malformed["id"]], "not_open": [99]}
     assert await execute("sync", common, SyncOptions(cycle=cycle()), asyncio.Event()) == 0
     again = await asyncio.to_thread(failures, "list", "--state", "ignored")
     assert [f["id"] for f in again["failures"]] == [malformed["id"]]

@@ -205,6 +205,9 @@ FLAGS: tuple[Flag, ...] = (
     F("--interval", "ASYNCSYNC_INTERVAL_S", HealthOptions, "interval_s", number(1),
       "the serve interval: healthy when synced within three of them (at least an hour)",
       metavar="S"),
+    F("--all-accounts", "ASYNCSYNC_ALL_ACCOUNTS", HealthOptions, "all_accounts", boolean,
+      "every enabled account of the accounts table: a line each, unhealthy if any is",
+      boolean=True),
     # authorize
     F("--redirect-uri", "TINY_REDIRECT_URI", AuthorizeOptions, "redirect_uri", http_url,
       "the redirect URI registered for the app in Tiny; a 127.0.0.1/localhost one is "

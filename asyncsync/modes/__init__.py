@@ -49,7 +49,7 @@ RECORD_TIMEOUT_S = 30.0
 
 
 #: The one-shot modes that run for every enabled account with ``--all-accounts``.
-EACH_ACCOUNT = ("sync", "backfill", "integrity", "retry")
+EACH_ACCOUNT = ("sync", "backfill", "integrity", "retry", "failures")
 
 
 async def each_account(mode: str, common: CommonOptions, options: Any, stop: asyncio.Event) -> int:
@@ -67,6 +67,8 @@ async def each_account(mode: str, common: CommonOptions, options: Any, stop: asy
     for key in keys:
         if stop.is_set():
             break
+        if mode == "failures" and not (common.output.json_to_stdout or logs.json_mode()):
+            print(f"account {key}:", flush=True)
         try:
             codes.append(await execute(mode, dataclasses.replace(common, account=key, run=one),
                                        options, stop))  # fmt: skip
@@ -99,7 +101,8 @@ async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.
     if common.run.all_accounts and mode in EACH_ACCOUNT:
         return await each_account(mode, common, options, stop)
     if common.run.all_accounts and mode != "status":
-        raise ConfigError(f"{mode} works on one account: give --account instead of --all-accounts")
+        raise ConfigError(f"{mode} works on one account at a time: give --account, "
+                          "not --all-accounts")  # fmt: skip
     module = importlib.import_module(f"{__name__}.{mode}")
     async with bundled(common, serve_only=mode == "simulate") as effective:
         started_at = utcnow()

@@ -45,14 +45,15 @@ async def run(
         failures = database.account(common.account).failures
         if options.action == "list":
             rows = await failures.listing(options.state, DEFAULT_POLICY, options.limit)
-            show(render_failures(rows), {"failures": [r.as_dict() for r in rows]}, common)
+            listed = {"account": common.account, "failures": [r.as_dict() for r in rows]}
+            show(render_failures(rows), listed, common)
             return 0
         ignored = await failures.ignore(targets, now=utcnow(), policy=DEFAULT_POLICY)
     left = sorted(set(targets or ()) - set(ignored))
     message = f"ignored {len(ignored)} failure(s): {', '.join(map(str, ignored)) or '-'}"
     if left:
         message += f"; not open, left as they were: {', '.join(map(str, left))}"
-    show(message, {"ignored": ignored, "not_open": left}, common)
+    show(message, {"account": common.account, "ignored": ignored, "not_open": left}, common)
     return 0
 
 

@@ -3,6 +3,8 @@
 For container health checks and monitoring: the database must answer, the last serve
 cycle must not have failed (a Tiny outage, a database error: the reason is printed), and
 the last successful sync or cycle must be younger than three intervals (at least an hour).
+With ``--all-accounts``, every enabled account of the accounts table is judged so, a line
+each, and the exit code is 1 when any of them is unhealthy.
 """
 
 from __future__ import annotations
@@ -21,15 +23,21 @@ from . import SERVE_HEALTH_KEY
 
 
 async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event) -> int:
-    """Print one line and return the exit code."""
+    """Print one line (a line per account) and return the exit code."""
     quick = dataclasses.replace(common.database, reconnect_s=0.0, statement_timeout_s=10.0)
+    limit = dt.timedelta(seconds=max(3 * options.interval_s, 3600))
     try:
         async with database_of(
             dataclasses.replace(common, database=quick), apply_schema=False
         ) as database:
-            metadata = database.account(common.account).metadata
-            last = await metadata.last_synced()
-            serve = await metadata.get(SERVE_HEALTH_KEY)
+            if options.all_accounts:
+                keys = [c.key for c in await database.registry.all() if c.enabled]
+            else:
+                keys = [common.account]
+            said = []
+            for key in keys:
+                metadata = database.account(key).metadata
+                said.append((await metadata.last_synced(), await metadata.get(SERVE_HEALTH_KEY)))
     except DatabaseUnavailable as exc:
         print(f"unhealthy: {exc}")
         return 1
@@ -38,15 +46,28 @@ async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event
             raise
         print("unhealthy: the database has no asyncsync schema (run --mode migrate)")
         return 1
+    if not keys:
+        print("unhealthy: the accounts table has no enabled account")
+        return 1
+    verdicts = [
+        judge(key, last, serve, limit) for key, (last, serve) in zip(keys, said, strict=True)
+    ]
+    for key, (_, line) in zip(keys, verdicts, strict=True):
+        print(f"account {key}: {line}" if options.all_accounts else line)
+    return 0 if all(healthy for healthy, _ in verdicts) else 1
+
+
+def judge(
+    account: str, last: dt.datetime | None, serve: str | None, limit: dt.timedelta
+) -> tuple[bool, str]:
+    """Whether one account is healthy (its last success, what serve said of its last
+    cycle), and the line that says why."""
     said = orjson.loads(serve) if serve else {}
     if said.get("ok") is False:
-        print(f"unhealthy: {said.get('problem')} (at {said.get('at')})")
-        return 1
-    limit = dt.timedelta(seconds=max(3 * options.interval_s, 3600))
+        return False, f"unhealthy: {said.get('problem')} (at {said.get('at')})"
     if last is None:
-        print(f"unhealthy: account {common.account!r} has never been synced")
-        return 1
+        return False, f"unhealthy: account {account!r} has never been synced"
     age = utcnow() - last
-    state = "healthy" if age <= limit else "unhealthy"
-    print(f"{state}: last sync {int(age.total_seconds() // 60)} min ago (limit {limit})")
-    return 0 if age <= limit else 1
+    healthy = age <= limit
+    state = "healthy" if healthy else "unhealthy"
+    return healthy, f"{state}: last sync {int(age.total_seconds() // 60)} min ago (limit {limit})"
