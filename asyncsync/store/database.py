@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ..errors import ConfigError, DatabaseError
-from .resilience import classify, guarded
+from .resilience import CAUGHT, classify, guarded
 from .sqlfiles import sql
 
 log = logging.getLogger(__name__)
@@ -135,12 +135,12 @@ async def connect_pool(
                 "lock_timeout": str(int(lock_timeout_s * 1000)),
             },
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except CAUGHT as exc:
         error = classify(exc, f"cannot connect to PostgreSQL at {redact(dsn)}")
         raise error from exc
     try:  # fail at the start, in one sentence, rather than at the first statement
         await pool.execute("SELECT 1")
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except CAUGHT as exc:
         pool.terminate()
         error = classify(exc, f"cannot connect to PostgreSQL at {redact(dsn)}")
         raise error from exc
@@ -152,7 +152,7 @@ async def connect_pool(
         except asyncio.CancelledError:
             pool.terminate()
             raise
-        except (TimeoutError, *_CLOSE_ERRORS):
+        except CAUGHT:
             pool.terminate()  # a frozen or vanished server: nothing to close politely
 
 
@@ -167,9 +167,6 @@ async def migrate(pool: asyncpg.Pool) -> None:
             await conn.execute(sql("schema"))
             await queue.install(conn)
         await queue.upgrade(conn)
-
-
-_CLOSE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def with_database(dsn: str, name: str) -> str:

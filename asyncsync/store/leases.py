@@ -22,7 +22,7 @@ import asyncpg
 
 from ..errors import DatabaseUnavailable
 from .locks import run_lock_name
-from .resilience import classify
+from .resilience import CAUGHT, classify
 from .sqlfiles import sql
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Leases:
                 # The pool resets a connection it takes back, unlocking every lock on it.
                 try:
                     await asyncio.shield(self._pool.release(conn))
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                except CAUGHT:
                     conn.terminate()
 
     async def _session(self) -> asyncpg.Connection:
@@ -69,7 +69,7 @@ class Leases:
             with contextlib.suppress(asyncpg.InterfaceError):
                 conn.terminate()
             # Given back, the pool replaces the dead connection.
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            with contextlib.suppress(*CAUGHT):
                 await self._pool.release(conn)
         error = classify(exc, what)
         return error if isinstance(error, DatabaseUnavailable) else DatabaseUnavailable(str(error))
@@ -87,7 +87,7 @@ class Leases:
                     self.held.add(account)
                     return None
                 holder = await conn.fetchval(sql("lock_holder"), name)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except CAUGHT as exc:
                 raise await self._lost(exc, f"leasing account {account}") from exc
         return str(holder or "another asyncsync process")
 
@@ -101,7 +101,7 @@ class Leases:
                 await asyncio.shield(
                     self._conn.execute(sql("lock_release"), run_lock_name(account))
                 )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except CAUGHT as exc:
                 log.warning("lost the lease session while releasing %s: %s", account, exc)
                 await self._lost(exc, "releasing a lease")
 
@@ -114,7 +114,7 @@ class Leases:
             held = set(self.held)
             try:
                 await self._conn.fetchval(sql("ping"))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except CAUGHT as exc:
                 log.warning("the lease session is gone (%s): %d accounts lost", exc, len(held))
                 await self._lost(exc, "checking the leases")
                 return held

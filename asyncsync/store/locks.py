@@ -19,6 +19,7 @@ import asyncpg
 
 from ..errors import LockBusy
 from .database import guarded, sql
+from .resilience import CAUGHT
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ async def _unlock(conn: asyncpg.Connection, name: str, *, renamed: bool) -> None
         await asyncio.shield(conn.execute(sql("lock_release"), name))
         if renamed:
             await asyncio.shield(conn.execute(sql("reset_application_name")))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except CAUGHT as exc:
         # The session is gone, and its locks with it; the pool must not reuse it.
         log.warning("could not release %s cleanly (%s): dropping the connection", name, exc)
         with contextlib.suppress(asyncpg.InterfaceError):  # already taken back by the pool
@@ -70,7 +71,7 @@ async def _unlock(conn: asyncpg.Connection, name: str, *, renamed: bool) -> None
 async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     try:
         await asyncio.shield(pool.release(conn))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except CAUGHT as exc:
         log.warning("dropping a broken database connection: %s", exc)
         with contextlib.suppress(Exception):
             conn.terminate()

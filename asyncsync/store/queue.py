@@ -30,7 +30,7 @@ from pgqueuer.models import Job, Schedule, TableChangedEvent, TracebackRecord
 
 from ..errors import ConfigError, Requeue
 from ..seams import PickedWork, QueueCount, Tick, WorkHandler, WorkItem
-from .resilience import SqlRunner, classify, guarded
+from .resilience import CAUGHT, SqlRunner, classify, guarded
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class PgWorkQueue:
                 await stopped
         try:
             await running
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except CAUGHT as exc:
             raise classify(exc, "running the work queue") from exc
 
 

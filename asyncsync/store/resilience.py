@@ -50,17 +50,28 @@ def classify(exc: BaseException, what: str) -> DatabaseError:
         return DatabaseUnavailable(f"{what}: the database did not answer in time (frozen?)")
     if isinstance(exc, OSError | asyncpg.InterfaceError):
         return DatabaseUnavailable(f"{what}: the database is unreachable: {exc}")
+    if isinstance(exc, asyncpg.InternalClientError):
+        # A pooled connection whose backend was just terminated: the FATAL message has
+        # arrived, the end of the stream not yet, so asyncpg still thinks it is busy.
+        return DatabaseUnavailable(f"{what}: the connection broke: {exc}")
     raise TypeError(f"not a database error: {exc!r}")  # pragma: no cover
 
 
-_CAUGHT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+#: Every error a database call can raise that :func:`classify` sorts.
+CAUGHT = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 async def guarded(awaitable: Awaitable[Any], what: str) -> Any:
     """Await ``awaitable`` once, converting database errors (see :func:`classify`)."""
     try:
         return await awaitable
-    except _CAUGHT as exc:
+    except CAUGHT as exc:
         raise classify(exc, what) from exc
 
 
@@ -81,7 +92,7 @@ class Reconnect:
         while True:
             try:
                 return await work()
-            except (*_CAUGHT, DatabaseUnavailable) as exc:
+            except (*CAUGHT, DatabaseUnavailable) as exc:
                 error = exc if isinstance(exc, DatabaseError) else classify(exc, what)
                 tries += 1
                 final = not isinstance(error, DatabaseUnavailable)
