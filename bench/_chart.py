@@ -71,8 +71,9 @@ def _ratios(results: dict[str, dict[str, Any]]) -> list[tuple[str, float]]:
                     peaks[f"naive {n}"] / peaks[f"asyncsync {n}"]))  # fmt: skip
     inc = results.get("incremental", {})
     if "cycle" in inc:
-        saved = inc["seed"]["requests"] / inc["cycle"]["requests"]
-        out.append(("seed ÷ cycle API requests", saved))
+        old = inc.get("old_scripts") or inc["seed"]  # the key's earlier name
+        saved = old["requests"] / inc["cycle"]["requests"]
+        out.append(("old scripts ÷ cycle API requests", saved))
     back = results.get("backfill", {})
     if back.get("serial"):
         out.append(("backfill: serial ÷ asyncsync wall time",

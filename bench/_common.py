@@ -28,8 +28,8 @@ from asyncsync.records import OrderRecord
 from asyncsync.simulator import TinySimulator
 from asyncsync.store.database import connect_pool, migrate, redact, with_database
 
-#: The seed's write: a plain upsert of one listed order (no history: the seed keeps none).
-SEED_UPSERT = """
+#: The old scripts' write: a plain upsert of one listed order (no history: they keep none).
+OLD_UPSERT = """
 INSERT INTO ordens_servico AS o (account, id, numero, situacao, data_emissao, data_prevista,
                                  cliente_id, cliente_nome, valor, payload, list_hash, observed_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -43,7 +43,7 @@ ON CONFLICT (account, id) DO UPDATE SET
 
 
 def upsert_args(account: str, r: OrderRecord) -> tuple[Any, ...]:
-    """The 12 parameters of :data:`SEED_UPSERT` (and of bench_merge's naive upsert)."""
+    """The 12 parameters of :data:`OLD_UPSERT` (and of bench_merge's naive upsert)."""
     return (
         account, r.id, r.numero, r.situacao, r.data_emissao, r.data_prevista, r.cliente_id,
         r.cliente_nome, r.valor, r.payload, r.hash, r.observed_at,

@@ -59,7 +59,7 @@ def _e2e(fig: dict[str, Any]) -> Iterator[Row]:
     for f in fig["listing"]:
         serial = f["serial"]["orders_s"]
         yield [f"e2e {f['orders']:,}", "listing only, orders/s (whole command)", f["orders_s"],
-               "serial seed-style loader", serial, _ratio(f["orders_s"], serial)]  # fmt: skip
+               "serial loader (old scripts)", serial, _ratio(f["orders_s"], serial)]  # fmt: skip
     details = fig["details"]
     for d in details:
         if "fetch_only_s" in d:
@@ -97,12 +97,12 @@ def _merge(fig: dict[str, Any]) -> Iterator[Row]:
 
 
 def _incremental(fig: dict[str, Any]) -> Iterator[Row]:
-    c, seed = fig["cycle"], fig["seed"]
+    c, old = fig["cycle"], fig.get("old_scripts") or fig["seed"]  # the key's earlier name
     tag = f"incremental {fig['orders']:,}"
-    yield [tag, "API requests of one hourly cycle", c["requests"], "seed: 30-day re-read",
-           seed["requests"], _ratio(c["requests"], seed["requests"])]  # fmt: skip
-    yield [tag, f"changes caught of {fig['changes']}", c["caught"], "seed: 30-day re-read",
-           seed["caught"], _ratio(c["caught"], seed["caught"])]  # fmt: skip
+    yield [tag, "API requests of one hourly cycle", c["requests"], "old scripts: 30-day re-read",
+           old["requests"], _ratio(c["requests"], old["requests"])]  # fmt: skip
+    yield [tag, f"changes caught of {fig['changes']}", c["caught"], "old scripts: 30-day re-read",
+           old["caught"], _ratio(c["caught"], old["caught"])]  # fmt: skip
 
 
 def _backfill(fig: dict[str, Any]) -> Iterator[Row]:
@@ -112,9 +112,9 @@ def _backfill(fig: dict[str, Any]) -> Iterator[Row]:
     if serial:
         other = serial["per_minute"] / fig["quota"]
         mark = " (extrapolated)" if serial["extrapolated"] else ""
-        yield [tag, "achieved ÷ quota", f"{share:.1%}", f"seed-style serial{mark}",
+        yield [tag, "achieved ÷ quota", f"{share:.1%}", f"serial loader (old scripts){mark}",
                f"{other:.1%}", _ratio(share, other)]  # fmt: skip
-        yield [tag, "wall seconds", round(mine["wall_s"], 1), f"seed-style serial{mark}",
+        yield [tag, "wall seconds", round(mine["wall_s"], 1), f"serial loader (old scripts){mark}",
                round(serial["wall_s"], 1), _ratio(mine["wall_s"], serial["wall_s"])]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Issue 4: the parallel checkpointed backfill vs a seed-style serial loader.
+"""Issue 4: the parallel checkpointed backfill vs a serial loader like the old scripts.
 
 What it measures
     A simulator holds ``--orders`` service orders (100k by default) emitted from 2014 to
@@ -10,11 +10,11 @@ What it measures
     are skipped (budget 0). Requests and 429s are counted by the simulator.
 
 Baseline, same data, same run
-    What the seed's ad-hoc ``fetch_historical_orders_*.py`` scripts plausibly do: one
+    What the old ad-hoc ``fetch_historical_orders_*.py`` scripts plausibly do: one
     request at a time, month by month, status by status, offset paging (limit 100) until
     a short page; no limiter and no look at the rate headers; on a 429 it sleeps a fixed
     60 s and asks for the same page again; every order is written by its own autocommit
-    upsert through asyncpg ``execute`` (the seed's "one UPDATE per order"); no checkpoint,
+    upsert through asyncpg ``execute`` (the old "one UPDATE per order"); no checkpoint,
     no history. It parses with the product's ``parse_list_item``, so both sides pay the
     same per-order parsing. It runs against its own fresh simulator (same seed, same
     orders, a fresh quota window) and database, for at most ``--baseline-seconds``; if
@@ -48,7 +48,7 @@ import aiohttp
 import asyncpg
 import orjson
 from _common import (
-    SEED_UPSERT,
+    OLD_UPSERT,
     common_options,
     describe_dsn,
     parser,
@@ -65,7 +65,7 @@ from asyncsync.records import parse_list_item
 from asyncsync.report import RunReport, render_text
 from asyncsync.runtime import open_runtime
 
-SEED_PAUSE_S = 60.0  # what a naive script sleeps on a 429
+OLD_PAUSE_S = 60.0  # what a naive script sleeps on a 429
 WINDOW_S = 60.0  # the simulator's quota window
 
 
@@ -213,7 +213,7 @@ class Sample:
 
 
 async def run_serial(args: argparse.Namespace, full_pages: int) -> Figures:
-    """The seed-style loader for at most ``--baseline-seconds``; the rest on paper."""
+    """The old scripts' loader for at most ``--baseline-seconds``; the rest on paper."""
     async with (
         simulator(args) as sim,
         scratch_database(args.dsn, "serial") as dsn,
@@ -269,9 +269,9 @@ async def serial_loader(
                 sample.http_s += time.monotonic() - sent
                 if status == 429:
                     sample.throttled += 1
-                    pause = min(SEED_PAUSE_S, left)
+                    pause = min(OLD_PAUSE_S, left)
                     sample.sleep_s += pause
-                    sample.sleep_left_s = SEED_PAUSE_S - pause
+                    sample.sleep_left_s = OLD_PAUSE_S - pause
                     await asyncio.sleep(pause)
                     continue
                 if status != 200:
@@ -281,7 +281,7 @@ async def serial_loader(
                 sent = time.monotonic()
                 for raw in items:
                     record = parse_list_item(raw, observed_at)
-                    await conn.execute(SEED_UPSERT, *upsert_args("default", record))
+                    await conn.execute(OLD_UPSERT, *upsert_args("default", record))
                 sample.insert_s += time.monotonic() - sent
                 sample.records += len(items)
                 if len(items) < 100:
@@ -312,7 +312,7 @@ def extrapolate(sample: Sample, full_pages: int, full_records: int, quota: int) 
         used += 1
         if used > quota:
             throttled += 1
-            t += per_request + SEED_PAUSE_S
+            t += per_request + OLD_PAUSE_S
         else:
             pages += 1
             t += page_cost
@@ -321,7 +321,7 @@ def extrapolate(sample: Sample, full_pages: int, full_records: int, quota: int) 
         f"{full_pages:,} ({sample.records:,} orders, {sample.throttled} 429s, "
         f"{sample.sleep_s:.0f} s asleep); the other {pages_left:,} pages are replayed at its "
         f"measured {1000 * per_request:.1f} ms per request and {1000 * per_record:.2f} ms "
-        f"per order against the simulator's window, with a {SEED_PAUSE_S:.0f} s sleep after "
+        f"per order against the simulator's window, with a {OLD_PAUSE_S:.0f} s sleep after "
         "each 429"
     )
     requests = sample.requests + pages + throttled
@@ -329,7 +329,7 @@ def extrapolate(sample: Sample, full_pages: int, full_records: int, quota: int) 
 
 
 def print_comparison(args: argparse.Namespace, fast: Figures, serial: Figures | None) -> None:
-    sides = [("asyncsync backfill", fast)] + ([("seed-style serial", serial)] if serial else [])
+    sides = [("asyncsync backfill", fast)] + ([("serial (old scripts)", serial)] if serial else [])
 
     def row(label: str, cell: Any) -> list[object]:
         return [label, *(cell(f) for _, f in sides)]
@@ -365,7 +365,7 @@ async def run(args: argparse.Namespace) -> None:
     print(render_text(report) + "\n", flush=True)
     serial = None
     if args.baseline_seconds > 0:
-        print(f"seed-style serial loader, for at most {args.baseline_seconds:g} s", flush=True)
+        print(f"serial loader (old scripts), for at most {args.baseline_seconds:g} s", flush=True)
         serial = await run_serial(args, report.count("pages"))
     print()
     print_comparison(args, fast, serial)

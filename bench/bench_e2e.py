@@ -9,7 +9,7 @@ What it measures
       database; the wall clock of the whole command (interpreter start-up, schema, token,
       listing, merge, report), orders/s, and the CPU seconds that the command and the
       simulator spent over it (``100%`` of one core = the wall clock).
-    * Baseline, same simulator: a serial seed-style loader — one request at a time, each
+    * Baseline, same simulator: a serial loader like the old scripts — one request at a time, each
       page upserted with one ``executemany`` — on at most ``--serial-orders`` orders.
     * A detail per order: after a listing-only sync of ``--detail-orders`` orders, the
       product's details pass (``enrich_backlog``, as ``--mode sync`` runs it) at each
@@ -36,7 +36,7 @@ import aiohttp
 import asyncpg
 import orjson
 from _common import (
-    SEED_UPSERT,
+    OLD_UPSERT,
     common_options,
     describe_dsn,
     parser,
@@ -159,7 +159,7 @@ async def serial_loader(sim: Sim, dsn: str, cap: int) -> dict[str, Any]:
                         items = orjson.loads(await resp.read())["itens"]
                     rows = [upsert(parse_list_item(i, observed)) for i in items]
                     async with db.transaction():
-                        await db.executemany(SEED_UPSERT, rows)
+                        await db.executemany(OLD_UPSERT, rows)
                     loaded += len(items)
                     offset += len(items)
                     if len(items) < 100:

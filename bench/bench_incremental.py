@@ -17,7 +17,7 @@ What it measures
     order in its new status.
 
 Baseline, same data, same run
-    The seed's sync: "re-read the last 30 days every hour" — every status listed with
+    The old scripts' sync: "re-read the last 30 days every hour" — every status listed with
     ``dataInicialEmissao = today−30`` plus one detail request per order listed (that is
     how it records ``data_conclusao``). Its requests are really sent to the simulator
     (no database needed); it catches a change only if the order was emitted in the last
@@ -70,8 +70,8 @@ from asyncsync.simulator import SimConfig, TinySimulator
 from asyncsync.status import CLOSED_STATUSES, OPEN_STATUSES, Situacao
 
 QUOTA_PER_MINUTE = 120
-SEED_WINDOW_DAYS = 30
-PAGE = 100  # the product's default page size, and the seed's
+OLD_WINDOW_DAYS = 30
+PAGE = 100  # the product's default page size, and the old scripts'
 RATE = 1_000_000  # quota is counted, not enforced: nothing waits
 #: Share of each kind of change in the mix (they add up to 1).
 MIX: tuple[tuple[str, float], ...] = (
@@ -95,7 +95,7 @@ class Change:
 def apply_changes(sim: TinySimulator, total: int, seed: int) -> list[Change]:
     """Apply ``total`` seeded status changes to distinct orders; return what was done."""
     rng = random.Random(seed)
-    cutoff = dt.date.today() - dt.timedelta(days=SEED_WINDOW_DAYS)
+    cutoff = dt.date.today() - dt.timedelta(days=OLD_WINDOW_DAYS)
     orders = sorted(sim.orders.values(), key=lambda o: o.id)
     opened = [o.id for o in orders if o.situacao in OPEN_STATUSES]
     old_open = [o.id for o in orders if o.situacao in OPEN_STATUSES and o.data < cutoff]
@@ -195,8 +195,8 @@ async def caught(dsn: str, changes: Sequence[Change]) -> int:
     return sum(1 for c in changes if held.get(c.order_id) == c.new)
 
 
-async def seed_sync(sim: TinySimulator, since: dt.date) -> tuple[Counter[str], set[int]]:
-    """The seed's hourly run: every status since ``since``, then a detail per order."""
+async def old_sync(sim: TinySimulator, since: dt.date) -> tuple[Counter[str], set[int]]:
+    """The old scripts' hourly run: every status since ``since``, then a detail per order."""
     before = snapshot(sim)
     seen: set[int] = set()
     async with aiohttp.ClientSession() as session:
@@ -308,10 +308,10 @@ async def run(args: argparse.Namespace) -> None:
             sweep_req = delta(sim, before)
             sweep_caught = await caught(dsn, changes)
 
-        since = dt.date.today() - dt.timedelta(days=SEED_WINDOW_DAYS)
-        with timed() as t_seed:
-            seed_req, seed_seen = await seed_sync(sim, since)
-        seed_caught = sum(1 for c in changes if c.order_id in seed_seen)
+        since = dt.date.today() - dt.timedelta(days=OLD_WINDOW_DAYS)
+        with timed() as t_old:
+            old_req, old_seen = await old_sync(sim, since)
+        old_caught = sum(1 for c in changes if c.order_id in old_seen)
 
     print_table(
         ["kind of change", "count", "emitted before the 30-day window"],
@@ -326,14 +326,15 @@ async def run(args: argparse.Namespace) -> None:
         [
             row("asyncsync hourly cycle", cycle_req, cycle_caught, len(changes)),
             row("asyncsync daily sweep (run next)", sweep_req, sweep_caught, len(changes)),
-            row("seed: last 30 days every hour", seed_req, seed_caught, len(changes)),
+            row("old scripts: last 30 days every hour", old_req, old_caught, len(changes)),
         ],
         "one run after the changes — requests counted by the simulator",
     )  # fmt: skip
     print(
         f"  hourly cycle: open statuses listed completely, closed ones emitted ≥ {window}\n"
         "  daily sweep: open and closed statuses listed completely; caught is cumulative\n"
-        f"  seed: all 8 statuses emitted ≥ {since.isoformat()}, then one detail per order listed\n"
+        f"  old scripts: all 8 statuses emitted ≥ {since.isoformat()}, "
+        "then one detail per order listed\n"
     )
     state = sim.orders.values()
     open_pages = sum(pages(sum(1 for o in state if o.situacao == s)) for s in OPEN_STATUSES)
@@ -372,24 +373,24 @@ async def run(args: argparse.Namespace) -> None:
         if sweep_req["detail"] == cc_old
         else f"sweep details: measured {sweep_req['detail']}, expected {cc_old}"
     )
-    seed_window = sum(1 for o in state if o.data >= since)
+    old_window = sum(1 for o in state if o.data >= since)
     print(
-        f"seed baseline: {seed_window:,} orders emitted since {since.isoformat()}, "
-        f"{seed_req['list']} list pages over the 8 statuses + one detail each; "
+        f"old scripts' baseline: {old_window:,} orders emitted since {since.isoformat()}, "
+        f"{old_req['list']} list pages over the 8 statuses + one detail each; "
         f"it misses every change to an order emitted before that date"
     )
     per_day_asyncsync = 23 * (cycle_req["list"] + cycle_req["detail"]) + sum(
         sweep_req[k] for k in ("list", "detail")
     )
-    per_day_seed = 24 * (seed_req["list"] + seed_req["detail"])
+    per_day_old = 24 * (old_req["list"] + old_req["detail"])
     print(
         f"derived, per day at one run an hour with this much change: asyncsync 23 cycles + 1 "
         f"sweep = {per_day_asyncsync:,} requests ({minutes(per_day_asyncsync):.0f} min of "
-        f"quota), seed 24 runs = {per_day_seed:,} ({minutes(per_day_seed):.0f} min)"
+        f"quota), old scripts 24 runs = {per_day_old:,} ({minutes(per_day_old):.0f} min)"
     )
     print(
         f"\nwall time: hourly cycle {cycle_s:.1f} s, sweep cycle {sweep_s:.1f} s, "
-        f"seed run {t_seed.s:.1f} s (simulator without latency: quota, not time, is the "
+        f"old scripts' run {t_old.s:.1f} s (simulator without latency: quota, not time, is the "
         "cost that matters); cycle status changes recorded "
         f"{history_rows(cycle)}, sweep {history_rows(sweep)}"
     )
@@ -398,7 +399,7 @@ async def run(args: argparse.Namespace) -> None:
         "orders": orders, "changes": len(changes),
         "cycle": {"requests": measured, "caught": cycle_caught},
         "sweep": {"requests": sweep_req["list"] + sweep_req["detail"], "caught": sweep_caught},
-        "seed": {"requests": seed_req["list"] + seed_req["detail"], "caught": seed_caught},
+        "old_scripts": {"requests": old_req["list"] + old_req["detail"], "caught": old_caught},
         "formula": formula,
     })  # fmt: skip
 

@@ -87,7 +87,7 @@ def child_naive(conn: dict[str, str], dsn: str, imports_only: bool) -> None:
     import aiohttp
     import asyncpg
     import orjson
-    from _common import SEED_UPSERT, upsert_args
+    from _common import OLD_UPSERT, upsert_args
 
     from asyncsync.records import parse_list_item
 
@@ -122,7 +122,7 @@ def child_naive(conn: dict[str, str], dsn: str, imports_only: bool) -> None:
         db = await asyncpg.connect(dsn)
         try:
             async with db.transaction():
-                await db.executemany(SEED_UPSERT, [upsert_args("default", r) for r in records])
+                await db.executemany(OLD_UPSERT, [upsert_args("default", r) for r in records])
         finally:
             await db.close()
 

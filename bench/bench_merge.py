@@ -12,9 +12,9 @@ What it measures
     * baseline 1, asyncpg ``executemany`` of one ``INSERT ... ON CONFLICT DO UPDATE`` per
       row, one transaction per batch, history detected the naive way (a CTE reads the old
       status of every row; the update is skipped when the jsonb payload is equal);
-    * baseline 2, the seed's way: one plain upsert per row in autocommit (no history:
-      the seed keeps none), capped at ``--per-row`` rows (5k) because it is slow;
-    * a calibration row: raw ``COPY`` into an unlogged table without indexes (PERF_NOTES'
+    * baseline 2, the old scripts' way: one plain upsert per row in autocommit (no
+      history: they keep none), capped at ``--per-row`` rows (5k) because it is slow;
+    * a calibration row: raw ``COPY`` into an unlogged table without indexes (the
       ceiling), to compare ratios on a noisy shared machine.
 
     First, a priming first load by the sink goes into the tables exactly as the schema
@@ -25,7 +25,7 @@ What it measures
 
 How to read the output
     rows/s per path and batch size, the same figure as a multiple of this run's COPY
-    ceiling, and the PERF_NOTES figure with its own ratio to its ceiling (~90k rows/s).
+    ceiling, and the reference figure (``REFERENCE``) with its own ratio to its ceiling.
     Compare ratios, not absolutes. "written" and "history" say what each path did, so
     the paths can be checked to do the same work; "first→last ¼" shows whether a first
     load slows down as the table grows. A last table shows how PostgreSQL runs the sink's
@@ -49,7 +49,7 @@ from typing import Any
 import asyncpg
 import orjson
 from _common import (
-    SEED_UPSERT,
+    OLD_UPSERT,
     describe_dsn,
     parser,
     per_s,
@@ -70,8 +70,9 @@ from asyncsync.store import Database
 from asyncsync.store.database import connect_pool, sql
 
 ACCOUNT = "default"
-#: PERF_NOTES.md figures (rows/s), measured on a similar 2-core machine, 200k rows.
-NOTES = {
+#: Reference figures (rows/s) measured once on a similar 2-core machine, 200k rows, batches
+#: of 10k, one connection: what this run's ratios can be held against.
+REFERENCE = {
     "ceiling": 90_000,
     "build": 98_000,
     "sink first": 21_000,
@@ -249,7 +250,7 @@ async def run_statements(
                 started = time.perf_counter()
                 if size is None:
                     for r in chunk:
-                        status = await conn.execute(SEED_UPSERT, *upsert_args(ACCOUNT, r))
+                        status = await conn.execute(OLD_UPSERT, *upsert_args(ACCOUNT, r))
                         written += int(status.rsplit(" ", 1)[-1])
                 else:
                     async with conn.transaction():
@@ -274,7 +275,7 @@ async def ceiling(conn: asyncpg.Connection, records: list[OrderRecord]) -> Resul
         await conn.copy_records_to_table("bench_copy_ceiling", records=rows)
     await conn.execute("DROP TABLE bench_copy_ceiling")
     return Result("raw COPY, unlogged table, no index (the ceiling)", "-", len(rows), t.s,
-                  NOTES["ceiling"])  # fmt: skip
+                  REFERENCE["ceiling"])  # fmt: skip
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -307,12 +308,12 @@ async def run(args: argparse.Namespace) -> None:
     print(f"re-sync with 1% changed: {changed:,} orders get another status\n")
 
     runs = [
-        ("first load", first, NOTES["sink first"]),
-        ("re-sync 0% changed", same, NOTES["sink 0%"]),
-        ("re-sync 1% changed", one_pct, NOTES["sink 1%"]),
+        ("first load", first, REFERENCE["sink first"]),
+        ("re-sync 0% changed", same, REFERENCE["sink 0%"]),
+        ("re-sync 1% changed", one_pct, REFERENCE["sink 1%"]),
     ]
     results = [
-        Result("building OrderRecords (parse_list_item)", "-", n, t_build.s, NOTES["build"]),
+        Result("building OrderRecords (parse_list_item)", "-", n, t_build.s, REFERENCE["build"]),
         Result("  of which canonical JSON + blake2b-128", "-", n, t_hash.s, None),
     ]
     async with scratch_database(args.dsn, "merge") as dsn, connect_pool(dsn, max_size=1) as pool:
@@ -331,19 +332,19 @@ async def run(args: argparse.Namespace) -> None:
                       [size, "after VACUUM (ANALYZE): a re-sync", *sink_plans[1]]]  # fmt: skip
         async with pool.acquire() as conn:
             for size in sizes:
-                naive = [(label, rs, NOTES["executemany"]) for label, rs, _ in runs]
+                naive = [(label, rs, REFERENCE["executemany"]) for label, rs, _ in runs]
                 results += await run_statements(conn, naive, size, "executemany naive upsert")
-            capped = [(label, rs[:per_row], NOTES["per row"]) for label, rs, _ in runs]
+            capped = [(label, rs[:per_row], REFERENCE["per row"]) for label, rs, _ in runs]
             results += await run_statements(conn, capped, None, "per-row upsert, autocommit")
 
     base = per_s(results[2].rows, results[2].seconds)
     print_table(
         ["path", "batch", "rows", "seconds", "rows/s", "× ceiling", "written", "history",
-         "first→last ¼ rows/s", "PERF_NOTES rows/s (× ceiling)"],
+         "first→last ¼ rows/s", "reference rows/s (× ceiling)"],
         [
             [r.path, r.batch, r.rows, round(r.seconds, 2), per_s(r.rows, r.seconds),
              f"{per_s(r.rows, r.seconds) / base:.2f}", r.written, r.history, r.quarters,
-             f"{r.notes:,} ({r.notes / NOTES['ceiling']:.2f})" if r.notes else "-"]
+             f"{r.notes:,} ({r.notes / REFERENCE['ceiling']:.2f})" if r.notes else "-"]
             for r in results
         ],
         f"merge throughput, {n:,} orders (× ceiling: rows/s ÷ this run's raw COPY rows/s)",
@@ -351,8 +352,8 @@ async def run(args: argparse.Namespace) -> None:
     print(
         "written: rows inserted or updated (PgOrderStore: new + changed; per-row: rows the upsert "
         "touched; executemany does not report it); history: ordem_status_history rows added.\n"
-        "PERF_NOTES rows: ceiling = raw COPY; build = 'building the rows + blake2b-128 hash'; "
-        "executemany = 'asyncpg executemany upsert' (23k–26k); per row = the seed's way.\n"
+        "reference rows: ceiling = raw COPY; build = building the rows + blake2b-128 hash; "
+        "executemany = asyncpg executemany upsert (23k–26k); per row = autocommit upserts.\n"
         "first→last ¼: a first load's rate over its first and last quarter of batches "
         "(a falling rate means each batch costs more as the table grows).\n"
     )

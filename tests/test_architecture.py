@@ -98,6 +98,14 @@ def layer_violations(module: str, path: Path) -> Iterator[str]:
             yield f"{module} imports the CLI"
 
 
+#: What a connection or a pool runs SQL with (a plain ``execute(...)`` call is the modes'
+#: dispatcher; ``x.execute(...)`` is a statement).
+SQL_METHODS = {
+    "sql", "fetch", "fetchval", "fetchrow", "execute", "executemany",
+    "copy_records_to_table", "copy_to_table", "copy_from_table", "copy_from_query",
+}  # fmt: skip
+
+
 def sql_violations(module: str, path: Path) -> Iterator[str]:
     if top(module) == "store":
         return
@@ -111,9 +119,10 @@ def sql_violations(module: str, path: Path) -> Iterator[str]:
                 yield f"{module} imports the queue library"
         if isinstance(node, ast.Call):
             func = node.func
-            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
-            if name in ("sql", "fetch", "fetchval", "fetchrow", "copy_records_to_table"):
-                yield f"{module} line {node.lineno} runs SQL ({name})"
+            if isinstance(func, ast.Name) and func.id == "sql":
+                yield f"{module} line {node.lineno} runs SQL (sql)"
+            elif isinstance(func, ast.Attribute) and func.attr in SQL_METHODS:
+                yield f"{module} line {node.lineno} runs SQL ({func.attr})"
 
 
 def test_data_flows_one_way() -> None:
@@ -132,6 +141,7 @@ def test_the_rules_can_fail(tmp_path: Path) -> None:
     bad.write_text(
         "import asyncpg\n"
         "def f(pool):\n    from ..store import orders\n    from .. import cli\n"
+        "    conn.execute('DELETE FROM x')\n"
         "    return pool.fetch(sql('x'))\n"
     )
     found = set(imports("asyncsync.engine.bad", bad))
@@ -140,4 +150,28 @@ def test_the_rules_can_fail(tmp_path: Path) -> None:
     assert any("imports asyncsync.store" in v for v in layers)
     assert any("imports asyncsync.cli" in v for v in layers)
     sql = list(sql_violations("asyncsync.engine.bad", bad))
-    assert len(sql) == 3  # asyncpg, fetch, sql
+    assert len(sql) == 4  # asyncpg, execute, fetch, sql
+
+
+def clock_violations(module: str, path: Path) -> Iterator[str]:
+    """The wall clock is read through ``clock`` (the simulator keeps its own time)."""
+    if module == "asyncsync.clock" or top(module) == "simulator":
+        return
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("now", "utcnow", "today")
+            and isinstance(node.func.value, ast.Attribute | ast.Name)
+            and getattr(node.func.value, "attr", getattr(node.func.value, "id", ""))
+            in ("datetime", "date")
+        ):
+            yield f"{module} line {node.lineno} reads the wall clock: use clock.utcnow"
+
+
+def test_time_is_read_in_one_place(tmp_path: Path) -> None:
+    found = [v for module, path in modules() for v in clock_violations(module, path)]
+    assert found == []
+    bad = tmp_path / "bad.py"
+    bad.write_text("import datetime as dt\nx = dt.datetime.now(dt.UTC)\ny = dt.date.today()\n")
+    assert len(list(clock_violations("asyncsync.engine.bad", bad))) == 2

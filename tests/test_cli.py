@@ -150,6 +150,10 @@ def test_help_is_grouped_by_mode_and_version_is_shown() -> None:
     # A mode-specific flag given to another mode is refused.
     wrong = run_cli("sync", "--from", "2014-01")
     assert wrong.returncode == 2 and "unrecognized arguments: --from" in wrong.stderr
+    # The mode word after options is named, not taken for an unknown argument of sync.
+    late = run_cli("--database-url", "postgresql://u@127.0.0.1:1/x", "status")
+    assert late.returncode == 2 and "the mode comes first: asyncsync status" in late.stderr
+    assert len(late.stderr.strip().splitlines()) == 1, late.stderr
 
 
 def test_no_mode_shares_a_flag_twice() -> None:

@@ -75,3 +75,14 @@ def test_workers_scale_out_in_compose_and_kubernetes() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "DATABASE_URL" in kinds["Secret"]["stringData"]
+
+
+def test_nothing_restarts_forever_on_a_refused_refresh_token() -> None:
+    # Exit 4 (invalid_grant: a person must run `asyncsync authorize`) and exit 2 (bad
+    # configuration) do not get better by restarting.
+    for unit in ("asyncsync.service", "asyncsync.container"):
+        text = (ROOT / "deploy" / unit).read_text()
+        prevent = re.search(r"^RestartPreventExitStatus=(.+)$", text, flags=re.M)
+        assert prevent and {"2", "4"} <= set(prevent.group(1).split()), unit
+    compose = (ROOT / "deploy" / "compose.yaml").read_text()
+    assert re.search(r'restart: "on-failure:\d+"', compose)  # bounded: compose cannot skip 4

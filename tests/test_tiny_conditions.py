@@ -68,6 +68,56 @@ async def test_the_pace_follows_the_accounts_real_quota(simulator, runtime_for, 
     assert metrics.value("asyncsync_tiny_quota_per_minute", {"account": "default"}) == 600
 
 
+async def test_a_quota_share_leaves_room_for_the_accounts_other_apps(
+    simulator, runtime_for, db
+) -> None:
+    # X-RateLimit-Limit 6,000/min, --quota-share 0.1: this service paces at 600/min (10/s).
+    sim = await simulator(orders=2_500, seed=4, rate_limit_per_minute=6000)
+    async with runtime_for(sim, quota_share=0.1) as rt:
+        started = time.monotonic()
+        report = await full_sync(rt, detail_budget=0)
+        took = time.monotonic() - started
+    assert report.api.quota_per_minute == 600
+    listed = {i: {**o, "data_conclusao": None} for i, o in sim.snapshot().items()}
+    got = {i: {**o, "data_conclusao": None} for i, o in (await mirror(db)).items()}
+    assert diff(listed, got) == []  # what the listings carry (no details were asked)
+    requests = report.api.total
+    # 25 pages in a tenth of a minute's burst at most, then 10 a second.
+    assert requests >= 30 and 60 * (requests - 1) / took <= 600 * 1.05, (requests, took)
+
+
+async def test_tokens_the_api_drops_early_are_replaced_without_blaming_an_order(
+    simulator, runtime_for, db
+) -> None:
+    # The API stops honouring tokens long before their announced expiry (clock skew, a
+    # revocation): every 401 is answered by one refresh and the same request again; no
+    # order is held responsible, nothing reaches import_failures.
+    sim = await simulator(orders=400, seed=8, latency_s=0.005)
+    expirations = 0
+    running = True
+
+    async def drop_tokens_now_and_then() -> None:
+        nonlocal expirations
+        while running:
+            await asyncio.sleep(0.4)
+            sim.expire_access_tokens()
+            expirations += 1
+
+    dropper = asyncio.create_task(drop_tokens_now_and_then())
+    try:
+        async with runtime_for(sim, max_concurrency=8) as rt:
+            report = await full_sync(rt)
+    finally:
+        running = False
+        await dropper
+    assert expirations >= 2 and sim.stats.unauthorized > 0, (expirations, sim.stats)
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    # One refresh per drop at most (single-flight), plus the first grant.
+    assert sim.stats.token_refreshes <= expirations + 2, (sim.stats.token_refreshes, expirations)
+
+
 async def test_a_quota_raised_mid_run_is_followed(simulator, runtime_for) -> None:
     sim = await simulator(orders=30, seed=2, rate_limit_per_minute=120, rate_window_s=1.0)
     async with runtime_for(sim) as rt:
@@ -218,6 +268,11 @@ async def test_serve_rides_out_an_outage_and_says_so(
     stop = asyncio.Event()
     seen: list[list[str]] = []
     health: list[tuple[int, str]] = []
+    labels = {"account": "default", "mode": "sync"}
+    last_ok: list[float] = []  # the last-success gauge after each cycle
+    asked_again: list[float] = []  # when the first request after the outage arrived
+    reopens: list[float] = []  # when the breaker said the next attempt may come
+    cooldown_s = 3.0  # longer than the health check below, so a cycle started early fails
 
     async def check_health() -> tuple[int, str]:
         proc = await asyncsync("health", "--database-url", database_url, env=cli_env())
@@ -225,31 +280,40 @@ async def test_serve_rides_out_an_outage_and_says_so(
         assert proc.returncode is not None
         return proc.returncode, out.decode().strip()
 
+    def first_request_after(s: TinySimulator, params: dict[str, str]) -> None:
+        if not asked_again:
+            asked_again.append(time.monotonic())
+
     async def after_cycle(rt, reports) -> None:
         seen.append([r.outcome.value for r in reports])
+        last_ok.append(metrics.value("asyncsync_last_success_timestamp_seconds", labels))
         if len(seen) == 1:  # the next cycle meets an outage half-way through its listing
             moved = sorted(sim.orders)[7]
             sim.set_status(moved, Situacao.APROVADA)
             sim.on_list_page = lambda s, p: s.set_outage("503")
         elif len(seen) == 2:
+            reopens.append(rt.client.breaker.retry_at)
             health.append(await check_health())
-            sim.on_list_page = None
+            sim.on_list_page = first_request_after
             sim.set_outage(None)  # Tiny is back; the next cycle waits out the cool-down
         else:
             health.append(await check_health())
             stop.set()
 
-    labels = {"account": "default", "mode": "sync"}
-    async with runtime_for(sim, max_retries=2, breaker_failures=3, breaker_cooldown_s=1.0) as rt:
+    tiny = {"max_retries": 2, "breaker_failures": 3, "breaker_cooldown_s": cooldown_s}
+    async with runtime_for(sim, **tiny) as rt:
         options = ServeOptions(interval_s=0.05, cycle=cycle(detail_budget=10_000))
         task = asyncio.create_task(serve_loop(rt, options, stop, after_cycle=after_cycle))
         await asyncio.wait_for(task, 60)
-        last_ok_after_outage = metrics.value("asyncsync_last_success_timestamp_seconds", labels)
-    assert seen[0] == ["ok", "ok"] and seen[1] == ["failed"] and seen[2][0] == "ok"
+    assert seen[0] == ["ok", "ok"] and seen[1] == ["failed"] and seen[2][0] == "ok", seen
     code, line = health[0]
     assert code == 1 and "unhealthy: last cycle failed: Tiny is unavailable" in line, line
     assert health[1][0] == 0, health[1]
-    assert last_ok_after_outage > 0
+    assert last_ok[0] > 0
+    assert last_ok[1] == last_ok[0]  # the failed cycle did not advance the last success
+    assert last_ok[2] > last_ok[1]  # the recovered one did
+    # The next cycle waited for the cool-down instead of knocking on a closed door.
+    assert reopens[0] > 0 and asked_again[0] >= reopens[0] - 0.05, (reopens, asked_again)
     assert diff(sim.snapshot(), await mirror(db)) == []  # recovered, exact
     assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
     outage_lines = [r for r in caplog.records if "Tiny is unavailable" in r.getMessage()]

@@ -168,11 +168,21 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
     ``--help`` and ``--version`` print and exit (SystemExit), as argparse does.
     """
     mode, rest = pick_mode(argv, environ)
+    named = mode is not None
     if mode is None:
         if any(a in ("-h", "--help", "--version") for a in rest):
             build_parser(None).parse_args(rest)
         mode = "sync"
     spec = MODES[mode]
-    ns = build_parser(mode).parse_args(rest)
+    parser = build_parser(mode)
+    ns, extra = parser.parse_known_args(rest)
+    if extra:
+        word = next((e for e in extra if e in MODES), None)
+        if word is not None and not named:  # `asyncsync --database-url X status`
+            raise ConfigError(
+                f"the mode comes first: asyncsync {word} [options] (or --mode {word}); "
+                f"got options before {word!r}"
+            )
+        parser.parse_args(rest)  # argparse's own message and exit 2
     values = read_values(ns, environ, spec.groups)
     return Invocation(mode, build(CommonOptions, values), build(spec.options, values))

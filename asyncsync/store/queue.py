@@ -28,6 +28,7 @@ from pgqueuer.domain.settings import db_settings
 from pgqueuer.executors import AsyncCrontab, AsyncEntrypoint
 from pgqueuer.models import Job, Schedule, TableChangedEvent, TracebackRecord
 
+from ..clock import utcnow
 from ..errors import ConfigError, Requeue
 from ..seams import PickedWork, QueueCount, Tick, WorkHandler, WorkItem
 from .resilience import CAUGHT, SqlRunner, classify, guarded
@@ -79,7 +80,7 @@ class _Queries(Queries):
     ) -> None:
         await super().retry_job(job, delay, traceback_record)
         channel = self.qbq.settings.channel
-        event = TableChangedEvent(channel=channel, sent_at=dt.datetime.now(dt.UTC),
+        event = TableChangedEvent(channel=channel, sent_at=utcnow(),
                                   type="table_changed_event", operation="update",
                                   table=self.qbq.settings.queue_table)  # fmt: skip
         await self.driver.notify(channel, event.model_dump_json())

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from ..clock import utcnow
 from ..errors import (
     AccountBusy,
     ConfigError,
@@ -139,7 +140,7 @@ class Dispatcher:
             if readiness is not None:
                 await check_readiness(rt, self.options.interval_s, readiness)
             else:
-                observe_status(await rt.store.status(dt.datetime.now(dt.UTC), DEFAULT_POLICY))
+                observe_status(await rt.store.status(utcnow(), DEFAULT_POLICY))
         self._cycles += 1
         if self.hooks.after_cycle is not None:
             await self.hooks.after_cycle(rt, result.reports)
@@ -150,7 +151,7 @@ class Dispatcher:
     async def _integrity(
         self, rt: AccountRuntime, stop: asyncio.Event, facts: dict[str, str]
     ) -> float | None:
-        started_at = dt.datetime.now(dt.UTC)
+        started_at = utcnow()
         options = IntegrityOptions()
         store = rt.store
         try:
@@ -169,7 +170,7 @@ class Dispatcher:
     async def _backfill(
         self, rt: AccountRuntime, month: dt.date, stop: asyncio.Event, facts: dict[str, str]
     ) -> float | None:
-        started_at = dt.datetime.now(dt.UTC)
+        started_at = utcnow()
         # Details of the month's orders are left to the account's cycles (open and recent
         # orders first, within each cycle's budget).
         options = BackfillOptions(date_from=month, date_to=month,
