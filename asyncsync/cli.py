@@ -95,33 +95,32 @@ def cause_chain(exc: BaseException) -> str:
 
 
 def report_failure(mode: str, exc: BaseException) -> int:
-    """Print what went wrong in a sentence (with its causes) and return the exit code."""
+    """Print what went wrong in a sentence (with its causes) and return the exit code.
+    Secrets a message might carry (a token, a DSN's password) are masked on the way."""
     if isinstance(exc, BaseExceptionGroup):  # a safety net: task groups are unwrapped
         exc = first_leaf(exc)
+    code, text = _explain(mode, exc)
+    print(f"asyncsync: {logs.redact(text)}", file=sys.stderr)
+    return code
+
+
+def _explain(mode: str, exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, ConfigError):
-        print(f"asyncsync: configuration error: {cause_chain(exc)}", file=sys.stderr)
-        return 2
+        return 2, f"configuration error: {cause_chain(exc)}"
     if isinstance(exc, LockBusy):
-        print(f"asyncsync: {exc}", file=sys.stderr)
-        return 3
+        return 3, str(exc)
     if isinstance(exc, ReauthorizationRequired):
-        print(f"asyncsync: {exc}", file=sys.stderr)
-        return 4
+        return 4, str(exc)
     if isinstance(exc, TinyUnavailable):
-        print(f"asyncsync: {mode} failed: {exc}", file=sys.stderr)
-        return 5
+        return 5, f"{mode} failed: {exc}"
     if isinstance(exc, DatabaseUnavailable):
-        print(f"asyncsync: {mode} failed: {exc}", file=sys.stderr)
-        return 6
+        return 6, f"{mode} failed: {exc}"
     if isinstance(exc, AsyncsyncError):
-        print(f"asyncsync: {mode} failed: {cause_chain(exc)}", file=sys.stderr)
-        return 1
+        return 1, f"{mode} failed: {cause_chain(exc)}"
     if isinstance(exc, OSError):  # a port taken, a directory not writable...
-        print(f"asyncsync: {mode} failed: {exc}", file=sys.stderr)
-        return 1
+        return 1, f"{mode} failed: {exc}"
     if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
-        print("asyncsync: interrupted", file=sys.stderr)
-        return 130
+        return 130, "interrupted"
     raise exc
 
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import orjson
 
-# Bearer tokens and form fields that carry secrets, wherever they appear in a message.
+# Bearer tokens and form fields (a DSN's ``password=`` parameter too) that carry secrets,
+# wherever they appear in a message.
 _SECRET = re.compile(
-    r"(Bearer\s+|(?:access_token|refresh_token|client_secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]+"
+    r"(Bearer\s+|(?:access_token|refresh_token|client_secret|password)[\"']?\s*[:=]\s*[\"']?)"
+    r"[^\s\"'&,}]+"
 )
 
 

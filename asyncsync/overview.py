@@ -258,19 +258,24 @@ def render_status(status: AccountStatus, interval_s: float) -> RenderableType:
     return Group(*parts)
 
 
+def _minute(moment: dt.datetime | None) -> str:
+    """``2026-12-02 20:27:33`` (UTC): short enough for an 80-column table."""
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
 def render_failures(rows: Sequence[FailureRow]) -> RenderableType:
     """``asyncsync failures list`` for a terminal."""
     if not rows:
         return Text("no import failures in that state")
     return table(
-        ["order", "state", "attempts", "last attempt", "next due", "error"],
+        ["order", "state", "attempts", "last attempt (UTC)", "next due (UTC)", "error"],
         [
             [
-                r.id_ordem,
+                str(r.id_ordem),  # an id to paste into `failures retry|ignore`, not a count
                 r.state,
                 r.tentativas,
-                iso(r.ultima_tentativa) or "-",
-                iso(r.next_due_at) or "-",
+                _minute(r.ultima_tentativa),
+                _minute(r.next_due_at),
                 (r.erro or "")[:80],
             ]
             for r in rows

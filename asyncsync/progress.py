@@ -87,6 +87,10 @@ class Meter:
             samples.popleft()
         t0, d0 = samples[0]
         self.rate = (done - d0) / (now - t0) if now - t0 >= 1.0 else self.rate
+        if self.rate == 0 and self._first is not None and now - self._first[0] >= 1.0:
+            # Nothing moved over the window (a slow quota, a pause): the phase's average
+            # says more than "stopped" and keeps the ETA.
+            self.rate = (done - self._first[1]) / (now - self._first[0]) or None
         if total is None or not self.rate:
             self.eta_s = self._eta_at = None
             return

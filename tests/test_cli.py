@@ -56,6 +56,21 @@ def test_unreachable_database_is_reported_without_traceback() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_dsn_the_driver_refuses_is_configuration_and_no_password_shows() -> None:
+    bad = run_cli("sync", "--simulator", "5", "--database-url",
+                  "postgresql://u:s3cret@127.0.0.1:1/db?sslmode=bogus")  # fmt: skip
+    assert bad.returncode == 2, bad.stderr
+    assert "DATABASE_URL" in bad.stderr and "sslmode" in bad.stderr
+    said = [line for line in bad.stderr.splitlines() if not line.startswith("{")]  # not logs
+    assert len(said) == 1 and "Traceback" not in bad.stderr, said
+    # A password given as a parameter of the DSN is as secret as one before the @.
+    away = run_cli("sync", "--simulator", "5", "--db-reconnect", "0", "--database-url",
+                   "postgresql://u@127.0.0.1:1/db?password=s3cret&sslmode=disable")  # fmt: skip
+    assert away.returncode == 6, away.stderr
+    assert "s3cret" not in away.stderr + away.stdout
+    assert "postgresql://u@127.0.0.1:1/db?sslmode=disable" in away.stderr
+
+
 def test_every_flag_shows_its_environment_variable() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
@@ -213,3 +228,14 @@ async def test_wait_lock_waits_for_the_holder_then_gives_up(simulator, database_
         done = await waiting
     assert done.returncode == 0, done.stderr
     assert "waiting up to" in done.stderr and "took the run lock" in done.stderr
+
+
+def test_the_readme_lists_every_flag_and_its_variable() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    config = readme[readme.index("## Configuration") : readme.index("## How it works")]
+    missing = [
+        f"{f.flag} {f.env}"
+        for f in FLAGS
+        if (not f.positional and f"`{f.flag}" not in config) or f"`{f.env}`" not in config
+    ]
+    assert missing == []  # fmt: skip

@@ -90,6 +90,42 @@ async def test_a_failed_run_leaves_a_failed_row_with_its_error(simulator, databa
     assert metrics.value("asyncsync_runs_total", labels) == failed + 1
 
 
+@pytest.mark.parametrize("mode", ["backfill", "integrity", "retry"])
+async def test_every_mode_records_its_interrupted_and_failed_runs(
+    mode: str, simulator, database_url, db
+) -> None:
+    sim = await simulator(orders=300, seed=26)
+    for order_id in sorted(sim.orders)[:3]:
+        sim.fail_detail[order_id] = "malformed"  # failures for retry to work on
+    common = common_for(sim, database_url, max_retries=1, breaker_failures=2)
+    assert await execute("sync", common, SyncOptions(cycle=cycle()), asyncio.Event()) == 0
+    await db.execute("UPDATE import_failures SET ultima_tentativa = now() - interval '1 day'")
+    since = (dt.date.today().replace(day=1) - dt.timedelta(days=70)).replace(day=1)
+    options = {
+        "backfill": BackfillOptions(date_from=since),
+        "integrity": IntegrityOptions(deep=True),
+        "retry": RetryOptions(),
+    }[mode]
+    # SIGTERM once the run has asked Tiny for something.
+    stop = asyncio.Event()
+    sim.on_list_page = lambda s, p: stop.set()
+    if mode == "retry":  # it asks only for details
+        sim.fail_detail.clear()
+        loop = asyncio.get_running_loop()
+        loop.call_soon(stop.set)
+    assert await execute(mode, common, options, stop) == 130
+    sim.on_list_page = None
+    sim.set_outage("503")
+    with pytest.raises(TinyUnavailable):
+        await execute(mode, common, options, asyncio.Event())
+    rows = await runs(db)
+    assert [(r["mode"], r["outcome"]) for r in rows] == [
+        ("sync", "ok"), (mode, "interrupted"), (mode, "failed"),
+    ]  # fmt: skip
+    assert rows[2]["errors"][0].startswith("TinyOutage: Tiny is unavailable"), rows[2]["errors"]
+    assert rows[1]["errors"] == [] and rows[1]["finished_at"] >= rows[1]["started_at"]
+
+
 async def test_reauthorization_is_recorded_and_raised(simulator, database_url, db) -> None:
     sim = await simulator(orders=50, seed=24)
     common = common_for(sim, database_url, account="reauth")
@@ -154,3 +190,19 @@ async def test_the_textfile_holds_the_runs_metrics_only(simulator, database_url,
     assert 'asyncsync_orders{account="textfile",status="3"}' in text
     assert "python_gc" not in text and "process_" not in text
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+
+
+async def test_a_cycle_cut_by_sigterm_is_recorded_as_interrupted(
+    simulator, runtime_for, db
+) -> None:
+    sim = await simulator(orders=600, seed=27, max_limit=50)
+    stop = asyncio.Event()
+    sim.on_list_page = lambda s, p: stop.set()  # SIGTERM while the first cycle lists
+    async with runtime_for(sim) as rt:
+        options = ServeOptions(interval_s=0.05, cycle=cycle())
+        assert await serve_loop(rt, options, stop) == 0
+    rows = await runs(db)
+    assert [(r["mode"], r["invoked_as"], r["outcome"]) for r in rows] == [
+        ("sync", "serve", "interrupted"),
+    ]
+    assert orjson.loads(rows[0]["counts"])["inserted"] < 600  # it really was cut short

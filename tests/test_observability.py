@@ -15,12 +15,14 @@ import aiohttp
 import pytest
 
 from asyncsync import metrics
-from asyncsync.errors import DatabaseError
+from asyncsync.errors import DatabaseError, TinyUnavailable
+from asyncsync.modes import execute
 from asyncsync.modes.serve import check_readiness, serve_loop
-from asyncsync.options import ServeOptions
+from asyncsync.options import IntegrityOptions, ServeOptions, SyncOptions
 from asyncsync.readiness import Readiness
+from asyncsync.status import Situacao
 
-from .helpers import cycle
+from .helpers import common_for, cycle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,27 +43,36 @@ async def get(port: int, path: str) -> tuple[int, str, str]:
 
 
 async def test_health_readiness_and_gauges_scraped_for_real(simulator, runtime_for, db) -> None:
-    sim = await simulator(orders=300, seed=41)
+    sim = await simulator(orders=300, seed=41, latency_s=0.05)
     broken = sorted(sim.orders)[:2]
     for order_id in broken:
         sim.fail_detail[order_id] = "malformed"  # the record is at fault
     readiness = Readiness()
     options = ServeOptions(interval_s=0.05, cycle=cycle())
     seen: dict[str, object] = {}
+    listing = asyncio.Event()
+    sim.on_list_page = lambda s, p: listing.set()
     async with (
         runtime_for(sim, max_retries=1) as rt,
         metrics.metrics_server("127.0.0.1", 0, readiness.reasons) as port,
     ):
-        # Before any cycle: alive, but not ready (never synced).
-        await check_readiness(rt, options, readiness)
         seen["healthz"] = await get(port, "/healthz")
-        seen["before"] = await get(port, "/readyz")
-        await serve_loop(rt, options, asyncio.Event(), max_cycles=1, readiness=readiness)
+        serving = asyncio.create_task(
+            serve_loop(rt, options, asyncio.Event(), max_cycles=1, readiness=readiness)
+        )
+        # While the first cycle runs (a first sync can take hours): alive, not ready (never
+        # synced), and the gauges are there already.
+        await asyncio.wait_for(listing.wait(), 10)
+        seen["during"] = await get(port, "/readyz")
+        during = await get(port, "/metrics")
+        await asyncio.wait_for(serving, 60)
         seen["after"] = await get(port, "/readyz")
         seen["metrics"] = await get(port, "/metrics")
     assert seen["healthz"] == (200, "application/json", '{"alive": true}')
-    status, _, body = seen["before"]  # type: ignore[misc]
+    status, _, body = seen["during"]  # type: ignore[misc]
     assert status == 503 and '"freshness": "no full sync or cycle has completed yet"' in body
+    assert 'asyncsync_import_failures_pending{account="default"} 0.0' in during[2]
+    assert 'asyncsync_orders{account="default",status="0"}' in during[2]
     assert seen["after"] == (200, "application/json", '{"ready": true}')
     _, _, text = seen["metrics"]  # type: ignore[misc]
 
@@ -172,3 +183,35 @@ def test_compose_and_dashboard_are_well_formed() -> None:
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             assert "asyncsync_" in target["expr"], panel["title"]
+
+
+async def test_the_counters_and_gauges_say_what_happened(simulator, database_url, db) -> None:
+    account = "counted"  # its own series: other tests' runs do not move them
+    acc = {"account": account}
+    sim = await simulator(orders=250, seed=43)
+    common = common_for(sim, database_url, account=account)
+    assert await execute("sync", common, SyncOptions(cycle=cycle()), asyncio.Event()) == 0
+    # A first load is 250 first sightings and no status change.
+    assert metrics.value("asyncsync_first_sightings_total", acc) == 250
+    assert metrics.value("asyncsync_status_changes_total", acc) == 0
+    moved = [i for i in sorted(sim.orders)[:6] if sim.orders[i].situacao != Situacao.CANCELADA]
+    for order_id in moved:
+        sim.set_status(order_id, Situacao.CANCELADA)
+    no_details = SyncOptions(cycle=cycle(detail_budget=0))
+    assert await execute("sync", common, no_details, asyncio.Event()) == 0
+    assert metrics.value("asyncsync_first_sightings_total", acc) == 250
+    assert metrics.value("asyncsync_status_changes_total", acc) == len(moved) > 0
+    # The gauges a one-shot run leaves: the detail backlog it did not work, the
+    # integrity check's verdict.
+    assert metrics.value("asyncsync_detail_backlog", acc) == len(moved)
+    assert await execute("integrity", common, IntegrityOptions(), asyncio.Event()) == 0
+    assert metrics.value("asyncsync_integrity_consistent", acc) == 1
+    # A failed run is counted, but its duration is not a run's duration.
+    runs = {**acc, "mode": "sync"}
+    timed = metrics.value("asyncsync_run_seconds_count", runs)
+    sim.set_outage("503")
+    broken = common_for(sim, database_url, account=account, max_retries=1, breaker_failures=2)
+    with pytest.raises(TinyUnavailable):
+        await execute("sync", broken, SyncOptions(cycle=cycle()), asyncio.Event())
+    assert metrics.value("asyncsync_run_seconds_count", runs) == timed == 2
+    assert metrics.value("asyncsync_runs_total", {**runs, "outcome": "failed"}) == 1

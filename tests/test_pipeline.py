@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from asyncsync.engine.details import Enricher
 from asyncsync.engine.listing import ListingEngine, Partition
+from asyncsync.progress import Progress
 from asyncsync.records import parse_list_item
 from asyncsync.seams import ApiStats, Detail, ListQuery, MergeStats, Page
 from asyncsync.store import Database
@@ -221,3 +223,23 @@ async def test_a_failed_details_merge_stops_the_pass_with_its_error() -> None:
     assert sorted(sink.merged) == list(range(1, 401))
     await asyncio.sleep(0.05)  # nothing keeps running behind the error
     assert sink.merging == 0
+
+
+async def test_the_details_bar_moves_with_each_answer_not_with_each_merge() -> None:
+    # At a real plan's pace a chunk takes longer than the rate's window: a bar that moved
+    # only when a chunk merged would read 0/s most of the time.
+    log: list[str] = []
+    sink = BacklogSink(list(range(1, 301)), log)
+    progress = Progress("details")
+    seen: list[tuple[int, int]] = []  # (answers counted, orders merged) after each fetch
+
+    class Watched(DetailSource):
+        async def get_order(self, order_id: int, *, retry: bool = True) -> Detail:
+            seen.append((progress.details, len(sink.merged)))
+            return await super().get_order(order_id, retry=retry)
+
+    await Enricher(Watched(log), sink, concurrency=4, chunk=100, progress=progress).run()
+    assert progress.details == 300
+    counted_ahead = [counted for counted, merged in seen if counted > merged]
+    assert len(counted_ahead) > 100  # the count ran ahead of the merges
+    assert all(b >= a for (a, _), (b, _) in itertools.pairwise(seen))  # and never back

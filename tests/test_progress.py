@@ -77,3 +77,15 @@ async def test_off_a_terminal_progress_is_log_lines(capsys) -> None:
     assert line["listing"] == {
         "done": 10, "total": 20, "unit": "orders", "rate_per_s": None, "eta_s": None,
     }  # fmt: skip
+
+
+def test_a_counter_moving_in_lumps_keeps_a_rate_and_an_eta() -> None:
+    # 256 at a time every 25 s (a chunk at 10/s), longer than the 20 s window.
+    meter = Meter(window_s=20)
+    meter.update(0.0, 0, 3000)
+    shown = []
+    for second in range(1, 120):
+        meter.update(float(second), 256 * (second // 25), 3000)
+        shown.append((meter.rate, meter.eta_s))
+    assert all(rate and rate > 0 for rate, _ in shown[25:]), shown
+    assert all(eta is not None for _, eta in shown[25:])

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from asyncsync.modes import execute
-from asyncsync.options import SyncOptions
+from asyncsync.options import IntegrityOptions, SyncOptions
 from asyncsync.status import Situacao
 from asyncsync.store import open_database
 
@@ -62,6 +62,26 @@ async def test_status_reports_runs_freshness_mirror_failures_tokens_and_lock(
     assert 14_000 < token["access_expires_in_s"] <= 14_400  # the simulator's 4 hours
     assert status["quota_per_minute"] == sim.config.rate_limit_per_minute
     assert status["lock"] == {"held": True, "holder": "asyncsync backfill"}
+
+    assert status["integrity_consistent"] is None  # no check yet
+
+    # An integrity check, then orders whose details are not fetched yet (the backlog).
+    assert await execute("integrity", common, IntegrityOptions(), asyncio.Event()) == 0
+    for order_id in sorted(sim.orders)[10:17]:
+        sim.set_status(order_id, Situacao.CANCELADA)
+    listing_only = SyncOptions(cycle=cycle(detail_budget=0))
+    assert await execute("sync", common, listing_only, asyncio.Event()) == 0
+    code, later = await asyncio.to_thread(cli_json, "status", database_url=database_url)
+    [after] = later["accounts"]
+    moved = sum(1 for i in sorted(sim.orders)[10:17] if i not in broken)
+    backlog = await db.fetchval(
+        "SELECT count(*) FROM ordens_servico o WHERE detail_stale AND NOT EXISTS (SELECT 1 "
+        "FROM import_failures f WHERE f.id_ordem = o.id AND NOT f.resolvido)"
+    )  # the orders with an open failure are the retry mode's
+    assert after["detail_backlog"] == backlog > 0 and backlog <= moved
+    assert after["integrity_consistent"] is True
+    assert after["last_runs"]["integrity"]["outcome"] == "ok"
+    assert after["last_runs"]["sync"]["title"] == "incremental cycle"
 
     # The table says the same for a person.
     table = await asyncio.to_thread(

@@ -14,7 +14,7 @@ import contextlib
 import heapq
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..errors import (
@@ -65,6 +65,10 @@ class DetailOutcome:
             raise self.outage
 
 
+#: What one attempt at a detail came to (see ``fetch_details``).
+_ANSWERED, _AGAIN, _UNANSWERED = object(), object(), object()
+
+
 def failure_for(order_id: int, exc: TinyError) -> FailureRecord:
     """The import_failures row for a detail request that failed (with the body, if any)."""
     body: str = getattr(exc, "body", "")
@@ -82,6 +86,7 @@ async def fetch_details(
     first_pause_s: float = FIRST_PAUSE_S,
     carry: Iterable[Waiting] = (),
     drain: bool = True,
+    answered: Callable[[], None] | None = None,
 ) -> DetailOutcome:
     """Fetch and parse details of ``ids``; per-order problems become failures, not errors.
 
@@ -98,6 +103,9 @@ async def fetch_details(
     Without ``drain`` it returns as soon as every id of ``ids`` is settled or pausing:
     the ones still pausing come back in ``carry``, for the caller to hand to its next call
     with more ids, so a pause never holds up a batch of healthy ones.
+
+    ``answered`` is called as each order gets its answer (a detail, a failure, a 404), for
+    progress that moves with the requests rather than with the merges.
     """
     out = DetailOutcome()
     loop = asyncio.get_running_loop()
@@ -120,30 +128,37 @@ async def fetch_details(
 
     async def one(order_id: int, tries: int) -> bool:
         """Fetch one detail; True when it failed transiently and may be tried again."""
+        answer = await attempt(order_id, tries)
+        if answer is _ANSWERED and answered is not None:
+            answered()
+        return answer is _AGAIN
+
+    async def attempt(order_id: int, tries: int) -> object:
+        """_ANSWERED (a detail, a failure, a 404), _AGAIN, or _UNANSWERED (given up on)."""
         try:
             detail = await source.get_order(order_id, retry=False)
         except TinyNotFound:
             out.missing.append(order_id)
-            return False
+            return _ANSWERED
         except TinyOutage as exc:
             out.outage = out.outage or exc
-            return False
+            return _UNANSWERED
         except TinyAuthError:
             raise
         except (TinyUnavailable, TinyRateLimited):
             if tries + 1 < attempts:
-                return True
+                return _AGAIN
             out.unavailable.append(order_id)
-            return False
+            return _UNANSWERED
         except TinyError as exc:
             out.failures.append(failure_for(order_id, exc))
-            return False
+            return _ANSWERED
         try:
             out.details.append(parse_detail(detail.body, order_id, detail.observed_at))
             out.raw[order_id] = detail.body
         except RecordError as exc:
             out.failures.append(failure_from(exc))
-        return False
+        return _ANSWERED
 
     async def worker() -> None:
         nonlocal left, fresh
@@ -208,7 +223,7 @@ class Enricher:
                 attempted.update(ids)
                 out = await fetch_details(
                     self._source, ids, concurrency=self._concurrency, stop=self._stop,
-                    carry=carry, drain=not ids,
+                    carry=carry, drain=not ids, answered=self._answered,
                 )  # fmt: skip
                 carry = out.carry
                 if merging is not None:
@@ -223,9 +238,11 @@ class Enricher:
             total = total + await merging
         return total
 
+    def _answered(self) -> None:
+        self.progress.details += 1  # as answers arrive: the rate follows the requests
+
     async def _merge(self, out: DetailOutcome) -> MergeStats:
         stats = await self._sink.merge_details(out.details, out.failures, out.missing)
-        self.progress.details += len(out.details) + len(out.failures) + len(out.missing)
         self.progress.failures += len(out.failures)
         out.raise_outage()  # merged first: what arrived before Tiny went down is kept
         return stats + MergeStats(unavailable=len(out.unavailable))

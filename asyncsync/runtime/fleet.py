@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from ..errors import AccountBusy, ConfigError
+from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, Credentials, ServeOptions
+from ..overview import AccountStatus
 from ..store import Database, Leases
 from . import Runtime, account_tiny, database_of, make_client
 
@@ -103,6 +105,13 @@ class Fleet:
             held = self._held.get(account)
             if held is not None:
                 held.lost.set()
+
+    async def statuses(self, now: dt.datetime) -> list[AccountStatus]:
+        if await self.single():
+            accounts = [self._pinned.account if self._pinned else self._common.account]
+        else:
+            accounts = sorted(self._held)
+        return [await self._database.account(a).status(now, DEFAULT_POLICY) for a in accounts]
 
     @asynccontextmanager
     async def lease(self, account: str) -> AsyncIterator[Leased]:

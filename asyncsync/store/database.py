@@ -135,11 +135,16 @@ async def connect_pool(
                 "lock_timeout": str(int(lock_timeout_s * 1000)),
             },
         )
+    except asyncpg.ClientConfigurationError as exc:  # a parameter of the DSN it refuses
+        raise _unusable(dsn, exc) from None
     except CAUGHT as exc:
         error = classify(exc, f"cannot connect to PostgreSQL at {redact(dsn)}")
         raise error from exc
     try:  # fail at the start, in one sentence, rather than at the first statement
         await pool.execute("SELECT 1")
+    except asyncpg.ClientConfigurationError as exc:
+        pool.terminate()
+        raise _unusable(dsn, exc) from None
     except CAUGHT as exc:
         pool.terminate()
         error = classify(exc, f"cannot connect to PostgreSQL at {redact(dsn)}")
@@ -169,6 +174,12 @@ async def migrate(pool: asyncpg.Pool) -> None:
         await queue.upgrade(conn)
 
 
+def _unusable(dsn: str, exc: Exception) -> ConfigError:
+    """A DSN asyncpg refuses to use (a parameter out of its range): the operator's to fix."""
+    return ConfigError(f"the database URL (--database-url, DATABASE_URL) {redact(dsn)} "
+                       f"is not usable: {exc}")  # fmt: skip
+
+
 def with_database(dsn: str, name: str) -> str:
     """``dsn`` pointing at database ``name`` instead (query string, e.g. a socket, kept)."""
     parts = urlsplit(dsn)
@@ -176,10 +187,15 @@ def with_database(dsn: str, name: str) -> str:
 
 
 def redact(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    if "@" not in dsn or "://" not in dsn:
+    """The DSN without its password (in the user part or a ``password=`` parameter)."""
+    if "://" not in dsn:
         return dsn
     scheme, rest = dsn.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}"
+    if "?" in rest:
+        rest, query = rest.split("?", 1)
+        kept = [p for p in query.split("&") if p.split("=", 1)[0].lower() != "password"]
+        rest += "?" + "&".join(kept) if kept else ""
+    if "@" in rest:
+        creds, host = rest.rsplit("@", 1)
+        rest = creds.split(":", 1)[0] + "@" + host
+    return f"{scheme}://{rest}"

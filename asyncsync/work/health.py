@@ -11,9 +11,9 @@ import orjson
 from ..clock import iso, utcnow
 from ..errors import DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
-from ..overview import freshness_limit, observe_status
+from ..overview import AccountStatus, freshness_limit, observe_status
 from ..readiness import Readiness
-from .ports import AccountRuntime
+from .ports import AccountRuntime, Fleet
 
 #: The sync_metadata key where a worker says how an account's last cycle went (read by
 #: ``--mode health``).
@@ -46,6 +46,28 @@ async def check_readiness(
         return
     readiness.clear("database")
     observe_status(status)
+    judge(status, interval_s, readiness, now)
+
+
+async def refresh(fleet: Fleet, interval_s: float, readiness: Readiness | None) -> None:
+    """Between cycles too (a first sync can take hours): the gauges of the accounts this
+    worker serves, and a single-account worker's token and freshness."""
+    now = utcnow()
+    try:
+        statuses = await fleet.statuses(now)
+        single = await fleet.single()
+    except DatabaseError as exc:
+        if readiness is not None:
+            readiness.set("database", f"unreachable: {exc}")
+        return
+    for status in statuses:
+        observe_status(status)
+    if single and readiness is not None and statuses:
+        judge(statuses[0], interval_s, readiness, now)
+
+
+def judge(status: AccountStatus, interval_s: float, readiness: Readiness, now: dt.datetime) -> None:
+    """The token and freshness reasons of one account's readiness."""
     # The access token is refreshed only when a request needs one, so it may lapse between
     # cycles; expired for longer than an interval (and the refresh margin) means no cycle
     # could refresh it.

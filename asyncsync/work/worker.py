@@ -18,6 +18,7 @@ from ..readiness import Readiness
 from ..seams import WorkQueue
 from ..tasks import unwrap
 from .handlers import Dispatcher, Hooks
+from .health import refresh
 from .planner import PLAN_EVERY, plan
 from .ports import Fleet
 from .units import BACKGROUND, PLAN
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between checks of the database (``/readyz``) and of the leases.
 READINESS_EVERY_S = 30.0
-#: After the queue lost the database it picks again after 5 s, 10 s, … at most a minute.
+#: After the queue lost the database it picks again after 5 s, 10 s, … at most a minute
+#: (and at most an interval); a queue that had been working that long starts over at 5 s.
 DB_RETRY_FIRST_S = 5.0
 DB_RETRY_MAX_S = 60.0
 
@@ -56,7 +58,8 @@ async def work(
 
     async def watch() -> None:
         while not done.is_set():
-            await _check(fleet, hooks.readiness)
+            if await _check(fleet, hooks.readiness):
+                await refresh(fleet, options.interval_s, hooks.readiness)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), READINESS_EVERY_S)
 
@@ -64,6 +67,7 @@ async def work(
         """The queue's loop, started again after the database came back."""
         failures = 0
         while not stop.is_set():
+            started = asyncio.get_running_loop().time()
             try:
                 if failures:
                     await plan(fleet, queue, options)
@@ -77,14 +81,18 @@ async def work(
                 )
                 return
             except DatabaseUnavailable as exc:
+                if asyncio.get_running_loop().time() - started > DB_RETRY_MAX_S:
+                    failures = 0  # it had been working: a new outage starts the backoff over
                 failures += 1
-                wait_s = min(DB_RETRY_MAX_S, DB_RETRY_FIRST_S * 2 ** (failures - 1))
+                backoff_s = DB_RETRY_FIRST_S * 2 ** (failures - 1)
+                wait_s = max(1.0, min(DB_RETRY_MAX_S, options.interval_s, backoff_s))
                 if hooks.readiness is not None:
                     hooks.readiness.set("database", f"unreachable: {exc}")
                 log.error("the work queue lost the database; picking again in %.0f s: %s",
                           wait_s, exc)  # fmt: skip
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), wait_s)
+                await _check(fleet, hooks.readiness)  # ready again as soon as it answers
 
     async def run() -> None:
         async with asyncio.TaskGroup() as tg:
@@ -100,16 +108,17 @@ async def work(
     return 0
 
 
-async def _check(fleet: Fleet, readiness: Readiness | None) -> None:
-    """The database answers (the readiness of every worker)."""
+async def _check(fleet: Fleet, readiness: Readiness | None) -> bool:
+    """Whether the database answers (the readiness of every worker)."""
     try:
         await fleet.ping()
     except DatabaseError as exc:
         if readiness is not None:
             readiness.set("database", f"unreachable: {exc}")
-        return
+        return False
     except AsyncsyncError as exc:  # pragma: no cover - a probe says what it met
         log.warning("worker check: %s", exc)
-        return
+        return False
     if readiness is not None:
         readiness.clear("database")
+    return True

@@ -11,6 +11,7 @@ import asyncpg
 
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
+from asyncsync.readiness import Readiness
 from asyncsync.runtime import open_runtime
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import Situacao
@@ -64,6 +65,61 @@ async def test_serve_rides_out_a_database_restart(
     pool = await asyncpg.create_pool(own_postgres.dsn, min_size=1, max_size=1)
     try:
         assert diff(sim.snapshot(), await mirror(pool)) == []  # the move is in
+    finally:
+        await pool.close()
+
+
+async def test_serve_fails_the_cycle_the_database_left_and_says_so(
+    simulator, own_postgres: OwnPostgres
+) -> None:
+    # The database stops in the middle of a cycle's listing: that cycle fails (its merges
+    # are tried again for --db-reconnect, then given up), readiness names the database
+    # while it is away, and once it is back a cycle completes and the mirror is exact.
+    sim = await simulator(orders=1500, seed=14, max_limit=50)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0)
+    stop = asyncio.Event()
+    readiness = Readiness()
+    outcomes: list[list[str]] = []
+    away: list[dict[str, str]] = []  # readiness while the database was stopped
+    pages = {"n": 0, "stopped_at": 0}
+    restarted: list[asyncio.Task[None]] = []
+
+    async def restart_later() -> None:
+        await asyncio.sleep(4)
+        away.append(readiness.reasons())
+        await asyncio.to_thread(own_postgres.start)
+
+    def stop_mid_listing(_: TinySimulator, params: dict[str, str]) -> None:
+        pages["n"] += 1
+        if pages["stopped_at"] == 0 and len(outcomes) == 1 and pages["n"] >= 5:
+            pages["stopped_at"] = pages["n"]
+            own_postgres.stop()
+            restarted.append(asyncio.get_running_loop().create_task(restart_later()))
+
+    async def after_cycle(rt, reports) -> None:
+        outcomes.append([r.outcome.value for r in reports])
+        if len(outcomes) == 1:
+            for order_id in sorted(sim.orders)[:40]:  # the next cycle has work to merge
+                sim.set_status(order_id, Situacao.CANCELADA)
+            pages["n"] = 0
+            sim.on_list_page = stop_mid_listing
+        elif restarted and restarted[0].done() and outcomes[-1][0] == "ok":
+            stop.set()
+
+    async with open_runtime(common) as rt:
+        options = ServeOptions(interval_s=0.05, heartbeat_s=2, cycle=cycle(detail_budget=10_000))
+        serving = serve_loop(rt, options, stop, after_cycle=after_cycle, readiness=readiness)
+        code = await asyncio.wait_for(serving, 120)
+    await asyncio.gather(*restarted)
+    assert code == 0  # the service lived through it
+    assert pages["stopped_at"] > 0 and away, (pages, away)
+    assert "unreachable" in away[0].get("database", ""), away
+    assert "failed" in [o[0] for o in outcomes[1:]], outcomes  # the cycle it left failed
+    assert outcomes[-1][0] == "ok"
+    assert "database" not in readiness.reasons()  # ready again
+    pool = await asyncpg.create_pool(own_postgres.dsn, min_size=1, max_size=1)
+    try:
+        assert diff(sim.snapshot(), await mirror(pool)) == []
     finally:
         await pool.close()
 
@@ -157,3 +213,31 @@ async def test_a_one_shot_run_whose_database_stops_exits_6(
     last = text.strip().splitlines()[-1]
     assert last.startswith("asyncsync: sync failed:") and "unreachable" in last, last
     assert "Traceback" not in text
+
+
+async def test_a_lock_held_elsewhere_becomes_an_error_not_a_hang(
+    simulator, database_url, db
+) -> None:
+    # Another session holds the mirror's table (a long migration, a stuck report): the
+    # run's statements give up after --lock-timeout instead of waiting for it.
+    sim = await simulator(orders=300, seed=7)
+    env = cli_env(
+        TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
+        TINY_REFRESH_TOKEN=sim.valid_refresh_token() or "",
+    )  # fmt: skip
+    async with db.acquire() as holder, holder.transaction():
+        await holder.execute("LOCK TABLE ordens_servico IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        proc = await asyncsync(
+            "sync", "--database-url", database_url, "--api-base-url", sim.base_url,
+            "--token-url", sim.token_url, "--lock-timeout", "1", "--statement-timeout", "60",
+            "--db-reconnect", "2", "--log-format", "json", env=env,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        took = time.monotonic() - started
+    text = err.decode()
+    assert proc.returncode == 6, text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("asyncsync: sync failed:") and "lock timeout" in last, last
+    assert "Traceback" not in text
+    assert took < 30, took  # the lock timeout and the reconnect window, not the holder
