@@ -4,6 +4,7 @@ one-shot runs of any account (``--account`` or ``--all-accounts``), and ``author
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ import sys
 import aiohttp
 
 from asyncsync.simulator import TinySimulator
+from asyncsync.status import Situacao
 
 from .mirror import diff, mirror
 
@@ -86,6 +88,46 @@ async def test_accounts_are_added_listed_disabled_and_removed(simulator, databas
     }
 
 
+async def test_accounts_add_refuses_what_it_cannot_keep(database_url, db, tmp_path) -> None:
+    base = ["accounts", "add", "k", "--database-url", database_url, "--client-id", "c"]
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    cases = [
+        (["--client-secret-env", "S", "--client-secret-file", str(secret)], "one way"),
+        (
+            [
+                "--client-secret-env",
+                "S",
+                "--refresh-token-env",
+                "R",
+                "--refresh-token-file",
+                str(secret),
+            ],
+            "not both",
+        ),
+        (["--client-secret-file", "relative/secret"], "must be an absolute path"),
+    ]
+    for extra, said in cases:
+        code, _, err = await cli(*base, *extra)
+        assert code == 2 and said in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1
+    assert await db.fetchval("SELECT count(*) FROM accounts") == 0  # nothing half-added
+    # A refresh token in clear is not kept, and the command says so.
+    clear = ["--refresh-token", "tok-in-clear", "--log-format", "text"]
+    code, out, err = await cli(*base, "--client-secret-env", "S", "--quota-share", "0.8", *clear)
+    assert code == 0 and "refresh token given (--refresh-token" in out, out + err
+    assert "tok-in-clear" not in out + err
+    assert await db.fetchval("SELECT count(*) FROM tiny_tokens") == 0
+    _, listed, _ = await cli("accounts", "list", "--database-url", database_url, "--json")
+    assert json.loads(listed)["accounts"][0]["quota share"] == 0.8
+    # Re-adding a disabled account replaces its definition and leaves it disabled.
+    assert (await cli("accounts", "disable", "k", "--database-url", database_url))[0] == 0
+    code, out, _ = await cli(*base, "--client-secret-env", "S2", "--log-format", "text")
+    assert code == 0 and "updated" in out and "still disabled" in out, out
+    row = await db.fetchrow("SELECT enabled, client_secret_env FROM accounts WHERE key = 'k'")
+    assert (row["enabled"], row["client_secret_env"]) == (False, "S2")
+
+
 async def test_one_shot_runs_reach_every_account_by_its_row(
     simulator, database_url, db, tmp_path
 ) -> None:
@@ -133,6 +175,33 @@ async def test_one_shot_runs_reach_every_account_by_its_row(
         (key, await db.fetchval("SELECT count(*) FROM import_failures WHERE account = $1", key))
         for key in ("north", "south")
     ]
+    # The other one-shot modes, every account in turn, each report naming its account.
+    north_orders = sorted(sims["north"].orders)
+    sims["north"].set_status(north_orders[0], Situacao.CANCELADA)  # integrity has work
+    await db.execute("UPDATE ordens_servico SET situacao = 0 WHERE account = 'north' AND id = $1",
+                     north_orders[1])  # fmt: skip
+    month = f"{dt.date.today():%Y-%m}"
+    for mode, extra in (("integrity", ["--deep"]), ("retry", []),
+                        ("backfill", ["--from", month, "--detail-budget", "0"])):  # fmt: skip
+        code, out, err = await cli(mode, "--all-accounts", "--database-url", database_url,
+                                   "--json", *extra, env=env)  # fmt: skip
+        assert code == 0, (mode, err)
+        reports = [json.loads(line) for line in out.splitlines()]
+        assert [(r["mode"], r["account"]) for r in reports] == [
+            (mode, "north"), (mode, "south"),
+        ], (mode, reports)  # fmt: skip
+    for key, sim in sims.items():
+        assert diff(sim.snapshot(), await mirror(db, key)) == []  # integrity fixed north
+    rows = await db.fetch("SELECT account, mode FROM sync_runs WHERE mode <> 'sync' ORDER BY id")
+    assert [(r["account"], r["mode"]) for r in rows] == [
+        (a, m) for m in ("integrity", "retry", "backfill") for a in ("north", "south")
+    ]
+    code, out, err = await cli("status", "--all-accounts", "--database-url", database_url,
+                               "--json")  # fmt: skip
+    assert code == 0, err
+    shown = json.loads(out)
+    assert [a["account"] for a in shown["accounts"]] == ["north", "south"]
+    assert all(a["last_runs"]["backfill"]["outcome"] == "ok" for a in shown["accounts"])
     # An enabled account that never synced makes the whole answer unhealthy, and says which.
     code, _, err = await cli(*add_args("west", sims["south"], database_url))
     assert code == 0, err

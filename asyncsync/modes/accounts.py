@@ -5,9 +5,11 @@ database, which every worker serves.
 (``--api-base-url``, ``--token-url``, ``--client-id``, ``--quota-share``) and its client
 secret by reference: ``--client-secret-env VAR`` (every worker reads that variable) or
 ``--client-secret-file PATH`` (a container secret); ``--client-secret`` itself is kept in
-the table only with ``--store-client-secret``. Adding (or enabling) an account puts its
-first cycle on the queue at once; its first tokens come from
-``asyncsync authorize --account KEY`` (or a bootstrap ``--refresh-token-env``).
+the table only with ``--store-client-secret``. Adding a key that exists replaces its
+definition (every field from this command's flags) and keeps whether it is enabled.
+Adding (or enabling) an account puts its first cycle on the queue at once; its first
+tokens come from ``asyncsync authorize --account KEY`` (or a bootstrap
+``--refresh-token-env``).
 """
 
 from __future__ import annotations
@@ -33,11 +35,22 @@ def _config(key: str, common: CommonOptions, options: AccountsOptions) -> Accoun
     if options.store_client_secret and not stored:
         raise ConfigError("--store-client-secret keeps --client-secret: give it too")
     given = [options.client_secret_env, options.client_secret_file, stored]
-    if sum(g is not None for g in given) != 1:
+    if sum(g is not None for g in given) > 1:
+        raise ConfigError("accounts add: give the client secret one way: --client-secret-env, "
+                          "--client-secret-file or --client-secret, not several")  # fmt: skip
+    if not any(g is not None for g in given):
         raise ConfigError(
             "accounts add needs the client secret by reference: --client-secret-env VAR or "
             "--client-secret-file PATH (or --client-secret with --store-client-secret)"
         )
+    if options.refresh_token_env and options.refresh_token_file:
+        raise ConfigError("accounts add: give the bootstrap refresh token one way: "
+                          "--refresh-token-env or --refresh-token-file, not both")  # fmt: skip
+    for flag, path in (("--client-secret-file", options.client_secret_file),
+                       ("--refresh-token-file", options.refresh_token_file)):  # fmt: skip
+        if path is not None and not path.is_absolute():
+            raise ConfigError(f"{flag} must be an absolute path (every worker reads it, "
+                              f"from its own working directory), got {path}")  # fmt: skip
     return AccountConfig(
         key=key, api_base_url=tiny.api_base_url, token_url=tiny.token_url,
         client_id=tiny.client_id, client_secret_env=options.client_secret_env,
@@ -72,8 +85,13 @@ async def run(common: CommonOptions, options: AccountsOptions, stop: asyncio.Eve
         if options.action == "add":
             config = _config(key, common, options)
             new = await registry.put(config)
-            await _start(database.queue, key)
-            note = _unset_here(config)
+            stored = await registry.get(key)
+            enabled = stored is not None and stored.enabled
+            if enabled:
+                await _start(database.queue, key)
+            note = _unset_here(config) + _not_kept(common, options)
+            if not new:
+                note += " (its definition replaced" + ("" if enabled else "; still disabled") + ")"
             said = f"account {key} {'added' if new else 'updated'}" + note
             show(said, {"account": key, "added": new}, common)
             return 0
@@ -102,3 +120,17 @@ def _unset_here(config: AccountConfig) -> str:
     if not missing:
         return ""
     return f" (note: {', '.join('$' + v for v in missing)} is unset here; every worker needs it)"
+
+
+def _not_kept(common: CommonOptions, options: AccountsOptions) -> str:
+    """Say which secrets given (as a flag or in the environment) the row does not keep: the
+    table names secrets by reference."""
+    notes = []
+    if common.tiny.client_secret and not options.store_client_secret:
+        notes.append("the client secret given (--client-secret / TINY_CLIENT_SECRET) is not "
+                     "stored: the row names it by reference")  # fmt: skip
+    if common.tiny.refresh_token:
+        notes.append("the refresh token given (--refresh-token / TINY_REFRESH_TOKEN) is not "
+                     "stored: name it with --refresh-token-env or --refresh-token-file, or "
+                     "run asyncsync authorize --account KEY")  # fmt: skip
+    return "".join(f" (note: {n})" for n in notes)

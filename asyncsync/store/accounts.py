@@ -30,7 +30,7 @@ def _config(row: Any) -> AccountConfig:
         client_secret=row["client_secret"],
         refresh_token_env=row["refresh_token_env"],
         refresh_token_file=path(row["refresh_token_file"]),
-        quota_share=float(row["quota_share"]),
+        quota_share=round(float(row["quota_share"]), 4),  # a real: 0.8 reads 0.800000011
         enabled=row["enabled"],
     )
 
@@ -42,7 +42,8 @@ class PgAccounts:
         self._sql = sql
 
     async def put(self, config: AccountConfig) -> bool:
-        """Add ``config``, or replace the row with its key; True when it is new."""
+        """Add ``config``, or replace the row with its key (keeping whether it is enabled);
+        True when it is new."""
         c = config
 
         def text(value: Path | None) -> str | None:

@@ -82,3 +82,27 @@ async def asyncsync(*args: str, env: dict[str, str]) -> asyncio.subprocess.Proce
         sys.executable, "-m", "asyncsync", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
+
+
+#: Runs the CLI like ``python -m asyncsync`` and, at exit, prints the process's own peak
+#: RSS (not its parent's, not an earlier child's) as the last stderr line.
+MEASURED = (
+    "import atexit, resource, runpy, sys\n"
+    "atexit.register(lambda: print(f'PEAK_RSS_KIB={resource.getrusage("
+    "resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr))\n"
+    "sys.argv = ['asyncsync', *sys.argv[1:]]\n"
+    "runpy.run_module('asyncsync', run_name='__main__')\n"
+)
+
+
+async def asyncsync_measured(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``asyncsync(...)`` whose stderr ends with ``PEAK_RSS_KIB=<its own peak>``."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", MEASURED, *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+def peak_rss_mib(stderr: str) -> float:
+    line = next(x for x in reversed(stderr.splitlines()) if x.startswith("PEAK_RSS_KIB="))
+    return int(line.split("=", 1)[1]) / 1024

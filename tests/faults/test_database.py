@@ -126,16 +126,28 @@ async def test_serve_fails_the_cycle_the_database_left_and_says_so(
 
 async def test_a_backend_terminated_mid_merge_is_ridden(simulator, runtime_for, db) -> None:
     sim = await simulator(orders=2500, seed=21, max_limit=50)
-    kills = {"done": 0}
+    kills = {"done": 0, "busy": 0}
     pending: set[asyncio.Task[None]] = set()
 
     async def terminate() -> None:
+        # Wait (briefly) for a backend of the sink's to be in the middle of something, a
+        # merge's transaction most likely, then cut every one of them.
+        for _ in range(200):
+            busy = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'asyncsync' AND pid <> pg_backend_pid() "
+                "AND state IN ('active', 'idle in transaction')"
+            )
+            if busy:
+                break
+            await asyncio.sleep(0.005)
         await db.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND application_name = 'asyncsync' "
             "AND pid <> pg_backend_pid()"
         )
         kills["done"] += 1
+        kills["busy"] += bool(busy)
 
     def now_and_then(_: TinySimulator, params: dict[str, str]) -> None:
         if int(params.get("offset", "0")) % 500 == 250 and kills["done"] < 6:
@@ -147,7 +159,7 @@ async def test_a_backend_terminated_mid_merge_is_ridden(simulator, runtime_for, 
     async with runtime_for(sim) as rt:
         report = await full_sync(rt, page_size=50, batch_size=200)
     await asyncio.gather(*pending)
-    assert kills["done"] >= 3
+    assert kills["done"] >= 3 and kills["busy"] >= 1, kills  # at least one cut a merge
     assert report.outcome == "ok"
     assert diff(sim.snapshot(), await mirror(db)) == []
     history = await db.fetchval("SELECT count(*) FROM ordem_status_history")
