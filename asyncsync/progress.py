@@ -78,7 +78,7 @@ class Meter:
         if total is not None and done >= total:
             # Finished: the phase's average, steadier than the last window's bursts.
             t0, d0 = self._first or (now, done)
-            self.rate = (done - d0) / (now - t0) if now - t0 >= 1.0 else self.rate
+            self.rate = (done - d0) / (now - t0) if now - t0 >= 0.1 else self.rate
             self.eta_s, self._eta_at = 0.0, now
             return
         samples = self._samples

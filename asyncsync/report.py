@@ -61,7 +61,7 @@ COUNT_LABELS: dict[str, str] = {
     "first_sightings": "history: first sightings",
     "status_changes": "history: status changes",
     "vanished": "open orders gone from the open listings",
-    "relisted": "partitions listed again (the mirror knew fewer than the API counts)",
+    "relisted": "partitions listed again (short of the API total)",
     "details_fetched": "details fetched",
     "details_gone": "details answering 404",
     "details_unavailable": "details Tiny could not serve (left for later)",

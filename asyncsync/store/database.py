@@ -28,13 +28,21 @@ log = logging.getLogger(__name__)
 __all__ = ["connect_pool", "embedded_server", "guarded", "migrate", "redact", "resolve_dsn", "sql"]
 
 
+#: DSNs of the embedded servers this process has started (a run opens its database more
+#: than once: the run itself, then its history row).
+_STARTED: dict[Path, str] = {}
+
+
 def start_embedded(data_dir: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL under ``data_dir``; return its DSN.
 
     The server keeps running for later runs of the same data directory and is stopped
     when the last process using it exits.
     """
-    return str(_embedded_server(data_dir).get_uri())
+    key = data_dir.resolve()
+    if key not in _STARTED:
+        _STARTED[key] = str(_embedded_server(data_dir).get_uri())
+    return _STARTED[key]
 
 
 @contextmanager
