@@ -70,11 +70,17 @@ class Meter:
         self._eta_at: float | None = None
         self._first: tuple[float, int] | None = None
 
-    def update(self, now: float, done: int, total: int | None) -> None:
+    def update(
+        self, now: float, done: int, total: int | None, started: float | None = None
+    ) -> None:
+        """``started``: when the phase began, for a phase already done at its first look."""
         if total is not None and done >= total and self.eta_s == 0.0:
             return  # finished: keep the rate shown when it finished
         if self._first is None and total is not None:
-            self._first = (now, done)  # the phase starts when its total is known
+            # The phase starts when its total is known (or at ``started``, if given and
+            # it is already over: a listing shorter than the reporter's first tick).
+            over = done >= total and started is not None
+            self._first = (started, 0) if over and started is not None else (now, done)
         if total is not None and done >= total:
             # Finished: the phase's average, steadier than the last window's bursts.
             t0, d0 = self._first or (now, done)
@@ -183,7 +189,7 @@ class ProgressReporter:
         p = self.progress
         now = time.monotonic()
         done, total, unit = p.listing()
-        self.meters["listing"].update(now, done, total)
+        self.meters["listing"].update(now, done, total, started=p.started)
         self.meters["details"].update(now, p.details, p.details_total)
         listing, details = self.meters["listing"], self.meters["details"]
 

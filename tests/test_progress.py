@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import logging
+import re
 
 import pytest
 from rich.console import Console
@@ -73,7 +74,9 @@ async def test_off_a_terminal_progress_is_log_lines(capsys) -> None:
     finally:
         logging.getLogger().handlers.clear()
     [line] = [json.loads(x) for x in err.splitlines() if '"sync progress"' in x]
-    assert line["level"] == "info" and line["ts"].endswith("Z")
+    assert line["level"] == "info"
+    # RFC 3339, UTC, with milliseconds: 2026-11-29T20:03:02.123Z
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"]), line["ts"]
     assert line["listing"] == {
         "done": 10, "total": 20, "unit": "orders", "rate_per_s": None, "eta_s": None,
     }  # fmt: skip
