@@ -79,8 +79,7 @@ class Meter:
         if self._first is None and total is not None:
             # The phase starts when its total is known (or at ``started``, if given and
             # it is already over: a listing shorter than the reporter's first tick).
-            over = done >= total and started is not None
-            self._first = (started, 0) if over and started is not None else (now, done)
+            self._first = (started, 0) if done >= total and started is not None else (now, done)
         if total is not None and done >= total:
             # Finished: the phase's average, steadier than the last window's bursts.
             t0, d0 = self._first or (now, done)
