@@ -84,9 +84,7 @@ async def run(common: CommonOptions, options: AccountsOptions, stop: asyncio.Eve
         assert key is not None
         if options.action == "add":
             config = _config(key, common, options)
-            new = await registry.put(config)
-            stored = await registry.get(key)
-            enabled = stored is not None and stored.enabled
+            new, enabled = await registry.put(config)
             if enabled:
                 await _start(database.queue, key)
             note = _unset_here(config) + _not_kept(common, options)

@@ -41,21 +41,22 @@ class PgAccounts:
     def __init__(self, sql: SqlRunner) -> None:
         self._sql = sql
 
-    async def put(self, config: AccountConfig) -> bool:
+    async def put(self, config: AccountConfig) -> tuple[bool, bool]:
         """Add ``config``, or replace the row with its key (keeping whether it is enabled);
-        True when it is new."""
+        returns (whether it is new, whether it is enabled)."""
         c = config
 
         def text(value: Path | None) -> str | None:
             return None if value is None else str(value)
 
-        inserted = await self._sql.fetchval(
+        row = await self._sql.fetchrow(
             f"saving account {c.key}", "account_upsert",
             c.key, c.api_base_url, c.token_url, c.client_id, c.client_secret_env,
             text(c.client_secret_file), c.client_secret, c.refresh_token_env,
             text(c.refresh_token_file), c.quota_share, c.enabled,
         )  # fmt: skip
-        return bool(inserted)
+        assert row is not None  # INSERT ... RETURNING always answers a row
+        return bool(row["inserted"]), bool(row["enabled"])
 
     async def get(self, key: str) -> AccountConfig | None:
         row = await self._sql.fetchrow(f"reading account {key}", "account_get", key)
