@@ -162,6 +162,12 @@ def with_changed_status(items: list[dict[str, Any]], share: float, seed: int) ->
     return len(chosen)
 
 
+async def as_shipped(conn: asyncpg.Connection) -> None:
+    """Plan caching as PostgreSQL ships it, for the naive loaders: asyncsync's pool plans
+    each statement for its values, which would make an executemany plan every row."""
+    await conn.execute("SET plan_cache_mode = auto")
+
+
 async def empty_tables(conn: asyncpg.Connection) -> None:
     """Empty the tables; TRUNCATE keeps the column statistics of the priming load, as if
     autovacuum had analyzed the tables early in a first sync."""
@@ -239,6 +245,7 @@ async def run_statements(
 ) -> list[Result]:
     """``size``: executemany per batch in a transaction; None: one autocommit per row."""
     out = []
+    await as_shipped(conn)
     await empty_tables(conn)
     for i, (label, records, notes) in enumerate(runs):
         before = await history_rows(conn)

@@ -48,6 +48,7 @@ from _common import (
 from _profile import BackendCpu, profiled, statement_costs
 from bench_merge import (
     NAIVE_UPSERT,
+    as_shipped,
     batches,
     ceiling,
     empty_tables,
@@ -151,6 +152,7 @@ async def writer_load(
 
 
 async def executemany_load(conn: asyncpg.Connection, records: Sequence[OrderRecord]) -> float:
+    await as_shipped(conn)
     started = time.perf_counter()
     for chunk in batches(records, 2000):
         async with conn.transaction():

@@ -8,9 +8,10 @@ import datetime as dt
 import pytest
 
 from asyncsync.errors import RecordError
-from asyncsync.records import parse_list_item
+from asyncsync.records import OrderRecord, parse_list_item
 from asyncsync.seams import Checkpoint
 from asyncsync.store import Database
+from asyncsync.store.database import connect_pool
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -101,3 +102,64 @@ def test_values_the_columns_cannot_hold_are_bad_records(field: str, value: objec
     raw = {**item(1, 3), field: value}
     with pytest.raises(RecordError, match=field):
         parse_list_item(raw, T0)
+
+
+async def test_an_emptied_mirror_does_not_leave_a_whole_table_lookup_behind(database_url) -> None:
+    """A cached generic plan, built while ``ordens_servico`` is empty, probes by the
+    account alone (the first column of another index) and reads every row of the account
+    for each id of a batch. Plans are made for each execution's values instead: the
+    lookup of a re-sync after the table was emptied and refilled reads no other index."""
+
+    def batch(ids: range, situacao: int, at: int) -> list[OrderRecord]:
+        return [parse_list_item(item(i, situacao), T0 + dt.timedelta(seconds=at)) for i in ids]
+
+    async with connect_pool(database_url, max_size=1, application_name="tests") as pool:
+        sink = Database(pool).account("default", open_statuses=[0]).orders
+        await sink.merge_listed(batch(range(1, 201), 0, 0))
+        for at in range(1, 9):  # enough executions of the lookup for a generic plan
+            await sink.merge_listed(batch(range(1, 201), 0, at))
+        await pool.execute("TRUNCATE ordens_servico, ordem_status_history")
+        await sink.merge_listed(batch(range(1, 201), 0, 10))  # planned on an empty table
+        for start in range(201, 4001, 400):
+            await sink.merge_listed(batch(range(start, start + 400), 0, 11))
+        await pool.execute("SELECT pg_stat_force_next_flush()")
+        before = await pool.fetchval(INDEX_TUPLES_READ)
+        await pool.execute("SELECT pg_stat_force_next_flush()")
+        stats = await sink.merge_listed(batch(range(1, 1001), 5, 12))  # a re-sync
+        await pool.execute("SELECT pg_stat_force_next_flush()")
+        after = await pool.fetchval(INDEX_TUPLES_READ)
+    assert (stats.changed, stats.status_changes) == (1000, 1000)
+    assert after - before < 1000, f"the lookup read {after - before:,} entries of another index"
+
+
+INDEX_TUPLES_READ = """
+SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes
+WHERE relname = 'ordens_servico' AND indexrelname <> 'ordens_servico_pkey'
+"""
+
+
+async def test_a_first_load_copies_new_batches_straight_in_and_falls_back_on_a_known_id(
+    db,
+) -> None:
+    """After an all-new batch the next is copied without the lookup; one whose ids are
+    partly in the mirror already is sent back through it, whole, with nothing doubled."""
+    sink = Database(db).account("default", open_statuses=[0]).orders
+    for start in (1, 101):
+        stats = await sink.merge_listed(
+            [parse_list_item(item(i, 0), T0) for i in range(start, start + 100)]
+        )
+        assert (stats.inserted, stats.first_sightings) == (100, 100)
+    later = T0 + dt.timedelta(seconds=5)
+    mixed = [parse_list_item(item(i, 5 if i <= 200 else 0), later) for i in range(151, 251)]
+    stats = await sink.merge_listed(mixed, checkpoints=[Checkpoint("k", '"after"')])
+    assert (stats.inserted, stats.changed, stats.status_changes) == (50, 50, 50)
+    rows = await db.fetch("SELECT id, situacao FROM ordens_servico ORDER BY id")
+    assert [(r["id"], r["situacao"]) for r in rows] == [
+        (i, 5 if 151 <= i <= 200 else 0) for i in range(1, 251)
+    ]
+    history = await db.fetch(
+        "SELECT id_os, status_antigo, status_novo FROM ordem_status_history ORDER BY id_os, seq"
+    )
+    expected = [(i, None, 0) for i in range(1, 251)] + [(i, 0, 5) for i in range(151, 201)]
+    assert [tuple(r) for r in history] == sorted(expected, key=lambda r: (r[0], r[1] is not None))
+    assert await db.fetchval("SELECT valor FROM sync_metadata WHERE chave = 'k'") == '"after"'

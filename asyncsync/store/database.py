@@ -141,6 +141,11 @@ async def connect_pool(
                 "application_name": application_name,
                 "statement_timeout": str(int(statement_timeout_s * 1000)),
                 "lock_timeout": str(int(lock_timeout_s * 1000)),
+                # A statement is planned for its values at each execution. A plan cached
+                # while ordens_servico was empty probes it by the account alone (another
+                # index's first column) and reads the whole account for every id once it
+                # has grown back; a batch's planning costs well under a millisecond.
+                "plan_cache_mode": "force_custom_plan",
             },
         )
     except asyncpg.ClientConfigurationError as exc:  # a parameter of the DSN it refuses

@@ -4,9 +4,11 @@ The merge is **hashes first**: a batch ships ``(id, hash, observed_at)`` as thre
 the database answers which ids are new or changed by primary-key probes (a batch costs
 the same however large the mirror grows), and only those rows' payloads are copied and
 merged — so a re-sync of unchanged orders writes nothing. A batch known to be all new is
-copied straight into the target tables. History rows, import failures and
-checkpoints commit in the same transaction as the rows they describe, so a crash never
-leaves one without the other.
+copied straight into the target tables; during a first load, once a batch was all new,
+the next is copied in without the lookup at all, and one whose ids are partly there
+already is rolled back to a savepoint and merged the hashes-first way. History rows,
+import failures and checkpoints commit in the same transaction as the rows they
+describe, so a crash never leaves one without the other.
 
 This module alone knows the staging layout (``stage.sql``); an integrity correction is
 the same merge with every row forced through it (:meth:`PgOrderStore.correct`).
@@ -83,6 +85,10 @@ class PgOrderStore:
         self._open = list(open_statuses)
         self._clock = clock
         self._claims = Claims()
+        # A first load is batch after batch of new orders: once one batch was all new, the
+        # next is copied straight in, and a row already there sends it back (a savepoint)
+        # through the hashes-first path, which also turns this off again.
+        self._expect_new = False
 
     async def merge_listed(
         self,
@@ -197,8 +203,12 @@ class PgOrderStore:
         todo: set[int] = set()
         history = 0
         written: set[int] = set()
+        hopeful = bool(unique) and self._expect_new and not force
         async with self._pool.acquire() as conn, conn.transaction():
-            if unique:
+            if hopeful and await self._try_all_new(conn, unique, source):
+                new_ids = {r.id for r in unique}
+                todo, history, written = new_ids, len(unique), set(new_ids)
+            elif unique:
                 found = await conn.fetchrow(
                     sql("find_changed"),
                     self.account,
@@ -209,6 +219,8 @@ class PgOrderStore:
                 )
                 new_ids = set(found["new_ids"])
                 todo = new_ids.union(found["changed_ids"])
+                if not force:
+                    self._expect_new = len(new_ids) == len(unique)
                 if todo and len(new_ids) == len(todo):
                     fresh = [r for r in unique if r.id in todo]
                     await self._insert_new(conn, fresh, source)
@@ -223,8 +235,8 @@ class PgOrderStore:
                     history = _affected(tag)
                     rows_written = await conn.fetch(sql("merge_orders"), self.account)
                     written = {row["id"] for row in rows_written}
-                if new_ids:
-                    await conn.execute(sql("resolve_failures"), self.account, list(new_ids), now)
+            if new_ids:
+                await conn.execute(sql("resolve_failures"), self.account, list(new_ids), now)
             await failure_rows.upsert(
                 conn, self.account, failures, now=now, counts_as_attempt=False
             )
@@ -248,6 +260,18 @@ class PgOrderStore:
         metrics.ORDERS_SYNCED.labels(account, "unchanged").inc(stats.unchanged)
         metrics.FIRST_SIGHTINGS.labels(account).inc(stats.first_sightings)
         metrics.STATUS_CHANGES.labels(account).inc(stats.status_changes)
+
+    async def _try_all_new(
+        self, conn: asyncpg.Connection, records: list[OrderRecord], source: str
+    ) -> bool:
+        """Copy ``records`` in as new orders; False (nothing written) if one is there."""
+        try:
+            async with conn.transaction():  # a savepoint
+                await self._insert_new(conn, records, source)
+        except asyncpg.UniqueViolationError:
+            self._expect_new = False
+            return False
+        return True
 
     async def _insert_new(
         self, conn: asyncpg.Connection, records: list[OrderRecord], source: str
