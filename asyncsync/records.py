@@ -25,18 +25,21 @@ from typing import Any
 import orjson
 
 from .errors import RecordError
-from .status import parse_situacao
+from .status import Situacao, parse_situacao
 
 _ZERO_DATES = {"", "0000-00-00", "0000-00-00 00:00:00"}
 #: A year this far out is a placeholder for "no date" (asyncpg maps date.max to infinity).
 _NO_DATE_YEAR = 9999
 #: numeric(14, 2) holds less than this; a larger amount is bad data, not a crash.
 _MONEY_LIMIT = Decimal(10) ** 12
+_FLOAT_LIMIT = 1e12  # _MONEY_LIMIT, exactly, for a float
+_CENT = Decimal("0.01")
 #: Money fields of a detail (numbers or strings, in either decimal form).
 _DETAIL_MONEY = ("totalServicos", "totalOrdemServico", "totalPecas", "desconto", "valor",
                  "alqComissao", "vlrComissao")  # fmt: skip
 #: ids are bigint.
 _ID_MAX = 2**63 - 1
+_CODES = frozenset(int(code) for code in Situacao)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +145,9 @@ def parse_datetime(value: object, field: str) -> dt.datetime | None:
         if len(text) <= 10:
             moment = dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
         else:
-            moment = dt.datetime.fromisoformat(text).replace(tzinfo=None)
+            moment = dt.datetime.fromisoformat(text)
+            if moment.tzinfo is not None:
+                moment = moment.replace(tzinfo=None)
     except ValueError:
         raise ValueError(f"{field}: unparseable date-time {value!r}") from None
     return None if moment.year >= _NO_DATE_YEAR else moment
@@ -152,6 +157,8 @@ def parse_money(value: object, field: str) -> Decimal | None:
     """A number, ``"1234.56"``, ``"1234,56"`` or ``"1.234,56"`` → Decimal; null/"" → None."""
     if value is None:
         return None
+    if type(value) is float and -_FLOAT_LIMIT < value < _FLOAT_LIMIT:  # NaN fails both
+        return Decimal(repr(value)).quantize(_CENT)
     if isinstance(value, bool):
         raise ValueError(f"{field}: expected money, got a boolean")
     if isinstance(value, int | float):
@@ -173,10 +180,12 @@ def parse_money(value: object, field: str) -> Decimal | None:
 def _bounded(amount: Decimal, field: str, value: object) -> Decimal:
     if not amount.is_finite() or abs(amount) >= _MONEY_LIMIT:
         raise ValueError(f"{field}: amount out of range {value!r}")
-    return amount.quantize(Decimal("0.01"))
+    return amount.quantize(_CENT)
 
 
 def _parse_id(value: object, field: str) -> int:
+    if type(value) is int and 0 < value <= _ID_MAX:  # what nearly every answer carries
+        return value
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{field}: missing")
     if isinstance(value, str) and value.strip().isdigit():
@@ -191,8 +200,8 @@ def _optional_id(value: object, field: str) -> int | None:
 
 
 def _optional_text(value: object, field: str) -> str | None:
-    if value is None:
-        return None
+    if value is None or type(value) is str:
+        return value
     if isinstance(value, str | int) and not isinstance(value, bool):
         return str(value)
     raise ValueError(f"{field}: expected text, got {type(value).__name__}")
@@ -258,7 +267,12 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
         cliente = fields.get("cliente") or {}
         if type(cliente) is not dict and not isinstance(cliente, Mapping):
             raise ValueError("cliente: expected an object")
-        situacao = int(parse_situacao(fields.get("situacao")))
+        raw_situacao = fields.get("situacao")
+        situacao = (
+            raw_situacao
+            if type(raw_situacao) is int and raw_situacao in _CODES
+            else int(parse_situacao(raw_situacao))
+        )
         data = parse_date(fields.get("data"), "data")
         prevista = parse_datetime(fields.get("dataPrevista"), "dataPrevista")
         valor = parse_money(fields.get("valor"), "valor")
