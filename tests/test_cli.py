@@ -239,3 +239,24 @@ def test_the_readme_lists_every_flag_and_its_variable() -> None:
         if (not f.positional and f"`{f.flag}" not in config) or f"`{f.env}`" not in config
     ]
     assert missing == []  # fmt: skip
+
+
+async def test_a_sync_leaves_the_queue_alone_and_migrate_installs_it(simulator, database_url, db):
+    """A one-shot sync does not create (or load) the work queue; ``--mode migrate`` does."""
+    import asyncio
+
+    sim = await simulator(orders=30)
+    env = {
+        "TINY_CLIENT_ID": sim.config.client_id, "TINY_CLIENT_SECRET": sim.config.client_secret,
+        "TINY_REFRESH_TOKEN": sim.valid_refresh_token(), "TINY_API_BASE_URL": sim.base_url,
+        "TINY_TOKEN_URL": sim.token_url, "DATABASE_URL": database_url,
+    }  # fmt: skip
+    synced = await asyncio.to_thread(run_cli, "sync", "--detail-budget", "0", env=env)
+    assert synced.returncode == 0, synced.stderr
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 30
+    assert await db.fetchval("SELECT to_regclass('pgqueuer')") is None
+    migrated = run_cli("migrate", env={"DATABASE_URL": database_url})
+    assert migrated.returncode == 0, migrated.stderr
+    assert await db.fetchval("SELECT to_regclass('pgqueuer')::text") == "pgqueuer"
+    again = run_cli("migrate", env={"DATABASE_URL": database_url})  # idempotent
+    assert again.returncode == 0, again.stderr

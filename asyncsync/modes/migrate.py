@@ -1,4 +1,5 @@
-"""``--mode migrate``: apply ``schema.sql`` (idempotent) and exit."""
+"""``--mode migrate``: apply ``schema.sql`` and install the work queue's tables
+(idempotent), then exit."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from ..runtime import database_of
 
 
 async def run(common: CommonOptions, options: MigrateOptions, stop: asyncio.Event) -> int:
-    """Create or update the schema."""
-    async with database_of(common):
-        pass
+    """Create or update the schema, the work queue's tables included."""
+    async with database_of(common) as database:
+        await database.queue.install()
     print("schema is up to date")
     return 0

@@ -175,16 +175,12 @@ async def connect_pool(
 
 
 async def migrate(pool: asyncpg.Pool) -> None:
-    """Apply ``schema.sql`` and install the work queue's tables (idempotent); serialized so
-    parallel starts don't collide."""
-    from . import queue  # the queue library is loaded only where a schema is applied
-
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            await conn.execute(sql("schema_lock"))
-            await conn.execute(sql("schema"))
-            await queue.install(conn)
-        await queue.upgrade(conn)
+    """Apply ``schema.sql`` (idempotent); serialized so parallel starts don't collide. The
+    work queue's tables come with the queue's first use (``PgWorkQueue.install``): a
+    one-shot sync does not load the queue library."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("schema_lock"))
+        await conn.execute(sql("schema"))
 
 
 def _unusable(dsn: str, exc: Exception) -> ConfigError:

@@ -32,6 +32,7 @@ from ..clock import utcnow
 from ..errors import ConfigError, Requeue
 from ..seams import PickedWork, QueueCount, Tick, WorkHandler, WorkItem
 from .resilience import CAUGHT, SqlRunner, classify, guarded
+from .sqlfiles import sql
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +52,19 @@ def _check_names() -> None:
         raise ConfigError("asyncsync uses pgqueuer's default table names: unset PGQUEUER_*")
 
 
-async def install(conn: asyncpg.Connection) -> None:
-    """Create the queue's tables unless they exist (in the caller's transaction, under
-    the schema lock, like ``schema.sql``)."""
+async def install(pool: asyncpg.Pool) -> None:
+    """Create the queue's tables unless they exist, under the schema lock like
+    ``schema.sql``, then bring an older installation up to this pgqueuer's (a new release
+    of it may add columns; nothing to do, usually)."""
     _check_names()
-    queries = Queries.from_asyncpg_connection(conn)
-    if not await queries.schema_is_installed():
-        await queries.install()
-
-
-async def upgrade(conn: asyncpg.Connection) -> None:
-    """Bring an older installation of the queue's tables up to this pgqueuer's (a new
-    release of it may add columns); nothing to do, usually."""
-    queries = Queries.from_asyncpg_connection(conn)
-    if (await queries.plan_upgrade()).statements:
-        await queries.apply_upgrade()
+    async with pool.acquire() as conn:
+        queries = Queries.from_asyncpg_connection(conn)
+        async with conn.transaction():
+            await conn.execute(sql("schema_lock"))
+            if not await queries.schema_is_installed():
+                await queries.install()
+        if (await queries.plan_upgrade()).statements:
+            await queries.apply_upgrade()
 
 
 class _Queries(Queries):
@@ -93,14 +92,22 @@ class PgWorkQueue:
         self._sql = sql
         self._queries = Queries(AsyncpgPoolDriver(sql.pool))
         self._worker_id = ""
+        self._installed = False
 
     @property
     def worker_id(self) -> str:
         return self._worker_id
 
+    async def install(self) -> None:
+        """Create or upgrade the queue's tables (idempotent; once per instance)."""
+        if not self._installed:
+            await self._sql.run("installing the work queue", lambda: install(self._sql.pool))
+            self._installed = True
+
     async def enqueue(self, items: Sequence[WorkItem]) -> int:
         if not items:
             return 0
+        await self.install()
         ids = await guarded(
             self._queries.enqueue(
                 [i.kind for i in items],
@@ -125,6 +132,7 @@ class PgWorkQueue:
 
     async def prune(self) -> None:
         """Drop log rows older than :data:`LOG_RETENTION` that the statistics count."""
+        await self.install()
         await self._sql.execute("pruning the queue's log", "queue_prune", LOG_RETENTION)
 
     async def work(
@@ -137,6 +145,7 @@ class PgWorkQueue:
         ticks: Mapping[str, tuple[str, Tick]],
         stop: asyncio.Event,
     ) -> None:
+        await self.install()
         # Its own driver: the library holds one pooled connection to LISTEN on.
         driver = AsyncpgPoolDriver(self._sql.pool)
         pgq = PgQueuer(driver, queries=_Queries(driver))
