@@ -159,9 +159,13 @@ async def ceiling_load(pool: asyncpg.Pool, records: Sequence[OrderRecord]) -> di
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median rate, with every run's rate beside it."""
+    """The run with the median rate, with every run's rate beside it (and, for loads
+    timed by quarters, every run's last-quarter ÷ first-quarter rate)."""
     ranked = sorted(runs, key=lambda r: r["rows_s"])
-    return {**ranked[(len(ranked) - 1) // 2], "runs": [r["rows_s"] for r in runs]}
+    out = {**ranked[(len(ranked) - 1) // 2], "runs": [r["rows_s"] for r in runs]}
+    if all(r.get("first_quarter") for r in runs):
+        out["quarter_ratios"] = [round(r["last_quarter"] / r["first_quarter"], 2) for r in runs]
+    return out
 
 
 async def tables_load(
