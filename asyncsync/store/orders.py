@@ -87,7 +87,7 @@ class PgOrderStore:
         self._claims = Claims()
         # A first load is batch after batch of new orders: once one batch was all new, the
         # next is copied straight in, and a row already there sends it back (a savepoint)
-        # through the hashes-first path, which also turns this off again.
+        # through the hashes-first path, whose answer sets this again.
         self._expect_new = False
 
     async def merge_listed(
@@ -269,7 +269,6 @@ class PgOrderStore:
             async with conn.transaction():  # a savepoint
                 await self._insert_new(conn, records, source)
         except asyncpg.UniqueViolationError:
-            self._expect_new = False
             return False
         return True
 
