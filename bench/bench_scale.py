@@ -49,6 +49,7 @@ from _common import (
 )
 from _profile import BackendCpu, profiled, statement_costs
 from bench_merge import (
+    COLUMNS,
     NAIVE_UPSERT,
     as_shipped,
     batches,
@@ -134,20 +135,7 @@ async def sink_load(
             "history": history}  # fmt: skip
 
 
-ORDER_COLUMNS = (
-    "account",
-    "id",
-    "numero",
-    "situacao",
-    "data_emissao",
-    "data_prevista",
-    "cliente_id",
-    "cliente_nome",
-    "valor",
-    "payload",
-    "list_hash",
-    "observed_at",
-)
+ORDER_COLUMNS = ("account", *COLUMNS)  # upsert_args order
 HISTORY_COLUMNS = ("account", "id_os", "status_antigo", "status_novo", "changed_at", "source")
 
 
