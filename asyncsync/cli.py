@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import flags, logs
+from . import collector, flags, logs
 from .errors import (
     AsyncsyncError,
     ConfigError,
@@ -32,6 +32,7 @@ from .tasks import first_leaf
 async def _run(invocation: flags.Invocation) -> int:
     from .modes import execute
 
+    collector.tune()  # after the heavy imports: they are frozen, never walked again
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()

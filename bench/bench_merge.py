@@ -61,6 +61,7 @@ from _common import (
     write_json,
 )
 
+from asyncsync import collector
 from asyncsync.records import OrderRecord, canonical_json, content_hash, parse_list_item
 from asyncsync.seams import MergeStats
 from asyncsync.simulator.data import SimConfig, generate_orders
@@ -384,6 +385,7 @@ def main() -> None:
     p.add_argument("--batch-sizes", help="comma list (default 2000,10000; quick 5000)")
     p.add_argument("--per-row", type=int, help="rows for the per-row baseline (default 5000)")
     p.add_argument("--seed", type=int, default=1, help="generator seed")
+    collector.tune()  # the product's process runs so (asyncsync.cli)
     asyncio.run(run(p.parse_args()))
 
 

@@ -62,6 +62,7 @@ from bench_merge import (
     with_changed_status,
 )
 
+from asyncsync import collector
 from asyncsync.engine.listing import ListingEngine, Partition
 from asyncsync.records import OrderRecord, parse_list_item
 from asyncsync.seams import ApiStats, Detail, ListQuery, Page
@@ -409,6 +410,7 @@ def main() -> None:
         "the pipelined first load, each reported by its median (default 3; quick 1)",
     )
     p.add_argument("--profile", action="store_true", help="profile the writer's first load")
+    collector.tune()  # the product's process runs so (asyncsync.cli)
     asyncio.run(run(p.parse_args()))
 
 

@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "asyncsync"
 RANK: dict[str, float] = {
     # leaves: every layer may import them
     "asyncsync": 0, "errors": 0, "clock": 0, "status": 0, "metrics": 0, "logs": 0, "tasks": 0,
+    "collector": 0,
     "readiness": 0.5,  # a leaf over metrics
     # values that cross the seams
     "records": 1, "options": 1, "accounts": 1.02, "parsers": 1.05, "progress": 1,
