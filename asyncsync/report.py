@@ -25,7 +25,7 @@ from rich.text import Text
 from . import metrics
 from .clock import iso, utcnow
 from .errors import ReauthorizationRequired
-from .seams import ApiStats
+from .seams import ApiStats, Census
 from .status import Situacao
 
 #: Id lists longer than this are cut in JSON (their totals stay complete).
@@ -119,6 +119,7 @@ class RunReport:
     api: ApiStats = field(default_factory=ApiStats)
     notes: Sequence[str] = ()
     errors: Sequence[str] = ()
+    census: Census | None = None  # the whole mirror, when the run counted it at its end
 
     @property
     def duration_s(self) -> float:

@@ -204,6 +204,17 @@ async def test_the_counters_and_gauges_say_what_happened(simulator, database_url
     # The gauges a one-shot run leaves: the detail backlog it did not work, the
     # integrity check's verdict.
     assert metrics.value("asyncsync_detail_backlog", acc) == len(moved)
+    # The orders gauges are the mirror's counts after the moves (the report's census).
+    counted = await db.fetch(
+        "SELECT situacao, count(*) AS n FROM ordens_servico"
+        " WHERE account = $1 AND NOT possibly_deleted GROUP BY situacao",
+        account,
+    )
+    by_status = {r["situacao"]: r["n"] for r in counted}
+    assert by_status.get(int(Situacao.CANCELADA), 0) >= len(moved)
+    for code in range(8):
+        gauge = metrics.value("asyncsync_orders", {**acc, "status": str(code)})
+        assert gauge == by_status.get(code, 0), code
     assert await execute("integrity", common, IntegrityOptions(), asyncio.Event()) == 0
     assert metrics.value("asyncsync_integrity_consistent", acc) == 1
     # A failed run is counted, but its duration is not a run's duration.

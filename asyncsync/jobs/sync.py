@@ -19,7 +19,7 @@ from ..engine.settle import settle
 from ..options import CycleOptions
 from ..progress import Progress, ProgressReporter
 from ..report import Outcome, RunReport
-from ..seams import ApiStats, MergeStats, Metadata, OrderSink, OrderSource
+from ..seams import ApiStats, Census, MergeStats, Metadata, OrderSink, OrderSource
 from ..status import ALL_STATUSES
 from . import RunContext, merge_counts
 
@@ -188,6 +188,7 @@ async def _report(
         by_status={c: {"api": api_totals.get(c), "mirror": mirror.get(c, 0)} for c in codes},
         facts=facts or {},
         api=source.api_stats().since(api_before),
+        census=Census(mirror, int(counts["detail_backlog"])),
     )
 
 

@@ -125,8 +125,9 @@ async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.
 
 
 async def finish(report: RunReport, common: CommonOptions, *, invoked_as: str) -> None:
-    """Record the run in ``sync_runs``, refresh the account's gauges from the database,
-    and write the metrics textfile when asked. Never fails the command: a run that could
+    """Record the run in ``sync_runs``, refresh the account's gauges from the database
+    (the mirror's counts from the report when the run counted them at its end), and write
+    the metrics textfile when asked. Never fails the command: a run that could
     not be recorded is logged."""
     if report.outcome is not Outcome.FAILED:
         metrics.REAUTHORIZATION_REQUIRED.labels(report.account).set(0)
@@ -137,7 +138,7 @@ async def finish(report: RunReport, common: CommonOptions, *, invoked_as: str) -
         ):
             store = database.account(common.account)
             await store.runs.record(report, invoked_as=invoked_as)
-            observe_status(await store.status(utcnow(), DEFAULT_POLICY))
+            observe_status(await store.status(utcnow(), DEFAULT_POLICY, report.census))
     except (AsyncsyncError, OSError, TimeoutError) as exc:
         log.warning(
             "the %s run could not be recorded in sync_runs: %s", report.mode, exc,

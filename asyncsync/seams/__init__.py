@@ -167,6 +167,16 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Census:
+    """The whole mirror of an account as a run counted it at its end: orders per status
+    (possibly-deleted left out) and the detail backlog. What the gauges show after the run,
+    so they need not count the mirror again."""
+
+    orders_by_status: Mapping[int, int]
+    detail_backlog: int
+
+
+@dataclass(frozen=True, slots=True)
 class MergeStats:
     """What one merge did; ``a + b`` adds two up over a run."""
 

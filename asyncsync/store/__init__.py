@@ -29,7 +29,7 @@ import asyncpg
 
 from ..clock import Clock, utcnow
 from ..overview import AccountStatus
-from ..seams import RetryPolicy
+from ..seams import Census, RetryPolicy
 from ..status import OPEN_STATUSES
 from .accounts import PgAccounts
 from .database import connect_pool, migrate, resolve_dsn
@@ -74,17 +74,24 @@ class AccountStore:
         """Raise DatabaseError unless the database answers (no reconnecting: a probe)."""
         await guarded(self._sql.pool.fetchval(sql("ping")), "reaching the database")
 
-    async def status(self, now: dt.datetime, policy: RetryPolicy) -> AccountStatus:
-        """What ``asyncsync status`` and the gauges say about this account."""
+    async def status(
+        self, now: dt.datetime, policy: RetryPolicy, census: Census | None = None
+    ) -> AccountStatus:
+        """What ``asyncsync status`` and the gauges say about this account; the mirror's
+        counts are ``census``'s when a run that just ended counted them."""
         last_runs, last_success = await self.runs.latest()
+        if census is None:
+            census = Census(
+                await self.orders.counts_by_status(), await self.orders.detail_backlog_size()
+            )
         return AccountStatus(
             account=self.account,
             as_of=now,
             last_runs=last_runs,
             last_success=last_success,
             last_synced_at=await self.metadata.last_synced(),
-            orders_by_status=await self.orders.counts_by_status(),
-            detail_backlog=await self.orders.detail_backlog_size(),
+            orders_by_status=census.orders_by_status,
+            detail_backlog=census.detail_backlog,
             failures=await self.failures.counts(policy),
             token=await self.tokens.ages(),
             lock_holder=await lock_holder(self._sql.pool, self.account),
