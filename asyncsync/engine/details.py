@@ -265,7 +265,7 @@ async def enrich_backlog(
 ) -> MergeStats:
     """The details pass after a listing: show what it will fetch on ``progress`` (the
     backlog, within the budget, after the details already counted), then work it."""
-    if stop.is_set():  # interrupted before the pass: no bar for work that will not start
+    if stop.is_set() or budget == 0:  # no pass: no bar, and no backlog to count for one
         return MergeStats()
     backlog = await sink.detail_backlog_size()
     progress.details_total = progress.details + (

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..clock import utcnow
 from ..seams import MergeStats, OrderSink, OrderSource
+from ..tasks import run_all
 from .listing import ListingEngine, Partition, status_totals
 
 #: A short status with at most this many orders is listed again whole.
@@ -60,9 +61,16 @@ async def shortfalls(
     """Statuses short in the mirror: by ``totals`` (whole-status totals a listing saw)
     and by a fresh single-item request for each status in ``ask``."""
     known_totals = dict(totals)
-    if ask:
-        known_totals.update(await status_totals(source, statuses=ask))
-    known = await sink.known_by_status()
+    known: dict[int, int] = {}
+
+    async def fresh_totals() -> None:
+        if ask:
+            known_totals.update(await status_totals(source, statuses=ask))
+
+    async def counted() -> None:
+        known.update(await sink.known_by_status())
+
+    await run_all([fresh_totals(), counted()])  # the API and the database at once
     return [
         Shortfall(s, total, known.get(s, 0))
         for s, total in sorted(known_totals.items())
