@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import prometheus_client
-from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 
@@ -168,21 +167,6 @@ READY = Gauge(
 )
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"alive": True})
-
-
-_REASONS: web.AppKey[Reasons | None] = web.AppKey("reasons")
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    ask = request.app[_REASONS]
-    reasons = {} if ask is None else dict(ask())
-    if reasons:
-        return web.json_response({"ready": False, "reasons": reasons}, status=503)
-    return web.json_response({"ready": True})
-
-
 @asynccontextmanager
 async def metrics_server(
     host: str, port: int, reasons: Reasons | None = None
@@ -190,13 +174,23 @@ async def metrics_server(
     """Serve ``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` (200, or 503
     with what ``reasons()`` returns) while the context is open; yields the bound port
     (0 → a free port)."""
+    # aiohttp's server half loads here: a one-shot run that serves nothing never pays it.
+    from aiohttp import web
     from prometheus_async.aio.web import server_stats
 
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"alive": True})
+
+    async def readyz(request: web.Request) -> web.Response:
+        found = {} if reasons is None else dict(reasons())
+        if found:
+            return web.json_response({"ready": False, "reasons": found}, status=503)
+        return web.json_response({"ready": True})
+
     app = web.Application()
-    app[_REASONS] = reasons
     app.router.add_get("/metrics", server_stats)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

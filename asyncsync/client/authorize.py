@@ -16,14 +16,15 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import parse_qs, urlencode, urlsplit
-
-from aiohttp import web
 
 from ..errors import ConfigError, TinyAuthError
 from ..seams import TokenSet
 from .tokens import TokenManager
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _PAGE = (
@@ -85,6 +86,8 @@ class Authorization:
         if not self.caught_locally:
             yield
             return
+        from aiohttp import web  # the server half of aiohttp: only this flow needs it
+
         parts = urlsplit(self.redirect_uri)
         path = parts.path or "/"
 
@@ -159,6 +162,8 @@ def _query(address: str) -> dict[str, str]:
 
 def _page(status: int, title: str, text: str) -> web.Response:
     import html
+
+    from aiohttp import web
 
     body = _PAGE.format(title=html.escape(title), text=html.escape(text))
     return web.Response(status=status, text=body, content_type="text/html")

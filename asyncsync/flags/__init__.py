@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,22 @@ def _add(parser: argparse.ArgumentParser | Any, flag: Flag) -> None:
                             metavar=flag.metavar or "TEXT")  # fmt: skip
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **_: Any) -> None:
+        super().__init__(
+            option_strings, dest="version", default=argparse.SUPPRESS, nargs=0,
+            help="show the installed version and exit",
+        )  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        import asyncsync
+
+        sys.stdout.write(f"asyncsync {asyncsync.__version__}\n")
+        parser.exit()
+
+
 def build_parser(mode: str | None) -> argparse.ArgumentParser:
     """The parser of one mode; with None, every mode's groups (for ``--help``)."""
     prog = "asyncsync" if mode is None else f"asyncsync {mode}"
@@ -73,9 +90,7 @@ def build_parser(mode: str | None) -> argparse.ArgumentParser:
             + ". Every flag has an environment variable; flags win."
         ),
     )
-    from .. import __version__
-
-    parser.add_argument("--version", action="version", version=f"asyncsync {__version__}")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument(
         "--mode", metavar="MODE", default=None,
         help=f"what to run, also the first word: {', '.join(MODES)} (default: sync) "
