@@ -7,6 +7,7 @@ did not run (``--only``) or failed simply gives no rows.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,7 +166,7 @@ def target_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
             shown = f"{p['first_quarter']:,} → {p['last_quarter']:,} rows/s ({share:.2f}×)"
             ratios = p.get("quarter_ratios")
             if ratios and len(ratios) > 1:  # interleaved rounds: the median round decides
-                share = sorted(ratios)[(len(ratios) - 1) // 2]
+                share = statistics.median_low(ratios)
                 shown += f"; each round {', '.join(f'{r:.2f}×' for r in ratios)}"
             rows.append([f"{n:,}: {label}, last ¼ of batches within 25% of the first ¼",
                          shown, _yes(share >= FLAT)])  # fmt: skip
