@@ -151,3 +151,10 @@ async def test_failures_list_retry_and_ignore(simulator, database_url, db) -> No
 
     refused = run_cli("failures", "ignore", "--database-url", database_url)
     assert refused.returncode == 2 and "needs order ids" in refused.stderr
+
+    # Nothing left for a person: ``retry --all`` says so from the database, with no
+    # credentials at hand (it would need them to ask Tiny for anything).
+    everyone = await asyncio.to_thread(failures, "ignore", "--all")
+    assert everyone["ignored"] == [broken[1]]
+    nothing = await asyncio.to_thread(failures, "retry", "--all")
+    assert nothing == {"account": "default", "rearmed": []}

@@ -23,6 +23,14 @@ from ..runtime import database_of, open_runtime
 from . import show
 
 
+async def _retryable(common: CommonOptions) -> bool:
+    """Whether ``retry --all`` would rearm anything: a failure left for manual review
+    with a real order id (a synthetic, negative one cannot be fetched)."""
+    async with database_of(common) as database:
+        review = await database.account(common.account).failures.manual_review(DEFAULT_POLICY)
+    return any(r.id_ordem > 0 for r in review)
+
+
 def _targets(options: FailuresOptions) -> list[int] | None:
     if options.ids and options.every:
         raise ConfigError(f"failures {options.action}: give order ids or --all, not both")
@@ -57,8 +65,15 @@ async def run(
     return 0
 
 
-async def _retry(common: CommonOptions, options: FailuresOptions, stop: asyncio.Event) -> RunReport:
+async def _retry(
+    common: CommonOptions, options: FailuresOptions, stop: asyncio.Event
+) -> RunReport | int:
     targets = _targets(options)
+    if targets is None and not await _retryable(common):
+        # Nothing to ask Tiny for: said from the database alone, no credentials needed.
+        message = "no failure left for manual review has an order id to fetch: nothing to retry"
+        show(message, {"account": common.account, "rearmed": []}, common)
+        return 0
     async with open_runtime(common) as rt, rt.store.lock("retry", wait_s=common.run.wait_lock_s):
         store = rt.store
         ctx = rt.context(stop)
