@@ -46,6 +46,10 @@ def classify(exc: BaseException, what: str) -> DatabaseError:
     if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
         # asyncpg could not encode a value for PostgreSQL: a property of the data.
         return DatabaseError(f"{what}: {exc}", sqlstate="22000")
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc.__context__, TimeoutError):
+        # A statement timed out, asyncpg closed its connection, and the transaction's
+        # rollback then met the closed connection: the timeout is what happened.
+        return classify(exc.__context__, what)
     if isinstance(exc, TimeoutError):
         return DatabaseUnavailable(f"{what}: the database did not answer in time (frozen?)")
     if isinstance(exc, OSError | asyncpg.InterfaceError):

@@ -15,6 +15,7 @@ from asyncsync.readiness import Readiness
 from asyncsync.runtime import open_runtime
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import Situacao
+from asyncsync.store.resilience import classify
 
 from ..helpers import common_for, cycle, full_sync
 from ..mirror import diff, mirror
@@ -253,3 +254,24 @@ async def test_a_lock_held_elsewhere_becomes_an_error_not_a_hang(
     assert last.startswith("asyncsync: sync failed:") and "lock timeout" in last, last
     assert "Traceback" not in text
     assert took < 30, took  # the lock timeout and the reconnect window, not the holder
+
+
+def test_a_timeout_whose_rollback_met_the_closed_connection_is_still_a_timeout() -> None:
+    """The race of the frozen-database test above, as it once ran in CI: the statement
+    timed out, asyncpg closed the connection, and the transaction's ``__aexit__`` raised
+    on the closed connection while the timeout propagated; the run must still say what
+    happened (the timeout), not that the database could not be reached."""
+    try:
+        try:
+            raise TimeoutError
+        except TimeoutError:
+            raise asyncpg.InterfaceError(  # noqa: B904 - implicit context, as in __aexit__
+                "cannot call Transaction.__aexit__(): the underlying connection is closed"
+            )
+    except asyncpg.InterfaceError as exc:
+        error = classify(exc, "merging orders")
+    assert str(error) == "merging orders: the database did not answer in time (frozen?)"
+    assert type(error).__name__ == "DatabaseUnavailable"
+    # The same error with nothing behind it is a connection that went away.
+    alone = classify(asyncpg.InterfaceError("the underlying connection is closed"), "merging")
+    assert str(alone) == "merging: the database is unreachable: the underlying connection is closed"
