@@ -87,7 +87,8 @@ async def test_a_huge_backfill_leaves_small_accounts_cycles_on_time(
             assert len(inside) >= 3, (key, starts, window)
         # While the backfill ran, from its first month to its last: no wait between two
         # cycles (or from the backfill's start to the first cycle, or from the last cycle
-        # to its end) longer than an interval and the slack.
+        # to its end) longer than an interval and the slack while backfill months went on
+        # starting (STARVED_MONTHS of them).
         for before, after in itertools.pairwise([window[0], *inside, window[1]]):
             gap = (after - before).total_seconds()
             if gap <= INTERVAL_S + SLACK_S:

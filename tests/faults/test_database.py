@@ -9,6 +9,7 @@ import time
 
 import asyncpg
 
+from asyncsync.errors import DatabaseUnavailable
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
 from asyncsync.readiness import Readiness
@@ -271,7 +272,7 @@ def test_a_timeout_whose_rollback_met_the_closed_connection_is_still_a_timeout()
     except asyncpg.InterfaceError as exc:
         error = classify(exc, "merging orders")
     assert str(error) == "merging orders: the database did not answer in time (frozen?)"
-    assert type(error).__name__ == "DatabaseUnavailable"
+    assert isinstance(error, DatabaseUnavailable)
     # The same error with nothing behind it is a connection that went away.
     alone = classify(asyncpg.InterfaceError("the underlying connection is closed"), "merging")
     assert str(alone) == "merging: the database is unreachable: the underlying connection is closed"
