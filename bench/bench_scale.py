@@ -89,7 +89,7 @@ class ItemSource:
         chunk = tuple(rows[query.offset : query.offset + query.limit])
         return Page(query, chunk, len(rows), self._at)
 
-    async def get_order(self, order_id: int, *, retry: bool = True) -> Detail:
+    async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
         raise NotImplementedError("listing only")
 
     def api_stats(self) -> ApiStats:

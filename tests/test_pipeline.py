@@ -50,7 +50,7 @@ class PagedSource:
         observed = max((at for _, at in chunk), default=T1)
         return Page(query, tuple(i for i, _ in chunk), len(rows), observed)
 
-    async def get_order(self, order_id: int, *, retry: bool = True) -> Detail:
+    async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
         raise AssertionError("listing only")
 
     def api_stats(self) -> ApiStats:
@@ -158,7 +158,7 @@ class DetailSource:
     async def list_orders(self, query: ListQuery) -> Page:
         raise AssertionError("details only")
 
-    async def get_order(self, order_id: int, *, retry: bool = True) -> Detail:
+    async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
         self._log.append("fetch")
         await asyncio.sleep(0.001)
         return Detail(order_id, {"id": order_id, "situacao": 3}, T2)
@@ -234,9 +234,11 @@ async def test_the_details_bar_moves_with_each_answer_not_with_each_merge() -> N
     seen: list[tuple[int, int]] = []  # (answers counted, orders merged) after each fetch
 
     class Watched(DetailSource):
-        async def get_order(self, order_id: int, *, retry: bool = True) -> Detail:
+        async def get_order(
+            self, order_id: int, *, retry: bool = True, repeat: bool = False
+        ) -> Detail:
             seen.append((progress.details, len(sink.merged)))
-            return await super().get_order(order_id, retry=retry)
+            return await super().get_order(order_id, retry=retry, repeat=repeat)
 
     await Enricher(Watched(log), sink, concurrency=4, chunk=100, progress=progress).run()
     assert progress.details == 300

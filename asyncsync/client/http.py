@@ -147,9 +147,12 @@ class TinyClient:
             observed_at=observed_at,
         )
 
-    async def get_order(self, order_id: int, *, retry: bool = True) -> Detail:
+    async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
         """``GET /ordem-servico/{id}``; raises TinyNotFound for a missing order. Without
-        ``retry`` a 5xx, 429 or timeout is raised at once (the caller retries later)."""
+        ``retry`` a 5xx, 429 or timeout is raised at once (the caller retries later, and
+        says so with ``repeat``: the report's retries count the caller's as well)."""
+        if repeat:
+            self._counters.retries += 1
         path = f"/ordem-servico/{order_id}"
         body, observed_at = await self._request("detail", path, {}, retry=retry)
         return Detail(order_id=order_id, body=body, observed_at=observed_at)

@@ -136,7 +136,7 @@ async def fetch_details(
     async def attempt(order_id: int, tries: int) -> object:
         """_ANSWERED (a detail, a failure, a 404), _AGAIN, or _UNANSWERED (given up on)."""
         try:
-            detail = await source.get_order(order_id, retry=False)
+            detail = await source.get_order(order_id, retry=False, repeat=tries > 0)
         except TinyNotFound:
             out.missing.append(order_id)
             return _ANSWERED

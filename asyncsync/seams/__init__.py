@@ -272,8 +272,9 @@ class OrderSource(Protocol):
 
     async def list_orders(self, query: ListQuery) -> Page: ...
 
-    async def get_order(self, order_id: int, *, retry: bool = True) -> Detail:
-        """The order's detail; without ``retry``, a transient failure is raised at once."""
+    async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
+        """The order's detail; without ``retry``, a transient failure is raised at once.
+        ``repeat``: this request repeats one that failed so (it counts as a retry)."""
         ...
 
     def api_stats(self) -> ApiStats: ...

@@ -124,6 +124,9 @@ async def test_details_failing_at_random_still_arrive(simulator, runtime_for, db
     assert report.outcome == "ok" and sim.stats.injected_errors > 100
     assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
     left = report.count("details_unavailable")
+    # Every detail request beyond an order's first is a retry, and the report says so.
+    repeats = report.api.requests["detail"] - report.count("details_fetched") - left
+    assert report.api.retries == repeats > 100
     if left:  # 0.2^5 per order: rarely one is left, for the next pass
         async with runtime_for(sim, max_retries=4) as rt:
             await incremental_sync(rt)
