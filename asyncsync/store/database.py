@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 
 from ..errors import ConfigError, DatabaseError
 from .resilience import CAUGHT, classify, guarded
@@ -64,7 +65,10 @@ def _embedded_server(data_dir: Path) -> Any:
         warnings.simplefilter("ignore")
         try:
             import pgserver
+            from pgserver.postgres_server import PostgresServer
 
+            with PostgresServer._lock:  # the lock pgserver keeps its list under
+                _forget_the_dead(pgdata)
             return pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         except ImportError as exc:  # pragma: no cover - it is a hard dependency
             raise ConfigError("no DATABASE_URL and pgserver is not installed") from exc
@@ -72,6 +76,40 @@ def _embedded_server(data_dir: Path) -> Any:
             raise DatabaseError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
             ) from exc
+
+
+#: pgserver's list of the processes using a server: the last to exit stops it.
+_USERS_FILE = ".handle_pids.json"
+
+
+def _forget_the_dead(pgdata: Path) -> None:
+    """Strike the processes that died without leaving (SIGKILL, the OOM killer) off
+    pgserver's list of the server's users: while one is on it, no exit is the last, and
+    the server ran on for good after every later run."""
+    path = pgdata / _USERS_FILE
+    try:
+        users = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return  # no list yet (a first start), or not one we can read: pgserver's business
+    if not isinstance(users, list):
+        return
+    alive = [pid for pid in users if not isinstance(pid, int) or _alive(pid)]
+    if len(alive) < len(users):
+        log.info(
+            "embedded PostgreSQL in %s: %d process(es) that used it died without stopping it",
+            pgdata, len(users) - len(alive),
+        )  # fmt: skip
+        path.write_bytes(orjson.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def embedded_refusal(environ: Mapping[str, str]) -> str | None:
