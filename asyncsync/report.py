@@ -354,6 +354,7 @@ def api_line(api: ApiStats) -> str:
         + f", 429s {api.rate_limited}, retries {api.retries}, paused {api.paused_s:.0f} s, "
         f"token refreshes {api.token_refreshes}, latency mean {api.mean_ms:.1f} ms, "
         f"p95 ≤ {api.p95_ms:.0f} ms"
+        + (f", {api.mended:,} answers not in UTF-8 (read mended)" if api.mended else "")
     )  # fmt: skip
 
 

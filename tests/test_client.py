@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from asyncsync.client import AccountLimiter, MemoryTokenStore, TinyClient, TokenManager
+from asyncsync.client import AccountLimiter, MemoryTokenStore, TinyClient, TokenManager, answers
 from asyncsync.clock import utcnow
 from asyncsync.errors import (
     ReauthorizationRequired,
@@ -192,6 +192,25 @@ async def test_server_errors_are_retried_then_typed(monkeypatch) -> None:
             with pytest.raises(TinyBadPayload, match="itens"):
                 mocked.get(f"{base}/ordem-servico?limit=100&offset=0&situacao=3", payload={})
                 await client.list_orders(ListQuery(3))
+
+
+@pytest.mark.parametrize(
+    ("body", "value"),
+    [
+        (b'{"nome": "Jo\xe3o \x93ok\x94"}', {"nome": "João “ok”"}),  # Windows-1252 bytes
+        (b'{"\\udc00k": "\\ud83c\\udf89 \\ud83c"}', {"\ufffdk": "🎉 \ufffd"}),  # a pair kept
+        (b'\xef\xbb\xbf{"id": 1}', {"id": 1}),  # a byte-order mark
+    ],
+)
+def test_an_answer_not_in_utf8_is_read_mended(body: bytes, value: object) -> None:
+    assert answers.loads(body) == (value, True)
+    assert answers.loads(b'{"nome": "Jo\xc3\xa3o"}') == ({"nome": "João"}, False)
+
+
+@pytest.mark.parametrize("body", [b'{"valor": NaN}', b'{"id": 1', b"<html>", b"\xff"])
+def test_what_is_not_json_even_mended_is_refused(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        answers.loads(body)
 
 
 async def test_bootstrap_from_the_users_tiny_token_json(simulator, tmp_path) -> None:

@@ -91,6 +91,36 @@ async def test_malformed_records_go_to_import_failures_and_nothing_else_is_lost(
     assert all(r["tentativas"] == 1 and not r["resolvido"] for r in rows)
 
 
+async def test_answers_with_text_that_is_not_utf8_are_read_not_refused(
+    simulator, runtime_for, db
+) -> None:
+    # A name stored in Latin-1 somewhere in Tiny, and one whose emoji was cut in half
+    # (a lone surrogate escape): either made the whole page unreadable, and every later
+    # run stopped at the same page.
+    sim = await simulator(orders=400, seed=21)
+    latin, cut = (next(o.id for o in sim.orders.values() if o.situacao == s) for s in (
+        Situacao.EM_ABERTO, Situacao.FINALIZADA))  # fmt: skip
+    sim.orders[latin].cliente = {**sim.orders[latin].cliente, "nome": "Conceição Ltda"}
+    sim.orders[cut].cliente = {**sim.orders[cut].cliente, "nome": "Café 🎉 Bar"}
+    sim.byte_patches += [
+        ("Conceição Ltda", "Conceição Ltda".encode("cp1252")),
+        ("Café 🎉 Bar", b"Caf\\u00e9 \\ud83c Bar"),
+    ]
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    assert report.api.mended >= 4  # two list pages, two details: the report says so
+    expected = sim.snapshot()
+    expected[cut]["cliente_nome"] = "Café \ufffd Bar"  # the half emoji: the replacement mark
+    assert diff(expected, await mirror(db)) == []
+    raw = await db.fetchrow(
+        "SELECT payload->'cliente'->>'nome' AS listed, detalhe->'contato'->>'nome' AS detail "
+        "FROM ordens_servico WHERE id = $1",
+        latin,
+    )
+    assert (raw["listed"], raw["detail"]) == ("Conceição Ltda", "Conceição Ltda")
+
+
 async def test_revoked_token_stops_a_sync_with_the_plain_error(simulator, runtime_for) -> None:
     sim = await simulator(orders=50)
     token = sim.valid_refresh_token()

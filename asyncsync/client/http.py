@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 import backoff
-import orjson
 
 from .. import metrics
 from ..clock import Clock, utcnow
@@ -31,6 +30,7 @@ from ..errors import (
     TinyUnavailable,
 )
 from ..seams import LATENCY_EDGES_MS, ApiStats, Detail, ListQuery, Page, latency_bucket
+from . import answers
 from .breaker import CircuitBreaker
 from .ratelimit import AccountLimiter
 from .tokens import TokenManager
@@ -55,6 +55,7 @@ class _Counters:
 
     requests: dict[str, int] = field(default_factory=dict)  # by endpoint
     retries: int = 0
+    mended: int = 0  # answers whose text was not UTF-8 (see answers.py)
     latency_sum_s: float = 0.0
     latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_EDGES_MS))
 
@@ -122,6 +123,7 @@ class TinyClient:
             latency_sum_s=c.latency_sum_s,
             latency_buckets=tuple(c.latency_buckets),
             quota_per_minute=self.limiter.rate_per_minute,
+            mended=c.mended,
         )
 
     async def list_orders(self, query: ListQuery) -> Page:
@@ -202,9 +204,16 @@ class TinyClient:
                 f"{path}: HTTP {status}: {_preview(body)}", status=status, body=body
             )
         try:
-            return orjson.loads(sent.body), sent.observed_at
-        except orjson.JSONDecodeError as exc:
+            value, mended = answers.loads(sent.body)
+        except ValueError as exc:
             raise TinyBadPayload(f"{path}: answer is not JSON", body=sent.text(10000)) from exc
+        if mended:
+            self._counters.mended += 1
+            log.warning(
+                "%s: the answer carried text that is not UTF-8; read with its stray bytes as "
+                "Windows-1252 and half surrogate pairs as U+FFFD", path,
+            )  # fmt: skip
+        return value, sent.observed_at
 
     async def _send(self, endpoint: str, path: str, params: dict[str, str]) -> _Sent:
         """One attempt. The token is read once the limiter lets the request go, so a

@@ -93,6 +93,7 @@ class ApiStats:
     latency_sum_s: float = 0.0
     latency_buckets: tuple[int, ...] = ()  # counts per LATENCY_EDGES_MS bucket
     quota_per_minute: int = 0  # the pace the client keeps now (not a total)
+    mended: int = 0  # answers read only once their text was mended (not UTF-8)
 
     @property
     def total(self) -> int:
@@ -116,6 +117,7 @@ class ApiStats:
             latency_sum_s=self.latency_sum_s - earlier.latency_sum_s,
             latency_buckets=buckets,
             quota_per_minute=self.quota_per_minute,
+            mended=self.mended - earlier.mended,
         )
 
     @property
@@ -147,6 +149,7 @@ class ApiStats:
             "latency_mean_ms": round(self.mean_ms, 1),
             "latency_p95_ms": round(self.p95_ms, 1),
             "quota_per_minute": self.quota_per_minute,
+            "mended_answers": self.mended,
         }
 
 

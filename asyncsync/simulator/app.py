@@ -222,7 +222,7 @@ class TinySimulator(SimState):
         body: dict[str, object] = {"itens": itens}
         if not self.config.quirks.omit_paginacao:
             body["paginacao"] = {"limit": query.limit, "offset": query.offset, "total": total}
-        payload = orjson.dumps(body)  # before the hook: its changes belong to later pages
+        payload = self._patched(orjson.dumps(body))  # before the hook: its changes are later
         pad = self.pad_list_bytes
         if self.on_list_page is not None:
             self.on_list_page(self, params)
@@ -253,7 +253,15 @@ class TinySimulator(SimState):
             return await send_padded(
                 request, head, "observacoes", size, headers, lead=lead, filler=NOTES
             )
-        return _json(body, headers=headers)
+        return web.Response(
+            body=self._patched(orjson.dumps(body)), content_type="application/json",
+            headers=headers,
+        )  # fmt: skip
+
+    def _patched(self, payload: bytes) -> bytes:
+        for text, raw in self.byte_patches:
+            payload = payload.replace(orjson.dumps(text)[1:-1], raw)
+        return payload
 
     @staticmethod
     def _failure(mode: str, order_id: int, headers: dict[str, str]) -> web.Response:

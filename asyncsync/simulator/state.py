@@ -67,6 +67,10 @@ class SimState:
         self.huge_detail_bytes: int = HUGE_DETAIL_BYTES
         #: The "person" at the authorization endpoint declines instead of consenting.
         self.deny_authorization: bool = False
+        #: ``(text, raw)``: list and detail answers carry the bytes ``raw`` where the JSON
+        #: of ``text`` would be: text that is not UTF-8 (a name in Latin-1, half an emoji's
+        #: surrogate pair), which no JSON encoder here would write.
+        self.byte_patches: list[tuple[str, bytes]] = []
 
     def now(self) -> dt.datetime:
         return self.clock()

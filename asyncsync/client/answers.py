@@ -1,0 +1,60 @@
+"""Reading Tiny's JSON answers, including the ones whose text is not quite UTF-8.
+
+An answer is JSON in UTF-8, read by orjson. Two flaws of real data make a whole answer
+unreadable to it, and a listing page with one such order in it would stop every run at
+that page: a byte that is not UTF-8 (a name saved in Latin-1 / Windows-1252 somewhere
+along the way: ``Concei\\xe7\\xe3o``) and half of a surrogate pair (an emoji cut in two:
+``\\ud83c`` escaped alone). Such an answer is read again, leniently: a stray byte as the
+Windows-1252 character it nearly always is (``ç``, ``ã``), a lone surrogate as U+FFFD, a
+leading byte-order mark dropped. Anything else that is not JSON stays unreadable.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from typing import Any
+
+import orjson
+
+_CP1252 = "asyncsync-cp1252"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _as_cp1252(error: UnicodeError) -> tuple[str, int]:
+    """Decoding error handler: the bytes that are not UTF-8, read as Windows-1252."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    stray = error.object[error.start : error.end]
+    return bytes(stray).decode("cp1252", errors="replace"), error.end
+
+
+codecs.register_error(_CP1252, _as_cp1252)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: orjson refuses them too
+
+
+def _mended(value: Any) -> Any:
+    """``value`` with lone surrogates replaced by U+FFFD in every string (keys too)."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_mended(k): _mended(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mended(v) for v in value]
+    return value
+
+
+def loads(body: bytes) -> tuple[Any, bool]:
+    """The JSON value of ``body``, and whether its text had to be mended to be read.
+
+    Raises ``ValueError`` when it is not JSON even so."""
+    try:
+        return orjson.loads(body), False
+    except orjson.JSONDecodeError:
+        pass
+    text = body.decode("utf-8", errors=_CP1252).removeprefix("\ufeff")
+    return _mended(json.loads(text, parse_constant=_no_constants)), True
