@@ -4,9 +4,11 @@ An answer is JSON in UTF-8, read by orjson. Two flaws of real data make a whole 
 unreadable to it, and a listing page with one such order in it would stop every run at
 that page: a byte that is not UTF-8 (a name saved in Latin-1 / Windows-1252 somewhere
 along the way: ``Concei\\xe7\\xe3o``) and half of a surrogate pair (an emoji cut in two:
-``\\ud83c`` escaped alone). Such an answer is read again, leniently: a stray byte as the
-Windows-1252 character it nearly always is (``ç``, ``ã``), a lone surrogate as U+FFFD, a
-leading byte-order mark dropped. Anything else that is not JSON stays unreadable.
+``\\ud83c`` escaped alone); so do a tab or a line break left unescaped inside a string.
+Such an answer is read again, leniently: a stray byte as the Windows-1252 character it
+nearly always is (``ç``, ``ã``), a lone surrogate as U+FFFD, a control character inside
+a string as itself, a leading byte-order mark dropped. Anything else that is not JSON
+stays unreadable.
 """
 
 from __future__ import annotations
@@ -57,4 +59,4 @@ def loads(body: bytes) -> tuple[Any, bool]:
     except orjson.JSONDecodeError:
         pass
     text = body.decode("utf-8", errors=_CP1252).removeprefix("\ufeff")
-    return _mended(json.loads(text, parse_constant=_no_constants)), True
+    return _mended(json.loads(text, parse_constant=_no_constants, strict=False)), True
