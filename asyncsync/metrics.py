@@ -38,6 +38,12 @@ REQUEST_SECONDS = Histogram(
     ["account", "endpoint"],
 )
 RATE_LIMITED = Counter("asyncsync_tiny_rate_limited_total", "429 answers from Tiny.", ["account"])
+ANSWERS_MENDED = Counter(
+    "asyncsync_tiny_answers_mended_total",
+    "Tiny answers whose text was not UTF-8, read mended (stray bytes as Windows-1252, half "
+    "surrogate pairs as U+FFFD), by endpoint.",
+    ["account", "endpoint"],
+)
 RATE_PAUSE_SECONDS = Counter(
     "asyncsync_tiny_rate_pause_seconds_total",
     "Seconds the account's requests were held back by a 429 or an exhausted quota.",

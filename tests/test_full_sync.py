@@ -7,6 +7,7 @@ from collections import Counter
 import orjson
 import pytest
 
+from asyncsync import metrics
 from asyncsync.errors import ReauthorizationRequired
 from asyncsync.simulator import Quirks
 from asyncsync.status import Situacao
@@ -14,6 +15,7 @@ from asyncsync.status import Situacao
 from .helpers import full_sync
 from .mirror import diff, history, mirror
 
+MENDED = "asyncsync_tiny_answers_mended_total"
 QUIRKY = Quirks(situacao_style="mixed", zero_dates=True, money_as_string=True)
 
 
@@ -106,9 +108,12 @@ async def test_answers_with_text_that_is_not_utf8_are_read_not_refused(
         ("Conceição Ltda", "Conceição Ltda".encode("cp1252")),
         ("Café 🎉 Bar", b"Caf\\u00e9 \\ud83c Bar"),
     ]
+    mended_before = metrics.value(MENDED, {"account": "default", "endpoint": "detail"})
     async with runtime_for(sim) as rt:
         report = await full_sync(rt)
     assert report.outcome == "ok" and report.count("import_failures") == 0
+    mended = metrics.value(MENDED, {"account": "default", "endpoint": "detail"})
+    assert mended - mended_before == 2  # the two details, on /metrics too
     assert report.api.mended >= 4  # two list pages, two details: the report says so
     expected = sim.snapshot()
     expected[cut]["cliente_nome"] = "Café \ufffd Bar"  # the half emoji: the replacement mark

@@ -209,6 +209,7 @@ class TinyClient:
             raise TinyBadPayload(f"{path}: answer is not JSON", body=sent.text(10000)) from exc
         if mended:
             self._counters.mended += 1
+            metrics.ANSWERS_MENDED.labels(self.account, endpoint).inc()
             log.warning(
                 "%s: the answer carried text that is not UTF-8; read with its stray bytes as "
                 "Windows-1252 and half surrogate pairs as U+FFFD", path,
