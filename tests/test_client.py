@@ -201,6 +201,7 @@ async def test_server_errors_are_retried_then_typed(monkeypatch) -> None:
         (b'{"\\udc00k": "\\ud83c\\udf89 \\ud83c"}', {"\ufffdk": "🎉 \ufffd"}),  # a pair kept
         (b'\xef\xbb\xbf{"id": 1}', {"id": 1}),  # a byte-order mark
         (b'{"obs": "a\tb\nc"}', {"obs": "a\tb\nc"}),  # control characters left unescaped
+        (b'\xef\xbb\xbf{"n": 1%s}' % (b"0" * 25), {"n": 1e25}),  # as orjson reads it
     ],
 )
 def test_an_answer_not_in_utf8_is_read_mended(body: bytes, value: object) -> None:

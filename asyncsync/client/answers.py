@@ -39,6 +39,12 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN, Infinity: orjson refuses them too
 
 
+def _number(text: str) -> int | float:
+    """An integer as orjson reads it: past 64 bits, a float (orjson writes no larger int)."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(value)
+
+
 def _mended(value: Any) -> Any:
     """``value`` with lone surrogates replaced by U+FFFD in every string (keys too)."""
     if isinstance(value, str):
@@ -59,4 +65,6 @@ def loads(body: bytes) -> tuple[Any, bool]:
     except orjson.JSONDecodeError:
         pass
     text = body.decode("utf-8", errors=_CP1252).removeprefix("\ufeff")
-    return _mended(json.loads(text, parse_constant=_no_constants, strict=False)), True
+    return _mended(
+        json.loads(text, parse_int=_number, parse_constant=_no_constants, strict=False)
+    ), True
