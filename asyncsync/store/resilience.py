@@ -29,8 +29,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: SQLSTATEs that say "not now" rather than "not this": shutdowns, restarts, too many
-#: connections, a statement or lock wait cut by its timeout.
-_NOT_NOW = {"57P01", "57P02", "57P03", "53300", "57014", "55P03"}
+#: connections, a statement or lock wait cut by its timeout, a server that is read-only
+#: (a standby after a failover) or out of disk or memory, a transaction chosen as a
+#: deadlock's or a serialization conflict's victim, or left idle past the server's limit.
+#: The unit of work is tried again, as after a restart: each one is a transaction.
+_NOT_NOW = {
+    "57P01", "57P02", "57P03", "53300", "57014", "55P03",
+    "25006", "53100", "53200", "40001", "40P01", "25P03",
+}  # fmt: skip
+#: What to add to the server's message, for the states it does not explain itself.
+_HINTS = {
+    "57014": " (a statement or lock timeout: is the database frozen?)",
+    "55P03": " (a statement or lock timeout: is the database frozen?)",
+    "25006": " (the server is read-only: a standby, after a failover?)",
+    "53100": " (the database server's disk is full)",
+}
 
 
 def classify(exc: BaseException, what: str) -> DatabaseError:
@@ -38,9 +51,7 @@ def classify(exc: BaseException, what: str) -> DatabaseError:
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         if state.startswith("08") or state in _NOT_NOW:
-            hint = " (a statement or lock timeout: is the database frozen?)" * (
-                state in ("57014", "55P03")
-            )
+            hint = _HINTS.get(state, "")
             return DatabaseUnavailable(f"{what}: {exc}{hint}", sqlstate=state)
         return DatabaseError(f"{what}: {exc}", sqlstate=state)
     if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):

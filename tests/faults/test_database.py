@@ -229,6 +229,54 @@ async def test_a_one_shot_run_whose_database_stops_exits_6(
     assert "Traceback" not in text
 
 
+async def test_a_database_gone_read_only_mid_run_is_an_outage_not_a_failure(
+    simulator, database_url, db
+) -> None:
+    # A failover as the run meets it: its connections are cut, and the server they come
+    # back to is read-only (a standby). That is the database being away (exit 6, every
+    # merge tried again meanwhile), not a bad record nor a crash; once it takes writes
+    # again, the next run completes the mirror.
+    sim = await simulator(orders=3000, seed=8, latency_s=0.01)
+    name = await db.fetchval("SELECT current_database()")
+    flipped: list[asyncio.Task[None]] = []
+
+    async def fail_over() -> None:
+        await db.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND application_name LIKE 'asyncsync%'",
+            name,
+        )
+
+    def after_some_pages(_: TinySimulator, params: dict[str, str]) -> None:
+        if sim.stats.requests_by_endpoint["list"] == 8 and not flipped:
+            flipped.append(asyncio.get_running_loop().create_task(fail_over()))
+
+    sim.on_list_page = after_some_pages
+    env = cli_env(
+        TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
+    )  # fmt: skip
+    args = (
+        "sync", "--database-url", database_url, "--api-base-url", sim.base_url,
+        "--token-url", sim.token_url, "--db-reconnect", "2", "--log-format", "json",
+    )  # fmt: skip
+    proc = await asyncsync(*args, env={**env, "TINY_REFRESH_TOKEN": sim.valid_refresh_token()})
+    _, err = await asyncio.wait_for(proc.communicate(), 90)
+    text = err.decode()
+    assert flipped and proc.returncode == 6, text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("asyncsync: sync failed:") and "read-only" in last, last
+    assert "Traceback" not in text
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+
+    await db.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    sim.on_list_page = None
+    proc = await asyncsync(*args, env=env)  # the refresh token rotated: the database has it
+    _, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
 async def test_a_lock_held_elsewhere_becomes_an_error_not_a_hang(
     simulator, database_url, db
 ) -> None:
@@ -276,3 +324,21 @@ def test_a_timeout_whose_rollback_met_the_closed_connection_is_still_a_timeout()
     # The same error with nothing behind it is a connection that went away.
     alone = classify(asyncpg.InterfaceError("the underlying connection is closed"), "merging")
     assert str(alone) == "merging: the database is unreachable: the underlying connection is closed"
+
+
+def test_a_server_that_cannot_take_writes_now_is_away_not_broken() -> None:
+    # Out of disk or memory, read-only, a deadlock's or a serialization conflict's
+    # victim: each unit of work is a transaction, tried again as after a restart.
+    errors = asyncpg.exceptions
+    for exc in (
+        errors.DiskFullError("could not extend file"),
+        errors.OutOfMemoryError("out of memory"),
+        errors.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),
+        errors.DeadlockDetectedError("deadlock detected"),
+        errors.SerializationError("could not serialize access"),
+        errors.IdleInTransactionSessionTimeoutError("idle-in-transaction timeout"),
+    ):
+        assert isinstance(classify(exc, "merging orders"), DatabaseUnavailable), exc
+    assert "disk is full" in str(classify(errors.DiskFullError("x"), "merging orders"))
+    refused = classify(errors.NotNullViolationError("null value"), "merging orders")
+    assert not isinstance(refused, DatabaseUnavailable)  # a record's fault stays one
