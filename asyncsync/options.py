@@ -56,6 +56,11 @@ class DatabaseOptions:
     reconnect_s: float = 30.0  # a statement is tried again this long while the db is away
     pool_size: int | None = None  # connections at most; None: 4, serve: fit to its slots
 
+    @property
+    def rescue_dir(self) -> Path:
+        """Where refresh tokens the database could not take wait for it (TokenManager)."""
+        return self.data_dir / "rescued-tokens"
+
     def pool_for(self, slots: int | None = None) -> int:
         """The pool's size: as configured, else 4 for a one-shot run, or for a worker
         running ``slots`` units at once enough that they rarely wait, plus the queue's

@@ -11,12 +11,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aioresponses import aioresponses
 
 from asyncsync.client import AccountLimiter, MemoryTokenStore, TinyClient, TokenManager, answers
+from asyncsync.client import tokens as token_module
 from asyncsync.clock import utcnow
 from asyncsync.errors import (
+    DatabaseUnavailable,
     ReauthorizationRequired,
     TinyBadPayload,
     TinyNotFound,
@@ -99,6 +102,63 @@ async def test_newest_refresh_token_lives_in_postgres(simulator, database_url, d
     ) as client:
         await client.get_order(next(iter(sim.orders)))
     assert sim.stats.token_refreshes == 2
+
+
+class FlakyStore(MemoryTokenStore):
+    """A token store whose database is away for its next ``away`` saves."""
+
+    def __init__(self, tokens: TokenSet | None = None, *, away: int) -> None:
+        super().__init__(tokens)
+        self.away = away
+
+    async def save(self, tokens: TokenSet) -> None:
+        if self.away > 0:
+            self.away -= 1
+            raise DatabaseUnavailable("saving tokens: the database is unreachable")
+        await super().save(tokens)
+
+
+async def test_a_rotated_refresh_token_the_database_could_not_take_is_kept(
+    simulator, tmp_path, monkeypatch
+) -> None:
+    # The database went away between Tiny's grant and its write: the spent refresh token
+    # is worthless, the new one exists only in this process. It is not lost.
+    sim = await simulator(orders=10)
+    store = FlakyStore(away=1)
+    creds = Credentials(sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token())
+    async with aiohttp.ClientSession() as session:
+        manager = TokenManager(session, sim.token_url, creds, store, rescue_dir=tmp_path)
+        assert await manager.access_token()  # the process goes on with the new tokens
+        assert store.tokens is None
+        (rescue,) = tmp_path.iterdir()
+        assert orjson.loads(rescue.read_bytes()) == {"refresh_token": sim.valid_refresh_token()}
+        assert rescue.stat().st_mode & 0o777 == 0o600
+        monkeypatch.setattr(token_module, "UNSAVED_RETRY_S", 0.0)
+        await manager.access_token()  # the database answers again: stored, rescue gone
+        for _ in range(100):  # in the background: requests with a token never wait for it
+            if store.tokens is not None:
+                break
+            await asyncio.sleep(0.01)
+    assert store.tokens is not None and store.tokens.refresh_token == sim.valid_refresh_token()
+    assert list(tmp_path.iterdir()) == []
+    assert sim.stats.token_refreshes == 1
+
+
+async def test_a_later_process_spends_the_rescued_refresh_token_first(simulator, tmp_path) -> None:
+    # The process that could not store the new refresh token ended before the database
+    # came back: the next one finds the rescue file, and never presents the spent token
+    # the database still holds (that may revoke the whole session).
+    sim = await simulator(orders=10)
+    store = FlakyStore(TokenSet(sim.valid_refresh_token() or ""), away=1)
+    creds = Credentials(sim.config.client_id, sim.config.client_secret)
+    async with aiohttp.ClientSession() as session:
+        first = TokenManager(session, sim.token_url, creds, store, rescue_dir=tmp_path)
+        await first.access_token()
+        later = TokenManager(session, sim.token_url, creds, store, rescue_dir=tmp_path)
+        assert await later.access_token()
+    assert sim.stats.token_refreshes == 2 and sim.stats.stale_refresh_uses == 0
+    assert store.tokens is not None and store.tokens.refresh_token == sim.valid_refresh_token()
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_revoked_refresh_token_says_a_person_must_authorize(simulator) -> None:

@@ -10,6 +10,11 @@
   the refresh token, and spending the old one would revoke the account's session. The
   new tokens are stored before anything else happens, so a crash can lose them only
   between Tiny's answer and that write.
+* When that write fails (the database went away between the grant and the write), the
+  new tokens are not lost: the process goes on with them, writes them to a rescue file
+  (``rescue_dir``, mode 0600) and stores them as soon as the database answers. A later
+  process finds the rescue file and spends its refresh token when the stored one is
+  refused.
 * :meth:`TokenManager.keep_alive` renews a refresh token past half its lifetime, so an
   idle service does not let it lapse (about a day at Tiny).
 * Tokens are never logged; :class:`~asyncsync.seams.TokenSet` hides them from repr.
@@ -18,9 +23,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import os
+import re
+import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,7 +39,7 @@ import orjson
 
 from .. import metrics
 from ..clock import Clock, utcnow
-from ..errors import ReauthorizationRequired, TinyAuthError, TinyUnavailable
+from ..errors import DatabaseError, ReauthorizationRequired, TinyAuthError, TinyUnavailable
 from ..options import Credentials
 from ..seams import TokenSet, TokenStore
 
@@ -44,6 +54,8 @@ REFRESH_LIFETIME = dt.timedelta(days=1)
 KEEP_ALIVE_SHARE = 0.5
 #: A token this close to its expiry when sent may die on the way: its 401 is no proof.
 IN_FLIGHT_SKEW = dt.timedelta(seconds=1)
+#: How often tokens the store could not take are offered to it again, seconds.
+UNSAVED_RETRY_S = 5.0
 
 
 def renew_at(tokens: TokenSet) -> dt.datetime | None:
@@ -69,6 +81,7 @@ class TokenManager:
         timeout_s: float = 30.0,
         clock: Clock = utcnow,
         account: str = "default",
+        rescue_dir: Path | None = None,
     ) -> None:
         self._session = session
         self._token_url = token_url
@@ -79,6 +92,15 @@ class TokenManager:
         self._account = account
         self._lock = asyncio.Lock()
         self._tokens: TokenSet | None = None
+        # Granted tokens the store could not take yet, and when they were last offered.
+        self._unsaved: TokenSet | None = None
+        self._unsaved_tried = 0.0
+        self._saving: asyncio.Task[None] | None = None
+        self._rescue = (
+            None
+            if rescue_dir is None
+            else rescue_dir / _rescue_name(account, credentials.client_id)
+        )
         # Expiry of the last few access tokens handed out, to judge their 401s.
         self._expiry: OrderedDict[str, dt.datetime] = OrderedDict()
         if credentials.access_token and credentials.refresh_token:
@@ -106,6 +128,8 @@ class TokenManager:
 
     async def access_token(self) -> str:
         """A token that will not need renewing for a while."""
+        if self._unsaved is not None:
+            self._offer_unsaved()
         tokens = self._tokens
         if self._usable(tokens):
             assert tokens is not None and tokens.access_token is not None
@@ -169,7 +193,13 @@ class TokenManager:
 
     async def _grant_and_save(self, stored: TokenSet | None) -> TokenSet:
         tokens = await self._grant(stored)
-        await self._store.save(tokens)  # first: the spent refresh token is worthless now
+        try:
+            await self._store.save(tokens)  # first: the spent refresh token is worthless now
+        except DatabaseError as exc:
+            self._keep_unsaved(tokens, exc)
+        else:
+            self._unsaved = None  # older than these, and spent
+            self._forget_rescue()
         metrics.TOKEN_REFRESHES.labels(self._account).inc()
         lifetime = (tokens.access_expires_at - tokens.access_issued_at).total_seconds()  # type: ignore[operator]
         log.info(
@@ -177,6 +207,72 @@ class TokenManager:
             extra={"fields": {"account": self._account, "event": "token_granted"}},
         )  # fmt: skip
         return tokens
+
+    def _keep_unsaved(self, tokens: TokenSet, exc: DatabaseError) -> None:
+        """The refresh token Tiny just rotated could not be stored: keep it in this process
+        and in the rescue file, and offer it to the store again later."""
+        self._unsaved, self._unsaved_tried = tokens, time.monotonic()
+        kept = "in this process"
+        if self._rescue is not None:
+            try:
+                self._rescue.parent.mkdir(parents=True, exist_ok=True)
+                part = self._rescue.with_suffix(".part")
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(orjson.dumps({"refresh_token": tokens.refresh_token}))
+                part.replace(self._rescue)
+                kept += f" and in {self._rescue}"
+            except OSError as error:
+                log.error("could not write the token rescue file %s: %s", self._rescue, error)
+        log.error(
+            "account %s: Tiny rotated the refresh token and the database could not store "
+            "the new one (%s); it is kept %s, and stored as soon as the database answers",
+            self._account, exc, kept,
+            extra={"fields": {"account": self._account, "event": "token_unsaved"}},
+        )  # fmt: skip
+
+    def _offer_unsaved(self) -> None:
+        """Offer the unsaved tokens to the store again, in the background (a database
+        still away must not hold up requests that have a token), every few seconds."""
+        if self._saving is None and time.monotonic() - self._unsaved_tried > UNSAVED_RETRY_S:
+            self._unsaved_tried = time.monotonic()
+            self._saving = asyncio.get_running_loop().create_task(
+                self._save_unsaved(), name=f"tokens-{self._account}-unsaved"
+            )
+
+    async def _save_unsaved(self) -> None:
+        try:
+            await self._save_unsaved_locked()
+        finally:
+            self._saving = None
+
+    async def _save_unsaved_locked(self) -> None:
+        async with self._lock:  # a refresh meanwhile would make these the older tokens
+            tokens = self._unsaved
+            if tokens is None:
+                return
+            try:
+                await self._store.save(tokens)
+            except DatabaseError:
+                return  # still away: next time
+            self._unsaved = None
+            self._forget_rescue()
+        log.info("account %s: the new refresh token is stored at last", self._account)
+
+    def _rescued(self) -> str | None:
+        """The refresh token a process could not store, from the rescue file."""
+        if self._rescue is None:
+            return None
+        try:
+            token = orjson.loads(self._rescue.read_bytes()).get("refresh_token")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return token if isinstance(token, str) else None
+
+    def _forget_rescue(self) -> None:
+        if self._rescue is not None and self._unsaved is None:
+            with contextlib.suppress(FileNotFoundError):
+                self._rescue.unlink()
 
     async def exchange_code(self, code: str, redirect_uri: str) -> TokenSet:
         """First authorization: trade an authorization code for tokens and store them."""
@@ -207,12 +303,14 @@ class TokenManager:
 
     async def _grant(self, stored: TokenSet | None) -> TokenSet:
         """Spend the newest refresh token we know; fall back to the bootstrap one."""
+        # Tokens the store could not take come first: the stored one is then spent, and
+        # presenting a spent refresh token again may revoke the whole session.
+        unsaved = None if self._unsaved is None else self._unsaved.refresh_token
+        stored_token = None if stored is None else stored.refresh_token
         candidates: list[str] = []
-        if stored is not None:
-            candidates.append(stored.refresh_token)
-        boot = self._credentials.refresh_token
-        if boot and boot not in candidates:
-            candidates.append(boot)
+        for token in (unsaved, self._rescued(), stored_token, self._credentials.refresh_token):
+            if token and token not in candidates:
+                candidates.append(token)
         if not candidates:
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "no_token").inc()
             raise ReauthorizationRequired(
@@ -283,6 +381,12 @@ class TokenManager:
             access_issued_at=sent_at,
             refresh_expires_at=sent_at + dt.timedelta(seconds=refresh_in) if refresh_in else None,
         )
+
+
+def _rescue_name(account: str, client_id: str) -> str:
+    """The rescue file of an account's app (two mirrors on one host may share an account
+    name, not an app and its account)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{account}.{client_id}") + ".json"
 
 
 def _seconds(value: object, default: float) -> float:

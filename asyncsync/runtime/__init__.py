@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import aiohttp
@@ -66,8 +67,10 @@ def make_client(
     tiny: TinyOptions,
     credentials: Credentials,
     tokens: TokenStore,
+    rescue_dir: Path | None = None,
 ) -> TinyClient:
-    """The Tiny client of one account: its own limiter and token manager, a shared session."""
+    """The Tiny client of one account: its own limiter and token manager, a shared session.
+    ``rescue_dir`` keeps tokens the database could not take (see TokenManager)."""
     manager = TokenManager(
         session,
         tiny.token_url,
@@ -75,6 +78,7 @@ def make_client(
         tokens,
         timeout_s=tiny.request_timeout_s,
         account=account,
+        rescue_dir=rescue_dir,
     )
     limiter = AccountLimiter(
         tiny.rate_limit_per_minute, tiny.max_concurrency, share=tiny.quota_share, account=account
@@ -205,6 +209,8 @@ async def open_runtime(
             if open_statuses is not None
             else database.account(common.account)
         )
-        client = make_client(session, common.account, tiny, credentials, store.tokens)
+        client = make_client(
+            session, common.account, tiny, credentials, store.tokens, common.database.rescue_dir
+        )
         common = dataclasses.replace(common, tiny=tiny)
         yield Runtime(common=common, database=database, store=store, client=client)

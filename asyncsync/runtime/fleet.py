@@ -153,7 +153,9 @@ class Fleet:
             tiny = account_tiny(common.tiny, config)
             credentials = config.credentials(os.environ)
         store = self._database.account(account, open_statuses=self._open_statuses)
-        client = make_client(self._session, account, tiny, credentials, store.tokens)
+        client = make_client(
+            self._session, account, tiny, credentials, store.tokens, common.database.rescue_dir
+        )
         runtime_common = CommonOptions(
             account=account, database=common.database, tiny=tiny,
             simulator=common.simulator, output=common.output, run=common.run,
