@@ -269,7 +269,9 @@ def test_an_answer_not_in_utf8_is_read_mended(body: bytes, value: object) -> Non
     assert answers.loads(b'{"nome": "Jo\xc3\xa3o"}') == ({"nome": "João"}, False)
 
 
-@pytest.mark.parametrize("body", [b'{"valor": NaN}', b'{"id": 1', b"<html>", b"\xff"])
+@pytest.mark.parametrize(
+    "body", [b'{"valor": NaN}', b'{"id": 1', b"<html>", b"\xff", b"[" * 5000 + b"]" * 5000]
+)
 def test_what_is_not_json_even_mended_is_refused(body: bytes) -> None:
     with pytest.raises(ValueError):
         answers.loads(body)

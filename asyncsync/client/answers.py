@@ -65,6 +65,8 @@ def loads(body: bytes) -> tuple[Any, bool]:
     except orjson.JSONDecodeError:
         pass
     text = body.decode("utf-8", errors=_CP1252).removeprefix("\ufeff")
-    return _mended(
-        json.loads(text, parse_int=_number, parse_constant=_no_constants, strict=False)
-    ), True
+    try:
+        value = json.loads(text, parse_int=_number, parse_constant=_no_constants, strict=False)
+        return _mended(value), True
+    except RecursionError:  # orjson stops at 1024 levels; Python's stack about there
+        raise ValueError("nested too deeply to be an answer") from None
