@@ -7,6 +7,7 @@ import time
 
 from asyncsync import metrics
 from asyncsync.client import AccountLimiter
+from asyncsync.client.ratelimit import DEFAULT_PAUSE_S, MAX_RESET_S
 
 
 async def test_a_spent_window_budget_pauses_until_the_reset() -> None:
@@ -93,3 +94,13 @@ async def test_a_429_holds_back_requests_that_were_waiting() -> None:
     await asyncio.gather(*(request() for _ in range(5)))
     assert min(stamps) - started >= 0.9  # nobody went before the window reset
     assert limiter.stats.throttled == 1
+
+
+def test_a_reset_header_never_holds_the_account_back_for_days() -> None:
+    limiter = AccountLimiter(6000, 4)
+    assert limiter.throttled({"X-RateLimit-Reset": "5"}) == 5
+    in_ten_s = str(time.time() + 10)  # a moment in epoch seconds, not a delay
+    assert 9 <= limiter.throttled({"X-RateLimit-Reset": in_ten_s}) <= 10
+    assert limiter.throttled({"X-RateLimit-Reset": "86400000"}) == MAX_RESET_S
+    assert limiter.throttled({"X-RateLimit-Reset": "inf"}) == DEFAULT_PAUSE_S
+    assert limiter.throttled({"X-RateLimit-Reset": "nan", "Retry-After": "3"}) == 3

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 
 #: Pause after a 429 that carries no usable reset header.
 DEFAULT_PAUSE_S = 10.0
+#: The longest a reset header may hold the account back: a per-minute quota resets within
+#: a minute, a daily one may take hours; a value past this (a misread epoch, a bug) does not
+#: stop the account for days, it only costs one 429 every so often.
+MAX_RESET_S = 900.0
+#: A reset this large is a point in time (epoch seconds), not a delay.
+_EPOCH_SECONDS = 1e9
 #: The pace when Tiny sends no X-RateLimit-Limit and no ceiling is configured.
 ASSUMED_PER_MINUTE = 120
 
@@ -168,8 +175,8 @@ class AccountLimiter:
         """Record a 429 and pause the account until the window resets; returns the pause."""
         self.stats.throttled += 1
         metrics.RATE_LIMITED.labels(self._account).inc()
-        reset = _number(headers.get("X-RateLimit-Reset")) or _number(headers.get("Retry-After"))
-        seconds = reset if reset and reset > 0 else DEFAULT_PAUSE_S
+        reset = _reset_s(headers.get("X-RateLimit-Reset")) or _reset_s(headers.get("Retry-After"))
+        seconds = reset or DEFAULT_PAUSE_S
         self.pause(seconds)
         return seconds
 
@@ -195,7 +202,7 @@ class AccountLimiter:
             self._set_rate(self._unannounced(), why)
             self._learned = True
         remaining = _number(headers.get("X-RateLimit-Remaining"))
-        reset = _number(headers.get("X-RateLimit-Reset"))
+        reset = _reset_s(headers.get("X-RateLimit-Reset"))
         if remaining is not None and reset:
             # Requests still in flight may not be counted yet: keep them out of what is left.
             self._budget = int(remaining) - (self._inflight - 1)
@@ -206,6 +213,22 @@ def _number(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
+
+
+def _reset_s(value: str | None) -> float | None:
+    """Seconds until a reset header's moment, within (0, MAX_RESET_S]; None if unusable.
+    Tiny sends seconds; epoch seconds are read as the moment they name."""
+    seconds = _number(value)
+    if seconds is not None and seconds >= _EPOCH_SECONDS:
+        seconds -= time.time()
+    if seconds is None or seconds <= 0:
+        return None
+    if seconds > MAX_RESET_S:
+        log.warning(
+            "a rate-limit reset %s s away is past %.0f s: waiting that long", value, MAX_RESET_S
+        )
+    return min(seconds, MAX_RESET_S)
