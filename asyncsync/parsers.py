@@ -138,6 +138,9 @@ def order_ids(raw: str) -> tuple[int, ...]:
         ids = tuple(int(p) for p in parts)
     except ValueError:
         raise ValueError(f"must be order ids like 123,456, got {raw!r}") from None
+    for i in ids:  # bigint, negative for a record that came without an id
+        if not -(2**63) <= i < 2**63:
+            raise ValueError(f"must be order ids like 123,456; {i} is out of range")
     return ids
 
 

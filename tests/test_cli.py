@@ -260,3 +260,11 @@ async def test_a_sync_leaves_the_queue_alone_and_migrate_installs_it(simulator, 
     assert await db.fetchval("SELECT to_regclass('pgqueuer')::text") == "pgqueuer"
     again = run_cli("migrate", env={"DATABASE_URL": database_url})  # idempotent
     assert again.returncode == 0, again.stderr
+
+
+def test_order_ids_past_bigint_are_a_configuration_error_not_a_database_one() -> None:
+    from asyncsync import parsers
+
+    assert parsers.order_ids("12, -1017971185") == (12, -1017971185)  # negative: no id
+    with pytest.raises(ValueError, match="out of range"):
+        parsers.order_ids("99999999999999999999999")
