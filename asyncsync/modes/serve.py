@@ -10,9 +10,11 @@ and go back to the queue, and the process exits 0.
 
 Dependencies come and go, and serve outlives them: a cycle that meets a Tiny outage or a
 database error fails — recorded as a failed run, ``--mode health`` says why — and the
-next one comes after the cool-down, or sooner with backoff. Only a refused authorization
-of a single-account install stops the service (exit 4); with an accounts table, that
-account waits for ``asyncsync authorize --account KEY`` and the others go on.
+next one comes after the cool-down, or sooner with backoff. A database that is away when
+serve starts is waited for (``/healthz`` alive, ``/readyz`` naming it meanwhile). Only a
+refused authorization of a single-account install stops the service (exit 4); with an
+accounts table, that account waits for ``asyncsync authorize --account KEY`` and the
+others go on.
 """
 
 from __future__ import annotations
@@ -22,15 +24,20 @@ import contextlib
 import logging
 
 from .. import metrics
+from ..errors import DatabaseUnavailable
 from ..options import CommonOptions, ServeOptions
 from ..readiness import Readiness
 from ..runtime import Runtime
-from ..runtime.fleet import open_fleet, pinned_fleet
+from ..runtime.fleet import Fleet, open_fleet, pinned_fleet
 from ..work.handlers import AfterCycle, Hooks
 from ..work.health import check_readiness as check_account
 from ..work.worker import work
 
 log = logging.getLogger(__name__)
+
+#: Pauses between attempts to reach a database that is away at start, seconds (the last
+#: one repeats for as long as it takes).
+START_PAUSES_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 __all__ = ["AfterCycle", "check_readiness", "run", "serve_loop"]
 
@@ -62,8 +69,7 @@ async def run(common: CommonOptions, options: ServeOptions, stop: asyncio.Event)
     """Entry point of ``--mode serve``."""
     readiness = Readiness()
     async with contextlib.AsyncExitStack() as stack:
-        fleet = await stack.enter_async_context(open_fleet(common, options))
-        if options.metrics_port is not None:
+        if options.metrics_port is not None:  # first: health answers while the db is away
             port = await stack.enter_async_context(
                 metrics.metrics_server(
                     options.metrics_host, options.metrics_port, readiness.reasons
@@ -71,6 +77,40 @@ async def run(common: CommonOptions, options: ServeOptions, stop: asyncio.Event)
             )
             base = f"http://{options.metrics_host}:{port}"
             log.info("metrics on %s/metrics, health on %s/healthz and %s/readyz", base, base, base)
+        fleet = await _open_fleet_when_reachable(stack, common, options, stop, readiness)
+        if fleet is None:
+            return 0  # stopped while waiting for the database
         hooks = Hooks(readiness=readiness)
         return await work(fleet.database.queue, fleet, options, stop, hooks=hooks)
     return 0  # pragma: no cover - the exit stack never swallows
+
+
+async def _open_fleet_when_reachable(
+    stack: contextlib.AsyncExitStack,
+    common: CommonOptions,
+    options: ServeOptions,
+    stop: asyncio.Event,
+    readiness: Readiness,
+) -> Fleet | None:
+    """The worker's fleet, once the database answers (None: stopped before it did). A
+    database that refuses us for good (a wrong password, no such database) is an error
+    at once; one that is away (down, restarting, read-only) is waited for."""
+    attempt = 0
+    while True:
+        try:
+            fleet: Fleet = await stack.enter_async_context(open_fleet(common, options))
+        except DatabaseUnavailable as exc:
+            pause = START_PAUSES_S[min(attempt, len(START_PAUSES_S) - 1)]
+            attempt += 1
+            readiness.set("database", f"unreachable: {exc}")
+            log.warning(
+                "the database is unavailable at start (%s); trying again in %.0f s", exc, pause,
+                extra={"fields": {"event": "database_unavailable", "attempt": attempt}},
+            )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            if stop.is_set():
+                return None
+            continue
+        readiness.clear("database")
+        return fleet

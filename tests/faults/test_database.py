@@ -7,9 +7,11 @@ import asyncio
 import logging
 import time
 
+import aiohttp
 import asyncpg
 
 from asyncsync.errors import DatabaseUnavailable
+from asyncsync.modes import serve
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
 from asyncsync.readiness import Readiness
@@ -69,6 +71,41 @@ async def test_serve_rides_out_a_database_restart(
         assert diff(sim.snapshot(), await mirror(pool)) == []  # the move is in
     finally:
         await pool.close()
+
+
+async def test_serve_started_while_the_database_is_down_waits_for_it(
+    simulator, own_postgres: OwnPostgres, caplog
+) -> None:
+    # A host that boots asyncsync before PostgreSQL, a restart of the worker during a
+    # database outage: serve answers /healthz, names the database on /readyz, and starts
+    # working once it answers, instead of exiting (a restart policy gives up after a few).
+    sim = await simulator(orders=200, seed=13)
+    own_postgres.stop()
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0)
+    stop = asyncio.Event()
+    sim.on_list_page = lambda *_: stop.set()  # the first cycle reached Tiny: enough
+    options = ServeOptions(interval_s=0.05, heartbeat_s=2, metrics_port=0, cycle=cycle())
+    with caplog.at_level(logging.INFO):
+        serving = asyncio.create_task(serve.run(common, options, stop))
+        port = None
+        for _ in range(100):
+            said = [r.getMessage() for r in caplog.records]
+            waiting = any("database is unavailable at start" in m for m in said)
+            urls = [m.split("/metrics")[0].rsplit(":", 1)[1] for m in said if "metrics on" in m]
+            if urls and waiting:
+                port = int(urls[0])
+                break
+            await asyncio.sleep(0.1)
+        assert port is not None, said
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as alive:
+                assert alive.status == 200
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                assert ready.status == 503 and "database" in await ready.text()
+        assert not serving.done()
+        await asyncio.to_thread(own_postgres.start)
+        code = await asyncio.wait_for(serving, 90)
+    assert code == 0 and sim.stats.requests_by_endpoint["list"] > 0
 
 
 async def test_serve_fails_the_cycle_the_database_left_and_says_so(
