@@ -268,3 +268,21 @@ def test_order_ids_past_bigint_are_a_configuration_error_not_a_database_one() ->
     assert parsers.order_ids("12, -1017971185") == (12, -1017971185)  # negative: no id
     with pytest.raises(ValueError, match="out of range"):
         parsers.order_ids("99999999999999999999999")
+
+
+async def test_a_database_url_the_server_refuses_is_configuration(database_url) -> None:
+    # A database that does not exist, a role the server does not know: the URL is wrong,
+    # no amount of waiting fixes it (exit 2, one sentence, the password never shown).
+    from urllib.parse import urlsplit, urlunsplit
+
+    from asyncsync.store.database import with_database
+
+    parts = urlsplit(database_url)
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    unknown_role = urlunsplit(parts._replace(netloc=f"nobody:s3cret@{host}"))
+    no_such_db = with_database(database_url, "no_such_db")
+    for dsn, said in ((no_such_db, '"no_such_db" does not exist'), (unknown_role, '"nobody"')):
+        result = run_cli("migrate", "--database-url", dsn)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and said in result.stderr, result.stderr
+        assert "DATABASE_URL" in result.stderr and "s3cret" not in result.stderr

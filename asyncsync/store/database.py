@@ -189,8 +189,8 @@ async def connect_pool(
     except asyncpg.ClientConfigurationError as exc:  # a parameter of the DSN it refuses
         raise _unusable(dsn, exc) from None
     except CAUGHT as exc:
-        error = classify(exc, f"cannot connect to PostgreSQL at {redact(dsn)}")
-        raise error from exc
+        error = _connect_error(dsn, exc)
+        raise error from None if isinstance(error, ConfigError) else exc
     try:  # fail at the start, in one sentence, rather than at the first statement
         await pool.execute("SELECT 1")
     except asyncpg.ClientConfigurationError as exc:
@@ -198,8 +198,8 @@ async def connect_pool(
         raise _unusable(dsn, exc) from None
     except CAUGHT as exc:
         pool.terminate()
-        error = classify(exc, f"cannot connect to PostgreSQL at {redact(dsn)}")
-        raise error from exc
+        error = _connect_error(dsn, exc)
+        raise error from None if isinstance(error, ConfigError) else exc
     try:
         yield pool
     finally:
@@ -219,6 +219,15 @@ async def migrate(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(sql("schema_lock"))
         await conn.execute(sql("schema"))
+
+
+def _connect_error(dsn: str, exc: BaseException) -> DatabaseError | ConfigError:
+    """Why connecting failed: a server that refuses these credentials or has no such
+    database is the URL's fault (exit 2); anything else is the database's (see classify)."""
+    state = getattr(exc, "sqlstate", None) or ""
+    if isinstance(exc, asyncpg.PostgresError) and (state == "3D000" or state.startswith("28")):
+        return _unusable(dsn, exc)
+    return classify(exc, f"cannot connect to PostgreSQL at {redact(dsn)}")
 
 
 def _unusable(dsn: str, exc: Exception) -> ConfigError:
