@@ -35,17 +35,34 @@ CREATE INDEX IF NOT EXISTS idx_ordens_servico_detail_stale
     ON ordens_servico (account, situacao) WHERE detail_stale;
 
 -- Every observed status change; status_antigo is NULL for the first sighting of an order.
+-- Keyed by order, then seq (the order of observation): the one index serves the history
+-- of an order and costs a first load one index insertion per row, not two.
 CREATE TABLE IF NOT EXISTS ordem_status_history (
-    seq           bigserial   PRIMARY KEY,
+    seq           bigserial   NOT NULL,
     account       text        NOT NULL DEFAULT 'default',
     id_os         bigint      NOT NULL,
     status_antigo smallint,
     status_novo   smallint    NOT NULL,
     changed_at    timestamptz NOT NULL DEFAULT now(),  -- when the change was observed
-    source        text        NOT NULL DEFAULT 'list'  -- list | detail | integrity
+    source        text        NOT NULL DEFAULT 'list', -- list | detail | integrity
+    PRIMARY KEY (account, id_os, seq)
 );
-CREATE INDEX IF NOT EXISTS idx_ordem_status_history_os
-    ON ordem_status_history (account, id_os, changed_at);
+-- Installs made before 2026-12-06 keyed the history by seq alone, with a second index by
+-- order: rekey them once (the table is rewritten into the new index; history is kept).
+DO $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conrelid = 'ordem_status_history'::regclass AND contype = 'p'
+          AND cardinality(conkey) = 1
+    ) THEN
+        ALTER TABLE ordem_status_history
+            DROP CONSTRAINT ordem_status_history_pkey,
+            ADD CONSTRAINT ordem_status_history_pkey PRIMARY KEY (account, id_os, seq);
+    END IF;
+END
+$$;
+DROP INDEX IF EXISTS idx_ordem_status_history_os;
 
 -- Cursors, checkpoints and per-status state (values are JSON text).
 CREATE TABLE IF NOT EXISTS sync_metadata (

@@ -1,5 +1,5 @@
 """Issue 12, an index strategy that was measured and left out: a first load with the
-mirror's three secondary indexes dropped and built after it, against the same load with
+mirror's secondary indexes dropped and built after it, against the same load with
 them in place.
 
 What it measures
@@ -9,9 +9,10 @@ What it measures
     * the first load as shipped: ``merge_listed``, ``--in-flight`` batches at once, into
       emptied tables that keep every index;
     * the same load with ``idx_ordens_servico_situacao_data``,
-      ``idx_ordens_servico_detail_stale`` and ``idx_ordem_status_history_os`` dropped
-      first, then built again from ``schema.sql``'s own statements, three at once on
-      three connections: the load alone, the build, and the whole.
+      ``idx_ordens_servico_detail_stale`` dropped first, then built again from
+      ``schema.sql``'s own statements, at once on connections of their own: the load
+      alone, the build, and the whole. (The history has no secondary index since
+      2026-12-06: its primary key is the index by order.)
 
     .venv/bin/python bench/bench_indexes.py [--orders 100000] [--rounds 3]
 """
@@ -38,7 +39,6 @@ from asyncsync.store.database import connect_pool
 SECONDARY = (
     "idx_ordens_servico_situacao_data",
     "idx_ordens_servico_detail_stale",
-    "idx_ordem_status_history_os",
 )
 SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
 

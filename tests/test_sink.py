@@ -163,3 +163,50 @@ async def test_a_first_load_copies_new_batches_straight_in_and_falls_back_on_a_k
     expected = [(i, None, 0) for i in range(1, 251)] + [(i, 0, 5) for i in range(151, 201)]
     assert [tuple(r) for r in history] == sorted(expected, key=lambda r: (r[0], r[1] is not None))
     assert await db.fetchval("SELECT valor FROM sync_metadata WHERE chave = 'k'") == '"after"'
+
+
+OLD_HISTORY = """
+DROP TABLE ordem_status_history CASCADE;  -- and the view over it: migrate makes it again
+CREATE TABLE ordem_status_history (
+    seq bigserial PRIMARY KEY, account text NOT NULL DEFAULT 'default', id_os bigint NOT NULL,
+    status_antigo smallint, status_novo smallint NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now(), source text NOT NULL DEFAULT 'list'
+);
+CREATE INDEX idx_ordem_status_history_os ON ordem_status_history (account, id_os, changed_at);
+"""
+
+HISTORY_INDEXES = """
+SELECT i.indexrelid::regclass::text AS name, i.indisprimary AS primary,
+       array_agg(a.attname::text ORDER BY k.ord) AS columns
+FROM pg_index i
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = 'ordem_status_history'::regclass
+GROUP BY 1, 2
+"""
+
+
+async def test_an_older_install_has_its_history_rekeyed_by_order_and_keeps_it(db) -> None:
+    """Installs from before 2026-12-06 keyed the history by seq, plus an index by order;
+    migrating leaves one primary key (account, id_os, seq), every row, and the sequence."""
+    from asyncsync.store.database import migrate
+
+    fresh = [tuple(r) for r in await db.fetch(HISTORY_INDEXES)]
+    await db.execute(OLD_HISTORY)
+    sink = Database(db).account("default", open_statuses=[0]).orders
+    await sink.merge_listed([parse_list_item(item(i, 0), T0) for i in (5, 3, 4)])
+    await sink.merge_listed([parse_list_item(item(3, 5), T0 + dt.timedelta(seconds=1))])
+    before = [tuple(r) for r in await db.fetch("SELECT * FROM ordem_status_history ORDER BY seq")]
+    assert len(before) == 4 and len(await db.fetch(HISTORY_INDEXES)) == 2
+
+    for _ in range(2):  # the second run finds nothing to do
+        await migrate(db)
+        indexes = [tuple(r) for r in await db.fetch(HISTORY_INDEXES)]
+        assert (
+            indexes == fresh == [("ordem_status_history_pkey", True, ["account", "id_os", "seq"])]
+        )
+    after = [tuple(r) for r in await db.fetch("SELECT * FROM ordem_status_history ORDER BY seq")]
+    assert after == before
+    await sink.merge_listed([parse_list_item(item(3, 6), T0 + dt.timedelta(seconds=2))])
+    seqs = [r["seq"] for r in await db.fetch("SELECT seq FROM ordem_status_history ORDER BY seq")]
+    assert seqs == [1, 2, 3, 4, 5]
