@@ -85,11 +85,17 @@ async def asyncsync(*args: str, env: dict[str, str]) -> asyncio.subprocess.Proce
 
 
 #: Runs the CLI like ``python -m asyncsync`` and, at exit, prints the process's own peak
-#: RSS (not its parent's, not an earlier child's) as the last stderr line.
+#: RSS as the last stderr line: ``VmHWM``, the high-water mark of the memory this program
+#: mapped since its exec. Not ``ru_maxrss``: a child started by vfork + exec (as asyncio's
+#: subprocesses are) inherits its parent's peak there, and a test process grown to 200 MiB
+#: by the tests before it made every child "peak" at 200 MiB.
 MEASURED = (
-    "import atexit, resource, runpy, sys\n"
-    "atexit.register(lambda: print(f'PEAK_RSS_KIB={resource.getrusage("
-    "resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr))\n"
+    "import atexit, runpy, sys\n"
+    "def peak():\n"
+    "    with open('/proc/self/status') as f:\n"
+    "        kib = next(x.split()[1] for x in f if x.startswith('VmHWM:'))\n"
+    "    print(f'PEAK_RSS_KIB={kib}', file=sys.stderr)\n"
+    "atexit.register(peak)\n"
     "sys.argv = ['asyncsync', *sys.argv[1:]]\n"
     "runpy.run_module('asyncsync', run_name='__main__')\n"
 )
