@@ -64,6 +64,7 @@ from bench_merge import (
 
 from asyncsync import collector
 from asyncsync.engine.listing import ListingEngine, Partition
+from asyncsync.options import BATCH_ORDERS
 from asyncsync.records import OrderRecord, parse_list_item
 from asyncsync.seams import ApiStats, Detail, ListQuery, Page
 from asyncsync.status import OPEN_STATUSES
@@ -399,7 +400,9 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--sizes", help="comma list of orders (default 100000,1000000; quick "
                    "20000,60000)")  # fmt: skip
-    p.add_argument("--batch", type=int, default=2000, help="orders per batch (the product's)")
+    p.add_argument(
+        "--batch", type=int, default=BATCH_ORDERS, help="orders per batch (the product's)"
+    )
     p.add_argument("--in-flight", type=int, default=2, help="batches merging at once")
     p.add_argument("--executemany-rows", type=int, default=100_000, help="baseline cap")
     p.add_argument("--seed", type=int, default=1, help="generator seed")

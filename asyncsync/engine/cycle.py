@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..options import BATCH_ORDERS
 from ..progress import Progress
 from ..seams import MergeStats, OrderSink, OrderSource
 from .details import enrich_backlog, fetch_details
@@ -98,7 +99,7 @@ async def run_cycle(
     plan: CyclePlan,
     *,
     page_size: int = 100,
-    batch_size: int = 2000,
+    batch_size: int = BATCH_ORDERS,
     queue_pages: int = 32,
     concurrency: int = 16,
     detail_budget: int | None = None,

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from ..errors import RecordError, TinyAuthError, TinyError, TinyOutage
+from ..options import BATCH_ORDERS
 from ..progress import Progress
 from ..records import FailureRecord, OrderRecord, failure_from, parse_list_item
 from ..seams import Checkpoint, ListQuery, MergeStats, OrderSink, OrderSource, Page
@@ -165,7 +166,7 @@ class ListingEngine:
         sink: OrderSink,
         *,
         page_size: int = 100,
-        batch_size: int = 2000,
+        batch_size: int = BATCH_ORDERS,
         queue_pages: int = 32,
         partitions_in_flight: int = 8,
         progress: Progress | None = None,
