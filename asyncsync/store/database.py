@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 
 from ..errors import ConfigError, DatabaseError
+from . import timestamps
 from .resilience import CAUGHT, classify, guarded
 from .sqlfiles import sql
 
@@ -148,6 +149,7 @@ async def resolve_dsn(
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(sql("stage"))
+    await timestamps.install(conn)
 
 
 @asynccontextmanager
