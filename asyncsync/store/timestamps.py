@@ -11,7 +11,7 @@ rows (asyncpg's tuple format: microseconds since 2000-01-01 UTC).
 Both directions keep asyncpg's meaning exactly: an aware datetime is converted to UTC, a
 naive one is taken as local time, a ``date`` as local midnight, ``datetime.max`` /
 ``datetime.min`` are PostgreSQL's infinities; values read back are aware UTC datetimes
-(``tests/test_sink.py`` compares both directions with asyncpg's own codec).
+(``tests/test_timestamps.py`` compares both directions with asyncpg's own codec).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..clock import utcnow
 _EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _INFINITY = 2**63 - 1
 _NEGATIVE_INFINITY = -(2**63)
-_last: list[Any] = [None, (0,)]  # the last object encoded and its wire value
+_last: list[Any] = [object(), (0,)]  # the last object encoded and its wire value
 
 
 def encode(value: dt.datetime | dt.date) -> tuple[int]:
