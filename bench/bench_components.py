@@ -37,12 +37,10 @@ import asyncpg
 from _common import parser, print_table, scratch_database, upsert_args, write_json
 from _profile import process_cpu_s
 from bench_merge import CEILING_TABLE, raw_items
-from bench_scale import HISTORY_COLUMNS, ORDER_COLUMNS
+from bench_scale import ACCOUNT, HISTORY_COLUMNS, ORDER_COLUMNS, history_rows
 
 from asyncsync.options import BATCH_ORDERS
 from asyncsync.records import parse_list_item
-
-ACCOUNT = "default"
 
 #: The history as it was before 2026-12-06 (schema.sql rekeys such a table once).
 OLD_HISTORY_KEYS = (
@@ -52,6 +50,9 @@ OLD_HISTORY_KEYS = (
 
 Setup = Callable[[asyncpg.Connection], Awaitable[None]]
 
+#: The scratch copy each of the mirror's tables is measured in.
+COPY_OF = {"ordens_servico": "part_o", "ordem_status_history": "part_h"}
+
 
 async def index_defs(conn: asyncpg.Connection, table: str) -> dict[str, str]:
     """Every index of ``table`` by name, as ``CREATE INDEX`` statements on ``part_<x>``."""
@@ -60,7 +61,7 @@ async def index_defs(conn: asyncpg.Connection, table: str) -> dict[str, str]:
         " FROM pg_index WHERE indrelid = $1::regclass",
         table,
     )
-    target = "part_o" if table == "ordens_servico" else "part_h"
+    target = COPY_OF[table]
     out = {}
     for r in rows:
         ddl = re.sub(rf" ON (\S+\.)?{table} ", f" ON {target} ", r["ddl"])
@@ -69,7 +70,7 @@ async def index_defs(conn: asyncpg.Connection, table: str) -> dict[str, str]:
 
 
 def copy_of(table: str, *, unlogged: bool = False, indexes: Sequence[str] = ()) -> Setup:
-    target = "part_o" if table == "ordens_servico" else "part_h"
+    target = COPY_OF[table]
 
     async def setup(conn: asyncpg.Connection) -> None:
         kind = "UNLOGGED TABLE" if unlogged else "TABLE"
@@ -132,7 +133,7 @@ async def run(orders: int, runs: int, dsn: str) -> list[dict[str, Any]]:
     t0 = dt.datetime.now(dt.UTC)
     records = [parse_list_item(item, t0) for item in raw_items(orders, 1)]
     rows = [upsert_args(ACCOUNT, r) for r in records]
-    history = [(ACCOUNT, r.id, None, r.situacao, r.observed_at, "list") for r in records]
+    history = history_rows(records)
     out: list[dict[str, Any]] = []
     async with scratch_database(dsn, "components") as scratch:
         conn = await asyncpg.connect(scratch)

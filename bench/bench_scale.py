@@ -141,6 +141,11 @@ ORDER_COLUMNS = ("account", *COLUMNS)  # upsert_args order
 HISTORY_COLUMNS = ("account", "id_os", "status_antigo", "status_novo", "changed_at", "source")
 
 
+def history_rows(records: Sequence[OrderRecord]) -> list[tuple[Any, ...]]:
+    """The first-sighting history rows of ``records`` (:data:`HISTORY_COLUMNS` order)."""
+    return [(ACCOUNT, r.id, None, r.situacao, r.observed_at, "list") for r in records]
+
+
 async def ceiling_load(pool: asyncpg.Pool, records: Sequence[OrderRecord]) -> dict[str, Any]:
     """Raw COPY of every row into an unlogged table without indexes (bench_merge's)."""
     async with pool.acquire() as conn:
@@ -170,7 +175,7 @@ async def tables_load(
         async with pool.acquire() as conn:
             for chunk in chunks:
                 orders = [upsert_args(ACCOUNT, r) for r in chunk]
-                history = [(ACCOUNT, r.id, None, r.situacao, r.observed_at, "list") for r in chunk]
+                history = history_rows(chunk)
                 async with conn.transaction():
                     await conn.copy_records_to_table(
                         "ordens_servico", records=orders, columns=ORDER_COLUMNS
