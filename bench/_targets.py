@@ -29,6 +29,18 @@ def pipelined(size: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+def copy_ratios(size: dict[str, Any]) -> list[float]:
+    """The pipelined first load ÷ the ceiling timed just before it, round by round.
+
+    The ceiling swings by a third from one run to the next on a shared host, and the
+    median ceiling and the median load may come from different rounds; a round's two
+    runs are a few seconds apart, so their ratio cancels the host's drift."""
+    loads, ceilings = pipelined(size).get("runs", []), size.get("ceiling_runs", [])
+    if len(loads) != len(ceilings):
+        return []
+    return [a / b for a, b in zip(loads, ceilings, strict=True) if b]
+
+
 def _scale(fig: dict[str, Any]) -> Iterator[Row]:
     for s in fig["sizes"]:
         n, c, e = s["orders"], s["ceiling_rows_s"], s["executemany_rows_s"]
@@ -173,8 +185,14 @@ def target_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
         plan = s["plan_end_of_load"]
         rows.append([f"{n:,}: the lookup reads only the batch's rows, by index",
                      f"{plan[0]}: {plan[2]:,} rows read", _yes("Index" in plan[0])])  # fmt: skip
-        rows.append([f"{n:,}: first load ≥ 0.5× raw COPY", f"{first['rows_s'] / c:.2f}×",
-                     _yes(first["rows_s"] >= 0.5 * c)])  # fmt: skip
+        share = first["rows_s"] / c
+        shown = f"{share:.2f}×"
+        paired = copy_ratios(s)
+        if len(paired) > 1:  # interleaved rounds: the median round decides, as for ¼ above
+            each = ", ".join(f"{r:.2f}×" for r in paired)
+            shown = f"median load ÷ median ceiling {shown}; each round {each}"
+            share = statistics.median_low(paired)
+        rows.append([f"{n:,}: first load ≥ 0.5× raw COPY", shown, _yes(share >= 0.5)])
         floor = path(s, "raw COPY into the mirror's tables")
         if floor is not None:
             rows.append(["  the floor: raw COPY into the mirror's own tables + history",
