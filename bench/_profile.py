@@ -4,7 +4,8 @@ Helpers for ``bench/`` (not a benchmark itself). :class:`BackendCpu` reads the C
 of a pool's PostgreSQL backends from ``/proc`` when the server runs on this machine, so a
 run can say how much of its wall clock was Python working and how much was waiting on
 the database. :func:`profiled` runs a block under pyinstrument (the ``bench`` extra) or,
-without it, the standard library's cProfile, and prints the profile.
+without it, the standard library's cProfile, and prints the profile;
+:func:`server_profile` samples the backends with Linux ``perf`` and prints theirs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import cProfile
 import io
 import os
 import pstats
+import shutil
+import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -157,3 +162,49 @@ def statement_costs() -> Iterator[dict[str, StatementCost]]:
     finally:
         for name, method in saved.items():
             setattr(cls, name, method)
+
+
+@contextmanager
+def server_profile(pids: list[int], title: str, top: int = 25) -> Iterator[ProfileReport]:
+    """Sample the PostgreSQL backends ``pids`` with Linux ``perf`` over the block and
+    print their hottest functions: where the server's CPU goes, which the Python
+    profile cannot show. Says why and skips (the block still runs) without ``perf``, a
+    local server or the permission to trace it."""
+    report = ProfileReport()
+    perf = shutil.which("perf")
+    if perf is None or not pids:
+        yield report
+        why = "perf is not installed" if perf is None else "the server is not on this machine"
+        print(f"\nserver profile: {title} — skipped: {why}\n", flush=True)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "perf.data")
+        recorder = subprocess.Popen(
+            [perf, "record", "-q", "-F", "999", "-o", data, "-p", ",".join(map(str, pids))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(0.5)  # perf attaches before the block starts
+        try:
+            yield report
+        finally:
+            recorder.send_signal(signal.SIGINT)
+            _, err = recorder.communicate(timeout=60)
+        shown = subprocess.run(
+            [perf, "report", "-i", data, "--stdio", "--sort", "symbol", "--percent-limit", "0.5"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    rows = [line.split(None, 2) for line in shown.stdout.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]  # fmt: skip
+    rows = [r for r in rows if len(r) == 3 and r[0].endswith("%")][:top]
+    if not rows:
+        reason = (err.decode(errors="replace") or shown.stderr).strip().splitlines()
+        print(f"\nserver profile: {title} — perf recorded nothing: {reason[-1:] or '?'}\n")
+        return
+    print(f"\nserver profile: {title} — perf, the backends' samples by function "
+          "([k] the kernel on their behalf)")  # fmt: skip
+    for share, space, symbol in rows:
+        print(f"  {share:>7} {space} {symbol.split()[0]}")
+    for line in report.notes:
+        print(line)
+    print(flush=True)

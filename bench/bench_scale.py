@@ -21,8 +21,11 @@ What it measures
     the last batch shows how ``ordens_servico`` is read. Where PostgreSQL runs on this
     machine, the CPU seconds of its backends (from ``/proc``) are set beside the client's
     CPU seconds and the wall clock: Python's work against time spent waiting on PostgreSQL.
-    ``--profile`` also runs the writer's first load of the smallest size under a profiler
-    (pyinstrument when installed, else cProfile) and prints where Python's time goes.
+    ``--profile`` also times the smallest size's first load statement by statement,
+    samples PostgreSQL's backends with Linux ``perf`` over a pipelined first load (where
+    the server's CPU goes, by function; skipped without ``perf`` or a local server), and
+    runs the writer's first load under a profiler (pyinstrument when installed, else
+    cProfile): where Python's time goes.
 
     .venv/bin/python bench/bench_scale.py [--quick] [--sizes 100000,1000000] [--profile]
 """
@@ -47,7 +50,7 @@ from _common import (
     server_settings,
     write_json,
 )
-from _profile import BackendCpu, profiled, statement_costs
+from _profile import BackendCpu, profiled, server_profile, statement_costs
 from bench_merge import (
     COLUMNS,
     NAIVE_UPSERT,
@@ -315,7 +318,8 @@ async def one_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
 
 async def profile_writer(args: argparse.Namespace, n: int) -> None:
     """Where a first load's time goes: statement by statement (one batch at a time, so
-    each backend's CPU belongs to one statement), then the writer under a profiler."""
+    each backend's CPU belongs to one statement), PostgreSQL's functions under ``perf``
+    (batches in flight, as the writer runs them), then the writer under a profiler."""
     items = raw_items(n, args.seed)
     t0 = dt.datetime.now(dt.UTC)
     records = [parse_list_item(item, t0) for item in items]
@@ -337,14 +341,27 @@ async def profile_writer(args: argparse.Namespace, n: int) -> None:
         )  # fmt: skip
         async with pool.acquire() as conn:
             await empty_tables(conn)
+        # Every connection of the pool opened now, so perf can follow all their backends.
+        local = await BackendCpu(pool).sample() is not None
+        held = [await pool.acquire() for _ in range(args.in_flight + 1)]
+        pids = [c.get_server_pid() for c in held] if local else []
+        for c in held:
+            await pool.release(c)
+        k = args.in_flight
+        with server_profile(pids, f"first load of {n:,} orders, {k} batches in flight") as sp:
+            figures = await sink_load(sink, records, args.batch, k)
+            sp.note(f"  {figures['rows_s']:,} rows/s, {figures['seconds']:.2f} s wall")
+        async with pool.acquire() as conn:
+            await empty_tables(conn)
         cpu = BackendCpu(pool)
         before = await cpu.sample()
         with profiled(f"listing writer, first load of {n:,} orders") as report:
             figures = await writer_load(sink, items, args.batch, args.in_flight)
-        report.note(
-            f"wall {figures['seconds']:.2f} s; PostgreSQL backends' CPU "
-            f"{await cpu.since(before)} s (None: server not on this machine)"
-        )
+            # Noted inside the block: the profile prints its notes when the block ends.
+            report.note(
+                f"wall {figures['seconds']:.2f} s; PostgreSQL backends' CPU "
+                f"{await cpu.since(before)} s (None: server not on this machine)"
+            )
 
 
 def render(results: list[dict[str, Any]]) -> None:

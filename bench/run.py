@@ -14,7 +14,8 @@ the ``bench`` extra: ``pip install -e '.[bench]'``), the chart the README shows.
 Presets: ``--quick`` (small sizes, under two minutes on the 2-core development machine)
 and the full one (100k and 1M orders; tens of minutes). ``--profile`` makes the scale
 scenario print where a first load's time goes (statement by statement, Python against
-PostgreSQL CPU, and a profile of the listing writer).
+PostgreSQL CPU, PostgreSQL's functions under ``perf``, and a profile of the listing
+writer).
 """
 
 from __future__ import annotations
