@@ -14,8 +14,12 @@ What it measures
     * orders: the raw COPY ceiling (bench_merge's unlogged table without indexes); the
       same columns unlogged; logged without indexes; with the primary key; with each
       secondary index alone; with every index (as shipped); the same with the payload
-      stored as ``json`` instead of ``jsonb`` (what parsing it costs);
-    * history: as shipped (primary key ``(account, id_os, seq)``); as it was before
+      stored as ``json`` instead of ``jsonb`` (what parsing it costs); with keys that do
+      not start with the text ``account`` (the primary key as ``(id, account)``, then the
+      status index as ``(situacao, data_emissao, account)`` too), and with ``account`` in
+      the ``C`` collation;
+    * history: as shipped (primary key ``(account, id_os, seq)``); keyed
+      ``(id_os, account, seq)``; as it was before
       2026-12-06 (key ``seq`` and an index by order); with no index;
     * both tables as shipped, in transactions of 2,000, 5,000 and 10,000 orders and in one.
 
@@ -52,6 +56,13 @@ OLD_HISTORY_KEYS = (
 #: The list item kept as text PostgreSQL only validates, as a measure of what parsing it
 #: into jsonb costs (the mirror keeps jsonb: reports query it).
 AS_JSON = "ALTER TABLE part_o ALTER payload TYPE json"
+
+#: Keys that do not start with the text ``account`` (its comparisons, and the offsets of
+#: the columns after it, are most of a B-tree insertion's work): what they would save.
+ID_FIRST = "CREATE UNIQUE INDEX ON part_o (id, account)"
+STATUS_FIRST = "CREATE INDEX ON part_o (situacao, data_emissao, account)"
+HISTORY_ID_FIRST = "ALTER TABLE part_h ADD PRIMARY KEY (id_os, account, seq)"
+C_ACCOUNT = 'ALTER TABLE part_o ALTER account TYPE text COLLATE "C"'
 
 Setup = Callable[[asyncpg.Connection], Awaitable[None]]
 
@@ -147,6 +158,7 @@ async def run(orders: int, runs: int, dsn: str) -> list[dict[str, Any]]:
             o_idx = await index_defs(conn, "ordens_servico")
             h_idx = await index_defs(conn, "ordem_status_history")
             pkey = o_idx.pop("ordens_servico_pkey")
+            stale = o_idx["idx_ordens_servico_detail_stale"]
             orders_copy = [("part_o", rows, ORDER_COLUMNS)]
             history_copy = [("part_h", history, HISTORY_COLUMNS)]
             both = orders_copy + history_copy
@@ -167,9 +179,20 @@ async def run(orders: int, runs: int, dsn: str) -> list[dict[str, Any]]:
                 ("orders", "every index, payload json (not jsonb: kept unparsed)",
                  [copy_of("ordens_servico", indexes=whole), statements(AS_JSON)],
                  orders_copy, orders),
+                ("orders", "every index, primary key (id, account)",
+                 [copy_of("ordens_servico", indexes=[ID_FIRST, *o_idx.values()])],
+                 orders_copy, orders),
+                ("orders", "every index, no key led by account",
+                 [copy_of("ordens_servico", indexes=[ID_FIRST, STATUS_FIRST, stale])],
+                 orders_copy, orders),
+                ("orders", 'every index, account COLLATE "C"',
+                 [copy_of("ordens_servico"), statements(C_ACCOUNT, *whole)], orders_copy, orders),
                 ("history", "no index", [copy_of("ordem_status_history")], history_copy, orders),
                 ("history", "as shipped: " + ", ".join(h_idx),
                  [copy_of("ordem_status_history", indexes=list(h_idx.values()))],
+                 history_copy, orders),
+                ("history", "key (id_os, account, seq)",
+                 [copy_of("ordem_status_history"), statements(HISTORY_ID_FIRST)],
                  history_copy, orders),
                 ("history", "before 2026-12-06: key seq + index by order",
                  [copy_of("ordem_status_history"), statements(*OLD_HISTORY_KEYS)],
