@@ -342,11 +342,10 @@ async def profile_writer(args: argparse.Namespace, n: int) -> None:
         async with pool.acquire() as conn:
             await empty_tables(conn)
         # Every connection of the pool opened now, so perf can follow all their backends.
-        local = await BackendCpu(pool).sample() is not None
         held = [await pool.acquire() for _ in range(args.in_flight + 1)]
-        pids = [c.get_server_pid() for c in held] if local else []
         for c in held:
             await pool.release(c)
+        pids = list(await BackendCpu(pool).sample() or ())
         k = args.in_flight
         with server_profile(pids, f"first load of {n:,} orders, {k} batches in flight") as sp:
             figures = await sink_load(sink, records, args.batch, k)
