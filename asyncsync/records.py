@@ -79,6 +79,14 @@ class FailureRecord:
     error: str
     raw: str | None  # JSON text of what the API answered, for debugging
 
+    def __post_init__(self) -> None:
+        # The error may quote a body and the raw answer may be any text: PostgreSQL stores
+        # neither with a NUL in it, and a failure row it refuses would sink its whole batch.
+        if "\x00" in self.error:
+            object.__setattr__(self, "error", self.error.replace("\x00", ""))
+        if self.raw is not None and "\\u0000" in self.raw:
+            object.__setattr__(self, "raw", storable_json(self.raw))
+
 
 def canonical_json(item: object) -> str:
     """Serialize ``item`` with sorted keys so equal content gives equal text and hash."""
@@ -109,6 +117,11 @@ def storable(item: Any) -> tuple[Any, str]:
         item = without_nul(item)
         payload = canonical_json(item)
     return item, payload
+
+
+def storable_json(text: str) -> str:
+    """JSON text as PostgreSQL can store it: NUL characters removed from its strings."""
+    return storable(orjson.loads(text))[1] if "\\u0000" in text else text
 
 
 def synthetic_id(payload: str) -> int:
@@ -178,7 +191,9 @@ def parse_money(value: object, field: str) -> Decimal | None:
 
 
 def _bounded(amount: Decimal, field: str, value: object) -> Decimal:
-    if not amount.is_finite() or abs(amount) >= _MONEY_LIMIT:
+    # adjusted() is exact and needs no context: abs() or quantize() of "1e999999999"
+    # would raise decimal.Overflow, not a RecordError.
+    if not amount.is_finite() or amount.adjusted() >= 12 or abs(amount) >= _MONEY_LIMIT:
         raise ValueError(f"{field}: amount out of range {value!r}")
     return amount.quantize(_CENT)
 

@@ -100,16 +100,19 @@ async def retry_due(
         mirrored = {r.id_ordem for r in rows if r.in_mirror}
         records, details, unbuilt = orders_from_details(out, parsed, mirrored)
         failed += unbuilt
-        await sink.merge_listed(records)
-        await sink.merge_details(details)
+        merged = await sink.merge_listed(records)
+        merged = merged + await sink.merge_details(details)
+        # A record PostgreSQL still refuses failed this attempt too: it counts as one.
+        failed += merged.refused
+        refused = {f.order_id for f in merged.refused}
         await failures.record(failed, now=now, counts_as_attempt=True)
-        resolved += sorted(d.id for d in details)
+        resolved += sorted(d.id for d in details if d.id not in refused)
         unavailable += sorted(out.unavailable)  # an outage is not an attempt: still due
         out.raise_outage()
         attempts = {r.id_ordem: r.tentativas + 1 for r in rows}
-        for f in sorted(failed, key=lambda f: f.order_id):
-            done = attempts[f.order_id] >= policy.max_attempts
-            (exhausted if done else failed_again).append(f.order_id)
+        for order_id in sorted({f.order_id for f in failed}):
+            done = attempts[order_id] >= policy.max_attempts
+            (exhausted if done else failed_again).append(order_id)
     pending, next_due = await failures.pending(now, policy)
     review = await failures.manual_review(policy)
     notes = [f"manual review: {m.id_ordem} ({m.tentativas}×: {m.erro or '-'})" for m in review[:5]]

@@ -193,6 +193,8 @@ class MergeStats:
     details: int = 0
     missing: int = 0
     unavailable: int = 0  # details Tiny could not serve (5xx, timeouts): left for later
+    #: records PostgreSQL refused, set aside in import_failures (counted in ``failures``)
+    refused: tuple[FailureRecord, ...] = ()
 
     def __add__(self, other: MergeStats) -> MergeStats:
         return MergeStats(

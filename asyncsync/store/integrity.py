@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from ..records import OrderRecord
+from ..records import OrderRecord, storable_json
 from ..seams import Comparison, RetryPolicy, Sighting, StaleRow
 from .orders import PgOrderStore
 from .resilience import SqlRunner
@@ -92,5 +92,5 @@ class PgIntegrityStore:
         """One ``integrity_runs`` row."""
         await self._sql.execute(
             "saving the integrity run", "integrity_save_run",
-            self.account, started_at, finished_at, consistent, report,
+            self.account, started_at, finished_at, consistent, storable_json(report),
         )  # fmt: skip

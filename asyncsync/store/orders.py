@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -34,6 +34,7 @@ from .resilience import SqlRunner
 from .sqlfiles import sql
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", OrderRecord, DetailRecord)
 
 _ORDER_COLUMNS = (
     "id", "numero", "situacao", "data_emissao", "data_prevista", "cliente_id",
@@ -135,31 +136,17 @@ class PgOrderStore:
         checkpoints: Sequence[Checkpoint],
         refusal: DatabaseError,
     ) -> MergeStats:
-        """Bisect a refused batch: halves merge on their own, a lone culprit is a failure."""
-        if len(records) == 1:
-            culprit = records[0]
-            log.warning("PostgreSQL refused order %d: %s", culprit.id, refusal)
-            error = f"PostgreSQL refused the record: {refusal}"
-            for raw in (culprit.payload, None):  # the payload itself may be what is refused
-                try:
-                    bad = FailureRecord(culprit.id, error, raw)
-                    stats = await self._merge_once((), [*failures, bad], checkpoints)
-                    return stats + MergeStats(received=1)
-                except DatabaseError as exc:
-                    if not _refused(exc) or raw is None:
-                        raise
-            raise AssertionError("unreachable")  # pragma: no cover
-        middle = len(records) // 2
-        total = MergeStats()
-        halves = ((records[:middle], (), ()), (records[middle:], failures, checkpoints))
-        for part, extra, marks in halves:
-            try:
-                total = total + await self._merge_once(part, extra, marks)
-            except DatabaseError as exc:
-                if not _refused(exc):
-                    raise
-                total = total + await self._isolate(part, extra, marks, exc)
-        return total
+        """Bisect a refused batch: halves merge on their own, a lone culprit is a failure
+        (the failures and checkpoints ride with the last part)."""
+
+        async def merge(
+            part: Sequence[OrderRecord], last: bool, more: Sequence[FailureRecord]
+        ) -> MergeStats:
+            extra, marks = (failures, checkpoints) if last else ((), ())
+            return await self._merge_once(part, [*extra, *more], marks)
+
+        stats = await _bisect(records, merge, refusal)
+        return stats + MergeStats(received=len(stats.refused))  # the culprits were received
 
     async def correct(self, records: Sequence[OrderRecord]) -> set[int]:
         """Force list rows through the merge even where the hashes agree (a damaged status
@@ -294,12 +281,36 @@ class PgOrderStore:
         failures: Sequence[FailureRecord] = (),
         missing: Collection[int] = (),
     ) -> MergeStats:
-        """Apply fetched details; record failures; flag orders whose detail is gone (404)."""
-        stats = await self._sql.run(
-            "merging details", lambda: self._merge_details(details, failures, missing)
-        )
+        """Apply fetched details; record failures; flag orders whose detail is gone (404).
+
+        A detail PostgreSQL refuses goes alone to ``import_failures``, as a listed record
+        does (see :meth:`merge_listed`); the order keeps waiting for a detail."""
+        try:
+            stats = await self._details_once(details, failures, missing)
+        except DatabaseError as exc:
+            if not _refused(exc) or not details:
+                raise
+
+            async def merge(
+                part: Sequence[DetailRecord], last: bool, more: Sequence[FailureRecord]
+            ) -> MergeStats:
+                extra, gone = (failures, missing) if last else ((), ())
+                return await self._details_once(part, [*extra, *more], gone)
+
+            stats = await _bisect(list(details), merge, exc)
         metrics.DETAILS_FETCHED.labels(self.account).inc(stats.details)
         metrics.STATUS_CHANGES.labels(self.account).inc(stats.status_changes)
+        return stats
+
+    async def _details_once(
+        self,
+        details: Sequence[DetailRecord],
+        failures: Sequence[FailureRecord],
+        missing: Collection[int],
+    ) -> MergeStats:
+        stats: MergeStats = await self._sql.run(
+            "merging details", lambda: self._merge_details(details, failures, missing)
+        )
         return stats
 
     async def _merge_details(
@@ -320,8 +331,10 @@ class PgOrderStore:
                     ],
                 )
                 history = _affected(await conn.execute(sql("merge_detail_history"), self.account))
-                await conn.execute(sql("merge_details"), self.account)
-                ids = [d.id for d in details]
+                # Only orders the mirror holds take a detail: a failure is resolved by its
+                # order being there, not by a detail that found no row to land on.
+                landed = await conn.fetch(sql("merge_details"), self.account)
+                ids = [row["id"] for row in landed]
                 await conn.execute(sql("resolve_failures"), self.account, ids, now)
             if missing:
                 await conn.execute(sql("mark_missing"), self.account, list(missing))
@@ -377,6 +390,42 @@ class PgOrderStore:
             "counting orders", "backfill_counts", self.account, first_day, last_day
         )
         return {int(r["situacao"]): int(r["n"]) for r in rows}
+
+
+async def _bisect(
+    items: list[R],
+    merge: Callable[[Sequence[R], bool, Sequence[FailureRecord]], Awaitable[MergeStats]],
+    refusal: DatabaseError,
+    last: bool = True,
+) -> MergeStats:
+    """Split a batch PostgreSQL refused until the culprit is alone, and set it aside in
+    ``import_failures``: ``merge(part, last, more_failures)`` merges a part; ``last``
+    marks the part that carries the batch's extras (its failures, checkpoints, missing
+    ids), which commit once everything before them is in."""
+    if len(items) == 1:
+        culprit = items[0]
+        what = "order" if isinstance(culprit, OrderRecord) else "the detail of order"
+        log.warning("PostgreSQL refused %s %d: %s", what, culprit.id, refusal)
+        error = f"PostgreSQL refused the record: {refusal}"
+        bad = FailureRecord(culprit.id, error, culprit.payload)
+        try:
+            stats = await merge((), last, [bad])
+        except DatabaseError as exc:
+            if not _refused(exc):
+                raise
+            bad = FailureRecord(culprit.id, error, None)  # the payload is what is refused
+            stats = await merge((), last, [bad])
+        return stats + MergeStats(refused=(bad,))
+    middle = len(items) // 2
+    total = MergeStats()
+    for part, carries in ((items[:middle], False), (items[middle:], last)):
+        try:
+            total = total + await merge(part, carries, ())
+        except DatabaseError as exc:
+            if not _refused(exc):
+                raise
+            total = total + await _bisect(part, merge, exc, carries)
+    return total
 
 
 def _refused(exc: DatabaseError) -> bool:

@@ -12,12 +12,14 @@ from typing import Any
 import orjson
 
 from ..overview import RunSummary
+from ..records import storable_json, without_nul
 from ..report import FINISHED, RunReport, to_dict
 from .resilience import SqlRunner
 
 
 def _json(value: object) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    """JSON text PostgreSQL stores: an error quoted in a report may carry a NUL."""
+    return storable_json(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode())
 
 
 def summary(row: Any) -> RunSummary:
@@ -64,7 +66,7 @@ class PgRunLog:
             api.rate_limited,
             api.retries,
             api.quota_per_minute or None,
-            list(report.errors),
+            [without_nul(error) for error in report.errors],
             _json(to_dict(report)),
         )
         return int(run_id)

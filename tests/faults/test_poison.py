@@ -1,5 +1,6 @@
-"""A record PostgreSQL cannot take never blocks the others: NUL characters, a record the
-database refuses, a huge answer, a placeholder date."""
+"""A record PostgreSQL cannot take never blocks the others: NUL characters (in a record and
+in what failed), a record or a detail the database refuses, an amount no number holds, a
+huge answer, a placeholder date."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from asyncsync.errors import TinyAnswerTooLarge
 from asyncsync.simulator import TinySimulator
 
-from ..helpers import full_sync
+from ..helpers import full_sync, retry
 from ..mirror import diff, mirror
 from .conftest import asyncsync_measured, cli_env, peak_rss_mib
 
@@ -59,6 +60,96 @@ async def test_a_record_the_database_refuses_goes_alone_to_import_failures(
     assert rows[0]["tentativas"] == 1  # the listing seeing it again is not an attempt
     history = await db.fetchval("SELECT count(*) FROM ordem_status_history")
     assert history == 1199
+
+
+async def test_nul_characters_in_what_failed_never_block_a_run(simulator, runtime_for, db) -> None:
+    # A failure row carries what the API answered and the error: a list item that is not
+    # an object, and a detail whose body is not JSON, both with a NUL character in them.
+    sim = await simulator(orders=300, seed=36)
+    not_object, not_json = sorted(sim.orders)[50], sorted(sim.orders)[150]
+    render = sim._renderer.list_item
+    sim._renderer.list_item = lambda o: (
+        ["broken\x00item", o.id] if o.id == not_object else (render(o))
+    )
+    sim.orders[not_json].extra = {**sim.orders[not_json].extra, "observacoes": "ZZMARK"}
+    sim.byte_patches.append(("ZZMARK", b'a\x00b"}}'))  # a raw NUL byte, then broken JSON
+    for _ in range(2):  # and the next run is not stuck on them either
+        async with runtime_for(sim) as rt:
+            report = await full_sync(rt)
+        assert report.outcome == "ok" and report.count("import_failures") >= 2
+    rows = await db.fetch("SELECT id_ordem, erro, dados_api::text AS raw FROM import_failures")
+    assert len(rows) == 2
+    assert all("\x00" not in r["erro"] and "\\u0000" not in r["raw"] for r in rows)
+    assert any("brokenitem" in r["raw"] for r in rows)
+    assert not_json in {r["id_ordem"] for r in rows}
+    expected = {i: o for i, o in sim.snapshot().items() if i != not_object}
+    expected[not_json]["data_conclusao"] = None  # its detail is what failed
+    assert diff(expected, await mirror(db)) == []
+
+
+async def test_a_detail_the_database_refuses_goes_alone_to_import_failures(
+    simulator, runtime_for, db
+) -> None:
+    await db.execute(
+        "ALTER TABLE ordens_servico ADD CONSTRAINT no_poison "
+        "CHECK (coalesce(detalhe->>'observacoes', '') NOT LIKE '%POISON%')"
+    )
+    sim = await simulator(orders=300, seed=37)
+    poisoned = sorted(sim.orders)[100]
+    sim.orders[poisoned].extra = {**sim.orders[poisoned].extra, "observacoes": "POISON"}
+    for _ in range(2):
+        async with runtime_for(sim) as rt:
+            report = await full_sync(rt)
+        assert report.outcome == "ok"
+    with_detail = await db.fetchval("SELECT count(*) FROM ordens_servico WHERE detalhe IS NOT NULL")
+    assert with_detail == 299
+    rows = await db.fetch("SELECT id_ordem, erro, dados_api, tentativas FROM import_failures")
+    assert [(r["id_ordem"], r["tentativas"]) for r in rows] == [(poisoned, 1)]
+    assert "no_poison" in rows[0]["erro"] and "POISON" in rows[0]["dados_api"]
+
+
+async def test_an_amount_no_number_holds_is_a_failed_record(simulator, runtime_for, db) -> None:
+    sim = await simulator(orders=200, seed=38)
+    in_list, in_detail = sorted(sim.orders)[20], sorted(sim.orders)[120]
+    render = sim._renderer.list_item
+
+    def list_item(order):  # type: ignore[no-untyped-def]
+        item = render(order)
+        return {**item, "valor": "1e9999999"} if order.id == in_list else item
+
+    sim._renderer.list_item = list_item
+    sim.orders[in_detail].extra = {**sim.orders[in_detail].extra, "desconto": "-1E+999999999"}
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+    assert report.outcome == "ok"
+    rows = await db.fetch("SELECT id_ordem, erro FROM import_failures")
+    assert [(r["id_ordem"], "valor: amount out of range" in r["erro"]) for r in rows] == [
+        (in_list, True)
+    ]
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 199
+    # A detail's amounts are not columns: the detail is stored as it came.
+    desconto = "SELECT detalhe->>'desconto' FROM ordens_servico WHERE id = $1"
+    assert await db.fetchval(desconto, in_detail) == "-1E+999999999"
+
+
+async def test_a_retry_the_database_still_refuses_is_a_failed_attempt(
+    simulator, runtime_for, db
+) -> None:
+    await db.execute(
+        "ALTER TABLE ordens_servico "
+        "ADD CONSTRAINT no_poison CHECK (cliente_nome NOT LIKE '%POISON%')"
+    )
+    sim = await simulator(orders=300, seed=39)
+    poisoned = sorted(sim.orders)[100]
+    sim.orders[poisoned].cliente = {**sim.orders[poisoned].cliente, "nome": "POISON Ltda"}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, batch_size=100)
+        # Imported from its detail, the order is refused again: not resolved, one more attempt.
+        report = await retry(rt, now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
+    assert report.findings["resolved"] == [] and report.findings["failed_again"] == [poisoned]
+    row = await db.fetchrow("SELECT resolvido, tentativas FROM import_failures")
+    assert (row["resolvido"], row["tentativas"]) == (False, 2)
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico WHERE id = $1", poisoned) == 0
 
 
 async def test_a_huge_detail_is_refused_unread(simulator, database_url, db) -> None:

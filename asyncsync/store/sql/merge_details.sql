@@ -1,5 +1,6 @@
 -- Apply staged details: payload, conclusion date, and the status when the detail is newer.
 -- detail_stale stays true when the listing changed after the detail was requested. $1 account
+-- Returns the ids updated: a detail of an order the mirror lacks lands nowhere.
 UPDATE ordens_servico o SET
     detalhe = s.detalhe,
     detail_hash = s.detail_hash,
@@ -18,4 +19,5 @@ UPDATE ordens_servico o SET
     detail_synced_at = now(),
     synced_at = now()
 FROM stage_details s
-WHERE o.account = $1 AND o.id = s.id;
+WHERE o.account = $1 AND o.id = s.id
+RETURNING o.id;
