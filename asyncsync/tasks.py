@@ -43,3 +43,26 @@ async def run_all(coros: Iterable[Coroutine[Any, Any, object]]) -> None:
                 tg.create_task(coro)
 
     await unwrap(group())
+
+
+async def outlast_cancellation(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end even if the caller is cancelled meanwhile (a write that must
+    follow a request already sent); the caller's cancellation is raised once it is done.
+
+    ``asyncio.shield`` alone lets the caller leave at once, releasing the locks and the
+    connection the shielded work still uses."""
+    task = asyncio.ensure_future(coro)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if not task.done():
+                cancelled = exc  # ours: keep waiting for the work
+        except BaseException:  # the work's own error: task.result() raises it
+            pass
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller's cancellation is what goes on
+        raise cancelled
+    return task.result()

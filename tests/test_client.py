@@ -161,6 +161,70 @@ async def test_a_later_process_spends_the_rescued_refresh_token_first(simulator,
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_a_refresh_cancelled_midway_still_stores_and_adopts_the_rotated_token(
+    simulator, database_url, db, monkeypatch
+) -> None:
+    # A request refreshing the token is cancelled (a sibling failed in its task group, a
+    # second Ctrl-C) after Tiny rotated the refresh token, before its answer arrived. The
+    # new token must still be stored, under the locks, before anyone reads the store.
+    sim = await simulator(orders=10)
+    oid = next(iter(sim.orders))
+    post = TokenManager._post
+
+    async def slow_post(self: TokenManager, refresh_token: str) -> TokenSet:
+        granted = await post(self, refresh_token)  # Tiny has rotated the refresh token
+        await asyncio.sleep(0.3)  # and its answer is still on the way
+        return granted
+
+    async with open_runtime(common_for(sim, database_url)) as rt:
+        await rt.client.get_order(oid)  # the first grant, stored
+        monkeypatch.setattr(TokenManager, "_post", slow_post)
+        sim.expire_access_tokens()
+        cancelled = asyncio.create_task(rt.client.get_order(oid))
+        await asyncio.sleep(0.1)  # inside the grant, holding the locks
+        waiting = asyncio.create_task(rt.client.get_order(oid))  # waits for the token
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert (await waiting).order_id == oid  # on the new token: the old one is spent
+        stored = await db.fetchval("SELECT refresh_token FROM tiny_tokens")
+        assert stored == sim.valid_refresh_token()
+        monkeypatch.setattr(TokenManager, "_post", post)
+        sim.expire_access_tokens()
+        assert (await rt.client.get_order(oid)).order_id == oid
+    assert sim.stats.stale_refresh_uses == 0 and sim.stats.token_refreshes == 3
+
+
+async def test_unsaved_tokens_never_overwrite_a_newer_grant(
+    simulator, tmp_path, monkeypatch
+) -> None:
+    # Process A could not store its rotated token R1 (the database was away): R1 is in A
+    # and in the rescue file. Process B on the same host spends R1 from the rescue file
+    # and stores R2. A must then drop R1 (spent), not write it over R2.
+    sim = await simulator(orders=10)
+    store = FlakyStore(TokenSet(sim.valid_refresh_token() or ""), away=1)
+    creds = Credentials(sim.config.client_id, sim.config.client_secret)
+    monkeypatch.setattr(token_module, "UNSAVED_RETRY_S", 0.0)
+    async with aiohttp.ClientSession() as session:
+        a = TokenManager(session, sim.token_url, creds, store, rescue_dir=tmp_path)
+        await a.access_token()  # R1, not stored
+        b = TokenManager(session, sim.token_url, creds, store, rescue_dir=tmp_path)
+        await b.access_token()  # R1 from the rescue file, R2 stored
+        await a.access_token()  # A offers R1 to the store again, in the background
+        for _ in range(100):
+            if a._saving is None:
+                break
+            await asyncio.sleep(0.01)
+        assert store.tokens is not None
+        assert store.tokens.refresh_token == sim.valid_refresh_token()
+        sim.expire_access_tokens()
+        await a.rejected(await a.access_token())  # A's next refresh starts from R2
+    assert store.tokens.refresh_token == sim.valid_refresh_token()
+    assert sim.stats.stale_refresh_uses == 0 and sim.stats.token_refreshes == 3
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_revoked_refresh_token_says_a_person_must_authorize(simulator) -> None:
     sim = await simulator(orders=10)
     token = sim.valid_refresh_token()

@@ -42,6 +42,7 @@ from ..clock import Clock, utcnow
 from ..errors import DatabaseError, ReauthorizationRequired, TinyAuthError, TinyUnavailable
 from ..options import Credentials
 from ..seams import TokenSet, TokenStore
+from ..tasks import outlast_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class TokenManager:
         # Granted tokens the store could not take yet, and when they were last offered.
         self._unsaved: TokenSet | None = None
         self._unsaved_tried = 0.0
+        self._unsaved_over: str | None = None  # the stored refresh token they replaced
         self._saving: asyncio.Task[None] | None = None
         self._rescue = (
             None
@@ -184,10 +186,11 @@ class TokenManager:
                     assert stored is not None and stored.access_token is not None
                     self._adopt(stored)
                     return stored.access_token
+                self._drop_superseded(stored)
                 # Tiny invalidates the spent refresh token at once: once the request is
-                # sent, the new one must be stored even if this task is being cancelled.
-                granted = await asyncio.shield(self._grant_and_save(stored))
-            self._adopt(granted)
+                # sent, the new one must be stored and adopted, both locks still held,
+                # even if this task is being cancelled (the cancellation follows).
+                granted = await outlast_cancellation(self._grant_and_save(stored))
             assert granted.access_token is not None
             return granted.access_token
 
@@ -195,11 +198,12 @@ class TokenManager:
         tokens = await self._grant(stored)
         try:
             await self._store.save(tokens)  # first: the spent refresh token is worthless now
-        except DatabaseError as exc:
-            self._keep_unsaved(tokens, exc)
+        except Exception as exc:  # whatever went wrong, the rotated token must not be lost
+            self._keep_unsaved(tokens, exc, stored)
         else:
             self._unsaved = None  # older than these, and spent
             self._forget_rescue()
+        self._adopt(tokens)
         metrics.TOKEN_REFRESHES.labels(self._account).inc()
         lifetime = (tokens.access_expires_at - tokens.access_issued_at).total_seconds()  # type: ignore[operator]
         log.info(
@@ -208,10 +212,12 @@ class TokenManager:
         )  # fmt: skip
         return tokens
 
-    def _keep_unsaved(self, tokens: TokenSet, exc: DatabaseError) -> None:
+    def _keep_unsaved(self, tokens: TokenSet, exc: Exception, stored: TokenSet | None) -> None:
         """The refresh token Tiny just rotated could not be stored: keep it in this process
-        and in the rescue file, and offer it to the store again later."""
+        and in the rescue file, and offer it to the store again later (unless the store
+        moves past ``stored`` meanwhile: see :meth:`_drop_superseded`)."""
         self._unsaved, self._unsaved_tried = tokens, time.monotonic()
+        self._unsaved_over = None if stored is None else stored.refresh_token
         kept = "in this process"
         if self._rescue is not None:
             try:
@@ -248,16 +254,40 @@ class TokenManager:
 
     async def _save_unsaved_locked(self) -> None:
         async with self._lock:  # a refresh meanwhile would make these the older tokens
-            tokens = self._unsaved
-            if tokens is None:
+            if self._unsaved is None:
                 return
             try:
-                await self._store.save(tokens)
+                async with self._store.exclusive():
+                    stored = await self._store.load()
+                    if self._drop_superseded(stored):
+                        return
+                    await self._store.save(self._unsaved)
             except DatabaseError:
                 return  # still away: next time
             self._unsaved = None
             self._forget_rescue()
         log.info("account %s: the new refresh token is stored at last", self._account)
+
+    def _drop_superseded(self, stored: TokenSet | None) -> bool:
+        """Whether the store moved on from the tokens the unsaved ones replaced: another
+        process refreshed since (with the rescue file's token, or this one's spent one
+        refused): the unsaved tokens are older than the stored ones, or spent, and are
+        dropped for them. Call under the store's exclusive lock."""
+        if self._unsaved is None:
+            return False
+        if (None if stored is None else stored.refresh_token) == self._unsaved_over:
+            return False
+        log.info(
+            "account %s: another process stored newer tokens; the unsaved ones are dropped",
+            self._account,
+        )
+        if self._rescued() == self._unsaved.refresh_token:
+            with contextlib.suppress(FileNotFoundError):
+                self._rescue.unlink()  # type: ignore[union-attr]
+        self._unsaved = None
+        if stored is not None and self._usable(stored):
+            self._adopt(stored)
+        return True
 
     def _rescued(self) -> str | None:
         """The refresh token a process could not store, from the rescue file."""
@@ -297,7 +327,7 @@ class TokenManager:
             )
         async with self._store.exclusive():
             tokens = self._granted(status, data, sent_at, None)
-            await asyncio.shield(self._store.save(tokens))
+            await outlast_cancellation(self._store.save(tokens))
         metrics.TOKEN_REFRESHES.labels(self._account).inc()
         return self._adopt(tokens)
 

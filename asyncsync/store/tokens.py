@@ -12,7 +12,7 @@ connection to read its row: a deadlock.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,8 +41,8 @@ class PgTokenStore:
     async def load(self) -> TokenSet | None:
         locked = _LOCKED.get()
         if locked is not None:
-            query = locked.fetchrow(sql("token_load"), self._account)
-            row: Any = await guarded(query, "reading tokens")
+            row: Any = await guarded(_call(locked.fetchrow, sql("token_load"), self._account),
+                                     "reading tokens")  # fmt: skip
         else:
             row = await self._sql.fetchrow("reading tokens", "token_load", self._account)
         if row is None:
@@ -72,7 +72,7 @@ class PgTokenStore:
         )
         locked = _LOCKED.get()
         if locked is not None:
-            await guarded(locked.execute(sql("token_save"), *args), "saving tokens")
+            await guarded(_call(locked.execute, sql("token_save"), *args), "saving tokens")
         else:
             await self._sql.execute("saving tokens", "token_save", *args)
 
@@ -85,3 +85,9 @@ class PgTokenStore:
                 yield
             finally:
                 _LOCKED.reset(reset)
+
+
+async def _call(method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """``await method(*args)``, the call itself inside the await: a connection released
+    meanwhile raises when called, and :func:`guarded` must see that error too."""
+    return await method(*args)
