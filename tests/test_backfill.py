@@ -31,9 +31,13 @@ import pytest
 
 from asyncsync.errors import ConfigError
 from asyncsync.flags import month
+from asyncsync.jobs.backfill import backfill
 from asyncsync.jobs.backfill_plan import last_day, month_range, plan_backfill, resolve_range
+from asyncsync.options import BackfillOptions
 from asyncsync.simulator import TinySimulator
+from asyncsync.simulator.data import DATE_WINDOWS, Quirks
 
+from .helpers import context
 from .mirror import diff, history, mirror
 
 FIRST, LAST = dt.date(2015, 1, 1), dt.date(2016, 12, 31)
@@ -328,3 +332,23 @@ async def test_a_second_backfill_or_a_sync_is_refused_with_exit_3(
     assert json.loads(out)["outcome"] == "interrupted"
     stored = await assert_checkpoints_match_rows(db)
     assert 0 < len(stored) < len(month_range(FIRST, LAST)) * 8
+
+
+@pytest.mark.parametrize("window", DATE_WINDOWS)
+async def test_a_month_is_its_first_to_its_last_day_whatever_the_apis_window(
+    window, simulator, runtime_for, db
+) -> None:
+    # Whether dataInicialEmissao/dataFinalEmissao include their day is not documented.
+    # Left out unnoticed, every order emitted on a month's first or last day is skipped.
+    sim = await simulator(orders=600, seed=41, quirks=Quirks(date_window=window))
+    edges = [o for o in sim.orders.values() if o.data == last_day(o.data) or o.data.day == 1]
+    assert edges  # the seed puts orders on month edges
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        options = BackfillOptions(date_from=dt.date(2014, 1, 1), partitions=IN_FLIGHT)
+        report = await backfill(rt.client, s.orders, s.metadata, options, context(rt))
+    assert report.outcome == "ok"
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    # Finding the window out costs a handful of requests, once.
+    partitions = report.count("partitions_total")
+    assert partitions < sim.stats.requests_by_endpoint["list"] <= partitions + 8 + 5 + 2

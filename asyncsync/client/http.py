@@ -8,8 +8,10 @@ account-wide pause), and is mapped to the :mod:`asyncsync.errors` tree at this b
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +32,12 @@ from ..errors import (
     TinyUnavailable,
 )
 from ..seams import LATENCY_EDGES_MS, ApiStats, Detail, ListQuery, Page, latency_bucket
-from . import answers
+from ..status import Situacao
+from . import answers, window
 from .breaker import CircuitBreaker
 from .ratelimit import AccountLimiter
 from .tokens import TokenManager
+from .window import WindowEnds
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,9 @@ class TinyClient:
         self._counters = _Counters()
         self._max_answer_bytes = max_answer_bytes
         self.breaker = breaker or CircuitBreaker(account=account)
+        self._window: WindowEnds | None = None
+        self._window_until = 0.0
+        self._window_lock = asyncio.Lock()
         self._get = backoff.on_exception(
             backoff.expo,
             _Retry,
@@ -127,27 +134,55 @@ class TinyClient:
         )
 
     async def list_orders(self, query: ListQuery) -> Page:
-        """One page of ``GET /ordem-servico`` filtered by status (and emission window)."""
+        """One page of ``GET /ordem-servico`` filtered by status (and emission window:
+        ``date_from``..``date_to``, both days included, whatever the API's own ends)."""
+        first, last = query.date_from, query.date_to
+        if first or last:
+            first, last = (await self._window_ends()).params(first, last)
+        items, total, observed_at = await self._list(
+            query.situacao, query.limit, query.offset, first, last
+        )
+        return Page(query=query, items=items, total=total, observed_at=observed_at)
+
+    async def _list(
+        self, situacao: int, limit: int, offset: int, first: dt.date | None, last: dt.date | None
+    ) -> tuple[tuple[Any, ...], int | None, dt.datetime]:
         params: dict[str, str] = {
-            "situacao": str(query.situacao),
-            "limit": str(query.limit),
-            "offset": str(query.offset),
+            "situacao": str(situacao),
+            "limit": str(limit),
+            "offset": str(offset),
         }
-        if query.date_from:
-            params["dataInicialEmissao"] = query.date_from.isoformat()
-        if query.date_to:
-            params["dataFinalEmissao"] = query.date_to.isoformat()
+        if first:
+            params["dataInicialEmissao"] = first.isoformat()
+        if last:
+            params["dataFinalEmissao"] = last.isoformat()
         body, observed_at = await self._request("list", "/ordem-servico", params)
         if not isinstance(body, dict) or not isinstance(body.get("itens"), list):
             raise TinyBadPayload("list answer has no 'itens' array", body=_preview(body))
         paging = body.get("paginacao")
         total = paging.get("total") if isinstance(paging, dict) else None
-        return Page(
-            query=query,
-            items=tuple(body["itens"]),
-            total=total if isinstance(total, int) else None,
-            observed_at=observed_at,
-        )
+        return tuple(body["itens"]), total if isinstance(total, int) else None, observed_at
+
+    async def _window_ends(self) -> WindowEnds:
+        """The API's emission-window ends, learned once (see :mod:`.window`); while no
+        order tells, both ends are taken as included, and asked again later."""
+        async with self._window_lock:
+            if self._window is None or time.monotonic() >= self._window_until:
+                learned = await window.learn(self._probe_window, (int(s) for s in Situacao))
+                self._window = learned or WindowEnds()
+                self._window_until = math.inf if learned else time.monotonic() + 3600.0
+                log.info(
+                    "account %s: Tiny's emission-date window: %s%s", self.account,
+                    self._window, "" if learned else " (assumed: no order told)",
+                )  # fmt: skip
+            return self._window
+
+    async def _probe_window(
+        self, situacao: int, first: dt.date | None, last: dt.date | None
+    ) -> tuple[int, dt.date | None]:
+        items, total, _ = await self._list(situacao, 1, 0, first, last)
+        day = window.emission_day(items[0]) if items else None
+        return (total if total is not None else len(items)), day
 
     async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
         """``GET /ordem-servico/{id}``; raises TinyNotFound for a missing order. Without

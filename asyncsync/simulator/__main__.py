@@ -16,7 +16,8 @@ from . import serve
 from .data import Quirks, SimConfig
 
 SITUACAO_QUIRKS = ("int", "str", "label", "mixed", "unstable")
-QUIRK_NAMES = (*SITUACAO_QUIRKS, "zero-dates", "money-strings", "no-paginacao")
+WINDOW_QUIRKS = ("end-exclusive", "start-exclusive", "exclusive")
+QUIRK_NAMES = (*SITUACAO_QUIRKS, "zero-dates", "money-strings", "no-paginacao", *WINDOW_QUIRKS)
 
 
 def parse_quirks(text: str) -> Quirks:
@@ -28,11 +29,15 @@ def parse_quirks(text: str) -> Quirks:
     styles = [n for n in names if n in SITUACAO_QUIRKS]
     if len(styles) > 1:
         raise argparse.ArgumentTypeError(f"choose one situacao style, not {styles}")
+    windows = [n for n in names if n in WINDOW_QUIRKS]
+    if len(windows) > 1:
+        raise argparse.ArgumentTypeError(f"choose one date window, not {windows}")
     return Quirks(
         situacao_style=styles[0] if styles else "int",
         zero_dates="zero-dates" in names,
         money_as_string="money-strings" in names,
         omit_paginacao="no-paginacao" in names,
+        date_window=windows[0] if windows else "inclusive",
     )
 
 

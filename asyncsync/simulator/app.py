@@ -213,6 +213,7 @@ class TinySimulator(SimState):
             return refusal
         try:
             query = parse_query(params, self.config.max_limit)
+            query = query.covering(self.config.quirks.date_window)
         except QueryError as exc:
             detalhes = [{"campo": exc.campo, "mensagem": exc.mensagem}]
             return _error(400, "Parâmetros inválidos", detalhes, headers)

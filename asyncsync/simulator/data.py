@@ -20,6 +20,9 @@ ID_BASE = 700_000_000
 _ID_MAX_GAP = 37
 
 
+DATE_WINDOWS = ("inclusive", "end-exclusive", "start-exclusive", "exclusive")
+
+
 @dataclass(frozen=True)
 class Quirks:
     """Switches for the response variants seen from the live API (a client must accept all)."""
@@ -34,10 +37,15 @@ class Quirks:
     money_as_string: bool = False
     #: List responses carry only ``{"itens": [...]}``.
     omit_paginacao: bool = False
+    #: Which days ``dataInicialEmissao``..``dataFinalEmissao`` cover (undocumented):
+    #: ``inclusive`` (both), ``end-exclusive``, ``start-exclusive`` or ``exclusive``.
+    date_window: str = "inclusive"
 
     def __post_init__(self) -> None:
         if self.situacao_style not in SITUACAO_STYLES:
             raise ValueError(f"situacao_style must be one of {SITUACAO_STYLES}")
+        if self.date_window not in DATE_WINDOWS:
+            raise ValueError(f"date_window must be one of {DATE_WINDOWS}")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import bisect
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from asyncsync.status import Situacao, parse_situacao
@@ -46,6 +46,17 @@ class ListQuery:
     limit: int = 100
     offset: int = 0
     descending: bool = False
+
+    def covering(self, date_window: str) -> ListQuery:
+        """The same query with its window as the days it covers, both ends included, for
+        an API whose window leaves out its first day, its last day, or both."""
+        day = dt.timedelta(days=1)
+        lo, hi = self.date_from, self.date_to
+        if lo is not None and date_window in ("start-exclusive", "exclusive"):
+            lo += day
+        if hi is not None and date_window in ("end-exclusive", "exclusive"):
+            hi -= day
+        return replace(self, date_from=lo, date_to=hi)
 
     @property
     def filtered(self) -> bool:
