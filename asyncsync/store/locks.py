@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 
 import asyncpg
 
-from ..errors import LockBusy
+from ..errors import DatabaseError, LockBusy
 from .database import guarded, sql
 from .resilience import CAUGHT
 
@@ -85,13 +86,23 @@ def run_lock_name(account: str) -> str:
     return f"asyncsync.run:{account}"
 
 
+#: How often a run checks that the session holding its lock is still there, seconds (the
+#: check also keeps that otherwise idle session from an ``idle_session_timeout``).
+LOCK_CHECK_S = 5.0
+
+
 @asynccontextmanager
 async def account_lock(
     pool: asyncpg.Pool, account: str, purpose: str, *, wait_s: float = 0.0
 ) -> AsyncIterator[None]:
     """Hold the account's run lock for the duration. When another run holds it, try again
     for up to ``wait_s`` seconds (a timer started while a serve cycle runs waits for the
-    cycle to end), then raise LockBusy naming the holder."""
+    cycle to end), then raise LockBusy naming the holder.
+
+    The lock lives and dies with one session. A session lost mid-run (a database restart
+    the run rides out, a cut connection, an administrator's ``pg_terminate_backend``) is
+    noticed within :data:`LOCK_CHECK_S` and the lock taken again; if another run took it
+    first, this one is stopped (LockBusy): two runs must never merge at once."""
     name = run_lock_name(account)
     busy = f"account {account!r} is busy: {{holder}} is already running; not starting {purpose}"
     deadline = asyncio.get_running_loop().time() + wait_s
@@ -101,7 +112,7 @@ async def account_lock(
             try:
                 lock = advisory_lock(pool, name, wait=False, purpose=f"asyncsync {purpose}",
                                      busy=busy)  # fmt: skip
-                await stack.enter_async_context(lock)
+                conn = await stack.enter_async_context(lock)
                 break
             except LockBusy as exc:
                 left = deadline - asyncio.get_running_loop().time()
@@ -115,7 +126,65 @@ async def account_lock(
                 await asyncio.sleep(min(LOCK_POLL_S, left))
         if waiting:
             log.info("took the run lock of account %r for %s", account, purpose)
-        yield
+        owner = asyncio.current_task()
+        assert owner is not None
+        lost: list[LockBusy] = []
+        retake = partial(
+            advisory_lock, pool, name, wait=False, purpose=f"asyncsync {purpose}",
+            busy=f"account {account!r} lost its run lock mid-{purpose} to {{holder}}: "
+            "stopped, so two runs never merge at once",
+        )  # fmt: skip
+        watch = asyncio.create_task(_watch(conn, stack, retake, owner, lost), name=f"lock-{name}")
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not lost:
+                raise
+            owner.uncancel()  # the cancellation was the watch's: it becomes the error below
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        if lost:
+            raise lost[0]
+
+
+async def _watch(
+    conn: asyncpg.Connection,
+    stack: contextlib.AsyncExitStack,
+    retake: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]],
+    owner: asyncio.Task[object],
+    lost: list[LockBusy],
+) -> None:
+    """Ping the session holding the lock; when it is gone, take the lock again on a new
+    one (held by ``stack``, released with the first); when another run holds it, stop
+    ``owner``."""
+    while True:
+        await asyncio.sleep(LOCK_CHECK_S)
+        if not _gone(conn):
+            with contextlib.suppress(*CAUGHT):
+                await asyncio.wait_for(conn.fetchval(sql("ping")), timeout=LOCK_CHECK_S)
+            if not _gone(conn):
+                continue  # answered, or slow (a frozen server still holds the lock)
+        try:
+            conn = await stack.enter_async_context(retake())
+        except LockBusy as exc:
+            log.error("%s", exc)
+            lost.append(exc)
+            owner.cancel()
+            return
+        except DatabaseError as exc:
+            log.warning("the session holding the run lock is gone; taking it again: %s", exc)
+            continue  # the database is still away: next time
+        log.warning("the session holding the run lock was lost; the lock is taken again")
+
+
+def _gone(conn: asyncpg.Connection) -> bool:
+    """Whether the session is closed (the pool takes a closed connection back at once)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 async def lock_holder(pool: asyncpg.Pool, account: str) -> str | None:

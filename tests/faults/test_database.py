@@ -9,8 +9,9 @@ import time
 
 import aiohttp
 import asyncpg
+import pytest
 
-from asyncsync.errors import DatabaseUnavailable
+from asyncsync.errors import DatabaseUnavailable, LockBusy
 from asyncsync.modes import serve
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
@@ -18,6 +19,7 @@ from asyncsync.readiness import Readiness
 from asyncsync.runtime import open_runtime
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import Situacao
+from asyncsync.store import locks
 from asyncsync.store.resilience import classify
 
 from ..helpers import common_for, cycle, full_sync
@@ -203,6 +205,68 @@ async def test_a_backend_terminated_mid_merge_is_ridden(simulator, runtime_for, 
     assert diff(sim.snapshot(), await mirror(db)) == []
     history = await db.fetchval("SELECT count(*) FROM ordem_status_history")
     assert history == 2500  # every first sighting once: no batch merged twice
+
+
+KILL_LOCK_SESSION = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND application_name = 'asyncsync sync'"
+)
+
+
+async def rows_appear(db: asyncpg.Pool) -> None:
+    for _ in range(1000):
+        if await db.fetchval("SELECT count(*) FROM ordens_servico"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no row was merged")
+
+
+async def test_a_run_whose_lock_session_dies_takes_the_lock_again(
+    simulator, runtime_for, db, monkeypatch
+) -> None:
+    # The session holding the run lock is cut mid-run (a restart ridden out, a network
+    # blip, an administrator): the lock went with it, and another run could start.
+    monkeypatch.setattr(locks, "LOCK_CHECK_S", 0.1)
+    sim = await simulator(orders=3000, seed=22, latency_s=0.01)
+    async with runtime_for(sim) as rt, rt.store.lock("sync"):
+        run = asyncio.create_task(full_sync(rt, page_size=100, batch_size=200))
+        await rows_appear(db)
+        assert await db.fetchval(KILL_LOCK_SESSION) == 1
+        await asyncio.sleep(0.5)  # the run noticed, and holds the lock again
+        async with runtime_for(sim) as other:
+            with pytest.raises(LockBusy, match="is busy: asyncsync sync is already"):
+                async with other.store.lock("sync"):
+                    pass
+        assert not run.done()
+        report = await run
+    assert report.outcome == "ok"
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_run_whose_lock_another_run_took_stops(
+    simulator, runtime_for, db, monkeypatch
+) -> None:
+    # The lock session is cut, and another run takes the lock before this one can: it
+    # stops (exit 3) rather than merge alongside the other.
+    monkeypatch.setattr(locks, "LOCK_CHECK_S", 0.5)
+    monkeypatch.setattr(locks, "LOCK_POLL_S", 0.01)
+    sim = await simulator(orders=3000, seed=23, latency_s=0.01)
+
+    async def first_run() -> None:
+        async with runtime_for(sim) as rt, rt.store.lock("sync"):
+            await full_sync(rt, page_size=100, batch_size=200)
+
+    run = asyncio.create_task(first_run())
+    await rows_appear(db)
+    async with runtime_for(sim) as other:
+        assert await db.fetchval(KILL_LOCK_SESSION) == 1
+        async with other.store.lock("sync", wait_s=5):
+            with pytest.raises(LockBusy, match="lost its run lock mid-sync to asyncsync sync"):
+                await run
+            detailed = "SELECT count(*) FROM ordens_servico WHERE detalhe IS NOT NULL"
+            rows = await db.fetchval(detailed)
+            await asyncio.sleep(0.3)  # and nothing of the stopped run merges any more
+            assert await db.fetchval(detailed) == rows < 3000
 
 
 async def test_a_frozen_database_becomes_an_error_not_a_hang(
