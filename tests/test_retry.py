@@ -6,8 +6,8 @@ import datetime as dt
 
 from asyncsync.clock import utcnow
 from asyncsync.jobs.retry import DEFAULT_POLICY
-from asyncsync.records import canonical_json, synthetic_id
-from asyncsync.report import render_text
+from asyncsync.records import FailureRecord, canonical_json, synthetic_id
+from asyncsync.report import Outcome, RunReport, render_text
 from asyncsync.seams import RetryPolicy
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import Situacao
@@ -15,6 +15,8 @@ from asyncsync.status import Situacao
 from . import helpers
 from .helpers import full_sync
 from .mirror import diff, mirror
+
+SECOND = dt.timedelta(seconds=1)
 
 FAST = {"max_retries": 2}
 
@@ -112,3 +114,29 @@ async def test_retry_backs_off_resolves_and_gives_up_after_five(simulator, runti
     # What the retries imported is exactly the API's.
     snapshot = sim.snapshot()
     assert diff({i: o for i, o in snapshot.items() if i != hard}, await mirror(db)) == []
+
+
+async def test_a_write_tried_again_after_its_answer_was_lost_is_not_done_twice(
+    simulator, runtime_for, db
+) -> None:
+    # The store tries a statement again on a fresh connection when the first one died;
+    # if the first had committed before its answer was lost, the second is a replay.
+    sim: TinySimulator = await simulator(orders=10, seed=6)
+    now = utcnow().replace(microsecond=0)
+    report = RunReport(
+        mode="retry", account="default", started_at=now, finished_at=now,
+        outcome=Outcome.OK, errors=("Tiny answered 400: a\x00b",),
+    )  # fmt: skip
+    async with runtime_for(sim) as rt:
+        failed = [FailureRecord(7, "TinyBadPayload: not JSON", '{"body": "x"}')]
+        for _ in range(2):
+            await rt.store.failures.record(failed, now=now, counts_as_attempt=False)
+        for _ in range(2):  # one attempt, its statement sent twice
+            await rt.store.failures.record(failed, now=now + SECOND, counts_as_attempt=True)
+        first, again = [await rt.store.runs.record(report, invoked_as="retry") for _ in "ab"]
+        for _ in range(2):
+            await rt.store.integrity.save_run(now, now, True, '{"x": "a\\u0000b"}')
+    assert (await failures(db))[7][:2] == (2, False)  # the listing's, then one attempt
+    assert first == again and await db.fetchval("SELECT count(*) FROM sync_runs") == 1
+    assert await db.fetchval("SELECT errors FROM sync_runs") == ["Tiny answered 400: ab"]
+    assert await db.fetchval("SELECT count(*) FROM integrity_runs") == 1

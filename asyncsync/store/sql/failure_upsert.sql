@@ -3,7 +3,8 @@
 -- $6 counts_as_attempt: an open row counts one more attempt (a retry, an import that failed
 -- again); without it an open row stays as it is, because a listing shows the same broken
 -- record at every run and that is not a new attempt. A resolved row is reopened at attempt 1.
--- A row a person ignored (ignorado_em) is left alone: it stays resolved.
+-- A row a person ignored (ignorado_em) is left alone: it stays resolved. An attempt is
+-- stamped with the caller's clock: the same stamp again is the same attempt, not another.
 -- dados_api keeps what earlier attempts stored (the list item) and takes the newest answer.
 -- $1 account, $2 ids, $3 errors, $4 dados_api (JSON text or NULL), same order; ids distinct.
 -- Returns the ids whose row was written.
@@ -16,6 +17,8 @@ ON CONFLICT (account, id_ordem) DO UPDATE SET
     ultima_tentativa = EXCLUDED.ultima_tentativa,
     erro = EXCLUDED.erro,
     tentativas = CASE WHEN coalesce(f.resolvido, false) THEN 1
+                      -- the same attempt's statement again (its first answer was lost)
+                      WHEN f.ultima_tentativa = EXCLUDED.ultima_tentativa THEN f.tentativas
                       ELSE coalesce(f.tentativas, 0) + 1 END,
     primeira_tentativa = CASE WHEN coalesce(f.resolvido, false) THEN EXCLUDED.primeira_tentativa
                               ELSE f.primeira_tentativa END,

@@ -2,10 +2,19 @@
 -- $6 finished_at, $7 outcome, $8 counts (JSON), $9 requests by endpoint (JSON),
 -- $10 requests_total, $11 rate_limited, $12 retries, $13 quota_per_minute, $14 errors,
 -- $15 report (JSON)
-INSERT INTO sync_runs (
-    account, mode, invoked_as, title, started_at, finished_at, outcome, counts, requests,
-    requests_total, rate_limited, retries, quota_per_minute, errors, report
+-- Idempotent: a statement tried again on a fresh connection (the first one's commit may
+-- have landed before its answer was lost) returns the row it wrote instead of a second.
+WITH written AS (
+    SELECT id FROM sync_runs
+    WHERE account = $1 AND mode = $2 AND started_at = $5 AND finished_at = $6
+), added AS (
+    INSERT INTO sync_runs (
+        account, mode, invoked_as, title, started_at, finished_at, outcome, counts, requests,
+        requests_total, rate_limited, retries, quota_per_minute, errors, report
+    )
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11, $12, $13, $14::text[],
+           $15::jsonb
+    WHERE NOT EXISTS (SELECT 1 FROM written)
+    RETURNING id
 )
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11, $12, $13, $14::text[],
-        $15::jsonb)
-RETURNING id;
+SELECT id FROM added UNION ALL SELECT id FROM written LIMIT 1;
