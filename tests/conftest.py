@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from asyncsync.client import window
 from asyncsync.runtime import Runtime, open_runtime
 from asyncsync.simulator import SimConfig, TinySimulator
 from asyncsync.store.database import connect_pool, embedded_server, migrate, with_database
@@ -103,6 +104,7 @@ async def simulator() -> AsyncIterator[SimFactory]:
         config.setdefault("rate_limit_per_minute", 60_000)
         sim = TinySimulator(SimConfig(**config))
         await sim.__aenter__()
+        window.LEARNED.pop(sim.base_url.rstrip("/"), None)  # a port an earlier one had
         started.append(sim)
         return sim
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,13 +163,19 @@ class TinyClient:
         return tuple(body["itens"]), total if isinstance(total, int) else None, observed_at
 
     async def _window_ends(self) -> WindowEnds:
-        """The API's emission-window ends, learned once (see :mod:`.window`); while no
-        order tells, both ends are taken as included, and asked again later."""
+        """The API's emission-window ends, learned once per API and process (see
+        :mod:`.window`); while no order tells, both ends are taken as included, and asked
+        again an hour later."""
+        known = window.LEARNED.get(self._base)
+        if known is not None:
+            return known
         async with self._window_lock:
             if self._window is None or time.monotonic() >= self._window_until:
                 learned = await window.learn(self._probe_window, (int(s) for s in Situacao))
                 self._window = learned or WindowEnds()
-                self._window_until = math.inf if learned else time.monotonic() + 3600.0
+                self._window_until = time.monotonic() + 3600.0
+                if learned is not None:
+                    window.LEARNED[self._base] = learned
                 log.info(
                     "account %s: Tiny's emission-date window: %s%s", self.account,
                     self._window, "" if learned else " (assumed: no order told)",

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 DAY = dt.timedelta(days=1)
 
+#: What each API base URL was found to do, in this process (the same for every account).
+LEARNED: dict[str, WindowEnds] = {}
+
 #: ``(situacao, first, last) -> (orders counted, emission day of the first one listed)``
 #: with the two parameters sent as given (``None``: left out).
 Probe = Callable[[int, dt.date | None, dt.date | None], Awaitable[tuple[int, dt.date | None]]]
