@@ -7,6 +7,7 @@ Each parser takes the raw text and returns the value, or raises ``ValueError("mu
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,7 +35,14 @@ def integer(minimum: int, maximum: int | None = None) -> Parser:
     return parse
 
 
-def number(minimum: float, *, strict: bool = False) -> Parser:
+#: A number flag's default upper bound: about three years of seconds. Every number is
+#: a duration or a size, and ``inf`` or ``1e300`` would only break something later.
+NUMBER_MAX = 1e8
+#: PostgreSQL keeps statement_timeout and lock_timeout as int32 milliseconds.
+PG_TIMEOUT_MAX_S = 2_147_483
+
+
+def number(minimum: float, *, strict: bool = False, maximum: float = NUMBER_MAX) -> Parser:
     def parse(raw: str) -> float:
         try:
             value = float(raw.strip())
@@ -42,6 +50,8 @@ def number(minimum: float, *, strict: bool = False) -> Parser:
             raise ValueError(f"must be a number, got {raw!r}") from None
         if value != value or value < minimum or (strict and value == minimum):
             raise ValueError(f"must be {'>' if strict else '≥'} {minimum:g}, got {raw!r}")
+        if value > maximum:
+            raise ValueError(f"must be at most {maximum:,.0f}, got {raw!r}")
         return value
 
     return parse
@@ -129,6 +139,20 @@ def path(raw: str) -> Path:
     if not raw.strip():
         raise ValueError("must be a path, got nothing")
     return Path(raw).expanduser()
+
+
+def writable_file(raw: str) -> Path:
+    """A file to write at the end of a run ("-": standard output): checked now, so a bad
+    path fails before the work, not after it."""
+    where = path(raw)
+    if raw.strip() == "-":
+        return where
+    folder = where.parent
+    if where.is_dir():
+        raise ValueError(f"must be a file, got the directory {raw!r}")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"must be a file in a writable directory, got {raw!r}")
+    return where
 
 
 def order_ids(raw: str) -> tuple[int, ...]:

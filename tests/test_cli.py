@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from asyncsync.flags import FLAGS, MODES, build_parser
+from asyncsync.store.database import with_database
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -133,6 +136,10 @@ def test_health_says_whether_the_mirror_is_fresh(database_url: str) -> None:
          "ASYNCSYNC_INTERVAL_S must be ≥ 1"),
         ({"ASYNCSYNC_MODE": "backfill", "ASYNCSYNC_FROM": "2014-13"},
          "ASYNCSYNC_FROM must be a month like 2014-01"),
+        ({"ASYNCSYNC_MODE": "serve", "ASYNCSYNC_INTERVAL_S": "inf"},
+         "ASYNCSYNC_INTERVAL_S must be at most 100,000,000, got 'inf'"),
+        ({"ASYNCSYNC_STATEMENT_TIMEOUT_S": "3000000"},
+         "ASYNCSYNC_STATEMENT_TIMEOUT_S must be at most 2,147,483"),
     ],
 )  # fmt: skip
 def test_a_bad_environment_value_names_its_variable(env, message) -> None:
@@ -286,3 +293,47 @@ async def test_a_database_url_the_server_refuses_is_configuration(database_url) 
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and said in result.stderr, result.stderr
         assert "DATABASE_URL" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_a_bad_value_that_bites_late_is_still_exit_2_before_any_work(tmp_path) -> None:
+    # Each of these used to surface only after the work had started (or finished): a
+    # traceback, exit 1, or a report lost after a run that went well.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    unreachable = ("--database-url", "postgresql://u@127.0.0.1:1/x", "--db-reconnect", "1")
+    creds = ("--client-id", "a", "--client-secret", "b", "--refresh-token", "c")
+    cases = [
+        (("sync", *unreachable, *creds, "--json", "/nonexistent/r.json"),
+         "--json must be a file in a writable directory"),
+        (("backfill", *unreachable, *creds, "--from", "2016-01", "--to", "2015-01"),
+         "--from (ASYNCSYNC_FROM) 2016-01 is after --to 2015-01"),
+        (("migrate", "--data-dir", str(a_file)), "--data-dir (ASYNCSYNC_DATA_DIR)"),
+        (("serve", *unreachable, *creds, "--metrics-port", str(taken.getsockname()[1])),
+         "cannot listen on 127.0.0.1:"),
+        (("sync", *unreachable, *creds, "--timeout", "inf"), "--timeout must be at most"),
+    ]  # fmt: skip
+    try:
+        for args, message in cases:
+            result = run_cli(*args, env={"HOME": str(tmp_path)})
+            assert result.returncode == 2, (args, result.stderr)
+            assert message in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    finally:
+        taken.close()
+
+
+async def test_status_of_a_database_nothing_ran_in_says_so(admin_dsn) -> None:
+    name = f"asyncsync_empty_{os.getpid()}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        result = run_cli("status", "--database-url", with_database(admin_dsn, name))
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("the database has no asyncsync schema yet")
+    assert "Traceback" not in result.stderr and "UndefinedTable" not in result.stderr

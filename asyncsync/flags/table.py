@@ -31,6 +31,7 @@ from ..options import (
     TinyOptions,
 )
 from ..parsers import (
+    PG_TIMEOUT_MAX_S,
     Parser,
     account_key,
     boolean,
@@ -46,6 +47,7 @@ from ..parsers import (
     path,
     status_codes,
     text,
+    writable_file,
 )
 
 # --- the table --------------------------------------------------------------------------
@@ -83,10 +85,12 @@ FLAGS: tuple[Flag, ...] = (
     F("--data-dir", "ASYNCSYNC_DATA_DIR", DatabaseOptions, "data_dir", path,
       "embedded PostgreSQL data directory", metavar="DIR"),
     F("--statement-timeout", "ASYNCSYNC_STATEMENT_TIMEOUT_S", DatabaseOptions,
-      "statement_timeout_s", number(1), "seconds a statement may take before it is an "
+      "statement_timeout_s", number(1, maximum=PG_TIMEOUT_MAX_S),
+      "seconds a statement may take before it is an "
       "error (a frozen database)", metavar="S"),
     F("--lock-timeout", "ASYNCSYNC_LOCK_TIMEOUT_S", DatabaseOptions, "lock_timeout_s",
-      number(1), "seconds a statement may wait for a lock", metavar="S"),
+      number(1, maximum=PG_TIMEOUT_MAX_S), "seconds a statement may wait for a lock",
+      metavar="S"),
     F("--db-reconnect", "ASYNCSYNC_DB_RECONNECT_S", DatabaseOptions, "reconnect_s",
       number(0), "seconds a statement is tried again while the database is unreachable",
       metavar="S"),
@@ -141,7 +145,7 @@ FLAGS: tuple[Flag, ...] = (
       choice("DEBUG", "INFO", "WARNING", "ERROR", fold=str.upper), "log level"),
     F("--log-format", "ASYNCSYNC_LOG_FORMAT", OutputOptions, "log_format",
       choice("auto", "json", "text"), "log format (auto: text on a terminal, else json)"),
-    F("--json", "ASYNCSYNC_JSON_REPORT", OutputOptions, "json_path", path,
+    F("--json", "ASYNCSYNC_JSON_REPORT", OutputOptions, "json_path", writable_file,
       "write the report as JSON to this file; alone (or '-'): to stdout, instead of tables",
       metavar="PATH", const=str(STDOUT)),
     # one-shot runs

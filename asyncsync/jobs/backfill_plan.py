@@ -58,9 +58,11 @@ def resolve_range(
     first = (first or DEFAULT_FIRST_MONTH).replace(day=1)
     last = (last or this_month).replace(day=1)
     if last > this_month:
-        raise ConfigError(f"--to {last:%Y-%m} is after the current month {this_month:%Y-%m}")
+        raise ConfigError(
+            f"--to (ASYNCSYNC_TO) {last:%Y-%m} is after the current month {this_month:%Y-%m}"
+        )
     if first > last:
-        raise ConfigError(f"--from {first:%Y-%m} is after --to {last:%Y-%m}")
+        raise ConfigError(f"--from (ASYNCSYNC_FROM) {first:%Y-%m} is after --to {last:%Y-%m}")
     return first, last
 
 

@@ -40,6 +40,7 @@ async def run(
     common: CommonOptions, options: BackfillOptions, stop: asyncio.Event
 ) -> RunReport | int:
     """Backfill the account's months, under its run lock (or enqueue them)."""
+    resolve_range(options.date_from, options.date_to, utcnow().date())  # before connecting
     if options.enqueue:
         return await enqueue(common, options)
     async with open_runtime(common) as rt, rt.store.lock("backfill", wait_s=common.run.wait_lock_s):

@@ -24,7 +24,7 @@ import contextlib
 import logging
 
 from .. import metrics
-from ..errors import DatabaseUnavailable
+from ..errors import ConfigError, DatabaseUnavailable
 from ..options import CommonOptions, ServeOptions
 from ..readiness import Readiness
 from ..runtime import Runtime
@@ -70,11 +70,17 @@ async def run(common: CommonOptions, options: ServeOptions, stop: asyncio.Event)
     readiness = Readiness()
     async with contextlib.AsyncExitStack() as stack:
         if options.metrics_port is not None:  # first: health answers while the db is away
-            port = await stack.enter_async_context(
-                metrics.metrics_server(
-                    options.metrics_host, options.metrics_port, readiness.reasons
-                )
+            listener = metrics.metrics_server(
+                options.metrics_host, options.metrics_port, readiness.reasons
             )
+            try:
+                port = await stack.enter_async_context(listener)
+            except OSError as exc:  # a host that does not resolve, a port in use
+                raise ConfigError(
+                    f"--metrics-host/--metrics-port (ASYNCSYNC_METRICS_HOST/_PORT): cannot "
+                    f"listen on {options.metrics_host}:{options.metrics_port}: "
+                    f"{exc.strerror or exc}"
+                ) from None
             base = f"http://{options.metrics_host}:{port}"
             log.info("metrics on %s/metrics, health on %s/healthz and %s/readyz", base, base, base)
         fleet = await _open_fleet_when_reachable(stack, common, options, stop, readiness)

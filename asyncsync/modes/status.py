@@ -30,10 +30,17 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
     """Print the status of ``--account`` (or of every account) and return the exit code."""
     now = utcnow()
     async with database_of(common, apply_schema=False) as database:
-        accounts = await database.accounts() if options.all_accounts else [common.account]
-        states = [
-            await database.account(account).status(now, DEFAULT_POLICY) for account in accounts
-        ]
+        try:
+            accounts = await database.accounts() if options.all_accounts else [common.account]
+            states = [
+                await database.account(account).status(now, DEFAULT_POLICY) for account in accounts
+            ]
+        except DatabaseError as exc:
+            if exc.sqlstate != "42P01":  # undefined_table
+                raise
+            print("the database has no asyncsync schema yet: nothing has run here "
+                  "(asyncsync migrate creates it; every mode that writes does too)")  # fmt: skip
+            return 1
         queue = await _census(database.queue, None if options.all_accounts else common.account)
     data = {
         "as_of": iso(now),

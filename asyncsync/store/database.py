@@ -60,7 +60,13 @@ def embedded_server(data_dir: Path) -> Iterator[str]:
 
 def _embedded_server(data_dir: Path) -> Any:
     pgdata = data_dir / "pgdata"
-    pgdata.mkdir(parents=True, exist_ok=True)
+    try:
+        pgdata.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--data-dir (ASYNCSYNC_DATA_DIR) {data_dir} cannot hold the embedded PostgreSQL: "
+            f"{exc.strerror or exc}; choose a writable directory, or set DATABASE_URL"
+        ) from None
     log.info("starting embedded PostgreSQL in %s", pgdata)
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
