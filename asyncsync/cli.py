@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -28,6 +29,8 @@ from .errors import (
 )
 from .tasks import first_leaf
 
+log = logging.getLogger("asyncsync")
+
 
 async def _run(invocation: flags.Invocation) -> int:
     from .modes import execute
@@ -38,9 +41,20 @@ async def _run(invocation: flags.Invocation) -> int:
     task = asyncio.current_task()
     assert task is not None
 
+    options = invocation.options
+    drain_s = getattr(options, "drain_s", invocation.common.run.drain_s)
+
+    def cut() -> None:
+        if not task.done():
+            log.warning("still draining after %.0f s: stopping now; the next run resumes "
+                        "from what was merged", drain_s)  # fmt: skip
+            task.cancel()
+
     def on_signal() -> None:
         if stop.is_set():  # second signal: stop draining
             task.cancel()
+        else:  # requests in flight may hang (a slow Tiny, a spent quota): bound the drain
+            loop.call_later(drain_s, cut)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -150,6 +150,11 @@ class OutputOptions:
 STDOUT = Path("-")
 
 
+#: After SIGTERM/SIGINT, seconds the drain (requests in flight, merging what arrived) may
+#: take before the run is cut: under Kubernetes' default 30 s grace period.
+DRAIN_S = 25.0
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What a one-shot run (sync, backfill, integrity, retry, failures) may be told."""
@@ -157,6 +162,7 @@ class RunOptions:
     wait_lock_s: float = 0.0  # wait this long for the account's run lock before exit 3
     all_accounts: bool = False  # run for every enabled account in turn
     metrics_textfile: Path | None = None  # write the metrics here at the end (node-exporter)
+    drain_s: float = DRAIN_S  # after SIGTERM/SIGINT, how long the drain may take
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,7 @@ class ServeOptions:
     heartbeat_s: float = 30.0  # a unit whose worker is silent this long is taken over
     integrity_interval_s: float = 86400.0  # between integrity checks of an account; 0: never
     partitions: int = 5  # a backfill month's statuses paged at once
+    drain_s: float = DRAIN_S  # after SIGTERM/SIGINT, how long the drain may take
 
     def detail_budget(self, rate_per_minute: int) -> int:
         """Detail requests one cycle may spend: the configured budget, else about 70% of

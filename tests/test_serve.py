@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 
 import aiohttp
 import asyncpg
+import pytest
 
 from asyncsync import metrics
 from asyncsync.modes.serve import serve_loop
@@ -102,6 +104,35 @@ async def test_sigterm_drains_and_exits(database_url: str) -> None:
     assert finished[-1]["msg"] == "sync: full sync — interrupted: resumes next run — " + (
         f"{report['duration_s']:,.1f} s"
     )
+    assert "Traceback" not in err.decode()
+
+
+@pytest.mark.parametrize("mode", ["sync", "serve"])
+async def test_a_drain_that_hangs_on_tiny_is_cut_at_the_drain_timeout(
+    mode, simulator, database_url
+) -> None:
+    # Tiny answers nothing for minutes: a drain that waited for every request in flight
+    # (and their retries) outlived any orchestrator's grace period and was SIGKILLed.
+    sim = await simulator(orders=300, seed=9)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
+    env.update(TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
+               TINY_REFRESH_TOKEN=sim.valid_refresh_token() or "")  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncsync", mode, "--database-url", database_url,
+        "--api-base-url", sim.base_url, "--token-url", sim.token_url, "--drain-timeout", "2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    listing = asyncio.Event()
+    sim.on_list_page = lambda *_: listing.set()
+    await asyncio.wait_for(listing.wait(), 30)  # the first requests are out
+    sim.config = dataclasses.replace(sim.config, latency_s=9.0)  # and now Tiny hangs
+    await asyncio.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert time.monotonic() - started < 6, err.decode()[-2000:]  # not the 9 s of a request
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert "still draining after 2 s: stopping now" in err.decode()
     assert "Traceback" not in err.decode()
 
 

@@ -149,6 +149,9 @@ FLAGS: tuple[Flag, ...] = (
       "write the report as JSON to this file; alone (or '-'): to stdout, instead of tables",
       metavar="PATH", const=str(STDOUT)),
     # one-shot runs
+    F("--drain-timeout", "ASYNCSYNC_DRAIN_TIMEOUT_S", RunOptions, "drain_s", number(0),
+      "after SIGTERM, seconds the drain may take before the run is cut (exit 130)",
+      metavar="S"),
     F("--wait-lock", "ASYNCSYNC_WAIT_LOCK_S", RunOptions, "wait_lock_s", number(0),
       "wait up to this long for the account's run lock before giving up (exit 3)",
       metavar="S"),
@@ -173,6 +176,8 @@ FLAGS: tuple[Flag, ...] = (
     # serve
     F("--interval", "ASYNCSYNC_INTERVAL_S", ServeOptions, "interval_s", number(1),
       "seconds between cycles", metavar="S"),
+    F("--drain-timeout", "ASYNCSYNC_DRAIN_TIMEOUT_S", ServeOptions, "drain_s", number(0),
+      "after SIGTERM, seconds the drain may take before the cycle is cut", metavar="S"),
     F("--metrics-port", "ASYNCSYNC_METRICS_PORT", ServeOptions, "metrics_port",
       integer(0, 65535), "serve Prometheus /metrics on this port (0: any free port)",
       metavar="PORT"),
