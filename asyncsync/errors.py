@@ -44,6 +44,11 @@ class TinyAuthError(TinyError):
     """The OAuth token endpoint refused or failed."""
 
 
+class TinyAuthMisconfigured(TinyAuthError, ConfigError):
+    """The token endpoint refused the app itself (its client id or secret) or is not at the
+    configured address: the configuration must change (exit 2), not the tokens."""
+
+
 class ReauthorizationRequired(TinyAuthError):
     """The refresh token is expired or revoked: only a person can authorize again."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -337,3 +338,23 @@ async def test_status_of_a_database_nothing_ran_in_says_so(admin_dsn) -> None:
     assert result.returncode == 1, result.stderr
     assert result.stdout.startswith("the database has no asyncsync schema yet")
     assert "Traceback" not in result.stderr and "UndefinedTable" not in result.stderr
+
+
+async def test_tiny_refusing_the_app_itself_is_configuration(simulator, database_url) -> None:
+    # A wrong client secret or token address is not an outage nor a lapsed token: exit 2,
+    # so the service units (RestartPreventExitStatus=2 4) stop restarting into it.
+    sim = await simulator(orders=20)
+    base = {"TINY_CLIENT_ID": sim.config.client_id, "TINY_CLIENT_SECRET": "wrong",
+            "TINY_REFRESH_TOKEN": sim.valid_refresh_token() or "",
+            "TINY_API_BASE_URL": sim.base_url, "TINY_TOKEN_URL": sim.token_url}  # fmt: skip
+    wrong_url = {**base, "TINY_CLIENT_SECRET": sim.config.client_secret,
+                 "TINY_TOKEN_URL": sim.token_url.replace("/token", "/nowhere")}  # fmt: skip
+    for env, message in (
+        (base, "refused the app's credentials (invalid_client) for account 'default': check "
+               "TINY_CLIENT_ID and TINY_CLIENT_SECRET"),
+        (wrong_url, "answered 404: check TINY_TOKEN_URL (--token-url)"),
+    ):  # fmt: skip
+        result = await asyncio.to_thread(run_cli, "sync", "--database-url", database_url, env=env)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+    assert sim.valid_refresh_token() == base["TINY_REFRESH_TOKEN"]  # nothing was spent

@@ -39,7 +39,13 @@ import orjson
 
 from .. import metrics
 from ..clock import Clock, utcnow
-from ..errors import DatabaseError, ReauthorizationRequired, TinyAuthError, TinyUnavailable
+from ..errors import (
+    DatabaseError,
+    ReauthorizationRequired,
+    TinyAuthError,
+    TinyAuthMisconfigured,
+    TinyUnavailable,
+)
 from ..options import Credentials
 from ..seams import TokenSet, TokenStore
 from ..tasks import outlast_cancellation
@@ -392,6 +398,20 @@ class TokenManager:
         if status >= 500:
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
             raise TinyUnavailable(f"token endpoint answered {status}")
+        error = data.get("error")
+        if status in (400, 401) and error in ("invalid_client", "unauthorized_client"):
+            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
+            raise TinyAuthMisconfigured(
+                f"Tiny's token endpoint refused the app's credentials ({error}) for account "
+                f"{self._account!r}: check TINY_CLIENT_ID and TINY_CLIENT_SECRET (or the "
+                "account's client secret in the accounts table)"
+            )
+        if status in (404, 405):
+            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
+            raise TinyAuthMisconfigured(
+                f"the token endpoint {self._token_url} answered {status}: check TINY_TOKEN_URL "
+                "(--token-url)"
+            )
         if status != 200 or not isinstance(data.get("access_token"), str):
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
             raise TinyAuthError(
