@@ -237,13 +237,15 @@ class _Check:
         """Missing orders: detail first; only a complete order enters the mirror."""
         out = await unwrap(fetch_details(self.source, ids, concurrency=self.ctx.concurrency))
         details, failed = split_outcome(out)
-        merged = await self.sink.merge_listed([self.candidates[d.id] for d in details])
-        merged = merged + await self.sink.merge_details(details)
-        refused = {f.order_id for f in merged.refused}
-        failed = [*failed, *merged.refused]  # refused by PostgreSQL: an attempt that failed
+        merged = await self.sink.merge_listed(
+            [self.candidates[d.id] for d in details], attempt=True
+        )
+        merged = merged + await self.sink.merge_details(details, attempt=True)
         await self.failures.record(
             [self._with_item(f) for f in failed], now=self.ctx.clock(), counts_as_attempt=True
         )
+        refused = {f.order_id for f in merged.refused}  # a failed attempt, counted by the merge
+        failed = [*failed, *merged.refused]
         self.found["recovered"] = sorted(d.id for d in details if d.id not in refused)
         self.found["failed"] = sorted(f.order_id for f in failed)
         self.found["unavailable"] = sorted(out.unavailable)

@@ -100,12 +100,12 @@ async def retry_due(
         mirrored = {r.id_ordem for r in rows if r.in_mirror}
         records, details, unbuilt = orders_from_details(out, parsed, mirrored)
         failed += unbuilt
-        merged = await sink.merge_listed(records)
-        merged = merged + await sink.merge_details(details)
-        # A record PostgreSQL still refuses failed this attempt too: it counts as one.
+        merged = await sink.merge_listed(records, attempt=True)
+        merged = merged + await sink.merge_details(details, attempt=True)
+        await failures.record(failed, now=now, counts_as_attempt=True)
+        # What PostgreSQL still refuses failed this attempt too (the merge counted it).
         failed += merged.refused
         refused = {f.order_id for f in merged.refused}
-        await failures.record(failed, now=now, counts_as_attempt=True)
         resolved += sorted(d.id for d in details if d.id not in refused)
         unavailable += sorted(out.unavailable)  # an outage is not an attempt: still due
         out.raise_outage()

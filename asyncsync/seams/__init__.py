@@ -286,13 +286,19 @@ class OrderSource(Protocol):
 
 
 class OrderSink(Protocol):
-    """Where orders go (the PostgreSQL mirror of one account)."""
+    """Where orders go (the PostgreSQL mirror of one account).
+
+    ``attempt``: the merge is an attempt to import orders that failed before (a retry, an
+    integrity import): a record PostgreSQL refuses counts as a failed attempt, and a
+    failure is resolved only once the order's detail has landed (``merge_details``)."""
 
     async def merge_listed(
         self,
         records: Sequence[OrderRecord],
         failures: Sequence[FailureRecord] = (),
         checkpoints: Sequence[Checkpoint] = (),
+        *,
+        attempt: bool = False,
     ) -> MergeStats: ...
 
     async def merge_details(
@@ -300,6 +306,8 @@ class OrderSink(Protocol):
         details: Sequence[DetailRecord],
         failures: Sequence[FailureRecord] = (),
         missing: Collection[int] = (),
+        *,
+        attempt: bool = False,
     ) -> MergeStats: ...
 
     async def detail_backlog(self, limit: int, exclude: Collection[int] = ()) -> list[int]: ...

@@ -96,6 +96,8 @@ class PgOrderStore:
         records: Sequence[OrderRecord],
         failures: Sequence[FailureRecord] = (),
         checkpoints: Sequence[Checkpoint] = (),
+        *,
+        attempt: bool = False,
     ) -> MergeStats:
         """Merge one batch of listed orders, its failures and checkpoints atomically.
 
@@ -108,11 +110,11 @@ class PgOrderStore:
         ``import_failures`` with its payload and the error; the checkpoints commit with
         the last part, once everything before them is in."""
         try:
-            stats = await self._merge_once(records, failures, checkpoints)
+            stats = await self._merge_once(records, failures, checkpoints, attempt=attempt)
         except DatabaseError as exc:
             if not _refused(exc) or not records:
                 raise
-            stats = await self._isolate(list(records), failures, checkpoints, exc)
+            stats = await self._isolate(list(records), failures, checkpoints, exc, attempt)
         self._count(stats)
         return stats
 
@@ -121,12 +123,18 @@ class PgOrderStore:
         records: Sequence[OrderRecord],
         failures: Sequence[FailureRecord],
         checkpoints: Sequence[Checkpoint],
+        *,
+        attempt: bool,
+        refused: Sequence[FailureRecord] = (),
     ) -> MergeStats:
         stats: MergeStats
         stats, _ = await self._sql.run(
             "merging orders",
-            lambda: self._merge_listed(records, failures, checkpoints, source="list", force=False),
-        )
+            lambda: self._merge_listed(
+                records, failures, checkpoints, source="list", force=False,
+                attempt=attempt, refused=refused,
+            ),
+        )  # fmt: skip
         return stats
 
     async def _isolate(
@@ -135,6 +143,7 @@ class PgOrderStore:
         failures: Sequence[FailureRecord],
         checkpoints: Sequence[Checkpoint],
         refusal: DatabaseError,
+        attempt: bool,
     ) -> MergeStats:
         """Bisect a refused batch: halves merge on their own, a lone culprit is a failure
         (the failures and checkpoints ride with the last part)."""
@@ -143,7 +152,7 @@ class PgOrderStore:
             part: Sequence[OrderRecord], last: bool, more: Sequence[FailureRecord]
         ) -> MergeStats:
             extra, marks = (failures, checkpoints) if last else ((), ())
-            return await self._merge_once(part, [*extra, *more], marks)
+            return await self._merge_once(part, extra, marks, attempt=attempt, refused=more)
 
         stats = await _bisect(records, merge, refusal)
         return stats + MergeStats(received=len(stats.refused))  # the culprits were received
@@ -155,7 +164,9 @@ class PgOrderStore:
         written: set[int]
         stats, written = await self._sql.run(
             "correcting orders",
-            lambda: self._merge_listed(records, (), (), source="integrity", force=True),
+            lambda: self._merge_listed(
+                records, (), (), source="integrity", force=True, attempt=False
+            ),
         )
         self._count(stats)
         return written
@@ -168,13 +179,17 @@ class PgOrderStore:
         *,
         source: str,
         force: bool,
+        attempt: bool,
+        refused: Sequence[FailureRecord] = (),
     ) -> tuple[MergeStats, set[int]]:
         keys = frozenset(
-            [*(r.id for r in records), *(f.order_id for f in failures)]
+            [*(r.id for r in records), *(f.order_id for f in [*failures, *refused])]
             + [("checkpoint", cp.key) for cp in checkpoints]
         )
         async with self._claims.hold(keys):
-            return await self._merge_claimed(records, failures, checkpoints, source, force)
+            return await self._merge_claimed(
+                records, failures, checkpoints, source, force, attempt, refused
+            )
 
     async def _merge_claimed(
         self,
@@ -183,6 +198,8 @@ class PgOrderStore:
         checkpoints: Sequence[Checkpoint],
         source: str,
         force: bool,
+        attempt: bool,
+        refused: Sequence[FailureRecord],
     ) -> tuple[MergeStats, set[int]]:
         unique = latest_per_id(records)
         now = self._clock()
@@ -222,10 +239,13 @@ class PgOrderStore:
                     history = _affected(tag)
                     rows_written = await conn.fetch(sql("merge_orders"), self.account)
                     written = {row["id"] for row in rows_written}
-            if new_ids:
+            if new_ids and not attempt:  # an attempt's failures resolve with the detail
                 await conn.execute(sql("resolve_failures"), self.account, list(new_ids), now)
             await failure_rows.upsert(
                 conn, self.account, failures, now=now, counts_as_attempt=False
+            )
+            await failure_rows.upsert(  # records it refused: a failed attempt, if one
+                conn, self.account, refused, now=now, counts_as_attempt=attempt
             )
             for cp in checkpoints:
                 await conn.execute(sql("set_metadata"), self.account, cp.key, cp.value)
@@ -236,7 +256,7 @@ class PgOrderStore:
             unchanged=len(unique) - len(todo),
             first_sightings=len(new_ids),
             status_changes=history - len(new_ids),
-            failures=len(failures),
+            failures=len(failures) + len(refused),
         )
         return stats, written
 
@@ -280,13 +300,15 @@ class PgOrderStore:
         details: Sequence[DetailRecord],
         failures: Sequence[FailureRecord] = (),
         missing: Collection[int] = (),
+        *,
+        attempt: bool = False,
     ) -> MergeStats:
         """Apply fetched details; record failures; flag orders whose detail is gone (404).
 
         A detail PostgreSQL refuses goes alone to ``import_failures``, as a listed record
         does (see :meth:`merge_listed`); the order keeps waiting for a detail."""
         try:
-            stats = await self._details_once(details, failures, missing)
+            stats = await self._details_once(details, failures, missing, attempt=attempt)
         except DatabaseError as exc:
             if not _refused(exc) or not details:
                 raise
@@ -295,7 +317,7 @@ class PgOrderStore:
                 part: Sequence[DetailRecord], last: bool, more: Sequence[FailureRecord]
             ) -> MergeStats:
                 extra, gone = (failures, missing) if last else ((), ())
-                return await self._details_once(part, [*extra, *more], gone)
+                return await self._details_once(part, extra, gone, attempt=attempt, refused=more)
 
             stats = await _bisect(list(details), merge, exc)
         metrics.DETAILS_FETCHED.labels(self.account).inc(stats.details)
@@ -307,9 +329,13 @@ class PgOrderStore:
         details: Sequence[DetailRecord],
         failures: Sequence[FailureRecord],
         missing: Collection[int],
+        *,
+        attempt: bool,
+        refused: Sequence[FailureRecord] = (),
     ) -> MergeStats:
         stats: MergeStats = await self._sql.run(
-            "merging details", lambda: self._merge_details(details, failures, missing)
+            "merging details",
+            lambda: self._merge_details(details, failures, missing, attempt, refused),
         )
         return stats
 
@@ -318,6 +344,8 @@ class PgOrderStore:
         details: Sequence[DetailRecord],
         failures: Sequence[FailureRecord],
         missing: Collection[int],
+        attempt: bool,
+        refused: Sequence[FailureRecord],
     ) -> MergeStats:
         now = self._clock()
         history = 0
@@ -341,9 +369,12 @@ class PgOrderStore:
             await failure_rows.upsert(
                 conn, self.account, failures, now=now, counts_as_attempt=False
             )
+            await failure_rows.upsert(  # details it refused: a failed attempt, if one
+                conn, self.account, refused, now=now, counts_as_attempt=attempt
+            )
         return MergeStats(
             details=len(details),
-            failures=len(failures),
+            failures=len(failures) + len(refused),
             missing=len(missing),
             status_changes=history,
         )

@@ -12,7 +12,7 @@ import pytest
 from asyncsync.errors import TinyAnswerTooLarge
 from asyncsync.simulator import TinySimulator
 
-from ..helpers import full_sync, retry
+from ..helpers import full_sync, integrity, retry
 from ..mirror import diff, mirror
 from .conftest import asyncsync_measured, cli_env, peak_rss_mib
 
@@ -202,3 +202,37 @@ async def test_a_placeholder_date_is_no_date(simulator, runtime_for, db) -> None
     )
     assert value is None  # not 'infinity'
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 40
+
+
+async def test_an_import_the_database_refuses_counts_one_attempt_each_time(
+    simulator, runtime_for, db
+) -> None:
+    # Integrity imports a missing order; PostgreSQL refuses it: one attempt. Retries then
+    # build it from its detail, which lands, and refuse the detail: one attempt each, the
+    # count kept (not reset by the row landing in between).
+    sim = await simulator(orders=300, seed=40)
+    x = sorted(sim.orders)[100]
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, batch_size=100)
+        await db.execute("DELETE FROM ordens_servico WHERE id = $1", x)
+        await db.execute(
+            "ALTER TABLE ordens_servico ADD CONSTRAINT no_poison "
+            "CHECK (cliente_nome NOT LIKE '%POISON%' "
+            "AND coalesce(detalhe->>'observacoes', '') NOT LIKE '%POISON%')"
+        )
+        sim.orders[x].cliente = {**sim.orders[x].cliente, "nome": "POISON Ltda"}
+        report = await integrity(rt)
+        assert report.findings["failed"] == [x] and report.findings["recovered"] == []
+        attempts = "SELECT tentativas, resolvido FROM import_failures WHERE id_ordem = $1"
+        assert tuple(await db.fetchrow(attempts, x)) == (1, False)
+        # The name is mended, the detail is not: the row lands, its detail is refused.
+        sim.orders[x].cliente = {**sim.orders[x].cliente, "nome": "Ana"}
+        sim.orders[x].extra = {**sim.orders[x].extra, "observacoes": "POISON"}
+        now = dt.datetime.now(dt.UTC)
+        for n in (2, 3):
+            now += dt.timedelta(hours=1)
+            report = await retry(rt, now=now)
+            assert report.findings["resolved"] == [] and report.findings["failed_again"] == [x]
+            assert tuple(await db.fetchrow(attempts, x)) == (n, False)
+    detail = "SELECT detalhe IS NULL FROM ordens_servico WHERE id = $1"
+    assert await db.fetchval(detail, x) is True  # the row is there, its detail is not
