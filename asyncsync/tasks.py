@@ -57,8 +57,8 @@ async def outlast_cancellation(coro: Coroutine[Any, Any, T]) -> T:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError as exc:
-            if not task.done():
-                cancelled = exc  # ours: keep waiting for the work
+            if not (task.done() and task.cancelled()):
+                cancelled = exc  # ours (even if the work ended in the same step): kept
         except BaseException:  # the work's own error: task.result() raises it
             pass
     if cancelled is not None:

@@ -365,3 +365,27 @@ async def test_a_month_is_its_first_to_its_last_day_whatever_the_apis_window(
         report = await backfill(rt.client, s.orders, s.metadata, options, context(rt))
     assert report.count("partitions_skipped") == partitions
     assert sim.stats.requests_by_endpoint["list"] == listed + 8
+
+
+async def test_the_window_look_is_not_fooled_by_an_order_of_the_next_day(
+    simulator, runtime_for, db
+) -> None:
+    # An API that leaves out the first day answers the guess "last day left out" with the
+    # next day's orders: counting them would take the wrong guess, and lose every first
+    # day of every month. The look asks for the day of the order it knows.
+    sim = await simulator(orders=600, seed=42, quirks=Quirks(date_window="start-exclusive"))
+    opened = sorted((o for o in sim.orders.values() if o.situacao == 0), key=lambda o: o.id)
+    opened[-1].data = opened[0].data + dt.timedelta(days=1)  # the one the look first meets
+    # One month whose first day has orders (a longer range would hide the loss: each
+    # month's window, shifted by a day, would pick up the next month's first day).
+    month = max(o.data for o in sim.orders.values() if o.data.day == 1)
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        options = BackfillOptions(date_from=month, date_to=month, partitions=IN_FLIGHT)
+        report = await backfill(rt.client, s.orders, s.metadata, options, context(rt))
+    assert report.outcome == "ok"
+    expected = {
+        i: o for i, o in sim.snapshot().items()
+        if (o["data_emissao"].year, o["data_emissao"].month) == (month.year, month.month)
+    }  # fmt: skip
+    assert diff(expected, await mirror(db)) == []

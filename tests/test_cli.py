@@ -358,3 +358,11 @@ async def test_tiny_refusing_the_app_itself_is_configuration(simulator, database
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
     assert sim.valid_refresh_token() == base["TINY_REFRESH_TOKEN"]  # nothing was spent
+    # Runs that began and failed: both in the history, for status and health to show.
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT outcome, errors FROM sync_runs ORDER BY id")
+    finally:
+        await conn.close()
+    assert [r["outcome"] for r in rows] == ["failed", "failed"]
+    assert "invalid_client" in rows[0]["errors"][0] and "TINY_TOKEN_URL" in rows[1]["errors"][0]

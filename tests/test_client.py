@@ -31,6 +31,7 @@ from asyncsync.runtime import open_runtime
 from asyncsync.seams import ListQuery, TokenSet
 from asyncsync.simulator import TinySimulator
 from asyncsync.store import Database
+from asyncsync.tasks import outlast_cancellation
 
 from .helpers import common_for
 
@@ -194,6 +195,25 @@ async def test_a_refresh_cancelled_midway_still_stores_and_adopts_the_rotated_to
         sim.expire_access_tokens()
         assert (await rt.client.get_order(oid)).order_id == oid
     assert sim.stats.stale_refresh_uses == 0 and sim.stats.token_refreshes == 3
+
+
+async def test_a_cancellation_that_lands_as_the_work_ends_is_not_lost() -> None:
+    # The token save's reply and a sibling's failure arrive in the same step: the caller
+    # must still stop, not go on as if never cancelled.
+    answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    saved = []
+
+    async def work() -> str:
+        saved.append(await answer)
+        return saved[-1]
+
+    caller = asyncio.create_task(outlast_cancellation(work()))
+    await asyncio.sleep(0.01)
+    answer.set_result("saved")
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert saved == ["saved"]  # and the work itself was not cut
 
 
 async def test_unsaved_tokens_never_overwrite_a_newer_grant(

@@ -59,8 +59,10 @@ async def learn(probe: Probe, statuses: Iterable[int]) -> WindowEnds | None:
             (day - DAY, day, WindowEnds(False, True)),
             (day - DAY, day + DAY, WindowEnds(False, False)),
         ):
-            counted, _ = await probe(situacao, first, last)
-            if counted > 0:
+            counted, seen = await probe(situacao, first, last)
+            # The window must hold that day's orders, not a neighbour's: under a wrong
+            # guess the API may still list the next (or previous) day.
+            if counted > 0 and seen == day:
                 return ends
         return None
     return None

@@ -21,7 +21,7 @@ from rich.console import Console, RenderableType
 
 from .. import logs, metrics
 from ..clock import utcnow
-from ..errors import AsyncsyncError, ConfigError, DatabaseUnavailable, LockBusy
+from ..errors import AsyncsyncError, ConfigError, DatabaseUnavailable, LockBusy, TinyError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions
 from ..overview import observe_status
@@ -110,7 +110,10 @@ async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.
             result: RunReport | int = await module.run(effective, options, stop)
         except BaseException as exc:
             job = recorded_as(mode, options)
-            if job is not None and not isinstance(exc, ConfigError | LockBusy):
+            # A configuration error stops a run before it starts: no run to record. Tiny
+            # refusing the app (TinyAuthMisconfigured) is one too, found by a run that began.
+            unrun = isinstance(exc, ConfigError | LockBusy) and not isinstance(exc, TinyError)
+            if job is not None and not unrun:
                 report = failed_report(job, effective.account, started_at, exc)
                 note_failure(effective.account, exc)
                 observe(report)

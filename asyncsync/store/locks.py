@@ -143,8 +143,9 @@ async def account_lock(
             owner.uncancel()  # the cancellation was the watch's: it becomes the error below
         finally:
             watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            await asyncio.wait([watch])  # a cancellation of this task meanwhile goes on
+            if not watch.cancelled() and watch.exception() is not None:
+                log.warning("the run lock's watch failed: %s", watch.exception())
         if lost:
             raise lost[0]
 
