@@ -25,8 +25,11 @@ from .units import BACKGROUND, PLAN
 
 log = logging.getLogger(__name__)
 
-#: Seconds between checks of the database (``/readyz``) and of the leases.
+#: Seconds between refreshes of the accounts' gauges and readiness (``/readyz``).
 READINESS_EVERY_S = 30.0
+#: Seconds between pings of the database and of the leases' session: a lease lost with its
+#: session stops its units this soon, before another worker can merge alongside for long.
+LEASE_CHECK_S = 5.0
 #: After the queue lost the database it picks again after 5 s, 10 s, … at most a minute
 #: (and at most an interval); a queue that had been working that long starts over at 5 s.
 DB_RETRY_FIRST_S = 5.0
@@ -57,11 +60,16 @@ async def work(
     done = asyncio.Event()
 
     async def watch() -> None:
+        loop = asyncio.get_running_loop()
+        refreshed = -READINESS_EVERY_S
         while not done.is_set():
-            if await _check(fleet, hooks.readiness):
+            if await _check(fleet, hooks.readiness) and (
+                loop.time() - refreshed >= READINESS_EVERY_S
+            ):
                 await refresh(fleet, options.interval_s, hooks.readiness)
+                refreshed = loop.time()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), READINESS_EVERY_S)
+                await asyncio.wait_for(done.wait(), LEASE_CHECK_S)
 
     async def pick() -> None:
         """The queue's loop, started again after the database came back."""

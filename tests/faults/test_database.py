@@ -21,6 +21,7 @@ from asyncsync.simulator import TinySimulator
 from asyncsync.status import Situacao
 from asyncsync.store import locks
 from asyncsync.store.resilience import classify
+from asyncsync.work import worker
 
 from ..helpers import common_for, cycle, full_sync
 from ..mirror import diff, mirror
@@ -443,3 +444,28 @@ def test_a_server_that_cannot_take_writes_now_is_away_not_broken() -> None:
     assert "disk is full" in str(classify(errors.DiskFullError("x"), "merging orders"))
     refused = classify(errors.NotNullViolationError("null value"), "merging orders")
     assert not isinstance(refused, DatabaseUnavailable)  # a record's fault stays one
+
+
+async def test_a_worker_whose_lease_session_dies_stops_its_unit_within_seconds(
+    simulator, runtime_for, db, monkeypatch, caplog
+) -> None:
+    # A worker's leases are run locks on one session: when it dies, another process may
+    # take the account, so the units must stop within the check's few seconds.
+    monkeypatch.setattr(worker, "LEASE_CHECK_S", 0.2)
+    sim = await simulator(orders=3000, seed=24, latency_s=0.01)
+    stop = asyncio.Event()
+    async with runtime_for(sim) as rt:
+        options = ServeOptions(interval_s=3600, cycle=cycle(detail_budget=10_000))
+        task = asyncio.create_task(serve.serve_loop(rt, options, stop, max_cycles=1))
+        await rows_appear(db)
+        cut = await db.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name LIKE 'asyncsync worker %'"
+        )
+        assert cut == 1
+        started = time.monotonic()
+        while "accounts lost" not in caplog.text:
+            assert time.monotonic() - started < 3, "the lost lease went unnoticed"
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)
