@@ -128,6 +128,10 @@ class Fleet:
     async def _hold(self, account: str) -> _Held:
         async with self._taking:
             held = self._held.get(account)
+            if held is not None and held.lost.is_set():
+                # Its units are stopping; once they are gone the next one leases again.
+                raise AccountBusy(f"account {account!r} lost its lease; its units are stopping",
+                                  holder="nobody (a lease lost with its session)")  # fmt: skip
             if held is None:
                 holder = await self._leases.take(account)
                 if holder is not None:

@@ -37,6 +37,7 @@ class Leases:
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # one statement at a time on the session
         self.held: set[str] = set()
+        self._dropped: set[str] = set()  # lost with a dead session, not yet reported
 
     async def __aenter__(self) -> Leases:
         return self
@@ -64,6 +65,7 @@ class Leases:
     async def _lost(self, exc: BaseException, what: str) -> DatabaseUnavailable:
         """The session failed: its locks are gone. Returns the error to raise."""
         conn, self._conn = self._conn, None
+        self._dropped |= self.held  # for the next check() to report, whoever noticed first
         self.held.clear()
         if conn is not None:
             with contextlib.suppress(asyncpg.InterfaceError):
@@ -106,16 +108,16 @@ class Leases:
                 await self._lost(exc, "releasing a lease")
 
     async def check(self) -> set[str]:
-        """Ping the session; returns the accounts whose lease was lost with it (empty
-        when it is alive)."""
+        """Ping the session; returns the accounts whose lease was lost with it since the
+        last check (also when a take or a release met the dead session first)."""
         async with self._lock:
-            if self._conn is None or not self.held:
-                return set()
-            held = set(self.held)
-            try:
-                await self._conn.fetchval(sql("ping"))
-            except CAUGHT as exc:
-                log.warning("the lease session is gone (%s): %d accounts lost", exc, len(held))
-                await self._lost(exc, "checking the leases")
-                return held
-        return set()
+            if self._conn is not None and self.held:
+                try:
+                    await self._conn.fetchval(sql("ping"))
+                except CAUGHT as exc:
+                    await self._lost(exc, "checking the leases")
+            lost, self._dropped = self._dropped, set()
+        if lost:
+            log.warning("the lease session is gone: %d accounts lost (%s)",
+                        len(lost), ", ".join(sorted(lost)))  # fmt: skip
+        return lost

@@ -17,9 +17,12 @@ from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
 from asyncsync.readiness import Readiness
 from asyncsync.runtime import open_runtime
+from asyncsync.runtime.fleet import pinned_fleet
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import Situacao
 from asyncsync.store import locks
+from asyncsync.store.database import connect_pool
+from asyncsync.store.leases import Leases
 from asyncsync.store.resilience import classify
 from asyncsync.work import worker
 
@@ -469,3 +472,35 @@ async def test_a_worker_whose_lease_session_dies_stops_its_unit_within_seconds(
             await asyncio.sleep(0.05)
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_a_lease_lost_while_leasing_another_account_still_stops_its_units(
+    runtime_for, simulator, database_url, db
+) -> None:
+    # The dead lease session is met first by a worker leasing another account: the loss
+    # must still reach the units of the accounts it held, and no new unit may reuse it.
+    sim = await simulator(orders=10)
+    async with (
+        runtime_for(sim) as rt,
+        connect_pool(database_url, max_size=2) as other_pool,
+        pinned_fleet(rt, ServeOptions()) as fleet,
+    ):
+        async with fleet.lease("default") as leased:
+            cut = await db.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                "datname = current_database() AND application_name LIKE 'asyncsync worker %'"
+            )
+            assert cut == 1
+            await asyncio.sleep(0.2)
+            with pytest.raises(DatabaseUnavailable):
+                async with fleet.lease("another"):
+                    pass
+            await fleet.ping()  # the worker's check, every 5 s
+            assert leased.lost.is_set()
+            with pytest.raises(LockBusy, match="lost its lease"):
+                async with fleet.lease("default"):
+                    pass
+        # Once its units are gone, the account is leased again, on a new session.
+        async with fleet.lease("default") as again:
+            assert not again.lost.is_set()
+            assert await Leases(other_pool, "another worker").take("default") is not None
