@@ -98,6 +98,12 @@ class Fleet:
             return config.enabled
         return account == await self._legacy()
 
+    async def disabled(self, account: str) -> bool:
+        if self._pinned is not None:
+            return False
+        config = await self._database.registry.get(account)
+        return config is not None and not config.enabled
+
     async def ping(self) -> None:
         """The database answers; leases lost with their session stop their units."""
         await self._database.account(self._common.account).ping()

@@ -27,6 +27,7 @@ from pgqueuer.db import AsyncpgPoolDriver
 from pgqueuer.domain.settings import db_settings
 from pgqueuer.executors import AsyncCrontab, AsyncEntrypoint
 from pgqueuer.models import Job, Schedule, TableChangedEvent, TracebackRecord
+from pgqueuer.types import JOB_STATUS
 
 from ..clock import utcnow
 from ..errors import ConfigError, Requeue
@@ -68,11 +69,16 @@ async def install(pool: asyncpg.Pool) -> None:
 
 
 class _Queries(Queries):
-    """pgqueuer's queries, saying when a unit went back to the queue.
+    """pgqueuer's queries, saying when a unit went back to the queue, and keeping a unit
+    that was cut.
 
     Its change trigger is per statement, so it cannot see that an UPDATE changed a row and
     stays silent about re-queued units: idle workers would notice them only at their next
-    poll. A notification after the re-queue wakes them (and they see when it is due)."""
+    poll. A notification after the re-queue wakes them (and they see when it is due).
+
+    A unit cancelled mid-flight (the drain's deadline cut the worker) is logged
+    ``canceled``, which deletes it: a backfill month would then never run again, as
+    nothing plans months. It goes back to the queue instead, due at once."""
 
     async def retry_job(
         self, job: Job, delay: dt.timedelta, traceback_record: TracebackRecord | None
@@ -82,7 +88,20 @@ class _Queries(Queries):
         event = TableChangedEvent(channel=channel, sent_at=utcnow(),
                                   type="table_changed_event", operation="update",
                                   table=self.qbq.settings.queue_table)  # fmt: skip
-        await self.driver.notify(channel, event.model_dump_json())
+        # Only a wake-up (workers poll anyway): failing, it must not fail the re-queue,
+        # which would mark the unit failed.
+        with contextlib.suppress(*CAUGHT):
+            await self.driver.notify(channel, event.model_dump_json())
+
+    async def log_jobs(
+        self, job_status: list[tuple[Job, JOB_STATUS, TracebackRecord | None]]
+    ) -> None:
+        for job, status, _ in job_status:
+            if status == "canceled":
+                await super().retry_job(job, dt.timedelta(0), None)
+        rest = [entry for entry in job_status if entry[1] != "canceled"]
+        if rest:
+            await super().log_jobs(rest)
 
 
 class PgWorkQueue:

@@ -86,6 +86,10 @@ class Dispatcher:
             raise Requeue(0, "the worker is stopping")
         try:
             if not await self.fleet.serves(unit.account):
+                if unit.kind is Kind.BACKFILL and await self.fleet.disabled(unit.account):
+                    # Nothing plans months again: kept until the account is enabled.
+                    raise Requeue(self.options.interval_s,
+                                  f"account {unit.account} is disabled")  # fmt: skip
                 log.info("%s ends: account %s is disabled or removed", unit, unit.account)
                 return
             async with self.fleet.lease(unit.account) as leased:

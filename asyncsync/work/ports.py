@@ -109,6 +109,10 @@ class Fleet(Protocol):
         """Whether ``account`` is still one to work for (enabled, not removed)."""
         ...
 
+    async def disabled(self, account: str) -> bool:
+        """Whether ``account`` is in the accounts table, disabled (it may come back)."""
+        ...
+
     async def plan(self) -> list[tuple[str, dt.datetime | None]]:
         """Every account to work for, with the start of its last finished integrity check."""
         ...

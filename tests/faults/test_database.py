@@ -4,11 +4,14 @@ a backend terminated mid-merge, frozen with SIGSTOP, down under a one-shot run."
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import time
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 
 from asyncsync.errors import DatabaseUnavailable, LockBusy
@@ -23,8 +26,11 @@ from asyncsync.status import Situacao
 from asyncsync.store import locks
 from asyncsync.store.database import connect_pool
 from asyncsync.store.leases import Leases
-from asyncsync.store.resilience import classify
+from asyncsync.store.queue import PgWorkQueue
+from asyncsync.store.resilience import Reconnect, SqlRunner, classify
 from asyncsync.work import worker
+from asyncsync.work.handlers import Dispatcher, Hooks
+from asyncsync.work.units import Kind, Unit
 
 from ..helpers import common_for, cycle, full_sync
 from ..mirror import diff, mirror
@@ -504,3 +510,64 @@ async def test_a_lease_lost_while_leasing_another_account_still_stops_its_units(
         async with fleet.lease("default") as again:
             assert not again.lost.is_set()
             assert await Leases(other_pool, "another worker").take("default") is not None
+
+
+async def test_a_unit_cut_by_the_drain_deadline_stays_on_the_queue(database_url, db) -> None:
+    # The drain's deadline cancels the worker while a backfill month hangs on Tiny. The
+    # queue library logs a cancelled unit as ended and deletes it; nothing plans months,
+    # so the month would never run again. It goes back to the queue, due at once.
+    async with connect_pool(database_url, max_size=10) as pool:
+        queue = PgWorkQueue(SqlRunner(pool, Reconnect()))
+        month = Unit(Kind.BACKFILL, "big", dt.date(2020, 1, 1))
+        await queue.enqueue([month.item()])
+        stop, started = asyncio.Event(), asyncio.Event()
+
+        async def hangs(_: object) -> None:
+            started.set()
+            await asyncio.sleep(100)  # a request stuck past the drain
+
+        work = asyncio.create_task(queue.work(
+            {k.value: hangs for k in Kind}, slots=4, limits={}, heartbeat_s=30, ticks={},
+            stop=stop,
+        ))  # fmt: skip
+        await asyncio.wait_for(started.wait(), 10)
+        stop.set()  # SIGTERM
+        await asyncio.sleep(0.5)
+        work.cancel()  # the drain's deadline
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+    rows = await db.fetch("SELECT status, entrypoint, execute_after <= now() AS due FROM pgqueuer")
+    assert [tuple(r) for r in rows] == [("queued", Kind.BACKFILL.value, True)]
+
+
+async def test_the_backfill_months_of_a_disabled_account_wait_for_it(database_url, db) -> None:
+    # Disabled, an account's units end; but nothing plans backfill months again, so they
+    # must wait on the queue for `accounts enable`, not vanish.
+    class Disabled:
+        name = "a worker"
+
+        async def serves(self, account: str) -> bool:
+            return False
+
+        async def disabled(self, account: str) -> bool:
+            return account == "big"  # "gone" was removed
+
+    async with connect_pool(database_url, max_size=10) as pool:
+        queue = PgWorkQueue(SqlRunner(pool, Reconnect()))
+        months = [Unit(Kind.BACKFILL, a, dt.date(2020, m, 1)) for a in ("big", "gone")
+                  for m in (1, 2)]  # fmt: skip
+        await queue.enqueue([m.item() for m in months])
+        stop = asyncio.Event()
+        dispatcher = Dispatcher(Disabled(), ServeOptions(), stop, Hooks())  # type: ignore[arg-type]
+        work = asyncio.create_task(queue.work(
+            dispatcher.handlers(), slots=4, limits={}, heartbeat_s=30, ticks={}, stop=stop
+        ))  # fmt: skip
+        for _ in range(100):
+            if await db.fetchval("SELECT count(*) FROM pgqueuer WHERE status = 'queued' "
+                                 "AND execute_after > now()") == 2:  # fmt: skip
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await work
+    rows = await db.fetch("SELECT payload FROM pgqueuer WHERE status = 'queued'")
+    assert sorted(orjson.loads(r["payload"])["account"] for r in rows) == ["big", "big"]
