@@ -220,7 +220,7 @@ class ServeOptions:
     metrics_port: int | None = None
     cycle: CycleOptions = field(default_factory=CycleOptions)
     slots: int = 16  # units this worker runs at once (each its own account)
-    background_slots: int = 2  # backfill months and integrity checks at once, every worker
+    background_slots: int = 2  # backfill months at once, every worker; as many integrity checks
     heartbeat_s: float = 30.0  # a unit whose worker is silent this long is taken over
     integrity_interval_s: float = 86400.0  # between integrity checks of an account; 0: never
     partitions: int = 5  # a backfill month's statuses paged at once

@@ -187,8 +187,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--slots", "ASYNCSYNC_SLOTS", ServeOptions, "slots", integer(2, 1024),
       "units of work this worker runs at once (each of its own account)", metavar="N"),
     F("--background-slots", "ASYNCSYNC_BACKGROUND_SLOTS", ServeOptions, "background_slots",
-      integer(1, 1024), "backfill months and integrity checks running at once across "
-      "every worker (the other slots stay free for cycles; every worker must agree)",
+      integer(1, 1024), "backfill months running at once across every worker, and as "
+      "many integrity checks (keep --slots above twice this; every worker must agree)",
       metavar="N"),
     F("--heartbeat-timeout", "ASYNCSYNC_HEARTBEAT_TIMEOUT_S", ServeOptions, "heartbeat_s",
       number(1), "seconds without a heartbeat after which another worker takes a unit "
