@@ -165,6 +165,10 @@ def test_help_is_grouped_by_mode_and_version_is_shown() -> None:
     everything = " ".join(run_cli("--help").stdout.split())
     for title in ("sync:", "serve:", "backfill:", "integrity:", "database:", "Tiny API:"):
         assert title in everything
+    # A flag several modes have is shown once, saying whose wording it shows and who else
+    # has it (--all-accounts: health's, and one-shot runs' and status's).
+    assert "health: every enabled account of the accounts table" in everything
+    assert "also for one-shot runs, status (see MODE --help)" in everything
     backfill = run_cli("backfill", "--help").stdout
     assert "--from" in backfill and "--full" not in backfill and "--deep" not in backfill
     assert "(default: 5)" in " ".join(backfill.split())  # --partitions: stated once, shown

@@ -103,8 +103,22 @@ def build_parser(mode: str | None) -> argparse.ArgumentParser:
         for flag in FLAGS:
             if flag.target is cls and flag.flag not in shown:
                 shown.add(flag.flag)
-                _add(group, flag)
+                _add(group, _shared(flag, groups))
     return parser
+
+
+def _shared(flag: Flag, groups: list[type]) -> Flag:
+    """``flag``, its help saying which other groups shown have a flag of that name (each
+    mode's own ``--help`` tells what it means there)."""
+    others = [
+        TITLES[f.target]
+        for f in FLAGS
+        if f.flag == flag.flag and f.target is not flag.target and f.target in groups
+    ]
+    if not others:
+        return flag
+    also = f"{TITLES[flag.target]}: {flag.help}; also for {', '.join(others)} (see MODE --help)"
+    return dataclasses.replace(flag, help=also)
 
 
 def pick_mode(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
