@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from asyncsync.clock import utcnow
-from asyncsync.jobs.retry import DEFAULT_POLICY
+from asyncsync.jobs.retry import DEFAULT_POLICY, retry_due
 from asyncsync.records import FailureRecord, canonical_json, synthetic_id
 from asyncsync.report import Outcome, RunReport, render_text
 from asyncsync.seams import RetryPolicy
@@ -140,3 +140,25 @@ async def test_a_write_tried_again_after_its_answer_was_lost_is_not_done_twice(
     assert first == again and await db.fetchval("SELECT count(*) FROM sync_runs") == 1
     assert await db.fetchval("SELECT errors FROM sync_runs") == ["Tiny answered 400: ab"]
     assert await db.fetchval("SELECT count(*) FROM integrity_runs") == 1
+
+
+async def test_a_retry_goes_through_every_due_failure_chunk_by_chunk(
+    simulator, runtime_for, db
+) -> None:
+    # More failures due than one chunk: every chunk is tried, and the report counts them.
+    sim: TinySimulator = await simulator(orders=60, seed=7)
+    gone = sorted(sim.orders)[:7]
+    async with runtime_for(sim) as rt:
+        await full_sync(rt)
+        await db.execute("DELETE FROM ordens_servico WHERE id = ANY($1::bigint[])", gone)
+        failed = [FailureRecord(i, "TinyBadPayload: not JSON", None) for i in gone]
+        now = utcnow()
+        await rt.store.failures.record(failed, now=now, counts_as_attempt=True)
+        s = rt.store
+        report = await retry_due(
+            rt.client, s.orders, s.failures, helpers.context(rt), now=now + 60 * SECOND, chunk=3
+        )
+    assert report.counts["due"] == 7 and report.findings["resolved"] == gone
+    assert report.counts["pending"] == 0
+    assert await db.fetchval("SELECT count(*) FROM import_failures WHERE NOT resolvido") == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []

@@ -93,9 +93,9 @@ async def retry_due(
         rows = [r for r in due if r.id_ordem not in tried]
         if not rows:
             break
-        ids = [r.id_ordem for r in rows]
-        tried.update(ids)
-        out = await unwrap(fetch_details(source, ids, concurrency=ctx.concurrency))
+        asked = [r.id_ordem for r in rows]  # not ``ids``: that is the caller's filter
+        tried.update(asked)
+        out = await unwrap(fetch_details(source, asked, concurrency=ctx.concurrency))
         parsed, failed = split_outcome(out)
         mirrored = {r.id_ordem for r in rows if r.in_mirror}
         records, details, unbuilt = orders_from_details(out, parsed, mirrored)
