@@ -9,6 +9,8 @@ from pathlib import Path
 
 import orjson
 
+from asyncsync.clock import utcnow
+from asyncsync.jobs.retry import DEFAULT_POLICY
 from asyncsync.modes import execute
 from asyncsync.options import IntegrityOptions, OutputOptions
 from asyncsync.records import canonical_json, synthetic_id
@@ -297,3 +299,30 @@ async def test_a_failing_detail_is_not_taken_for_a_deletion(simulator, runtime_f
     # A bad answer is a failed record; an unavailable Tiny is not.
     assert [(r["id_ordem"], r["resolvido"]) for r in rows] == [(broken, False)]
     assert "TinyBadPayload" in rows[0]["erro"]
+
+
+async def test_failures_a_person_ignored_are_left_alone_for_good(
+    simulator, runtime_for, db
+) -> None:
+    # Ignored: never asked again, never "not fixed", and the pre-check still agrees with
+    # the API (which lists the ignored records and counts them).
+    sim = await simulator(orders=200, seed=43)
+    no_id = sim.add_malformed("no_id", Situacao.EM_ABERTO)
+    broken = sorted(sim.orders)[10]
+    async with runtime_for(sim) as rt:
+        await helpers.full_sync(rt)
+        await db.execute("DELETE FROM ordens_servico WHERE id = $1", broken)
+        sim.fail_detail[broken] = "malformed"
+        report = await helpers.integrity(rt, deep=True)
+        assert report.findings["failed"] == [broken] and report.exit_code == 1
+        ignored = await rt.store.failures.ignore(
+            [broken, synthetic_id(canonical_json(no_id))], now=utcnow(), policy=DEFAULT_POLICY
+        )
+        assert len(ignored) == 2
+        for _ in range(2):
+            details = sim.stats.requests_by_endpoint["detail"]
+            lists = sim.stats.requests_by_endpoint["list"]
+            report = await helpers.integrity(rt)
+            assert report.exit_code == 0, report.findings
+            assert sim.stats.requests_by_endpoint["detail"] == details  # not asked again
+            assert sim.stats.requests_by_endpoint["list"] - lists == 8  # the pre-check agrees

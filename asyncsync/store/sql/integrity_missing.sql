@@ -1,4 +1,5 @@
--- Listed ids absent from the mirror, with the state of their open import failure, if any:
+-- Listed ids absent from the mirror (and not ignored), with the state of their open import
+-- failure, if any:
 -- due when there is none, or when the retry schedule says the next attempt is due at $2.
 -- $1 account, $2 now, $3 max attempts, $4 base delay (s), $5 factor
 SELECT l.id,
@@ -12,4 +13,7 @@ FROM integrity_listed l
 LEFT JOIN import_failures f
        ON f.account = $1 AND f.id_ordem = l.id AND NOT coalesce(f.resolvido, false)
 WHERE NOT EXISTS (SELECT 1 FROM ordens_servico o WHERE o.account = $1 AND o.id = l.id)
+  -- a person ignored its failure (failures ignore): left alone for good, not missing
+  AND NOT EXISTS (SELECT 1 FROM import_failures g
+                  WHERE g.account = $1 AND g.id_ordem = l.id AND g.ignorado_em IS NOT NULL)
 ORDER BY l.id;

@@ -1,4 +1,5 @@
--- Open import failures of orders absent from the mirror, by the status their list item showed.
+-- Open (or ignored) import failures of orders absent from the mirror, by the status their list
+-- item showed.
 -- The API lists them and counts them in paginacao.total; they are known, and the retry mode
 -- owns them, so the pre-check adds them to the mirror's counts. The status is read from the
 -- list item wherever a writer put it: integrity ('list_item'), retry ('original') or the
@@ -15,7 +16,7 @@ CROSS JOIN LATERAL (
     )::int AS situacao
 ) x
 WHERE f.account = $1
-  AND NOT coalesce(f.resolvido, false)
+  AND (NOT coalesce(f.resolvido, false) OR f.ignorado_em IS NOT NULL)  -- ignored: still listed
   AND x.situacao IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM ordens_servico o WHERE o.account = $1 AND o.id = f.id_ordem)
 GROUP BY x.situacao;
