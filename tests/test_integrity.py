@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 
 from asyncsync.clock import utcnow
+from asyncsync.jobs.integrity import deep_day
 from asyncsync.jobs.retry import DEFAULT_POLICY
 from asyncsync.modes import execute
 from asyncsync.options import IntegrityOptions, OutputOptions
@@ -326,3 +327,15 @@ async def test_failures_a_person_ignored_are_left_alone_for_good(
             assert report.exit_code == 0, report.findings
             assert sim.stats.requests_by_endpoint["detail"] == details  # not asked again
             assert sim.stats.requests_by_endpoint["list"] - lists == 8  # the pre-check agrees
+
+
+def test_serve_compares_every_id_once_a_week_each_account_on_its_own_day() -> None:
+    week = [dt.date(2026, 12, 7) + dt.timedelta(days=n) for n in range(7)]
+    days = {
+        a: [d for d in week if deep_day(a, d)]
+        for a in ("default", *(f"acct{i}" for i in range(40)))
+    }
+    assert all(len(d) == 1 for d in days.values())  # exactly one day in any week
+    assert len({d[0].weekday() for d in days.values()}) >= 5  # spread over the week
+    later = dt.date(2026, 12, 7) + dt.timedelta(days=7 * 30)
+    assert deep_day("default", days["default"][0] + (later - dt.date(2026, 12, 7)))

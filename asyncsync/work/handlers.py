@@ -32,7 +32,7 @@ from ..errors import (
     TinyUnavailable,
 )
 from ..jobs.backfill import backfill
-from ..jobs.integrity import check_integrity
+from ..jobs.integrity import check_integrity, deep_day
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import BackfillOptions, IntegrityOptions, ServeOptions
 from ..overview import observe_status
@@ -161,7 +161,8 @@ class Dispatcher:
         try:
             report = await check_integrity(
                 rt.client, store.orders, store.integrity, store.failures, rt.context(stop),
-                deep=options.deep, page_size=options.page_size,
+                deep=options.deep or deep_day(rt.account, started_at.date()),
+                page_size=options.page_size,
             )  # fmt: skip
         except (TinyError, DatabaseError) as exc:
             note_failure(rt.account, exc)
