@@ -86,6 +86,7 @@ FINDING_LABELS: dict[str, str] = {
     "reappeared": "listed again (unflagged)",
     "possibly_deleted": "possibly deleted (flagged)",
     "found_by_detail": "unlisted, alive by detail",
+    "unconfirmed": "unlisted, detail not asked yet (past the limit a run asks)",
     "resolved": "resolved",
     "failed_again": "failed again, rescheduled",
     "exhausted": "failed for the last time",

@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 
 from asyncsync.clock import utcnow
+from asyncsync.jobs import integrity as integrity_job
 from asyncsync.jobs.integrity import deep_day
 from asyncsync.jobs.retry import DEFAULT_POLICY
 from asyncsync.modes import execute
@@ -339,3 +340,20 @@ def test_serve_compares_every_id_once_a_week_each_account_on_its_own_day() -> No
     assert len({d[0].weekday() for d in days.values()}) >= 5  # spread over the week
     later = dt.date(2026, 12, 7) + dt.timedelta(days=7 * 30)
     assert deep_day("default", days["default"][0] + (later - dt.date(2026, 12, 7)))
+
+
+async def test_orders_in_no_listing_are_flagged_only_on_a_404_a_few_per_run(
+    simulator, runtime_for, db, monkeypatch
+) -> None:
+    monkeypatch.setattr(integrity_job, "CONFIRM_LIMIT", 3)  # a run asks at most this many
+    sim = await simulator(orders=100, seed=44)
+    gone = sorted(sim.orders)[:5]
+    async with runtime_for(sim) as rt:
+        await helpers.full_sync(rt)
+        for order_id in gone:
+            sim.delete_order(order_id)
+        first = await helpers.integrity(rt, deep=True)
+        second = await helpers.integrity(rt, deep=True)
+    assert first.findings["possibly_deleted"] == gone[:3]
+    assert first.findings["unconfirmed"] == gone[3:] and first.exit_code == 1
+    assert second.findings["possibly_deleted"] == gone[3:] and second.exit_code == 0

@@ -40,7 +40,7 @@ CONFIRM_LIMIT = 500
 #: Findings that were already known (owned by the retry mode): not new inconsistencies.
 _KNOWN = ("awaiting_retry", "manual_review")
 #: Findings this run met and could not fix.
-_UNFIXED = ("failed", "unreadable", "unavailable")
+_UNFIXED = ("failed", "unreadable", "unavailable", "unconfirmed")
 
 
 async def check_integrity(
@@ -89,7 +89,7 @@ class _Check:
             name: []
             for name in ("recovered", "failed", "unavailable", "awaiting_retry", "unreadable",
                          "stale", "reappeared", "possibly_deleted", "found_by_detail",
-                         "manual_review")
+                         "unconfirmed", "manual_review")
         }  # fmt: skip
         self.api_totals: dict[int, int | None] = {}
         self.listing_errors: dict[int, str] = {}
@@ -270,7 +270,7 @@ class _Check:
 
     async def _confirm_unlisted(self, ids: Sequence[int]) -> None:
         """In no listing: the detail decides (offset paging can skip an order that moved).
-        Past CONFIRM_LIMIT orders the listing is taken at its word, to bound the cost."""
+        Past CONFIRM_LIMIT orders, the rest wait for a later run: only a 404 flags one."""
         ask = ids[:CONFIRM_LIMIT]
         out = await unwrap(fetch_details(self.source, ask, concurrency=self.ctx.concurrency))
         await self.sink.merge_details(out.details)
@@ -281,9 +281,8 @@ class _Check:
         await self.failures.record(out.failures, now=self.ctx.clock(), counts_as_attempt=True)
         self.found["failed"] = sorted({*self.found["failed"], *(f.order_id for f in out.failures)})
         self.found["unavailable"] = sorted({*self.found["unavailable"], *out.unavailable})
-        self.found["possibly_deleted"] = await self.store.flag_deleted(
-            [*out.missing, *ids[CONFIRM_LIMIT:]]
-        )
+        self.found["possibly_deleted"] = await self.store.flag_deleted(list(out.missing))
+        self.found["unconfirmed"] = list(ids[CONFIRM_LIMIT:])
         out.raise_outage()
 
 
