@@ -87,6 +87,7 @@ FINDING_LABELS: dict[str, str] = {
     "possibly_deleted": "possibly deleted (flagged)",
     "found_by_detail": "unlisted, alive by detail",
     "unconfirmed": "unlisted, detail not asked yet (past the limit a run asks)",
+    "not_corrected": "status differs, not corrected: the row's observation is newer",
     "resolved": "resolved",
     "failed_again": "failed again, rescheduled",
     "exhausted": "failed for the last time",

@@ -357,3 +357,21 @@ async def test_orders_in_no_listing_are_flagged_only_on_a_404_a_few_per_run(
     assert first.findings["possibly_deleted"] == gone[:3]
     assert first.findings["unconfirmed"] == gone[3:] and first.exit_code == 1
     assert second.findings["possibly_deleted"] == gone[3:] and second.exit_code == 0
+
+
+async def test_a_status_integrity_could_not_correct_is_not_called_consistent(
+    simulator, runtime_for, db
+) -> None:
+    # A row observed "later" than the listing (a host whose clock runs ahead wrote it) is
+    # not overwritten by it; the run must say so, not report the mirror consistent.
+    sim = await simulator(orders=100, seed=45)
+    skewed = sorted(sim.orders)[7]
+    async with runtime_for(sim) as rt:
+        await helpers.full_sync(rt)
+        wrong = (int(sim.orders[skewed].situacao) + 1) % 8
+        await db.execute(
+            "UPDATE ordens_servico SET situacao = $2, observed_at = now() + interval '10 min' "
+            "WHERE id = $1", skewed, wrong,
+        )  # fmt: skip
+        report = await helpers.integrity(rt, deep=True)
+    assert report.findings["not_corrected"] == [skewed] and report.exit_code == 1

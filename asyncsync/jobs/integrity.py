@@ -40,7 +40,7 @@ CONFIRM_LIMIT = 500
 #: Findings that were already known (owned by the retry mode): not new inconsistencies.
 _KNOWN = ("awaiting_retry", "manual_review")
 #: Findings this run met and could not fix.
-_UNFIXED = ("failed", "unreadable", "unavailable", "unconfirmed")
+_UNFIXED = ("failed", "unreadable", "unavailable", "unconfirmed", "not_corrected")
 
 
 async def check_integrity(
@@ -89,7 +89,7 @@ class _Check:
             name: []
             for name in ("recovered", "failed", "unavailable", "awaiting_retry", "unreadable",
                          "stale", "reappeared", "possibly_deleted", "found_by_detail",
-                         "unconfirmed", "manual_review")
+                         "unconfirmed", "not_corrected", "manual_review")
         }  # fmt: skip
         self.api_totals: dict[int, int | None] = {}
         self.listing_errors: dict[int, str] = {}
@@ -234,7 +234,8 @@ class _Check:
         stale = [s for s in comparison.stale if s.id in self.candidates]
         fixed = await self.store.correct([self.candidates[s.id] for s in stale])
         for s in stale:
-            if s.id not in fixed:
+            if s.id not in fixed:  # the row holds an observation newer than this listing's
+                self.found["not_corrected"].append(s.id)
                 continue
             if s.old != s.new:
                 self.found["stale"].append({"id": s.id, "from": s.old, "to": s.new})
