@@ -103,7 +103,10 @@ async def settle(
         out.listed, out.pages = out.listed + listing.stats, out.pages + listing.pages
         if len(listing.complete) < len(parts):
             break  # stopped: what is left is still short
-        short = await shortfalls(source, sink, {}, [s.situacao for s in short])
+        # Every status checked, not only the short ones: a relist that corrects a stale
+        # row moves it out of another status, which may be short now.
+        checked = sorted({*(s.situacao for s in short), *totals, *ask})
+        short = await shortfalls(source, sink, {}, checked)
     out.left = short
     return out
 

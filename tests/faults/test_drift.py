@@ -4,6 +4,7 @@ at random: the mirror converges, exactly, without a sweep or an integrity run.""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import os
 import random
@@ -130,4 +131,30 @@ async def test_details_failing_at_random_still_arrive(simulator, runtime_for, db
     if left:  # 0.2^5 per order: rarely one is left, for the next pass
         async with runtime_for(sim, max_retries=4) as rt:
             await incremental_sync(rt)
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_relist_that_shifts_another_status_short_converges_in_two_cycles(
+    simulator, runtime_for, db
+) -> None:
+    # Between cycles: X (2020-01) 3 → 7, Y (2016) 7 → 3, and N created already closed in 3,
+    # emitted 2020-01. Relisting Y's range corrects Y and leaves 7 short (X); 7 must be
+    # checked again at once, not only the status that was short before.
+    sim = await simulator(orders=2000, seed=701)
+    no_sweep = {"sweep_interval_s": 1e9}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **no_sweep)
+    x = next(
+        o.id
+        for o in sim.orders.values()
+        if o.situacao == Situacao.FINALIZADA and (o.data.year, o.data.month) == (2020, 1)
+    )
+    y = next(o.id for o in sim.orders.values()
+             if o.situacao == Situacao.CANCELADA and o.data.year == 2016)  # fmt: skip
+    sim.set_status(x, Situacao.CANCELADA)
+    sim.set_status(y, Situacao.FINALIZADA)
+    sim.add_order(situacao=Situacao.FINALIZADA, data=dt.date(2020, 1, 22))
+    for _ in range(2):
+        async with runtime_for(sim) as rt:
+            await incremental_sync(rt, **no_sweep)
     assert diff(sim.snapshot(), await mirror(db)) == []
