@@ -16,9 +16,11 @@ the same merge with every row forced through it (:meth:`PgOrderStore.correct`).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import asyncpg
@@ -35,6 +37,9 @@ from .sqlfiles import sql
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", OrderRecord, DetailRecord)
+#: A host's clock this far off the database's is logged, and its observations restamped
+#: by the database's clock (they are capped at the database's now whatever the difference).
+CLOCK_SKEW_WARN = dt.timedelta(seconds=2)
 
 _ORDER_COLUMNS = (
     "id", "numero", "situacao", "data_emissao", "data_prevista", "cliente_id",
@@ -90,6 +95,41 @@ class PgOrderStore:
         # next is copied straight in, and a row already there sends it back (a savepoint)
         # through the hashes-first path, whose answer sets this again.
         self._expect_new = False
+        # The database's clock minus this host's, measured once (merges that start
+        # together all wait for the one measurement, and go on in the order they came).
+        self._offset: asyncio.Task[dt.timedelta] | None = None
+
+    async def _on_database_time(self, records: Sequence[R]) -> Sequence[R]:
+        """``records`` stamped by the database's clock, and none later than its now.
+
+        ``observed_at`` decides which observation wins. A host whose clock runs ahead
+        would otherwise stamp rows "later" than every correct observation for as long as
+        it is ahead (and they would all lose to it); one whose clock lags would lose to
+        older observations. Shifted only past :data:`CLOCK_SKEW_WARN` (no copy of the
+        batch otherwise); capped at the database's now whatever the difference."""
+        failed = (
+            self._offset is not None
+            and self._offset.done()
+            and (self._offset.cancelled() or self._offset.exception() is not None)
+        )
+        if self._offset is None or failed:  # measured again after a database error
+            self._offset = asyncio.ensure_future(self._measure_offset())
+        offset = await asyncio.shield(self._offset)
+        if abs(offset) > CLOCK_SKEW_WARN:
+            records = [replace(r, observed_at=r.observed_at + offset) for r in records]
+        return _capped(records, self._clock() + offset)
+
+    async def _measure_offset(self) -> dt.timedelta:
+        before = self._clock()
+        database_now = await self._sql.fetchval("reading the database's clock", "clock_now")
+        after = self._clock()
+        offset: dt.timedelta = database_now - (before + (after - before) / 2)
+        if abs(offset) > CLOCK_SKEW_WARN:
+            log.warning(
+                "this host's clock is %.1f s off the database's: observations are stamped "
+                "by the database's time", -offset.total_seconds(),
+            )  # fmt: skip
+        return offset
 
     async def merge_listed(
         self,
@@ -109,6 +149,7 @@ class PgOrderStore:
         the others: the batch is split until the culprit is alone, and it goes to
         ``import_failures`` with its payload and the error; the checkpoints commit with
         the last part, once everything before them is in."""
+        records = await self._on_database_time(records)
         try:
             stats = await self._merge_once(records, failures, checkpoints, attempt=attempt)
         except DatabaseError as exc:
@@ -162,6 +203,7 @@ class PgOrderStore:
         with an unchanged payload): history rows are tagged ``'integrity'``. Returns the
         ids written (an observation older than the row's is not)."""
         written: set[int]
+        records = await self._on_database_time(records)
         stats, written = await self._sql.run(
             "correcting orders",
             lambda: self._merge_listed(
@@ -307,6 +349,7 @@ class PgOrderStore:
 
         A detail PostgreSQL refuses goes alone to ``import_failures``, as a listed record
         does (see :meth:`merge_listed`); the order keeps waiting for a detail."""
+        details = await self._on_database_time(details)
         try:
             stats = await self._details_once(details, failures, missing, attempt=attempt)
         except DatabaseError as exc:
@@ -457,6 +500,14 @@ async def _bisect(
                 raise
             total = total + await _bisect(part, merge, exc, carries)
     return total
+
+
+def _capped(records: Sequence[R], ceiling: dt.datetime) -> Sequence[R]:
+    """``records`` with no observation later than ``ceiling`` (a batch is nearly always
+    under it: then it is returned as it is)."""
+    if all(r.observed_at <= ceiling for r in records):
+        return records
+    return [r if r.observed_at <= ceiling else replace(r, observed_at=ceiling) for r in records]
 
 
 def _refused(exc: DatabaseError) -> bool:

@@ -10,6 +10,9 @@ import os
 import random
 import signal
 
+import pytest
+
+from asyncsync.clock import utcnow
 from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
 
@@ -157,4 +160,30 @@ async def test_a_relist_that_shifts_another_status_short_converges_in_two_cycles
     for _ in range(2):
         async with runtime_for(sim) as rt:
             await incremental_sync(rt, **no_sweep)
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+@pytest.mark.parametrize("skew_min", [20, -20])
+async def test_a_host_whose_clock_is_off_stamps_by_the_databases_clock(
+    skew_min, simulator, runtime_for, db
+) -> None:
+    # A cycle run on a host 20 minutes ahead (or behind). Ahead, its observations would
+    # claim to be newer than every correct one for 20 minutes, and the correct ones made
+    # meanwhile would be discarded; behind, its own would lose to older ones.
+    sim = await simulator(orders=1000, seed=501)
+    no_sweep = {"sweep_interval_s": 1e9}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, page_size=50, **no_sweep)
+    moved = [o.id for o in sim.orders.values() if o.situacao == Situacao.EM_ANDAMENTO][:5]
+    for order_id in moved:
+        sim.set_status(order_id, Situacao.APROVADA)
+    async with runtime_for(sim) as rt:  # the host whose clock is off: client and store
+        skewed = lambda: utcnow() + dt.timedelta(minutes=skew_min)  # noqa: E731
+        rt.client._clock = rt.store.orders._clock = skewed
+        await incremental_sync(rt, page_size=50, **no_sweep)
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    for order_id in moved:
+        sim.set_status(order_id, Situacao.FINALIZADA)
+    async with runtime_for(sim) as rt:  # a host on time
+        await incremental_sync(rt, page_size=50, **no_sweep)
     assert diff(sim.snapshot(), await mirror(db)) == []
