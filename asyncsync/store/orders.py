@@ -38,7 +38,7 @@ from .sqlfiles import sql
 log = logging.getLogger(__name__)
 R = TypeVar("R", OrderRecord, DetailRecord)
 #: A host's clock this far off the database's is logged, and its observations restamped
-#: by the database's clock (they are capped at the database's now whatever the difference).
+#: by the database's clock; none may claim a moment later than the database's now + this.
 CLOCK_SKEW_WARN = dt.timedelta(seconds=2)
 
 _ORDER_COLUMNS = (
@@ -105,8 +105,9 @@ class PgOrderStore:
         ``observed_at`` decides which observation wins. A host whose clock runs ahead
         would otherwise stamp rows "later" than every correct observation for as long as
         it is ahead (and they would all lose to it); one whose clock lags would lose to
-        older observations. Shifted only past :data:`CLOCK_SKEW_WARN` (no copy of the
-        batch otherwise); capped at the database's now whatever the difference."""
+        older observations. Shifted only past :data:`CLOCK_SKEW_WARN`, and capped that
+        far past the database's now: a batch is copied only on a host whose clock is off
+        (it says so in its log)."""
         failed = (
             self._offset is not None
             and self._offset.done()
@@ -117,7 +118,7 @@ class PgOrderStore:
         offset = await asyncio.shield(self._offset)
         if abs(offset) > CLOCK_SKEW_WARN:
             records = [replace(r, observed_at=r.observed_at + offset) for r in records]
-        return _capped(records, self._clock() + offset)
+        return _capped(records, self._clock() + offset + CLOCK_SKEW_WARN)
 
     async def _measure_offset(self) -> dt.timedelta:
         before = self._clock()
