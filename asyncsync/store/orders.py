@@ -95,9 +95,10 @@ class PgOrderStore:
         # next is copied straight in, and a row already there sends it back (a savepoint)
         # through the hashes-first path, whose answer sets this again.
         self._expect_new = False
-        # The database's clock minus this host's, measured once (merges that start
-        # together all wait for the one measurement, and go on in the order they came).
-        self._offset: asyncio.Task[dt.timedelta] | None = None
+        # The database's clock minus this host's, measured once; merges that start
+        # together wait for the one measurement (a lock: they go on in the order they came).
+        self._offset: dt.timedelta | None = None
+        self._measuring = asyncio.Lock()
 
     async def _on_database_time(self, records: Sequence[R]) -> Sequence[R]:
         """``records`` stamped by the database's clock, and none later than its now.
@@ -108,14 +109,11 @@ class PgOrderStore:
         older observations. Shifted only past :data:`CLOCK_SKEW_WARN`, and capped that
         far past the database's now: a batch is copied only on a host whose clock is off
         (it says so in its log)."""
-        failed = (
-            self._offset is not None
-            and self._offset.done()
-            and (self._offset.cancelled() or self._offset.exception() is not None)
-        )
-        if self._offset is None or failed:  # measured again after a database error
-            self._offset = asyncio.ensure_future(self._measure_offset())
-        offset = await asyncio.shield(self._offset)
+        if self._offset is None:
+            async with self._measuring:
+                if self._offset is None:  # a failed measurement is tried by the next merge
+                    self._offset = await self._measure_offset()
+        offset = self._offset
         if abs(offset) > CLOCK_SKEW_WARN:
             records = [replace(r, observed_at=r.observed_at + offset) for r in records]
         return _capped(records, self._clock() + offset + CLOCK_SKEW_WARN)
