@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import asyncpg
 import pytest
 
 from asyncsync.errors import TinyAnswerTooLarge
@@ -15,6 +16,16 @@ from asyncsync.simulator import TinySimulator
 from ..helpers import full_sync, integrity, retry
 from ..mirror import diff, mirror
 from .conftest import asyncsync_measured, cli_env, peak_rss_mib
+
+#: What a constraint of the user's own refuses: "POISON" in the client's name, or in a
+#: detail's observations.
+NAME = "cliente_nome NOT LIKE '%POISON%'"
+DETAIL = "coalesce(detalhe->>'observacoes', '') NOT LIKE '%POISON%'"
+
+
+async def refuse(db: asyncpg.Pool, check: str) -> None:
+    """A constraint of the user's own on the mirror: PostgreSQL refuses what breaks it."""
+    await db.execute(f"ALTER TABLE ordens_servico ADD CONSTRAINT no_poison CHECK ({check})")
 
 
 async def test_nul_characters_are_cleaned_and_nothing_is_lost(simulator, runtime_for, db) -> None:
@@ -41,10 +52,7 @@ async def test_a_record_the_database_refuses_goes_alone_to_import_failures(
     simulator, runtime_for, db
 ) -> None:
     # A constraint of the user's own refuses one record: the rest of its batch is stored.
-    await db.execute(
-        "ALTER TABLE ordens_servico "
-        "ADD CONSTRAINT no_poison CHECK (cliente_nome NOT LIKE '%POISON%')"
-    )
+    await refuse(db, NAME)
     sim = await simulator(orders=1200, seed=32)
     poisoned = sorted(sim.orders)[600]
     sim.orders[poisoned].cliente = {**sim.orders[poisoned].cliente, "nome": "POISON Ltda"}
@@ -90,10 +98,7 @@ async def test_nul_characters_in_what_failed_never_block_a_run(simulator, runtim
 async def test_a_detail_the_database_refuses_goes_alone_to_import_failures(
     simulator, runtime_for, db
 ) -> None:
-    await db.execute(
-        "ALTER TABLE ordens_servico ADD CONSTRAINT no_poison "
-        "CHECK (coalesce(detalhe->>'observacoes', '') NOT LIKE '%POISON%')"
-    )
+    await refuse(db, DETAIL)
     sim = await simulator(orders=300, seed=37)
     poisoned = sorted(sim.orders)[100]
     sim.orders[poisoned].extra = {**sim.orders[poisoned].extra, "observacoes": "POISON"}
@@ -135,10 +140,7 @@ async def test_an_amount_no_number_holds_is_a_failed_record(simulator, runtime_f
 async def test_a_retry_the_database_still_refuses_is_a_failed_attempt(
     simulator, runtime_for, db
 ) -> None:
-    await db.execute(
-        "ALTER TABLE ordens_servico "
-        "ADD CONSTRAINT no_poison CHECK (cliente_nome NOT LIKE '%POISON%')"
-    )
+    await refuse(db, NAME)
     sim = await simulator(orders=300, seed=39)
     poisoned = sorted(sim.orders)[100]
     sim.orders[poisoned].cliente = {**sim.orders[poisoned].cliente, "nome": "POISON Ltda"}
@@ -215,11 +217,7 @@ async def test_an_import_the_database_refuses_counts_one_attempt_each_time(
     async with runtime_for(sim) as rt:
         await full_sync(rt, batch_size=100)
         await db.execute("DELETE FROM ordens_servico WHERE id = $1", x)
-        await db.execute(
-            "ALTER TABLE ordens_servico ADD CONSTRAINT no_poison "
-            "CHECK (cliente_nome NOT LIKE '%POISON%' "
-            "AND coalesce(detalhe->>'observacoes', '') NOT LIKE '%POISON%')"
-        )
+        await refuse(db, f"{NAME} AND {DETAIL}")
         sim.orders[x].cliente = {**sim.orders[x].cliente, "nome": "POISON Ltda"}
         report = await integrity(rt)
         assert report.findings["failed"] == [x] and report.findings["recovered"] == []
