@@ -74,7 +74,9 @@ async def record(rt: AccountRuntime, report: RunReport, facts: dict[str, str]) -
     try:
         await rt.store.runs.record(report, invoked_as="serve")
     except DatabaseError as exc:
-        log.warning("the %s could not be recorded in sync_runs: %s", report.title, exc)
+        log.warning(
+            "the %s could not be recorded in sync_runs: %s", report.title or report.mode, exc
+        )
     return report
 
 
