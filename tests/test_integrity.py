@@ -178,9 +178,19 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
     assert deep.consistent and deep.exit_code == 0 and deep.counts_agree is None
     assert deep.awaiting_retry == sorted(failing)
     assert await db.fetchval("SELECT max(tentativas) FROM import_failures WHERE id_ordem > 0") == 1
+    assert deep.report.title.endswith(
+        f"consistent but for known failures ({len(failing)} awaiting retry, 1 at manual review)"
+    )
+
+    # A missing order past its last attempt is at manual review, not awaiting a retry.
+    exhausted, *rest = sorted(failing)
+    await db.execute("UPDATE import_failures SET tentativas = 5 WHERE id_ordem = $1", exhausted)
+    later = await integrity(sim, runtime_for, deep=True, at=T0 + dt.timedelta(seconds=3))
+    assert later.awaiting_retry == rest
+    assert later.manual_review == sorted([no_id_key, exhausted])
 
     runs = await db.fetch("SELECT consistent, report FROM integrity_runs ORDER BY id")
-    assert [r["consistent"] for r in runs] == [False, False, True, True]
+    assert [r["consistent"] for r in runs] == [False, False, True, True, True]
     stored = orjson.loads(runs[0]["report"])
     assert stored["findings_total"]["recovered"] == 4 and stored["exit_code"] == 1
 

@@ -58,6 +58,16 @@ async def check_integrity(
     return await _Check(source, sink, store, failures, ctx, page_size, policy).run(deep)
 
 
+def _known(found: dict[str, list[Any]]) -> str:
+    """What a consistent verdict leaves to the retry mode and to a person, if anything."""
+    parts = [
+        f"{len(found[k])} {what}"
+        for k, what in (("awaiting_retry", "awaiting retry"), ("manual_review", "at manual review"))
+        if found[k]
+    ]
+    return f" but for known failures ({', '.join(parts)})" if parts else ""
+
+
 def deep_day(account: str, day: dt.date) -> bool:
     """Whether ``day`` is ``account``'s weekly full comparison in ``serve``: totals that
     agree cannot see two orders that swapped statuses, and the planning document's check
@@ -114,6 +124,11 @@ class _Check:
         db_after, tracked_after = await self.store.counts()
         review = await self.failures.manual_review(self.policy)
         self.found["manual_review"] = [m.id_ordem for m in review]
+        # A missing order past its last attempt waits for a person, not for a retry.
+        at_review = set(self.found["manual_review"])
+        self.found["awaiting_retry"] = [
+            i for i in self.found["awaiting_retry"] if i not in at_review
+        ]
         found_new = any(v for k, v in self.found.items() if k not in _KNOWN)
         consistent = not (found_new or self.listing_errors or ctx.stop.is_set())
         unfixed = sum(len(self.found[k]) for k in _UNFIXED) + len(self.listing_errors)
@@ -122,7 +137,7 @@ class _Check:
         else:
             outcome = Outcome.ATTENTION if unfixed else Outcome.OK
         verdict = (
-            "consistent" if consistent
+            "consistent" + _known(self.found) if consistent
             else f"{unfixed} problem(s) NOT fixed" if unfixed
             else "inconsistencies found and fixed"
         )  # fmt: skip
