@@ -139,8 +139,11 @@ CREATE INDEX IF NOT EXISTS idx_sync_runs_account_mode
 -- A failure a person chose to ignore stays resolved, even when a listing shows it again.
 ALTER TABLE import_failures ADD COLUMN IF NOT EXISTS ignorado_em timestamptz;
 
--- Where reports read conclusions from: the API's dataConclusao, else the first observed
--- change into 3 - Finalizada (NULL when the order was first seen already finalized).
+-- Where reports read conclusions from: the API's dataConclusao, else the last observed
+-- change into 3 - Finalizada (NULL when the order was first seen already finalized). An
+-- order reopened and finalized again was concluded by its last move into 3: a
+-- dataConclusao older than the last observed move out of 3 is the earlier conclusion
+-- (Tiny may keep it), so the history's last move into 3 is reported instead.
 CREATE OR REPLACE VIEW ordens_finalizadas AS
 SELECT o.account,
        o.id,
@@ -148,15 +151,24 @@ SELECT o.account,
        o.cliente_nome,
        o.valor,
        o.data_emissao,
-       COALESCE(o.data_conclusao, h.first_finalizada) AS data_conclusao,
-       CASE WHEN o.data_conclusao IS NOT NULL THEN 'api'
-            WHEN h.first_finalizada IS NOT NULL THEN 'history' END AS conclusao_fonte
+       CASE WHEN o.data_conclusao IS NOT NULL
+                 AND (h.last_reopened IS NULL OR o.data_conclusao >= h.last_reopened)
+            THEN o.data_conclusao
+            ELSE h.last_finalizada END AS data_conclusao,
+       CASE WHEN o.data_conclusao IS NOT NULL
+                 AND (h.last_reopened IS NULL OR o.data_conclusao >= h.last_reopened)
+            THEN 'api'
+            WHEN h.last_finalizada IS NOT NULL THEN 'history' END AS conclusao_fonte
 FROM ordens_servico o
 LEFT JOIN LATERAL (
-    SELECT (min(changed_at) AT TIME ZONE 'America/Sao_Paulo') AS first_finalizada
+    SELECT (max(changed_at) FILTER (
+                WHERE status_novo = 3
+                  AND status_antigo IS NOT NULL  -- first seen already finalized: unknown
+            ) AT TIME ZONE 'America/Sao_Paulo') AS last_finalizada,
+           (max(changed_at) FILTER (WHERE status_antigo = 3)
+                AT TIME ZONE 'America/Sao_Paulo') AS last_reopened
     FROM ordem_status_history
-    WHERE account = o.account AND id_os = o.id AND status_novo = 3
-      AND status_antigo IS NOT NULL  -- first seen already finalized: the moment is unknown
+    WHERE account = o.account AND id_os = o.id
 ) h ON true
 WHERE o.situacao = 3;
 

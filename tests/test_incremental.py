@@ -204,3 +204,42 @@ async def test_an_order_reopened_after_a_detail_closed_it(simulator, runtime_for
     assert await db.fetchval("SELECT situacao FROM ordens_servico WHERE id = $1", order) == 6
     hist = (await history_by_id(db))[order]
     assert hist == [(None, 3), (3, 6), (6, 3), (3, 6)]
+
+
+async def test_an_order_finalized_reopened_and_finalized_again_reports_its_last_conclusion(
+    simulator, runtime_for, db
+) -> None:
+    sim = await simulator(orders=400, seed=5)
+    overrides = {"page_size": PAGE}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **overrides)
+    kept, unknown = [o.id for o in sim.orders.values() if o.situacao == Situacao.EM_ANDAMENTO][:2]
+    first, second = dt.datetime(2026, 1, 5, 10, 0), dt.datetime(2026, 1, 20, 16, 30)
+    sim.clock = lambda: first
+    for order in (kept, unknown):
+        sim.set_status(order, Situacao.FINALIZADA)
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
+    for order in (kept, unknown):
+        sim.set_status(order, Situacao.EM_ANDAMENTO)  # reopened
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
+    sim.clock = lambda: second
+    for order in (kept, unknown):
+        sim.set_status(order, Situacao.FINALIZADA)  # concluded again
+    # Tiny keeps the first conclusion's dataConclusao (the simulator's behaviour), or has none.
+    assert sim.orders[kept].data_conclusao == first
+    sim.orders[unknown].data_conclusao = None
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
+    for order in (kept, unknown):
+        last_in = await db.fetchval(
+            "SELECT max(changed_at) AT TIME ZONE 'America/Sao_Paulo' FROM ordem_status_history "
+            "WHERE id_os = $1 AND status_antigo = 6 AND status_novo = 3",
+            order,
+        )
+        row = await db.fetchrow(
+            "SELECT data_conclusao, conclusao_fonte FROM ordens_finalizadas WHERE id = $1", order
+        )
+        # Not the first conclusion (10:00 on Jan 5th, or the first observed move into 3).
+        assert tuple(row) == (last_in, "history"), (order, tuple(row), last_in)
