@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -145,8 +146,15 @@ def parse_date(value: object, field: str) -> dt.date | None:
     return None if day.year >= _NO_DATE_YEAR else day
 
 
+#: The zone of Tiny's date-times without an offset (the naive ``timestamp`` columns, and
+#: the zone ``ordens_finalizadas`` reads the history in).
+TINY_ZONE = ZoneInfo("America/Sao_Paulo")
+
+
 def parse_datetime(value: object, field: str) -> dt.datetime | None:
-    """``"YYYY-MM-DD HH:MM:SS"`` or ``"YYYY-MM-DD"`` → naive datetime; zero dates → None."""
+    """``"YYYY-MM-DD HH:MM:SS"`` or ``"YYYY-MM-DD"`` → naive datetime; zero dates → None.
+    A date-time with an offset (``...Z``, ``...+00:00``) is the same instant on Tiny's
+    clock (America/Sao_Paulo), like every naive one, not its digits with the offset cut."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -159,8 +167,8 @@ def parse_datetime(value: object, field: str) -> dt.datetime | None:
             moment = dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
         else:
             moment = dt.datetime.fromisoformat(text)
-            if moment.tzinfo is not None:
-                moment = moment.replace(tzinfo=None)
+            if moment.tzinfo is not None:  # an instant: Tiny's wall clock at that instant
+                moment = moment.astimezone(TINY_ZONE).replace(tzinfo=None)
     except ValueError:
         raise ValueError(f"{field}: unparseable date-time {value!r}") from None
     return None if moment.year >= _NO_DATE_YEAR else moment
