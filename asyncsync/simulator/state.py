@@ -11,6 +11,7 @@ import datetime as dt
 import random
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from asyncsync.status import Situacao
 
@@ -26,9 +27,13 @@ DEFAULT_CONFIG = SimConfig()
 HUGE_DETAIL_BYTES = 60_000_000
 
 
+#: Tiny's zone: its dates and date-times are São Paulo's, whatever the host's zone is.
+_TINY_ZONE = ZoneInfo("America/Sao_Paulo")
+
+
 def _wall_clock() -> dt.datetime:
     """Naive local time, as Tiny (America/Sao_Paulo) renders it, to the second."""
-    return dt.datetime.now().replace(microsecond=0)
+    return dt.datetime.now(_TINY_ZONE).replace(tzinfo=None, microsecond=0)
 
 
 class SimState:
