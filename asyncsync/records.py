@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import orjson
 
+from .clock import TINY_ZONE
 from .errors import RecordError
 from .status import Situacao, parse_situacao
 
@@ -144,11 +144,6 @@ def parse_date(value: object, field: str) -> dt.date | None:
     except ValueError:
         raise ValueError(f"{field}: unparseable date {value!r}") from None
     return None if day.year >= _NO_DATE_YEAR else day
-
-
-#: The zone of Tiny's date-times without an offset (the naive ``timestamp`` columns, and
-#: the zone ``ordens_finalizadas`` reads the history in).
-TINY_ZONE = ZoneInfo("America/Sao_Paulo")
 
 
 def parse_datetime(value: object, field: str) -> dt.datetime | None:

@@ -36,6 +36,7 @@ from asyncsync.jobs.backfill_plan import last_day, month_range, plan_backfill, r
 from asyncsync.options import BackfillOptions
 from asyncsync.simulator import TinySimulator
 from asyncsync.simulator.data import DATE_WINDOWS, Quirks
+from asyncsync.status import Situacao
 
 from .helpers import context
 from .mirror import diff, history, mirror
@@ -207,6 +208,34 @@ def listed_fields(rows: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
     }
 
 
+async def sessions_gone(db: asyncpg.Pool) -> None:
+    """A COMMIT the server received just before a kill still lands: wait until the dead
+    client's sessions are gone before reading what was committed."""
+    for _ in range(500):
+        if not await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'asyncsync%' AND datname = current_database()"
+        ):
+            return
+        await asyncio.sleep(0.01)
+
+
+def busiest_month(sim: TinySimulator, situacao: Situacao, more_than: int) -> dt.date:
+    """The month with the most orders of ``situacao`` (more than ``more_than``)."""
+    sizes = Counter(o.data.replace(day=1) for o in sim.orders.values() if o.situacao == situacao)
+    month, n = sizes.most_common(1)[0]
+    assert n > more_than, sizes.most_common(3)
+    return month
+
+
+def in_month(sim: TinySimulator, month: dt.date, situacao: Situacao | None = None) -> list[int]:
+    return sorted(
+        o.id
+        for o in sim.orders.values()
+        if o.data.replace(day=1) == month and (situacao is None or o.situacao == situacao)
+    )
+
+
 async def checkpoints(db: asyncpg.Pool) -> dict[str, dict[str, Any]]:
     rows = await db.fetch("SELECT chave, valor FROM sync_metadata WHERE chave LIKE 'backfill:%'")
     return {r["chave"]: orjson.loads(r["valor"]) for r in rows}
@@ -246,15 +275,7 @@ async def test_backfill_killed_halfway_resumes_without_rereading(
     code, _, _ = await first.finish(30)
     assert code == -signal.SIGKILL, "the first run was not killed"
     assert len(pages) // 2 <= sum(served.values()) < len(pages)
-    # A COMMIT the server received just before the kill still lands: wait until the dead
-    # client's sessions are gone before reading what was committed.
-    for _ in range(500):
-        if not await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name LIKE 'asyncsync%' AND datname = current_database()"
-        ):
-            break
-        await asyncio.sleep(0.01)
+    await sessions_gone(db)
     after_kill = await assert_checkpoints_match_rows(db)
     done_before = sum(cp["complete"] for cp in after_kill.values())
     partial = [k for k, cp in after_kill.items() if not cp["complete"]]
@@ -285,8 +306,12 @@ async def test_backfill_killed_halfway_resumes_without_rereading(
     others = served - month_pages
     census = sum(n for k, n in others.items() if k[1:3] == (FIRST.isoformat(), LAST.isoformat()))
     assert census == 2 * 8  # each process's census: a request per status
+    # a resumed partition's look at its seam: is the order merged last still just before
+    # the stored offset? (one single-item request each)
+    seams = sum(n for k, n in others.items() if k[3] % 100 == 99)
+    assert seams == len(partial)
     # and each process's look at the API's window ends: 2 to 5 single-item requests
-    assert 2 * 2 <= sum(others.values()) - census <= 2 * 5
+    assert 2 * 2 <= sum(others.values()) - census - seams <= 2 * 5
     refetched = sum(n - 1 for n in month_pages.values())
     assert refetched <= IN_FLIGHT, month_pages.most_common(IN_FLIGHT + 1)
     for key, cp in after_kill.items():
@@ -389,3 +414,97 @@ async def test_the_window_look_is_not_fooled_by_an_order_of_the_next_day(
         if (o["data_emissao"].year, o["data_emissao"].month) == (month.year, month.month)
     }  # fmt: skip
     assert diff(expected, await mirror(db)) == []
+
+
+@pytest.mark.parametrize("change", ["cancelled", "deleted"])
+async def test_a_resumed_partition_whose_orders_moved_down_is_listed_again(
+    change, simulator, database_url, db, spawn
+) -> None:
+    # Killed after a partition's first page; while no backfill runs, an order of that page
+    # leaves the partition (cancelled, deleted): every later order moves down one place,
+    # and the one that was at the stored offset 100 is now at 99. Resuming at 100 would
+    # never list it, and the partition would be stored complete without it.
+    sim = await simulator(
+        orders=3000, seed=11, start_year=2015, today=dt.date(2017, 1, 31),
+        rate_limit_per_minute=1200, latency_s=0.02,
+    )  # fmt: skip
+    month = busiest_month(sim, Situacao.FINALIZADA, 100)
+    window = (month.isoformat(), last_day(month).isoformat())
+    second_page: PageKey = (int(Situacao.FINALIZADA), *window, 100)
+    _, victim = record_list_pages(sim, lambda _, key: key == second_page)
+    args = backfill_args(sim, database_url)
+    at = args.index("--from")
+    args[at + 1] = args[at + 3] = f"{month:%Y-%m}"  # --from M --to M
+    first = await spawn(args)
+    victim.append(first.proc.pid)
+    code, _, _ = await first.finish(30)
+    assert code == -signal.SIGKILL
+    await sessions_gone(db)
+    key = f"backfill:{month:%Y-%m}:{int(Situacao.FINALIZADA)}"
+    assert {k: (await checkpoints(db))[key][k] for k in ("offset", "complete")} == {
+        "offset": 100, "complete": False,
+    }  # fmt: skip
+
+    finished = in_month(sim, month, Situacao.FINALIZADA)
+    if change == "cancelled":
+        sim.set_status(finished[0], Situacao.CANCELADA)
+    else:
+        sim.delete_order(finished[0])
+    second = await spawn(args)
+    code, out, err = await second.finish(40)
+    assert code == 0 and orjson.loads(out)["outcome"] == "ok", out + err
+    missing = sorted(set(in_month(sim, month)) - (await mirror(db)).keys())
+    assert missing == [], f"never listed: {missing} (at the seam: {finished[100]})"
+    assert (await checkpoints(db))[key]["complete"]
+
+
+async def test_an_order_leaving_a_partition_while_it_is_paged_costs_no_other(
+    simulator, runtime_for, db
+) -> None:
+    # The same shift within one run: a finished order of the first page is cancelled
+    # while the second is asked. The page's lower total says the partition shrank; the
+    # order just before the seam is no longer the one merged last, so it is listed again.
+    sim = await simulator(orders=3000, seed=11, start_year=2015, today=dt.date(2017, 1, 31))
+    month = busiest_month(sim, Situacao.FINALIZADA, 100)
+    finished = in_month(sim, month, Situacao.FINALIZADA)
+    first_page = (str(int(Situacao.FINALIZADA)), month.isoformat(), last_day(month).isoformat())
+    moved: list[int] = []
+
+    def on_page(s: TinySimulator, params: dict[str, str]) -> None:
+        asked = (params["situacao"], params.get("dataInicialEmissao", ""),
+                 params.get("dataFinalEmissao", ""))  # fmt: skip
+        # limit 100: not one of the window look's single items
+        first = params.get("offset", "0") == "0" and params.get("limit") == "100"
+        if asked == first_page and first and not moved:
+            s.set_status(finished[0], Situacao.CANCELADA)
+            moved.append(finished[0])
+
+    sim.on_list_page = on_page
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        options = BackfillOptions(date_from=month, date_to=month, partitions=IN_FLIGHT)
+        report = await backfill(rt.client, s.orders, s.metadata, options, context(rt))
+    assert moved and report.outcome == "ok"
+    missing = sorted(set(in_month(sim, month)) - (await mirror(db)).keys())
+    assert missing == [], f"never listed: {missing} (at the seam: {finished[100]})"
+
+
+async def test_this_month_is_brazils_not_utcs(simulator, runtime_for, db) -> None:
+    # 22:00 in São Paulo on 30 November is 1 December in UTC. A backfill "to this month"
+    # then must not store December's partitions complete (empty): December's orders, once
+    # emitted, would be skipped by every later backfill.
+    night = dt.datetime(2016, 12, 1, 1, 0, tzinfo=dt.UTC)
+    sim = await simulator(orders=300, seed=7, start_year=2016, today=dt.date(2016, 11, 30))
+    options = BackfillOptions(date_from=dt.date(2016, 11, 1), partitions=IN_FLIGHT)
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        ctx = context(rt, clock=lambda: night)
+        assert (await backfill(rt.client, s.orders, s.metadata, options, ctx)).outcome == "ok"
+    assert not [k for k in await checkpoints(db) if k.startswith("backfill:2016-12")]
+    new = sim.add_order(situacao=Situacao.FINALIZADA, data=dt.date(2016, 12, 1))
+    later = dt.datetime(2016, 12, 20, 15, 0, tzinfo=dt.UTC)
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        ctx = context(rt, clock=lambda: later)
+        assert (await backfill(rt.client, s.orders, s.metadata, options, ctx)).outcome == "ok"
+    assert new in await mirror(db)

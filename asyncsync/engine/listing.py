@@ -52,6 +52,7 @@ class Partition:
     date_to: dt.date | None = None
     key: str | None = None  # sync_metadata key of its checkpoint (checkpointed paging)
     start_offset: int = 0
+    resume_id: int | None = None  # the id last merged, at start_offset - 1 (checkpointed)
 
     def query(self, offset: int, limit: int) -> ListQuery:
         return ListQuery(self.situacao, offset, limit, self.date_from, self.date_to)
@@ -153,8 +154,16 @@ async def status_totals(
     return dict(sorted(totals.items()))
 
 
-def checkpoint_value(next_offset: int, complete: bool) -> str:
-    return orjson.dumps({"offset": next_offset, "complete": complete}).decode()
+def checkpoint_value(next_offset: int, complete: bool, last_id: int | None = None) -> str:
+    value: dict[str, object] = {"offset": next_offset, "complete": complete}
+    if last_id is not None:
+        value["last_id"] = last_id
+    return orjson.dumps(value).decode()
+
+
+def _item_id(item: object) -> int | None:
+    value = item.get("id") if isinstance(item, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class ListingEngine:
@@ -224,15 +233,49 @@ class ListingEngine:
         self.progress.pages += 1
         return page
 
-    async def _page_sequentially(self, part: Partition) -> None:
+    async def _resume_at(self, part: Partition) -> int:
+        """Where a resumed partition goes on: its stored offset while the order merged
+        last is still just before it; else (orders before it left the partition while
+        no run was paging it, and later ones moved down past the offset) from the start."""
         offset = part.start_offset
+        if offset == 0 or part.resume_id is None:
+            return offset
+        seam = await self._source.list_orders(part.query(offset - 1, 1))
+        if seam.items and _item_id(seam.items[0]) == part.resume_id:
+            return offset
+        log.info("%s shifted since its checkpoint at offset %d: listed again from the start",
+                 part.key, offset)  # fmt: skip
+        return 0
+
+    async def _page_sequentially(self, part: Partition) -> None:
+        offset = await self._resume_at(part)
+        last_total: int | None = None
+        last_id: int | None = None
+        restarts = 0
         while not self._stop.is_set():
             page = await self._fetch(part, offset)
             self.result.totals[part] = page.total
+            shrunk = page.total is not None and last_total is not None and page.total < last_total
+            seam, seam_id = offset, last_id
             offset += len(page.items)
+            last_total = page.total
+            last_id = _item_id(page.items[-1]) if page.items else None
             assert part.key is not None, "checkpointed partitions need a key"
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            cp = Checkpoint(part.key, checkpoint_value(offset, page.is_last))
+            # Orders left the partition while it was paged: if the ones before this page
+            # moved down, the order that was at the seam is on no page. Start over then
+            # (twice at most: a partition that keeps moving is left to the cycles).
+            if shrunk and seam_id is not None and restarts < 2:
+                probe = await self._source.list_orders(part.query(seam - 1, 1))
+                if not probe.items or _item_id(probe.items[0]) != seam_id:
+                    log.info("%s shifted while it was paged: listed again", part.key)
+                    restarts += 1
+                    offset, last_total, last_id = 0, None, None
+                    cp = Checkpoint(part.key, checkpoint_value(0, False))
+                    await self._queue.put(_Item(part, page, cp, done))
+                    await done  # this page is good: merged, the partition restarts
+                    continue
+            cp = Checkpoint(part.key, checkpoint_value(offset, page.is_last, last_id))
             await self._queue.put(_Item(part, page, cp, done))
             await done  # merged and checkpointed together
             if page.is_last:

@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 import time
 
+from ..clock import tiny_today
 from ..engine.details import enrich_backlog
 from ..engine.listing import ListingEngine, status_totals
 from ..options import BackfillOptions
@@ -43,7 +44,8 @@ async def backfill(
     """List the months of ``options`` (resuming from stored checkpoints), then details.
     Without ``census`` the per-status totals are not asked first (a worker's month of
     backfill spares those eight requests: it shows no ETA)."""
-    first, last = resolve_range(options.date_from, options.date_to, today or ctx.clock().date())
+    today = today or tiny_today(ctx.clock())  # Tiny's dates are Brazil's, not UTC's
+    first, last = resolve_range(options.date_from, options.date_to, today)
     started_at, api_before = ctx.clock(), source.api_stats()
     plan = plan_backfill(first, last, await metadata.with_prefix(KEY_PREFIX))
     # The engine adds the partitions it is given; skipped ones count as done.

@@ -77,6 +77,7 @@ class Resume:
 
     offset: int
     complete: bool
+    last_id: int | None = None  # the id of the order at offset - 1 when it was merged
 
 
 def parse_checkpoint(key: str, value: str | None) -> Resume | None:
@@ -84,8 +85,9 @@ def parse_checkpoint(key: str, value: str | None) -> Resume | None:
     try:
         data = orjson.loads(value or "")
         offset, complete = data["offset"], data["complete"]
+        last_id = data.get("last_id")
         if isinstance(offset, int) and offset >= 0 and isinstance(complete, bool):
-            return Resume(offset, complete)
+            return Resume(offset, complete, last_id if isinstance(last_id, int) else None)
     except (orjson.JSONDecodeError, TypeError, KeyError):
         pass
     log.warning("unreadable checkpoint %s=%r: that partition starts over", key, value)
@@ -129,11 +131,12 @@ def plan_backfill(
             key = partition_key(month, situacao)
             resume = parse_checkpoint(key, checkpoints[key]) if key in checkpoints else None
             offset = 0 if resume is None else resume.offset
+            last_id = None if resume is None else resume.last_id
             records_done += offset
             if resume is not None and resume.complete:
                 skipped += 1
                 continue
             if offset > 0:
                 resumed += 1
-            todo.append(Partition(situacao, month, last_day(month), key, offset))
+            todo.append(Partition(situacao, month, last_day(month), key, offset, last_id))
     return Plan(first, last, tuple(todo), total, skipped, resumed, records_done)

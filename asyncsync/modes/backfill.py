@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..clock import utcnow
+from ..clock import tiny_today
 from ..jobs.backfill import backfill
 from ..jobs.backfill_plan import month_range, resolve_range
 from ..options import BackfillOptions, CommonOptions
@@ -23,7 +23,7 @@ from . import show
 
 async def enqueue(common: CommonOptions, options: BackfillOptions) -> int:
     """Put the account's months on the work queue; returns the exit code."""
-    first, last = resolve_range(options.date_from, options.date_to, utcnow().date())
+    first, last = resolve_range(options.date_from, options.date_to, tiny_today())
     months = list(reversed(month_range(first, last)))
     units = [Unit(Kind.BACKFILL, common.account, month) for month in months]
     async with database_of(common) as database:
@@ -40,7 +40,7 @@ async def run(
     common: CommonOptions, options: BackfillOptions, stop: asyncio.Event
 ) -> RunReport | int:
     """Backfill the account's months, under its run lock (or enqueue them)."""
-    resolve_range(options.date_from, options.date_to, utcnow().date())  # before connecting
+    resolve_range(options.date_from, options.date_to, tiny_today())  # before connecting
     if options.enqueue:
         return await enqueue(common, options)
     async with open_runtime(common) as rt, rt.store.lock("backfill", wait_s=common.run.wait_lock_s):
