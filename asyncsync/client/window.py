@@ -46,13 +46,22 @@ class WindowEnds:
         return f"first day {word(self.start)}, last day {word(self.end)}"
 
 
+#: Orders asked about at most: one whose day answers in no window has moved meanwhile
+#: (another status, deleted), and the next status's first order is asked instead.
+LOOKS = 3
+
+
 async def learn(probe: Probe, statuses: Iterable[int]) -> WindowEnds | None:
     """The API's window ends, from the first order listed with an emission day (None: no
-    such order, or its day answered in no window, as when it moved meanwhile)."""
+    such order, or :data:`LOOKS` of them answered in no window)."""
+    looks = 0
     for situacao in statuses:
+        if looks >= LOOKS:
+            return None
         _, day = await probe(situacao, None, None)
         if day is None:
             continue
+        looks += 1
         for first, last, ends in (
             (day, day, WindowEnds(True, True)),
             (day, day + DAY, WindowEnds(True, False)),
@@ -64,7 +73,6 @@ async def learn(probe: Probe, statuses: Iterable[int]) -> WindowEnds | None:
             # guess the API may still list the next (or previous) day.
             if counted > 0 and seen == day:
                 return ends
-        return None
     return None
 
 
