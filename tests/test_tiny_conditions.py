@@ -17,7 +17,7 @@ import pytest
 from asyncsync import metrics
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
-from asyncsync.simulator import TinySimulator
+from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
 
 from .helpers import cycle, full_sync
@@ -344,3 +344,44 @@ async def test_an_idle_service_keeps_its_refresh_token_alive(
     assert sim.stats.token_refreshes >= 3  # the first grant, then one per ~1.5 s idle
     assert sim.stats.stale_refresh_uses == 0
     assert sim.valid_refresh_token() is not None  # it never lapsed
+
+
+async def test_tokens_the_api_drops_early_answering_403_are_replaced_too(
+    simulator, runtime_for, db
+) -> None:
+    # Tiny documents 401 and 403 and does not say which a dead token gets: a token the
+    # API stops honouring early and answers 403 to is refreshed like a 401's, and no
+    # order is blamed for it.
+    sim = await simulator(
+        orders=300, seed=8, latency_s=0.005, quirks=Quirks(refused_token_status=403)
+    )
+    async with runtime_for(sim, max_concurrency=8) as rt:
+        await rt.client.get_order(next(iter(sim.orders)))  # a token is granted and used
+        sim.expire_access_tokens()  # ... and dropped long before its announced expiry
+        report = await full_sync(rt)
+    assert sim.stats.unauthorized > 0
+    assert report.outcome == "ok" and report.count("import_failures") == 0, report.outcome
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_orders_the_api_forbids_cost_no_refresh_each(simulator, runtime_for, db) -> None:
+    # A 403 can also be the API's word about one order. Those orders are import failures
+    # with Tiny's answer, and their 403s replace the token once a minute at most, not
+    # once each (every refresh rotates the refresh token).
+    sim = await simulator(orders=300, seed=9, latency_s=0.002)
+    forbidden = sorted(sim.orders)[::10]
+    for order_id in forbidden:
+        sim.fail_detail[order_id] = "403"
+    async with runtime_for(sim, max_concurrency=4) as rt:
+        before = sim.stats.token_refreshes
+        report = await full_sync(rt)
+        refreshes = sim.stats.token_refreshes - before
+    assert report.count("import_failures") == len(forbidden)
+    rows = await db.fetch("SELECT id_ordem, erro FROM import_failures ORDER BY id_ordem")
+    assert [r["id_ordem"] for r in rows] == forbidden
+    assert all("403" in r["erro"] for r in rows), rows[0]["erro"]
+    assert refreshes <= 2, refreshes  # the first grant, one 403 checked
+    expected = {i: o for i, o in sim.snapshot().items() if i not in set(forbidden)}
+    got = await mirror(db)
+    assert diff(expected, {i: o for i, o in got.items() if i not in set(forbidden)}) == []

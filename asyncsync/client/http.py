@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 #: Tokens a request may go through before a run of 401s is an authentication failure.
 _AUTH_ROUNDS = 4
+#: Tiny documents 401 and 403 without saying which a token it dropped early gets. A 403
+#: replaces the token in use at most once in this many seconds; meanwhile a 403 to a
+#: token no 403 replaced is the API's word (an order this app may not read).
+FORBIDDEN_RECHECK_S = 60.0
 
 
 class _Retry(Exception):
@@ -99,6 +103,9 @@ class TinyClient:
         self._window: WindowEnds | None = None
         self._window_until = 0.0
         self._window_lock = asyncio.Lock()
+        # The token a 403 last replaced, and when (see _maybe_dead).
+        self._forbidden_replaced: str | None = None
+        self._forbidden_at = float("-inf")
         self._get = backoff.on_exception(
             backoff.expo,
             _Retry,
@@ -215,6 +222,11 @@ class TinyClient:
         genuine = 0  # 401s to a token that was valid when sent
         for _ in range(_AUTH_ROUNDS):
             sent = await self._send(endpoint, path, params)
+            if sent.status == 403:
+                if not self._maybe_dead(sent.token):
+                    break  # the API's word: an error of its own below
+                await self._tokens.rejected(sent.token)  # nothing if it was replaced already
+                continue
             if sent.status != 401:
                 break
             if self._tokens.valid_at(sent.token, sent.observed_at):
@@ -227,7 +239,7 @@ class TinyClient:
             # Refused, or expired on the way: a new token, and the request goes again.
             await self._tokens.rejected(sent.token)
         else:
-            raise TinyAuthError(f"{path}: 401 for {_AUTH_ROUNDS} tokens in a row")
+            raise TinyAuthError(f"{path}: refused (401/403) for {_AUTH_ROUNDS} tokens in a row")
         status = sent.status
         if status == 429:
             pause = self.limiter.throttled(sent.headers)
@@ -255,6 +267,17 @@ class TinyClient:
                 "Windows-1252 and half surrogate pairs as U+FFFD", path,
             )  # fmt: skip
         return value, sent.observed_at
+
+    def _maybe_dead(self, token: str) -> bool:
+        """Whether a 403 to ``token`` may be a token the API dropped early (ask again with a
+        new one) rather than the API's word (see :data:`FORBIDDEN_RECHECK_S`)."""
+        if token == self._forbidden_replaced or token != self._tokens.current():
+            return True  # already replaced (or being replaced): ask with the new one
+        now = time.monotonic()
+        if now - self._forbidden_at < FORBIDDEN_RECHECK_S:
+            return False
+        self._forbidden_replaced, self._forbidden_at = token, now
+        return True
 
     async def _send(self, endpoint: str, path: str, params: dict[str, str]) -> _Sent:
         """One attempt. The token is read once the limiter lets the request go, so a

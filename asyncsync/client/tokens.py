@@ -150,6 +150,10 @@ class TokenManager:
         expires = self._expiry.get(token)
         return expires is not None and expires - IN_FLIGHT_SKEW > moment
 
+    def current(self) -> str | None:
+        """The access token requests are sent with now (None: none yet)."""
+        return self._tokens.access_token if self._tokens else None
+
     async def rejected(self, token: str) -> None:
         """The API answered 401 to ``token``: replace it, unless that already happened."""
         await self._refresh(stale=token)

@@ -37,7 +37,7 @@ STATS_PATH = "/_sim/stats"
 CONTROL_PATH = "/_sim/control"
 #: ``fail_detail`` modes: an HTTP status to answer, ``malformed`` (200, body not JSON) or
 #: ``huge`` (200, a valid body of ``huge_detail_bytes``, streamed).
-DETAIL_FAILURES = frozenset({"500", "malformed", "401", "404", "huge"})
+DETAIL_FAILURES = frozenset({"500", "malformed", "401", "403", "404", "huge"})
 NOT_FOUND = "Ordem de serviço não encontrada"
 INTERNAL_ERROR = "Erro interno do servidor"
 OUTAGE_MESSAGES = {503: "Serviço temporariamente indisponível", 500: INTERNAL_ERROR}
@@ -186,7 +186,8 @@ class TinySimulator(SimState):
         if not self._authorized(request):
             self.stats.unauthorized += 1
             headers = self._rate.peek().headers()
-            refusal = _error(401, "Token inválido", headers=headers)
+            status = self.config.quirks.refused_token_status
+            refusal = _error(status, "Token inválido", headers=headers)
         else:
             verdict = self._rate.hit()
             self.stats.windows, self.stats.window_peak = self._rate.windows_seen, self._rate.peak
@@ -271,6 +272,8 @@ class TinySimulator(SimState):
             return web.Response(body=body, content_type="application/json", headers=headers)
         if mode == "401":
             return _error(401, "Token inválido", None, headers)
+        if mode == "403":  # this order is not this app's to read
+            return _error(403, "Acesso negado", None, headers)
         if mode == "404":
             return _error(404, NOT_FOUND, None, headers)
         if mode == "500":

@@ -40,12 +40,17 @@ class Quirks:
     #: Which days ``dataInicialEmissao``..``dataFinalEmissao`` cover (undocumented):
     #: ``inclusive`` (both), ``end-exclusive``, ``start-exclusive`` or ``exclusive``.
     date_window: str = "inclusive"
+    #: The status answering a refused (expired, revoked, unknown) access token: Tiny
+    #: documents both 401 and 403, and which one a dead token gets is not said.
+    refused_token_status: int = 401
 
     def __post_init__(self) -> None:
         if self.situacao_style not in SITUACAO_STYLES:
             raise ValueError(f"situacao_style must be one of {SITUACAO_STYLES}")
         if self.date_window not in DATE_WINDOWS:
             raise ValueError(f"date_window must be one of {DATE_WINDOWS}")
+        if self.refused_token_status not in (401, 403):
+            raise ValueError("refused_token_status must be 401 or 403")
 
 
 @dataclass(frozen=True)
