@@ -213,6 +213,15 @@ def _parse_id(value: object, field: str) -> int:
     raise ValueError(f"{field}: expected a positive integer id, got {value!r}")
 
 
+def item_id(item: object) -> int | None:
+    """The id of a raw list item or detail, in any form the records accept (``123``,
+    ``"123"``); None when it has none."""
+    try:
+        return _parse_id(item.get("id"), "id") if isinstance(item, Mapping) else None
+    except ValueError:
+        return None
+
+
 def _optional_id(value: object, field: str) -> int | None:
     return None if value in (None, "", 0) else _parse_id(value, field)
 

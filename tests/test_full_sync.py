@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import orjson
@@ -9,10 +10,10 @@ import pytest
 
 from asyncsync import metrics
 from asyncsync.errors import ReauthorizationRequired
-from asyncsync.simulator import Quirks
+from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
 
-from .helpers import full_sync
+from .helpers import full_sync, incremental_sync
 from .mirror import diff, history, mirror
 
 MENDED = "asyncsync_tiny_answers_mended_total"
@@ -144,3 +145,45 @@ async def test_a_server_that_caps_the_page_size_loses_nothing(simulator, runtime
             await full_sync(rt)
         assert diff(sim.snapshot(), await mirror(db)) == []
         await db.execute("TRUNCATE ordens_servico, ordem_status_history, sync_metadata")
+
+
+@pytest.mark.parametrize("move", ["leaves", "joins"])
+async def test_an_order_moving_while_a_status_is_paged_without_paginacao_costs_no_other(
+    move, simulator, runtime_for, db, caplog
+) -> None:
+    # Tiny may send no paginacao: nothing counts the orders then. An order of status 3's
+    # first page leaves it while the second is asked; every later order moves down one
+    # place and the one at the seam would be on no page, with no total to show the status
+    # short (an old finished order is listed again only by the daily sweep). Each page
+    # starts on the last order of the one before, which tells. An order joining before
+    # the seam only shows one twice: no listing again for that.
+    sim = await simulator(orders=1500, seed=11, quirks=Quirks(omit_paginacao=True))
+    finished = sorted(i for i, o in sim.orders.items() if o.situacao == Situacao.FINALIZADA)
+    joining = min(i for i, o in sim.orders.items() if o.situacao != Situacao.FINALIZADA)
+    assert len(finished) > 150 and joining < finished[99]
+    moved: list[int] = []
+
+    def on_page(s: TinySimulator, params: dict[str, str]) -> None:
+        first = params.get("offset", "0") == "0" and params.get("limit") == "100"
+        if params.get("situacao") == "3" and first and not moved:
+            if move == "leaves":
+                s.set_status(finished[0], Situacao.EM_ANDAMENTO)
+                moved.append(finished[0])
+            else:
+                s.set_status(joining, Situacao.FINALIZADA)
+                moved.append(joining)
+
+    sim.on_list_page = on_page
+    with caplog.at_level(logging.INFO, logger="asyncsync.engine.listing"):
+        async with runtime_for(sim) as rt:
+            await full_sync(rt, sweep_interval_s=1e9)
+    sim.on_list_page = None
+    # No sweep after a shift down: the order it would cost is old and finished, listed
+    # again by nothing else. The order that joined moved closed → closed, unlisted (it
+    # had been listed where it was): without totals, that waits for the sweep.
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, sweep_interval_s=1e9 if move == "leaves" else 0)
+    assert moved
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    again = [r for r in caplog.records if "shifted while it was paged" in r.getMessage()]
+    assert len(again) == (1 if move == "leaves" else 0), [r.getMessage() for r in again]

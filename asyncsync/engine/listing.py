@@ -33,7 +33,7 @@ import orjson
 from ..errors import RecordError, TinyAuthError, TinyError, TinyOutage
 from ..options import BATCH_ORDERS
 from ..progress import Progress
-from ..records import FailureRecord, OrderRecord, failure_from, parse_list_item
+from ..records import FailureRecord, OrderRecord, failure_from, item_id, parse_list_item
 from ..seams import Checkpoint, ListQuery, MergeStats, OrderSink, OrderSource, Page
 from ..status import ALL_STATUSES
 from ..tasks import run_all, unwrap
@@ -111,13 +111,7 @@ async def page_through(
     if first.is_last:
         return
     if first.total is None:
-        offset = part.start_offset + len(first.items)
-        while not stop.is_set():
-            page = await source.list_orders(part.query(offset, page_size))
-            await on_page(page)
-            if page.is_last:
-                return
-            offset += len(page.items)
+        await _page_without_total(source, part, first, page_size, stop, on_page)
         return
     offsets = iter(range(part.start_offset + len(first.items), first.total, len(first.items)))
 
@@ -128,6 +122,48 @@ async def page_through(
             await on_page(await source.list_orders(part.query(offset, page_size)))
 
     await run_all(worker() for _ in range(workers))
+
+
+#: Times a listing without totals starts over after its pages shifted down.
+RESTARTS = 2
+
+
+async def _page_without_total(
+    source: OrderSource,
+    part: Partition,
+    first: Page,
+    page_size: int,
+    stop: asyncio.Event,
+    on_page: Callable[[Page], Awaitable[None]],
+) -> None:
+    """The pages after ``first`` when the API sends no ``paginacao``: no total can show
+    that orders left the partition while it was paged, and every later order moved down
+    past a seam, unlisted. So each page starts on the last order of the one before. Another
+    order there, one not seen yet (or none), says the pages shifted down: the partition is
+    listed again from its start (twice at most; then the cycles' vanished-order details
+    and the sweep are left to find the rest). One seen already says they shifted up:
+    orders seen twice, none lost. The listing ends when only that last order is left."""
+    page, restarts = first, 0
+    offset = part.start_offset + len(first.items)
+    while not stop.is_set():
+        seen = {item_id(item) for item in page.items}
+        seam = item_id(page.items[-1])
+        at = offset if seam is None else offset - 1
+        page = await source.list_orders(part.query(at, page_size))
+        await on_page(page)
+        head = item_id(page.items[0]) if page.items else None
+        if seam is not None and head != seam and head not in seen and restarts < RESTARTS:
+            restarts += 1
+            log.info("%s shifted while it was paged (no paginacao): listed again", part)
+            page = await source.list_orders(part.query(part.start_offset, page_size))
+            await on_page(page)
+            if page.is_last:
+                return
+            offset = part.start_offset + len(page.items)
+            continue
+        if page.is_last or (seam is not None and head == seam and len(page.items) == 1):
+            return
+        offset = at + len(page.items)
 
 
 async def status_totals(
@@ -159,11 +195,6 @@ def checkpoint_value(next_offset: int, complete: bool, last_id: int | None = Non
     if last_id is not None:
         value["last_id"] = last_id
     return orjson.dumps(value).decode()
-
-
-def _item_id(item: object) -> int | None:
-    value = item.get("id") if isinstance(item, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class ListingEngine:
@@ -241,7 +272,7 @@ class ListingEngine:
         if offset == 0 or part.resume_id is None:
             return offset
         seam = await self._source.list_orders(part.query(offset - 1, 1))
-        if seam.items and _item_id(seam.items[0]) == part.resume_id:
+        if seam.items and item_id(seam.items[0]) == part.resume_id:
             return offset
         log.info("%s shifted since its checkpoint at offset %d: listed again from the start",
                  part.key, offset)  # fmt: skip
@@ -259,7 +290,7 @@ class ListingEngine:
             seam, seam_id = offset, last_id
             offset += len(page.items)
             last_total = page.total
-            last_id = _item_id(page.items[-1]) if page.items else None
+            last_id = item_id(page.items[-1]) if page.items else None
             assert part.key is not None, "checkpointed partitions need a key"
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             # Orders left the partition while it was paged: if the ones before this page
@@ -267,7 +298,7 @@ class ListingEngine:
             # (twice at most: a partition that keeps moving is left to the cycles).
             if shrunk and seam_id is not None and restarts < 2:
                 probe = await self._source.list_orders(part.query(seam - 1, 1))
-                if not probe.items or _item_id(probe.items[0]) != seam_id:
+                if not probe.items or item_id(probe.items[0]) != seam_id:
                     log.info("%s shifted while it was paged: listed again", part.key)
                     restarts += 1
                     offset, last_total, last_id = 0, None, None

@@ -43,6 +43,9 @@ class Quirks:
     #: The status answering a refused (expired, revoked, unknown) access token: Tiny
     #: documents both 401 and 403, and which one a dead token gets is not said.
     refused_token_status: int = 401
+    #: Order ids as numeric strings (``"700000123"``), as Tiny's older API sent every
+    #: number; the client accepts them like ``situacao``'s ``"3"``.
+    ids_as_strings: bool = False
 
     def __post_init__(self) -> None:
         if self.situacao_style not in SITUACAO_STYLES:

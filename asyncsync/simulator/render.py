@@ -92,7 +92,7 @@ class Renderer:
         """One entry of ``GET /ordem-servico``'s ``itens``."""
         oid = order.id
         return {
-            "id": oid,
+            "id": str(oid) if self.quirks.ids_as_strings else oid,
             "situacao": self.situacao(order.situacao, oid),
             "data": format_date(order.data),
             "dataPrevista": self.moment(order.data_prevista, oid),
@@ -106,7 +106,7 @@ class Renderer:
         """The body of ``GET /ordem-servico/{id}``."""
         oid = order.id
         body: dict[str, Any] = {
-            "id": oid,
+            "id": str(oid) if self.quirks.ids_as_strings else oid,
             "numeroOrdemServico": order.numero,
             "situacao": self.situacao(order.situacao, oid),
             "data": format_date(order.data),
