@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from asyncsync.flags import FLAGS, MODES, build_parser
 from asyncsync.store.database import with_database
@@ -353,14 +354,34 @@ async def test_tiny_refusing_the_app_itself_is_configuration(simulator, database
             "TINY_API_BASE_URL": sim.base_url, "TINY_TOKEN_URL": sim.token_url}  # fmt: skip
     wrong_url = {**base, "TINY_CLIENT_SECRET": sim.config.client_secret,
                  "TINY_TOKEN_URL": sim.token_url.replace("/token", "/nowhere")}  # fmt: skip
-    for env, message in (
-        (base, "refused the app's credentials (invalid_client) for account 'default': check "
-               "TINY_CLIENT_ID and TINY_CLIENT_SECRET"),
-        (wrong_url, "answered 404: check TINY_TOKEN_URL (--token-url)"),
-    ):  # fmt: skip
-        result = await asyncio.to_thread(run_cli, "sync", "--database-url", database_url, env=env)
-        assert result.returncode == 2, result.stderr
-        assert message in result.stderr and "Traceback" not in result.stderr
+
+    # The address of a web page: it answers 200, with HTML.
+    async def login(_: web.Request) -> web.Response:
+        return web.Response(text="<html>Entrar</html>", content_type="text/html")
+
+    page = web.Application()
+    page.router.add_post("/login", login)
+    runner = web.AppRunner(page)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    html = {**wrong_url, "TINY_TOKEN_URL": f"http://127.0.0.1:{port}/login"}
+    try:
+        for env, message in (
+            (base, "refused the app's credentials (invalid_client) for account 'default': "
+                   "check TINY_CLIENT_ID and TINY_CLIENT_SECRET"),
+            (wrong_url, "answered 404: check TINY_TOKEN_URL (--token-url)"),
+            (html, "answered 200 with no OAuth JSON ('<html>Entrar</html>'): check "
+                   "TINY_TOKEN_URL (--token-url)"),
+        ):  # fmt: skip
+            result = await asyncio.to_thread(
+                run_cli, "sync", "--database-url", database_url, env=env
+            )
+            assert result.returncode == 2, result.stderr
+            assert message in result.stderr and "Traceback" not in result.stderr
+    finally:
+        await runner.cleanup()
     assert sim.valid_refresh_token() == base["TINY_REFRESH_TOKEN"]  # nothing was spent
     # Runs that began and failed: both in the history, for status and health to show.
     conn = await asyncpg.connect(database_url)
@@ -368,5 +389,6 @@ async def test_tiny_refusing_the_app_itself_is_configuration(simulator, database
         rows = await conn.fetch("SELECT outcome, errors FROM sync_runs ORDER BY id")
     finally:
         await conn.close()
-    assert [r["outcome"] for r in rows] == ["failed", "failed"]
+    assert [r["outcome"] for r in rows] == ["failed", "failed", "failed"]
     assert "invalid_client" in rows[0]["errors"][0] and "TINY_TOKEN_URL" in rows[1]["errors"][0]
+    assert "no OAuth JSON" in rows[2]["errors"][0]

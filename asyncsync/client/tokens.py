@@ -386,7 +386,16 @@ class TokenManager:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TinyUnavailable(f"token endpoint unreachable: {exc!r}") from exc
-        return self._granted(status, _json_object(body), sent_at, refresh_token)
+        data = _json_object(body)
+        if not data and status < 500 and status not in (404, 405):
+            # A web page (a login form, a proxy's) or nothing at all: not an OAuth endpoint.
+            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
+            preview = body[:120].decode("utf-8", errors="replace").strip() or "an empty body"
+            raise TinyAuthMisconfigured(
+                f"the token endpoint {self._token_url} answered {status} with no OAuth JSON "
+                f"({preview!r}): check TINY_TOKEN_URL (--token-url)"
+            )
+        return self._granted(status, data, sent_at, refresh_token)
 
     def _granted(
         self, status: int, data: dict[str, Any], sent_at: dt.datetime, spent: str | None
