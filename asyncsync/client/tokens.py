@@ -387,7 +387,7 @@ class TokenManager:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TinyUnavailable(f"token endpoint unreachable: {exc!r}") from exc
         data = _json_object(body)
-        if not data and status < 500 and status not in (404, 405):
+        if not data and status < 400:
             # A web page (a login form, a proxy's) or nothing at all: not an OAuth endpoint.
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
             preview = body[:120].decode("utf-8", errors="replace").strip() or "an empty body"
