@@ -116,4 +116,8 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     # One line per retried attempt drowns the log in a bad hour; every run report counts
     # its retries and 429s instead, and a request that gives up still says so (ERROR).
+    # Imported first: importing backoff sets its logger to INFO, and the modes (and the
+    # token manager with them) are imported after this runs.
+    import backoff  # noqa: F401
+
     logging.getLogger("backoff").setLevel(logging.WARNING)

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from asyncsync import metrics
+from asyncsync.errors import TinyUnavailable
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
 from asyncsync.simulator import Quirks, TinySimulator
@@ -385,3 +386,49 @@ async def test_orders_the_api_forbids_cost_no_refresh_each(simulator, runtime_fo
     expected = {i: o for i, o in sim.snapshot().items() if i not in set(forbidden)}
     got = await mirror(db)
     assert diff(expected, {i: o for i, o in got.items() if i not in set(forbidden)}) == []
+
+
+async def test_retries_of_the_token_endpoint_are_not_logged_one_by_one(
+    simulator, database_url
+) -> None:
+    # Tiny down from the start, its token endpoint too: the refresh is tried three times
+    # and gives up (said once, ERROR); its retries were logged one by one at INFO by the
+    # backoff library, whose import reset the level logs.configure had set.
+    sim = await simulator(orders=50, seed=6)
+    sim.set_outage("503")
+    env = {**app_env(sim), "TINY_REFRESH_TOKEN": sim.valid_refresh_token() or ""}
+    proc = await asyncsync("sync", *tiny_args(sim, database_url), "--log-format", "json",
+                           env=env)  # fmt: skip
+    _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = err.decode()
+    assert proc.returncode == 5, text
+    assert sim.stats.requests_by_endpoint["token"] >= 2  # it was retried
+    assert "Backing off" not in text, text
+
+
+async def test_an_outage_met_at_the_token_endpoint_opens_the_circuit(
+    simulator, runtime_for, db
+) -> None:
+    # Every request needs a fresh 1-s token (one request a second), and Tiny goes down —
+    # its token endpoint with it — once details are being fetched. The refreshes failed
+    # before any request reached the API, the breaker counted none of them: 270 token
+    # requests in 137 s, and the sync ended "ok" with its details left for later.
+    sim = await simulator(orders=120, seed=6, access_ttl_s=1.0, rate_limit_per_minute=60)
+
+    async def down_once_details_flow() -> None:
+        while sim.stats.requests_by_endpoint["detail"] < 2:  # noqa: ASYNC110 (a counter)
+            await asyncio.sleep(0.05)
+        sim.set_outage("503")
+
+    watcher = asyncio.create_task(down_once_details_flow())
+    try:
+        async with runtime_for(sim, max_retries=3, breaker_failures=4,
+                               breaker_cooldown_s=30) as rt:  # fmt: skip
+            with pytest.raises(TinyUnavailable):
+                await asyncio.wait_for(full_sync(rt, detail_budget=20), 60)
+            assert rt.client.breaker.retry_at > 0  # the circuit is open
+    finally:
+        watcher.cancel()
+    # The 4 refresh attempts that opened it, three tries each, and those in flight.
+    assert sim.stats.outage_answers <= (4 + 8) * 3, sim.stats.as_dict()
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0

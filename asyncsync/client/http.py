@@ -285,7 +285,15 @@ class TinyClient:
         self.breaker.refuse_if_open()
         async with self.limiter.slot() as seq:
             await self.breaker.admit()  # it may have opened while this request waited
-            token = await self._tokens.access_token()
+            try:
+                token = await self._tokens.access_token()
+            except TinyUnavailable:
+                # Tiny's token endpoint is down (its own three tries spent): Tiny is down.
+                # Uncounted, a short-lived token kept every request asking the endpoint
+                # and none reaching the API, so the circuit never opened and a run whose
+                # every request failed ended "ok".
+                self.breaker.failure("token_endpoint")
+                raise
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             observed_at = self._clock()
             started = time.perf_counter()
