@@ -30,7 +30,7 @@ from pgqueuer.models import Job, Schedule, TableChangedEvent, TracebackRecord
 from pgqueuer.types import JOB_STATUS
 
 from ..clock import utcnow
-from ..errors import ConfigError, Requeue
+from ..errors import ConfigError, DatabaseUnavailable, Requeue
 from ..seams import PickedWork, QueueCount, Tick, WorkHandler, WorkItem
 from .resilience import CAUGHT, SqlRunner, classify, guarded
 from .sqlfiles import sql
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 #: The queue's log keeps a row per pick, re-queue and end of every unit; older rows that
 #: its statistics already count are removed by :meth:`PgWorkQueue.prune`.
 LOG_RETENTION = dt.timedelta(days=2)
+#: Pauses between tries of a re-queue while the database is away, seconds.
+RETRY_FIRST_PAUSE_S = 0.5
+RETRY_MAX_PAUSE_S = 5.0
 #: Units claimed by one dequeue: small, so that units spread over the workers.
 MAX_BATCH = 4
 #: pgqueuer's own lines are about its machinery (a re-queue is how periodic units re-arm
@@ -83,7 +86,26 @@ class _Queries(Queries):
     async def retry_job(
         self, job: Job, delay: dt.timedelta, traceback_record: TracebackRecord | None
     ) -> None:
-        await super().retry_job(job, delay, traceback_record)
+        # A unit ends by going back to the queue. If the database is away just then (the
+        # outage that failed the unit, usually), pgqueuer takes the failed UPDATE for a
+        # failure of the job and holds it as 'failed': a cycle waited for the planner's
+        # next minute, and a backfill month, which nothing plans again, was never run.
+        # The re-queue is tried again until the database answers (the unit's heartbeat
+        # goes on meanwhile; a drain's deadline still cuts it).
+        pause, said = RETRY_FIRST_PAUSE_S, False
+        while True:
+            try:
+                await super().retry_job(job, delay, traceback_record)
+                break
+            except CAUGHT as exc:
+                if not isinstance(classify(exc, "re-queueing a unit"), DatabaseUnavailable):
+                    raise
+                if not said:
+                    log.warning("the database is away: unit %s goes back to the queue once it "
+                                "answers (%s)", job.id, exc)  # fmt: skip
+                    said = True
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX_PAUSE_S)
         channel = self.qbq.settings.channel
         event = TableChangedEvent(channel=channel, sent_at=utcnow(),
                                   type="table_changed_event", operation="update",

@@ -584,3 +584,43 @@ async def test_the_backfill_months_of_a_disabled_account_wait_for_it(database_ur
         await work
     rows = await db.fetch("SELECT payload FROM pgqueuer WHERE status = 'queued'")
     assert sorted(orjson.loads(r["payload"])["account"] for r in rows) == ["big", "big"]
+
+
+async def test_a_unit_whose_requeue_meets_the_database_away_is_not_held_as_failed(
+    simulator, own_postgres: OwnPostgres
+) -> None:
+    # The database goes away as a cycle ends, so the unit's re-queue fails: pgqueuer held
+    # the unit as 'failed'. A cycle then waited for the planner's next minute; a backfill
+    # month, which nothing plans again, would never have run.
+    sim = await simulator(orders=100, seed=12)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0)
+    stop = asyncio.Event()
+    ends: list[float] = []
+    restarted: list[float] = []
+
+    async def restart_later() -> None:
+        await asyncio.sleep(3)
+        await asyncio.to_thread(own_postgres.start)
+        restarted.append(time.monotonic())
+
+    async def after_cycle(rt, reports) -> None:
+        ends.append(time.monotonic())
+        if len(ends) == 1:  # gone as the unit ends: its re-queue meets the outage
+            own_postgres.stop()
+            asyncio.get_running_loop().create_task(restart_later())
+        else:
+            stop.set()
+
+    async with open_runtime(common) as rt:
+        options = ServeOptions(interval_s=1, heartbeat_s=30, cycle=cycle(detail_budget=10_000))
+        code = await asyncio.wait_for(serve_loop(rt, options, stop, after_cycle=after_cycle),
+                                      120)  # fmt: skip
+    assert code == 0 and restarted
+    conn = await asyncpg.connect(own_postgres.dsn)
+    try:
+        failed = await conn.fetchval("SELECT count(*) FROM pgqueuer WHERE status = 'failed'")
+    finally:
+        await conn.close()
+    assert failed == 0
+    # The same unit ran again (at the queue's next poll, at worst), not a new one planned.
+    assert ends[1] - restarted[0] < 35, ends[1] - restarted[0]
