@@ -23,10 +23,12 @@ from collections.abc import Mapping, Sequence
 
 import asyncpg
 from pgqueuer import PgQueuer, Queries, RetryRequested
+from pgqueuer.adapters.drivers.asyncpg import Relay
 from pgqueuer.db import AsyncpgPoolDriver
 from pgqueuer.domain.settings import db_settings
 from pgqueuer.executors import AsyncCrontab, AsyncEntrypoint
 from pgqueuer.models import Job, Schedule, TableChangedEvent, TracebackRecord
+from pgqueuer.ports.driver import NotifyCallback
 from pgqueuer.types import JOB_STATUS
 
 from ..clock import utcnow
@@ -126,6 +128,89 @@ class _Queries(Queries):
             await super().log_jobs(rest)
 
 
+class _ListeningDriver(AsyncpgPoolDriver):
+    """pgqueuer's pool driver, listening again when its LISTEN connection dies.
+
+    The library LISTENs on one pooled connection for the whole of a worker's life and
+    does not notice when that connection dies with a database restart: its wake-ups
+    (a unit re-queued, a unit enqueued by another process) then never arrive, and every
+    unit waits for the next poll, up to ``dequeue_timeout`` (30 s) late, until the worker
+    restarts. Here the connection's end is noticed, and the listeners are set up again on
+    a fresh connection as soon as the database takes one; a dead connection is not reset
+    at exit either (that raised, and read as the database being lost)."""
+
+    RELISTEN_PAUSE_S = (0.5, 1.0, 2.0, 5.0)
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self._channels: list[tuple[str, NotifyCallback]] = []
+        self._relisten: asyncio.Task[None] | None = None
+        self._closing = False
+        self.relistened = 0
+
+    async def add_listener(self, channel: str, callback: NotifyCallback) -> None:
+        await super().add_listener(channel, callback)
+        self._channels.append((channel, callback))
+        self._watch()
+
+    def _watch(self) -> None:
+        conn = self._listener_connection
+        if conn is not None:
+            conn.add_termination_listener(self._lost)
+
+    def _lost(self, _conn: object) -> None:
+        if self._closing or (self._relisten is not None and not self._relisten.done()):
+            return
+        self._relisten = asyncio.get_running_loop().create_task(
+            self._listen_again(), name="work-queue-relisten"
+        )
+
+    async def _listen_again(self) -> None:
+        attempt = 0
+        while not self._closing:
+            async with self._lock:
+                self._listener_connection = None  # dead: the pool took it back already
+                conn = None
+                try:
+                    conn = await self._pool.acquire()
+                    for channel, callback in self._channels:
+                        await conn.add_listener(channel, Relay(callback))
+                except CAUGHT as exc:
+                    if conn is not None:
+                        with contextlib.suppress(*CAUGHT):
+                            await self._pool.release(conn)
+                    log.debug("the work queue cannot listen yet: %s", exc)
+                else:
+                    self._listener_connection = conn
+                    self.relistened += 1
+                    self._watch()
+                    log.info("the work queue listens again (its connection had died)")
+                    break
+            await asyncio.sleep(self.RELISTEN_PAUSE_S[min(attempt, len(self.RELISTEN_PAUSE_S) - 1)])
+            attempt += 1
+        # What was announced while nobody listened is lost: wake the queue once, so it
+        # looks at the table now instead of at its next poll.
+        settings = db_settings()
+        event = TableChangedEvent(channel=settings.channel, sent_at=utcnow(),
+                                  type="table_changed_event", operation="update",
+                                  table=settings.queue_table)  # fmt: skip
+        for _, callback in self._channels:
+            with contextlib.suppress(Exception):
+                callback(event.model_dump_json())
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._entered <= 1:
+            self._closing = True
+            if self._relisten is not None:
+                self._relisten.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._relisten
+            conn = self._listener_connection
+            if conn is not None and (conn._con is None or conn.is_closed()):
+                self._listener_connection = None  # nothing to reset: it died
+        await super().__aexit__(*exc)
+
+
 class PgWorkQueue:
     """The work queue of one database. Implements ``seams.WorkQueue``."""
 
@@ -188,7 +273,7 @@ class PgWorkQueue:
     ) -> None:
         await self.install()
         # Its own driver: the library holds one pooled connection to LISTEN on.
-        driver = AsyncpgPoolDriver(self._sql.pool)
+        driver = _ListeningDriver(self._sql.pool)
         pgq = PgQueuer(driver, queries=_Queries(driver))
         self._worker_id = str(pgq.qm.queue_manager_id)
         fields = {"event": "queue_started", "queue_worker": self._worker_id}

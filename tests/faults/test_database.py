@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import time
 
@@ -624,3 +625,37 @@ async def test_a_unit_whose_requeue_meets_the_database_away_is_not_held_as_faile
     assert failed == 0
     # The same unit ran again (at the queue's next poll, at worst), not a new one planned.
     assert ends[1] - restarted[0] < 35, ends[1] - restarted[0]
+
+
+async def test_after_a_database_restart_units_are_picked_when_due_not_at_the_next_poll(
+    simulator, own_postgres: OwnPostgres, caplog
+) -> None:
+    # The queue LISTENs on one pooled connection for a worker's whole life. A database
+    # restart kills it, and pgqueuer does not notice: every wake-up (a unit re-queued when
+    # its cycle ends) was lost, so each cycle then started at the queue's next poll, 30 s
+    # late, for as long as the worker lived — and its shutdown said "the work queue lost
+    # the database" (resetting the dead connection), the database being there.
+    sim = await simulator(orders=100, seed=12)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0)
+    stop = asyncio.Event()
+    ends: list[float] = []
+
+    async def after_cycle(rt, reports) -> None:
+        ends.append(time.monotonic())
+        if len(ends) == 2:  # between two cycles: the database restarts
+            own_postgres.stop()
+            await asyncio.sleep(1)
+            await asyncio.to_thread(own_postgres.start)
+        if len(ends) == 5:
+            stop.set()
+
+    async with open_runtime(common) as rt:
+        options = ServeOptions(interval_s=3, heartbeat_s=30, cycle=cycle(detail_budget=10_000))
+        with caplog.at_level(logging.INFO):
+            code = await asyncio.wait_for(serve_loop(rt, options, stop, after_cycle=after_cycle),
+                                          150)  # fmt: skip
+    assert code == 0
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(ends)]
+    assert max(gaps) < 10, gaps  # was [3.0, 30.0, 30.0, 30.0]
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("the work queue lost the database" in m for m in said), said
