@@ -17,6 +17,7 @@ a worker holds). Queries are ``sql/<name>.sql`` files with their parameters in a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 from collections.abc import AsyncIterator, Sequence
@@ -39,7 +40,7 @@ from .leases import Leases
 from .locks import account_lock, lock_holder
 from .metadata import PgMetadata
 from .orders import PgOrderStore
-from .resilience import Reconnect, SqlRunner, guarded
+from .resilience import Reconnect, SqlRunner, classify, guarded
 from .runs import PgRunLog
 from .sqlfiles import sql
 from .tokens import PgTokenStore
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["AccountStore", "Database", "Leases", "PgAccounts", "open_database"]
 
 _OPEN = tuple(int(code) for code in OPEN_STATUSES)
+#: Seconds a readiness probe waits for ``SELECT 1`` before the database counts as away.
+PING_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,20 @@ class AccountStore:
         return account_lock(self._sql.pool, self.account, purpose, wait_s=wait_s)
 
     async def ping(self) -> None:
-        """Raise DatabaseError unless the database answers (no reconnecting: a probe)."""
-        await guarded(self._sql.pool.fetchval(sql("ping")), "reaching the database")
+        """Raise DatabaseError unless the database answers within :data:`PING_TIMEOUT_S`
+        (no reconnecting: a probe). Not the statement timeout: against a frozen server a
+        pooled query gives up only after it, and then waits as long again for the
+        cancellation to be answered while the connection goes back to the pool, so
+        ``/readyz`` stayed ready through any freeze shorter than about twice the
+        statement timeout (plus 5 s): four minutes at the defaults."""
+        probe = asyncio.ensure_future(self._sql.pool.fetchval(sql("ping")))
+        # Not wait_for: it would wait for the cancellation, which a frozen server holds up.
+        done, _ = await asyncio.wait({probe}, timeout=PING_TIMEOUT_S)
+        if not done:
+            probe.cancel()  # it ends when the server answers, or its own timeout fires
+            probe.add_done_callback(lambda p: p.cancelled() or p.exception())
+            raise classify(TimeoutError(), "reaching the database")
+        await guarded(probe, "reaching the database")
 
     async def status(
         self, now: dt.datetime, policy: RetryPolicy, census: Census | None = None

@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import itertools
 import logging
+import socket
 import time
 
 import aiohttp
@@ -659,3 +660,47 @@ async def test_after_a_database_restart_units_are_picked_when_due_not_at_the_nex
     assert max(gaps) < 10, gaps  # was [3.0, 30.0, 30.0, 30.0]
     said = [r.getMessage() for r in caplog.records]
     assert not any("the work queue lost the database" in m for m in said), said
+
+
+async def test_readiness_names_a_frozen_database_while_it_is_frozen(
+    simulator, own_postgres: OwnPostgres
+) -> None:
+    # SIGSTOP for 13 s, with a 3 s statement timeout: /readyz must say so during the
+    # freeze. Its probe gave up only after the client-side timeout (8 s), then waited as
+    # long again for the connection's release, so it said "ready" throughout.
+    sim = await simulator(orders=200, seed=13)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0,
+                     statement_timeout_s=3.0, lock_timeout_s=3.0)  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop = asyncio.Event()
+    options = ServeOptions(interval_s=2, heartbeat_s=30, metrics_port=port, cycle=cycle())
+    serving = asyncio.create_task(serve.run(common, options, stop))
+    said: list[str] = []
+    try:
+        conn = await asyncpg.connect(own_postgres.dsn)
+        try:
+            for _ in range(300):
+                with contextlib.suppress(asyncpg.UndefinedTableError):
+                    if await conn.fetchval("SELECT count(*) FROM sync_runs WHERE outcome='ok'"):
+                        break
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+        await asyncio.sleep(1)
+        own_postgres.freeze()
+        try:
+            async with aiohttp.ClientSession() as http:
+                frozen_until = time.monotonic() + 13
+                while time.monotonic() < frozen_until:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                        said.append(f"{ready.status} {await ready.text()}")
+                    await asyncio.sleep(0.5)
+        finally:
+            own_postgres.thaw()
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 90)
+    assert said and said[0].startswith("200"), said  # ready before
+    assert any(s.startswith("503") and "database" in s for s in said), said
