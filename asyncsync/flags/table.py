@@ -164,7 +164,8 @@ FLAGS: tuple[Flag, ...] = (
     # sync and serve cycles
     F("--detail-budget", "ASYNCSYNC_DETAIL_BUDGET", CycleOptions, "detail_budget", integer(0),
       "most detail requests per run for changed orders (default: no limit; serve: ~70%% of "
-      "an interval's quota); open orders absent from every listing are asked regardless",
+      "an interval's quota, at least 500); open orders absent from every listing are asked "
+      "regardless",
       metavar="N"),
     F("--open-statuses", "ASYNCSYNC_OPEN_STATUSES", CycleOptions, "open_statuses",
       status_codes, "status codes listed completely every cycle", metavar="CODES"),
