@@ -108,14 +108,10 @@ class _Queries(Queries):
                     said = True
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX_PAUSE_S)
-        channel = self.qbq.settings.channel
-        event = TableChangedEvent(channel=channel, sent_at=utcnow(),
-                                  type="table_changed_event", operation="update",
-                                  table=self.qbq.settings.queue_table)  # fmt: skip
         # Only a wake-up (workers poll anyway): failing, it must not fail the re-queue,
         # which would mark the unit failed.
         with contextlib.suppress(*CAUGHT):
-            await self.driver.notify(channel, event.model_dump_json())
+            await self.driver.notify(self.qbq.settings.channel, _wake_up())
 
     async def log_jobs(
         self, job_status: list[tuple[Job, JOB_STATUS, TracebackRecord | None]]
@@ -126,6 +122,15 @@ class _Queries(Queries):
         rest = [entry for entry in job_status if entry[1] != "canceled"]
         if rest:
             await super().log_jobs(rest)
+
+
+def _wake_up() -> str:
+    """The notification that tells every worker the queue's table changed."""
+    settings = db_settings()
+    event = TableChangedEvent(channel=settings.channel, sent_at=utcnow(),
+                              type="table_changed_event", operation="update",
+                              table=settings.queue_table)  # fmt: skip
+    return event.model_dump_json()
 
 
 class _ListeningDriver(AsyncpgPoolDriver):
@@ -190,13 +195,9 @@ class _ListeningDriver(AsyncpgPoolDriver):
             attempt += 1
         # What was announced while nobody listened is lost: wake the queue once, so it
         # looks at the table now instead of at its next poll.
-        settings = db_settings()
-        event = TableChangedEvent(channel=settings.channel, sent_at=utcnow(),
-                                  type="table_changed_event", operation="update",
-                                  table=settings.queue_table)  # fmt: skip
         for _, callback in self._channels:
             with contextlib.suppress(Exception):
-                callback(event.model_dump_json())
+                callback(_wake_up())
 
     async def __aexit__(self, *exc: object) -> None:
         if self._entered <= 1:
