@@ -32,7 +32,7 @@ from ..jobs.sync import sync_once
 from ..options import ServeOptions
 from ..readiness import Readiness
 from ..report import RunReport, failed_report, headline, log_fields, note_failure, observe
-from .health import say_health
+from .health import say_health, say_unsaid
 from .ports import AccountRuntime
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ async def run_cycle(
     """One cycle of ``rt``'s account. Raises ReauthorizationRequired (after recording
     it): only a person can fix that."""
     started_at, started = utcnow(), time.monotonic()
+    await say_unsaid(rt)  # a failure the database was too far away to hear of
     try:
         await rt.client.keep_alive()
         reports = await cycle(rt, options, stop)

@@ -20,11 +20,29 @@ from .ports import AccountRuntime, Fleet
 SERVE_HEALTH_KEY = "serve_health"
 
 
+#: What could not be said because the database was away, by runtime: said once it answers
+#: (the next cycle's start, the readiness check after a cycle), unless something newer was.
+_UNSAID: dict[int, str] = {}
+
+
 async def say_health(rt: AccountRuntime, problem: str | None) -> None:
     """Tell ``--mode health`` (another process) how the account's last cycle went."""
     value = {"ok": problem is None, "problem": problem, "at": iso(utcnow())}
+    _UNSAID[id(rt)] = orjson.dumps(value).decode()
+    await say_unsaid(rt)
+
+
+async def say_unsaid(rt: AccountRuntime) -> None:
+    """Write what :func:`say_health` could not, if anything (best effort). Left unsaid, a
+    cycle the database failed read as the one before it (healthy) once the database was
+    back, until the next cycle ended."""
+    value = _UNSAID.get(id(rt))
+    if value is None:
+        return
     with contextlib.suppress(DatabaseError):  # the database may be what failed
-        await rt.store.metadata.set(SERVE_HEALTH_KEY, orjson.dumps(value).decode())
+        await rt.store.metadata.set(SERVE_HEALTH_KEY, value)
+        if _UNSAID.get(id(rt)) == value:
+            del _UNSAID[id(rt)]
 
 
 async def check_readiness(
@@ -45,6 +63,7 @@ async def check_readiness(
         readiness.set("database", f"unreachable: {exc}")
         return
     readiness.clear("database")
+    await say_unsaid(rt)
     observe_status(status)
     judge(status, interval_s, readiness, now)
 

@@ -32,6 +32,7 @@ from asyncsync.store.queue import PgWorkQueue
 from asyncsync.store.resilience import Reconnect, SqlRunner, classify
 from asyncsync.work import worker
 from asyncsync.work.handlers import Dispatcher, Hooks
+from asyncsync.work.health import SERVE_HEALTH_KEY, check_readiness, say_health
 from asyncsync.work.units import Kind, Unit
 
 from ..helpers import common_for, cycle, full_sync
@@ -704,3 +705,32 @@ async def test_readiness_names_a_frozen_database_while_it_is_frozen(
         await asyncio.wait_for(serving, 90)
     assert said and said[0].startswith("200"), said  # ready before
     assert any(s.startswith("503") and "database" in s for s in said), said
+
+
+async def test_a_failure_the_database_could_not_hear_of_is_said_once_it_answers(
+    simulator, own_postgres: OwnPostgres
+) -> None:
+    # A cycle the database failed could not write so in serve_health: once the database
+    # was back, `asyncsync health` read the cycle before it (healthy) until the next cycle
+    # ended. What was not said is said as soon as the database answers again.
+    sim = await simulator(orders=50, seed=15)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0)
+
+    async def said() -> dict[str, object]:
+        conn = await asyncpg.connect(own_postgres.dsn)
+        try:
+            value = await conn.fetchval("SELECT valor FROM sync_metadata WHERE chave = $1",
+                                        SERVE_HEALTH_KEY)  # fmt: skip
+        finally:
+            await conn.close()
+        return dict(orjson.loads(value))
+
+    async with open_runtime(common) as rt:
+        await say_health(rt, None)  # the cycle before: healthy
+        assert (await said())["ok"] is True
+        own_postgres.stop()
+        await say_health(rt, "last cycle failed: the database is unreachable")
+        await asyncio.to_thread(own_postgres.start)
+        await check_readiness(rt, 60, Readiness())  # after a cycle, or at the next one's start
+        health = await said()
+    assert health["ok"] is False and "database is unreachable" in str(health["problem"])
