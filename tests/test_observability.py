@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import shutil
 import subprocess
@@ -226,3 +227,29 @@ async def test_the_counters_and_gauges_say_what_happened(simulator, database_url
         await execute("sync", broken, SyncOptions(cycle=cycle()), asyncio.Event())
     assert metrics.value("asyncsync_run_seconds_count", runs) == timed == 2
     assert metrics.value("asyncsync_runs_total", {**runs, "outcome": "failed"}) == 1
+
+
+def test_pgqueuers_flush_failures_are_said_once_a_minute(caplog) -> None:
+    # While the database is away its buffers fail to flush ten times a second, each with
+    # a traceback: one short line a minute is enough (the worker says the rest).
+    from asyncsync.store.queue import _FlushFailedOnceAMinute
+
+    assert any(
+        isinstance(f, _FlushFailedOnceAMinute) for f in logging.getLogger("pgqueuer").filters
+    )
+    library = logging.getLogger("pgqueuer.test")  # a filter of its own: no earlier test's line
+    library.addFilter(_FlushFailedOnceAMinute())
+    with caplog.at_level(logging.WARNING, logger="pgqueuer.test"):
+        for _ in range(20):
+            try:
+                raise ConnectionRefusedError("[Errno 111] 100% refused")
+            except ConnectionRefusedError:
+                library.exception("Flush failed, requeuing %d items", 1)
+        library.warning("something else")
+    said = [r for r in caplog.records if r.name == "pgqueuer.test"]
+    assert [r.getMessage() for r in said] == [
+        "Flush failed, requeuing 1 items (ConnectionRefusedError('[Errno 111] 100% refused'); "
+        "said once a minute)",
+        "something else",
+    ]
+    assert said[0].exc_info is None

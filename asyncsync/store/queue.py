@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Mapping, Sequence
 
 import asyncpg
@@ -50,6 +51,40 @@ MAX_BATCH = 4
 #: pgqueuer's own lines are about its machinery (a re-queue is how periodic units re-arm
 #: here, not a failure): warnings only.
 logging.getLogger("pgqueuer").setLevel(logging.WARNING)
+#: Seconds between two of pgqueuer's "Flush failed" lines.
+FLUSH_FAILED_EVERY_S = 60.0
+
+
+class _FlushFailedOnceAMinute(logging.Filter):
+    """While the database is away pgqueuer's heartbeat and log buffers fail to flush ten
+    times a second, each with a traceback (they keep their items and flush later; the
+    worker says the database is away in one line of its own): one line a minute, short."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = float("-inf")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Flush failed"):
+            return True
+        now = time.monotonic()
+        if now - self._last < FLUSH_FAILED_EVERY_S:
+            return False
+        self._last = now
+        if record.exc_info and record.exc_info[1] is not None:
+            args = record.args if isinstance(record.args, tuple) else ()
+            record.msg, record.args = (
+                f"{record.msg} (%r; said once a minute)",
+                (
+                    *args,
+                    record.exc_info[1],
+                ),
+            )
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("pgqueuer").addFilter(_FlushFailedOnceAMinute())
 
 
 def _check_names() -> None:
