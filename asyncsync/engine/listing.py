@@ -124,7 +124,7 @@ async def page_through(
     await run_all(worker() for _ in range(workers))
 
 
-#: Times a listing without totals starts over after its pages shifted down.
+#: Times a listing starts a partition over after its pages shifted down under it.
 RESTARTS = 2
 
 
@@ -271,12 +271,17 @@ class ListingEngine:
         offset = part.start_offset
         if offset == 0 or part.resume_id is None:
             return offset
-        seam = await self._source.list_orders(part.query(offset - 1, 1))
-        if seam.items and item_id(seam.items[0]) == part.resume_id:
+        if await self._seam_holds(part, offset, part.resume_id):
             return offset
         log.info("%s shifted since its checkpoint at offset %d: listed again from the start",
                  part.key, offset)  # fmt: skip
         return 0
+
+    async def _seam_holds(self, part: Partition, offset: int, order_id: int) -> bool:
+        """Whether ``order_id`` is still just before ``offset`` (one single-item request):
+        if not, orders before it left the partition and later ones moved down past it."""
+        seam = await self._source.list_orders(part.query(offset - 1, 1))
+        return bool(seam.items) and item_id(seam.items[0]) == order_id
 
     async def _page_sequentially(self, part: Partition) -> None:
         offset = await self._resume_at(part)
@@ -296,16 +301,19 @@ class ListingEngine:
             # Orders left the partition while it was paged: if the ones before this page
             # moved down, the order that was at the seam is on no page. Start over then
             # (twice at most: a partition that keeps moving is left to the cycles).
-            if shrunk and seam_id is not None and restarts < 2:
-                probe = await self._source.list_orders(part.query(seam - 1, 1))
-                if not probe.items or item_id(probe.items[0]) != seam_id:
-                    log.info("%s shifted while it was paged: listed again", part.key)
-                    restarts += 1
-                    offset, last_total, last_id = 0, None, None
-                    cp = Checkpoint(part.key, checkpoint_value(0, False))
-                    await self._queue.put(_Item(part, page, cp, done))
-                    await done  # this page is good: merged, the partition restarts
-                    continue
+            if (
+                shrunk
+                and seam_id is not None
+                and restarts < RESTARTS
+                and not await self._seam_holds(part, seam, seam_id)
+            ):
+                log.info("%s shifted while it was paged: listed again", part.key)
+                restarts += 1
+                offset, last_total, last_id = 0, None, None
+                cp = Checkpoint(part.key, checkpoint_value(0, False))
+                await self._queue.put(_Item(part, page, cp, done))
+                await done  # this page is good: merged, the partition restarts
+                continue
             cp = Checkpoint(part.key, checkpoint_value(offset, page.is_last, last_id))
             await self._queue.put(_Item(part, page, cp, done))
             await done  # merged and checkpointed together
