@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -33,9 +33,16 @@ import orjson
 from ..errors import RecordError, TinyAuthError, TinyError, TinyOutage
 from ..options import BATCH_ORDERS
 from ..progress import Progress
-from ..records import FailureRecord, OrderRecord, failure_from, item_id, parse_list_item
+from ..records import (
+    FailureRecord,
+    OrderRecord,
+    canonical_json,
+    failure_from,
+    item_id,
+    parse_list_item,
+)
 from ..seams import Checkpoint, ListQuery, MergeStats, OrderSink, OrderSource, Page
-from ..status import ALL_STATUSES
+from ..status import ALL_STATUSES, parse_situacao
 from ..tasks import run_all, unwrap
 
 log = logging.getLogger(__name__)
@@ -188,6 +195,24 @@ async def status_totals(
 
     await run_all(one(s) for s in statuses)
     return dict(sorted(totals.items()))
+
+
+def listed_failure(exc: RecordError, raw: object, situacao: int) -> FailureRecord:
+    """The failure of a list item that could not be mapped. When the item's own
+    ``situacao`` does not say the status it was listed under (an unknown code, none, not
+    an object at all), ``dados_api`` is ``{"list_item": ..., "listed_as": <status>}``:
+    the API counts the item in that status's total, and so must the mirror's count of what
+    it knows (``integrity_tracked_counts``), or the status looks short at every cycle and
+    is listed again whole each time."""
+    failure = failure_from(exc)
+    try:
+        own = isinstance(raw, Mapping) and int(parse_situacao(raw.get("situacao"))) == situacao
+    except ValueError:
+        own = False
+    if own or failure.raw is None:
+        return failure
+    dados = {"list_item": orjson.loads(failure.raw), "listed_as": situacao}
+    return FailureRecord(failure.order_id, failure.error, canonical_json(dados))
 
 
 def checkpoint_value(next_offset: int, complete: bool, last_id: int | None = None) -> str:
@@ -383,7 +408,7 @@ class ListingEngine:
                 try:
                     rec = parse_list_item(raw, item.page.observed_at)
                 except RecordError as exc:
-                    failures.append(failure_from(exc))
+                    failures.append(listed_failure(exc, raw, item.page.query.situacao))
                     continue
                 records.append(rec)
                 if seen is not None:

@@ -3,12 +3,14 @@
 -- The API lists them and counts them in paginacao.total; they are known, and the retry mode
 -- owns them, so the pre-check adds them to the mirror's counts. The status is read from the
 -- list item wherever a writer put it: integrity ('list_item'), retry ('original') or the
--- listing merge (the raw item itself). $1 account
+-- listing merge (the raw item itself). A list item whose own situacao does not say the
+-- status it was listed under carries that status as 'listed_as'. $1 account
 SELECT x.situacao, count(*) AS n
 FROM import_failures f
 CROSS JOIN LATERAL (
     SELECT substring(
         coalesce(
+            f.dados_api ->> 'listed_as',
             f.dados_api -> 'list_item' ->> 'situacao',
             f.dados_api -> 'original' ->> 'situacao',
             f.dados_api ->> 'situacao'
