@@ -243,3 +243,36 @@ async def test_an_order_finalized_reopened_and_finalized_again_reports_its_last_
         )
         # Not the first conclusion (10:00 on Jan 5th, or the first observed move into 3).
         assert tuple(row) == (last_in, "history"), (order, tuple(row), last_in)
+
+
+async def test_a_broken_list_item_stays_an_open_failure_after_its_cycle(
+    simulator, runtime_for, db
+) -> None:
+    """An open order whose list item no longer maps is a failure, and its detail is asked
+    (it looks vanished): the detail brings its status but must not resolve the failure,
+    since the list item is still broken and its fields were not imported."""
+    sim = await simulator(orders=300, seed=62, max_limit=20)
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, page_size=PAGE, recent_days=RECENT_DAYS, sweep_interval_s=1e9)
+    victim = next(o.id for o in sim.orders.values() if o.situacao == Situacao.EM_ANDAMENTO)
+    render = sim._renderer.list_item
+    sim._renderer.list_item = lambda o: (
+        {**render(o), "valor": "abc", "numeroOrdemServico": "NEW"} if o.id == victim else render(o)
+    )
+    sim.set_status(victim, Situacao.APROVADA)
+    for _ in range(2):
+        async with runtime_for(sim) as rt:
+            report = await incremental_sync(
+                rt, page_size=PAGE, recent_days=RECENT_DAYS, sweep_interval_s=1e9
+            )
+        assert report.count("import_failures") == 1
+        row = await db.fetchrow(
+            "SELECT resolvido, erro FROM import_failures WHERE id_ordem = $1", victim
+        )
+        assert row is not None and "valor" in row["erro"]
+        assert row["resolvido"] is False  # still broken: not resolved by the detail
+        # The detail still brings the status the listing could not.
+        assert await db.fetchval("SELECT situacao FROM ordens_servico WHERE id = $1", victim) == 5
+    expected = {i: o for i, o in sim.snapshot().items() if i != victim}
+    got = {i: o for i, o in (await mirror(db)).items() if i != victim}
+    assert diff(expected, got) == []

@@ -141,7 +141,11 @@ async def run_cycle(
         if vanished:
             progress.details_total = (progress.details_total or 0) + len(vanished)
             out = await fetch_details(source, sorted(vanished), concurrency=concurrency, stop=stop)
-            merged = await sink.merge_details(out.details, out.failures, out.missing)
+            # A list item that failed is still broken: its detail does not resolve it.
+            broken = listing.failed & vanished
+            merged = await sink.merge_details(
+                out.details, out.failures, out.missing, unresolved=broken
+            )
             result.details = result.details + merged + MergeStats(unavailable=len(out.unavailable))
             progress.details += len(vanished)
             out.raise_outage()

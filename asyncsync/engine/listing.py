@@ -72,6 +72,7 @@ class ListingResult:
     stats: MergeStats = field(default_factory=MergeStats)
     pages: int = 0
     seen: dict[int, set[int]] = field(default_factory=dict)  # status -> ids (track_seen)
+    failed: set[int] = field(default_factory=set)  # ids of list items that failed (track_seen)
     complete: set[Partition] = field(default_factory=set)  # partitions paged to the end
     totals: dict[Partition, int | None] = field(default_factory=dict)
 
@@ -409,6 +410,8 @@ class ListingEngine:
                     rec = parse_list_item(raw, item.page.observed_at)
                 except RecordError as exc:
                     failures.append(listed_failure(exc, raw, item.page.query.situacao))
+                    if seen is not None:
+                        self.result.failed.add(failures[-1].order_id)
                     continue
                 records.append(rec)
                 if seen is not None:

@@ -308,6 +308,7 @@ class OrderSink(Protocol):
         missing: Collection[int] = (),
         *,
         attempt: bool = False,
+        unresolved: Collection[int] = (),
     ) -> MergeStats: ...
 
     async def detail_backlog(self, limit: int, exclude: Collection[int] = ()) -> list[int]: ...

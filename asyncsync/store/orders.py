@@ -343,14 +343,19 @@ class PgOrderStore:
         missing: Collection[int] = (),
         *,
         attempt: bool = False,
+        unresolved: Collection[int] = (),
     ) -> MergeStats:
         """Apply fetched details; record failures; flag orders whose detail is gone (404).
+        The failures of ``unresolved`` orders stay open though their detail lands (their
+        list item is what failed, and it still does).
 
         A detail PostgreSQL refuses goes alone to ``import_failures``, as a listed record
         does (see :meth:`merge_listed`); the order keeps waiting for a detail."""
         details = await self._on_database_time(details)
         try:
-            stats = await self._details_once(details, failures, missing, attempt=attempt)
+            stats = await self._details_once(
+                details, failures, missing, attempt=attempt, unresolved=unresolved
+            )
         except DatabaseError as exc:
             if not _refused(exc) or not details:
                 raise
@@ -359,7 +364,9 @@ class PgOrderStore:
                 part: Sequence[DetailRecord], last: bool, more: Sequence[FailureRecord]
             ) -> MergeStats:
                 extra, gone = (failures, missing) if last else ((), ())
-                return await self._details_once(part, extra, gone, attempt=attempt, refused=more)
+                return await self._details_once(
+                    part, extra, gone, attempt=attempt, refused=more, unresolved=unresolved
+                )
 
             stats = await _bisect(list(details), merge, exc)
         metrics.DETAILS_FETCHED.labels(self.account).inc(stats.details)
@@ -374,10 +381,11 @@ class PgOrderStore:
         *,
         attempt: bool,
         refused: Sequence[FailureRecord] = (),
+        unresolved: Collection[int] = (),
     ) -> MergeStats:
         stats: MergeStats = await self._sql.run(
             "merging details",
-            lambda: self._merge_details(details, failures, missing, attempt, refused),
+            lambda: self._merge_details(details, failures, missing, attempt, refused, unresolved),
         )
         return stats
 
@@ -388,6 +396,7 @@ class PgOrderStore:
         missing: Collection[int],
         attempt: bool,
         refused: Sequence[FailureRecord],
+        unresolved: Collection[int] = (),
     ) -> MergeStats:
         now = self._clock()
         history = 0
@@ -404,7 +413,7 @@ class PgOrderStore:
                 # Only orders the mirror holds take a detail: a failure is resolved by its
                 # order being there, not by a detail that found no row to land on.
                 landed = await conn.fetch(sql("merge_details"), self.account)
-                ids = [row["id"] for row in landed]
+                ids = [row["id"] for row in landed if row["id"] not in unresolved]
                 await conn.execute(sql("resolve_failures"), self.account, ids, now)
             if missing:
                 await conn.execute(sql("mark_missing"), self.account, list(missing))
