@@ -385,3 +385,35 @@ async def test_a_status_integrity_could_not_correct_is_not_called_consistent(
         )  # fmt: skip
         report = await helpers.integrity(rt, deep=True)
     assert report.findings["not_corrected"] == [skewed] and report.exit_code == 1
+
+
+async def test_a_stop_during_the_import_of_missing_orders_keeps_what_arrived(
+    simulator, runtime_for, db
+) -> None:
+    """Stopped while importing missing orders, integrity stops soon and keeps what it
+    fetched (README: exit 130 merges what arrived; the next run resumes)."""
+    sim = await simulator(orders=600, seed=12)
+    missing = sorted(sim.orders)[:500]
+    stop = asyncio.Event()
+    async with runtime_for(sim, max_retries=2) as rt:
+        await full_sync(rt)
+        await db.execute("DELETE FROM ordens_servico WHERE id = ANY($1::bigint[])", missing)
+        asked = 0
+        get_order = rt.client.get_order
+
+        async def counted(*args, **kwargs):  # SIGTERM arrives after 60 detail requests
+            nonlocal asked
+            asked += 1
+            if asked == 60:
+                stop.set()
+            return await get_order(*args, **kwargs)
+
+        rt.client.get_order = counted  # type: ignore[method-assign]
+        report = await helpers.integrity(rt, stop=stop)
+    assert report.outcome == "interrupted"
+    # The stop is heeded: the requests in flight end, no new one starts...
+    assert asked <= 60 + 16, asked
+    # ...and what arrived before it is in the mirror, reported as recovered.
+    recovered = report.findings["recovered"]
+    assert len(recovered) >= 50
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 100 + len(recovered)

@@ -37,6 +37,9 @@ from .retry import DEFAULT_POLICY, split_outcome
 
 #: Orders in no listing whose detail is asked before flagging them possibly_deleted.
 CONFIRM_LIMIT = 500
+#: Missing orders imported per round: fetched, then merged before the next round's
+#: requests, so a stop (or a kill) loses at most one round of requests.
+IMPORT_CHUNK = 200
 #: Findings that were already known (owned by the retry mode): not new inconsistencies.
 _KNOWN = ("awaiting_retry", "manual_review")
 #: Findings this run met and could not fix.
@@ -261,8 +264,20 @@ class _Check:
         return [i for i, due in missing if due], unlisted
 
     async def _import(self, ids: Sequence[int]) -> None:
-        """Missing orders: detail first; only a complete order enters the mirror."""
-        out = await unwrap(fetch_details(self.source, ids, concurrency=self.ctx.concurrency))
+        """Missing orders: detail first; only a complete order enters the mirror. In rounds
+        of IMPORT_CHUNK, each merged before the next is asked: a stop ends the requests and
+        keeps what arrived."""
+        for start in range(0, len(ids), IMPORT_CHUNK):
+            if self.ctx.stop.is_set():
+                break
+            await self._import_chunk(ids[start : start + IMPORT_CHUNK])
+        for key in ("recovered", "failed", "unavailable"):
+            self.found[key] = sorted(self.found[key])
+
+    async def _import_chunk(self, ids: Sequence[int]) -> None:
+        out = await unwrap(
+            fetch_details(self.source, ids, concurrency=self.ctx.concurrency, stop=self.ctx.stop)
+        )
         details, failed = split_outcome(out)
         merged = await self.sink.merge_listed(
             [self.candidates[d.id] for d in details], attempt=True
@@ -273,9 +288,9 @@ class _Check:
         )
         refused = {f.order_id for f in merged.refused}  # a failed attempt, counted by the merge
         failed = [*failed, *merged.refused]
-        self.found["recovered"] = sorted(d.id for d in details if d.id not in refused)
-        self.found["failed"] = sorted(f.order_id for f in failed)
-        self.found["unavailable"] = sorted(out.unavailable)
+        self.found["recovered"] += [d.id for d in details if d.id not in refused]
+        self.found["failed"] += [f.order_id for f in failed]
+        self.found["unavailable"] += list(out.unavailable)
         out.raise_outage()
 
     def _with_item(self, failure: FailureRecord) -> FailureRecord:
@@ -288,7 +303,9 @@ class _Check:
         """In no listing: the detail decides (offset paging can skip an order that moved).
         Past CONFIRM_LIMIT orders, the rest wait for a later run: only a 404 flags one."""
         ask = ids[:CONFIRM_LIMIT]
-        out = await unwrap(fetch_details(self.source, ask, concurrency=self.ctx.concurrency))
+        out = await unwrap(
+            fetch_details(self.source, ask, concurrency=self.ctx.concurrency, stop=self.ctx.stop)
+        )
         await self.sink.merge_details(out.details)
         self.found["found_by_detail"] = sorted(d.id for d in out.details)
         # Only a 404 says "deleted"; a detail that failed proves nothing: a bad answer
