@@ -162,3 +162,38 @@ async def test_a_retry_goes_through_every_due_failure_chunk_by_chunk(
     assert report.counts["pending"] == 0
     assert await db.fetchval("SELECT count(*) FROM import_failures WHERE NOT resolvido") == 0
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_list_item_that_stays_broken_reaches_manual_review(
+    simulator, runtime_for, db
+) -> None:
+    """A list item that stays broken while its detail imports: each retry's fix does not
+    hold, and the failure must still reach its last attempt and manual review (section 6:
+    at most 5 attempts, then kept for a person), not be "resolved" at every cycle."""
+    sim: TinySimulator = await simulator(orders=40, seed=3)
+    victim = sorted(sim.orders)[5]
+    render = sim._renderer.list_item
+
+    def broken(order):  # its listing always carries a date no parser reads; its detail is fine
+        item = render(order)
+        if order.id == victim:
+            item["data"] = "31/02/2020x"
+        return item
+
+    sim._renderer.list_item = broken  # type: ignore[method-assign]
+    now = utcnow()
+    resolved_by = []
+    async with runtime_for(sim, max_retries=2) as rt:
+        await helpers.full_sync(rt)
+        for _ in range(8):  # serve: a cycle's listing, its retries, the next cycle...
+            now += dt.timedelta(hours=1)
+            report = await helpers.retry(rt, now=now)
+            resolved_by.append(report.findings["resolved"])
+            await helpers.full_sync(rt)
+    row = await db.fetchrow(
+        "SELECT tentativas, resolvido FROM import_failures WHERE id_ordem = $1", victim
+    )
+    # It was never imported for good: every listing shows it failing again.
+    assert (row["tentativas"], row["resolvido"]) == (5, False)
+    assert report.findings["manual_review"] == [victim] and report.exit_code == 1
+    assert resolved_by[-1] == []  # no longer asked (and "resolved") at every cycle
