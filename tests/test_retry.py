@@ -197,3 +197,46 @@ async def test_a_list_item_that_stays_broken_reaches_manual_review(
     assert (row["tentativas"], row["resolvido"]) == (5, False)
     assert report.findings["manual_review"] == [victim] and report.exit_code == 1
     assert resolved_by[-1] == []  # no longer asked (and "resolved") at every cycle
+
+
+async def test_a_failure_at_manual_review_fixed_in_tiny_is_resolved(
+    simulator, runtime_for, db
+) -> None:
+    """A record that failed until it used up its attempts, then was fixed in Tiny, is
+    resolved by the listing that reads it whole: not left for manual review while the
+    mirror holds it right."""
+    sim: TinySimulator = await simulator(orders=40, seed=3)
+    victim = sorted(sim.orders)[5]
+    render = sim._renderer.list_item
+    broken = False
+
+    def listed(order):
+        item = render(order)
+        if order.id == victim and broken:
+            item["data"] = "31/02/2020x"  # someone typed a date Tiny should have refused
+        return item
+
+    sim._renderer.list_item = listed  # type: ignore[method-assign]
+    now = utcnow()
+    async with runtime_for(sim, max_retries=2) as rt:
+        await helpers.full_sync(rt)
+        broken = True
+        sim.fail_detail[victim] = "malformed"  # its detail is broken too
+        await helpers.full_sync(rt)
+        for _ in range(5):
+            now += dt.timedelta(hours=1)
+            report = await helpers.retry(rt, now=now)
+        assert report.findings["manual_review"] == [victim]
+        # Fixed in Tiny: the list item and the detail are what they were.
+        broken = False
+        sim.fail_detail.clear()
+        await helpers.full_sync(rt)
+        now += dt.timedelta(hours=1)
+        report = await helpers.retry(rt, now=now)
+        check = await helpers.integrity(rt, deep=True, at=now)
+    assert diff(sim.snapshot(), await mirror(db)) == []  # the mirror is exact
+    assert await db.fetchval("SELECT resolvido FROM import_failures WHERE id_ordem = $1", victim), (
+        "the order is fine, yet its failure waits for a person"
+    )
+    assert report.findings["manual_review"] == [] and report.exit_code == 0
+    assert check.findings["manual_review"] == [] and check.exit_code == 0

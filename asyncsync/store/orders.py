@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -40,6 +41,9 @@ R = TypeVar("R", OrderRecord, DetailRecord)
 #: A host's clock this far off the database's is logged, and its observations restamped
 #: by the database's clock; none may claim a moment later than the database's now + this.
 CLOCK_SKEW_WARN = dt.timedelta(seconds=2)
+#: How long the ids of orders with an open failure are trusted before being read again:
+#: a failure written meanwhile (by another run) is resolved by a listing after that.
+OPEN_FAILURES_TTL_S = 300.0
 
 _ORDER_COLUMNS = (
     "id", "numero", "situacao", "data_emissao", "data_prevista", "cliente_id",
@@ -99,6 +103,8 @@ class PgOrderStore:
         # together wait for the one measurement (a lock: they go on in the order they came).
         self._offset: dt.timedelta | None = None
         self._measuring = asyncio.Lock()
+        # When to read them again (monotonic), and the ids of orders with an open failure.
+        self._open_failures: tuple[float, set[int]] | None = None
 
     async def _on_database_time(self, records: Sequence[R]) -> Sequence[R]:
         """``records`` stamped by the database's clock, and none later than its now.
@@ -282,12 +288,15 @@ class PgOrderStore:
                     written = {row["id"] for row in rows_written}
             if new_ids and not attempt:  # an attempt's failures resolve with the detail
                 await conn.execute(sql("resolve_failures"), self.account, list(new_ids), now)
+            if unique and not attempt:  # read whole now: what failed of them is fixed
+                await self._resolve_listed(conn, unique, now)
             await failure_rows.upsert(
                 conn, self.account, failures, now=now, counts_as_attempt=False
             )
             await failure_rows.upsert(  # records it refused: a failed attempt, if one
                 conn, self.account, refused, now=now, counts_as_attempt=attempt
             )
+            self._opened([*failures, *refused])
             for cp in checkpoints:
                 await conn.execute(sql("set_metadata"), self.account, cp.key, cp.value)
         stats = MergeStats(
@@ -300,6 +309,33 @@ class PgOrderStore:
             failures=len(failures) + len(refused),
         )
         return stats, written
+
+    async def _resolve_listed(
+        self, conn: asyncpg.Connection, records: list[OrderRecord], now: dt.datetime
+    ) -> None:
+        """Resolve the open failures of ``records``' orders where the mirror holds them
+        whole (``resolve_listed_failures.sql``): a failure past its last attempt is never
+        retried, and this is how it ends once the record is fixed in Tiny. The orders
+        with an open failure are read once per :data:`OPEN_FAILURES_TTL_S` (and those this
+        store records are added) and matched here, so a batch with none of them (nearly
+        all) costs no statement."""
+        open_ids = await self._open_failure_ids(conn)
+        hit = [r.id for r in records if r.id in open_ids]
+        if hit:
+            rows = await conn.fetch(sql("resolve_listed_failures"), self.account, hit, now)
+            open_ids.difference_update(row["id_ordem"] for row in rows)
+
+    async def _open_failure_ids(self, conn: asyncpg.Connection) -> set[int]:
+        if self._open_failures is None or time.monotonic() >= self._open_failures[0]:
+            rows = await conn.fetch(sql("open_failure_ids"), self.account)
+            ids = {row["id_ordem"] for row in rows}
+            self._open_failures = (time.monotonic() + OPEN_FAILURES_TTL_S, ids)
+        return self._open_failures[1]
+
+    def _opened(self, failures: Sequence[FailureRecord]) -> None:
+        """Failures this store recorded: listed whole later, they resolve."""
+        if self._open_failures is not None:
+            self._open_failures[1].update(f.order_id for f in failures)
 
     def _count(self, stats: MergeStats) -> None:
         account = self.account
@@ -423,6 +459,7 @@ class PgOrderStore:
             await failure_rows.upsert(  # details it refused: a failed attempt, if one
                 conn, self.account, refused, now=now, counts_as_attempt=attempt
             )
+            self._opened([*failures, *refused])
         return MergeStats(
             details=len(details),
             failures=len(failures) + len(refused),
