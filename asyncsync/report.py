@@ -69,6 +69,7 @@ COUNT_LABELS: dict[str, str] = {
     "import_failures": "import failures recorded",
     "due": "failures due for a retry",
     "pending": "failures waiting for a later retry",
+    "still_due": "failures due, not tried yet (next run)",
     "requests_listing": "requests while listing",
     "listing_s": "listing time, seconds",
     "requests_per_minute": "requests per minute while listing",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 from asyncsync.clock import utcnow
 from asyncsync.jobs.retry import DEFAULT_POLICY, retry_due
+from asyncsync.options import ServeOptions
 from asyncsync.records import FailureRecord, canonical_json, synthetic_id
 from asyncsync.report import Outcome, RunReport, render_text
 from asyncsync.seams import RetryPolicy
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import Situacao
+from asyncsync.work.cycle import cycle as serve_cycle
 
 from . import helpers
 from .helpers import full_sync
@@ -240,3 +243,32 @@ async def test_a_failure_at_manual_review_fixed_in_tiny_is_resolved(
     )
     assert report.findings["manual_review"] == [] and report.exit_code == 0
     assert check.findings["manual_review"] == [] and check.exit_code == 0
+
+
+async def test_a_cycle_retries_no_more_than_its_detail_budget(simulator, runtime_for, db) -> None:
+    """A serve cycle's retries keep to the cycle's detail budget: thousands due at once,
+    against a quota lower than that demand, must not hold the account for hours; the rest
+    stays due for the next cycle, and the report says so."""
+    sim = await simulator(orders=600, seed=21)
+    # Closed orders emitted long ago: no listing of the cycle shows them (they wait for the
+    # daily sweep), so only the retries touch them.
+    old = dt.date.today() - dt.timedelta(days=90)
+    closed = (Situacao.FINALIZADA, Situacao.NAO_APROVADA, Situacao.CANCELADA)
+    gone = sorted(i for i, o in sim.orders.items() if o.situacao in closed and o.data < old)
+    gone = gone[:300]
+    assert len(gone) == 300
+    options = ServeOptions(interval_s=900, cycle=helpers.cycle(detail_budget=40))
+    async with runtime_for(sim, max_retries=2) as rt:
+        await helpers.full_sync(rt)
+        # Their details failed five minutes ago (Tiny answered garbage for a while): due now.
+        failed = [FailureRecord(i, "TinyBadPayload: not JSON", None) for i in gone]
+        await rt.store.failures.record(
+            failed, now=utcnow() - dt.timedelta(minutes=5), counts_as_attempt=True
+        )
+        details = sim.stats.requests_by_endpoint["detail"]
+        _sync, retry = await serve_cycle(rt, options, asyncio.Event())
+        asked = sim.stats.requests_by_endpoint["detail"] - details
+    assert asked <= 40, f"one cycle asked {asked} details; its budget is 40"
+    assert len(retry.findings["resolved"]) == asked
+    # What the budget left is still due, and the report counts it.
+    assert retry.count("still_due") == 300 - asked

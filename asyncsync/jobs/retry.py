@@ -77,10 +77,12 @@ async def retry_due(
     policy: RetryPolicy = DEFAULT_POLICY,
     chunk: int = 200,
     ids: Collection[int] | None = None,
+    budget: int | None = None,
 ) -> RunReport:
     """Try again every failure due at ``now`` (default: the context's clock), or only
-    those of ``ids``; resolve what imports, reschedule the rest. The caller holds the
-    account's run lock."""
+    those of ``ids``; resolve what imports, reschedule the rest. At most ``budget``
+    failures are tried (None: every one due): the rest stay due, for the next run, and the
+    report counts them (``still_due``). The caller holds the account's run lock."""
     started_at, api_before = ctx.clock(), source.api_stats()
     now = now or started_at
     resolved: list[int] = []
@@ -89,8 +91,11 @@ async def retry_due(
     exhausted: list[int] = []
     tried: set[int] = set()
     while not ctx.stop.is_set():
-        due = await failures.due(now, policy, chunk + len(tried), ids)
-        rows = [r for r in due if r.id_ordem not in tried]
+        room = chunk if budget is None else min(chunk, budget - len(tried))
+        if room <= 0:
+            break
+        due = await failures.due(now, policy, room + len(tried), ids)
+        rows = [r for r in due if r.id_ordem not in tried][:room]
         if not rows:
             break
         asked = [r.id_ordem for r in rows]  # not ``ids``: that is the caller's filter
@@ -113,7 +118,7 @@ async def retry_due(
         for order_id in sorted({f.order_id for f in failed}):
             done = attempts[order_id] >= policy.max_attempts
             (exhausted if done else failed_again).append(order_id)
-    pending, next_due = await failures.pending(now, policy)
+    pending, next_due, still_due = await failures.pending(now, policy)
     review = await failures.manual_review(policy)
     notes = [f"manual review: {m.id_ordem} ({m.tentativas}×: {m.erro or '-'})" for m in review[:5]]
     if ctx.stop.is_set():
@@ -127,7 +132,7 @@ async def retry_due(
         finished_at=ctx.clock(),
         outcome=outcome,
         title="retry of failed imports",
-        counts={"due": len(tried), "pending": pending},
+        counts={"due": len(tried), "pending": pending, "still_due": still_due},
         facts={
             "as_of": now.isoformat(),
             "next_due_at": None if next_due is None else next_due.isoformat(),

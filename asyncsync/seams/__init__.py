@@ -364,7 +364,9 @@ class FailureLog(Protocol):
 
     async def pending(
         self, now: dt.datetime, policy: RetryPolicy
-    ) -> tuple[int, dt.datetime | None]: ...
+    ) -> tuple[int, dt.datetime | None, int]:
+        """(open failures not due yet, when the next falls due, open failures due now)."""
+        ...
 
     async def manual_review(self, policy: RetryPolicy) -> list[ManualReview]: ...
 

@@ -84,12 +84,13 @@ class PgFailureLog:
 
     async def pending(
         self, now: dt.datetime, policy: RetryPolicy
-    ) -> tuple[int, dt.datetime | None]:
-        """How many open failures wait for a later attempt, and when the next is due."""
+    ) -> tuple[int, dt.datetime | None, int]:
+        """How many open failures wait for a later attempt, when the next is due, and how
+        many are due already (left by a run's budget or stop, or Tiny could not serve)."""
         args = (self.account, now, *_policy(policy))
         row = await self._sql.fetchrow("reading pending failures", "retry_pending", *args)
         assert row is not None  # an aggregate always answers one row
-        return int(row["n"]), row["next_due_at"]
+        return int(row["n"]), row["next_due_at"], int(row["due_now"])
 
     async def manual_review(self, policy: RetryPolicy) -> list[ManualReview]:
         """Open failures that need a person: attempts used up, or no id to fetch."""

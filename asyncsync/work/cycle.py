@@ -60,7 +60,14 @@ async def cycle(rt: AccountRuntime, options: ServeOptions, stop: asyncio.Event) 
     sync_options = dataclasses.replace(options.cycle, detail_budget=budget)
     reports = [await sync_once(rt.client, store.orders, store.metadata, sync_options, ctx)]
     if not stop.is_set():
-        reports.append(await retry_due(rt.client, store.orders, store.failures, ctx))
+        # The retries share the cycle's detail budget (a tenth of it at least, so they
+        # never starve behind a long backlog): thousands due at once must not hold the
+        # account for hours; the rest stay due for the next cycle.
+        spent = reports[0].api.requests.get("detail", 0)
+        retry_budget = max(budget - spent, budget // 10, 1)
+        reports.append(
+            await retry_due(rt.client, store.orders, store.failures, ctx, budget=retry_budget)
+        )
     return reports
 
 
