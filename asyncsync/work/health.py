@@ -20,29 +20,48 @@ from .ports import AccountRuntime, Fleet
 SERVE_HEALTH_KEY = "serve_health"
 
 
-#: What could not be said because the database was away, by runtime: said once it answers
-#: (the next cycle's start, the readiness check after a cycle), unless something newer was.
-_UNSAID: dict[int, str] = {}
+#: What could not be said because the database was away, by account (a multi-account
+#: worker builds a new runtime for each lease of an account, and a dropped runtime's
+#: address is soon another's): said once it answers (the next cycle's start, the
+#: readiness check after a cycle), unless something newer was.
+_UNSAID: dict[str, str] = {}
 
 
 async def say_health(rt: AccountRuntime, problem: str | None) -> None:
     """Tell ``--mode health`` (another process) how the account's last cycle went."""
     value = {"ok": problem is None, "problem": problem, "at": iso(utcnow())}
-    _UNSAID[id(rt)] = orjson.dumps(value).decode()
-    await say_unsaid(rt)
+    _UNSAID[rt.account] = orjson.dumps(value).decode()
+    await say_unsaid(rt, fresh=True)
 
 
-async def say_unsaid(rt: AccountRuntime) -> None:
+async def say_unsaid(rt: AccountRuntime, *, fresh: bool = False) -> None:
     """Write what :func:`say_health` could not, if anything (best effort). Left unsaid, a
     cycle the database failed read as the one before it (healthy) once the database was
-    back, until the next cycle ended."""
-    value = _UNSAID.get(id(rt))
+    back, until the next cycle ended. What another worker said since (a later cycle of
+    the account) is newer: it stays, and this is dropped. ``fresh``: said just now."""
+    account = rt.account
+    value = _UNSAID.get(account)
     if value is None:
         return
     with contextlib.suppress(DatabaseError):  # the database may be what failed
+        if not fresh and _newer(await rt.store.metadata.get(SERVE_HEALTH_KEY), value):
+            if _UNSAID.get(account) == value:
+                del _UNSAID[account]
+            return
         await rt.store.metadata.set(SERVE_HEALTH_KEY, value)
-        if _UNSAID.get(id(rt)) == value:
-            del _UNSAID[id(rt)]
+        if _UNSAID.get(account) == value:
+            del _UNSAID[account]
+
+
+def _newer(stored: str | None, value: str) -> bool:
+    """Whether the stored marker was said after ``value``."""
+    if not stored:
+        return False
+    try:
+        at = dt.datetime.fromisoformat(str(orjson.loads(stored)["at"]))
+        return at > dt.datetime.fromisoformat(str(orjson.loads(value)["at"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return False
 
 
 async def check_readiness(
