@@ -116,7 +116,10 @@ class Fleet:
         if await self.single():
             accounts = [self._pinned.account if self._pinned else self._common.account]
         else:
-            accounts = sorted(self._held)
+            # Every account served, not only those held now: an account's units go to
+            # whichever worker picks them, and a worker that held it an hour ago would
+            # say what it saw then (an hour-old success, a token since authorized again).
+            accounts = [key for key, _ in await self._database.registry.plan(None)]
         return [await self._database.account(a).status(now, DEFAULT_POLICY) for a in accounts]
 
     @asynccontextmanager

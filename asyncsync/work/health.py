@@ -8,8 +8,9 @@ import datetime as dt
 
 import orjson
 
+from .. import metrics
 from ..clock import iso, utcnow
-from ..errors import DatabaseError
+from ..errors import DatabaseError, ReauthorizationRequired
 from ..jobs.retry import DEFAULT_POLICY
 from ..overview import AccountStatus, freshness_limit, observe_status
 from ..readiness import Readiness
@@ -100,8 +101,45 @@ async def refresh(fleet: Fleet, interval_s: float, readiness: Readiness | None) 
         return
     for status in statuses:
         observe_status(status)
+        observe_authorization(status)
+    forget_others({status.account for status in statuses})
     if single and readiness is not None and statuses:
         judge(statuses[0], interval_s, readiness, now)
+
+
+def observe_authorization(status: AccountStatus) -> None:
+    """Whether the account waits for a person, as its last cycle said in the run history
+    (whichever worker ran it): a worker that met the refusal itself must not go on
+    saying so once another worker's cycle succeeded."""
+    last = status.last_runs.get("sync")
+    if last is None:
+        return
+    refused = last.outcome == "failed" and any(
+        error.startswith(f"{ReauthorizationRequired.__name__}:") for error in last.errors
+    )
+    metrics.REAUTHORIZATION_REQUIRED.labels(status.account).set(1 if refused else 0)
+
+
+#: The gauges of one account that say its state (counters keep what this worker did).
+_STATE_GAUGES = (
+    metrics.LAST_SUCCESS, metrics.ORDERS, metrics.DETAIL_BACKLOG, metrics.FAILURES_PENDING,
+    metrics.FAILURES_MANUAL_REVIEW, metrics.TOKEN_REFRESHED, metrics.ACCESS_TOKEN_EXPIRES,
+    metrics.REAUTHORIZATION_REQUIRED, metrics.INTEGRITY_CONSISTENT, metrics.INTEGRITY_LAST_RUN,
+)  # fmt: skip
+
+
+def forget_others(accounts: set[str]) -> None:
+    """Drop the state gauges of accounts no longer served (removed, disabled): a removed
+    account's last success would age into AsyncsyncSyncStale forever."""
+    exported = {
+        sample.labels["account"]
+        for gauge in _STATE_GAUGES
+        for family in gauge.collect()
+        for sample in family.samples
+    }
+    for account in exported - accounts:
+        for gauge in _STATE_GAUGES:
+            gauge.remove_by_labels({"account": account})
 
 
 def judge(status: AccountStatus, interval_s: float, readiness: Readiness, now: dt.datetime) -> None:

@@ -125,6 +125,7 @@ class Fleet(Protocol):
     async def ping(self) -> None: ...
 
     async def statuses(self, now: dt.datetime) -> list[AccountStatus]:
-        """What the gauges show of the accounts this worker serves now (the one account
-        of a single-account install, else those it holds)."""
+        """What the gauges show of the accounts this worker serves (the one account of a
+        single-account install, else every enabled account: the database's word, the
+        same on every worker, whichever of them ran the account last)."""
         ...
