@@ -127,11 +127,12 @@ class LockBusy(DatabaseError):
 
 class AccountBusy(LockBusy):
     """Another process holds the account's lease: a worker puts the unit back in the queue
-    instead of waiting for it."""
+    instead of waiting for it. ``here``: another unit of this process holds it."""
 
-    def __init__(self, message: str, *, holder: str | None = None) -> None:
+    def __init__(self, message: str, *, holder: str | None = None, here: bool = False) -> None:
         super().__init__(message)
         self.holder = holder
+        self.here = here
 
 
 class Requeue(AsyncsyncError):

@@ -14,6 +14,7 @@ import pytest
 from asyncsync.accounts import AccountConfig
 from asyncsync.options import ServeOptions
 from asyncsync.runtime.fleet import open_fleet
+from asyncsync.work import handlers
 from asyncsync.work.units import PRIORITY, Kind, Unit
 from asyncsync.work.worker import work
 
@@ -32,10 +33,12 @@ STARVED_MONTHS = 3
 async def test_a_huge_backfill_leaves_small_accounts_cycles_on_time(
     fair: bool, simulator, database_url, db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With ``fair`` False (backfill at the cycles' priority, no background limit) the
-    same run must show late cycles: the control that proves the test can fail."""
+    """With ``fair`` False (backfill at the cycles' priority, no background limit, and
+    its months waiting in their slots for the account's turn) the same run must show late
+    cycles: the control that proves the test can fail."""
     if not fair:
         monkeypatch.setitem(PRIORITY, Kind.BACKFILL, PRIORITY[Kind.CYCLE])
+        monkeypatch.setattr(handlers, "NO_WAIT", ())
     huge = await simulator(orders=3000, seed=7, start_year=2019, latency_s=0.03, max_limit=25)
     smalls = [await simulator(orders=30, seed=10 + i) for i in range(4)]
     sims = {"huge": huge, **{f"small{i}": s for i, s in enumerate(smalls)}}

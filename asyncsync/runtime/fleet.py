@@ -123,8 +123,8 @@ class Fleet:
         return [await self._database.account(a).status(now, DEFAULT_POLICY) for a in accounts]
 
     @asynccontextmanager
-    async def lease(self, account: str) -> AsyncIterator[Leased]:
-        held = await self._hold(account)
+    async def lease(self, account: str, *, wait: bool = True) -> AsyncIterator[Leased]:
+        held = await self._hold(account, wait=wait)
         try:
             async with held.turn:
                 yield Leased(held.runtime, held.lost)
@@ -134,9 +134,14 @@ class Fleet:
                 del self._held[account]
                 await self._leases.release(account)
 
-    async def _hold(self, account: str) -> _Held:
+    async def _hold(self, account: str, *, wait: bool = True) -> _Held:
         async with self._taking:
             held = self._held.get(account)
+            if held is not None and not wait:
+                # Another unit of the account runs here: this one would wait for its turn
+                # in a slot (a background slot, shared by every account and worker).
+                raise AccountBusy(f"account {account!r} is running another unit here",
+                                  holder=f"{self.name} (another unit)", here=True)  # fmt: skip
             if held is not None and held.lost.is_set():
                 # Its units are stopping; once they are gone the next one leases again.
                 raise AccountBusy(f"account {account!r} lost its lease; its units are stopping",

@@ -72,6 +72,10 @@ class WorkQueue(Protocol):
         """Forget the queue's history past its retention."""
         ...
 
+    async def hurry(self, ids: Sequence[int]) -> None:
+        """Make the units ``ids``, back on the queue due later, due now."""
+        ...
+
     async def work(
         self,
         handlers: Mapping[str, WorkHandler],

@@ -38,11 +38,11 @@ from ..options import BackfillOptions, IntegrityOptions, ServeOptions
 from ..overview import observe_status
 from ..readiness import Readiness
 from ..report import Outcome, RunReport, failed_report, note_failure
-from ..seams import PickedWork, WorkHandler
+from ..seams import PickedWork, WorkHandler, WorkQueue
 from .cycle import record, run_cycle
 from .health import check_readiness
 from .ports import AccountRuntime, Fleet, Leased
-from .units import Kind, Unit
+from .units import BACKGROUND, Kind, Unit
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,12 @@ LEASE_RETRY_S = 2.0
 KEEP_ALIVE_EVERY_S = 600.0
 #: A backfill month that failed (Tiny or the database away) is tried again after this.
 BACKFILL_RETRY_S = 30.0
+#: Kinds that never wait in their slot for another unit of their account in this worker
+#: (they go back to the queue, as when another worker holds the account): their slots
+#: are the few ``--background-slots`` every account and worker share, and a month
+#: waiting for the account's month before it would hold one for a whole month, leaving
+#: every other account's backfill behind this account's whole backlog.
+NO_WAIT = BACKGROUND
 
 AfterCycle = Callable[[AccountRuntime, list[RunReport]], Awaitable[object]]
 
@@ -69,9 +75,19 @@ class Dispatcher:
     """The handler of every kind of unit, for one worker."""
 
     def __init__(
-        self, fleet: Fleet, options: ServeOptions, stop: asyncio.Event, hooks: Hooks
+        self,
+        fleet: Fleet,
+        options: ServeOptions,
+        stop: asyncio.Event,
+        hooks: Hooks,
+        queue: WorkQueue | None = None,
     ) -> None:
         self.fleet, self.options, self.stop, self.hooks = fleet, options, stop, hooks
+        self.queue = queue
+        #: Units put back because another unit of their account ran here, by account:
+        #: due again as soon as the account's last unit here ends.
+        self._bounced: dict[str, set[int]] = {}
+        self._running: dict[str, int] = {}
         self.fatal: BaseException | None = None  # stops the worker (single-account install)
         self._db_failures: dict[str, int] = {}
         self._cycles = 0
@@ -92,9 +108,10 @@ class Dispatcher:
                                   f"account {unit.account} is disabled")  # fmt: skip
                 log.info("%s ends: account %s is disabled or removed", unit, unit.account)
                 return
-            async with self.fleet.lease(unit.account) as leased:
-                delay = await self._run(unit, picked, leased)
+            delay = await self._leased(unit, picked)
         except AccountBusy as exc:
+            if exc.here:  # due again as soon as the account's units here end
+                self._bounced.setdefault(unit.account, set()).add(picked.id)
             if unit.kind is Kind.KEEPALIVE:  # its holder keeps the tokens fresh meanwhile
                 raise Requeue(KEEP_ALIVE_EVERY_S, f"account held by {exc.holder}") from None
             raise Requeue(LEASE_RETRY_S * (1 + random.random()),
@@ -108,6 +125,31 @@ class Dispatcher:
             raise Requeue(LEASE_RETRY_S, f"the database: {exc}") from None
         if delay is not None:
             raise Requeue(delay, f"{unit} is due again")
+
+    async def _leased(self, unit: Unit, picked: PickedWork) -> float | None:
+        """The unit under its account's lease; then, once no unit of the account runs
+        here any more, the ones put back meanwhile are due at once."""
+        account, entered = unit.account, False
+        try:
+            async with self.fleet.lease(account, wait=unit.kind not in NO_WAIT) as leased:
+                entered = True
+                self._running[account] = self._running.get(account, 0) + 1
+                return await self._run(unit, picked, leased)
+        finally:
+            if entered:
+                self._running[account] -= 1
+                if not self._running[account]:
+                    del self._running[account]
+                    await self._hurry(account)
+
+    async def _hurry(self, account: str) -> None:
+        """The account's units that went back to the queue while another of its units
+        ran here may start now (not 2-4 s later: a backfill of short months would spend
+        most of its time waiting)."""
+        ids = self._bounced.pop(account, set())
+        if ids and self.queue is not None:
+            with contextlib.suppress(DatabaseError):  # they are due soon anyway
+                await self.queue.hurry(sorted(ids))
 
     async def _run(self, unit: Unit, picked: PickedWork, leased: Leased) -> float | None:
         """The unit's job; returns when it is due again (None: it is done)."""

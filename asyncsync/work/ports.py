@@ -100,9 +100,10 @@ class Fleet(Protocol):
     @property
     def name(self) -> str: ...  # the worker, as run history and lock holders name it
 
-    def lease(self, account: str) -> AbstractAsyncContextManager[Leased]:
+    def lease(self, account: str, *, wait: bool = True) -> AbstractAsyncContextManager[Leased]:
         """Hold ``account``'s lease (AccountBusy when another process holds it); units of
-        one account in this process take turns, on one shared runtime."""
+        one account in this process take turns, on one shared runtime (without ``wait``,
+        AccountBusy instead of waiting for the turn)."""
         ...
 
     async def serves(self, account: str) -> bool:

@@ -46,7 +46,7 @@ async def work(
 ) -> int:
     """Run units until ``stop``; then let the running ones drain and re-queue."""
     hooks = hooks or Hooks()
-    dispatcher = Dispatcher(fleet, options, stop, hooks)
+    dispatcher = Dispatcher(fleet, options, stop, hooks, queue)
     await plan(fleet, queue, options)
 
     async def tick() -> None:

@@ -1,0 +1,67 @@
+"""The background slots are shared between accounts: a backfill month never sits in one
+waiting for its account's turn behind another month of the same account (one worker
+runs an account's units one at a time), so a second account's backfill runs beside the
+first's instead of after its whole backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from asyncsync.accounts import AccountConfig
+from asyncsync.options import ServeOptions
+from asyncsync.runtime.fleet import open_fleet
+from asyncsync.work.units import Kind, Unit
+from asyncsync.work.worker import work
+
+from .helpers import common_for
+from .mirror import mirror
+
+
+async def test_a_second_accounts_backfill_runs_beside_the_first_ones_backlog(
+    simulator, database_url, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Twelve months of "big", then one month of "small", two background slots, one worker.
+    big = await simulator(orders=600, seed=7, start_year=2023, latency_s=0.03, max_limit=10)
+    small = await simulator(orders=40, seed=8, start_year=2023, latency_s=0.03, max_limit=10)
+    options = ServeOptions(interval_s=60, slots=8, background_slots=2, heartbeat_s=10,
+                           integrity_interval_s=0)  # fmt: skip
+    stop = asyncio.Event()
+    async with open_fleet(common_for(big, database_url), options) as fleet:
+        for key, sim in (("big", big), ("small", small)):
+            monkeypatch.setenv(f"REFRESH_{key}", sim.valid_refresh_token() or "")
+            await fleet.database.registry.put(AccountConfig(
+                key=key, api_base_url=sim.base_url, token_url=sim.token_url,
+                client_id=sim.config.client_id, client_secret=sim.config.client_secret,
+                refresh_token_env=f"REFRESH_{key}",
+            ))  # fmt: skip
+        month, months = dt.date(2023, 1, 1), []
+        for _ in range(12):
+            months.append(Unit(Kind.BACKFILL, "big", month).item())
+            month = (month + dt.timedelta(days=32)).replace(day=1)
+        await fleet.database.queue.enqueue(months)
+        await fleet.database.queue.enqueue([Unit(Kind.BACKFILL, "small", month).item()])
+
+        async def until_done() -> None:
+            while await db.fetchval(  # noqa: ASYNC110 (the queue is in the database)
+                "SELECT count(*) FROM pgqueuer WHERE entrypoint = 'asyncsync.backfill'"
+            ):
+                await asyncio.sleep(0.2)
+            stop.set()
+
+        watcher = asyncio.create_task(until_done())
+        await asyncio.wait_for(work(fleet.database.queue, fleet, options, stop), 60)
+        await watcher
+    runs = await db.fetch("SELECT account, started_at, finished_at FROM sync_runs "
+                          "WHERE mode = 'backfill' ORDER BY started_at")  # fmt: skip
+    big_runs = [r for r in runs if r["account"] == "big"]
+    (small_run,) = [r for r in runs if r["account"] == "small"]
+    assert len(big_runs) == 12
+    # Two slots: the small account's month does not wait for the big one's last month.
+    assert small_run["started_at"] < big_runs[-1]["started_at"], [
+        (r["account"], f"{r['started_at']:%H:%M:%S.%f}") for r in runs
+    ]
+    for key, sim in (("big", big), ("small", small)):  # every order listed (details: cycles')
+        assert set(await mirror(db, key)) == set(sim.snapshot()), key
