@@ -10,6 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from asyncsync.accounts import AccountConfig
 from asyncsync.clock import utcnow
 from asyncsync.jobs import RunContext
 from asyncsync.jobs.integrity import check_integrity
@@ -21,6 +24,7 @@ from asyncsync.options import CommonOptions, CycleOptions, DatabaseOptions, Tiny
 from asyncsync.report import RunReport
 from asyncsync.runtime import Runtime
 from asyncsync.simulator import TinySimulator
+from asyncsync.store.accounts import PgAccounts
 
 #: Test defaults: small batches so merges are many, short timeouts.
 TEST_TINY = {"max_concurrency": 8, "request_timeout_s": 10.0, "max_retries": 4}
@@ -78,3 +82,16 @@ async def integrity(
 async def retry(rt: Runtime, *, now: dt.datetime, stop: asyncio.Event | None = None) -> RunReport:
     s = rt.store
     return await retry_due(rt.client, s.orders, s.failures, context(rt, stop), now=now)
+
+
+async def register(
+    registry: PgAccounts, sims: dict[str, TinySimulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An account row per simulator, its refresh token in ``REFRESH_<key>``."""
+    for key, sim in sims.items():
+        monkeypatch.setenv(f"REFRESH_{key}", sim.valid_refresh_token() or "")
+        await registry.put(AccountConfig(
+            key=key, api_base_url=sim.base_url, token_url=sim.token_url,
+            client_id=sim.config.client_id, client_secret=sim.config.client_secret,
+            refresh_token_env=f"REFRESH_{key}",
+        ))  # fmt: skip

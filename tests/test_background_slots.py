@@ -10,13 +10,12 @@ import datetime as dt
 
 import pytest
 
-from asyncsync.accounts import AccountConfig
 from asyncsync.options import ServeOptions
 from asyncsync.runtime.fleet import open_fleet
 from asyncsync.work.units import Kind, Unit
 from asyncsync.work.worker import work
 
-from .helpers import common_for
+from .helpers import common_for, register
 from .mirror import mirror
 
 
@@ -30,13 +29,7 @@ async def test_a_second_accounts_backfill_runs_beside_the_first_ones_backlog(
                            integrity_interval_s=0)  # fmt: skip
     stop = asyncio.Event()
     async with open_fleet(common_for(big, database_url), options) as fleet:
-        for key, sim in (("big", big), ("small", small)):
-            monkeypatch.setenv(f"REFRESH_{key}", sim.valid_refresh_token() or "")
-            await fleet.database.registry.put(AccountConfig(
-                key=key, api_base_url=sim.base_url, token_url=sim.token_url,
-                client_id=sim.config.client_id, client_secret=sim.config.client_secret,
-                refresh_token_env=f"REFRESH_{key}",
-            ))  # fmt: skip
+        await register(fleet.database.registry, {"big": big, "small": small}, monkeypatch)
         month, months = dt.date(2023, 1, 1), []
         for _ in range(12):
             months.append(Unit(Kind.BACKFILL, "big", month).item())

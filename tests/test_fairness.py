@@ -11,14 +11,13 @@ import itertools
 
 import pytest
 
-from asyncsync.accounts import AccountConfig
 from asyncsync.options import ServeOptions
 from asyncsync.runtime.fleet import open_fleet
 from asyncsync.work import handlers
 from asyncsync.work.units import PRIORITY, Kind, Unit
 from asyncsync.work.worker import work
 
-from .helpers import common_for
+from .helpers import common_for, register
 
 INTERVAL_S = 1.5
 SLACK_S = 1.5  # a cycle is late when it starts this long after its due time
@@ -50,13 +49,7 @@ async def test_a_huge_backfill_leaves_small_accounts_cycles_on_time(
     )  # fmt: skip
     stop = asyncio.Event()
     async with open_fleet(common, options) as fleet:
-        for key, sim in sims.items():
-            monkeypatch.setenv(f"REFRESH_{key}", sim.valid_refresh_token() or "")
-            await fleet.database.registry.put(AccountConfig(
-                key=key, api_base_url=sim.base_url, token_url=sim.token_url,
-                client_id=sim.config.client_id, client_secret=sim.config.client_secret,
-                refresh_token_env=f"REFRESH_{key}",
-            ))  # fmt: skip
+        await register(fleet.database.registry, sims, monkeypatch)
         today = dt.date.today().replace(day=1)
         months, month = [], dt.date(2019, 1, 1)
         while month <= today:
