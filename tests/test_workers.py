@@ -252,3 +252,57 @@ async def test_a_one_shot_run_and_a_worker_exclude_each_other(simulator, runtime
         await lock.__aexit__(None, None, None)
         assert await asyncio.wait_for(task, 30) == 0
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_frozen_workers_accounts_go_on_elsewhere(
+    simulator, database_url, db, tmp_path
+) -> None:
+    """A worker frozen, not dead (SIGSTOP, a paused container, a stuck event loop): the
+    queue hands its units to another worker after --heartbeat-timeout, and its lease
+    session, which the kernel keeps open, must end too, or the account goes without a
+    cycle for as long as the freeze lasts (its units put back every few seconds)."""
+    sims = {f"a{i}": await simulator(orders=30, seed=i, latency_s=0.3) for i in range(3)}
+    env = await add_accounts(sims, database_url)
+    args = ["serve", "--database-url", database_url, "--interval", "1", "--heartbeat-timeout",
+            "3", "--integrity-interval", "0", "--log-format", "json"]  # fmt: skip
+    logs = [tmp_path / f"worker{n}.log" for n in range(2)]
+    procs = [await start_worker(args, env, log) for log in logs]
+    frozen = None
+    try:
+        deadline = time.monotonic() + 30
+        while (row := await db.fetchrow(
+            "SELECT queue_manager_id::text AS worker, "
+            "convert_from(payload, 'UTF8')::jsonb ->> 'account' AS account FROM pgqueuer "
+            "WHERE status = 'picked' AND entrypoint = 'asyncsync.cycle' "
+            "AND EXISTS (SELECT 1 FROM sync_runs) LIMIT 1"
+        )) is None:  # fmt: skip
+            assert time.monotonic() < deadline, "no cycle was caught running"
+            await asyncio.sleep(0.05)
+        frozen = {queue_worker(log): n for n, log in enumerate(logs)}[row["worker"]]
+        os.kill(procs[frozen].pid, signal.SIGSTOP)  # mid-cycle, holding the account
+        froze_at = await db.fetchval("SELECT now()")
+        account = row["account"]
+        deadline = time.monotonic() + 25
+        while not await db.fetchval(
+            "SELECT count(*) FROM sync_runs WHERE account = $1 AND mode = 'sync' "
+            "AND started_at > $2", account, froze_at
+        ):  # fmt: skip
+            assert time.monotonic() < deadline, (
+                f"{account} had no cycle in 25 s while the worker holding it was frozen "
+                f"(heartbeat timeout 3 s)"
+            )
+            await asyncio.sleep(0.2)
+        os.kill(procs[frozen].pid, signal.SIGCONT)  # it wakes to a lease it no longer has
+        frozen = None
+        for sim in sims.values():
+            sim.set_status(next(iter(sim.orders)), 3)
+        await asyncio.sleep(8)
+    finally:
+        for proc in procs:
+            if frozen is not None:
+                proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(p.wait(), 60) for p in procs]
+    assert codes == [0, 0]
+    for key, sim in sims.items():
+        assert diff(sim.snapshot(), await mirror(db, key)) == [], key

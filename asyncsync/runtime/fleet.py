@@ -27,6 +27,7 @@ from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, Credentials, ServeOptions
 from ..overview import AccountStatus
 from ..store import Database, Leases
+from ..work.worker import LEASE_CHECK_S
 from . import Runtime, account_tiny, database_of, make_client
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,10 @@ async def open_fleet(common: CommonOptions, options: ServeOptions) -> AsyncItera
         session = await stack.enter_async_context(
             aiohttp.ClientSession(connector=connector, raise_for_status=False)
         )
-        leases = await stack.enter_async_context(database.leases(worker_name()))
+        # Silent as long as a unit's heartbeat may be (the queue hands the units to another
+        # worker then), the lease session ends too; the worker pings it every few seconds.
+        silent_s = max(options.heartbeat_s, 2 * LEASE_CHECK_S)
+        leases = await stack.enter_async_context(database.leases(worker_name(), silent_s))
         yield Fleet(common, database, session, leases,
                     open_statuses=options.cycle.open_statuses)  # fmt: skip
 

@@ -128,9 +128,10 @@ class Database:
 
         return PgWorkQueue(self._sql)
 
-    def leases(self, name: str) -> Leases:
-        """The leases of one worker, on a session named ``name``."""
-        return Leases(self._pool, name)
+    def leases(self, name: str, idle_timeout_s: float | None = None) -> Leases:
+        """The leases of one worker, on a session named ``name`` (ended by the server once
+        silent for ``idle_timeout_s``)."""
+        return Leases(self._pool, name, idle_timeout_s)
 
     @property
     def pool_size(self) -> int:

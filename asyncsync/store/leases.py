@@ -8,7 +8,9 @@ account and a worker exclude each other exactly as they did with ``serve``, and
 ``asyncsync status`` names the worker that holds it. A worker may lease hundreds of
 accounts, so every lock sits on the same connection instead of one each; when that
 session dies the locks die with it, which :meth:`Leases.check` reports as the accounts
-lost.
+lost. A worker frozen rather than dead (SIGSTOP, a paused container, an event loop stuck)
+keeps its session open, so the session ends once it has been silent for
+``idle_timeout_s`` (a live worker pings it every few seconds).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ log = logging.getLogger(__name__)
 class Leases:
     """The run locks one worker holds, on one session named after the worker."""
 
-    def __init__(self, pool: asyncpg.Pool, name: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, name: str, idle_timeout_s: float | None = None) -> None:
         self._pool = pool
         self.name = name  # the session's application_name: who holds the account
+        self._idle_timeout_s = idle_timeout_s
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # one statement at a time on the session
         self.held: set[str] = set()
@@ -59,6 +62,12 @@ class Leases:
         if self._conn is None:
             conn = await self._pool.acquire()
             await conn.execute(sql("set_application_name"), self.name)
+            if self._idle_timeout_s:
+                try:
+                    await conn.execute(sql("set_idle_session_timeout"),
+                                       f"{int(self._idle_timeout_s * 1000)}ms")  # fmt: skip
+                except asyncpg.UndefinedObjectError:  # before PostgreSQL 14
+                    log.debug("this server has no idle_session_timeout")
             self._conn = conn
         return self._conn
 
@@ -111,7 +120,8 @@ class Leases:
         """Ping the session; returns the accounts whose lease was lost with it since the
         last check (also when a take or a release met the dead session first)."""
         async with self._lock:
-            if self._conn is not None and self.held:
+            # Also with nothing held: silent for ``idle_timeout_s``, the session would end.
+            if self._conn is not None:
                 try:
                     await self._conn.fetchval(sql("ping"))
                 except CAUGHT as exc:
