@@ -276,3 +276,32 @@ async def test_a_broken_list_item_stays_an_open_failure_after_its_cycle(
     expected = {i: o for i, o in sim.snapshot().items() if i != victim}
     got = {i: o for i, o in (await mirror(db)).items() if i != victim}
     assert diff(expected, got) == []
+
+
+async def test_an_order_listed_again_after_a_404_gets_its_detail(
+    simulator, runtime_for, db
+) -> None:
+    """A detail that answered 404 once (flagged possibly_deleted) for an order that is
+    listed again: the relisting clears the flag, and its detail must then be fetched —
+    else its dataConclusao (and detalhe) are never stored."""
+    sim = await simulator(orders=200, seed=3)
+    overrides = {"page_size": PAGE, "sweep_interval_s": 1e9}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **overrides)
+    order = sim.add_order(situacao=Situacao.FINALIZADA)
+    sim.fail_detail[order] = "404"
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
+    assert await db.fetchval("SELECT possibly_deleted FROM ordens_servico WHERE id = $1", order)
+    del sim.fail_detail[order]  # it was there all along: listed again
+    for _ in range(2):
+        async with runtime_for(sim) as rt:
+            await incremental_sync(rt, **overrides)
+    row = await db.fetchrow(
+        "SELECT possibly_deleted, detalhe IS NOT NULL AS has_detail, data_conclusao "
+        "FROM ordens_servico WHERE id = $1",
+        order,
+    )
+    assert not row["possibly_deleted"]
+    assert row["has_detail"], "listed again, its detail is never fetched"
+    assert diff(sim.snapshot(), await mirror(db)) == []

@@ -20,8 +20,9 @@ ON CONFLICT (account, id) DO UPDATE SET
     observed_at = EXCLUDED.observed_at,
     -- The detail is stale when a tracked field moved. An order whose status a detail has
     -- already brought (it vanished from the open listings) is not refetched when the
-    -- listing catches up.
-    detail_stale = o.detail_stale
+    -- listing catches up. One flagged possibly deleted (its detail answered 404) and
+    -- listed again needs its detail: the 404 left it without one.
+    detail_stale = o.detail_stale OR o.possibly_deleted
         OR (o.numero, o.situacao, o.data_emissao, o.data_prevista, o.cliente_id,
             o.cliente_nome, o.valor)
            IS DISTINCT FROM
