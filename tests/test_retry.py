@@ -272,3 +272,35 @@ async def test_a_cycle_retries_no_more_than_its_detail_budget(simulator, runtime
     assert len(retry.findings["resolved"]) == asked
     # What the budget left is still due, and the report counts it.
     assert retry.count("still_due") == 300 - asked
+
+
+async def test_a_detail_that_fails_now_and_then_is_retried_each_time(
+    simulator, runtime_for, db
+) -> None:
+    """An order whose detail answers garbage once in a while (a proxy's page, a cut body),
+    each time retried and imported 30 s later, is retried the next time too: episodes
+    weeks apart are not attempts at one failure. Counting them pushed an order that had
+    five such blips in its life straight to manual review, its detail never asked again
+    (the backlog skips orders with an open failure)."""
+    sim: TinySimulator = await simulator(orders=40, seed=3)
+    victim = next(i for i, o in sorted(sim.orders.items()) if o.situacao == Situacao.EM_ANDAMENTO)
+    now = utcnow()
+    async with runtime_for(sim, max_retries=2) as rt:
+        await helpers.full_sync(rt)
+        for episode in range(6):
+            # It changes: the cycle asks its detail, and this time Tiny answers garbage.
+            sim.set_status(victim, Situacao.APROVADA if episode % 2 == 0 else Situacao.EM_ANDAMENTO)
+            sim.fail_detail[victim] = "malformed"
+            await helpers.incremental_sync(rt)
+            row = await db.fetchrow(
+                "SELECT tentativas, resolvido, erro FROM import_failures WHERE id_ordem = $1",
+                victim,
+            )
+            assert row is not None and not row["resolvido"] and "JSON" in row["erro"], row
+            # The blip is over; the retry imports it.
+            sim.fail_detail.clear()
+            now += dt.timedelta(days=14)
+            report = await helpers.retry(rt, now=now)
+            assert report.findings["resolved"] == [victim], (episode, dict(row))
+            assert report.findings["manual_review"] == []
+    assert diff(sim.snapshot(), await mirror(db)) == []

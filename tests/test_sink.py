@@ -210,3 +210,47 @@ async def test_an_older_install_has_its_history_rekeyed_by_order_and_keeps_it(db
     await sink.merge_listed([parse_list_item(item(3, 6), T0 + dt.timedelta(seconds=2))])
     seqs = [r["seq"] for r in await db.fetch("SELECT seq FROM ordem_status_history ORDER BY seq")]
     assert seqs == [1, 2, 3, 4, 5]
+
+
+async def test_a_merge_tried_again_still_resolves_a_failure_of_an_order_read_whole(
+    simulator, runtime_for, db, monkeypatch
+) -> None:
+    """The connection drops after the listing merge resolved an open failure of an order
+    it read whole: the transaction rolls back and the merge is tried again, which must
+    resolve it again (the ids with an open failure it keeps are what the database holds,
+    not what a rolled-back transaction did)."""
+    import datetime as dt
+
+    from asyncsync.clock import utcnow
+    from asyncsync.records import FailureRecord
+    from asyncsync.store.orders import PgOrderStore
+
+    from .helpers import full_sync
+
+    sim = await simulator(orders=40, seed=3)
+    victim = sorted(sim.orders)[5]
+    real = PgOrderStore._resolve_listed
+    dropped = []
+
+    async def drop_once(self, conn, records, now):
+        resolved = await real(self, conn, records, now)
+        if not dropped and any(r.id == victim for r in records):
+            dropped.append(victim)
+            raise ConnectionResetError("the connection dropped")
+        return resolved
+
+    async with runtime_for(sim) as rt:
+        await full_sync(rt)
+        # Its detail failed five times (manual review); since fixed in Tiny.
+        t = utcnow() - dt.timedelta(hours=6)
+        for n in range(5):
+            await rt.store.failures.record(
+                [FailureRecord(victim, "TinyBadPayload: not JSON", None)],
+                now=t + dt.timedelta(hours=n),
+                counts_as_attempt=True,
+            )
+    monkeypatch.setattr(PgOrderStore, "_resolve_listed", drop_once)
+    async with runtime_for(sim) as rt:  # the next run: it reads the open failures afresh
+        await full_sync(rt)
+    assert dropped == [victim]
+    assert await db.fetchval("SELECT resolvido FROM import_failures WHERE id_ordem = $1", victim)

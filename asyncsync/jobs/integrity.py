@@ -237,7 +237,9 @@ class _Check:
         for f in self.unreadable.values():
             item = orjson.loads(f.raw) if f.raw else None
             wrapped.append(FailureRecord(f.order_id, f.error, _json({"list_item": item})))
-        written = await self.failures.record(wrapped, now=self.ctx.clock(), counts_as_attempt=False)
+        written = await self.failures.record(
+            wrapped, now=self.ctx.clock(), counts_as_attempt=False, listed=True
+        )
         self.found["unreadable"] = sorted(written)
 
     async def _compare(self) -> tuple[list[int], list[int]]:

@@ -341,14 +341,20 @@ class FailureLog(Protocol):
     """``import_failures`` of one account: records that could not be imported."""
 
     async def record(
-        self, failures: Sequence[FailureRecord], *, now: dt.datetime, counts_as_attempt: bool
+        self,
+        failures: Sequence[FailureRecord],
+        *,
+        now: dt.datetime,
+        counts_as_attempt: bool,
+        listed: bool = False,
     ) -> list[int]:
         """Write failures at ``now``; returns the ids whose row was written.
 
         With ``counts_as_attempt`` an open row counts one more attempt (a retry or an
         import that failed again); without it an open row stays as it is (a listing shows
         the same broken record at every run, which is not a new attempt). A resolved row
-        is reopened at attempt 1 either way.
+        is reopened at attempt 1 either way, unless ``listed`` (list items a listing read)
+        brings the same error back: one more attempt then (failure_upsert.sql).
         """
         ...
 

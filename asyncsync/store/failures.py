@@ -32,8 +32,10 @@ async def upsert(
     *,
     now: dt.datetime,
     counts_as_attempt: bool,
+    listed: bool = False,
 ) -> list[int]:
-    """Write ``failures`` in one statement; returns the ids whose row was written."""
+    """Write ``failures`` in one statement; returns the ids whose row was written.
+    ``listed``: list items a listing read (failure_upsert.sql)."""
     if not failures:
         return []
     latest = {f.order_id: f for f in failures}  # one row per id and statement
@@ -45,6 +47,7 @@ async def upsert(
         [f.raw for f in latest.values()],
         now,
         counts_as_attempt,
+        listed,
     )
     metrics.IMPORT_FAILURES.labels(account).inc(len(rows))
     return [r["id_ordem"] for r in rows]
@@ -58,15 +61,21 @@ class PgFailureLog:
         self.account = account
 
     async def record(
-        self, failures: Sequence[FailureRecord], *, now: dt.datetime, counts_as_attempt: bool
+        self,
+        failures: Sequence[FailureRecord],
+        *,
+        now: dt.datetime,
+        counts_as_attempt: bool,
+        listed: bool = False,
     ) -> list[int]:
         """See :meth:`asyncsync.seams.FailureLog.record`."""
         return await self._sql.run(
             "recording import failures",
             lambda: upsert(
-                self._sql.pool, self.account, failures, now=now, counts_as_attempt=counts_as_attempt
+                self._sql.pool, self.account, failures, now=now,
+                counts_as_attempt=counts_as_attempt, listed=listed,
             ),
-        )
+        )  # fmt: skip
 
     async def due(
         self,

@@ -254,6 +254,7 @@ class PgOrderStore:
         todo: set[int] = set()
         history = 0
         written: set[int] = set()
+        resolved: list[int] = []
         hopeful = bool(unique) and self._expect_new and not force
         async with self._pool.acquire() as conn, conn.transaction():
             if hopeful and await self._try_all_new(conn, unique, source):
@@ -289,16 +290,20 @@ class PgOrderStore:
             if new_ids and not attempt:  # an attempt's failures resolve with the detail
                 await conn.execute(sql("resolve_failures"), self.account, list(new_ids), now)
             if unique and not attempt:  # read whole now: what failed of them is fixed
-                await self._resolve_listed(conn, unique, now)
+                resolved = await self._resolve_listed(conn, unique, now)
             await failure_rows.upsert(
-                conn, self.account, failures, now=now, counts_as_attempt=False
+                conn, self.account, failures, now=now, counts_as_attempt=False, listed=True
             )
             await failure_rows.upsert(  # records it refused: a failed attempt, if one
                 conn, self.account, refused, now=now, counts_as_attempt=attempt
             )
-            self._opened([*failures, *refused])
             for cp in checkpoints:
                 await conn.execute(sql("set_metadata"), self.account, cp.key, cp.value)
+        # Committed: only now is what it resolved gone (a transaction rolled back and tried
+        # again must resolve them again), and what it recorded open.
+        if self._open_failures is not None:
+            self._open_failures[1].difference_update(resolved)
+        self._opened([*failures, *refused])
         stats = MergeStats(
             received=len(records),
             inserted=len(new_ids),
@@ -312,18 +317,20 @@ class PgOrderStore:
 
     async def _resolve_listed(
         self, conn: asyncpg.Connection, records: list[OrderRecord], now: dt.datetime
-    ) -> None:
+    ) -> list[int]:
         """Resolve the open failures of ``records``' orders where the mirror holds them
         whole (``resolve_listed_failures.sql``): a failure past its last attempt is never
         retried, and this is how it ends once the record is fixed in Tiny. The orders
         with an open failure are read once per :data:`OPEN_FAILURES_TTL_S` (and those this
         store records are added) and matched here, so a batch with none of them (nearly
-        all) costs no statement."""
+        all) costs no statement. Returns the ids resolved (the caller forgets them once
+        its transaction commits)."""
         open_ids = await self._open_failure_ids(conn)
         hit = [r.id for r in records if r.id in open_ids]
-        if hit:
-            rows = await conn.fetch(sql("resolve_listed_failures"), self.account, hit, now)
-            open_ids.difference_update(row["id_ordem"] for row in rows)
+        if not hit:
+            return []
+        rows = await conn.fetch(sql("resolve_listed_failures"), self.account, hit, now)
+        return [row["id_ordem"] for row in rows]
 
     async def _open_failure_ids(self, conn: asyncpg.Connection) -> set[int]:
         if self._open_failures is None or time.monotonic() >= self._open_failures[0]:

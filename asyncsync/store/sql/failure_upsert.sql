@@ -3,13 +3,16 @@
 -- $6 counts_as_attempt: an open row counts one more attempt (a retry, an import that failed
 -- again); without it an open row stays as it is, because a listing shows the same broken
 -- record at every run and that is not a new attempt. A resolved row is reopened at attempt 1,
--- unless the same failure came back (the same error): then what resolved it did not hold (a
--- retry imported the order by its detail while its list item stays broken) and the reopening
--- counts one more attempt, so a record that never imports still reaches manual review.
+-- unless a listing shows the same broken list item again ($7, the same error): then what
+-- resolved it did not hold (a retry imported the order by its detail while its list item
+-- stays broken) and the reopening counts one more attempt, so a record that never imports
+-- still reaches manual review. A detail that fails again, once one imported, is a new
+-- failure (a body cut short now and then, weeks apart): at attempt 1, its retries ahead.
 -- A row a person ignored (ignorado_em) is left alone: it stays resolved. An attempt is
 -- stamped with the caller's clock: the same stamp again is the same attempt, not another.
 -- dados_api keeps what earlier attempts stored (the list item) and takes the newest answer.
 -- $1 account, $2 ids, $3 errors, $4 dados_api (JSON text or NULL), same order; ids distinct.
+-- $7 listed: the failures are list items a listing read.
 -- Returns the ids whose row was written.
 INSERT INTO import_failures AS f (
     account, id_ordem, primeira_tentativa, ultima_tentativa, erro, tentativas, resolvido, dados_api
@@ -19,14 +22,15 @@ FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t (id, erro, dados)
 ON CONFLICT (account, id_ordem) DO UPDATE SET
     ultima_tentativa = EXCLUDED.ultima_tentativa,
     erro = EXCLUDED.erro,
-    tentativas = CASE WHEN coalesce(f.resolvido, false) AND f.erro IS NOT DISTINCT FROM EXCLUDED.erro
+    tentativas = CASE WHEN coalesce(f.resolvido, false) AND $7::boolean
+                           AND f.erro IS NOT DISTINCT FROM EXCLUDED.erro
                            THEN coalesce(f.tentativas, 0) + 1
                       WHEN coalesce(f.resolvido, false) THEN 1
                       -- the same attempt's statement again (its first answer was lost)
                       WHEN f.ultima_tentativa = EXCLUDED.ultima_tentativa THEN f.tentativas
                       ELSE coalesce(f.tentativas, 0) + 1 END,
     primeira_tentativa = CASE WHEN coalesce(f.resolvido, false)
-                                   AND f.erro IS DISTINCT FROM EXCLUDED.erro
+                                   AND (NOT $7::boolean OR f.erro IS DISTINCT FROM EXCLUDED.erro)
                               THEN EXCLUDED.primeira_tentativa
                               ELSE f.primeira_tentativa END,
     resolvido = false,
