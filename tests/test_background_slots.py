@@ -12,6 +12,8 @@ import pytest
 
 from asyncsync.options import ServeOptions
 from asyncsync.runtime.fleet import open_fleet
+from asyncsync.seams import PickedWork
+from asyncsync.work.handlers import Dispatcher
 from asyncsync.work.units import Kind, Unit
 from asyncsync.work.worker import work
 
@@ -58,3 +60,37 @@ async def test_a_second_accounts_backfill_runs_beside_the_first_ones_backlog(
     ]
     for key, sim in (("big", big), ("small", small)):  # every order listed (details: cycles')
         assert set(await mirror(db, key)) == set(sim.snapshot()), key
+
+
+async def test_months_waiting_for_their_account_are_not_claimed_over_and_over(
+    simulator, database_url, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an account runs a long unit here (its first sync: hours for a big account),
+    its queued backfill months go back to the queue until it ends, and are made due
+    again then: not claimed, put back and claimed again every 2-4 s each (120 months:
+    ~40 claims and re-queues a second, each a notification waking every worker)."""
+    big = await simulator(orders=3000, seed=7, start_year=2015, latency_s=0.5, max_limit=10)
+    options = ServeOptions(interval_s=60, slots=8, background_slots=2, heartbeat_s=10,
+                           integrity_interval_s=0, drain_s=2)  # fmt: skip
+    picked: list[str] = []
+    real = Dispatcher.handle
+
+    async def counting(self: Dispatcher, unit: PickedWork) -> None:
+        picked.append(unit.kind)
+        await real(self, unit)
+
+    monkeypatch.setattr(Dispatcher, "handle", counting)
+    stop = asyncio.Event()
+    async with open_fleet(common_for(big, database_url), options) as fleet:
+        await register(fleet.database.registry, {"big": big}, monkeypatch)
+        month, months = dt.date(2015, 1, 1), []
+        for _ in range(60):
+            months.append(Unit(Kind.BACKFILL, "big", month).item())
+            month = (month + dt.timedelta(days=32)).replace(day=1)
+        await fleet.database.queue.enqueue(months)
+        asyncio.get_running_loop().call_later(10, stop.set)  # the first sync takes longer
+        await asyncio.wait_for(work(fleet.database.queue, fleet, options, stop), 60)
+    runs = await db.fetch("SELECT mode FROM sync_runs")
+    assert [r["mode"] for r in runs] == ["sync"]  # its first sync held the account
+    claims = picked.count(Kind.BACKFILL.value)
+    assert claims <= 2 * len(months), f"{claims} claims of 60 months in 10 s"
