@@ -62,14 +62,31 @@ async def work(
     async def watch() -> None:
         loop = asyncio.get_running_loop()
         refreshed = -READINESS_EVERY_S
-        while not done.is_set():
-            if await _check(fleet, hooks.readiness) and (
-                loop.time() - refreshed >= READINESS_EVERY_S
-            ):
-                await refresh(fleet, options.interval_s, hooks.readiness)
-                refreshed = loop.time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), LEASE_CHECK_S)
+        # The gauges of every enabled account take seconds to read (hundreds of accounts):
+        # read beside the pings, never in their way, since the lease session ends once
+        # silent for the heartbeat timeout.
+        refreshing: asyncio.Task[None] | None = None
+        try:
+            while not done.is_set():
+                if refreshing is not None and refreshing.done():
+                    refreshing.result()  # what it raised is the worker's, as before
+                    refreshing, refreshed = None, loop.time()
+                if (
+                    await _check(fleet, hooks.readiness)
+                    and refreshing is None
+                    and loop.time() - refreshed >= READINESS_EVERY_S
+                ):
+                    refreshing = asyncio.create_task(
+                        refresh(fleet, options.interval_s, hooks.readiness),
+                        name="worker-refresh",
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), LEASE_CHECK_S)
+        finally:
+            if refreshing is not None:
+                refreshing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await refreshing
 
     async def pick() -> None:
         """The queue's loop, started again after the database came back."""
