@@ -164,28 +164,28 @@ class OrderIndex:
         self._raw: dict[Situacao, list[dict[str, Any]]] = {s: [] for s in Situacao}
         self._cache: dict[tuple[object, ...], list[Entry]] = {}
 
-    def _changed(self) -> None:
+    def changed(self) -> None:
         self._cache.clear()
 
     def add(self, order_id: int, status: Situacao) -> None:
         _insert(self._all, order_id)
         _insert(self._by_status[status], order_id)
-        self._changed()
+        self.changed()
 
     def remove(self, order_id: int, status: Situacao) -> None:
         _remove(self._all, order_id)
         _remove(self._by_status[status], order_id)
-        self._changed()
+        self.changed()
 
     def move(self, order_id: int, old: Situacao, new: Situacao) -> None:
         if old is not new:
             _remove(self._by_status[old], order_id)
             _insert(self._by_status[new], order_id)
-            self._changed()
+            self.changed()
 
     def add_raw(self, status: Situacao, item: dict[str, Any]) -> None:
         self._raw[status].append(item)
-        self._changed()
+        self.changed()
 
     def ids(self, status: Situacao | None) -> list[int]:
         """The live sorted id list (do not mutate)."""

@@ -110,6 +110,16 @@ class SimState:
         self._index.add(order_id, status)
         return order_id
 
+    def edit_order(self, order_id: int, **fields: Any) -> None:
+        """Change fields of an order other than its status (``cliente``, ``valor``,
+        ``data``, ``data_prevista``...): its next listing and detail show them."""
+        order = self.orders[order_id]
+        for name, value in fields.items():
+            if name == "situacao" or not hasattr(order, name):
+                raise ValueError(f"edit_order cannot set {name!r}")
+            setattr(order, name, value)
+        self._index.changed()
+
     def delete_order(self, order_id: int) -> None:
         order = self.orders.pop(order_id)
         self._index.remove(order_id, order.situacao)
