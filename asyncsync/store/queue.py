@@ -292,10 +292,12 @@ class PgWorkQueue:
         rows = await self._sql.fetch("listing queued units", "queue_units", limit)
         return [dict(r) for r in rows]
 
-    async def hurry(self, ids: Sequence[int]) -> None:
-        if ids:
-            await self._sql.execute("hurrying units", "queue_hurry", list(ids),
-                                    db_settings().channel, _wake_up())  # fmt: skip
+    async def hurry(self, ids: Sequence[int]) -> list[int]:
+        if not ids:
+            return []
+        rows = await self._sql.fetch("hurrying units", "queue_hurry", list(ids),
+                                     db_settings().channel, _wake_up())  # fmt: skip
+        return [int(row["id"]) for row in rows]
 
     async def prune(self) -> None:
         """Drop log rows older than :data:`LOG_RETENTION` that the statistics count."""

@@ -63,6 +63,9 @@ NO_WAIT = BACKGROUND
 #: should that not happen (the database away then). At 2-4 s instead, a backfill of 120
 #: months queued behind a first sync of hours was claimed and put back ~40 times a second.
 PARKED_S = 60.0
+#: How long the units bounced while an account ran are looked for on the queue once it
+#: ends, and how often (a re-queue may still be on its way when the account's unit ends).
+HURRY_FOR_S, HURRY_PAUSE_S = 5.0, 0.25
 
 AfterCycle = Callable[[AccountRuntime, list[RunReport]], Awaitable[object]]
 
@@ -93,6 +96,7 @@ class Dispatcher:
         #: due again as soon as the account's last unit here ends.
         self._bounced: dict[str, set[int]] = {}
         self._running: dict[str, int] = {}
+        self._hurrying: set[asyncio.Task[None]] = set()
         self.fatal: BaseException | None = None  # stops the worker (single-account install)
         self._db_failures: dict[str, int] = {}
         self._cycles = 0
@@ -155,8 +159,22 @@ class Dispatcher:
         most of its time waiting)."""
         ids = self._bounced.pop(account, set())
         if ids and self.queue is not None:
-            with contextlib.suppress(DatabaseError):  # they are due soon anyway
-                await self.queue.hurry(sorted(ids))
+            task = asyncio.create_task(self._hurry_until_queued(self.queue, ids))
+            self._hurrying.add(task)
+            task.add_done_callback(self._hurrying.discard)
+
+    @staticmethod
+    async def _hurry_until_queued(queue: WorkQueue, ids: set[int]) -> None:
+        """A unit bounced a moment ago may still be on its way back to the queue: asked
+        again for HURRY_FOR_S (parked PARKED_S otherwise). Ids another worker took and
+        ran meanwhile are never found again, harmlessly."""
+        left = set(ids)
+        deadline = time.monotonic() + HURRY_FOR_S
+        while left and time.monotonic() < deadline:
+            with contextlib.suppress(DatabaseError):  # they are due in PARKED_S anyway
+                left -= set(await queue.hurry(sorted(left)))
+            if left:
+                await asyncio.sleep(HURRY_PAUSE_S)
 
     async def _run(self, unit: Unit, picked: PickedWork, leased: Leased) -> float | None:
         """The unit's job; returns when it is due again (None: it is done)."""
