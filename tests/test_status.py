@@ -9,7 +9,8 @@ import json
 from asyncsync.modes import execute
 from asyncsync.options import IntegrityOptions, SyncOptions
 from asyncsync.status import Situacao
-from asyncsync.store import open_database
+from asyncsync.store import Database, open_database
+from asyncsync.store.database import connect_pool
 
 from .helpers import common_for, cycle
 from .test_cli import run_cli
@@ -158,3 +159,52 @@ async def test_failures_list_retry_and_ignore(simulator, database_url, db) -> No
     assert everyone["ignored"] == [broken[1]]
     nothing = await asyncio.to_thread(failures, "retry", "--all")
     assert nothing == {"account": "default", "rearmed": []}
+
+
+async def test_the_latest_runs_are_read_by_index_however_long_the_history(database_url) -> None:
+    """``sync_runs`` gains a row every serve cycle (~35,000 a year an account at the
+    default interval) and is kept: the latest run of each mode, read by the status and by
+    every worker's gauges, was a sort of the account's whole history (0.5 s at 100,000
+    runs), and listing the accounts read every run. Both are a few index lookups,
+    whatever the history's length."""
+    async with connect_pool(database_url, max_size=1, application_name="tests") as pool:
+        await pool.execute(MANY_RUNS)
+        await pool.execute("ANALYZE sync_runs")
+        await pool.execute("SELECT pg_stat_force_next_flush()")
+        before = await pool.fetchval(ROWS_READ)
+        await pool.execute("SELECT pg_stat_force_next_flush()")
+        last, success = await Database(pool).account("acme").runs.latest()
+        await pool.execute("SELECT pg_stat_force_next_flush()")
+        read = await pool.fetchval(ROWS_READ) - before
+        accounts = await Database(pool).accounts()  # status --all-accounts
+        await pool.execute("SELECT pg_stat_force_next_flush()")
+        listed = await pool.fetchval(ROWS_READ) - before - read
+    assert accounts == ["acme", "other"]
+    assert listed < 50, f"listing the accounts read {listed:,} rows of sync_runs"
+    assert {mode: run.outcome for mode, run in last.items()} == {
+        "integrity": "ok", "retry": "attention", "sync": "failed"
+    }  # fmt: skip
+    assert success["sync"].outcome == "ok" and success["sync"].title == "cycle 2"
+    assert success.keys() == last.keys()
+    assert read < 50, f"the latest runs read {read:,} rows of sync_runs"
+
+
+# 3,000 runs of acme (and as many of another account): the newest sync failed, the one
+# before it (cycle 2) was ok; a retry and an integrity check long ago.
+MANY_RUNS = """
+INSERT INTO sync_runs (account, mode, invoked_as, title, started_at, finished_at, outcome,
+                       report)
+SELECT a, m, 'serve', 'cycle ' || g, now() - g * interval '15 min',
+       now() - g * interval '15 min' + interval '5 s',
+       CASE WHEN g = 1 AND m = 'sync' THEN 'failed' WHEN m = 'retry' THEN 'attention'
+            ELSE 'ok' END,
+       '{"facts": {}}'
+FROM generate_series(1, 3000) g, unnest(ARRAY['acme', 'other']) a,
+     LATERAL (SELECT CASE WHEN g = 2000 THEN 'integrity' WHEN g = 2500 THEN 'retry'
+                          ELSE 'sync' END) s(m)
+"""
+
+ROWS_READ = """
+SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables
+WHERE relname = 'sync_runs'
+"""
