@@ -14,6 +14,7 @@ import orjson
 from ..overview import RunSummary
 from ..records import storable_json, without_nul
 from ..report import FINISHED, RunReport, to_dict
+from ..seams import Census
 from .resilience import SqlRunner
 
 
@@ -84,3 +85,16 @@ class PgRunLog:
             if held is None or run.started_at > held.started_at:
                 last[run.mode] = run
         return last, success
+
+    async def census(self) -> Census | None:
+        """The mirror as the account's latest sync counted it at its end (None: none did).
+        What a worker that does not run the account shows, instead of counting the
+        account's orders itself (~60 ms at 100,000) every couple of minutes."""
+        row = await self._sql.fetchrow("reading the last census", "run_census", self.account)
+        if row is None:
+            return None
+        by_status = orjson.loads(row["by_status"] or "{}")
+        return Census(
+            {int(code): int(c["mirror"]) for code, c in by_status.items() if c.get("mirror")},
+            int(row["detail_backlog"]),
+        )
