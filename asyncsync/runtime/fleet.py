@@ -118,6 +118,10 @@ class Fleet:
             if held is not None:
                 held.lost.set()
 
+    async def reinstall(self) -> None:
+        await self._database.migrate()
+        await self._database.queue.install(again=True)
+
     async def statuses(self, now: dt.datetime) -> list[AccountStatus]:
         if await self.single():
             accounts = [self._pinned.account if self._pinned else self._common.account]

@@ -260,9 +260,10 @@ class PgWorkQueue:
     def worker_id(self) -> str:
         return self._worker_id
 
-    async def install(self) -> None:
-        """Create or upgrade the queue's tables (idempotent; once per instance)."""
-        if not self._installed:
+    async def install(self, *, again: bool = False) -> None:
+        """Create or upgrade the queue's tables (idempotent; once per instance, unless
+        ``again``: the database came back, perhaps created anew)."""
+        if again or not self._installed:
             await self._sql.run("installing the work queue", lambda: install(self._sql.pool))
             self._installed = True
 

@@ -31,11 +31,13 @@ T = TypeVar("T")
 #: SQLSTATEs that say "not now" rather than "not this": shutdowns, restarts, too many
 #: connections, a statement or lock wait cut by its timeout, a server that is read-only
 #: (a standby after a failover) or out of disk or memory, a transaction chosen as a
-#: deadlock's or a serialization conflict's victim, or left idle past the server's limit.
+#: deadlock's or a serialization conflict's victim, or left idle past the server's limit;
+#: a database that no longer exists once connected to (dropped to be restored: at
+#: start the same answer is the URL's fault, see ``database._connect_error``).
 #: The unit of work is tried again, as after a restart: each one is a transaction.
 _NOT_NOW = {
     "57P01", "57P02", "57P03", "53300", "57014", "55P03",
-    "25006", "53100", "53200", "40001", "40P01", "25P03",
+    "25006", "53100", "53200", "40001", "40P01", "25P03", "3D000",
 }  # fmt: skip
 #: What to add to the server's message, for the states it does not explain itself.
 _HINTS = {
@@ -43,6 +45,7 @@ _HINTS = {
     "55P03": " (a statement or lock timeout: is the database frozen?)",
     "25006": " (the server is read-only: a standby, after a failover?)",
     "53100": " (the database server's disk is full)",
+    "3D000": " (dropped while in use: being restored?)",
 }
 
 

@@ -125,6 +125,11 @@ class Fleet(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def reinstall(self) -> None:
+        """Apply the schema and the work queue's tables again (idempotent): a database
+        that was away may come back restored, or created again empty."""
+        ...
+
     async def statuses(self, now: dt.datetime) -> list[AccountStatus]:
         """What the gauges show of the accounts this worker serves (the one account of a
         single-account install, else every enabled account: the database's word, the

@@ -94,7 +94,8 @@ async def work(
         while not stop.is_set():
             started = asyncio.get_running_loop().time()
             try:
-                if failures:
+                if failures:  # back, perhaps restored or created anew: tables first
+                    await fleet.reinstall()
                     await plan(fleet, queue, options)
                 await queue.work(
                     dispatcher.handlers(),

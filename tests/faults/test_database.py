@@ -734,3 +734,88 @@ async def test_a_failure_the_database_could_not_hear_of_is_said_once_it_answers(
         await check_readiness(rt, 60, Readiness())  # after a cycle, or at the next one's start
         health = await said()
     assert health["ok"] is False and "database is unreachable" in str(health["problem"])
+
+
+async def test_serve_outlives_its_database_dropped_and_created_again(
+    simulator, admin_dsn: str, database_url: str, caplog
+) -> None:
+    # A DBA restores the database (DROP DATABASE, CREATE DATABASE, then the dump or
+    # nothing): for a while the server says the database does not exist, then it is back
+    # without asyncsync's tables. Serve must wait it out, as for any outage (/readyz names
+    # the database meanwhile), apply the schema again and rebuild the mirror; before, the
+    # worker exited 1 ("running the work queue: database ... does not exist"), and a
+    # restart policy then met exit 2 for a database that was only being restored.
+    # (Refresh tokens that do not rotate: a database created anew has lost the stored
+    # one, and this test is about the database, not the token.)
+    sim = await simulator(orders=200, seed=31, rotate_refresh_tokens=False)
+    common = fast_db(common_for(sim, database_url), reconnect_s=1.0)
+    name = database_url.rsplit("/", 1)[1]
+    stop = asyncio.Event()
+    options = ServeOptions(interval_s=0.5, heartbeat_s=2, metrics_port=0, cycle=cycle())
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def mirrored() -> dict[int, dict[str, object]]:
+        try:
+            conn = await asyncpg.connect(database_url)
+        except (asyncpg.PostgresError, OSError):
+            return {}
+        try:
+            return await mirror(conn)  # type: ignore[arg-type]
+        except asyncpg.PostgresError:
+            return {}
+        finally:
+            await conn.close()
+
+    async def readyz(port: int) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as answer:
+                return answer.status, await answer.text()
+
+    with caplog.at_level(logging.INFO):
+        serving = asyncio.create_task(serve.run(common, options, stop))
+        try:
+            deadline = time.monotonic() + 30
+            while diff(sim.snapshot(), await mirrored()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert diff(sim.snapshot(), await mirrored()) == []
+            said = [r.getMessage() for r in caplog.records]
+            port = next(int(m.split("/metrics")[0].rsplit(":", 1)[1])
+                        for m in said if "metrics on" in m)  # fmt: skip
+            await admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+            moved = sorted(sim.orders)[5]
+            sim.set_status(moved, Situacao.CANCELADA)  # a change made while it was away
+            await asyncio.sleep(4)
+            assert not serving.done(), serving.result()
+            status, text = await readyz(port)
+            assert status == 503 and "database" in text, (status, text)
+            await admin(f'CREATE DATABASE "{name}"')  # back, empty
+            deadline = time.monotonic() + 40
+            while diff(sim.snapshot(), await mirrored()) and time.monotonic() < deadline:
+                assert not serving.done(), serving.result()
+                await asyncio.sleep(0.3)
+            assert diff(sim.snapshot(), await mirrored()) == []
+            for _ in range(40):  # ready again once a cycle has run on the new database
+                status, text = await readyz(port)
+                if status == 200:
+                    break
+                await asyncio.sleep(0.25)
+            assert status == 200, text
+        finally:
+            stop.set()
+            code = await asyncio.wait_for(serving, 60)
+    assert code == 0
+    conn = await asyncpg.connect(database_url)
+    try:
+        chains = await conn.fetch(
+            "SELECT id_os, count(*) FILTER (WHERE status_antigo IS NULL) AS firsts "
+            "FROM ordem_status_history GROUP BY id_os"
+        )
+    finally:
+        await conn.close()
+    assert len(chains) == 200 and all(r["firsts"] == 1 for r in chains)
