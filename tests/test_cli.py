@@ -392,3 +392,22 @@ async def test_tiny_refusing_the_app_itself_is_configuration(simulator, database
     assert [r["outcome"] for r in rows] == ["failed", "failed", "failed"]
     assert "invalid_client" in rows[0]["errors"][0] and "TINY_TOKEN_URL" in rows[1]["errors"][0]
     assert "no OAuth JSON" in rows[2]["errors"][0]
+
+
+def test_a_database_urls_libpq_parameters_are_honoured_or_named(database_url: str) -> None:
+    # ``?connect_timeout=10`` is libpq's, in many a DATABASE_URL; asyncpg does not know it
+    # and passed it to the server as a setting, which refused it: every run exited 1
+    # ("sync failed: ... unrecognized configuration parameter"), a systemd unit restarting
+    # for ever. It is honoured now; a parameter the server refuses is the URL's fault: exit
+    # 2, one sentence naming the variable.
+    ok = run_cli("migrate", env={"DATABASE_URL": f"{database_url}?connect_timeout=10"})
+    assert ok.returncode == 0 and "schema is up to date" in ok.stdout, ok.stderr
+    for query, said in (
+        ("connect_timeout=soon", "connect_timeout='soon'"),
+        ("fallback_application_name=x", 'unrecognized configuration parameter'),
+        ("options=-c%20statement_timeout%3Dabc", 'invalid value for parameter'),
+    ):
+        bad = run_cli("migrate", env={"DATABASE_URL": f"{database_url}?{query}"})
+        assert bad.returncode == 2, bad.stderr
+        assert "DATABASE_URL" in bad.stderr and said in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

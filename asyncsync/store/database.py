@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -172,6 +172,8 @@ async def connect_pool(
     The server cuts a statement after ``statement_timeout_s`` and a lock wait after
     ``lock_timeout_s``; the client gives up a little later, for a server too frozen to
     cut anything."""
+    given, dsn = dsn, _without_connect_timeout(dsn)
+    connect_timeout_s = _connect_timeout_s(given)
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -179,7 +181,7 @@ async def connect_pool(
             min_size=0,
             max_size=max_size,
             init=_init_connection,
-            timeout=15,
+            timeout=connect_timeout_s,
             command_timeout=statement_timeout_s + 5,
             server_settings={
                 # import_failures keeps its `timestamp` columns: pin what they mean.
@@ -229,11 +231,47 @@ async def migrate(pool: asyncpg.Pool) -> None:
         await conn.execute(sql("schema"))
 
 
+#: Seconds to wait for a connection unless the URL says (libpq's ``connect_timeout``).
+CONNECT_TIMEOUT_S = 15.0
+#: Refusals at connection time that are the URL's: no such database, the credentials,
+#: and a parameter of its query string the server does not know or takes no such value
+#: of (asyncpg hands every parameter it does not know itself to the server as a setting).
+_URL_REFUSALS = ("3D000", "42704", "22023")
+
+
+def _connect_timeout_s(dsn: str) -> float:
+    """libpq's ``connect_timeout`` (seconds; 0 or none: the default here), which asyncpg
+    does not know: left in the URL it reaches the server as a setting, which refuses it."""
+    raw = dict(parse_qsl(urlsplit(dsn).query)).get("connect_timeout")
+    if raw is None:
+        return CONNECT_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"the database URL (--database-url, DATABASE_URL) {redact(dsn)} has "
+            f"connect_timeout={raw!r}: it must be a number of seconds"
+        ) from None
+    return max(seconds, 2.0) if seconds > 0 else CONNECT_TIMEOUT_S  # libpq: at least 2 s
+
+
+def _without_connect_timeout(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(key == "connect_timeout" for key, _ in query):
+        return dsn
+    kept = [(key, value) for key, value in query if key != "connect_timeout"]
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
 def _connect_error(dsn: str, exc: BaseException) -> DatabaseError | ConfigError:
     """Why connecting failed: a server that refuses these credentials or has no such
-    database is the URL's fault (exit 2); anything else is the database's (see classify)."""
+    database, or a setting the URL passes, is the URL's fault (exit 2); anything else is
+    the database's (see classify)."""
     state = getattr(exc, "sqlstate", None) or ""
-    if isinstance(exc, asyncpg.PostgresError) and (state == "3D000" or state.startswith("28")):
+    if isinstance(exc, asyncpg.PostgresError) and (
+        state in _URL_REFUSALS or state.startswith("28")
+    ):
         return _unusable(dsn, exc)
     return classify(exc, f"cannot connect to PostgreSQL at {redact(dsn)}")
 
