@@ -411,3 +411,25 @@ def test_a_database_urls_libpq_parameters_are_honoured_or_named(database_url: st
         assert bad.returncode == 2, bad.stderr
         assert "DATABASE_URL" in bad.stderr and said in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_serve_refuses_a_pool_too_small_to_work_with(database_url: str) -> None:
+    # ASYNCSYNC_DB_POOL_SIZE=2 (one environment file serves every mode, and a one-shot run
+    # works with 2) left serve up for ever with no cycle run: the queue's listener and the
+    # lease session held both connections, every unit waited for a third, and /readyz said
+    # the database was frozen. Now: exit 2, one sentence, at once.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
+    clean.update({"DATABASE_URL": database_url, "ASYNCSYNC_DB_POOL_SIZE": "2"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asyncsync", "serve", "--simulator", "50", "--interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean,
+    )  # fmt: skip
+    try:
+        _, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail("serve with a pool of 2 neither worked nor said why in 20 s")
+    assert process.returncode == 2, stderr
+    assert "ASYNCSYNC_DB_POOL_SIZE" in stderr and "too small for serve" in stderr, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr

@@ -104,6 +104,8 @@ async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.
         raise ConfigError(f"{mode} works on one account at a time: give --account, "
                           "not --all-accounts")  # fmt: skip
     module = importlib.import_module(f"{__name__}.{mode}")
+    if hasattr(module, "check"):  # what the options cannot say alone, before anything starts
+        module.check(common)
     async with bundled(common, serve_only=mode == "simulate") as effective:
         started_at = utcnow()
         try:

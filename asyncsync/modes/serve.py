@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 #: Pauses between attempts to reach a database that is away at start, seconds (the last
 #: one repeats for as long as it takes).
 START_PAUSES_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: Connections a worker cannot do with fewer of: the queue's listener and the lease
+#: session hold one each for good, the queue's claims and heartbeats need one, and its
+#: units at least one. With two, every unit waited for a connection for ever (and /readyz
+#: blamed a frozen database); with three, now and then.
+SERVE_MIN_POOL = 4
 
 __all__ = ["AfterCycle", "check_readiness", "run", "serve_loop"]
 
@@ -65,8 +70,21 @@ async def serve_loop(
         return await work(rt.database.queue, fleet, options, stop, hooks=hooks)
 
 
+def check(common: CommonOptions) -> None:
+    """Refuse, before anything starts, a pool the worker cannot work with."""
+    pool_size = common.database.pool_size
+    if pool_size is not None and pool_size < SERVE_MIN_POOL:
+        raise ConfigError(
+            f"--db-pool-size (ASYNCSYNC_DB_POOL_SIZE) {pool_size} is too small for serve: a "
+            f"worker needs at least {SERVE_MIN_POOL} connections (the queue's listener, the "
+            "lease session, the queue's claims and heartbeats, its units); leave it unset to "
+            "fit the pool to --slots"
+        )
+
+
 async def run(common: CommonOptions, options: ServeOptions, stop: asyncio.Event) -> int:
     """Entry point of ``--mode serve``."""
+    check(common)
     readiness = Readiness()
     async with contextlib.AsyncExitStack() as stack:
         if options.metrics_port is not None:  # first: health answers while the db is away
