@@ -155,6 +155,21 @@ def writable_file(raw: str) -> Path:
     return where
 
 
+def textfile(raw: str) -> Path:
+    """The metrics file a one-shot run writes at its end (its missing folders are made
+    then): checked now, so a path that cannot be written fails before the work, not in a
+    log line after an exit 0 that left node-exporter nothing to read."""
+    where = path(raw)
+    if where.is_dir():
+        raise ValueError(f"must be a file, got the directory {raw!r}")
+    folder = where.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the first folder that exists: the rest can be made
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"must be a file in a writable directory, got {raw!r}")
+    return where
+
+
 def order_ids(raw: str) -> tuple[int, ...]:
     """``"12,34"`` (or ``"12 34"``) → ``(12, 34)``."""
     parts = raw.replace(",", " ").split()

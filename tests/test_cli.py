@@ -433,3 +433,27 @@ def test_serve_refuses_a_pool_too_small_to_work_with(database_url: str) -> None:
     assert process.returncode == 2, stderr
     assert "ASYNCSYNC_DB_POOL_SIZE" in stderr and "too small for serve" in stderr, stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_a_metrics_textfile_that_cannot_be_written_is_refused_before_the_run(tmp_path) -> None:
+    # --textfile /var/lib/node_exporter (the collector's folder, not a file in it): the
+    # run went on, exited 0, and only a log line said the metrics were never written.
+    # Checked like --json now: exit 2 before anything starts, naming the flag or variable.
+    nowhere = {"DATABASE_URL": "postgresql://u@127.0.0.1:1/x"}  # never the embedded one
+    folder = run_cli("sync", "--textfile", str(tmp_path), env=nowhere)
+    assert folder.returncode == 2, folder.stderr
+    assert "--textfile must be a file, got the directory" in folder.stderr
+    assert len(folder.stderr.strip().splitlines()) == 1, folder.stderr
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root writes anywhere: nothing to refuse then
+        by_env = run_cli("sync", env={**nowhere,
+                                      "ASYNCSYNC_METRICS_TEXTFILE": str(locked / "a.prom")})
+        assert by_env.returncode == 2, by_env.stderr
+        assert "ASYNCSYNC_METRICS_TEXTFILE must be a file in a writable directory" in (
+            by_env.stderr
+        )
+    deeper = tmp_path / "new" / "folder" / "asyncsync.prom"  # folders still to make: fine
+    from asyncsync.parsers import textfile
+
+    assert textfile(str(deeper)) == deeper

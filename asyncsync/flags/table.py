@@ -47,6 +47,7 @@ from ..parsers import (
     path,
     status_codes,
     text,
+    textfile,
     writable_file,
 )
 
@@ -155,7 +156,7 @@ FLAGS: tuple[Flag, ...] = (
     F("--wait-lock", "ASYNCSYNC_WAIT_LOCK_S", RunOptions, "wait_lock_s", number(0),
       "wait up to this long for the account's run lock before giving up (exit 3)",
       metavar="S"),
-    F("--textfile", "ASYNCSYNC_METRICS_TEXTFILE", RunOptions, "metrics_textfile", path,
+    F("--textfile", "ASYNCSYNC_METRICS_TEXTFILE", RunOptions, "metrics_textfile", textfile,
       "at the end, write the metrics to this file for node-exporter's textfile collector",
       metavar="PATH"),
     F("--all-accounts", "ASYNCSYNC_ALL_ACCOUNTS", RunOptions, "all_accounts", boolean,
