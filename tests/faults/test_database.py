@@ -790,10 +790,15 @@ async def test_serve_outlives_its_database_dropped_and_created_again(
             await admin(f'DROP DATABASE "{name}" WITH (FORCE)')
             moved = sorted(sim.orders)[5]
             sim.set_status(moved, Situacao.CANCELADA)  # a change made while it was away
-            await asyncio.sleep(4)
-            assert not serving.done(), serving.result()
-            status, text = await readyz(port)
+            for _ in range(40):  # the worker's probe runs every 5 s
+                await asyncio.sleep(0.25)
+                assert not serving.done(), serving.result()
+                status, text = await readyz(port)
+                if status == 503:
+                    break
             assert status == 503 and "database" in text, (status, text)
+            await asyncio.sleep(1)
+            assert not serving.done(), serving.result()
             await admin(f'CREATE DATABASE "{name}"')  # back, empty
             deadline = time.monotonic() + 40
             while diff(sim.snapshot(), await mirrored()) and time.monotonic() < deadline:
