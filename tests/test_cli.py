@@ -404,8 +404,8 @@ def test_a_database_urls_libpq_parameters_are_honoured_or_named(database_url: st
     assert ok.returncode == 0 and "schema is up to date" in ok.stdout, ok.stderr
     for query, said in (
         ("connect_timeout=soon", "connect_timeout='soon'"),
-        ("fallback_application_name=x", 'unrecognized configuration parameter'),
-        ("options=-c%20statement_timeout%3Dabc", 'invalid value for parameter'),
+        ("fallback_application_name=x", "unrecognized configuration parameter"),
+        ("options=-c%20statement_timeout%3Dabc", "invalid value for parameter"),
     ):
         bad = run_cli("migrate", env={"DATABASE_URL": f"{database_url}?{query}"})
         assert bad.returncode == 2, bad.stderr
@@ -447,8 +447,9 @@ def test_a_metrics_textfile_that_cannot_be_written_is_refused_before_the_run(tmp
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if not os.access(locked, os.W_OK):  # root writes anywhere: nothing to refuse then
-        by_env = run_cli("sync", env={**nowhere,
-                                      "ASYNCSYNC_METRICS_TEXTFILE": str(locked / "a.prom")})
+        by_env = run_cli(
+            "sync", env={**nowhere, "ASYNCSYNC_METRICS_TEXTFILE": str(locked / "a.prom")}
+        )
         assert by_env.returncode == 2, by_env.stderr
         assert "ASYNCSYNC_METRICS_TEXTFILE must be a file in a writable directory" in (
             by_env.stderr
