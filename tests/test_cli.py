@@ -458,3 +458,10 @@ def test_a_metrics_textfile_that_cannot_be_written_is_refused_before_the_run(tmp
     from asyncsync.parsers import textfile
 
     assert textfile(str(deeper)) == deeper
+
+
+def test_authorize_of_an_account_of_the_table_names_it_in_what_to_run_next() -> None:
+    from asyncsync.jobs.authorize import next_steps
+
+    assert all("--account" not in step for step in next_steps("default"))
+    assert "asyncsync backfill --account acme --enqueue" in next_steps("acme")[0]

@@ -16,6 +16,18 @@ NEXT_STEPS = (
 )
 
 
+def next_steps(account: str) -> tuple[str, ...]:
+    """What to run next; an account of the table names itself, and its history goes on
+    the work queue for the workers (as the README's walkthrough says)."""
+    if account == "default":
+        return NEXT_STEPS
+    return (
+        f"next: asyncsync backfill --account {account} --enqueue --from 2014-01   "
+        "(the history, for the workers)",
+        "then: asyncsync serve --metrics-port 9108  (a worker; every account's cycles)",
+    )
+
+
 async def authorize(
     authorizer: Authorizer, ctx: RunContext, *, timeout_s: float, say: Callable[[str], None]
 ) -> RunReport:
@@ -50,5 +62,5 @@ async def authorize(
             "tokens": "stored in the database (tiny_tokens); TINY_REFRESH_TOKEN is not needed",
             "access_token_lifetime": lifetime,
         },
-        notes=NEXT_STEPS,
+        notes=next_steps(ctx.account),
     )
