@@ -465,3 +465,21 @@ def test_authorize_of_an_account_of_the_table_names_it_in_what_to_run_next() -> 
 
     assert all("--account" not in step for step in next_steps("default"))
     assert "asyncsync backfill --account acme --enqueue" in next_steps("acme")[0]
+
+
+async def test_failures_retry_of_an_id_that_is_no_failure_says_so(simulator, database_url) -> None:
+    """``failures ignore 789`` says 789 was not an open failure; ``failures retry 789``
+    (a typo'd id, one already resolved) ran a retry of nothing, exit 0, and never said so."""
+    import asyncio
+
+    sim = await simulator(orders=20)
+    env = {
+        "DATABASE_URL": database_url,
+        "TINY_CLIENT_ID": sim.config.client_id, "TINY_CLIENT_SECRET": sim.config.client_secret,
+        "TINY_REFRESH_TOKEN": sim.valid_refresh_token(), "TINY_API_BASE_URL": sim.base_url,
+        "TINY_TOKEN_URL": sim.token_url, "ASYNCSYNC_LOG_FORMAT": "text",
+    }  # fmt: skip
+    ignored = await asyncio.to_thread(run_cli, "failures", "ignore", "789", env=env)
+    assert "not open, left as they were: 789" in ignored.stdout
+    retried = await asyncio.to_thread(run_cli, "failures", "retry", "789", env=env)
+    assert "789" in retried.stdout + retried.stderr, retried.stdout
