@@ -60,3 +60,31 @@ def test_a_run_killed_mid_way_does_not_keep_the_embedded_server_up_for_good(
         if postmaster(pgdata) is not None:
             os.kill(server, signal.SIGINT)  # a fast shutdown, for the next test's sake
             gone(pgdata, within_s=15)
+
+
+def test_as_root_without_useradd_the_embedded_server_is_a_configuration_sentence(
+    tmp_path, monkeypatch
+) -> None:
+    """As root, pgserver runs PostgreSQL as a system user ``pgserver`` it creates with
+    ``useradd`` (in /usr/sbin, off many PATHs: ``env -i PATH=/usr/local/bin:/usr/bin:/bin``,
+    cron). The Quickstart then failed, exit 1, with "No such file or directory: 'useradd'"."""
+    import pwd
+
+    import pytest
+
+    from asyncsync.errors import ConfigError
+    from asyncsync.store import database
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no useradd on it
+    real = pwd.getpwnam
+
+    def no_pgserver(name: str):
+        if name == "pgserver":
+            raise KeyError(name)
+        return real(name)
+
+    monkeypatch.setattr(pwd, "getpwnam", no_pgserver)
+    with pytest.raises(ConfigError) as said:
+        database._embedded_server(tmp_path / "data")
+    assert "DATABASE_URL" in str(said.value) and "root" in str(said.value)

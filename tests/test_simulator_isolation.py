@@ -46,4 +46,3 @@ async def test_a_simulator_demo_leaves_a_real_accounts_tokens_and_mirror_alone(
     # real account is not.
     assert token_after == token_before, (demo.returncode, demo.stderr[-500:])
     assert open_after == open_before, (demo.returncode, open_before, open_after)
-

@@ -67,6 +67,9 @@ def _embedded_server(data_dir: Path) -> Any:
             f"--data-dir (ASYNCSYNC_DATA_DIR) {data_dir} cannot hold the embedded PostgreSQL: "
             f"{exc.strerror or exc}; choose a writable directory, or set DATABASE_URL"
         ) from None
+    refusal = _as_root_refusal()
+    if refusal is not None:
+        raise ConfigError(refusal)
     log.info("starting embedded PostgreSQL in %s", pgdata)
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
@@ -83,6 +86,28 @@ def _embedded_server(data_dir: Path) -> Any:
             raise DatabaseError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
             ) from exc
+
+
+def _as_root_refusal() -> str | None:
+    """Why pgserver cannot start as root here, or None: as root it runs PostgreSQL as a
+    system user ``pgserver``, which it creates with ``useradd`` when missing."""
+    import pwd
+    import shutil
+
+    if os.name != "posix" or os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("pgserver")
+        return None
+    except KeyError:
+        pass
+    if shutil.which("useradd") is not None:
+        return None
+    return (
+        "no DATABASE_URL: as root the embedded PostgreSQL runs as a system user 'pgserver', "
+        "created with useradd, which is not on PATH; run asyncsync as an ordinary user, put "
+        "/usr/sbin on PATH, or set DATABASE_URL"
+    )
 
 
 #: pgserver's list of the processes using a server: the last to exit stops it.
