@@ -242,3 +242,23 @@ async def test_authorize_stores_the_first_token_of_an_account(simulator, databas
     assert proc.returncode == 0, err.decode()
     stored = await db.fetchval("SELECT refresh_token FROM tiny_tokens WHERE account = 'acme'")
     assert stored == sim.valid_refresh_token() and sim.stats.code_exchanges == 1
+
+
+async def test_a_json_report_file_of_every_account_keeps_every_accounts_report(
+    simulator, database_url, tmp_path
+) -> None:
+    """``--json PATH`` with ``--all-accounts``: each account's report was written over the
+    one before, so the file held the last account's alone (a timer's report of the
+    integrity of every account said nothing of all but one)."""
+    sims = {key: await simulator(orders=30, seed=n) for n, key in enumerate(("north", "south"))}
+    env: dict[str, str] = {}
+    for key, sim in sims.items():
+        env.update(secrets(key, sim))
+        code, _, err = await cli(*add_args(key, sim, database_url))
+        assert code == 0, err
+    path = tmp_path / "report.json"
+    code, _, err = await cli("sync", "--all-accounts", "--database-url", database_url,
+                             "--json", str(path), env=env)  # fmt: skip
+    assert code == 0, err
+    reports = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["account"] for r in reports] == ["north", "south"]
