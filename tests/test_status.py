@@ -208,3 +208,26 @@ ROWS_READ = """
 SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables
 WHERE relname = 'sync_runs'
 """
+
+
+async def test_a_periodic_unit_waiting_for_its_next_turn_is_not_aged_from_its_first_run(
+    database_url, db
+) -> None:
+    """``status`` showed a cycle waiting for its next turn (``deferred``) as old as the row:
+    a cycle that put itself back every 15 minutes for three days read "oldest 3 days",
+    as if stuck. Its age counts from when it was put back, not from its first enqueue."""
+    from pathlib import Path
+
+    async with open_database(database_url, Path("/nonexistent")) as database:
+        await database.queue.install()
+        await db.execute(
+            "INSERT INTO pgqueuer (priority, entrypoint, payload, status, created, updated,"
+            " execute_after, dedupe_key) VALUES (0, 'asyncsync.cycle',"
+            " convert_to('{\"account\": \"default\"}', 'UTF8'), 'queued',"
+            " now() - interval '3 days', now() - interval '1 minute',"
+            " now() + interval '14 minutes', 'cycle:default')"
+        )
+        counts = await database.queue.census("default")
+    [deferred] = [c for c in counts if c.kind == "asyncsync.cycle"]
+    assert deferred.state == "deferred"
+    assert deferred.oldest_s < 3600, deferred  # put back a minute ago, not 3 days
