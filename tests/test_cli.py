@@ -483,3 +483,14 @@ async def test_failures_retry_of_an_id_that_is_no_failure_says_so(simulator, dat
     assert "not open, left as they were: 789" in ignored.stdout
     retried = await asyncio.to_thread(run_cli, "failures", "retry", "789", env=env)
     assert "789" in retried.stdout + retried.stderr, retried.stdout
+
+
+def test_simulate_on_a_port_in_use_names_the_flag_and_exits_2() -> None:
+    """As serve's --metrics-port does; it was exit 1 and the bare errno text."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("simulate", "--sim-port", str(port))
+    assert result.returncode == 2, result.stderr
+    assert "--sim-port (ASYNCSYNC_SIM_PORT): cannot listen" in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ..errors import ConfigError
 from ..options import CommonOptions, SimulateOptions
 
 
@@ -19,5 +20,11 @@ async def run(common: CommonOptions, options: SimulateOptions, stop: asyncio.Eve
         rate_limit_per_minute=sim.quota(common.tiny),
         latency_s=sim.latency_ms / 1000,
     )
-    await serve(config, "127.0.0.1", sim.port, stop)
+    try:
+        await serve(config, "127.0.0.1", sim.port, stop)
+    except OSError as exc:  # the port in use: configuration, as serve's --metrics-port
+        raise ConfigError(
+            f"--sim-port (ASYNCSYNC_SIM_PORT): cannot listen on 127.0.0.1:{sim.port}: "
+            f"{exc.strerror or exc}"
+        ) from None
     return 0
