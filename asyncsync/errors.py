@@ -152,3 +152,10 @@ class RecordError(AsyncsyncError):
         super().__init__(message)
         self.raw = raw
         self.order_id = order_id
+
+
+def authorize_command(account: str) -> str:
+    """The command that authorizes ``account`` again (its key named unless the default)."""
+    if account == "default":
+        return "asyncsync authorize"
+    return f"asyncsync authorize --account {account}"

@@ -395,3 +395,18 @@ async def test_timeouts_and_refused_connections_are_retried_then_typed(simulator
         with pytest.raises(TinyUnavailable, match="ClientConnectorError after retries"):
             await dead.get_order(order_id)
         assert dead.api_stats().retries == 1
+
+
+async def test_a_revoked_token_of_an_account_of_the_table_names_the_account_to_authorize(
+    simulator,
+) -> None:
+    """`asyncsync authorize` alone authorizes the default account: an account of the table
+    needs `--account KEY` (health and the error said the bare command)."""
+    sim = await simulator(orders=10)
+    token = sim.valid_refresh_token()
+    sim.revoke_refresh_tokens()
+    creds = Credentials(sim.config.client_id, sim.config.client_secret, token)
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenManager(session, sim.token_url, creds, MemoryTokenStore(), account="acme")
+        with pytest.raises(ReauthorizationRequired, match="`asyncsync authorize --account acme`"):
+            await tokens.access_token()

@@ -45,6 +45,7 @@ from ..errors import (
     TinyAuthError,
     TinyAuthMisconfigured,
     TinyUnavailable,
+    authorize_command,
 )
 from ..options import Credentials
 from ..seams import TokenSet, TokenStore
@@ -405,8 +406,8 @@ class TokenManager:
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "invalid_grant").inc()
             raise ReauthorizationRequired(
                 f"Tiny refused the grant for account {self._account!r} (invalid_grant): the "
-                "refresh token expired or was revoked. Run `asyncsync authorize` to let a "
-                "person authorize the app again."
+                f"refresh token expired or was revoked. Run `{authorize_command(self._account)}` "
+                "to let a person authorize the app again."
             )
         if status >= 500:
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()

@@ -26,6 +26,7 @@ from ..errors import (
     TinyAuthError,
     TinyError,
     TinyUnavailable,
+    authorize_command,
 )
 from ..jobs.retry import retry_due
 from ..jobs.sync import sync_once
@@ -109,7 +110,9 @@ async def run_cycle(
             readiness.set("authorization", f"{type(exc).__name__}: {exc}")
         failed = await record(rt, failed_report("sync", rt.account, started_at, exc), facts)
         if isinstance(exc, ReauthorizationRequired):
-            await say_health(rt, "re-authorization required: run `asyncsync authorize`")
+            await say_health(
+                rt, f"re-authorization required: run `{authorize_command(rt.account)}`"
+            )
             raise
         await say_health(rt, f"last cycle failed: {exc}")
         wait_s, what = next_attempt(rt, options, exc, db_failures)
