@@ -143,7 +143,8 @@ ALTER TABLE import_failures ADD COLUMN IF NOT EXISTS ignorado_em timestamptz;
 -- change into 3 - Finalizada (NULL when the order was first seen already finalized). An
 -- order reopened and finalized again was concluded by its last move into 3: a
 -- dataConclusao older than the last observed move out of 3 is the earlier conclusion
--- (Tiny may keep it), so the history's last move into 3 is reported instead.
+-- (Tiny may keep it), so the history's last move into 3 is reported instead. Orders
+-- flagged possibly deleted are left out, as the status and the gauges leave them out.
 CREATE OR REPLACE VIEW ordens_finalizadas AS
 SELECT o.account,
        o.id,
@@ -170,7 +171,8 @@ LEFT JOIN LATERAL (
     FROM ordem_status_history
     WHERE account = o.account AND id_os = o.id
 ) h ON true
-WHERE o.situacao = 3;
+WHERE o.situacao = 3
+  AND NOT o.possibly_deleted;  -- gone from Tiny (a 404): kept in the mirror, not reported
 
 -- The Tiny accounts this database mirrors (`asyncsync accounts add`), read by every worker.
 -- Secrets are named by reference: an environment variable every worker reads, or a file

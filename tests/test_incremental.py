@@ -11,7 +11,7 @@ from collections import defaultdict
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import CLOSED_STATUSES, OPEN_STATUSES, Situacao
 
-from .helpers import full_sync, incremental_sync
+from .helpers import full_sync, incremental_sync, integrity
 from .mirror import diff, mirror
 
 PAGE = 20
@@ -305,3 +305,26 @@ async def test_an_order_listed_again_after_a_404_gets_its_detail(
     assert not row["possibly_deleted"]
     assert row["has_detail"], "listed again, its detail is never fetched"
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+# What the README tells a BI analyst to read: ``ordens_finalizadas`` is "the one place"
+# for concluded orders. An order deleted in Tiny stays in the mirror flagged
+# ``possibly_deleted`` (never deleted); ``asyncsync status`` and the ``asyncsync_orders``
+# gauge leave it out, and the view must not count it as concluded either.
+async def test_an_order_deleted_in_tiny_is_not_reported_as_concluded(
+    simulator, runtime_for, db
+) -> None:
+    sim = await simulator(orders=200, seed=4)
+    async with runtime_for(sim) as rt:
+        await full_sync(rt)
+    gone = next(i for i, o in sim.orders.items() if o.situacao == Situacao.FINALIZADA)
+    sim.delete_order(gone)
+    async with runtime_for(sim) as rt:
+        await integrity(rt, deep=True)
+    assert await db.fetchval(
+        "SELECT possibly_deleted FROM ordens_servico WHERE id = $1", gone
+    )  # the integrity check found it gone (a 404)
+    concluded = {r["id"] for r in await db.fetch("SELECT id FROM ordens_finalizadas")}
+    in_tiny = {i for i, o in sim.orders.items() if o.situacao == Situacao.FINALIZADA}
+    assert gone not in concluded
+    assert concluded == in_tiny
