@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from ..clock import utcnow
 from ..errors import ConfigError
@@ -78,4 +79,13 @@ async def _retry(
         store = rt.store
         ctx = rt.context(stop)
         rearmed = await store.failures.rearm(targets, now=ctx.clock(), policy=DEFAULT_POLICY)
-        return await retry_due(rt.client, store.orders, store.failures, ctx, ids=rearmed)
+        report = await retry_due(rt.client, store.orders, store.failures, ctx, ids=rearmed)
+    left = sorted(set(targets or ()) - set(rearmed))
+    if not left:
+        return report
+    # A mistyped id, or one resolved meanwhile: said, as ignore says it.
+    return dataclasses.replace(
+        report,
+        counts={**report.counts, "not_open": len(left)},
+        notes=[*report.notes, f"not open, left as they were: {', '.join(map(str, left))}"],
+    )
