@@ -140,6 +140,7 @@ class OutputOptions:
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | json | text
     json_path: Path | None = None  # write the report as JSON here; Path("-"): to stdout
+    json_append: bool = False  # add the report as a line (--all-accounts: one an account)
 
     @property
     def json_to_stdout(self) -> bool:

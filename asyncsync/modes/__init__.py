@@ -64,6 +64,10 @@ async def each_account(mode: str, common: CommonOptions, options: Any, stop: asy
     codes: list[int] = []
     first: AsyncsyncError | None = None
     one = dataclasses.replace(common.run, all_accounts=False)
+    output = common.output
+    if output.json_path is not None and not output.json_to_stdout:
+        write_text(output.json_path, "")  # then a line an account, each added in turn
+        common = dataclasses.replace(common, output=dataclasses.replace(output, json_append=True))
     for key in keys:
         if stop.is_set():
             break
@@ -165,7 +169,7 @@ def present(report: RunReport, common: CommonOptions) -> None:
     show(render(report), to_json(report), common)
     path = common.output.json_path
     if path is not None and not common.output.json_to_stdout:
-        write_text(path, to_json(report) + "\n")
+        write_text(path, to_json(report) + "\n", append=common.output.json_append)
 
 
 def show(renderable: RenderableType, data: object, common: CommonOptions) -> None:
@@ -181,8 +185,9 @@ def show(renderable: RenderableType, data: object, common: CommonOptions) -> Non
         console.print(renderable)
 
 
-def write_text(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
+def write_text(path: Path, text: str, *, append: bool = False) -> None:
+    with path.open("a" if append else "w", encoding="utf-8") as out:
+        out.write(text)
 
 
 @asynccontextmanager
