@@ -432,3 +432,30 @@ async def test_an_outage_met_at_the_token_endpoint_opens_the_circuit(
     # The 4 refresh attempts that opened it, three tries each, and those in flight.
     assert sim.stats.outage_answers <= (4 + 8) * 3, sim.stats.as_dict()
     assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+
+
+@pytest.mark.parametrize("needs", ["due", "refused"])
+async def test_a_token_endpoint_blip_is_tried_again_not_the_end_of_the_run(
+    needs: str, simulator, runtime_for, db
+) -> None:
+    # The token endpoint answers 503 to one refresh's three tries (a Keycloak restart, a
+    # proxy's hiccup) while the API is up. The request that needed the token must go
+    # again like after any 5xx: it failed at once instead, and the listing with it, so a
+    # two-second blip ended a one-shot sync with exit 5, the circuit still closed.
+    # ``due``: the token is renewed because it is near its expiry; ``refused``: after a
+    # 401 to a token the API dropped early.
+    ttl_s = 2.0 if needs == "due" else 14400.0
+    sim = await simulator(orders=200, seed=3, access_ttl_s=ttl_s)
+    async with runtime_for(sim, max_concurrency=4, max_retries=4) as rt:
+        await rt.client.get_order(next(iter(sim.orders)))  # a token is granted and used
+        if needs == "due":
+            await asyncio.sleep(ttl_s * 0.8)  # past its renewal, still valid
+        else:
+            sim.expire_access_tokens()
+        sim.fail_token_requests = 3  # the next refresh's three tries
+        report = await full_sync(rt)
+        assert rt.client.breaker.state == "closed"
+    assert sim.fail_token_requests == 0  # the blip was met
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    assert sim.stats.stale_refresh_uses == 0

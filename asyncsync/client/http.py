@@ -225,7 +225,7 @@ class TinyClient:
             if sent.status == 403:
                 if not self._maybe_dead(sent.token):
                     break  # the API's word: an error of its own below
-                await self._tokens.rejected(sent.token)  # nothing if it was replaced already
+                await self._renew(sent.token)  # nothing if it was replaced already
                 continue
             if sent.status != 401:
                 break
@@ -237,7 +237,7 @@ class TinyClient:
                         raise TinyOrderForbidden(message, status=401, body=sent.text(2000))
                     raise TinyAuthError(message)
             # Refused, or expired on the way: a new token, and the request goes again.
-            await self._tokens.rejected(sent.token)
+            await self._renew(sent.token)
         else:
             raise TinyAuthError(f"{path}: refused (401/403) for {_AUTH_ROUNDS} tokens in a row")
         status = sent.status
@@ -268,6 +268,23 @@ class TinyClient:
             )  # fmt: skip
         return value, sent.observed_at
 
+    async def _renew(self, token: str) -> None:
+        """Replace ``token``, refused by the API (nothing if that happened already)."""
+        try:
+            await self._tokens.rejected(token)
+        except TinyUnavailable as exc:
+            raise self._token_endpoint_down(exc) from exc
+
+    def _token_endpoint_down(self, exc: TinyUnavailable) -> _Retry:
+        """Tiny's token endpoint failed (its own three tries spent): a failure of Tiny like
+        a 5xx of the API. The breaker counts it (uncounted, a short-lived token kept every
+        request asking the endpoint and none reaching the API, so the circuit never opened
+        and a run whose every request failed ended "ok"), and the request goes again after
+        its backoff like after any 5xx (raised as it was, a blip of two seconds at the
+        token endpoint failed the listing that needed the token, and the whole run)."""
+        self.breaker.failure("token_endpoint")
+        return _Retry(exc)
+
     def _maybe_dead(self, token: str) -> bool:
         """Whether a 403 to ``token`` may be a token the API dropped early (ask again with a
         new one) rather than the API's word (see :data:`FORBIDDEN_RECHECK_S`)."""
@@ -287,13 +304,8 @@ class TinyClient:
             await self.breaker.admit()  # it may have opened while this request waited
             try:
                 token = await self._tokens.access_token()
-            except TinyUnavailable:
-                # Tiny's token endpoint is down (its own three tries spent): Tiny is down.
-                # Uncounted, a short-lived token kept every request asking the endpoint
-                # and none reaching the API, so the circuit never opened and a run whose
-                # every request failed ended "ok".
-                self.breaker.failure("token_endpoint")
-                raise
+            except TinyUnavailable as exc:
+                raise self._token_endpoint_down(exc) from exc
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             observed_at = self._clock()
             started = time.perf_counter()

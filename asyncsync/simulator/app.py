@@ -287,6 +287,9 @@ class TinySimulator(SimState):
         outage = await self._outage_answer(request)
         if outage is not None:
             return outage
+        if self.fail_token_requests > 0:
+            self.fail_token_requests -= 1
+            return _error(503, OUTAGE_MESSAGES[503])
         form = await request.post()
         fields = {key: value for key, value in form.items() if isinstance(value, str)}
         grant = self._tokens.grant(fields)

@@ -72,6 +72,9 @@ class SimState:
         self.huge_detail_bytes: int = HUGE_DETAIL_BYTES
         #: The "person" at the authorization endpoint declines instead of consenting.
         self.deny_authorization: bool = False
+        #: The next this many requests to the token endpoint answer 503 (a Keycloak
+        #: restart, its proxy's hiccup) while the API itself stays up.
+        self.fail_token_requests: int = 0
         #: ``(text, raw)``: list and detail answers carry the bytes ``raw`` where the JSON
         #: of ``text`` would be: text that is not UTF-8 (a name in Latin-1, half an emoji's
         #: surrogate pair), which no JSON encoder here would write.
