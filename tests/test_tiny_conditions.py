@@ -459,3 +459,30 @@ async def test_a_token_endpoint_blip_is_tried_again_not_the_end_of_the_run(
     assert report.outcome == "ok" and report.count("import_failures") == 0
     assert diff(sim.snapshot(), await mirror(db)) == []
     assert sim.stats.stale_refresh_uses == 0
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+async def test_authorize_stops_at_once_when_interrupted(sig: str, simulator, database_url, db):
+    # A person presses Ctrl-C (or systemd stops the unit) while authorize waits for the
+    # browser: nothing is in flight, so it stops at once, exit 130. It ignored the signal
+    # and was cut by the drain deadline 25 s later ("still draining ... the next run
+    # resumes from what was merged").
+    import signal
+
+    sim = await simulator(orders=5)
+    proc = await asyncsync(
+        "authorize", *tiny_args(sim, database_url),
+        "--redirect-uri", f"http://127.0.0.1:{free_port()}/callback",
+        env=app_env(sim), stdin=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await read_url(proc)
+    await asyncio.sleep(0.5)  # waiting for the person now
+    started = time.monotonic()
+    proc.send_signal(getattr(signal, sig))
+    _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    took = time.monotonic() - started
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert took < 5, (took, text)
+    assert "draining" not in text and "Traceback" not in text, text
+    assert await db.fetchval("SELECT count(*) FROM tiny_tokens") == 0

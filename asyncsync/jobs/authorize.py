@@ -3,8 +3,11 @@ exchange the code, and say what to run next. The tokens are stored by the exchan
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ..report import Outcome, RunReport
 from ..seams import Authorizer
@@ -46,7 +49,14 @@ async def authorize(
         )
     else:
         say("Then paste here the address the browser ended on (it holds a code=...).")
-    code = await authorizer.code(state, timeout_s)
+    code = await _unless_stopped(authorizer.code(state, timeout_s), ctx.stop)
+    if code is None:  # SIGINT/SIGTERM while waiting for the person: nothing to drain
+        return RunReport(
+            mode="authorize", account=ctx.account, started_at=started_at,
+            finished_at=ctx.clock(), outcome=Outcome.INTERRUPTED, title="first authorization",
+            facts={"tokens": "none stored: interrupted before Tiny's redirect arrived"},
+        )  # fmt: skip
+    # Once the code is here, the exchange runs to its end: Tiny spends the code.
     tokens = await authorizer.exchange(code)
     lifetime = "unknown"
     if tokens.access_expires_at and tokens.access_issued_at:
@@ -64,3 +74,18 @@ async def authorize(
         },
         notes=next_steps(ctx.account),
     )
+
+
+async def _unless_stopped(waiting: Coroutine[Any, Any, str], stop: asyncio.Event) -> str | None:
+    """What ``waiting`` returns, or None as soon as ``stop`` is set (``waiting`` cancelled)."""
+    job = asyncio.ensure_future(waiting)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({job, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+    return None if job.cancelled() else job.result()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from ..jobs.authorize import authorize
 from ..options import AuthorizeOptions, CommonOptions
@@ -19,4 +20,5 @@ def _say(text: str) -> None:
 async def run(common: CommonOptions, options: AuthorizeOptions, stop: asyncio.Event) -> RunReport:
     """Authorize the account's app and store its first tokens."""
     async with open_authorization(common, options) as (authorizer, ctx):
+        ctx = dataclasses.replace(ctx, stop=stop)  # Ctrl-C while waiting for the person
         return await authorize(authorizer, ctx, timeout_s=options.timeout_s, say=_say)
