@@ -486,3 +486,24 @@ async def test_authorize_stops_at_once_when_interrupted(sig: str, simulator, dat
     assert took < 5, (took, text)
     assert "draining" not in text and "Traceback" not in text, text
     assert await db.fetchval("SELECT count(*) FROM tiny_tokens") == 0
+
+
+async def test_orders_the_api_refuses_with_401_cost_no_refresh_each(
+    simulator, runtime_for, db
+) -> None:
+    # Tiny's documented quirk: "an individual order can answer 401 while others work".
+    # Like the 403s above, those orders are import failures with Tiny's answer, and they
+    # must not replace the token once each: every refresh rotates the refresh token (and
+    # widens the window in which a crash loses it). 30 such orders cost 29 refreshes.
+    sim = await simulator(orders=300, seed=9, latency_s=0.002)
+    refused = sorted(sim.orders)[::10]
+    for order_id in refused:
+        sim.fail_detail[order_id] = "401"
+    async with runtime_for(sim, max_concurrency=4) as rt:
+        before = sim.stats.token_refreshes
+        report = await full_sync(rt)
+        refreshes = sim.stats.token_refreshes - before
+    assert report.count("import_failures") == len(refused)
+    rows = await db.fetch("SELECT id_ordem, erro FROM import_failures ORDER BY id_ordem")
+    assert [r["id_ordem"] for r in rows] == refused
+    assert refreshes <= 3, refreshes  # the first grant, a check or two, not one per order

@@ -9,6 +9,7 @@ account-wide pause), and is mapped to the :mod:`asyncsync.errors` tree at this b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -46,6 +47,9 @@ _AUTH_ROUNDS = 4
 #: replaces the token in use at most once in this many seconds; meanwhile a 403 to a
 #: token no 403 replaced is the API's word (an order this app may not read).
 FORBIDDEN_RECHECK_S = 60.0
+#: How long a 401 to a token valid when sent waits for the answers of requests sent after
+#: it with the same token, before the token is renewed to find out (see _order_refused).
+ORDER_401_WAIT_S = 2.0
 
 
 class _Retry(Exception):
@@ -106,6 +110,10 @@ class TinyClient:
         # The token a 403 last replaced, and when (see _maybe_dead).
         self._forbidden_replaced: str | None = None
         self._forbidden_at = float("-inf")
+        # What the API last said of the token in use: the latest send time of a request it
+        # accepted and of one it refused (see _order_refused), and a wake-up per answer.
+        self._verdicts: dict[str, list[dt.datetime | None]] = {}
+        self._answered = asyncio.Event()
         self._get = backoff.on_exception(
             backoff.expo,
             _Retry,
@@ -222,6 +230,7 @@ class TinyClient:
         genuine = 0  # 401s to a token that was valid when sent
         for _ in range(_AUTH_ROUNDS):
             sent = await self._send(endpoint, path, params)
+            self._judged(sent)
             if sent.status == 403:
                 if not self._maybe_dead(sent.token):
                     break  # the API's word: an error of its own below
@@ -231,6 +240,8 @@ class TinyClient:
                 break
             if self._tokens.valid_at(sent.token, sent.observed_at):
                 genuine += 1
+                if endpoint == "detail" and genuine == 1 and await self._order_refused(sent):
+                    genuine = 2  # the token worked for a later request: about this order
                 if genuine == 2:  # a fresh token was refused too: it is about this order
                     message = f"{path}: 401 even with a fresh token"
                     if endpoint == "detail":
@@ -267,6 +278,41 @@ class TinyClient:
                 "Windows-1252 and half surrogate pairs as U+FFFD", path,
             )  # fmt: skip
         return value, sent.observed_at
+
+    def _judged(self, sent: _Sent) -> None:
+        """Note what the API said of ``sent.token`` (accepted, or refused) and when."""
+        verdict = self._verdicts.get(sent.token)
+        if verdict is None:
+            self._verdicts = {sent.token: [None, None], **{
+                t: v for t, v in list(self._verdicts.items())[-3:]}}  # fmt: skip
+            verdict = self._verdicts[sent.token]
+        slot = 1 if sent.status in (401, 403) else 0
+        if verdict[slot] is None or verdict[slot] < sent.observed_at:  # type: ignore[operator]
+            verdict[slot] = sent.observed_at
+        self._answered.set()
+        self._answered = asyncio.Event()
+
+    async def _order_refused(self, sent: _Sent) -> bool:
+        """Whether a 401 to a token valid when sent is about the order, not the token: a
+        request sent later with the same token was accepted (a token does not come back to
+        life). Waits a little for the answers of requests already on their way; a later
+        request refused too, the token replaced meanwhile, or no answer: the token is
+        renewed and the request goes again, as before (Tiny documents per-order 401s:
+        each one replaced the token, and rotated the refresh token, once per order)."""
+        deadline = time.monotonic() + ORDER_401_WAIT_S
+        while True:
+            accepted, refused = self._verdicts.get(sent.token, [None, None])
+            if accepted is not None and accepted >= sent.observed_at:
+                return True
+            if refused is not None and refused > sent.observed_at:
+                return False  # refused to a later request too: the token died
+            if sent.token != self._tokens.current():
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), left)
 
     async def _renew(self, token: str) -> None:
         """Replace ``token``, refused by the API (nothing if that happened already)."""
