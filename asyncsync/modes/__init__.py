@@ -36,7 +36,7 @@ from ..report import (
     render,
     to_json,
 )
-from ..runtime import database_of
+from ..runtime import DEMO_KEY, database_of
 from ..seams import Metadata, TokenStore
 from ..work.health import SERVE_HEALTH_KEY
 
@@ -217,10 +217,6 @@ async def bundled(
         async with TinySimulator(config) as sim:
             log.info("bundled Tiny simulator with %d orders at %s", config.orders, sim.base_url)
             yield pointed_at(common, sim)
-
-
-#: The sync_metadata key that marks an account as the bundled simulator's.
-DEMO_KEY = "simulator_demo"
 
 
 async def _claim_for_a_demo(metadata: Metadata, tokens: TokenStore, common: CommonOptions) -> None:

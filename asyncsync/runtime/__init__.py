@@ -30,8 +30,18 @@ from ..clock import Clock, utcnow
 from ..errors import ConfigError, DatabaseError
 from ..jobs import RunContext
 from ..options import AuthorizeOptions, CommonOptions, Credentials, TinyOptions
-from ..seams import TokenStore
+from ..seams import Metadata, TokenStore
 from ..store import AccountStore, Database, open_database
+
+#: The sync_metadata key that marks an account as a ``--simulator`` demo's.
+DEMO_KEY = "simulator_demo"
+
+
+async def no_demo(common: CommonOptions, metadata: Metadata) -> None:
+    """A run against Tiny (not ``--simulator``): its account is no demo's any more, so a
+    later demo refuses it (the refresh token stored from now on is a real one)."""
+    if not common.simulator.orders:
+        await metadata.delete(DEMO_KEY)
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,7 @@ async def open_authorization(
         aiohttp.ClientSession() as session,
     ):
         store = database.account(common.account)
+        await no_demo(common, store.metadata)
         manager = TokenManager(
             session, tiny.token_url, credentials, store.tokens,
             timeout_s=tiny.request_timeout_s, account=common.account,
@@ -209,6 +220,7 @@ async def open_runtime(
             if open_statuses is not None
             else database.account(common.account)
         )
+        await no_demo(common, store.metadata)
         client = make_client(
             session, common.account, tiny, credentials, store.tokens, common.database.rescue_dir
         )

@@ -29,7 +29,7 @@ from ..options import CommonOptions, Credentials, ServeOptions
 from ..overview import AccountStatus
 from ..store import Database, Leases
 from ..work.worker import LEASE_CHECK_S
-from . import Runtime, account_tiny, database_of, make_client
+from . import Runtime, account_tiny, database_of, make_client, no_demo
 
 log = logging.getLogger(__name__)
 #: The gauges of accounts another worker runs are read this often (its own, every time).
@@ -197,6 +197,7 @@ class Fleet:
             tiny = account_tiny(common.tiny, config)
             credentials = config.credentials(os.environ)
         store = self._database.account(account, open_statuses=self._open_statuses)
+        await no_demo(common, store.metadata)
         client = make_client(
             self._session, account, tiny, credentials, store.tokens, common.database.rescue_dir
         )

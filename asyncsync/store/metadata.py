@@ -25,6 +25,9 @@ class PgMetadata:
     async def set(self, key: str, value: str) -> None:
         await self._sql.execute(f"writing {key}", "set_metadata", self.account, key, value)
 
+    async def delete(self, key: str) -> None:
+        await self._sql.execute(f"removing {key}", "delete_metadata", self.account, key)
+
     async def with_prefix(self, prefix: str) -> dict[str, str | None]:
         """Every entry whose key starts with ``prefix``, key -> value."""
         rows = await self._sql.fetch(f"reading {prefix}*", "metadata_prefix", self.account, prefix)
