@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from asyncsync.flags import FLAGS, MODES, build_parser
+from asyncsync.simulator import TinySimulator
 from asyncsync.store.database import with_database
 
 
@@ -29,6 +30,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         env=clean,
         timeout=120,
     )
+
+
+def sim_env(sim: TinySimulator, **extra: str) -> dict[str, str]:
+    """The environment of a run against ``sim``: its URLs and the app's credentials."""
+    return {
+        "TINY_CLIENT_ID": sim.config.client_id, "TINY_CLIENT_SECRET": sim.config.client_secret,
+        "TINY_REFRESH_TOKEN": sim.valid_refresh_token() or "", "TINY_API_BASE_URL": sim.base_url,
+        "TINY_TOKEN_URL": sim.token_url, **extra,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -215,11 +225,7 @@ async def test_wait_lock_waits_for_the_holder_then_gives_up(simulator, database_
     from asyncsync.store import open_database
 
     sim = await simulator(orders=50)
-    env = {
-        "TINY_CLIENT_ID": sim.config.client_id, "TINY_CLIENT_SECRET": sim.config.client_secret,
-        "TINY_REFRESH_TOKEN": sim.valid_refresh_token(), "TINY_API_BASE_URL": sim.base_url,
-        "TINY_TOKEN_URL": sim.token_url, "TINY_RATE_LIMIT_PER_MINUTE": "60000",
-    }  # fmt: skip
+    env = sim_env(sim, TINY_RATE_LIMIT_PER_MINUTE="60000")
     args = ("integrity", "--database-url", database_url, "--log-format", "text")
     async with open_database(database_url, Path("/nonexistent")) as database:
         async with database.account("default").lock("serve"):
@@ -259,11 +265,7 @@ async def test_a_sync_leaves_the_queue_alone_and_migrate_installs_it(simulator, 
     import asyncio
 
     sim = await simulator(orders=30)
-    env = {
-        "TINY_CLIENT_ID": sim.config.client_id, "TINY_CLIENT_SECRET": sim.config.client_secret,
-        "TINY_REFRESH_TOKEN": sim.valid_refresh_token(), "TINY_API_BASE_URL": sim.base_url,
-        "TINY_TOKEN_URL": sim.token_url, "DATABASE_URL": database_url,
-    }  # fmt: skip
+    env = sim_env(sim, DATABASE_URL=database_url)
     synced = await asyncio.to_thread(run_cli, "sync", "--detail-budget", "0", env=env)
     assert synced.returncode == 0, synced.stderr
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 30
@@ -473,12 +475,7 @@ async def test_failures_retry_of_an_id_that_is_no_failure_says_so(simulator, dat
     import asyncio
 
     sim = await simulator(orders=20)
-    env = {
-        "DATABASE_URL": database_url,
-        "TINY_CLIENT_ID": sim.config.client_id, "TINY_CLIENT_SECRET": sim.config.client_secret,
-        "TINY_REFRESH_TOKEN": sim.valid_refresh_token(), "TINY_API_BASE_URL": sim.base_url,
-        "TINY_TOKEN_URL": sim.token_url, "ASYNCSYNC_LOG_FORMAT": "text",
-    }  # fmt: skip
+    env = sim_env(sim, DATABASE_URL=database_url, ASYNCSYNC_LOG_FORMAT="text")
     ignored = await asyncio.to_thread(run_cli, "failures", "ignore", "789", env=env)
     assert "not open, left as they were: 789" in ignored.stdout
     retried = await asyncio.to_thread(run_cli, "failures", "retry", "789", env=env)
@@ -506,12 +503,7 @@ async def test_a_simulator_demo_leaves_a_real_accounts_tokens_and_mirror_alone(
     simulator, database_url, db
 ) -> None:
     real = await simulator(orders=200, seed=7)  # "Tiny": the account the mirror belongs to
-    env = {
-        "DATABASE_URL": database_url,
-        "TINY_CLIENT_ID": real.config.client_id, "TINY_CLIENT_SECRET": real.config.client_secret,
-        "TINY_REFRESH_TOKEN": real.valid_refresh_token(), "TINY_API_BASE_URL": real.base_url,
-        "TINY_TOKEN_URL": real.token_url, "TINY_RATE_LIMIT_PER_MINUTE": "60000",
-    }  # fmt: skip
+    env = sim_env(real, DATABASE_URL=database_url, TINY_RATE_LIMIT_PER_MINUTE="60000")
     # The Quickstart's demo first, twice (a demo's account takes a demo again) ...
     for _ in range(2):
         quickstart = await asyncio.to_thread(
