@@ -492,3 +492,27 @@ async def test_authorize_stops_at_once_when_interrupted(sig: str, simulator, dat
     assert took < 5, (took, text)
     assert "draining" not in text and "Traceback" not in text, text
     assert await db.fetchval("SELECT count(*) FROM tiny_tokens") == 0
+
+
+async def test_a_token_dropped_during_an_outage_blip_fails_no_order(simulator, runtime_for) -> None:
+    # A 401 to a token valid when sent waits for the answers of later requests with the
+    # same token: one the API accepted says the 401 is the order's. A 503 of an outage (or
+    # a 429) is no acceptance: Tiny answered it before, or without, reading the token.
+    # Taken for one, the order of a token Tiny dropped early was an import failure
+    # ("401 even with a fresh token") and the token was not renewed.
+    sim = await simulator(orders=20, seed=4)
+    first, second = sorted(sim.orders)[:2]
+    async with runtime_for(sim, max_concurrency=4) as rt:
+        await rt.client.get_order(first)  # a token is granted and used
+        sim.expire_access_tokens()  # ... and dropped long before its announced expiry
+        unauthorized = sim.stats.unauthorized
+        refused = asyncio.create_task(rt.client.get_order(first))
+        while sim.stats.unauthorized == unauthorized:  # noqa: ASYNC110 (a counter: its 401 came back)
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # waiting on the later requests' answers
+        sim.set_outage("503")  # a blip: answered before the token is read
+        with pytest.raises(TinyUnavailable):
+            await rt.client.get_order(second, retry=False)
+        sim.set_outage(None)
+        detail = await asyncio.wait_for(refused, 30)
+    assert detail.order_id == first

@@ -280,15 +280,19 @@ class TinyClient:
         return value, sent.observed_at
 
     def _judged(self, sent: _Sent) -> None:
-        """Note what the API said of ``sent.token`` (accepted, or refused) and when."""
-        verdict = self._verdicts.get(sent.token)
-        if verdict is None:
-            self._verdicts = {sent.token: [None, None], **{
-                t: v for t, v in list(self._verdicts.items())[-3:]}}  # fmt: skip
-            verdict = self._verdicts[sent.token]
-        slot = 1 if sent.status in (401, 403) else 0
-        if verdict[slot] is None or verdict[slot] < sent.observed_at:  # type: ignore[operator]
-            verdict[slot] = sent.observed_at
+        """Note what the API said of ``sent.token`` (accepted, or refused) and when. A 5xx
+        or a 429 says nothing of it: an outage or the rate gate may answer before the
+        token is read (taken for an acceptance, a token dropped early during a blip made
+        its 401s import failures of orders that were fine)."""
+        if sent.status < 500 and sent.status != 429:
+            verdict = self._verdicts.get(sent.token)
+            if verdict is None:
+                self._verdicts = {sent.token: [None, None], **{
+                    t: v for t, v in list(self._verdicts.items())[-3:]}}  # fmt: skip
+                verdict = self._verdicts[sent.token]
+            slot = 1 if sent.status in (401, 403) else 0
+            if verdict[slot] is None or verdict[slot] < sent.observed_at:  # type: ignore[operator]
+                verdict[slot] = sent.observed_at
         self._answered.set()
         self._answered = asyncio.Event()
 
