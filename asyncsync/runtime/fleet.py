@@ -119,7 +119,12 @@ class Fleet:
                 held.lost.set()
 
     async def reinstall(self) -> None:
-        await self._database.migrate()
+        # Only a database back without the schema (created anew, restored from nothing):
+        # applied again each time, schema.sql waited for every merge in flight on the
+        # other workers (CREATE INDEX IF NOT EXISTS takes a SHARE lock on the table), held
+        # back their next writes, and its lock timeout was taken for the outage again.
+        if not await self._database.schema_present():
+            await self._database.migrate()
         await self._database.queue.install(again=True)
 
     async def statuses(self, now: dt.datetime) -> list[AccountStatus]:

@@ -161,6 +161,10 @@ class Database:
         """Apply ``schema.sql`` (idempotent)."""
         await self._sql.run("applying schema.sql", lambda: migrate(self._pool))
 
+    async def schema_present(self) -> bool:
+        """Whether ``schema.sql``'s tables are there (a lookup in the catalog, no lock)."""
+        return bool(await self._sql.fetchval("looking for the schema", "schema_present"))
+
     async def accounts(self) -> list[str]:
         """Every account the database holds runs, cursors, tokens or failures of."""
         rows = await self._sql.fetch("listing accounts", "accounts")

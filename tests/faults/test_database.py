@@ -826,3 +826,57 @@ async def test_serve_outlives_its_database_dropped_and_created_again(
     finally:
         await conn.close()
     assert len(chains) == 200 and all(r["firsts"] == 1 for r in chains)
+
+
+async def test_a_worker_back_from_an_outage_does_not_wait_on_the_others_merges(
+    simulator, own_postgres: OwnPostgres, caplog
+) -> None:
+    # Back from an outage, a worker applies the schema again only when the database came
+    # back without it (restored, created anew). Applied every time, schema.sql's CREATE
+    # INDEX IF NOT EXISTS took a SHARE lock on ordens_servico, whatever existed: it waited
+    # for every merge in flight on the other workers (here one transaction, held open),
+    # queued every later write of theirs behind it, and, cut by the lock timeout, was an
+    # outage again: the worker picked nothing for as long as some merge was open.
+    sim = await simulator(orders=100, seed=12)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0, lock_timeout_s=2.0)
+    stop = asyncio.Event()
+    ends: list[float] = []
+    holding: list[asyncpg.Connection] = []
+    restarted: list[asyncio.Task[None]] = []
+
+    async def restart_later() -> None:
+        await asyncio.sleep(2)
+        await asyncio.to_thread(own_postgres.start)
+        other = await asyncpg.connect(own_postgres.dsn)  # another worker, mid-merge
+        await other.execute("BEGIN; LOCK TABLE ordens_servico IN ROW EXCLUSIVE MODE")
+        holding.append(other)
+
+    async def after_cycle(rt, reports) -> None:
+        ends.append(time.monotonic())
+        if len(ends) == 1:
+            own_postgres.stop()  # gone between two cycles; back 2 s later
+            restarted.append(asyncio.create_task(restart_later()))
+        elif len(ends) == 2:
+            stop.set()
+
+    try:
+        async with open_runtime(common) as rt:
+            options = ServeOptions(interval_s=5, heartbeat_s=2, cycle=cycle())
+            with caplog.at_level(logging.ERROR):
+                serving = asyncio.create_task(
+                    serve_loop(rt, options, stop, after_cycle=after_cycle)
+                )
+                deadline = time.monotonic() + 30
+                while len(ends) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 (cycles)
+                    await asyncio.sleep(0.2)
+                picked_again = len(ends) >= 2
+                for other in holding:
+                    await other.close()  # the merge ends: a worker stuck behind it goes on
+                stop.set()
+                await asyncio.wait_for(serving, 90)
+    finally:
+        await asyncio.gather(*restarted)
+        for other in holding:
+            await other.close()
+    assert holding and "the work queue lost the database" in caplog.text  # the outage
+    assert picked_again, caplog.text[-2000:]
