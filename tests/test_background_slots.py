@@ -87,9 +87,14 @@ async def test_months_waiting_for_their_account_are_not_claimed_over_and_over(
         for _ in range(60):
             months.append(Unit(Kind.BACKFILL, "big", month).item())
             month = (month + dt.timedelta(days=32)).replace(day=1)
+        worker = asyncio.create_task(work(fleet.database.queue, fleet, options, stop))
+        # The months come once the first sync holds the account (queued before the
+        # planner's first cycle, a month could be claimed first on a slow machine).
+        while not big.stats.requests_by_endpoint["list"]:  # noqa: ASYNC110 (a counter)
+            await asyncio.sleep(0.05)
         await fleet.database.queue.enqueue(months)
         asyncio.get_running_loop().call_later(10, stop.set)  # the first sync takes longer
-        await asyncio.wait_for(work(fleet.database.queue, fleet, options, stop), 60)
+        await asyncio.wait_for(worker, 60)
     runs = await db.fetch("SELECT mode FROM sync_runs")
     assert [r["mode"] for r in runs] == ["sync"]  # its first sync held the account
     claims = picked.count(Kind.BACKFILL.value)
