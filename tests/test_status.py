@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from urllib.parse import urlsplit
 
 from asyncsync.modes import execute
 from asyncsync.options import IntegrityOptions, SyncOptions
@@ -91,6 +92,18 @@ async def test_status_reports_runs_freshness_mirror_failures_tokens_and_lock(
     assert "account default — fresh: statuses listed completely" in table.stdout
     assert "│ failures for manual review   │ 1 " in table.stdout
     assert "│ run lock                     │ free" in table.stdout
+
+    # A standby (read-only) answers status and health too: their connections made the
+    # merges' temporary staging tables, which a standby refuses (exit 6, "read-only").
+    name = urlsplit(database_url).path.lstrip("/")
+    await db.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    try:
+        code, standby = await asyncio.to_thread(cli_json, "status", database_url=database_url)
+        health = await asyncio.to_thread(run_cli, "health", "--database-url", database_url)
+    finally:
+        await db.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    assert code == 0 and standby["accounts"][0]["orders_total"] == 300
+    assert health.returncode == 0 and health.stdout.startswith("healthy"), health.stdout
 
 
 async def test_failures_list_retry_and_ignore(simulator, database_url, db) -> None:

@@ -144,7 +144,7 @@ async def finish(report: RunReport, common: CommonOptions, *, invoked_as: str) -
     try:
         async with (
             asyncio.timeout(RECORD_TIMEOUT_S),
-            database_of(common, apply_schema=False) as database,
+            database_of(common, apply_schema=False, staging=False) as database,
         ):
             store = database.account(common.account)
             await store.runs.record(report, invoked_as=invoked_as)

@@ -108,16 +108,22 @@ def make_client(
 
 
 def database_of(
-    common: CommonOptions, *, apply_schema: bool = True, slots: int | None = None
+    common: CommonOptions,
+    *,
+    apply_schema: bool = True,
+    slots: int | None = None,
+    staging: bool = True,
 ) -> AsyncContextManager[Database]:
     """The database of ``common``, its timeouts and reconnects applied (alone: for the
     modes that need no Tiny account, health and migrate); a worker running ``slots``
-    units at once gets a pool sized for them."""
+    units at once gets a pool sized for them; without ``staging``, one that merges
+    nothing (``status`` and ``health``, which a standby can answer)."""
     db = common.database
     return open_database(
         db.database_url,
         db.data_dir,
         apply_schema=apply_schema,
+        staging=staging,
         max_size=db.pool_for(slots),
         statement_timeout_s=db.statement_timeout_s,
         lock_timeout_s=db.lock_timeout_s,

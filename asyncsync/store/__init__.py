@@ -182,8 +182,10 @@ async def open_database(
     statement_timeout_s: float = 120.0,
     lock_timeout_s: float = 30.0,
     reconnect_s: float = 30.0,
+    staging: bool = True,
 ) -> AsyncIterator[Database]:
-    """Resolve the DSN (embedded when None), open a pool, apply the schema."""
+    """Resolve the DSN (embedded when None), open a pool, apply the schema. Without
+    ``staging`` its connections can read and write but not merge (no staging tables)."""
     dsn = await resolve_dsn(database_url, data_dir)
     async with connect_pool(
         dsn,
@@ -191,6 +193,7 @@ async def open_database(
         application_name=application_name,
         statement_timeout_s=statement_timeout_s,
         lock_timeout_s=lock_timeout_s,
+        staging=staging,
     ) as pool:
         database = Database(pool, Reconnect(within_s=reconnect_s))
         if apply_schema:

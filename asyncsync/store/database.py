@@ -183,6 +183,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await timestamps.install(conn)
 
 
+async def _init_reader(conn: asyncpg.Connection) -> None:
+    """A connection that merges nothing: no staging tables (a standby refuses even
+    temporary ones, and ``status`` and ``health`` can run against one)."""
+    await timestamps.install(conn)
+
+
 @asynccontextmanager
 async def connect_pool(
     dsn: str,
@@ -191,6 +197,7 @@ async def connect_pool(
     application_name: str = "asyncsync",
     statement_timeout_s: float = 120.0,
     lock_timeout_s: float = 30.0,
+    staging: bool = True,
 ) -> AsyncIterator[asyncpg.Pool]:
     """A pool whose connections carry the staging tables; clear errors when unreachable.
 
@@ -205,7 +212,7 @@ async def connect_pool(
             # No floor: while the server is away, nothing reconnects in the background.
             min_size=0,
             max_size=max_size,
-            init=_init_connection,
+            init=_init_connection if staging else _init_reader,
             timeout=connect_timeout_s,
             command_timeout=statement_timeout_s + 5,
             server_settings={
