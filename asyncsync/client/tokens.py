@@ -13,8 +13,8 @@
 * When that write fails (the database went away between the grant and the write), the
   new tokens are not lost: the process goes on with them, writes them to a rescue file
   (``rescue_dir``, mode 0600) and stores them as soon as the database answers. A later
-  process finds the rescue file and spends its refresh token when the stored one is
-  refused.
+  process on the host finds the rescue file and spends its refresh token before the
+  stored one (which is then the spent one: presented again, it may revoke the session).
 * :meth:`TokenManager.keep_alive` renews a refresh token past half its lifetime, so an
   idle service does not let it lapse (about a day at Tiny).
 * Tokens are never logged; :class:`~asyncsync.seams.TokenSet` hides them from repr.
