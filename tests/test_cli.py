@@ -532,4 +532,8 @@ async def test_a_simulator_demo_leaves_a_real_accounts_tokens_and_mirror_alone(
     assert demo.returncode == 2, demo.stderr[-500:]
     assert "is a real Tiny account's" in demo.stderr and "Traceback" not in demo.stderr
     assert token_after == token_before
+    served = await asyncio.to_thread(  # serve's demo (deploy/compose.yaml) refuses it too
+        run_cli, "serve", "--simulator", "5", "--interval", "1", env=env
+    )
+    assert served.returncode == 2 and "is a real Tiny account's" in served.stderr, served.stderr
     assert open_after == open_before, (demo.returncode, open_before, open_after)

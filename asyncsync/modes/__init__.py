@@ -36,8 +36,7 @@ from ..report import (
     render,
     to_json,
 )
-from ..runtime import DEMO_KEY, database_of
-from ..seams import Metadata, TokenStore
+from ..runtime import database_of
 from ..work.health import SERVE_HEALTH_KEY
 
 if TYPE_CHECKING:
@@ -210,31 +209,9 @@ async def bundled(
         rate_limit_per_minute=common.simulator.quota(common.tiny),
         latency_s=common.simulator.latency_ms / 1000,
     )
-    # Open for the whole demo (the embedded server is not stopped and started again).
-    async with database_of(common) as database:
-        store = database.account(common.account)
-        await _claim_for_a_demo(store.metadata, store.tokens, common)
-        async with TinySimulator(config) as sim:
-            log.info("bundled Tiny simulator with %d orders at %s", config.orders, sim.base_url)
-            yield pointed_at(common, sim)
-
-
-async def _claim_for_a_demo(metadata: Metadata, tokens: TokenStore, common: CommonOptions) -> None:
-    """A demo writes only into an account that is a demo's, or new: with DATABASE_URL
-    still exported after a real account's setup, it replaced the account's refresh token
-    (only a person can authorize again) and flagged its open orders, absent from the
-    simulated world, possibly deleted."""
-    if await metadata.get(DEMO_KEY) is not None:
-        return
-    if await tokens.load() is not None:
-        where = "DATABASE_URL" if common.database.database_url else "the embedded database"
-        raise ConfigError(
-            f"--simulator: account {common.account!r} of {where} is a real Tiny account's "
-            "(it holds a refresh token no demo stored), and the demo would write into its "
-            "mirror and replace the token; unset DATABASE_URL (the embedded database), point "
-            "it at a scratch database, or give another --account"
-        )
-    await metadata.set(DEMO_KEY, "true")
+    async with TinySimulator(config) as sim:
+        log.info("bundled Tiny simulator with %d orders at %s", config.orders, sim.base_url)
+        yield pointed_at(common, sim)
 
 
 def pointed_at(common: CommonOptions, sim: TinySimulator, **tiny: Any) -> CommonOptions:

@@ -30,18 +30,33 @@ from ..clock import Clock, utcnow
 from ..errors import ConfigError, DatabaseError
 from ..jobs import RunContext
 from ..options import AuthorizeOptions, CommonOptions, Credentials, TinyOptions
-from ..seams import Metadata, TokenStore
+from ..seams import TokenStore
 from ..store import AccountStore, Database, open_database
 
 #: The sync_metadata key that marks an account as a ``--simulator`` demo's.
 DEMO_KEY = "simulator_demo"
 
 
-async def no_demo(common: CommonOptions, metadata: Metadata) -> None:
-    """A run against Tiny (not ``--simulator``): its account is no demo's any more, so a
-    later demo refuses it (the refresh token stored from now on is a real one)."""
+async def claim_for_the_run(common: CommonOptions, store: AccountStore) -> None:
+    """A demo (``--simulator``) writes only into an account that is a demo's, or new:
+    with DATABASE_URL still exported after a real account's setup, it replaced the
+    account's refresh token (only a person can authorize again) and flagged its open
+    orders, absent from the simulated world, possibly deleted. A run against Tiny takes
+    the mark off: the refresh token stored from then on is a real one."""
     if not common.simulator.orders:
-        await metadata.delete(DEMO_KEY)
+        await store.metadata.delete(DEMO_KEY)
+        return
+    if await store.metadata.get(DEMO_KEY) is not None:
+        return
+    if await store.tokens.load() is not None:
+        where = "DATABASE_URL" if common.database.database_url else "the embedded database"
+        raise ConfigError(
+            f"--simulator: account {common.account!r} of {where} is a real Tiny account's "
+            "(it holds a refresh token no demo stored), and the demo would write into its "
+            "mirror and replace the token; unset DATABASE_URL (the embedded database), point "
+            "it at a scratch database, or give another --account"
+        )
+    await store.metadata.set(DEMO_KEY, "true")
 
 
 @dataclass(frozen=True)
@@ -195,7 +210,7 @@ async def open_authorization(
         aiohttp.ClientSession() as session,
     ):
         store = database.account(common.account)
-        await no_demo(common, store.metadata)
+        await claim_for_the_run(common, store)
         manager = TokenManager(
             session, tiny.token_url, credentials, store.tokens,
             timeout_s=tiny.request_timeout_s, account=common.account,
@@ -226,7 +241,7 @@ async def open_runtime(
             if open_statuses is not None
             else database.account(common.account)
         )
-        await no_demo(common, store.metadata)
+        await claim_for_the_run(common, store)
         client = make_client(
             session, common.account, tiny, credentials, store.tokens, common.database.rescue_dir
         )

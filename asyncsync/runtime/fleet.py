@@ -29,7 +29,7 @@ from ..options import CommonOptions, Credentials, ServeOptions
 from ..overview import AccountStatus
 from ..store import Database, Leases
 from ..work.worker import LEASE_CHECK_S
-from . import Runtime, account_tiny, database_of, make_client, no_demo
+from . import Runtime, account_tiny, claim_for_the_run, database_of, make_client
 
 log = logging.getLogger(__name__)
 #: The gauges of accounts another worker runs are read this often (its own, every time).
@@ -202,7 +202,8 @@ class Fleet:
             tiny = account_tiny(common.tiny, config)
             credentials = config.credentials(os.environ)
         store = self._database.account(account, open_statuses=self._open_statuses)
-        await no_demo(common, store.metadata)
+        if not common.simulator.orders:  # a run against Tiny (a demo was claimed at start)
+            await claim_for_the_run(common, store)
         client = make_client(
             self._session, account, tiny, credentials, store.tokens, common.database.rescue_dir
         )
@@ -221,6 +222,7 @@ async def open_fleet(common: CommonOptions, options: ServeOptions) -> AsyncItera
         database = await stack.enter_async_context(database_of(common, slots=options.slots))
         if await database.registry.none():
             _check_legacy(common)
+            await claim_for_the_run(common, database.account(common.account))
         connector = aiohttp.TCPConnector(
             limit=max(100, options.slots * common.tiny.max_concurrency)
         )
