@@ -202,8 +202,7 @@ class Fleet:
             tiny = account_tiny(common.tiny, config)
             credentials = config.credentials(os.environ)
         store = self._database.account(account, open_statuses=self._open_statuses)
-        if not common.simulator.orders:  # a run against Tiny (a demo was claimed at start)
-            await claim_for_the_run(common, store)
+        await claim_for_the_run(common, store)
         client = make_client(
             self._session, account, tiny, credentials, store.tokens, common.database.rescue_dir
         )
