@@ -151,9 +151,9 @@ class Dispatcher:
                 self._running[account] -= 1
                 if not self._running[account]:
                     del self._running[account]
-                    await self._hurry(account)
+                    self._hurry(account)
 
-    async def _hurry(self, account: str) -> None:
+    def _hurry(self, account: str) -> None:
         """The account's units that went back to the queue while another of its units
         ran here may start now (not 2-4 s later: a backfill of short months would spend
         most of its time waiting)."""
