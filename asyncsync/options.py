@@ -61,6 +61,7 @@ class DatabaseOptions:
     lock_timeout_s: float = 30.0
     reconnect_s: float = 30.0  # a statement is tried again this long while the db is away
     pool_size: int | None = None  # connections at most; None: 4, serve: fit to its slots
+    run_history_days: int = 400  # runs older than this are pruned as new ones land; 0: never
 
     @property
     def rescue_dir(self) -> Path:

@@ -4,11 +4,14 @@ them: the real command line, a real database, the bundled simulator."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from urllib.parse import urlsplit
 
+from asyncsync.clock import utcnow
 from asyncsync.modes import execute
 from asyncsync.options import IntegrityOptions, SyncOptions
+from asyncsync.report import failed_report
 from asyncsync.status import Situacao
 from asyncsync.store import Database, open_database
 from asyncsync.store.database import connect_pool
@@ -176,7 +179,7 @@ async def test_failures_list_retry_and_ignore(simulator, database_url, db) -> No
 
 async def test_the_latest_runs_are_read_by_index_however_long_the_history(database_url) -> None:
     """``sync_runs`` gains a row every serve cycle (~35,000 a year an account at the
-    default interval) and is kept: the latest run of each mode, read by the status and by
+    default interval, kept 400 days): the latest run of each mode, read by the status and by
     every worker's gauges, was a sort of the account's whole history (0.5 s at 100,000
     runs), and listing the accounts read every run. Both are a few index lookups,
     whatever the history's length."""
@@ -201,6 +204,55 @@ async def test_the_latest_runs_are_read_by_index_however_long_the_history(databa
     assert success.keys() == last.keys()
     assert read < 50, f"the latest runs read {read:,} rows of sync_runs"
 
+
+async def test_run_history_is_pruned_past_its_days_but_never_the_newest_success(
+    database_url,
+) -> None:
+    """With ``--run-history-days 10`` a run that lands takes its mode's runs older than 10
+    days with it, reading the index from the cutoff down (the next run reads a few rows);
+    never another account's or another mode's, nor the mode's newest successful run and
+    what came after it, however old (the status shows "last success")."""
+    async with connect_pool(database_url, max_size=1, application_name="tests") as pool:
+        await pool.execute(MANY_RUNS)  # 3,000 runs of acme over 31 days, as many of other
+        await pool.execute(OLD_BACKFILLS)
+        runs = Database(pool, run_history_days=10).account("acme").runs
+        now = utcnow()
+        await runs.record(failed_report("sync", "acme", now, RuntimeError("x")), invoked_as="t")
+        await runs.record(failed_report("backfill", "acme", now, RuntimeError("x")), invoked_as="t")
+        kept = {
+            (row["account"], row["mode"]): (row["n"], row["oldest"])
+            for row in await pool.fetch(
+                "SELECT account, mode, count(*) n, max(now() - started_at) oldest"
+                " FROM sync_runs GROUP BY 1, 2"
+            )
+        }
+        last, success = await Database(pool).account("acme").runs.latest()
+        await pool.execute("SELECT pg_stat_force_next_flush()")
+        before = await pool.fetchval(ROWS_READ)
+        await runs.record(failed_report("sync", "acme", utcnow(), RuntimeError("y")),
+                          invoked_as="t")  # fmt: skip
+        await pool.execute("SELECT pg_stat_force_next_flush()")
+        read = await pool.fetchval(ROWS_READ) - before
+    n, oldest = kept["acme", "sync"]
+    assert oldest < dt.timedelta(days=10), oldest
+    assert 950 < n < 965, n  # 4 an hour for 10 days, and the one just recorded
+    assert kept["other", "sync"][0] == 2998  # another account's history is untouched
+    assert kept["acme", "integrity"][0] == kept["acme", "retry"][0] == 1  # other modes too
+    # backfill: ok 40 days ago, failed 30 and 20 days ago, failed now; one older ok gone
+    assert kept["acme", "backfill"][0] == 4, kept["acme", "backfill"]
+    assert success["backfill"].title == "newest ok" and last["backfill"].outcome == "failed"
+    assert success["sync"].outcome == "ok"
+    assert read < 50, f"recording a run read {read:,} rows of sync_runs"
+
+
+OLD_BACKFILLS = """
+INSERT INTO sync_runs (account, mode, invoked_as, title, started_at, finished_at, outcome,
+                       report)
+SELECT 'acme', 'backfill', 'backfill', t, now() - d * interval '1 day',
+       now() - d * interval '1 day' + interval '5 s', o, '{"facts": {}}'
+FROM (VALUES ('older ok', 50, 'ok'), ('newest ok', 40, 'ok'), ('after', 30, 'failed'),
+             ('after', 20, 'failed')) v(t, d, o)
+"""
 
 # 3,000 runs of acme (and as many of another account): the newest sync failed, the one
 # before it (cycle 2) was ok; a retry and an integrity check long ago.

@@ -98,6 +98,9 @@ FLAGS: tuple[Flag, ...] = (
     F("--db-pool-size", "ASYNCSYNC_DB_POOL_SIZE", DatabaseOptions, "pool_size",
       integer(2, 500), "database connections at most (default: 4; serve: its slots, at "
       "most 12, plus 4)", metavar="N"),
+    F("--run-history-days", "ASYNCSYNC_RUN_HISTORY_DAYS", DatabaseOptions,
+      "run_history_days", integer(0), "days of sync_runs kept (the newest run and the "
+      "newest successful one of each mode always are); 0 keeps every run", metavar="DAYS"),
     # Tiny
     F("--api-base-url", "TINY_API_BASE_URL", TinyOptions, "api_base_url", http_url,
       "Tiny API base URL", metavar="URL"),

@@ -143,6 +143,7 @@ def database_of(
         statement_timeout_s=db.statement_timeout_s,
         lock_timeout_s=db.lock_timeout_s,
         reconnect_s=db.reconnect_s,
+        run_history_days=db.run_history_days,
     )
 
 

@@ -116,8 +116,11 @@ class AccountStore:
 class Database:
     """An open pool on a database that holds the asyncsync schema."""
 
-    def __init__(self, pool: asyncpg.Pool, reconnect: Reconnect | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, reconnect: Reconnect | None = None, run_history_days: int = 0
+    ) -> None:
         self._pool = pool
+        self._run_history_days = run_history_days  # 0: every run is kept
         self._sql = SqlRunner(pool, reconnect or Reconnect())
         self.registry = PgAccounts(self._sql)  # the accounts table
 
@@ -153,7 +156,7 @@ class Database:
             integrity=PgIntegrityStore(self._sql, orders),
             metadata=PgMetadata(self._sql, account),
             tokens=PgTokenStore(self._sql, account),
-            runs=PgRunLog(self._sql, account),
+            runs=PgRunLog(self._sql, account, self._run_history_days),
             _sql=self._sql,
         )
 
@@ -183,6 +186,7 @@ async def open_database(
     lock_timeout_s: float = 30.0,
     reconnect_s: float = 30.0,
     staging: bool = True,
+    run_history_days: int = 0,
 ) -> AsyncIterator[Database]:
     """Resolve the DSN (embedded when None), open a pool, apply the schema. Without
     ``staging`` its connections can read and write but not merge (no staging tables)."""
@@ -195,7 +199,7 @@ async def open_database(
         lock_timeout_s=lock_timeout_s,
         staging=staging,
     ) as pool:
-        database = Database(pool, Reconnect(within_s=reconnect_s))
+        database = Database(pool, Reconnect(within_s=reconnect_s), run_history_days)
         if apply_schema:
             await database.migrate()
         yield database

@@ -7,6 +7,7 @@ errors) and the whole report as JSON, so ``asyncsync status`` and SQL alike can 
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import orjson
@@ -44,12 +45,16 @@ def summary(row: Any) -> RunSummary:
 class PgRunLog:
     """The run history of one account."""
 
-    def __init__(self, sql: SqlRunner, account: str) -> None:
+    def __init__(self, sql: SqlRunner, account: str, keep_days: int = 0) -> None:
         self._sql = sql
         self.account = account
+        # Runs of a mode older than this are pruned as a new run of the mode lands; 0: never.
+        self._keep = dt.timedelta(days=keep_days) if keep_days > 0 else None
 
     async def record(self, report: RunReport, *, invoked_as: str) -> int:
-        """Store ``report`` (run by the command ``invoked_as``); returns the row's id."""
+        """Store ``report`` (run by the command ``invoked_as``); returns the row's id.
+        Runs of the same mode older than the history kept go in the same statement, but
+        never the mode's newest successful run nor any run after it."""
         api = report.api
         run_id = await self._sql.fetchval(
             "recording the run",
@@ -69,6 +74,7 @@ class PgRunLog:
             api.quota_per_minute or None,
             [without_nul(error) for error in report.errors],
             _json(to_dict(report)),
+            self._keep,
         )
         return int(run_id)
 
