@@ -195,3 +195,12 @@ CREATE TABLE IF NOT EXISTS accounts (
     updated_at         timestamptz NOT NULL DEFAULT now(),
     CHECK (num_nonnulls(client_secret_env, client_secret_file, client_secret) = 1)
 );
+
+-- Which schema.sql this database had applied last (sha256 of the file): a start that finds
+-- its own skips applying it again, whose CREATE INDEX IF NOT EXISTS waits for every write
+-- in flight on the table. `asyncsync migrate` applies it whatever this says.
+CREATE TABLE IF NOT EXISTS asyncsync_schema (
+    singleton   boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    fingerprint text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);

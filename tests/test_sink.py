@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
 from asyncsync.errors import RecordError
 from asyncsync.records import OrderRecord, parse_list_item
 from asyncsync.seams import Checkpoint
-from asyncsync.store import Database
+from asyncsync.store import Database, open_database
 from asyncsync.store.database import connect_pool
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -173,6 +174,7 @@ CREATE TABLE ordem_status_history (
     changed_at timestamptz NOT NULL DEFAULT now(), source text NOT NULL DEFAULT 'list'
 );
 CREATE INDEX idx_ordem_status_history_os ON ordem_status_history (account, id_os, changed_at);
+DROP TABLE asyncsync_schema;  -- older installs had no fingerprint of their schema.sql
 """
 
 HISTORY_INDEXES = """
@@ -210,6 +212,35 @@ async def test_an_older_install_has_its_history_rekeyed_by_order_and_keeps_it(db
     await sink.merge_listed([parse_list_item(item(3, 6), T0 + dt.timedelta(seconds=2))])
     seqs = [r["seq"] for r in await db.fetch("SELECT seq FROM ordem_status_history ORDER BY seq")]
     assert seqs == [1, 2, 3, 4, 5]
+
+
+async def test_a_start_skips_the_schema_it_already_has_and_waits_on_no_merge(
+    database_url, db
+) -> None:
+    """Applying schema.sql at every start waited for every write in flight on
+    ``ordens_servico`` (``CREATE INDEX IF NOT EXISTS`` takes a SHARE lock even when the
+    index is there) and held back the writes queued behind it: a run started next to a
+    worker's long merge failed on its lock timeout. A start now skips the schema it
+    already has; a changed schema.sql is applied, and ``migrate`` applies it always."""
+    from asyncsync.store.database import migrate
+
+    async with db.acquire() as writer, writer.transaction():
+        await writer.execute(
+            "INSERT INTO ordens_servico (id, situacao, payload, list_hash, observed_at)"
+            " VALUES (1, 0, '{}', '', now())"
+        )  # a merge in flight, holding ROW EXCLUSIVE on ordens_servico
+        async with open_database(database_url, Path("/nonexistent"), lock_timeout_s=1):
+            pass  # applied, it would wait 1 s for the lock and fail
+    await db.execute("DROP INDEX idx_ordens_servico_detail_stale")
+    indexes = "SELECT count(*) FROM pg_indexes WHERE tablename = 'ordens_servico'"
+    await migrate(db)
+    assert await db.fetchval(indexes) == 2  # the same schema.sql: not applied
+    await migrate(db, always=True)  # asyncsync migrate
+    assert await db.fetchval(indexes) == 3
+    await db.execute("DROP INDEX idx_ordens_servico_detail_stale")
+    await db.execute("UPDATE asyncsync_schema SET fingerprint = 'an older schema.sql'")
+    await migrate(db)
+    assert await db.fetchval(indexes) == 3
 
 
 async def test_a_merge_tried_again_still_resolves_a_failure_of_an_order_read_whole(

@@ -10,8 +10,10 @@ from ..runtime import database_of
 
 
 async def run(common: CommonOptions, options: MigrateOptions, stop: asyncio.Event) -> int:
-    """Create or update the schema, the work queue's tables included."""
-    async with database_of(common) as database:
+    """Create or update the schema, the work queue's tables included: applied whole even
+    when the database says it has it (an index dropped by hand comes back)."""
+    async with database_of(common, apply_schema=False) as database:
+        await database.migrate(always=True)
         await database.queue.install()
     print("schema is up to date")
     return 0

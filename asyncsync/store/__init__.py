@@ -160,9 +160,10 @@ class Database:
             _sql=self._sql,
         )
 
-    async def migrate(self) -> None:
-        """Apply ``schema.sql`` (idempotent)."""
-        await self._sql.run("applying schema.sql", lambda: migrate(self._pool))
+    async def migrate(self, *, always: bool = False) -> None:
+        """Apply ``schema.sql`` (idempotent), unless (or even if ``always``) this very
+        ``schema.sql`` is the one the database had applied last."""
+        await self._sql.run("applying schema.sql", lambda: migrate(self._pool, always=always))
 
     async def schema_present(self) -> bool:
         """Whether ``schema.sql``'s tables are there (a lookup in the catalog, no lock)."""

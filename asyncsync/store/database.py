@@ -8,6 +8,7 @@ to :class:`~asyncsync.errors.DatabaseError` with their SQLSTATE.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import warnings
@@ -254,13 +255,26 @@ async def connect_pool(
             pool.terminate()  # a frozen or vanished server: nothing to close politely
 
 
-async def migrate(pool: asyncpg.Pool) -> None:
-    """Apply ``schema.sql`` (idempotent); serialized so parallel starts don't collide. The
-    work queue's tables come with the queue's first use (``PgWorkQueue.install``): a
-    one-shot sync does not load the queue library."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(sql("schema_lock"))
-        await conn.execute(sql("schema"))
+async def migrate(pool: asyncpg.Pool, *, always: bool = False) -> None:
+    """Apply ``schema.sql`` (idempotent); serialized so parallel starts don't collide.
+    Skipped (unless ``always``) when the database says this very ``schema.sql`` was
+    applied last: its ``CREATE INDEX IF NOT EXISTS`` waits for every write in flight on
+    the table and holds back the writes queued behind it, so a run starting next to a
+    worker's merges stalled them. The work queue's tables come with the queue's first use
+    (``PgWorkQueue.install``): a one-shot sync does not load the queue library."""
+    text = sql("schema")
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()
+    async with pool.acquire() as conn:
+        if not always:
+            try:
+                if await conn.fetchval(sql("schema_applied")) == fingerprint:
+                    return
+            except asyncpg.UndefinedTableError:  # an install older than the fingerprint
+                pass
+        async with conn.transaction():
+            await conn.execute(sql("schema_lock"))
+            await conn.execute(text)
+            await conn.execute(sql("schema_mark"), fingerprint)
 
 
 #: Seconds to wait for a connection unless the URL says (libpq's ``connect_timeout``).
