@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 
 import asyncpg
+import orjson
 import pytest
 
 from asyncsync.errors import TinyAnswerTooLarge
@@ -269,3 +270,27 @@ async def test_a_record_with_an_unknown_status_does_not_relist_its_status_every_
         # The window's page and the status's total; not the ~17 pages of the whole status.
         assert sim.stats.list_requests_by_status[3] - before <= 3, quiet.counts
         assert quiet.count("relisted") == 0
+
+
+async def test_a_failure_whose_listed_status_no_int_holds_stops_no_run(
+    simulator, runtime_for, db
+) -> None:
+    """An open failure of a list item whose situacao is "99999999999", as an integrity run
+    that saw the item first recorded it (``{"list_item": ...}``, no ``listed_as``): the
+    count of what the mirror knows per status cast it to int, and every cycle and every
+    integrity run after it stopped on 'out of range for type integer'."""
+    sim = await simulator(orders=200, seed=62)
+    async with runtime_for(sim) as rt:
+        await full_sync(rt)
+    item = sim.add_malformed("bad_date", Situacao.FINALIZADA)
+    item["situacao"] = "99999999999"
+    dados = {"list_item": item}
+    await db.execute(
+        "INSERT INTO import_failures (id_ordem, erro, dados_api) VALUES ($1, $2, $3::jsonb)",
+        item["id"], "unknown situacao code 99999999999", orjson.dumps(dados).decode(),
+    )  # fmt: skip
+    async with runtime_for(sim) as rt:
+        cycle = await incremental_sync(rt, **QUIET_CYCLE)
+        check = await integrity(rt)
+    assert cycle.outcome == "ok" and check.outcome != "failed"
+    assert diff(sim.snapshot(), await mirror(db)) == []

@@ -4,7 +4,9 @@
 -- owns them, so the pre-check adds them to the mirror's counts. The status is read from the
 -- list item wherever a writer put it: integrity ('list_item'), retry ('original') or the
 -- listing merge (the raw item itself). A list item whose own situacao does not say the
--- status it was listed under carries that status as 'listed_as'. $1 account
+-- status it was listed under carries that status as 'listed_as'. A code no int holds
+-- ("99999999999") is no status: not counted, never cast (the cast's error stopped every
+-- cycle and integrity run for as long as the failure stayed open). $1 account
 SELECT x.situacao, count(*) AS n
 FROM import_failures f
 CROSS JOIN LATERAL (
@@ -14,7 +16,7 @@ CROSS JOIN LATERAL (
             f.dados_api -> 'list_item' ->> 'situacao',
             f.dados_api -> 'original' ->> 'situacao',
             f.dados_api ->> 'situacao'
-        ) FROM '^\s*(\d+)'
+        ) FROM '^\s*0*(\d{1,9})(?!\d)'
     )::int AS situacao
 ) x
 WHERE f.account = $1
