@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 
 from ..engine.details import fetch_details
-from ..engine.listing import Partition, page_through, status_totals
+from ..engine.listing import Partition, listed_failure, page_through, status_totals
 from ..errors import RecordError, TinyAuthError, TinyError, TinyOutage
-from ..records import FailureRecord, OrderRecord, failure_from, parse_list_item
+from ..records import FailureRecord, OrderRecord, parse_list_item
 from ..report import Outcome, RunReport, to_json
 from ..seams import FailureLog, IntegrityStore, OrderSink, OrderSource, Page, RetryPolicy, Sighting
 from ..status import ALL_STATUSES
@@ -220,7 +220,10 @@ class _Check:
             try:
                 records.append(parse_list_item(raw, page.observed_at))
             except RecordError as exc:
-                failure = failure_from(exc)
+                # As the listing records it: an item whose own situacao is not the status
+                # it was listed under carries that status ('listed_as'), or the count of
+                # what the mirror knows leaves it out and its status looks short for ever.
+                failure = listed_failure(exc, raw, page.query.situacao)
                 self.unreadable[failure.order_id] = failure
         for rec in records:
             held = self.seen.get(rec.id)
@@ -235,8 +238,10 @@ class _Check:
     async def _note_unreadable(self) -> None:
         wrapped = []
         for f in self.unreadable.values():
-            item = orjson.loads(f.raw) if f.raw else None
-            wrapped.append(FailureRecord(f.order_id, f.error, _json({"list_item": item})))
+            dados = orjson.loads(f.raw) if f.raw else None
+            if not (isinstance(dados, dict) and dados.keys() == {"list_item", "listed_as"}):
+                dados = {"list_item": dados}  # not wrapped by listed_failure yet
+            wrapped.append(FailureRecord(f.order_id, f.error, _json(dados)))
         written = await self.failures.record(
             wrapped, now=self.ctx.clock(), counts_as_attempt=False, listed=True
         )
