@@ -7,6 +7,7 @@ from collections import Counter
 
 import orjson
 import pytest
+from aiohttp import web
 
 from asyncsync import metrics
 from asyncsync.errors import ReauthorizationRequired
@@ -125,6 +126,28 @@ async def test_answers_with_text_that_is_not_utf8_are_read_not_refused(
         latin,
     )
     assert (raw["listed"], raw["detail"]) == ("Conceição Ltda", "Conceição Ltda")
+
+
+async def test_a_listing_page_answered_not_json_once_is_asked_again(
+    simulator, runtime_for, db, monkeypatch
+) -> None:
+    # A 200 whose body was cut short (or a proxy's page): for a detail, an import failure
+    # the retry mode asks again; a listing page's made the whole sync fail.
+    served, cut = TinySimulator._list, []
+
+    async def list_page(sim: TinySimulator, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        if (query["situacao"], query["offset"]) == ("3", "50") and not cut:
+            cut.append(query["offset"])
+            return web.Response(body=b'{"itens": [{"id": 7', content_type="application/json")
+        return await served(sim, request)
+
+    monkeypatch.setattr(TinySimulator, "_list", list_page)
+    sim = await simulator(orders=400, seed=5, max_limit=50)
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+    assert cut and report.outcome == "ok" and report.count("import_failures") == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []
 
 
 async def test_revoked_token_stops_a_sync_with_the_plain_error(simulator, runtime_for) -> None:

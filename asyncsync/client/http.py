@@ -269,7 +269,13 @@ class TinyClient:
         try:
             value, mended = answers.loads(sent.body)
         except ValueError as exc:
-            raise TinyBadPayload(f"{path}: answer is not JSON", body=sent.text(10000)) from exc
+            error = TinyBadPayload(f"{path}: answer is not JSON", body=sent.text(10000))
+            if endpoint == "list":
+                # A page cut short, or a proxy's page answered 200: asked again like a 5xx
+                # (a detail's is an import failure, retried on its schedule; a page's
+                # stopped the whole run).
+                raise _Retry(error) from exc
+            raise error from exc
         if mended:
             self._counters.mended += 1
             metrics.ANSWERS_MENDED.labels(self.account, endpoint).inc()
