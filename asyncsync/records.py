@@ -223,7 +223,10 @@ def item_id(item: object) -> int | None:
 
 
 def _optional_id(value: object, field: str) -> int | None:
-    return None if value in (None, "", 0) else _parse_id(value, field)
+    """An id that may be absent: null, ``""`` and ``0`` mean none, in either form (``"0"``)."""
+    if value in (None, "", 0) or (isinstance(value, str) and not value.strip().strip("0")):
+        return None
+    return _parse_id(value, field)
 
 
 def _optional_text(value: object, field: str) -> str | None:

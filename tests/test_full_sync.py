@@ -95,6 +95,23 @@ async def test_malformed_records_go_to_import_failures_and_nothing_else_is_lost(
     assert all(r["tentativas"] == 1 and not r["resolvido"] for r in rows)
 
 
+async def test_ids_as_strings_import_like_numbers_a_clients_zero_included(
+    simulator, runtime_for, db
+) -> None:
+    # A client id of 0 means no client; "0", its string form, made the order an import
+    # failure for ever (its detail's contato too): "expected a positive integer id".
+    sim = await simulator(orders=200, seed=22, quirks=Quirks(ids_as_strings=True))
+    nobody, named = sorted(sim.orders)[20], sorted(sim.orders)[40]
+    sim.orders[nobody].cliente = {**sim.orders[nobody].cliente, "id": "0"}
+    sim.orders[named].cliente = {**sim.orders[named].cliente, "id": " 800000123 "}
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    clients = "SELECT id, cliente_id FROM ordens_servico WHERE id = ANY($1::bigint[])"
+    assert dict(await db.fetch(clients, [nobody, named])) == {nobody: None, named: 800000123}
+
+
 async def test_answers_with_text_that_is_not_utf8_are_read_not_refused(
     simulator, runtime_for, db
 ) -> None:
