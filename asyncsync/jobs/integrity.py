@@ -73,7 +73,8 @@ def _known(found: dict[str, list[Any]]) -> str:
 
 def deep_day(account: str, day: dt.date) -> bool:
     """Whether ``day`` is ``account``'s weekly full comparison in ``serve``: totals that
-    agree cannot see two orders that swapped statuses, and the planning document's check
+    agree cannot see two orders that swapped statuses (nor one missing while another of its
+    status was deleted in Tiny), and the planning document's check
     compares every id of every status. Once a week, the accounts of a database spread over
     the days so their full listings do not all land on the same one."""
     spread = int.from_bytes(hashlib.blake2b(account.encode(), digest_size=2).digest(), "big")
