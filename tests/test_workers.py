@@ -9,6 +9,7 @@ checkpoints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -306,3 +307,80 @@ async def test_a_frozen_workers_accounts_go_on_elsewhere(
     assert codes == [0, 0]
     for key, sim in sims.items():
         assert diff(sim.snapshot(), await mirror(db, key)) == [], key
+
+
+def local_ports(pid: int) -> set[int]:
+    """The local TCP ports of process ``pid``'s sockets (its database connections)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def test_a_worker_frozen_mid_merge_does_not_stall_its_account_elsewhere(
+    simulator, database_url, db, tmp_path
+) -> None:
+    """A worker frozen inside a merge's transaction (its orders written, not committed)
+    kept that transaction, and the rows' locks, for as long as the freeze lasted: the
+    worker its account went to failed every cycle on those locks, and a worker starting
+    could not even apply schema.sql. The server ends such a transaction now."""
+    sim = await simulator(orders=4000, seed=7)
+    env = await add_accounts({"a0": sim}, database_url)
+    args = ["serve", "--database-url", database_url, "--interval", "1", "--heartbeat-timeout",
+            "3", "--lock-timeout", "2", "--db-reconnect", "2", "--integrity-interval", "0",
+            "--log-format", "json"]  # fmt: skip
+    procs = [await start_worker(args, env, tmp_path / f"worker{n}.log") for n in range(2)]
+    open_writes = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND client_port = ANY($1::int[]) AND backend_xid IS NOT NULL"
+    )
+    frozen: asyncio.subprocess.Process | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while frozen is None:  # freeze a worker while a transaction of its has written
+            assert time.monotonic() < deadline, "no merge was caught open"
+            for proc in procs:
+                ports = list(local_ports(proc.pid))
+                if not await db.fetchval(open_writes, ports):
+                    continue
+                os.kill(proc.pid, signal.SIGSTOP)
+                await asyncio.sleep(0.3)  # a statement sent before the stop has ended
+                if await db.fetchval(f"{open_writes} AND state = 'idle in transaction'", ports):
+                    frozen = proc
+                    break
+                os.kill(proc.pid, signal.SIGCONT)
+            await asyncio.sleep(0.005)
+        froze_at = await db.fetchval("SELECT now()")
+        procs.append(await start_worker(args, env, tmp_path / "worker2.log"))  # one more
+        deadline = time.monotonic() + 30
+        while await db.fetchval(
+            "SELECT count(*) FILTER (WHERE started_at > $1 AND mode = 'sync' "
+            "AND outcome = 'ok') < 2 FROM sync_runs WHERE account = 'a0'", froze_at
+        ):  # fmt: skip
+            assert time.monotonic() < deadline, (
+                "a0 had not two cycles ended ok in 30 s while the worker holding it was "
+                "frozen mid-merge (heartbeat timeout 3 s)"
+            )
+            await asyncio.sleep(0.2)
+        os.kill(frozen.pid, signal.SIGCONT)  # it wakes to a lease and a transaction gone
+        frozen = None
+        deadline = time.monotonic() + 60
+        while diff(sim.snapshot(), await mirror(db, "a0")):
+            assert time.monotonic() < deadline, diff(sim.snapshot(), await mirror(db, "a0"))
+            await asyncio.sleep(1)
+    finally:
+        if frozen is not None:
+            os.kill(frozen.pid, signal.SIGCONT)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(p.wait(), 60) for p in procs]
+    assert codes == [0, 0, 0]

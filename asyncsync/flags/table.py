@@ -87,8 +87,8 @@ FLAGS: tuple[Flag, ...] = (
       "embedded PostgreSQL data directory", metavar="DIR"),
     F("--statement-timeout", "ASYNCSYNC_STATEMENT_TIMEOUT_S", DatabaseOptions,
       "statement_timeout_s", number(1, maximum=PG_TIMEOUT_MAX_S),
-      "seconds a statement may take before it is an "
-      "error (a frozen database)", metavar="S"),
+      "seconds a statement may take before it is an error (a frozen database); a "
+      "transaction idle this long (a frozen process) is ended", metavar="S"),
     F("--lock-timeout", "ASYNCSYNC_LOCK_TIMEOUT_S", DatabaseOptions, "lock_timeout_s",
       number(1, maximum=PG_TIMEOUT_MAX_S), "seconds a statement may wait for a lock",
       metavar="S"),

@@ -128,11 +128,14 @@ def database_of(
     apply_schema: bool = True,
     slots: int | None = None,
     staging: bool = True,
+    idle_in_transaction_s: float | None = None,
 ) -> AsyncContextManager[Database]:
     """The database of ``common``, its timeouts and reconnects applied (alone: for the
     modes that need no Tiny account, health and migrate); a worker running ``slots``
     units at once gets a pool sized for them; without ``staging``, one that merges
-    nothing (``status`` and ``health``, which a standby can answer)."""
+    nothing (``status`` and ``health``, which a standby can answer). A transaction idle
+    for ``idle_in_transaction_s`` (default: the statement timeout) is a frozen process's:
+    the server ends it."""
     db = common.database
     return open_database(
         db.database_url,
@@ -142,6 +145,7 @@ def database_of(
         max_size=db.pool_for(slots),
         statement_timeout_s=db.statement_timeout_s,
         lock_timeout_s=db.lock_timeout_s,
+        idle_in_transaction_s=idle_in_transaction_s,
         reconnect_s=db.reconnect_s,
         run_history_days=db.run_history_days,
     )

@@ -217,8 +217,16 @@ class Fleet:
 async def open_fleet(common: CommonOptions, options: ServeOptions) -> AsyncIterator[Fleet]:
     """The database (a pool sized for ``options.slots``), one HTTP session every account
     shares, the worker's leases, and its fleet."""
+    # Silent as long as a unit's heartbeat may be (the queue hands the units to another
+    # worker then), the lease session ends too; the worker pings it every few seconds. A
+    # transaction of its units idle that long ends as well: a worker frozen mid-merge
+    # would otherwise keep the rows it wrote locked, and the worker its account went to
+    # could merge none of them (nor could a worker starting apply schema.sql).
+    silent_s = max(options.heartbeat_s, 2 * LEASE_CHECK_S)
     async with AsyncExitStack() as stack:
-        database = await stack.enter_async_context(database_of(common, slots=options.slots))
+        database = await stack.enter_async_context(
+            database_of(common, slots=options.slots, idle_in_transaction_s=silent_s)
+        )
         if await database.registry.none():
             _check_legacy(common)
             await claim_for_the_run(common, database.account(common.account))
@@ -228,9 +236,6 @@ async def open_fleet(common: CommonOptions, options: ServeOptions) -> AsyncItera
         session = await stack.enter_async_context(
             aiohttp.ClientSession(connector=connector, raise_for_status=False)
         )
-        # Silent as long as a unit's heartbeat may be (the queue hands the units to another
-        # worker then), the lease session ends too; the worker pings it every few seconds.
-        silent_s = max(options.heartbeat_s, 2 * LEASE_CHECK_S)
         leases = await stack.enter_async_context(database.leases(worker_name(), silent_s))
         yield Fleet(common, database, session, leases,
                     open_statuses=options.cycle.open_statuses)  # fmt: skip

@@ -185,6 +185,7 @@ async def open_database(
     application_name: str = "asyncsync",
     statement_timeout_s: float = 120.0,
     lock_timeout_s: float = 30.0,
+    idle_in_transaction_s: float | None = None,
     reconnect_s: float = 30.0,
     staging: bool = True,
     run_history_days: int = 0,
@@ -198,6 +199,7 @@ async def open_database(
         application_name=application_name,
         statement_timeout_s=statement_timeout_s,
         lock_timeout_s=lock_timeout_s,
+        idle_in_transaction_s=idle_in_transaction_s,
         staging=staging,
     ) as pool:
         database = Database(pool, Reconnect(within_s=reconnect_s), run_history_days)

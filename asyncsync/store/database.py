@@ -198,13 +198,18 @@ async def connect_pool(
     application_name: str = "asyncsync",
     statement_timeout_s: float = 120.0,
     lock_timeout_s: float = 30.0,
+    idle_in_transaction_s: float | None = None,
     staging: bool = True,
 ) -> AsyncIterator[asyncpg.Pool]:
     """A pool whose connections carry the staging tables; clear errors when unreachable.
 
     The server cuts a statement after ``statement_timeout_s`` and a lock wait after
     ``lock_timeout_s``; the client gives up a little later, for a server too frozen to
-    cut anything."""
+    cut anything. A transaction left idle for ``idle_in_transaction_s`` (default: the
+    statement timeout) is ended by the server: no transaction here waits on anything but
+    the database, so its process is frozen (SIGSTOP, a paused container), and the rows
+    it wrote would otherwise stay locked for as long as the freeze lasts, stalling every
+    other process's merges of them and its ``schema.sql``."""
     given, dsn = dsn, _without_connect_timeout(dsn)
     connect_timeout_s = _connect_timeout_s(given)
     try:
@@ -222,6 +227,9 @@ async def connect_pool(
                 "application_name": application_name,
                 "statement_timeout": str(int(statement_timeout_s * 1000)),
                 "lock_timeout": str(int(lock_timeout_s * 1000)),
+                "idle_in_transaction_session_timeout": str(
+                    int((idle_in_transaction_s or statement_timeout_s) * 1000)
+                ),
                 # A statement is planned for its values at each execution. A plan cached
                 # while ordens_servico was empty probes it by the account alone (another
                 # index's first column) and reads the whole account for every id once it
