@@ -6,7 +6,9 @@ first's instead of after its whole backlog."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import itertools
 
 import pytest
 
@@ -114,3 +116,38 @@ async def test_a_unit_still_on_its_way_back_to_the_queue_is_hurried_once_there()
 
     await Dispatcher._hurry_until_queued(Queue(), {7})  # type: ignore[arg-type]
     assert asked == [[7], [7]]
+
+
+async def test_a_month_that_fails_of_its_own_backs_off_instead_of_every_30_s(
+    simulator, database_url, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A month whose listing fails for good (here every page over --max-answer-mb; a 4xx
+    of Tiny's alike) was tried again every BACKFILL_RETRY_S for ever: a failed run in
+    sync_runs and the account's quota each time. Its own failures in a row double the
+    wait (an outage's do not: the breaker paces those)."""
+    from asyncsync.work import handlers
+
+    monkeypatch.setattr(handlers, "BACKFILL_RETRY_S", 0.25)
+    sim = await simulator(orders=40, seed=3, start_year=2023, max_limit=10)
+    sim.pad_list_bytes = 2_000_000
+    options = ServeOptions(interval_s=3600, slots=4, background_slots=2, heartbeat_s=10,
+                           integrity_interval_s=0, drain_s=2)  # fmt: skip
+    stop = asyncio.Event()
+    common = common_for(sim, database_url, max_answer_mb=1.0)
+    async with open_fleet(common, options) as fleet:
+        await register(fleet.database.registry, {"acme": sim}, monkeypatch)
+        await fleet.database.queue.enqueue(
+            [Unit(Kind.BACKFILL, "acme", dt.date(2023, 3, 1)).item()]
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(work(fleet.database.queue, fleet, options, stop), 6)
+    runs = await db.fetch("SELECT started_at, outcome, errors FROM sync_runs "
+                          "WHERE mode = 'backfill' ORDER BY started_at")  # fmt: skip
+    assert runs and all(r["outcome"] == "failed" for r in runs)
+    assert "TinyAnswerTooLarge" in runs[0]["errors"][0], runs[0]["errors"]
+    gaps = [
+        (b["started_at"] - a["started_at"]).total_seconds() for a, b in itertools.pairwise(runs)
+    ]
+    # 0.25, 0.5, 1, 2 s: at most 5 tries in 6 s (every 0.25 s, at least a dozen)
+    assert 2 <= len(runs) <= 5, gaps
+    assert all(later > earlier * 1.5 for earlier, later in itertools.pairwise(gaps)), gaps

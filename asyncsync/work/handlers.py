@@ -28,7 +28,9 @@ from ..errors import (
     DatabaseError,
     ReauthorizationRequired,
     Requeue,
+    TinyBadPayload,
     TinyError,
+    TinyHTTPError,
     TinyUnavailable,
 )
 from ..jobs.backfill import backfill
@@ -50,8 +52,14 @@ log = logging.getLogger(__name__)
 LEASE_RETRY_S = 2.0
 #: The refresh token's age is looked at this often (renewed past half its lifetime).
 KEEP_ALIVE_EVERY_S = 600.0
-#: A backfill month that failed (Tiny or the database away) is tried again after this.
+#: A backfill month that failed (Tiny or the database away) is tried again after this;
+#: one that failed of its own (an answer over --max-answer-mb, a 4xx, a body that is not
+#: Tiny's) after twice as long with each such failure in a row here, up to
+#: BACKFILL_RETRY_MAX_S: one that fails for good spends a try an hour of the account's
+#: quota and a failed run in sync_runs, not one every 30 s.
 BACKFILL_RETRY_S = 30.0
+BACKFILL_RETRY_MAX_S = 3600.0
+_THE_MONTHS_OWN = (TinyHTTPError, TinyBadPayload)
 #: Kinds that never wait in their slot for another unit of their account in this worker
 #: (they go back to the queue, as when another worker holds the account): their slots
 #: are the few ``--background-slots`` every account and worker share, and a month
@@ -99,6 +107,7 @@ class Dispatcher:
         self._hurrying: set[asyncio.Task[None]] = set()
         self.fatal: BaseException | None = None  # stops the worker (single-account install)
         self._db_failures: dict[str, int] = {}
+        self._month_failures: dict[int, int] = {}  # queue id -> its own failures in a row
         self._cycles = 0
 
     def handlers(self) -> dict[str, WorkHandler]:
@@ -189,7 +198,7 @@ class Dispatcher:
             if unit.kind is Kind.INTEGRITY:
                 return await self._integrity(rt, stop, facts)
             assert unit.month is not None
-            return await self._backfill(rt, unit.month, stop, facts)
+            return await self._backfill(rt, unit.month, stop, facts, picked.id)
 
     async def _cycle(
         self, rt: AccountRuntime, stop: asyncio.Event, facts: dict[str, str]
@@ -240,7 +249,12 @@ class Dispatcher:
         return self.options.integrity_interval_s or None
 
     async def _backfill(
-        self, rt: AccountRuntime, month: dt.date, stop: asyncio.Event, facts: dict[str, str]
+        self,
+        rt: AccountRuntime,
+        month: dt.date,
+        stop: asyncio.Event,
+        facts: dict[str, str],
+        unit_id: int,
     ) -> float | None:
         started_at = utcnow()
         # Details of the month's orders are left to the account's cycles (open and recent
@@ -259,7 +273,12 @@ class Dispatcher:
             wait = BACKFILL_RETRY_S
             if isinstance(exc, TinyUnavailable) and rt.client.breaker.retry_at:
                 wait = max(wait, rt.client.breaker.retry_at - time.monotonic())
+            elif isinstance(exc, _THE_MONTHS_OWN):
+                row = self._month_failures.get(unit_id, 0)
+                self._month_failures[unit_id] = row + 1
+                wait = min(BACKFILL_RETRY_S * 2**row, BACKFILL_RETRY_MAX_S)
             return wait
+        self._month_failures.pop(unit_id, None)
         await record(rt, report, facts)
         return 0.0 if report.outcome is Outcome.INTERRUPTED else None
 
