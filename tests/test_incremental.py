@@ -7,8 +7,13 @@ import itertools
 import math
 import random
 from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
+from asyncsync.clock import TINY_ZONE, tiny_today
 from asyncsync.simulator import TinySimulator
+from asyncsync.simulator.data import Quirks
 from asyncsync.status import CLOSED_STATUSES, OPEN_STATUSES, Situacao
 
 from .helpers import full_sync, incremental_sync, integrity
@@ -328,3 +333,90 @@ async def test_an_order_deleted_in_tiny_is_not_reported_as_concluded(
     in_tiny = {i for i, o in sim.orders.items() if o.situacao == Situacao.FINALIZADA}
     assert gone not in concluded
     assert concluded == in_tiny
+
+
+def readme_report_queries() -> dict[str, str]:
+    """The README's SQL for reports ("For reports"), by the comment above each query."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("**For reports.**", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    queries: dict[str, str] = {}
+    for part in block.split(";"):
+        lines = part.strip().splitlines()
+        if lines:
+            queries[lines[0].removeprefix("--").strip()] = "\n".join(lines[1:])
+    return queries
+
+
+# The README hands a BI analyst three queries "checked against the simulator": each one is
+# run here on a mirror that saw conclusions on both sides of last month's edges (São Paulo
+# time), reopenings, and finalized orders cancelled (a cancellation is no reopening).
+async def test_the_readmes_report_queries_answer_what_the_simulator_holds(
+    simulator, runtime_for, db
+) -> None:
+    queries = readme_report_queries()
+    assert len(queries) == 3, list(queries)
+    by_client, time_in_status, reopened = queries.values()
+    sim = await simulator(orders=1500, seed=8, quirks=Quirks(money_as_string=True))
+    overrides = {"page_size": PAGE, "sweep_interval_s": 0.0}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **overrides)
+    this_month = tiny_today().replace(day=1)
+    last_month = (this_month - dt.timedelta(days=1)).replace(day=1)
+    start = dt.datetime.combine(last_month, dt.time())
+    end = dt.datetime.combine(this_month, dt.time())
+    second = dt.timedelta(seconds=1)
+    edges = [start, end - second, end, start - second, start + (end - start) / 2]
+    opened = sorted(o.id for o in sim.orders.values() if o.situacao in OPEN_STATUSES)
+    for order, at in zip(opened[:30], itertools.cycle(edges), strict=False):
+        sim.clock = lambda at=at: at  # Tiny's wall clock: the dataConclusao it stamps
+        sim.set_status(order, Situacao.FINALIZADA)
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
+    sim.clock = lambda: dt.datetime.now(TINY_ZONE).replace(tzinfo=None, microsecond=0)
+    finalized = sorted(
+        o.id
+        for o in sim.orders.values()
+        if o.situacao == Situacao.FINALIZADA and o.id not in opened[:30]
+    )
+    reopen, cancel = finalized[:6], finalized[6:10]
+    for order in reopen:
+        sim.set_status(order, Situacao.EM_ANDAMENTO)
+    for order in cancel:
+        sim.set_status(order, Situacao.CANCELADA)
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
+    for order in reopen[:3]:
+        sim.set_status(order, Situacao.FINALIZADA)  # concluded again: this month
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
+
+    expected: dict[tuple[int, str], list[Any]] = defaultdict(lambda: [0, Decimal(0)])
+    for o in sim.orders.values():
+        when = o.data_conclusao
+        if (
+            o.situacao == Situacao.FINALIZADA
+            and o.id not in reopen  # concluded again: the observed move, this month
+            and when
+            and start <= when < end
+        ):
+            key = (o.cliente["id"], o.cliente["nome"])
+            expected[key][0] += 1
+            expected[key][1] += o.valor
+    got = {(r["cliente_id"], r["cliente_nome"]): [r["ordens"], r["valor"]]
+           for r in await db.fetch(by_client)}  # fmt: skip
+    assert sum(n for n, _ in expected.values()) >= 12  # the edges inside the month, at least
+    assert got == dict(expected)
+
+    rows = await db.fetch(time_in_status)
+    history = await db.fetch(
+        "SELECT id_os, changed_at FROM ordem_status_history ORDER BY id_os, changed_at, seq"
+    )
+    assert len(rows) == len(history)
+    spans = {(r["id_os"], r["changed_at"]): r["tempo"] for r in rows}
+    for a, b in itertools.pairwise(history):
+        if a["id_os"] == b["id_os"]:
+            assert spans[a["id_os"], a["changed_at"]] == b["changed_at"] - a["changed_at"]
+    assert all(t is None or t >= dt.timedelta(0) for t in spans.values())
+
+    count = {r["id_os"]: r["reaberturas"] for r in await db.fetch(reopened)}
+    assert count == dict.fromkeys(reopen, 1)  # the cancelled ones were not reopened
