@@ -211,6 +211,37 @@ async def test_an_order_reopened_after_a_detail_closed_it(simulator, runtime_for
     assert hist == [(None, 3), (3, 6), (6, 3), (3, 6)]
 
 
+async def test_updated_at_moves_when_a_listed_field_changes_not_when_the_listing_catches_up(
+    simulator, runtime_for, db
+) -> None:
+    """``updated_at`` is the last change of a listed field (schema.sql). An old order seen
+    finishing by its detail changed then; the sweep that lists it next changes nothing."""
+    sim = await simulator(orders=1500, seed=3)
+    overrides = {"page_size": PAGE, "recent_days": 10, "sweep_interval_s": 1e9}
+    sweep = {**overrides, "sweep_interval_s": 0.0}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **sweep)
+    old = dt.date.today() - dt.timedelta(days=90)
+    order = next(
+        o.id for o in sim.orders.values() if o.situacao == Situacao.EM_ANDAMENTO and o.data < old
+    )
+    sim.set_status(order, Situacao.FINALIZADA)  # vanishes from the open listings
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **overrides)
+    read = "SELECT updated_at, synced_at, situacao FROM ordens_servico WHERE id = $1"
+    changed = await db.fetchrow(read, order)
+    assert changed["situacao"] == 3  # by its detail
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **sweep)  # lists it again: nothing listed changed
+    caught_up = await db.fetchrow(read, order)
+    assert caught_up["synced_at"] > changed["synced_at"]  # the listing was merged
+    assert caught_up["updated_at"] == changed["updated_at"]
+    sim.edit_order(order, valor=sim.orders[order].valor + 1)
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **sweep)
+    assert (await db.fetchrow(read, order))["updated_at"] > changed["updated_at"]
+
+
 async def test_an_order_finalized_reopened_and_finalized_again_reports_its_last_conclusion(
     simulator, runtime_for, db
 ) -> None:

@@ -29,7 +29,21 @@ ON CONFLICT (account, id) DO UPDATE SET
            (EXCLUDED.numero, EXCLUDED.situacao, EXCLUDED.data_emissao, EXCLUDED.data_prevista,
             EXCLUDED.cliente_id, EXCLUDED.cliente_nome, EXCLUDED.valor),
     possibly_deleted = false,
-    updated_at = now(),
+    -- The last change of a listed field: not a row written with nothing listed changed (a
+    -- row listed again after a 404, an integrity correction of the same list item, or the
+    -- listing catching up with the status a detail brought, its list_hash emptied by
+    -- merge_details.sql: the change was stamped then).
+    updated_at = CASE
+        WHEN (o.numero, o.situacao, o.data_emissao, o.data_prevista, o.cliente_id,
+              o.cliente_nome, o.valor)
+             IS NOT DISTINCT FROM
+             (EXCLUDED.numero, EXCLUDED.situacao, EXCLUDED.data_emissao,
+              EXCLUDED.data_prevista, EXCLUDED.cliente_id, EXCLUDED.cliente_nome,
+              EXCLUDED.valor)
+         AND (o.list_hash = EXCLUDED.list_hash
+              OR (o.list_hash = '\x'::bytea
+                  AND o.payload - 'situacao' = EXCLUDED.payload - 'situacao'))
+        THEN o.updated_at ELSE now() END,
     synced_at = now()
 WHERE o.observed_at <= EXCLUDED.observed_at
 RETURNING o.id;
