@@ -242,6 +242,36 @@ async def test_updated_at_moves_when_a_listed_field_changes_not_when_the_listing
     assert (await db.fetchrow(read, order))["updated_at"] > changed["updated_at"]
 
 
+async def test_closed_moves_that_cancel_out_in_the_counts_wait_for_the_sweep(
+    simulator, runtime_for, db
+) -> None:
+    """What the README's "For reports" tells an analyst of ``changed_at``: one old order
+    3 -> 7 while another goes 7 -> 3 leaves every count as it was, so cycles between two
+    sweeps do not see it; the sweep does, and only then does the view follow."""
+    sim = await simulator(orders=1500, seed=3)
+    overrides = {"page_size": PAGE, "sweep_interval_s": 1e9}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **{**overrides, "sweep_interval_s": 0.0})
+    old = dt.date.today() - dt.timedelta(days=200)
+    cancelled, concluded = (
+        next(o.id for o in sim.orders.values() if o.situacao == s and o.data < old)
+        for s in (Situacao.FINALIZADA, Situacao.CANCELADA)
+    )
+    sim.set_status(cancelled, Situacao.CANCELADA)
+    sim.set_status(concluded, Situacao.FINALIZADA)
+    in_view = "SELECT array_agg(id ORDER BY id) FROM ordens_finalizadas WHERE id = ANY($1)"
+    both = [cancelled, concluded]
+    for _ in range(2):
+        async with runtime_for(sim) as rt:
+            await incremental_sync(rt, **overrides)
+        assert await db.fetchval(in_view, both) == [cancelled]  # not seen yet
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **{**overrides, "sweep_interval_s": 0.0})
+    assert await db.fetchval(in_view, both) == [concluded]
+    history = await history_by_id(db)
+    assert (history[cancelled][-1], history[concluded][-1]) == ((3, 7), (7, 3))
+
+
 async def test_an_order_finalized_reopened_and_finalized_again_reports_its_last_conclusion(
     simulator, runtime_for, db
 ) -> None:
