@@ -185,6 +185,8 @@ def parse_money(value: object, field: str) -> Decimal | None:
     if not text:
         return None
     if "," in text:  # Brazilian form: dots group thousands, the comma is the decimal mark
+        if "." in text[text.index(",") :]:  # "1,234.56": read so, it was 1.23, silently
+            raise ValueError(f"{field}: ambiguous amount {value!r} (a dot after the comma)")
         text = text.replace(".", "").replace(",", ".")
     try:
         amount = Decimal(text)
