@@ -131,7 +131,8 @@ def synthetic_id(payload: str) -> int:
 
 
 def parse_date(value: object, field: str) -> dt.date | None:
-    """``"YYYY-MM-DD"`` (or a datetime string) → date; zero dates and null → None."""
+    """``"YYYY-MM-DD"`` (or a datetime string: its day on Tiny's clock, as
+    :func:`parse_datetime` reads it) → date; zero dates and null → None."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -139,6 +140,9 @@ def parse_date(value: object, field: str) -> dt.date | None:
     text = value.strip()
     if text in _ZERO_DATES:
         return None
+    if len(text) > 10:  # "2024-03-01T01:00:00Z" is Feb 29 in São Paulo, not its first digits
+        moment = parse_datetime(value, field)
+        return None if moment is None else moment.date()
     try:
         day = dt.date.fromisoformat(text[:10])
     except ValueError:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from asyncsync.records import parse_datetime, parse_detail
+import pytest
+
+from asyncsync.records import parse_date, parse_datetime, parse_detail
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -23,3 +25,16 @@ def test_a_detail_whose_conclusion_has_an_offset_keeps_the_instant() -> None:
         {"id": 7, "situacao": "3", "dataConclusao": "2024-01-10T16:00:00Z"}, 7, NOW
     )
     assert detail.data_conclusao == dt.datetime(2024, 1, 10, 13, 0)
+
+
+def test_a_date_sent_as_a_date_time_is_its_day_on_sao_paulos_clock() -> None:
+    """``data`` (emission) read the first ten characters: with an offset, a day other
+    than the one ``dataPrevista`` and ``dataConclusao`` are read on; trailing garbage
+    passed unseen."""
+    assert parse_date("2024-03-01", "data") == dt.date(2024, 3, 1)
+    assert parse_date("2024-03-01 23:59:59", "data") == dt.date(2024, 3, 1)
+    assert parse_date("2024-03-01T01:00:00Z", "data") == dt.date(2024, 2, 29)
+    assert parse_date("2024-03-01T01:00:00-03:00", "data") == dt.date(2024, 3, 1)
+    for bad in ("2024-03-01garbage", "2024-03-01T25:00:00"):
+        with pytest.raises(ValueError, match="unparseable"):
+            parse_date(bad, "data")
