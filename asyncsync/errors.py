@@ -135,6 +135,12 @@ class AccountBusy(LockBusy):
         self.here = here
 
 
+class LeaseLost(DatabaseError):
+    """A merge of a worker whose lease on the account ended (its session silent past the
+    heartbeat timeout: a frozen process): another worker may hold the account now, so
+    nothing more is written for it here."""
+
+
 class Requeue(AsyncsyncError):
     """Raised by a unit of work: the queue runs the same unit again in ``delay_s`` seconds
     (its account was busy, a shutdown interrupted it, or it is periodic and re-armed)."""

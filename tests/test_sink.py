@@ -21,6 +21,37 @@ def item(order_id: int, situacao: int, valor: str = "10.00") -> dict[str, object
     return {"id": order_id, "situacao": situacao, "data": "2025-12-01", "valor": valor}
 
 
+async def test_a_workers_merge_lands_only_while_its_lease_is_held(db) -> None:
+    """A worker frozen past its heartbeat timeout loses its lease session, and its units
+    go to another worker; woken, it went on merging the pages it had fetched for up to a
+    lease check beside the one that took over (each could write the same status change
+    into the history). A worker's merges check the lease before they commit."""
+    from asyncsync.errors import LeaseLost
+    from asyncsync.records import parse_detail
+
+    database = Database(db)
+    async with database.leases("worker-a") as leases:
+        assert await leases.take("default") is None
+        sink = database.account("default", open_statuses=[0], fence=leases.fence("default")).orders
+        await sink.merge_listed([parse_list_item(item(1, 0), T0)])
+        pid = leases.session_pid("default")
+        assert pid is not None
+        await db.execute("SELECT pg_terminate_backend($1)", pid)  # its session timed out
+        later = T0 + dt.timedelta(seconds=1)
+        with pytest.raises(LeaseLost, match="lease ended"):
+            await sink.merge_listed(
+                [parse_list_item(item(1, 3), later), parse_list_item(item(2, 0), later)]
+            )
+        detail = parse_detail({"id": 1, "situacao": 3}, 1, later)
+        with pytest.raises(LeaseLost):
+            await sink.merge_details([detail])
+        assert await leases.check() == {"default"}  # what the worker learns at its next check
+    rows = await db.fetch("SELECT id, situacao FROM ordens_servico ORDER BY id")
+    assert [tuple(r) for r in rows] == [(1, 0)]  # nothing of the merges after it landed
+    history = await db.fetch("SELECT id_os, status_novo FROM ordem_status_history")
+    assert [tuple(r) for r in history] == [(1, 0)]
+
+
 async def test_an_older_observation_never_overwrites_a_newer_one(db) -> None:
     sink = Database(db).account("default", open_statuses=[0, 1, 2, 5, 6]).orders
     await sink.merge_listed([parse_list_item(item(1, 6), T0)])

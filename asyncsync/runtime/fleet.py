@@ -201,7 +201,9 @@ class Fleet:
         else:
             tiny = account_tiny(common.tiny, config)
             credentials = config.credentials(os.environ)
-        store = self._database.account(account, open_statuses=self._open_statuses)
+        store = self._database.account(
+            account, open_statuses=self._open_statuses, fence=self._leases.fence(account)
+        )
         await claim_for_the_run(common, store)
         client = make_client(
             self._session, account, tiny, credentials, store.tokens, common.database.rescue_dir

@@ -36,7 +36,7 @@ from .accounts import PgAccounts
 from .database import connect_pool, migrate, resolve_dsn
 from .failures import PgFailureLog
 from .integrity import PgIntegrityStore
-from .leases import Leases
+from .leases import Fence, Leases
 from .locks import account_lock, lock_holder
 from .metadata import PgMetadata
 from .orders import PgOrderStore
@@ -146,9 +146,11 @@ class Database:
         *,
         open_statuses: Sequence[int] = _OPEN,
         clock: Clock = utcnow,
+        fence: Fence | None = None,
     ) -> AccountStore:
-        """The stores of ``account`` (cheap: they share this pool)."""
-        orders = PgOrderStore(self._sql, account, open_statuses, clock=clock)
+        """The stores of ``account`` (cheap: they share this pool); a worker's merges check
+        ``fence`` (its lease) before they commit."""
+        orders = PgOrderStore(self._sql, account, open_statuses, clock=clock, fence=fence)
         return AccountStore(
             account=account,
             orders=orders,

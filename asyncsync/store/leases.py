@@ -22,7 +22,7 @@ from types import TracebackType
 
 import asyncpg
 
-from ..errors import DatabaseUnavailable
+from ..errors import DatabaseUnavailable, LeaseLost
 from .locks import run_lock_name
 from .resilience import CAUGHT, classify
 from .sqlfiles import sql
@@ -116,6 +116,21 @@ class Leases:
                 log.warning("lost the lease session while releasing %s: %s", account, exc)
                 await self._lost(exc, "releasing a lease")
 
+    def session_pid(self, account: str) -> int | None:
+        """The backend pid of the session holding ``account``'s lease, if one does."""
+        conn = self._conn
+        if account not in self.held or conn is None:
+            return None
+        try:
+            return None if conn.is_closed() else int(conn.get_server_pid())
+        except asyncpg.InterfaceError:  # the pool took a dead session back
+            return None
+
+    def fence(self, account: str) -> Fence:
+        """What a merge of ``account`` checks inside its transaction: that this session
+        still holds the lease (see :class:`Fence`)."""
+        return Fence(self, account)
+
     async def check(self) -> set[str]:
         """Ping the session; returns the accounts whose lease was lost with it since the
         last check (also when a take or a release met the dead session first)."""
@@ -131,3 +146,28 @@ class Leases:
             log.warning("the lease session is gone: %d accounts lost (%s)",
                         len(lost), ", ".join(sorted(lost)))  # fmt: skip
         return lost
+
+
+class Fence:
+    """Checked by every merge of an account inside its transaction: the lease session of
+    the worker still holds the account's run lock. A worker frozen (SIGSTOP, a paused
+    container) past its heartbeat timeout loses its lease session, its open transaction,
+    and its units to another worker; woken, it would go on merging the pages it had
+    fetched for up to a lease check (5 s) beside the worker that took over — each writing
+    the same status change into the history, read from a mirror neither had committed.
+    Its first merge now finds the lock gone, and writes nothing."""
+
+    def __init__(self, leases: Leases, account: str) -> None:
+        self._leases = leases
+        self._name = run_lock_name(account)
+        self.account = account
+
+    async def check(self, conn: asyncpg.Connection) -> None:
+        """Raise :class:`LeaseLost` unless the lease session holds the account's lock."""
+        pid = self._leases.session_pid(self.account)
+        if pid is not None and await conn.fetchval(sql("lease_held"), pid, self._name):
+            return
+        raise LeaseLost(
+            f"account {self.account}: this worker's lease ended (silent past its heartbeat "
+            "timeout); another worker may hold the account, so this merge writes nothing"
+        )

@@ -33,6 +33,7 @@ from ..records import DetailRecord, FailureRecord, OrderRecord
 from ..seams import Checkpoint, MergeStats
 from . import failures as failure_rows
 from .claims import Claims
+from .leases import Fence
 from .resilience import SqlRunner
 from .sqlfiles import sql
 
@@ -88,9 +89,11 @@ class PgOrderStore:
         open_statuses: Sequence[int],
         *,
         clock: Clock = utcnow,
+        fence: Fence | None = None,
     ) -> None:
         self._sql = sql
         self._pool = sql.pool
+        self._fence = fence  # a worker's lease on the account, checked before each commit
         self.account = account
         self._open = list(open_statuses)
         self._clock = clock
@@ -299,6 +302,8 @@ class PgOrderStore:
             )
             for cp in checkpoints:
                 await conn.execute(sql("set_metadata"), self.account, cp.key, cp.value)
+            if self._fence is not None:  # a worker's: its lease still held, or nothing lands
+                await self._fence.check(conn)
         # Committed: only now is what it resolved gone (a transaction rolled back and tried
         # again must resolve them again), and what it recorded open.
         if self._open_failures is not None:
@@ -466,6 +471,8 @@ class PgOrderStore:
             await failure_rows.upsert(  # details it refused: a failed attempt, if one
                 conn, self.account, refused, now=now, counts_as_attempt=attempt
             )
+            if self._fence is not None:
+                await self._fence.check(conn)
             self._opened([*failures, *refused])
         return MergeStats(
             details=len(details),

@@ -22,6 +22,7 @@ from ..errors import (
     AsyncsyncError,
     DatabaseError,
     DatabaseUnavailable,
+    LeaseLost,
     ReauthorizationRequired,
     TinyAuthError,
     TinyError,
@@ -104,6 +105,8 @@ async def run_cycle(
     try:
         await rt.client.keep_alive()
         reports = await cycle(rt, options, stop)
+    except LeaseLost:
+        raise  # not this cycle's failure: the account goes on at the worker holding it
     except (TinyError, DatabaseError) as exc:
         note_failure(rt.account, exc)
         if isinstance(exc, TinyAuthError) and readiness is not None:

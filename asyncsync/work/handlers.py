@@ -26,6 +26,7 @@ from ..errors import (
     AccountBusy,
     ConfigError,
     DatabaseError,
+    LeaseLost,
     ReauthorizationRequired,
     Requeue,
     TinyBadPayload,
@@ -141,6 +142,9 @@ class Dispatcher:
             # per interval until someone fixes it, the unit kept.
             log.error("%s cannot run on this worker: %s", unit, exc)
             raise Requeue(self.options.interval_s, str(exc)) from None
+        except LeaseLost as exc:  # woken from a freeze: the account went on elsewhere
+            log.warning("%s stops: %s", unit, exc)
+            raise Requeue(LEASE_RETRY_S, str(exc)) from None
         except DatabaseError as exc:  # the database went away before the unit could start
             raise Requeue(LEASE_RETRY_S, f"the database: {exc}") from None
         if delay is not None:
@@ -240,6 +244,8 @@ class Dispatcher:
                 deep=options.deep or deep_day(rt.account, started_at.date()),
                 page_size=options.page_size,
             )  # fmt: skip
+        except LeaseLost:
+            raise
         except (TinyError, DatabaseError) as exc:
             note_failure(rt.account, exc)
             report = failed_report("integrity", rt.account, started_at, exc)
@@ -265,6 +271,8 @@ class Dispatcher:
         try:
             report = await backfill(rt.client, store.orders, store.metadata, options,
                                     rt.context(stop), census=False)  # fmt: skip
+        except LeaseLost:
+            raise
         except (TinyError, DatabaseError) as exc:
             note_failure(rt.account, exc)
             await record(rt, failed_report("backfill", rt.account, started_at, exc), facts)
