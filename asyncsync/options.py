@@ -364,7 +364,11 @@ def load_bootstrap_tokens(
     expires: dt.datetime | None = None
     raw_exp = data.get("expires_at")
     if isinstance(raw_exp, int | float):
-        expires = dt.datetime.fromtimestamp(raw_exp, dt.UTC)
+        try:  # milliseconds (JavaScript's Date.now()) are past the year 9999
+            expires = dt.datetime.fromtimestamp(raw_exp, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ConfigError(f"token file {path}: expires_at {raw_exp!r} is no epoch time "
+                              "in seconds") from None  # fmt: skip
     elif isinstance(raw_exp, str):
         try:
             expires = dt.datetime.fromisoformat(raw_exp)

@@ -116,6 +116,17 @@ def test_token_file_bootstraps_credentials(tmp_path, database_url: str) -> None:
     )
     assert result.returncode == 2
     assert "has no client_id/client_secret" in result.stderr
+    # An expiry in milliseconds (JavaScript's Date.now()) is a bad file, not a traceback.
+    (tmp_path / "tiny_token.json").write_text(
+        '{"refresh_token": "r", "client_id": "a", "client_secret": "b", '
+        '"access_token": "t", "expires_at": 1796000000000}'
+    )
+    millis = run_cli(
+        "--database-url", database_url, "--token-file", str(tmp_path / "tiny_token.json")
+    )
+    assert millis.returncode == 2, millis.stderr
+    assert "expires_at 1796000000000 is no epoch time in seconds" in millis.stderr
+    assert "Traceback" not in millis.stderr
 
 
 def test_health_says_whether_the_mirror_is_fresh(database_url: str) -> None:
