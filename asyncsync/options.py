@@ -358,7 +358,8 @@ def load_bootstrap_tokens(
     secret = client_secret or data.get("client_secret")
     if not cid or not secret:
         raise ConfigError(
-            f"token file {path} has no client_id/client_secret: set TINY_CLIENT_ID and "
+            # Not "client_secret: ...": the redaction of secret fields would mask the word.
+            f"token file {path} has no client_id/client_secret; set TINY_CLIENT_ID and "
             "TINY_CLIENT_SECRET"
         )
     expires: dt.datetime | None = None

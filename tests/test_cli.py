@@ -115,7 +115,7 @@ def test_token_file_bootstraps_credentials(tmp_path, database_url: str) -> None:
         "--database-url", database_url, "--token-file", str(tmp_path / "tiny_token.json")
     )
     assert result.returncode == 2
-    assert "has no client_id/client_secret" in result.stderr
+    assert "has no client_id/client_secret; set TINY_CLIENT_ID and" in result.stderr
     # An expiry in milliseconds (JavaScript's Date.now()) is a bad file, not a traceback.
     (tmp_path / "tiny_token.json").write_text(
         '{"refresh_token": "r", "client_id": "a", "client_secret": "b", '
