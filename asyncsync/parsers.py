@@ -21,6 +21,15 @@ def text(raw: str) -> str:
     return raw
 
 
+def host(raw: str) -> str:
+    """An address to listen on. Never empty: to the server an empty host means every
+    interface, where an empty environment variable means the default (loopback)."""
+    value = raw.strip()
+    if not value:
+        raise ValueError("must be a host name or address (0.0.0.0: every interface), got ''")
+    return value
+
+
 def integer(minimum: int, maximum: int | None = None) -> Parser:
     def parse(raw: str) -> int:
         try:

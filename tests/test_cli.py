@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from asyncsync.errors import ConfigError
 from asyncsync.flags import FLAGS, MODES, build_parser
 from asyncsync.simulator import TinySimulator
 from asyncsync.store.database import with_database
@@ -216,6 +217,11 @@ def test_metrics_listen_on_loopback_unless_told() -> None:
 
     assert parse(["serve"], {}).options.metrics_host == "127.0.0.1"
     assert parse(["serve"], {"ASYNCSYNC_METRICS_HOST": "0.0.0.0"}).options.metrics_host == "0.0.0.0"
+    # An empty flag is no host (aiohttp took it for every interface, IPv4 and IPv6),
+    # as an empty variable is the default.
+    assert parse(["serve"], {"ASYNCSYNC_METRICS_HOST": ""}).options.metrics_host == "127.0.0.1"
+    with pytest.raises(ConfigError, match="--metrics-host must be a host name or address"):
+        parse(["serve", "--metrics-host", ""], {})
 
 
 def test_the_image_refuses_an_embedded_database() -> None:
