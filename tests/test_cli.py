@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -262,8 +263,28 @@ async def test_wait_lock_waits_for_the_holder_then_gives_up(simulator, database_
         await asyncio.sleep(2)
         await lock.__aexit__(None, None, None)
         done = await waiting
+        # SIGTERM while it waits: nothing ran, nothing to drain, so it stops at once (it
+        # waited out the 25-s drain deadline before, then said it was "still draining").
+        async with database.account("default").lock("serve"):
+            clean = {
+                k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))
+            }
+            clean.pop("DATABASE_URL", None)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "asyncsync", *args, "--wait-lock", "60",
+                env={**clean, **env}, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert proc.stderr is not None
+            while b"waiting up to" not in await proc.stderr.readline():
+                pass
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            said = await asyncio.wait_for(proc.stderr.read(), 60)
+            stopped_in = time.monotonic() - started
+            assert await proc.wait() == 130, said
     assert done.returncode == 0, done.stderr
     assert "waiting up to" in done.stderr and "took the run lock" in done.stderr
+    assert stopped_in < 5 and b"still draining" not in said, (stopped_in, said)
 
 
 def test_the_readme_lists_every_flag_and_its_variable() -> None:

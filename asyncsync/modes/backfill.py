@@ -43,6 +43,9 @@ async def run(
     resolve_range(options.date_from, options.date_to, tiny_today())  # before connecting
     if options.enqueue:
         return await enqueue(common, options)
-    async with open_runtime(common) as rt, rt.store.lock("backfill", wait_s=common.run.wait_lock_s):
+    async with (
+        open_runtime(common) as rt,
+        rt.store.lock("backfill", wait_s=common.run.wait_lock_s, stop=stop),
+    ):
         store = rt.store
         return await backfill(rt.client, store.orders, store.metadata, options, rt.context(stop))

@@ -75,7 +75,10 @@ async def _retry(
         message = "no failure left for manual review has an order id to fetch: nothing to retry"
         show(message, {"account": common.account, "rearmed": []}, common)
         return 0
-    async with open_runtime(common) as rt, rt.store.lock("retry", wait_s=common.run.wait_lock_s):
+    async with (
+        open_runtime(common) as rt,
+        rt.store.lock("retry", wait_s=common.run.wait_lock_s, stop=stop),
+    ):
         store = rt.store
         ctx = rt.context(stop)
         rearmed = await store.failures.rearm(targets, now=ctx.clock(), policy=DEFAULT_POLICY)

@@ -16,7 +16,7 @@ async def run(common: CommonOptions, options: IntegrityOptions, stop: asyncio.Ev
     """Check the account's mirror, under its run lock."""
     async with (
         open_runtime(common) as rt,
-        rt.store.lock("integrity", wait_s=common.run.wait_lock_s),
+        rt.store.lock("integrity", wait_s=common.run.wait_lock_s, stop=stop),
     ):
         store = rt.store
         return await check_integrity(

@@ -16,7 +16,7 @@ async def run(common: CommonOptions, options: SyncOptions, stop: asyncio.Event) 
     cycle = options.cycle
     async with (
         open_runtime(common, open_statuses=cycle.open_statuses) as rt,
-        rt.store.lock("sync", wait_s=common.run.wait_lock_s),
+        rt.store.lock("sync", wait_s=common.run.wait_lock_s, stop=stop),
     ):
         store = rt.store
         return await sync_once(

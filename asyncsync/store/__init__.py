@@ -68,10 +68,12 @@ class AccountStore:
     runs: PgRunLog
     _sql: SqlRunner
 
-    def lock(self, purpose: str, *, wait_s: float = 0.0) -> AbstractAsyncContextManager[None]:
+    def lock(
+        self, purpose: str, *, wait_s: float = 0.0, stop: asyncio.Event | None = None
+    ) -> AbstractAsyncContextManager[None]:
         """The account's run lock (LockBusy when another run still holds it after
-        ``wait_s`` seconds)."""
-        return account_lock(self._sql.pool, self.account, purpose, wait_s=wait_s)
+        ``wait_s`` seconds; ``stop`` ends the wait)."""
+        return account_lock(self._sql.pool, self.account, purpose, wait_s=wait_s, stop=stop)
 
     async def ping(self) -> None:
         """Raise DatabaseError unless the database answers within :data:`PING_TIMEOUT_S`

@@ -93,11 +93,17 @@ LOCK_CHECK_S = 5.0
 
 @asynccontextmanager
 async def account_lock(
-    pool: asyncpg.Pool, account: str, purpose: str, *, wait_s: float = 0.0
+    pool: asyncpg.Pool,
+    account: str,
+    purpose: str,
+    *,
+    wait_s: float = 0.0,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[None]:
     """Hold the account's run lock for the duration. When another run holds it, try again
     for up to ``wait_s`` seconds (a timer started while a serve cycle runs waits for the
-    cycle to end), then raise LockBusy naming the holder.
+    cycle to end), then raise LockBusy naming the holder. ``stop`` set while it waits
+    (SIGTERM/SIGINT) ends the wait at once, as a cancellation: nothing ran to drain.
 
     The lock lives and dies with one session. A session lost mid-run (a database restart
     the run rides out, a cut connection, an administrator's ``pg_terminate_backend``) is
@@ -123,7 +129,14 @@ async def account_lock(
                 if not waiting:
                     log.info("%s yet; waiting up to %.0f s for the lock", exc, left)
                     waiting = True
-                await asyncio.sleep(min(LOCK_POLL_S, left))
+                if stop is None:
+                    await asyncio.sleep(min(LOCK_POLL_S, left))
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(LOCK_POLL_S, left))
+                if stop.is_set():
+                    raise asyncio.CancelledError(f"stopped while waiting for the run lock of "
+                                                 f"account {account!r}") from None  # fmt: skip
         if waiting:
             log.info("took the run lock of account %r for %s", account, purpose)
         owner = asyncio.current_task()
