@@ -60,6 +60,12 @@ async def test_accounts_are_added_listed_disabled_and_removed(simulator, databas
     assert [(r["entrypoint"], r["dedupe_key"]) for r in queued] == [
         ("asyncsync.cycle", "cycle:acme")
     ]
+    # A backfill enqueued for a key the table lacks (mistyped) is refused: the workers
+    # serve the table's accounts alone, and dropped each of its months unrun.
+    typo = await cli("backfill", "--account", "acmee", "--enqueue", "--database-url",
+                     database_url)  # fmt: skip
+    assert typo[0] == 2 and "--account 'acmee' is not in the accounts table" in typo[2], typo
+    assert await db.fetchval("SELECT count(*) FROM pgqueuer") == 1
     code, out, err = await cli("accounts", "list", "--database-url", database_url, "--json")
     assert code == 0, err
     (listed,) = json.loads(out)["accounts"]

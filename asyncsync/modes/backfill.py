@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from ..clock import tiny_today
+from ..errors import ConfigError
 from ..jobs.backfill import backfill
 from ..jobs.backfill_plan import month_range, resolve_range
 from ..options import BackfillOptions, CommonOptions
@@ -27,6 +28,13 @@ async def enqueue(common: CommonOptions, options: BackfillOptions) -> int:
     months = list(reversed(month_range(first, last)))
     units = [Unit(Kind.BACKFILL, common.account, month) for month in months]
     async with database_of(common) as database:
+        registry = database.registry
+        if not await registry.none() and await registry.get(common.account) is None:
+            # The workers serve the table's rows alone: they would drop every month.
+            raise ConfigError(
+                f"--account {common.account!r} is not in the accounts table, whose accounts "
+                "alone the workers serve (asyncsync accounts list, or accounts add it first)"
+            )
         added = await database.queue.enqueue([u.item() for u in units])
     said = (f"account {common.account}: {added} of {len(units)} months of backfill "
             f"({first:%Y-%m}..{last:%Y-%m}) enqueued for the workers")  # fmt: skip
