@@ -268,3 +268,19 @@ async def test_a_json_report_file_of_every_account_keeps_every_accounts_report(
     assert code == 0, err
     reports = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["account"] for r in reports] == ["north", "south"]
+    # What is not a run is written to PATH too: it printed its tables and wrote nothing,
+    # though --help says "write the report as JSON to this file".
+    status = tmp_path / "status.json"
+    code, out, err = await cli("status", "--all-accounts", "--database-url", database_url,
+                               "--json", str(status), "--log-format", "text")  # fmt: skip
+    assert code == 0, err
+    assert "account north" in out  # the tables, for the person at the terminal
+    shown = json.loads(status.read_text())
+    assert [a["account"] for a in shown["accounts"]] == ["north", "south"]
+    listed = tmp_path / "accounts.json"
+    code, _, err = await cli("accounts", "list", "--database-url", database_url,
+                             "--json", str(listed), "--log-format", "text")  # fmt: skip
+    assert code == 0, err
+    assert [a["account"] for a in json.loads(listed.read_text())["accounts"]] == [
+        "north", "south",
+    ]  # fmt: skip

@@ -167,16 +167,17 @@ def present(report: RunReport, common: CommonOptions) -> None:
     observe(report)
     log.info(headline(report), extra={"fields": log_fields(report)})
     show(render(report), to_json(report), common)
-    path = common.output.json_path
-    if path is not None and not common.output.json_to_stdout:
-        write_text(path, to_json(report) + "\n", append=common.output.json_append)
 
 
 def show(renderable: RenderableType, data: object, common: CommonOptions) -> None:
     """Print a result: tables for a person, or one JSON line with ``--json`` or when the
-    logs are JSON (so machine-read output never mixes with tables)."""
+    logs are JSON (so machine-read output never mixes with tables); with ``--json PATH``,
+    that line is written to PATH too (status, accounts and failures as well as runs)."""
+    text = data if isinstance(data, str) else orjson.dumps(data).decode()
+    path = common.output.json_path
+    if path is not None and not common.output.json_to_stdout:
+        write_text(path, text + "\n", append=common.output.json_append)
     if common.output.json_to_stdout or logs.json_mode():
-        text = data if isinstance(data, str) else orjson.dumps(data).decode()
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     else:
