@@ -175,6 +175,16 @@ def test_a_bad_environment_value_names_its_variable(env, message) -> None:
     assert len(result.stderr.strip().splitlines()) == 1  # one sentence
 
 
+def test_a_heartbeat_timeout_postgresql_cannot_hold_is_refused() -> None:
+    from asyncsync.flags import parse
+
+    # It is the lease session's idle_session_timeout, int32 milliseconds: past that the
+    # session could not be set up, and the worker ran no unit at all.
+    assert parse(["serve", "--heartbeat-timeout", "2147483"], {}).options.heartbeat_s == 2147483
+    with pytest.raises(ConfigError, match="--heartbeat-timeout must be at most 2,147,483"):
+        parse(["serve", "--heartbeat-timeout", "3000000"], {})
+
+
 def test_flags_win_over_the_environment_and_are_checked_alike() -> None:
     bad_flag = run_cli("--log-format", "yaml", env={"ASYNCSYNC_LOG_FORMAT": "json"})
     assert bad_flag.returncode == 2 and "--log-format must be one of" in bad_flag.stderr

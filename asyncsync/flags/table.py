@@ -198,8 +198,8 @@ FLAGS: tuple[Flag, ...] = (
       "many integrity checks (keep --slots above twice this; every worker must agree)",
       metavar="N"),
     F("--heartbeat-timeout", "ASYNCSYNC_HEARTBEAT_TIMEOUT_S", ServeOptions, "heartbeat_s",
-      number(1), "seconds without a heartbeat after which another worker takes a unit "
-      "over (its worker died)", metavar="S"),
+      number(1, maximum=PG_TIMEOUT_MAX_S), "seconds without a heartbeat after which another "
+      "worker takes a unit over (its worker died)", metavar="S"),
     F("--integrity-interval", "ASYNCSYNC_INTEGRITY_INTERVAL_S", ServeOptions,
       "integrity_interval_s", number(0), "seconds between integrity checks of each account "
       "(0: never)", metavar="S"),
