@@ -61,13 +61,22 @@ class Leases:
     async def _session(self) -> asyncpg.Connection:
         if self._conn is None:
             conn = await self._pool.acquire()
-            await conn.execute(sql("set_application_name"), self.name)
-            if self._idle_timeout_s:
+            try:
+                await conn.execute(sql("set_application_name"), self.name)
+                if self._idle_timeout_s:
+                    try:
+                        await conn.execute(sql("set_idle_session_timeout"),
+                                           f"{int(self._idle_timeout_s * 1000)}ms")  # fmt: skip
+                    except asyncpg.UndefinedObjectError:  # before PostgreSQL 14
+                        log.debug("this server has no idle_session_timeout")
+            except BaseException:
+                # Not the session yet: back to the pool, or each failed set-up kept one
+                # connection for good and the worker ran out of them.
                 try:
-                    await conn.execute(sql("set_idle_session_timeout"),
-                                       f"{int(self._idle_timeout_s * 1000)}ms")  # fmt: skip
-                except asyncpg.UndefinedObjectError:  # before PostgreSQL 14
-                    log.debug("this server has no idle_session_timeout")
+                    await asyncio.shield(self._pool.release(conn))
+                except CAUGHT:
+                    conn.terminate()
+                raise
             self._conn = conn
         return self._conn
 

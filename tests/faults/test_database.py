@@ -529,6 +529,23 @@ async def test_a_lease_lost_while_leasing_another_account_still_stops_its_units(
             assert await Leases(other_pool, "another worker").take("default") is not None
 
 
+async def test_a_lease_session_that_cannot_be_set_up_gives_its_connection_back(
+    database_url,
+) -> None:
+    # The server refuses the session's idle timeout (past int32 milliseconds): each take
+    # fails, and each kept the pool's connection for good, until the worker had none left
+    # for anything (its pings, its drain: SIGTERM waited for the deadline).
+    pool = await asyncpg.create_pool(database_url, min_size=0, max_size=2)
+    try:
+        leases = Leases(pool, "asyncsync worker test", idle_timeout_s=3_000_000)
+        for _ in range(3):
+            with pytest.raises(DatabaseUnavailable):
+                await asyncio.wait_for(leases.take("default"), 5)
+        assert await asyncio.wait_for(pool.fetchval("SELECT 1"), 5) == 1
+    finally:
+        pool.terminate()  # not close(): it would wait for connections never given back
+
+
 async def test_a_unit_cut_by_the_drain_deadline_stays_on_the_queue(database_url, db) -> None:
     # The drain's deadline cancels the worker while a backfill month hangs on Tiny. The
     # queue library logs a cancelled unit as ended and deletes it; nothing plans months,
