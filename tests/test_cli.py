@@ -585,3 +585,43 @@ async def test_a_simulator_demo_leaves_a_real_accounts_tokens_and_mirror_alone(
     )
     assert served.returncode == 2 and "is a real Tiny account's" in served.stderr, served.stderr
     assert open_after == open_before, (demo.returncode, open_before, open_after)
+
+
+async def test_a_role_that_may_not_apply_the_schema_is_a_configuration_error(
+    simulator, database_url, db
+) -> None:
+    """A role without CREATE on ``public`` (none by default since PostgreSQL 15) failed
+    every start with exit 1 ('permission denied'), which a supervisor restarts every 30 s
+    for ever: exit 2, saying what to grant. Once the owner applied this schema.sql, such
+    a role with rights on the tables runs: a start that finds it applied changes nothing."""
+    import asyncio
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    role = f"asyncsync_r_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(database_url)
+    as_role = urlunsplit(parts._replace(netloc=parts.netloc.replace("postgres@", f"{role}@", 1)))
+    assert role in as_role
+    await db.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await db.execute("UPDATE asyncsync_schema SET fingerprint = 'an older schema.sql'")
+        sim = await simulator(orders=30)
+        env = sim_env(sim, DATABASE_URL=as_role, TINY_RATE_LIMIT_PER_MINUTE="60000")
+        for mode in ("migrate", "sync"):
+            refused = await asyncio.to_thread(run_cli, mode, env=env)
+            assert refused.returncode == 2, (mode, refused.stderr)
+            assert "may not create or alter asyncsync's tables" in refused.stderr, refused.stderr
+            assert "Traceback" not in refused.stderr
+        await db.execute("UPDATE asyncsync_schema SET fingerprint = 'an older schema.sql'")
+        owner = run_cli("migrate", env={"DATABASE_URL": database_url})
+        assert owner.returncode == 0, owner.stderr
+        await db.execute(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}";'
+            f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"'
+        )
+        synced = await asyncio.to_thread(run_cli, "sync", "--detail-budget", "0", env=env)
+        assert synced.returncode == 0, synced.stderr
+        assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 30
+    finally:
+        await db.execute(f'DROP OWNED BY "{role}"')
+        await db.execute(f'DROP ROLE "{role}"')

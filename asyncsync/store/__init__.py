@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from ..clock import Clock, utcnow
+from ..errors import ConfigError, DatabaseError
 from ..overview import AccountStatus
 from ..seams import Census, RetryPolicy
 from ..status import OPEN_STATUSES
@@ -166,8 +167,21 @@ class Database:
 
     async def migrate(self, *, always: bool = False) -> None:
         """Apply ``schema.sql`` (idempotent), unless (or even if ``always``) this very
-        ``schema.sql`` is the one the database had applied last."""
-        await self._sql.run("applying schema.sql", lambda: migrate(self._pool, always=always))
+        ``schema.sql`` is the one the database had applied last. A role without the
+        rights to apply it is a configuration error (exit 2: a supervisor does not
+        restart it every 30 s for ever)."""
+        try:
+            await self._sql.run("applying schema.sql", lambda: migrate(self._pool, always=always))
+        except DatabaseError as exc:
+            if exc.sqlstate != "42501":  # insufficient_privilege
+                raise
+            raise ConfigError(
+                f"{exc}: the database role of --database-url (DATABASE_URL) may not create "
+                "or alter asyncsync's tables. Grant it CREATE on the schema (PostgreSQL 15 "
+                "grants none on public to other roles) or make it the database's owner; or "
+                "run `asyncsync migrate` once as the owner, after which starts that find "
+                "the same schema.sql applied change nothing"
+            ) from None
 
     async def schema_present(self) -> bool:
         """Whether ``schema.sql``'s tables are there (a lookup in the catalog, no lock)."""
