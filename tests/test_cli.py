@@ -223,6 +223,17 @@ def test_no_mode_shares_a_flag_twice() -> None:
         assert len(given) == len(set(given)), name
 
 
+def test_a_mode_word_and_another_mode_flag_are_refused() -> None:
+    from asyncsync.errors import ConfigError
+    from asyncsync.flags import parse
+
+    with pytest.raises(ConfigError, match=r"two modes given: status \(the mode word\) and sync"):
+        parse(["status", "--mode", "sync"], {})  # it ran a sync
+    assert parse(["status", "--mode=status"], {}).mode == "status"
+    assert parse(["status"], {"ASYNCSYNC_MODE": "sync"}).mode == "status"  # the word wins
+    assert parse(["--mode", "migrate"], {}).mode == "migrate"
+
+
 def test_metrics_listen_on_loopback_unless_told() -> None:
     from asyncsync.flags import parse
 

@@ -127,15 +127,21 @@ def pick_mode(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str | No
     named: tuple[str, str] | None = None
     if rest and not rest[0].startswith("-"):
         named = (rest.pop(0), "the mode")
+    flagged: str | None = None
     for i, arg in enumerate(rest):
         if arg == "--mode" and i + 1 < len(rest):
-            named = (rest[i + 1], "--mode")
+            flagged = rest[i + 1]
             del rest[i : i + 2]
             break
         if arg.startswith("--mode="):
-            named = (arg.split("=", 1)[1], "--mode")
+            flagged = arg.split("=", 1)[1]
             del rest[i]
             break
+    if flagged is not None:
+        if named is not None and named[0] != flagged:  # `status --mode sync` ran a sync
+            raise ConfigError(f"two modes given: {named[0]} (the mode word) and {flagged} "
+                              "(--mode); give one")  # fmt: skip
+        named = (flagged, "--mode")
     if named is None and environ.get("ASYNCSYNC_MODE"):
         named = (environ["ASYNCSYNC_MODE"], "ASYNCSYNC_MODE")
     if named is None:
