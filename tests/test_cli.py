@@ -223,6 +223,15 @@ def test_no_mode_shares_a_flag_twice() -> None:
         assert len(given) == len(set(given)), name
 
 
+def test_a_bad_word_after_the_mode_is_named_as_the_user_typed_it() -> None:
+    for mode, said in (("accounts", "the action"), ("failures", "the action")):
+        result = run_cli(mode, "bogus")
+        assert result.returncode == 2, result.stderr
+        assert f"{said} must be one of list, " in result.stderr, result.stderr
+    result = run_cli("failures", "retry", "12x")
+    assert result.returncode == 2 and "the ids " in result.stderr, result.stderr
+
+
 def test_a_mode_word_and_another_mode_flag_are_refused() -> None:
     from asyncsync.errors import ConfigError
     from asyncsync.flags import parse

@@ -166,7 +166,10 @@ def read_values(
         if given is not None and flag.boolean:
             values[(flag.target, flag.field)] = given
             continue
-        source, raw = (flag.flag, given) if given is not None else (flag.env, environ.get(flag.env))
+        # A word after the mode is named as the user knows it ("the action"), not by its
+        # parser's name ("accounts-action").
+        named = f"the {flag.field.replace('_', ' ')}" if flag.positional else flag.flag
+        source, raw = (named, given) if given is not None else (flag.env, environ.get(flag.env))
         if raw is None or (raw == "" and source == flag.env):
             continue  # unset, or set to nothing: the default
         try:
