@@ -232,6 +232,19 @@ def test_a_bad_word_after_the_mode_is_named_as_the_user_typed_it() -> None:
     assert result.returncode == 2 and "the ids " in result.stderr, result.stderr
 
 
+def test_modes_that_print_no_report_refuse_json_instead_of_ignoring_it() -> None:
+    from asyncsync.flags import parse
+
+    for mode in ("health", "migrate", "serve"):
+        result = run_cli(mode, "--json", "/tmp/never-written.json")
+        assert result.returncode == 2, (mode, result.stderr)
+        assert "unrecognized arguments: --json" in result.stderr, result.stderr
+    # The variable is not read there: one environment file serves every mode.
+    environ = {"ASYNCSYNC_JSON_REPORT": "/tmp/r.json"}
+    assert parse(["health"], environ).common.output.json_path is None
+    assert parse(["status"], environ).common.output.json_path == Path("/tmp/r.json")
+
+
 def test_a_mode_word_and_another_mode_flag_are_refused() -> None:
     from asyncsync.errors import ConfigError
     from asyncsync.flags import parse

@@ -97,7 +97,9 @@ def build_parser(mode: str | None) -> argparse.ArgumentParser:
         "[env: ASYNCSYNC_MODE]",
     )  # fmt: skip
     groups = list(TITLES) if mode is None else [g for g in TITLES if g in MODES[mode].groups]
-    shown: set[str] = set()  # a flag several modes share (--interval) is shown once
+    # A flag several modes share (--interval) is shown once; one the mode has no use for
+    # (--json of serve) not at all: given, argparse refuses it.
+    shown: set[str] = set() if mode is None else set(MODES[mode].unread)
     for cls in groups:
         group = parser.add_argument_group(TITLES[cls])
         for flag in FLAGS:
@@ -153,12 +155,18 @@ def pick_mode(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str | No
 
 
 def read_values(
-    ns: argparse.Namespace, environ: Mapping[str, str], groups: Sequence[type]
+    ns: argparse.Namespace,
+    environ: Mapping[str, str],
+    groups: Sequence[type],
+    *,
+    unread: Sequence[str] = (),
 ) -> dict[tuple[type, str], object]:
-    """Parse every flag of ``groups`` given as a flag or an env var; (class, field) → value."""
+    """Parse every flag of ``groups`` given as a flag or an env var; (class, field) → value.
+    The flags in ``unread`` are not read (nor their variables: one environment file
+    serves every mode)."""
     values: dict[tuple[type, str], object] = {}
     for flag in FLAGS:
-        if flag.target not in groups:
+        if flag.target not in groups or flag.flag in unread:
             continue
         given = getattr(ns, f"{flag.target.__name__}.{flag.field}", None)
         if isinstance(given, list):  # a positional taking several words
@@ -222,5 +230,5 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
                 f"got options before {word!r}"
             )
         parser.parse_args(rest)  # argparse's own message and exit 2
-    values = read_values(ns, environ, spec.groups)
+    values = read_values(ns, environ, spec.groups, unread=spec.unread)
     return Invocation(mode, build(CommonOptions, values), build(spec.options, values))

@@ -305,13 +305,19 @@ class Mode:
     options: type
     groups: tuple[type, ...]
     help: str
+    unread: tuple[str, ...] = ()  # flags of its groups it has no use for: refused, not ignored
+
+
+#: The modes that print no report: --json offered and ignored was a lie of their --help.
+_NO_REPORT = ("--json",)
 
 
 MODES: dict[str, Mode] = {
     "sync": Mode(SyncOptions, (SyncOptions, CycleOptions, RunOptions, *_EVERYTHING),
                  "a full sync the first time, an incremental cycle after"),
     "serve": Mode(ServeOptions, (ServeOptions, CycleOptions, *_EVERYTHING),
-                  "the service: a cycle every --interval, retries, /metrics, /readyz"),
+                  "the service: a cycle every --interval, retries, /metrics, /readyz",
+                  _NO_REPORT),
     "backfill": Mode(BackfillOptions, (BackfillOptions, RunOptions, *_EVERYTHING),
                      "the history, month by month, checkpointed and resumable"),
     "integrity": Mode(IntegrityOptions, (IntegrityOptions, RunOptions, *_EVERYTHING),
@@ -324,10 +330,11 @@ MODES: dict[str, Mode] = {
     "accounts": Mode(AccountsOptions, (AccountsOptions, TinyOptions, *_LOCAL),
                      "list, add, disable, enable or remove the Tiny accounts of the database"),
     "health": Mode(HealthOptions, (HealthOptions, *_LOCAL),
-                   "exit 0 when the mirror was synced recently"),
-    "migrate": Mode(MigrateOptions, _LOCAL, "create or update the schema"),
+                   "exit 0 when the mirror was synced recently", _NO_REPORT),
+    "migrate": Mode(MigrateOptions, _LOCAL, "create or update the schema", _NO_REPORT),
     "authorize": Mode(AuthorizeOptions, (AuthorizeOptions, *_EVERYTHING),
-                      "first authorization: a person logs in to Tiny, the tokens are stored"),
+                      "first authorization: a person logs in to Tiny, the tokens are stored",
+                      _NO_REPORT),
     "simulate": Mode(SimulateOptions, (SimulatorOptions, TinyOptions, OutputOptions),
-                     "serve the bundled Tiny simulator"),
+                     "serve the bundled Tiny simulator", _NO_REPORT),
 }  # fmt: skip
