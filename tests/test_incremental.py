@@ -11,12 +11,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from asyncsync.clock import TINY_ZONE, tiny_today
+from asyncsync.clock import TINY_ZONE, tiny_today, utcnow
+from asyncsync.jobs.sync import incremental_sync as incremental_job
 from asyncsync.simulator import TinySimulator
 from asyncsync.simulator.data import Quirks
 from asyncsync.status import CLOSED_STATUSES, OPEN_STATUSES, Situacao
 
-from .helpers import full_sync, incremental_sync, integrity
+from .helpers import context, cycle, full_sync, incremental_sync, integrity
 from .mirror import diff, mirror
 
 PAGE = 20
@@ -481,3 +482,35 @@ async def test_the_readmes_report_queries_answer_what_the_simulator_holds(
 
     count = {r["id_os"]: r["reaberturas"] for r in await db.fetch(reopened)}
     assert count == dict.fromkeys(reopen, 1)  # the cancelled ones were not reopened
+
+
+async def test_a_sweep_stamped_by_a_clock_that_ran_ahead_does_not_put_off_the_next(
+    simulator, runtime_for, db
+) -> None:
+    """A host whose clock ran a month ahead, then was set right: the sweep it ran then is
+    stamped a month from now, and must not be taken for a sweep "less than a day ago"
+    for a month (closed → closed moves that cancel out in the totals wait for a sweep)."""
+    sim = await simulator(orders=600, seed=12)
+    overrides = {"page_size": PAGE, "recent_days": 0, "sweep_interval_s": 86_400.0}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **overrides)
+    ahead = utcnow() + dt.timedelta(days=30)
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        ctx = context(rt, clock=lambda: ahead)
+        swept = await incremental_job(rt.client, s.orders, s.metadata, cycle(**overrides), ctx)
+    assert swept.facts["closed_statuses"] == "swept completely"
+    # The clock is right again. Two old orders swap closed statuses: the totals agree.
+    old = dt.date.today() - dt.timedelta(days=90)
+    old_closed = [o for o in sim.orders.values() if o.data < old]
+    a = next(o.id for o in old_closed if o.situacao == Situacao.FINALIZADA)
+    b = next(o.id for o in old_closed if o.situacao == Situacao.CANCELADA)
+    sim.set_status(a, Situacao.CANCELADA)
+    sim.set_status(b, Situacao.FINALIZADA)
+    later = utcnow() + dt.timedelta(days=1, minutes=1)  # a day after the last true sweep
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        ctx = context(rt, clock=lambda: later)
+        report = await incremental_job(rt.client, s.orders, s.metadata, cycle(**overrides), ctx)
+    assert report.facts["closed_statuses"] == "swept completely"
+    assert diff(sim.snapshot(), await mirror(db)) == []

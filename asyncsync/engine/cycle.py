@@ -64,8 +64,12 @@ def plan_cycle(
     short: Sequence[int] = (),
 ) -> CyclePlan:
     """The plan for a cycle at ``now``; a sweep is due when the last one is old enough.
-    ``short``: closed statuses the last run left short, listed completely this time."""
-    due = last_sweep is None or (now - last_sweep).total_seconds() >= sweep_interval_s
+    ``short``: closed statuses the last run left short, listed completely this time. A
+    last sweep later than ``now`` was stamped by a clock that ran ahead: it says nothing
+    of when the next one is due (waiting for it would put the sweep off by as long as the
+    clock was ahead), so one is due now."""
+    elapsed_s = None if last_sweep is None else (now - last_sweep).total_seconds()
+    due = elapsed_s is None or elapsed_s < 0 or elapsed_s >= sweep_interval_s
     # One extra day: Tiny's dates are Brazilian local dates, ``now`` is UTC.
     window_from = (now - dt.timedelta(days=recent_days + 1)).date()
     whole = tuple(s for s in short if s in closed_statuses)
