@@ -16,9 +16,11 @@ from asyncsync.clock import utcnow
 from asyncsync.errors import ReauthorizationRequired
 from asyncsync.modes import execute
 from asyncsync.options import ServeOptions, SyncOptions
+from asyncsync.readiness import Readiness
 from asyncsync.report import Outcome, RunReport, failed_report
 from asyncsync.runtime.fleet import Fleet, open_fleet
-from asyncsync.work.health import refresh
+from asyncsync.work.cycle import run_cycle
+from asyncsync.work.health import check_readiness, refresh
 from asyncsync.work.worker import work
 
 from .helpers import common_for, cycle, register
@@ -128,3 +130,28 @@ async def test_an_account_run_elsewhere_shows_its_last_census_without_counting(
         async with fleet.lease("acme"):  # a unit of acme runs here: counted as it goes
             await refresh(fleet, options.interval_s, None)
         assert gauge("asyncsync_orders", account="acme", status="3") == 0
+
+
+async def test_a_single_accounts_readiness_and_gauges_follow_its_first_sync(
+    simulator, database_url
+) -> None:
+    """The status a worker read of an account it did not hold was kept two minutes: read
+    at start, before the first sync, it went on saying "no full sync or cycle has
+    completed yet" (``/readyz`` 503) and zero orders at every 30-s refresh for two
+    minutes after that sync had ended (and said otherwise)."""
+    sim = await simulator(orders=40, seed=6)
+    options = ServeOptions(interval_s=900, integrity_interval_s=0)
+    readiness = Readiness()
+    async with open_fleet(common_for(sim, database_url), options) as fleet:
+        await refresh(fleet, options.interval_s, readiness)  # at start: never synced
+        assert "freshness" in readiness.reasons()
+        async with fleet.lease("default") as leased:  # the first sync, a unit of this worker
+            done = await run_cycle(leased.runtime, options, asyncio.Event(), facts={},
+                                   readiness=readiness)  # fmt: skip
+            await check_readiness(leased.runtime, options.interval_s, readiness)
+        assert [r.outcome for r in done.reports] == [Outcome.OK, Outcome.OK]
+        assert readiness.reasons() == {}
+        await refresh(fleet, options.interval_s, readiness)  # the next 30-s refresh
+    assert readiness.reasons() == {}
+    shown = sum(gauge("asyncsync_orders", account="default", status=str(c)) or 0 for c in range(8))
+    assert shown == 40

@@ -78,8 +78,12 @@ class Fleet:
         self._pinned = pinned  # a given runtime, its account the only one (tests)
         self._held: dict[str, _Held] = {}
         self._taking = asyncio.Lock()
-        # The status of accounts read lately (monotonic time of the read, the status).
-        self._read: dict[str, tuple[float, AccountStatus]] = {}
+        # The status of accounts read lately (monotonic time of the read, the status, and
+        # how many times the account's units had ended here when the read began).
+        self._read: dict[str, tuple[float, AccountStatus, int]] = {}
+        # How many times each account's units ended here (its lease released): a read
+        # from before says what was true before they ran.
+        self._ended: dict[str, int] = {}
         self.name = leases.name
         self.database = database
 
@@ -141,13 +145,22 @@ class Fleet:
             # progress); the others once per OTHERS_EVERY_S, their orders as the last sync
             # counted them (counting costs ~60 ms an account of 100,000 orders: 12 s for
             # 200, on every worker).
+            # A read from before the account's last unit here ended is read again: kept,
+            # it said for two minutes what was true before that unit (a first sync's
+            # "never synced", its orders uncounted) after the unit had said otherwise.
             held = account in self._held
+            ended = self._ended.get(account, 0)
             read = self._read.get(account)
-            if read is None or held or time.monotonic() - read[0] >= OTHERS_EVERY_S:
+            if (
+                read is None
+                or held
+                or read[2] != ended
+                or time.monotonic() - read[0] >= OTHERS_EVERY_S
+            ):
                 store = self._database.account(account)
                 census = None if held else await store.runs.census()
                 status = await store.status(now, DEFAULT_POLICY, census)
-                read = self._read[account] = (time.monotonic(), status)
+                read = self._read[account] = (time.monotonic(), status, ended)
             statuses.append(read[1])
         for gone in set(self._read) - set(accounts):
             del self._read[gone]
@@ -163,6 +176,7 @@ class Fleet:
             held.users -= 1
             if held.users == 0:
                 del self._held[account]
+                self._ended[account] = self._ended.get(account, 0) + 1
                 await self._leases.release(account)
 
     async def _hold(self, account: str, *, wait: bool = True) -> _Held:
