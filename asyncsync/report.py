@@ -190,9 +190,14 @@ def observe(report: RunReport) -> None:
 
 
 def failed_report(
-    mode: str, account: str, started_at: dt.datetime, exc: BaseException
+    mode: str,
+    account: str,
+    started_at: dt.datetime,
+    exc: BaseException,
+    api: ApiStats | None = None,
 ) -> RunReport:
-    """The report of a run an error ended (or a second signal cancelled)."""
+    """The report of a run an error ended (or a second signal cancelled); ``api``: the
+    requests it made before the error (its 429s, when they are what ended it)."""
     if isinstance(exc, Exception):
         outcome, error = Outcome.FAILED, f"{type(exc).__name__}: {exc}"
     else:
@@ -204,6 +209,7 @@ def failed_report(
         finished_at=utcnow(),
         outcome=outcome,
         errors=[error],
+        api=api or ApiStats(),
     )
 
 

@@ -206,3 +206,21 @@ async def test_a_cycle_cut_by_sigterm_is_recorded_as_interrupted(
         ("sync", "serve", "interrupted"),
     ]
     assert orjson.loads(rows[0]["counts"])["inserted"] < 600  # it really was cut short
+
+
+async def test_a_cycle_that_429s_ended_counts_them_in_its_row(simulator, runtime_for, db) -> None:
+    """A failed cycle's row kept no figure of what it sent: ended by 429s (another app of
+    the account spending the quota), `asyncsync status` showed it failed "still rate
+    limited" with 0 requests and 0 429s."""
+    sim = await simulator(orders=100, seed=28, rate_window_s=0.5)
+    options = ServeOptions(interval_s=0.05, cycle=cycle())
+    async with runtime_for(sim, max_retries=2) as rt:
+        await serve_loop(rt, options, asyncio.Event(), max_cycles=1)
+        sim.set_rate_limit(0)  # from the next window on, every request is refused: 429
+        await asyncio.sleep(0.6)
+        await serve_loop(rt, options, asyncio.Event(), max_cycles=1)
+    failed = (await runs(db))[-1]
+    assert (failed["mode"], failed["outcome"]) == ("sync", "failed")
+    assert failed["errors"][0].startswith("TinyRateLimited")
+    assert failed["rate_limited"] == sim.stats.rate_limited > 0
+    assert failed["requests_total"] >= failed["rate_limited"]

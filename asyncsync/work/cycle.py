@@ -101,6 +101,7 @@ async def run_cycle(
     """One cycle of ``rt``'s account. Raises ReauthorizationRequired (after recording
     it): only a person can fix that."""
     started_at, started = utcnow(), time.monotonic()
+    api_before = rt.client.api_stats()
     await say_unsaid(rt)  # a failure the database was too far away to hear of
     try:
         await rt.client.keep_alive()
@@ -111,7 +112,8 @@ async def run_cycle(
         note_failure(rt.account, exc)
         if isinstance(exc, TinyAuthError) and readiness is not None:
             readiness.set("authorization", f"{type(exc).__name__}: {exc}")
-        failed = await record(rt, failed_report("sync", rt.account, started_at, exc), facts)
+        spent = rt.client.api_stats().since(api_before)  # a failed cycle's 429s are its own
+        failed = await record(rt, failed_report("sync", rt.account, started_at, exc, spent), facts)
         if isinstance(exc, ReauthorizationRequired):
             await say_health(
                 rt, f"re-authorization required: run `{authorize_command(rt.account)}`"
