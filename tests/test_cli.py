@@ -143,6 +143,37 @@ def test_health_says_whether_the_mirror_is_fresh(database_url: str) -> None:
     assert fresh.returncode == 0 and fresh.stdout.startswith("healthy: last sync 0 min ago")
 
 
+@pytest.mark.parametrize("skew_h", [3, -3])
+async def test_health_judges_freshness_by_the_databases_clock(
+    database_url: str, skew_h: int, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The last sync is stamped by the database; set against this host's clock, a host 3 h
+    ahead of the database was never healthy (and one 3 h behind said stale 3 h late)."""
+    import asyncio
+    import datetime as dt
+
+    from asyncsync.clock import utcnow
+    from asyncsync.modes import execute
+    from asyncsync.options import CommonOptions, DatabaseOptions, HealthOptions
+
+    synced = await asyncio.to_thread(
+        run_cli, "sync", "--simulator", "50", "--rate-limit", "60000", "--database-url",
+        database_url,
+    )  # fmt: skip
+    assert synced.returncode == 0, synced.stderr
+    capsys.readouterr()
+
+    def skewed() -> dt.datetime:
+        return utcnow() + dt.timedelta(hours=skew_h)
+
+    for module in ("asyncsync.modes.health", "asyncsync.store.metadata"):
+        monkeypatch.setattr(f"{module}.utcnow", skewed)
+    common = CommonOptions(database=DatabaseOptions(database_url=database_url))
+    code = await execute("health", common, HealthOptions(), asyncio.Event())
+    said = capsys.readouterr().out
+    assert code == 0 and said.startswith("healthy: last sync 0 min ago"), said
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from ..clock import utcnow
 from .resilience import SqlRunner
 
 
@@ -34,8 +35,11 @@ class PgMetadata:
         return {row["chave"]: row["valor"] for row in rows}
 
     async def last_synced(self) -> dt.datetime | None:
-        """When the last full sync or incremental cycle finished, if ever."""
-        last: dt.datetime | None = await self._sql.fetchval(
+        """When the last full sync or incremental cycle finished, if ever, on this host's
+        clock: the database stamped it, and says how long ago. Compared with the host's
+        now as it was, a host 3 h ahead of the database was never fresh, and one 3 h
+        behind said stale 3 h late."""
+        age: dt.timedelta | None = await self._sql.fetchval(
             "reading the last sync", "health", self.account
         )
-        return last
+        return None if age is None else utcnow() - age
