@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import time
 
 import pytest
 
@@ -151,3 +152,95 @@ async def test_a_month_that_fails_of_its_own_backs_off_instead_of_every_30_s(
     # 0.25, 0.5, 1, 2 s: at most 5 tries in 6 s (every 0.25 s, at least a dozen)
     assert 2 <= len(runs) <= 5, gaps
     assert all(later > earlier * 1.5 for earlier, later in itertools.pairwise(gaps)), gaps
+
+
+async def sync_runs(db, outcome: str) -> int:  # type: ignore[no-untyped-def]
+    """The sync runs recorded so far that ended with ``outcome``."""
+    query = "SELECT count(*) FROM sync_runs WHERE mode = 'sync' AND outcome = $1"
+    return int(await db.fetchval(query, outcome))
+
+
+async def serve_while(  # type: ignore[no-untyped-def]
+    sim, common, options, stop: asyncio.Event, watch, within_s: float, monkeypatch
+):
+    """A worker serving ``sim`` as account acme until ``watch`` sets ``stop``; its result."""
+    async with open_fleet(common, options) as fleet:
+        await register(fleet.database.registry, {"acme": sim}, monkeypatch)
+        watcher = asyncio.create_task(watch)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(work(fleet.database.queue, fleet, options, stop), within_s)
+        assert watcher.done(), f"what the test waits for did not come within {within_s} s"
+        return watcher.result()
+
+
+async def test_after_a_tiny_outage_the_next_cycle_probes_at_the_cool_downs_end(
+    simulator, database_url, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle that a Tiny outage ended (the circuit open) came back a whole interval
+    later, whatever the cool-down, and with a fresh client's closed circuit: an outage of
+    two minutes left the mirror 15 behind. The worker keeps the account's circuit, and
+    the next cycle comes at the cool-down's end, one probe request first."""
+    sim = await simulator(orders=60, seed=5)
+    options = ServeOptions(interval_s=3600, slots=4, background_slots=2, heartbeat_s=10,
+                           integrity_interval_s=0, drain_s=2)  # fmt: skip
+    common = common_for(sim, database_url, max_retries=1, breaker_failures=2,
+                        breaker_cooldown_s=1.0)  # fmt: skip
+    sim.set_outage("503")
+    stop = asyncio.Event()
+
+    async def runs(outcome: str) -> int:
+        return await sync_runs(db, outcome)
+
+    async def heal_then_wait() -> float:
+        while not await runs("failed"):  # noqa: ASYNC110 (the runs are in the database)
+            await asyncio.sleep(0.1)
+        sim.set_outage(None)
+        healed = time.monotonic()
+        while not await runs("ok"):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        stop.set()
+        return time.monotonic() - healed
+
+    took = await serve_while(sim, common, options, stop, heal_then_wait(), 20, monkeypatch)
+    assert took < 10, took
+    assert await runs("failed") == 1  # the probe went at the cool-down's end, and passed
+    assert set(await mirror(db, "acme")) == set(sim.snapshot())
+
+
+async def test_a_workers_next_cycle_keeps_the_accounts_open_circuit(
+    simulator, database_url, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each unit built a new client, its circuit closed: every cycle of a long outage sent
+    a fresh burst of requests into it. The worker keeps the account's circuit, so after
+    the cycle that opened it each cycle sends one probe request, and /readyz's "tiny"
+    says what the circuit says between cycles."""
+    sim = await simulator(orders=300, seed=6, max_limit=20)
+    options = ServeOptions(interval_s=2, slots=4, background_slots=2, heartbeat_s=10,
+                           integrity_interval_s=0, drain_s=2)  # fmt: skip
+    common = common_for(sim, database_url, max_retries=2, breaker_failures=3,
+                        breaker_cooldown_s=1.0)  # fmt: skip
+    stop = asyncio.Event()
+
+    async def runs(outcome: str) -> int:
+        return await sync_runs(db, outcome)
+
+    async def outage() -> tuple[int, int]:
+        while not await runs("ok"):  # noqa: ASYNC110 (the runs are in the database)
+            await asyncio.sleep(0.05)
+        sim.set_outage("503")  # the token in hand is good: the cycle asks the API
+        while not await runs("failed"):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        failed, answered = await runs("failed"), sim.stats.outage_answers
+        await asyncio.sleep(3.5)  # cycles at each cool-down's end meanwhile
+        later = (await runs("failed") - failed, sim.stats.outage_answers - answered)
+        sim.set_outage(None)
+        ok = await runs("ok")
+        while await runs("ok") == ok:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        stop.set()
+        return later
+
+    cycles, answers = await serve_while(sim, common, options, stop, outage(), 30, monkeypatch)
+    assert cycles >= 2, (cycles, answers)
+    assert answers == cycles, f"{answers} requests met the outage in {cycles} failed cycles"
+    assert set(await mirror(db, "acme")) == set(sim.snapshot())

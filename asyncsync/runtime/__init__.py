@@ -93,9 +93,11 @@ def make_client(
     credentials: Credentials,
     tokens: TokenStore,
     rescue_dir: Path | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> TinyClient:
     """The Tiny client of one account: its own limiter and token manager, a shared session.
-    ``rescue_dir`` keeps tokens the database could not take (see TokenManager)."""
+    ``rescue_dir`` keeps tokens the database could not take (see TokenManager); ``breaker``
+    the account's circuit as an earlier client left it (a worker's next unit)."""
     manager = TokenManager(
         session,
         tiny.token_url,
@@ -108,7 +110,7 @@ def make_client(
     limiter = AccountLimiter(
         tiny.rate_limit_per_minute, tiny.max_concurrency, share=tiny.quota_share, account=account
     )
-    breaker = CircuitBreaker(tiny.breaker_failures, tiny.breaker_cooldown_s, account=account)
+    breaker = breaker or new_breaker(account, tiny)
     return TinyClient(
         session,
         tiny.api_base_url,
@@ -120,6 +122,11 @@ def make_client(
         breaker=breaker,
         max_answer_bytes=int(tiny.max_answer_mb * 1024 * 1024),
     )
+
+
+def new_breaker(account: str, tiny: TinyOptions) -> CircuitBreaker:
+    """A closed circuit for ``account``'s requests."""
+    return CircuitBreaker(tiny.breaker_failures, tiny.breaker_cooldown_s, account=account)
 
 
 def database_of(

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from ..client import CircuitBreaker
 from ..errors import AccountBusy, ConfigError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, Credentials, ServeOptions
 from ..overview import AccountStatus
 from ..store import Database, Leases
 from ..work.worker import LEASE_CHECK_S
-from . import Runtime, account_tiny, claim_for_the_run, database_of, make_client
+from . import Runtime, account_tiny, claim_for_the_run, database_of, make_client, new_breaker
 
 log = logging.getLogger(__name__)
 #: The gauges of accounts another worker runs are read this often (its own, every time).
@@ -78,6 +79,10 @@ class Fleet:
         self._pinned = pinned  # a given runtime, its account the only one (tests)
         self._held: dict[str, _Held] = {}
         self._taking = asyncio.Lock()
+        # Each account's circuit outlives the runtime of its units: a cycle that a Tiny
+        # outage ended is followed, at the cool-down's end, by one probe request, not by
+        # a fresh client's burst, and /readyz's "tiny" says what the circuit says.
+        self._breakers: dict[str, CircuitBreaker] = {}
         # The status of accounts read lately (monotonic time of the read, the status, and
         # how many times the account's units had ended here when the read began).
         self._read: dict[str, tuple[float, AccountStatus, int]] = {}
@@ -219,9 +224,13 @@ class Fleet:
             account, open_statuses=self._open_statuses, fence=self._leases.fence(account)
         )
         await claim_for_the_run(common, store)
+        breaker = self._breakers.get(account)
+        if breaker is None:
+            breaker = self._breakers[account] = new_breaker(account, tiny)
         client = make_client(
-            self._session, account, tiny, credentials, store.tokens, common.database.rescue_dir
-        )
+            self._session, account, tiny, credentials, store.tokens, common.database.rescue_dir,
+            breaker,
+        )  # fmt: skip
         runtime_common = CommonOptions(
             account=account, database=common.database, tiny=tiny,
             simulator=common.simulator, output=common.output, run=common.run,

@@ -136,9 +136,14 @@ def next_attempt(
     rt: AccountRuntime, options: ServeOptions, exc: AsyncsyncError, db_failures: int
 ) -> tuple[float, str]:
     """When to try again after a failed cycle, and what failed."""
-    if isinstance(exc, TinyUnavailable) and rt.client.breaker.retry_at:
-        # While the circuit is open, asking would only be refused: wait for its end.
-        return max(options.interval_s, rt.client.breaker.retry_at - time.monotonic()), "Tiny"
+    if isinstance(exc, TinyUnavailable):
+        # Tiny away: again after a cool-down, not a whole interval later (an outage of
+        # two minutes kept the mirror 15 behind). While the circuit is open, asking would
+        # only be refused: at its end (the worker keeps the account's circuit for its next
+        # unit), one probe request decides.
+        breaker = rt.client.breaker
+        left = breaker.retry_at - time.monotonic() if breaker.retry_at else 0.0
+        return min(options.interval_s, max(left, breaker.cooldown_s, 1.0)), "Tiny"
     if isinstance(exc, DatabaseUnavailable):
         # The database is back soon, usually: come back sooner than a whole interval.
         return min(options.interval_s, DB_RETRY_FIRST_S * 2**db_failures), "the database"

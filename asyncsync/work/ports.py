@@ -28,6 +28,9 @@ class Breaker(Protocol):
     @property
     def reason(self) -> str: ...
 
+    @property
+    def cooldown_s(self) -> float: ...  # how long it stays open once Tiny is taken for down
+
 
 class TinySide(OrderSource, Protocol):
     """An account's Tiny client, as a unit sees it."""
