@@ -1,7 +1,9 @@
 -- asyncsync schema: the PostgreSQL mirror of Tiny service orders.
--- Applied idempotently at start and by `asyncsync --mode migrate`; every statement is
--- safe to run again. Every table is keyed by `account` so that several Tiny accounts can
--- share one database; a single-account install uses 'default'.
+-- Applied idempotently by `asyncsync --mode migrate`, and at the start of a mode that
+-- writes when asyncsync_schema (at the end) names another version of this file; every
+-- statement is safe to run again. Every table but asyncsync_schema is keyed by `account`
+-- so that several Tiny accounts can share one database; a single-account install uses
+-- 'default'.
 
 -- One row per service order: typed columns for reports, raw API payloads for everything else.
 CREATE TABLE IF NOT EXISTS ordens_servico (
