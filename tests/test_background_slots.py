@@ -142,9 +142,10 @@ async def test_a_month_that_fails_of_its_own_backs_off_instead_of_every_30_s(
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(work(fleet.database.queue, fleet, options, stop), 6)
-    runs = await db.fetch("SELECT started_at, outcome, errors FROM sync_runs "
+    runs = await db.fetch("SELECT started_at, outcome, errors, requests_total FROM sync_runs "
                           "WHERE mode = 'backfill' ORDER BY started_at")  # fmt: skip
     assert runs and all(r["outcome"] == "failed" for r in runs)
+    assert all(r["requests_total"] >= 1 for r in runs), runs  # each try's requests counted
     assert "TinyAnswerTooLarge" in runs[0]["errors"][0], runs[0]["errors"]
     gaps = [
         (b["started_at"] - a["started_at"]).total_seconds() for a, b in itertools.pairwise(runs)

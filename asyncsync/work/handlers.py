@@ -235,7 +235,7 @@ class Dispatcher:
     async def _integrity(
         self, rt: AccountRuntime, stop: asyncio.Event, facts: dict[str, str]
     ) -> float | None:
-        started_at = utcnow()
+        started_at, api_before = utcnow(), rt.client.api_stats()
         options = IntegrityOptions()
         store = rt.store
         try:
@@ -248,7 +248,8 @@ class Dispatcher:
             raise
         except (TinyError, DatabaseError) as exc:
             note_failure(rt.account, exc)
-            report = failed_report("integrity", rt.account, started_at, exc)
+            spent = rt.client.api_stats().since(api_before)  # its requests and 429s
+            report = failed_report("integrity", rt.account, started_at, exc, spent)
         await record(rt, report, facts)
         if stop.is_set() and report.outcome is Outcome.INTERRUPTED:
             return 0.0
@@ -262,7 +263,7 @@ class Dispatcher:
         facts: dict[str, str],
         unit_id: int,
     ) -> float | None:
-        started_at = utcnow()
+        started_at, api_before = utcnow(), rt.client.api_stats()
         # Details of the month's orders are left to the account's cycles (open and recent
         # orders first, within each cycle's budget).
         options = BackfillOptions(date_from=month, date_to=month,
@@ -275,7 +276,8 @@ class Dispatcher:
             raise
         except (TinyError, DatabaseError) as exc:
             note_failure(rt.account, exc)
-            await record(rt, failed_report("backfill", rt.account, started_at, exc), facts)
+            spent = rt.client.api_stats().since(api_before)  # its requests and 429s
+            await record(rt, failed_report("backfill", rt.account, started_at, exc, spent), facts)
             if isinstance(exc, ReauthorizationRequired):
                 return self.options.interval_s
             wait = BACKFILL_RETRY_S
