@@ -166,10 +166,14 @@ def parse_datetime(value: object, field: str) -> dt.datetime | None:
             moment = dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
         else:
             moment = dt.datetime.fromisoformat(text)
+            if moment.year >= _NO_DATE_YEAR:  # a placeholder, whatever its offset
+                return None
             if moment.tzinfo is not None:  # an instant: Tiny's wall clock at that instant
                 moment = moment.astimezone(TINY_ZONE).replace(tzinfo=None)
     except ValueError:
         raise ValueError(f"{field}: unparseable date-time {value!r}") from None
+    except OverflowError:  # "0001-01-01T00:00:00Z": before year 1 in São Paulo
+        raise ValueError(f"{field}: date-time out of range {value!r}") from None
     return None if moment.year >= _NO_DATE_YEAR else moment
 
 

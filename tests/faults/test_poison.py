@@ -205,16 +205,35 @@ async def test_a_huge_listing_page_fails_the_run_with_a_clear_error(simulator, r
 
 
 async def test_a_placeholder_date_is_no_date(simulator, runtime_for, db) -> None:
+    """... also as a date-time at Brazil's offset, whose instant is past year 9999 in UTC
+    (an emission date so sent stopped every run with an OverflowError: it was read as a
+    São Paulo instant through UTC, where the digits alone had said 9999-12-31)."""
     sim = await simulator(orders=40, seed=35)
-    placeholder = sorted(sim.orders)[3]
+    placeholder, with_offset = sorted(sim.orders)[3], sorted(sim.orders)[7]
     sim.orders[placeholder].data_prevista = dt.datetime(9999, 12, 31, 0, 0)
+    render = sim._renderer.list_item
+
+    def list_item(order):  # type: ignore[no-untyped-def]
+        item = render(order)
+        if order.id != with_offset:
+            return item
+        return {**item, "data": "9999-12-31T23:59:59-03:00",
+                "dataPrevista": "9999-12-31T23:59:59-03:00"}  # fmt: skip
+
+    sim._renderer.list_item = list_item
     async with runtime_for(sim) as rt:
-        await full_sync(rt)
+        report = await full_sync(rt)
+    assert report.outcome == "ok"
     value = await db.fetchval(
         "SELECT data_prevista::text FROM ordens_servico WHERE id = $1", placeholder
     )
     assert value is None  # not 'infinity'
+    row = await db.fetchrow(
+        "SELECT data_emissao, data_prevista FROM ordens_servico WHERE id = $1", with_offset
+    )
+    assert row is not None and tuple(row) == (None, None)
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 40
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
 
 
 async def test_an_import_the_database_refuses_counts_one_attempt_each_time(
