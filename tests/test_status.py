@@ -8,7 +8,11 @@ import datetime as dt
 import json
 from urllib.parse import urlsplit
 
+import pytest
+
 from asyncsync.clock import utcnow
+from asyncsync.errors import ConfigError
+from asyncsync.flags import parse
 from asyncsync.modes import execute
 from asyncsync.options import IntegrityOptions, SyncOptions
 from asyncsync.report import failed_report
@@ -243,6 +247,22 @@ async def test_run_history_is_pruned_past_its_days_but_never_the_newest_success(
     assert success["backfill"].title == "newest ok" and last["backfill"].outcome == "failed"
     assert success["sync"].outcome == "ok"
     assert read < 50, f"recording a run read {read:,} rows of sync_runs"
+
+
+async def test_a_run_history_postgresql_cannot_reach_back_to_is_refused(database_url) -> None:
+    """Days of history whose cutoff falls before 4713 BC: every run's record failed
+    ('timestamp out of range', a warning, the run unrecorded, exit 0), and past 999,999,999
+    days every mode failed with an OverflowError traceback. Refused now (exit 2); the
+    largest accepted still records."""
+    for days in ("10000000", "1000000000"):
+        with pytest.raises(ConfigError, match="--run-history-days must be from 0 to 1000000"):
+            parse(["sync", "--run-history-days", days], {})
+    most = parse(["sync", "--run-history-days", "1000000"], {}).common.database
+    async with connect_pool(database_url, max_size=1, application_name="tests") as pool:
+        runs = Database(pool, run_history_days=most.run_history_days).account("acme").runs
+        await runs.record(failed_report("sync", "acme", utcnow(), RuntimeError("x")),
+                          invoked_as="t")  # fmt: skip
+        assert await pool.fetchval("SELECT count(*) FROM sync_runs") == 1
 
 
 OLD_BACKFILLS = """

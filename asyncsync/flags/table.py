@@ -77,6 +77,12 @@ class Flag:
 
 
 F = Flag
+#: Days of run history at most: the cutoff (the database's now() less this many days) must
+#: be a timestamp PostgreSQL holds (4713 BC), or recording every run failed ('timestamp out
+#: of range'), and past 999,999,999 days Python's timedelta could not hold it at all.
+RUN_HISTORY_DAYS_MAX = 1_000_000
+
+
 FLAGS: tuple[Flag, ...] = (
     # account, database
     F("--account", "ASYNCSYNC_ACCOUNT", CommonOptions, "account", account_key,
@@ -100,8 +106,9 @@ FLAGS: tuple[Flag, ...] = (
       integer(2, 500), "database connections at most (default: 4; serve: its slots, at "
       "most 12, plus 4)", metavar="N"),
     F("--run-history-days", "ASYNCSYNC_RUN_HISTORY_DAYS", DatabaseOptions,
-      "run_history_days", integer(0), "days of sync_runs kept (the newest run and the "
-      "newest successful one of each mode always are); 0 keeps every run", metavar="DAYS"),
+      "run_history_days", integer(0, RUN_HISTORY_DAYS_MAX), "days of sync_runs kept (the "
+      "newest run and the newest successful one of each mode always are); 0 keeps every "
+      "run", metavar="DAYS"),
     # Tiny
     F("--api-base-url", "TINY_API_BASE_URL", TinyOptions, "api_base_url", http_url,
       "Tiny API base URL", metavar="URL"),
