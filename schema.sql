@@ -206,3 +206,6 @@ CREATE TABLE IF NOT EXISTS asyncsync_schema (
     fingerprint text        NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
+-- Every role may read it: one granted rights on the tables alone before this table existed
+-- (GRANT ... ON ALL TABLES covers the tables there then) must still find the schema applied.
+GRANT SELECT ON asyncsync_schema TO PUBLIC;
