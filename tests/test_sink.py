@@ -37,6 +37,9 @@ async def test_a_workers_merge_lands_only_while_its_lease_is_held(db) -> None:
         pid = leases.session_pid("default")
         assert pid is not None
         await db.execute("SELECT pg_terminate_backend($1)", pid)  # its session timed out
+        gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+        while not await db.fetchval(gone, pid):  # noqa: ASYNC110 (its locks go with it)
+            await asyncio.sleep(0.05)
         later = T0 + dt.timedelta(seconds=1)
         with pytest.raises(LeaseLost, match="lease ended"):
             await sink.merge_listed(
@@ -50,6 +53,53 @@ async def test_a_workers_merge_lands_only_while_its_lease_is_held(db) -> None:
     assert [tuple(r) for r in rows] == [(1, 0)]  # nothing of the merges after it landed
     history = await db.fetch("SELECT id_os, status_novo FROM ordem_status_history")
     assert [tuple(r) for r in history] == [(1, 0)]
+
+
+async def test_an_account_leased_again_after_its_session_died_is_not_reported_lost(db) -> None:
+    """A take that met the dead lease session left every account it held marked lost, to
+    be reported at the next check; an account leased again since (its units had ended)
+    was reported too, and the check stopped a unit of its new lease."""
+    from asyncsync.errors import DatabaseUnavailable
+
+    database = Database(db)
+    async with database.leases("worker-a") as leases:
+        assert await leases.take("c") is None
+        pid = leases.session_pid("c")
+        await db.execute("SELECT pg_terminate_backend($1)", pid)
+        gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+        while not await db.fetchval(gone, pid):  # noqa: ASYNC110 (its locks go with it)
+            await asyncio.sleep(0.05)
+        with pytest.raises(DatabaseUnavailable):
+            await leases.take("x")  # meets the dead session: c is lost with it
+        assert await leases.take("c") is None  # its units ended; leased anew
+        assert await leases.check() == set()
+        assert leases.session_pid("c") is not None
+
+
+async def test_two_starts_after_an_upgrade_apply_the_schema_once(
+    database_url, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both found the old fingerprint before either took the schema lock, and the second
+    applied schema.sql again behind the first (its CREATE INDEX waiting on the merges the
+    first one's start had let begin): it asks again under the lock."""
+    from asyncsync.store import database as module
+
+    await db.execute("CREATE TABLE schema_applies (n serial)")
+    real = module.sql
+
+    def counting(name: str) -> str:
+        text = real(name)
+        return text + "\nINSERT INTO schema_applies DEFAULT VALUES;" if name == "schema" else text
+
+    monkeypatch.setattr(module, "sql", counting)
+    await db.execute("UPDATE asyncsync_schema SET fingerprint = 'the release before'")
+    async with connect_pool(database_url, max_size=3) as pool:
+        async with db.acquire() as holder, holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock(hashtext('asyncsync.schema'))")
+            starts = [asyncio.create_task(module.migrate(pool)) for _ in range(2)]
+            await asyncio.sleep(0.5)  # both past their first look, waiting for the lock
+        await asyncio.gather(*starts)
+    assert await db.fetchval("SELECT count(*) FROM schema_applies") == 1
 
 
 async def test_an_older_observation_never_overwrites_a_newer_one(db) -> None:

@@ -273,16 +273,25 @@ async def migrate(pool: asyncpg.Pool, *, always: bool = False) -> None:
     text = sql("schema")
     fingerprint = hashlib.sha256(text.encode()).hexdigest()
     async with pool.acquire() as conn:
-        if not always:
-            try:
-                if await conn.fetchval(sql("schema_applied")) == fingerprint:
-                    return
-            except asyncpg.UndefinedTableError:  # an install older than the fingerprint
-                pass
+        if not always and await _applied(conn) == fingerprint:
+            return
         async with conn.transaction():
             await conn.execute(sql("schema_lock"))
+            # Asked again under the lock: two workers started together after an upgrade
+            # both found the old fingerprint, and the second applied it again behind the
+            # first one's, waiting on the merges the first had started meanwhile.
+            if not always and await _applied(conn) == fingerprint:
+                return
             await conn.execute(text)
             await conn.execute(sql("schema_mark"), fingerprint)
+
+
+async def _applied(conn: asyncpg.Connection) -> str | None:
+    """The fingerprint of the schema.sql the database had applied last, if any."""
+    if not await conn.fetchval(sql("schema_fingerprinted")):
+        return None  # an install older than the fingerprint
+    applied: str | None = await conn.fetchval(sql("schema_applied"))
+    return applied
 
 
 #: Seconds to wait for a connection unless the URL says (libpq's ``connect_timeout``).

@@ -105,6 +105,10 @@ class Leases:
                 conn = await self._session()
                 if await conn.fetchval(sql("lock_try"), name):
                     self.held.add(account)
+                    # Leased again (its units that lost it have all ended, or it would not
+                    # be taken anew): the old loss is not this lease's, and reported at the
+                    # next check it stopped a unit of the new one.
+                    self._dropped.discard(account)
                     return None
                 holder = await conn.fetchval(sql("lock_holder"), name)
             except CAUGHT as exc:
