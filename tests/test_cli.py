@@ -664,7 +664,8 @@ async def test_a_role_that_may_not_apply_the_schema_is_a_configuration_error(
 
     role = f"asyncsync_r_{uuid.uuid4().hex[:8]}"
     parts = urlsplit(database_url)
-    as_role = urlunsplit(parts._replace(netloc=parts.netloc.replace("postgres@", f"{role}@", 1)))
+    host = parts.netloc.rsplit("@", 1)[-1]  # empty for a socket directory (?host=...)
+    as_role = urlunsplit(parts._replace(netloc=f"{role}@{host}"))
     assert role in as_role
     await db.execute(f'CREATE ROLE "{role}" LOGIN')
     try:

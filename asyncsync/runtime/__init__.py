@@ -136,6 +136,7 @@ def database_of(
     slots: int | None = None,
     staging: bool = True,
     idle_in_transaction_s: float | None = None,
+    application_name: str = "asyncsync",
 ) -> AsyncContextManager[Database]:
     """The database of ``common``, its timeouts and reconnects applied (alone: for the
     modes that need no Tiny account, health and migrate); a worker running ``slots``
@@ -153,6 +154,7 @@ def database_of(
         statement_timeout_s=db.statement_timeout_s,
         lock_timeout_s=db.lock_timeout_s,
         idle_in_transaction_s=idle_in_transaction_s,
+        application_name=application_name,
         reconnect_s=db.reconnect_s,
         run_history_days=db.run_history_days,
     )

@@ -248,9 +248,12 @@ async def open_fleet(common: CommonOptions, options: ServeOptions) -> AsyncItera
     # would otherwise keep the rows it wrote locked, and the worker its account went to
     # could merge none of them (nor could a worker starting apply schema.sql).
     silent_s = max(options.heartbeat_s, 2 * LEASE_CHECK_S)
+    name = worker_name()  # every session of the worker says whose it is (pg_stat_activity)
     async with AsyncExitStack() as stack:
         database = await stack.enter_async_context(
-            database_of(common, slots=options.slots, idle_in_transaction_s=silent_s)
+            database_of(
+                common, slots=options.slots, idle_in_transaction_s=silent_s, application_name=name
+            )
         )
         if await database.registry.none():
             _check_legacy(common)
@@ -261,7 +264,7 @@ async def open_fleet(common: CommonOptions, options: ServeOptions) -> AsyncItera
         session = await stack.enter_async_context(
             aiohttp.ClientSession(connector=connector, raise_for_status=False)
         )
-        leases = await stack.enter_async_context(database.leases(worker_name(), silent_s))
+        leases = await stack.enter_async_context(database.leases(name, silent_s))
         yield Fleet(common, database, session, leases,
                     open_statuses=options.cycle.open_statuses)  # fmt: skip
 

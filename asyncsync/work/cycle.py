@@ -142,8 +142,9 @@ def next_attempt(
         # only be refused: at its end (the worker keeps the account's circuit for its next
         # unit), one probe request decides.
         breaker = rt.client.breaker
-        left = breaker.retry_at - time.monotonic() if breaker.retry_at else 0.0
-        return min(options.interval_s, max(left, breaker.cooldown_s, 1.0)), "Tiny"
+        if breaker.retry_at:
+            return max(breaker.retry_at - time.monotonic(), 0.0), "Tiny"
+        return min(options.interval_s, breaker.cooldown_s), "Tiny"
     if isinstance(exc, DatabaseUnavailable):
         # The database is back soon, usually: come back sooner than a whole interval.
         return min(options.interval_s, DB_RETRY_FIRST_S * 2**db_failures), "the database"
