@@ -76,6 +76,49 @@ async def test_an_account_leased_again_after_its_session_died_is_not_reported_lo
         assert leases.session_pid("c") is not None
 
 
+async def test_taking_a_lease_ends_the_open_writes_of_workers_that_lost_theirs(
+    database_url, db
+) -> None:
+    """A worker frozen past its heartbeat timeout loses its lease session, but a COPY of
+    its that waits for the frozen process's data is active, not idle: it kept the rows it
+    wrote locked for the statement timeout (2 minutes), and the worker that took the
+    account over failed every merge on them. Taking a lease ends such transactions (they
+    could not commit: the fence); a worker that still holds a lease keeps its own."""
+    import asyncpg
+
+    async def session(name: str) -> asyncpg.Connection:
+        return await asyncpg.connect(database_url, server_settings={"application_name": name})
+
+    write = (
+        "INSERT INTO ordens_servico (account, id, situacao, payload, list_hash, observed_at)"
+        " VALUES ($1, $2, 0, '{}', '', now())"
+    )
+    database = Database(db)
+    frozen = await session("asyncsync worker ghost:1")  # its lease session already ended
+    busy = await session("asyncsync worker busy:2")
+    async with database.leases("asyncsync worker busy:2", 30) as alive:
+        assert await alive.take("b0") is None  # a live worker, mid-merge of its account
+        for conn, account in ((frozen, "a0"), (busy, "b0")):
+            await conn.execute("BEGIN")
+            await conn.execute(write, account, 1)
+        await asyncio.sleep(0.7)  # both transactions older than the silence bound
+        async with database.leases("asyncsync worker new:3", 0.5) as taking:
+            assert await taking.take("a0") is None
+        gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+        for _ in range(40):
+            if await db.fetchval(gone, frozen.get_server_pid()):
+                break
+            await asyncio.sleep(0.05)
+        assert await db.fetchval(gone, frozen.get_server_pid()), "the frozen write was left"
+        async with db.acquire() as merging, merging.transaction():  # the lock is free now
+            await merging.execute("SET LOCAL lock_timeout = '1s'")
+            await merging.execute(write, "a0", 1)
+        assert await busy.fetchval("SELECT 1") == 1  # the live worker's transaction stays
+        await busy.execute("ROLLBACK")
+    await busy.close()
+    frozen.terminate()
+
+
 async def test_two_starts_after_an_upgrade_apply_the_schema_once(
     database_url, db, monkeypatch: pytest.MonkeyPatch
 ) -> None:

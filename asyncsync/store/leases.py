@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from types import TracebackType
 
@@ -28,6 +29,10 @@ from .resilience import CAUGHT, classify
 from .sqlfiles import sql
 
 log = logging.getLogger(__name__)
+
+#: Without a lease silence bound, a worker's transactions this old while it holds no
+#: lease are a frozen worker's (see lease_reap.sql).
+REAP_AFTER_S = 10.0
 
 
 class Leases:
@@ -109,11 +114,25 @@ class Leases:
                     # be taken anew): the old loss is not this lease's, and reported at the
                     # next check it stopped a unit of the new one.
                     self._dropped.discard(account)
+                    await self._reap(conn)
                     return None
                 holder = await conn.fetchval(sql("lock_holder"), name)
             except CAUGHT as exc:
                 raise await self._lost(exc, f"leasing account {account}") from exc
         return str(holder or "another asyncsync process")
+
+    async def _reap(self, conn: asyncpg.Connection) -> None:
+        """End the writing transactions of workers that lost their leases (frozen: see
+        lease_reap.sql), whose locks would stall the merges of the account just taken."""
+        try:
+            older = dt.timedelta(seconds=self._idle_timeout_s or REAP_AFTER_S)
+            ended = await conn.fetchval(sql("lease_reap"), older)
+        except asyncpg.InsufficientPrivilegeError as exc:  # workers running as other roles
+            log.debug("cannot end another worker's transactions: %s", exc)
+            return
+        if ended:
+            log.warning("ended %d transactions of workers that lost their leases (frozen?): "
+                        "their locks would stall this worker's merges", ended)  # fmt: skip
 
     async def release(self, account: str) -> None:
         """Give ``account`` back (nothing to do if the session is gone: so is the lock)."""
