@@ -198,21 +198,28 @@ async def status_totals(
     return dict(sorted(totals.items()))
 
 
-def listed_failure(exc: RecordError, raw: object, situacao: int) -> FailureRecord:
+def listed_failure(
+    exc: RecordError, raw: object, situacao: int, *, wrapped: bool = False
+) -> FailureRecord:
     """The failure of a list item that could not be mapped. When the item's own
     ``situacao`` does not say the status it was listed under (an unknown code, none, not
     an object at all), ``dados_api`` is ``{"list_item": ..., "listed_as": <status>}``:
     the API counts the item in that status's total, and so must the mirror's count of what
     it knows (``integrity_tracked_counts``), or the status looks short at every cycle and
-    is listed again whole each time."""
+    is listed again whole each time. ``wrapped`` (the integrity check's): the item is
+    under ``"list_item"`` whatever its status."""
     failure = failure_from(exc)
     try:
         own = isinstance(raw, Mapping) and int(parse_situacao(raw.get("situacao"))) == situacao
     except ValueError:
         own = False
+    item = orjson.loads(failure.raw) if failure.raw else None
     if own or failure.raw is None:
-        return failure
-    dados = {"list_item": orjson.loads(failure.raw), "listed_as": situacao}
+        if not wrapped:
+            return failure
+        dados: dict[str, object] = {"list_item": item}
+    else:
+        dados = {"list_item": item, "listed_as": situacao}
     return FailureRecord(failure.order_id, failure.error, canonical_json(dados))
 
 

@@ -224,7 +224,7 @@ class _Check:
                 # As the listing records it: an item whose own situacao is not the status
                 # it was listed under carries that status ('listed_as'), or the count of
                 # what the mirror knows leaves it out and its status looks short for ever.
-                failure = listed_failure(exc, raw, page.query.situacao)
+                failure = listed_failure(exc, raw, page.query.situacao, wrapped=True)
                 self.unreadable[failure.order_id] = failure
         for rec in records:
             held = self.seen.get(rec.id)
@@ -237,15 +237,10 @@ class _Check:
                 self.candidates[rec.id] = rec
 
     async def _note_unreadable(self) -> None:
-        wrapped = []
-        for f in self.unreadable.values():
-            dados = orjson.loads(f.raw) if f.raw else None
-            if not (isinstance(dados, dict) and dados.keys() == {"list_item", "listed_as"}):
-                dados = {"list_item": dados}  # not wrapped by listed_failure yet
-            wrapped.append(FailureRecord(f.order_id, f.error, _json(dados)))
         written = await self.failures.record(
-            wrapped, now=self.ctx.clock(), counts_as_attempt=False, listed=True
-        )
+            list(self.unreadable.values()), now=self.ctx.clock(), counts_as_attempt=False,
+            listed=True,
+        )  # fmt: skip
         self.found["unreadable"] = sorted(written)
 
     async def _compare(self) -> tuple[list[int], list[int]]:
