@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from ..jobs.sync import sync_once
 from ..options import ServeOptions
 from ..readiness import Readiness
 from ..report import RunReport, failed_report, headline, log_fields, note_failure, observe
+from ..seams import ApiStats
 from .health import say_health, say_unsaid
 from .ports import AccountRuntime
 
@@ -89,6 +91,15 @@ async def record(rt: AccountRuntime, report: RunReport, facts: dict[str, str]) -
     return report
 
 
+def failed_unit(
+    rt: AccountRuntime, mode: str, started_at: dt.datetime, api_before: ApiStats, exc: Exception
+) -> RunReport:
+    """The report of a unit an error ended, with the requests (and the 429s, when they
+    are what ended it) it made since ``api_before``."""
+    spent = rt.client.api_stats().since(api_before)
+    return failed_report(mode, rt.account, started_at, exc, spent)
+
+
 async def run_cycle(
     rt: AccountRuntime,
     options: ServeOptions,
@@ -112,8 +123,7 @@ async def run_cycle(
         note_failure(rt.account, exc)
         if isinstance(exc, TinyAuthError) and readiness is not None:
             readiness.set("authorization", f"{type(exc).__name__}: {exc}")
-        spent = rt.client.api_stats().since(api_before)  # a failed cycle's 429s are its own
-        failed = await record(rt, failed_report("sync", rt.account, started_at, exc, spent), facts)
+        failed = await record(rt, failed_unit(rt, "sync", started_at, api_before, exc), facts)
         if isinstance(exc, ReauthorizationRequired):
             await say_health(
                 rt, f"re-authorization required: run `{authorize_command(rt.account)}`"

@@ -40,9 +40,9 @@ from ..jobs.retry import DEFAULT_POLICY
 from ..options import BackfillOptions, IntegrityOptions, ServeOptions
 from ..overview import observe_status
 from ..readiness import Readiness
-from ..report import Outcome, RunReport, failed_report, note_failure
+from ..report import Outcome, RunReport, note_failure
 from ..seams import PickedWork, WorkHandler, WorkQueue
-from .cycle import record, run_cycle
+from .cycle import failed_unit, record, run_cycle
 from .health import check_readiness
 from .ports import AccountRuntime, Fleet, Leased
 from .units import BACKGROUND, Kind, Unit
@@ -248,8 +248,7 @@ class Dispatcher:
             raise
         except (TinyError, DatabaseError) as exc:
             note_failure(rt.account, exc)
-            spent = rt.client.api_stats().since(api_before)  # its requests and 429s
-            report = failed_report("integrity", rt.account, started_at, exc, spent)
+            report = failed_unit(rt, "integrity", started_at, api_before, exc)
         await record(rt, report, facts)
         if stop.is_set() and report.outcome is Outcome.INTERRUPTED:
             return 0.0
@@ -276,8 +275,7 @@ class Dispatcher:
             raise
         except (TinyError, DatabaseError) as exc:
             note_failure(rt.account, exc)
-            spent = rt.client.api_stats().since(api_before)  # its requests and 429s
-            await record(rt, failed_report("backfill", rt.account, started_at, exc, spent), facts)
+            await record(rt, failed_unit(rt, "backfill", started_at, api_before, exc), facts)
             if isinstance(exc, ReauthorizationRequired):
                 return self.options.interval_s
             wait = BACKFILL_RETRY_S
