@@ -132,8 +132,10 @@ class Fleet:
         # applied again each time, schema.sql waited for every merge in flight on the
         # other workers (CREATE INDEX IF NOT EXISTS takes a SHARE lock on the table), held
         # back their next writes, and its lock timeout was taken for the outage again.
+        # Missing tables are applied whatever the fingerprint says (a restore may bring
+        # asyncsync_schema back without the tables it speaks for).
         if not await self._database.schema_present():
-            await self._database.migrate()
+            await self._database.migrate(always=True)
         await self._database.queue.install(again=True)
 
     async def statuses(self, now: dt.datetime) -> list[AccountStatus]:
