@@ -189,6 +189,18 @@ def observe(report: RunReport) -> None:
         metrics.LAST_SUCCESS.labels(*labels).set(report.finished_at.timestamp())
 
 
+#: The attribute of an error that ended a one-shot run holding the requests the run made:
+#: its client is closed by the time the error reaches the command that records the run.
+_SPENT = "_asyncsync_api_spent"
+
+
+def carry_spent(exc: BaseException, api: ApiStats) -> None:
+    """Let ``exc`` carry the requests a run made before it (the innermost run's: an
+    error already carrying some keeps them)."""
+    if not hasattr(exc, _SPENT):
+        setattr(exc, _SPENT, api)
+
+
 def failed_report(
     mode: str,
     account: str,
@@ -197,7 +209,11 @@ def failed_report(
     api: ApiStats | None = None,
 ) -> RunReport:
     """The report of a run an error ended (or a second signal cancelled); ``api``: the
-    requests it made before the error (its 429s, when they are what ended it)."""
+    requests it made before the error (its 429s, when they are what ended it), else
+    those the error carries (:func:`carry_spent`)."""
+    if api is None:
+        carried = getattr(exc, _SPENT, None)
+        api = carried if isinstance(carried, ApiStats) else None
     if isinstance(exc, Exception):
         outcome, error = Outcome.FAILED, f"{type(exc).__name__}: {exc}"
     else:

@@ -75,8 +75,16 @@ async def test_an_interrupted_run_is_recorded_as_interrupted(simulator, database
 
 
 async def test_a_failed_run_leaves_a_failed_row_with_its_error(simulator, database_url, db) -> None:
-    sim = await simulator(orders=100, seed=23)
-    sim.set_outage("503")
+    sim = await simulator(orders=600, seed=23, max_limit=50)
+    pages = 0
+
+    def down_after_three(s: object, params: object) -> None:
+        nonlocal pages
+        pages += 1
+        if pages == 3:
+            sim.set_outage("503")  # the third page answered, nothing after
+
+    sim.on_list_page = down_after_three
     common = common_for(sim, database_url, max_retries=1)
     failed = metrics.value(
         "asyncsync_runs_total", {"account": "default", "mode": "sync", "outcome": "failed"}
@@ -86,6 +94,9 @@ async def test_a_failed_run_leaves_a_failed_row_with_its_error(simulator, databa
     [row] = await runs(db)
     assert (row["mode"], row["outcome"]) == ("sync", "failed")
     assert row["errors"][0].startswith("TinyUnavailable: ")
+    # The requests it sent before giving up are in its row (a one-shot run's client is
+    # closed by the time its error reaches the command: they were once recorded as 0).
+    assert row["requests_total"] == sim.stats.requests_total >= 3
     labels = {"account": "default", "mode": "sync", "outcome": "failed"}
     assert metrics.value("asyncsync_runs_total", labels) == failed + 1
 
@@ -123,6 +134,7 @@ async def test_every_mode_records_its_interrupted_and_failed_runs(
         ("sync", "ok"), (mode, "interrupted"), (mode, "failed"),
     ]  # fmt: skip
     assert rows[2]["errors"][0].startswith("TinyOutage: Tiny is unavailable"), rows[2]["errors"]
+    assert rows[2]["requests_total"] > 0  # the tries the outage refused
     assert rows[1]["errors"] == [] and rows[1]["finished_at"] >= rows[1]["started_at"]
 
 

@@ -30,6 +30,7 @@ from ..clock import Clock, utcnow
 from ..errors import ConfigError, DatabaseError
 from ..jobs import RunContext
 from ..options import AuthorizeOptions, CommonOptions, Credentials, TinyOptions
+from ..report import carry_spent
 from ..seams import TokenStore
 from ..store import AccountStore, Database, open_database
 
@@ -260,4 +261,8 @@ async def open_runtime(
             session, common.account, tiny, credentials, store.tokens, common.database.rescue_dir
         )
         common = dataclasses.replace(common, tiny=tiny)
-        yield Runtime(common=common, database=database, store=store, client=client)
+        try:
+            yield Runtime(common=common, database=database, store=store, client=client)
+        except BaseException as exc:  # the run's row counts what it sent before it failed
+            carry_spent(exc, client.api_stats())
+            raise
