@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from asyncsync import metrics
-from asyncsync.errors import TinyUnavailable
+from asyncsync.errors import TinyHTTPError, TinyUnavailable
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
 from asyncsync.simulator import Quirks, TinySimulator
@@ -516,3 +516,25 @@ async def test_a_token_dropped_during_an_outage_blip_fails_no_order(simulator, r
         sim.set_outage(None)
         detail = await asyncio.wait_for(refused, 30)
     assert detail.order_id == first
+
+
+async def test_a_token_dropped_soon_after_an_order_refused_403_is_still_replaced(
+    simulator, runtime_for, db
+) -> None:
+    # Tiny answers 403 to a dead token (its quirk) and to an order this app may not read.
+    # An order's 403 makes the next minute's 403s the API's word, so a token dropped in
+    # that minute was never replaced: every listing page failed the run with "HTTP 403"
+    # (a listing is no order: its 403 can only be the token's).
+    sim = await simulator(orders=60, seed=6, quirks=Quirks(refused_token_status=403))
+    refused = sorted(sim.orders)[0]
+    sim.fail_detail[refused] = "403"
+    async with runtime_for(sim) as rt:
+        with pytest.raises(TinyHTTPError):
+            await rt.client.get_order(refused)  # its 403 is the order's: a failure of its own
+        sim.expire_access_tokens()  # ... and, seconds later, the token is dropped early
+        report = await full_sync(rt)
+    assert report.outcome == "ok", report.outcome
+    failed = await db.fetch("SELECT id_ordem FROM import_failures")
+    assert [r["id_ordem"] for r in failed] == [refused]  # no other order blamed
+    expected = {i: o for i, o in sim.snapshot().items() if i != refused}
+    assert diff(expected, {i: o for i, o in (await mirror(db)).items() if i != refused}) == []

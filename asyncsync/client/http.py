@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 #: Tokens a request may go through before a run of 401s is an authentication failure.
 _AUTH_ROUNDS = 4
 #: Tiny documents 401 and 403 without saying which a token it dropped early gets. A 403
-#: replaces the token in use at most once in this many seconds; meanwhile a 403 to a
-#: token no 403 replaced is the API's word (an order this app may not read).
+#: to a detail replaces the token in use at most once in this many seconds; meanwhile a
+#: detail's 403 to a token no 403 replaced is the API's word (an order this app may not
+#: read). A listing's 403 always replaces the token: a listing is no one order's.
 FORBIDDEN_RECHECK_S = 60.0
 #: How long a 401 to a token valid when sent waits for the answers of requests sent after
 #: it with the same token, before the token is renewed to find out (see _order_refused).
@@ -232,7 +233,8 @@ class TinyClient:
             sent = await self._send(endpoint, path, params)
             self._judged(sent)
             if sent.status == 403:
-                if not self._maybe_dead(sent.token):
+                # A listing is about no one order: its 403 can only be the token's.
+                if endpoint == "detail" and not self._maybe_dead(sent.token):
                     break  # the API's word: an error of its own below
                 await self._renew(sent.token)  # nothing if it was replaced already
                 continue
