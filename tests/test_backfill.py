@@ -458,9 +458,11 @@ async def test_a_resumed_partition_whose_orders_moved_down_is_listed_again(
     assert (await checkpoints(db))[key]["complete"]
 
 
-@pytest.mark.parametrize("ids_as_strings", [False, True])
+@pytest.mark.parametrize(
+    ("ids_as_strings", "omit_paginacao"), [(False, False), (True, False), (False, True)]
+)
 async def test_an_order_leaving_a_partition_while_it_is_paged_costs_no_other(
-    ids_as_strings, simulator, runtime_for, db
+    ids_as_strings, omit_paginacao, simulator, runtime_for, db
 ) -> None:
     # The same shift within one run: a finished order of the first page is cancelled
     # while the second is asked. The page's lower total says the partition shrank; the
@@ -468,7 +470,7 @@ async def test_an_order_leaving_a_partition_while_it_is_paged_costs_no_other(
     # Ids sent as numeric strings (accepted as ids everywhere) are compared the same way.
     sim = await simulator(
         orders=3000, seed=11, start_year=2015, today=dt.date(2017, 1, 31),
-        quirks=Quirks(ids_as_strings=ids_as_strings),
+        quirks=Quirks(ids_as_strings=ids_as_strings, omit_paginacao=omit_paginacao),
     )  # fmt: skip
     month = busiest_month(sim, Situacao.FINALIZADA, 100)
     finished = in_month(sim, month, Situacao.FINALIZADA)

@@ -321,36 +321,49 @@ class ListingEngine:
         last_total: int | None = None
         last_id: int | None = None
         restarts = 0
+        # Without paginacao no total shows orders leaving: each page then starts on the
+        # last order of the one before (as _page_without_total does), and another order
+        # there, one that page did not show (or none), says the pages shifted down.
+        overlap = False
+        shown: set[int | None] = set()
         while not self._stop.is_set():
-            page = await self._fetch(part, offset)
+            at = offset - 1 if overlap else offset
+            page = await self._fetch(part, at)
             self.result.totals[part] = page.total
             shrunk = page.total is not None and last_total is not None and page.total < last_total
             seam, seam_id = offset, last_id
-            offset += len(page.items)
+            head = item_id(page.items[0]) if page.items else None
+            moved_down = overlap and head != seam_id and head not in shown
+            end = page.is_last or (overlap and head == seam_id and len(page.items) == 1)
+            offset = at + len(page.items)
             last_total = page.total
             last_id = item_id(page.items[-1]) if page.items else None
+            overlap = page.total is None and last_id is not None
+            shown = {item_id(item) for item in page.items} - {None}
             assert part.key is not None, "checkpointed partitions need a key"
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             # Orders left the partition while it was paged: if the ones before this page
             # moved down, the order that was at the seam is on no page. Start over then
             # (twice at most: a partition that keeps moving is left to the cycles).
-            if (
-                shrunk
-                and seam_id is not None
-                and restarts < RESTARTS
-                and not await self._seam_holds(part, seam, seam_id)
+            if restarts < RESTARTS and (
+                moved_down
+                or (
+                    shrunk
+                    and seam_id is not None
+                    and not await self._seam_holds(part, seam, seam_id)
+                )
             ):
                 log.info("%s shifted while it was paged: listed again", part.key)
                 restarts += 1
-                offset, last_total, last_id = 0, None, None
+                offset, last_total, last_id, overlap = 0, None, None, False
                 cp = Checkpoint(part.key, checkpoint_value(0, False))
                 await self._queue.put(_Item(part, page, cp, done))
                 await done  # this page is good: merged, the partition restarts
                 continue
-            cp = Checkpoint(part.key, checkpoint_value(offset, page.is_last, last_id))
+            cp = Checkpoint(part.key, checkpoint_value(offset, end, last_id))
             await self._queue.put(_Item(part, page, cp, done))
             await done  # merged and checkpointed together
-            if page.is_last:
+            if end:
                 return
 
     async def _page_streaming(self, part: Partition) -> None:
