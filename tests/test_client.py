@@ -24,6 +24,7 @@ from asyncsync.errors import (
     TinyBadPayload,
     TinyNotFound,
     TinyOrderForbidden,
+    TinyRateLimited,
     TinyUnavailable,
 )
 from asyncsync.options import Credentials, load_bootstrap_tokens
@@ -336,6 +337,31 @@ async def test_server_errors_are_retried_then_typed(monkeypatch) -> None:
             with pytest.raises(TinyBadPayload, match="itens"):
                 mocked.get(f"{base}/ordem-servico?limit=100&offset=0&situacao=3", payload={})
                 await client.list_orders(ListQuery(3))
+
+
+async def test_rate_headers_are_read_whatever_the_case_of_their_names(monkeypatch) -> None:
+    # Header names are case-insensitive (RFC 9110): a gateway sending them in lower case
+    # (as HTTP/2 and many proxies do) says the same. Read from a plain dict, they were
+    # unseen: the pace stayed at the assumed 120/min and a 429 waited 10 s, not its reset.
+    monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
+    store = MemoryTokenStore(TokenSet("r", "tok", utcnow() + dt.timedelta(hours=1)))
+    base = "http://tiny.test/api"
+    rate = {"x-ratelimit-limit": "600", "x-ratelimit-remaining": "599", "x-ratelimit-reset": "7"}
+    spent = {**rate, "x-ratelimit-remaining": "0"}
+    with aioresponses() as mocked:
+        mocked.get(f"{base}/ordem-servico/1", status=200, payload={"id": 1}, headers=rate)
+        mocked.get(f"{base}/ordem-servico/2", status=429, body="Too Many Requests", headers=spent)
+        async with aiohttp.ClientSession() as session:
+            tokens = TokenManager(
+                session, "http://tiny.test/token", Credentials("c", "s", "r"), store
+            )
+            limiter = AccountLimiter(None, 4)
+            client = TinyClient(session, base, tokens, limiter, max_retries=1)
+            await client.get_order(1)
+            assert limiter.rate_per_minute == 600
+            with pytest.raises(TinyRateLimited):
+                await client.get_order(2)
+    assert 6 <= limiter.stats.paused_s <= 7.5, limiter.stats.paused_s  # the reset, not 10 s
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -372,7 +373,9 @@ class TinyClient:
                     self._base + path, params=params, headers=headers, timeout=self._timeout
                 ) as resp:
                     body = await self._read(resp, path)
-                    status, resp_headers = resp.status, dict(resp.headers)
+                    # A copy that keeps the names case-insensitive (RFC 9110): a gateway
+                    # may send x-ratelimit-limit, and a dict would not find it.
+                    status, resp_headers = resp.status, resp.headers.copy()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 metrics.REQUESTS.labels(self.account, endpoint, "error").inc()
                 self.breaker.failure("timeout" if isinstance(exc, TimeoutError) else "connection")
@@ -417,7 +420,7 @@ class _Sent:
     """One attempt's answer."""
 
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     body: bytes
     observed_at: dt.datetime
     token: str
