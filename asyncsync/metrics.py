@@ -208,11 +208,13 @@ async def metrics_server(
 
 
 class _Ours:
-    """The asyncsync series of the default registry (no process or Python collectors)."""
+    """The asyncsync series of the default registry (no process or Python collectors), but
+    ``asyncsync_ready``: a one-shot run is never ready or not (it has no ``/readyz``), and
+    its 0 in the textfile fired AsyncsyncNotReady for as long as node-exporter served it."""
 
     def collect(self) -> Iterator[Metric]:
         for family in REGISTRY.collect():
-            if family.name.startswith("asyncsync_"):
+            if family.name.startswith("asyncsync_") and family.name != "asyncsync_ready":
                 yield family
 
 

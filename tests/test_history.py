@@ -201,6 +201,9 @@ async def test_the_textfile_holds_the_runs_metrics_only(simulator, database_url,
     assert 'asyncsync_runs_total{account="textfile",mode="sync",outcome="ok"}' in text
     assert 'asyncsync_orders{account="textfile",status="3"}' in text
     assert "python_gc" not in text and "process_" not in text
+    # Readiness is serve's: a one-shot run's 0 (no serve in it) fired AsyncsyncNotReady
+    # for as long as node-exporter served the file.
+    assert "asyncsync_ready" not in text
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
 
 
