@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aioresponses import aioresponses
 
+from asyncsync import metrics
 from asyncsync.client import AccountLimiter, MemoryTokenStore, TinyClient, TokenManager, answers
 from asyncsync.client import tokens as token_module
 from asyncsync.clock import utcnow
@@ -421,6 +422,23 @@ async def test_timeouts_and_refused_connections_are_retried_then_typed(simulator
         with pytest.raises(TinyUnavailable, match="ClientConnectorError after retries"):
             await dead.get_order(order_id)
         assert dead.api_stats().retries == 1
+
+
+async def test_a_token_endpoint_that_does_not_answer_counts_as_a_failed_refresh(
+    simulator,
+) -> None:
+    # Refused connections and timeouts failed the refresh as a 503 does, but only the 503
+    # was counted: AsyncsyncTokenRefreshFailing never fired for an unreachable endpoint.
+    sim = await simulator(orders=5)
+    creds = Credentials(sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token())
+    labels = {"account": "token-unreachable", "reason": "unavailable"}
+    before = metrics.value("asyncsync_token_refresh_failures_total", labels)
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenManager(session, "http://127.0.0.1:1/token", creds, MemoryTokenStore(),
+                              account="token-unreachable")  # fmt: skip
+        with pytest.raises(TinyUnavailable, match="token endpoint unreachable"):
+            await tokens.access_token()
+    assert metrics.value("asyncsync_token_refresh_failures_total", labels) > before
 
 
 async def test_a_revoked_token_of_an_account_of_the_table_names_the_account_to_authorize(

@@ -386,6 +386,7 @@ class TokenManager:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
+            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
             raise TinyUnavailable(f"token endpoint unreachable: {exc!r}") from exc
         data = _json_object(body)
         if not data and status < 400:
