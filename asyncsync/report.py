@@ -183,6 +183,8 @@ def log_fields(report: RunReport) -> dict[str, object]:
 def observe(report: RunReport) -> None:
     """Record the run in the Prometheus metrics."""
     labels = (report.account, report.mode)
+    for outcome in Outcome:  # at 0 before their first: increase() misses a series born at 1
+        metrics.RUNS.labels(*labels, outcome.value)
     metrics.RUNS.labels(*labels, report.outcome.value).inc()
     if report.outcome in (Outcome.OK, Outcome.ATTENTION):
         metrics.RUN_SECONDS.labels(*labels).observe(report.duration_s)

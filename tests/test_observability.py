@@ -194,6 +194,16 @@ async def test_the_counters_and_gauges_say_what_happened(simulator, database_url
     assert await execute("sync", common, SyncOptions(cycle=cycle()), asyncio.Event()) == 0
     # A first load is 250 first sightings and no status change.
     assert metrics.value("asyncsync_first_sightings_total", acc) == 250
+    # The counters the alerts take the increase of are there at 0 before their first
+    # failure: born at 1, the first failed run, refresh or 429 was no increase to
+    # Prometheus, and AsyncsyncCyclesFailing fired a failed cycle late.
+    for name, labels in (
+        ("asyncsync_runs_total", {"mode": "sync", "outcome": "failed"}),
+        ("asyncsync_token_refresh_failures_total", {"reason": "unavailable"}),
+        ("asyncsync_token_refresh_failures_total", {"reason": "invalid_grant"}),
+        ("asyncsync_tiny_rate_limited_total", {}),
+    ):
+        assert metrics.REGISTRY.get_sample_value(name, {**acc, **labels}) == 0, name
     assert metrics.value("asyncsync_status_changes_total", acc) == 0
     moved = [i for i in sorted(sim.orders)[:6] if sim.orders[i].situacao != Situacao.CANCELADA]
     for order_id in moved:

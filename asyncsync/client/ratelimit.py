@@ -86,6 +86,7 @@ class AccountLimiter:
         self.rate_per_minute = self._unannounced()
         self._bucket = self._make_bucket(self.rate_per_minute)
         metrics.QUOTA.labels(account).set(self.rate_per_minute)
+        metrics.RATE_LIMITED.labels(account)  # at 0: increase() misses a series born at 1
 
     def _unannounced(self) -> int:
         """The pace while Tiny has not announced the quota: the configured rate, if any."""

@@ -64,6 +64,8 @@ KEEP_ALIVE_SHARE = 0.5
 IN_FLIGHT_SKEW = dt.timedelta(seconds=1)
 #: How often tokens the store could not take are offered to it again, seconds.
 UNSAVED_RETRY_S = 5.0
+#: The reasons of asyncsync_token_refresh_failures_total.
+REFRESH_FAILURE_REASONS = ("invalid_grant", "no_token", "refused", "unavailable")
 
 
 def renew_at(tokens: TokenSet) -> dt.datetime | None:
@@ -122,6 +124,8 @@ class TokenManager:
             )
         self.refreshes = 0
         metrics.REFRESH_TOKEN_AGE.labels(account).set_function(self._refresh_age_or_zero)
+        for reason in REFRESH_FAILURE_REASONS:  # at 0: increase() misses a series born at 1
+            metrics.TOKEN_REFRESH_FAILURES.labels(account, reason)
 
     def _adopt(self, tokens: TokenSet) -> TokenSet:
         self._tokens = tokens
