@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import logging
 from pathlib import Path
 
 import orjson
@@ -417,3 +418,18 @@ async def test_a_stop_during_the_import_of_missing_orders_keeps_what_arrived(
     recovered = report.findings["recovered"]
     assert len(recovered) >= 50
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 100 + len(recovered)
+
+
+async def test_the_full_comparison_shows_its_progress(simulator, runtime_for, caplog) -> None:
+    # Every status listed whole (thousands of pages at a small quota) said nothing until
+    # its report: no bar on a terminal, no progress line in the logs.
+    sim = await simulator(orders=120, seed=92)
+    await sync(sim, runtime_for)
+    with caplog.at_level(logging.INFO, logger="asyncsync.progress"):
+        found = await integrity(sim, runtime_for, deep=True)
+    assert found.method == "full comparison" and found.listed == 120
+    said = [r.fields for r in caplog.records if r.getMessage() == "integrity progress"]
+    assert said, "no progress"
+    last = said[-1]
+    assert last["listing"]["done"] == last["listing"]["total"] == 120
+    assert last["partitions"] == {"done": 8, "total": 8} and last["pages"] == found.pages

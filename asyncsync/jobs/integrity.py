@@ -27,6 +27,7 @@ import orjson
 from ..engine.details import fetch_details
 from ..engine.listing import Partition, listed_failure, page_through, status_totals
 from ..errors import RecordError, TinyAuthError, TinyError, TinyOutage
+from ..progress import Progress, ProgressReporter
 from ..records import FailureRecord, OrderRecord, parse_list_item
 from ..report import Outcome, RunReport, to_json
 from ..seams import FailureLog, IntegrityStore, OrderSink, OrderSource, Page, RetryPolicy, Sighting
@@ -108,8 +109,14 @@ class _Check:
         self.api_totals: dict[int, int | None] = {}
         self.listing_errors: dict[int, str] = {}
         self.pages = 0
+        self.progress = Progress("integrity")
+        self.totals: dict[int, int] = {}  # paginacao.total of each status listed so far
 
     async def run(self, deep: bool) -> RunReport:
+        async with ProgressReporter(self.progress, stream=self.ctx.progress):
+            return await self._run(deep)
+
+    async def _run(self, deep: bool) -> RunReport:
         ctx = self.ctx
         started_at, api_before = ctx.clock(), self.source.api_stats()
         db_before, tracked_before = await self.store.counts()
@@ -175,6 +182,7 @@ class _Check:
 
     async def _full(self) -> None:
         listed: dict[int, int] = {}
+        self.progress.partitions_total = len(ALL_STATUSES)
         await run_all(self._list_status(int(s), listed) for s in ALL_STATUSES)
         self.api_totals = {
             s: self.api_totals.get(s) if s in self.listing_errors else listed.get(s, 0)
@@ -184,6 +192,7 @@ class _Check:
             return
         await self._note_unreadable()
         to_import, unlisted = await self._compare()
+        self.progress.details_total = len(to_import) + min(len(unlisted), CONFIRM_LIMIT)
         if to_import and not self.ctx.stop.is_set():
             await self._import(to_import)
         if unlisted and not self.ctx.stop.is_set():
@@ -198,6 +207,10 @@ class _Check:
             listed[situacao] = (
                 page.total if page.total is not None else (listed[situacao] + len(page.items))
             )
+            if page.total is not None:
+                self.totals[situacao] = page.total
+                if len(self.totals) == len(ALL_STATUSES):
+                    self.progress.records_total = sum(self.totals.values())
 
         try:
             await page_through(
@@ -212,10 +225,14 @@ class _Check:
             raise  # not about this status: the run fails
         except TinyError as exc:
             self.listing_errors[situacao] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.progress.partitions_done += 1
 
     async def _inspect(self, page: Page) -> None:
         """Keep what a listed page says, and the rows that disagree with the mirror."""
         self.pages += 1
+        self.progress.pages += 1
+        self.progress.records += len(page.items)
         records: list[OrderRecord] = []
         for raw in page.items:
             try:
@@ -279,7 +296,13 @@ class _Check:
 
     async def _import_chunk(self, ids: Sequence[int]) -> None:
         out = await unwrap(
-            fetch_details(self.source, ids, concurrency=self.ctx.concurrency, stop=self.ctx.stop)
+            fetch_details(
+                self.source,
+                ids,
+                concurrency=self.ctx.concurrency,
+                stop=self.ctx.stop,
+                answered=self._answered,
+            )
         )
         details, failed = split_outcome(out)
         merged = await self.sink.merge_listed(
@@ -296,6 +319,9 @@ class _Check:
         self.found["unavailable"] += list(out.unavailable)
         out.raise_outage()
 
+    def _answered(self) -> None:
+        self.progress.details += 1
+
     def _with_item(self, failure: FailureRecord) -> FailureRecord:
         """The failure's ``dados_api`` with the list item next to the failing answer."""
         dados = orjson.loads(failure.raw) if failure.raw else {}
@@ -307,7 +333,13 @@ class _Check:
         Past CONFIRM_LIMIT orders, the rest wait for a later run: only a 404 flags one."""
         ask = ids[:CONFIRM_LIMIT]
         out = await unwrap(
-            fetch_details(self.source, ask, concurrency=self.ctx.concurrency, stop=self.ctx.stop)
+            fetch_details(
+                self.source,
+                ask,
+                concurrency=self.ctx.concurrency,
+                stop=self.ctx.stop,
+                answered=self._answered,
+            )
         )
         await self.sink.merge_details(out.details)
         self.found["found_by_detail"] = sorted(d.id for d in out.details)
