@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -110,10 +111,25 @@ def without_nul(value: Any) -> Any:
     return value
 
 
-def storable(item: Any) -> tuple[Any, str]:
+def storable(item: Any, order_id: int | None = None) -> tuple[Any, str]:
     """What PostgreSQL can store of a raw item (NUL characters removed), and its canonical
-    JSON. The serialized text is searched, not the structure: one pass in C, not a walk."""
-    payload = canonical_json(item)
+    JSON. The serialized text is searched, not the structure: one pass in C, not a walk.
+
+    An item nested deeper than orjson writes (254 levels; it reads 1,024) raises
+    :class:`RecordError` whose raw is the item's text as one JSON string: every later
+    step (a failure's wrapping, a retry's) could write no deeper structure either."""
+    try:
+        payload = canonical_json(item)
+    except orjson.JSONEncodeError:
+        try:
+            text = json.dumps(item, ensure_ascii=False, sort_keys=True)
+        except RecursionError:
+            text = None
+        raw = None if text is None else canonical_json(text)
+        if order_id is None:
+            order_id = item_id(item) or synthetic_id(raw or "")
+        raise RecordError("nested too deeply to store (over 254 levels of JSON)",
+                          raw=raw, order_id=order_id) from None  # fmt: skip
     if "\\u0000" in payload:  # orjson writes a NUL as \u0000
         item = without_nul(item)
         payload = canonical_json(item)
@@ -346,7 +362,7 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
 
 def parse_detail(item: object, order_id: int, observed_at: dt.datetime) -> DetailRecord:
     """Map ``GET /ordem-servico/{id}`` to a :class:`DetailRecord` (checks the id matches)."""
-    item, payload = storable(item)
+    item, payload = storable(item, order_id)
     if not isinstance(item, Mapping):
         raise RecordError("detail is not an object", raw=payload, order_id=order_id)
     try:

@@ -100,6 +100,33 @@ async def test_nul_characters_in_what_failed_never_block_a_run(simulator, runtim
     assert diff(expected, await mirror(db)) == []
 
 
+async def test_a_record_nested_deeper_than_json_writers_go_is_a_failed_record(
+    simulator, runtime_for, db
+) -> None:
+    """A field nested 300 levels deep (orjson reads 1,024 levels, writes 254): the record,
+    serialized for its payload and hash, raised orjson's TypeError, and every run stopped
+    on it (a list item's in the listing's writer, a detail's in the details pass)."""
+    sim = await simulator(orders=300, seed=35)
+    in_list, in_detail = sorted(sim.orders)[40], sorted(sim.orders)[140]
+    sim.orders[in_list].cliente = {**sim.orders[in_list].cliente, "extra": "ZZDEEP"}
+    sim.orders[in_detail].extra = {**sim.orders[in_detail].extra, "equipamento": "ZZDEEP"}
+    deep = b"[" * 300 + b'"fundo"' + b"]" * 300
+    sim.byte_patches.append(("ZZDEEP", b'x","fundo":' + deep + b',"y":"y'))
+    for _ in range(2):  # and the next run is not stuck on them either
+        async with runtime_for(sim) as rt:
+            report = await full_sync(rt)
+        assert report.outcome == "ok"
+    rows = await db.fetch(
+        "SELECT id_ordem, erro, dados_api #>> '{}' AS raw FROM import_failures ORDER BY id_ordem"
+    )
+    assert [r["id_ordem"] for r in rows] == [in_list, in_detail]
+    # The raw answer is kept whole, as text: jsonb would take it, nothing after it would.
+    assert all("nested too deeply" in r["erro"] and "fundo" in r["raw"] for r in rows), rows
+    expected = {i: o for i, o in sim.snapshot().items() if i != in_list}
+    expected[in_detail]["data_conclusao"] = None  # its detail is what failed
+    assert diff(expected, await mirror(db)) == []
+
+
 async def test_a_detail_the_database_refuses_goes_alone_to_import_failures(
     simulator, runtime_for, db
 ) -> None:
