@@ -227,3 +227,56 @@ async def test_an_order_moving_while_a_status_is_paged_without_paginacao_costs_n
     assert diff(sim.snapshot(), await mirror(db)) == []
     again = [r for r in caplog.records if "shifted while it was paged" in r.getMessage()]
     assert len(again) == (1 if move == "leaves" else 0), [r.getMessage() for r in again]
+
+
+async def test_a_total_that_lies_high_costs_no_page_past_the_first_empty_one(
+    simulator, runtime_for, db
+) -> None:
+    # paginacao.total a hundred times what each status holds: every offset up to it was
+    # asked for, each page empty (10,024 requests past the orders for 300 of them). A
+    # listing ends at its first empty page now: the pages still in flight then are the
+    # only ones asked past the orders (and when the first page is short, the second is
+    # asked alone: a short first page with a total above it is where a lie shows).
+    sim = await simulator(orders=300, seed=17)
+    page = sim._index.page
+    sim._index.page = lambda q, orders: (lambda got: (got[0], got[1] * 100))(page(q, orders))  # type: ignore[method-assign]
+    held = Counter(int(o.situacao) for o in sim.orders.values())
+    past: list[tuple[int, int]] = []
+
+    def on_page(s: TinySimulator, params: dict[str, str]) -> None:
+        status, offset = int(params["situacao"]), int(params.get("offset", "0"))
+        if offset >= max(held[status], 1):
+            past.append((status, offset))
+
+    sim.on_list_page = on_page
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    assert len(past) < 100, (len(past), held)
+
+
+async def test_a_page_answered_empty_once_mid_listing_is_asked_again(
+    simulator, runtime_for, db
+) -> None:
+    # A page of status 3 answered empty once, its total still ahead: asked again, it is
+    # merged like the others, and costs no listing of the status again (nor, in a cycle,
+    # a detail for each open order it held).
+    sim = await simulator(orders=600, seed=17)
+    assert sum(o.situacao == Situacao.FINALIZADA for o in sim.orders.values()) > 300
+    page = sim._index.page
+    lost: list[int] = []
+
+    def answer(q, orders):  # type: ignore[no-untyped-def]
+        entries, total = page(q, orders)
+        if q.situacao == Situacao.FINALIZADA and q.offset == 200 and not lost:
+            lost.append(q.offset)
+            return [], total
+        return entries, total
+
+    sim._index.page = answer  # type: ignore[method-assign]
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+    assert lost and report.outcome == "ok"
+    assert report.count("relisted") == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []

@@ -109,8 +109,11 @@ async def page_through(
     Once the first page reports ``paginacao.total``, the other offsets are shared by
     ``workers`` concurrent fetchers (so at most that many pages wait on a slow
     ``on_page``), stepping by the first page's size: a server may cap ``limit`` below
-    ours. Without a total, pages follow one another until an empty one. No page is asked
-    for once ``stop`` is set.
+    ours. A page answered empty before that total is asked again once, and empty again
+    it ends them: a total that lies high (or orders that left while the partition was
+    paged) costs no request for every offset up to it, and a page lost on the way once
+    costs no later one. Without a total, pages follow one another until an empty one. No
+    page is asked for once ``stop`` is set.
     """
     if stop.is_set():
         return
@@ -121,13 +124,32 @@ async def page_through(
     if first.total is None:
         await _page_without_total(source, part, first, page_size, stop, on_page)
         return
-    offsets = iter(range(part.start_offset + len(first.items), first.total, len(first.items)))
+
+    async def fetch(offset: int) -> Page:
+        page = await source.list_orders(part.query(offset, page_size))
+        if page.items or stop.is_set():
+            return page
+        return await source.list_orders(part.query(offset, page_size))
+
+    step = len(first.items)
+    start = part.start_offset + step
+    if step < page_size:  # a server's cap on limit, or all there is: the total may lie
+        second = await fetch(start)
+        await on_page(second)
+        if second.is_last or stop.is_set():
+            return
+        start += step
+    offsets = iter(range(start, first.total, step))
+    emptied = False
 
     async def worker() -> None:
+        nonlocal emptied
         for offset in offsets:
-            if stop.is_set():
+            if stop.is_set() or emptied:
                 return
-            await on_page(await source.list_orders(part.query(offset, page_size)))
+            page = await fetch(offset)
+            emptied = emptied or not page.items
+            await on_page(page)
 
     await run_all(worker() for _ in range(workers))
 
