@@ -280,3 +280,19 @@ async def test_a_page_answered_empty_once_mid_listing_is_asked_again(
     assert lost and report.outcome == "ok"
     assert report.count("relisted") == 0
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+@pytest.mark.parametrize("total", [0, -1, True])
+async def test_a_total_its_own_page_contradicts_is_no_total(
+    total, simulator, runtime_for, db
+) -> None:
+    # paginacao.total below the items a page holds (0, -1, or true: JSON's 1): taken as
+    # said, the first page of every status was its last, and a sync of 600 orders stored
+    # the first 100 of each status and ended "ok". A total its page contradicts is none.
+    sim = await simulator(orders=600, seed=17)
+    page = sim._index.page
+    sim._index.page = lambda q, orders: (page(q, orders)[0], total)  # type: ignore[method-assign]
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+    assert report.outcome == "ok"
+    assert diff(sim.snapshot(), await mirror(db)) == []

@@ -177,7 +177,12 @@ class TinyClient:
             raise TinyBadPayload("list answer has no 'itens' array", body=_preview(body))
         paging = body.get("paginacao")
         total = paging.get("total") if isinstance(paging, dict) else None
-        return tuple(body["itens"]), total if isinstance(total, int) else None, observed_at
+        items = tuple(body["itens"])
+        # A total its own page contradicts (fewer orders than it holds, or a boolean) is
+        # none: taken as said, the first page of every status would have been its last.
+        if type(total) is not int or (items and total < offset + len(items)):
+            total = None
+        return items, total, observed_at
 
     async def _window_ends(self) -> WindowEnds:
         """The API's emission-window ends, learned once per API and process (see
