@@ -73,7 +73,7 @@ class CircuitBreaker:
     def _outage(self) -> TinyOutage:
         left = max(self._reopen_at - self._clock(), 0)
         return TinyOutage(
-            f"Tiny is unavailable ({self.reason}); the next attempt is in {left:.0f} s",
+            f"Tiny is unavailable ({self.reason}); no request goes to it for another {left:.0f} s",
             retry_at_s=self._reopen_at,
         )
 
