@@ -569,6 +569,16 @@ def test_a_metrics_textfile_that_cannot_be_written_is_refused_before_the_run(tmp
         assert "ASYNCSYNC_METRICS_TEXTFILE must be a file in a writable directory" in (
             by_env.stderr
         )
+    # A run that cannot reach the database leaves the file as it was: its gauges could not
+    # be read, and a file without them would hide the last success the stale alert ages.
+    kept = tmp_path / "asyncsync.prom"
+    kept.write_text('asyncsync_last_success_timestamp_seconds{mode="sync"} 1.0\n')
+    down = run_cli(
+        "sync", "--textfile", str(kept), env={**nowhere, "TINY_CLIENT_ID": "a",
+                                              "TINY_CLIENT_SECRET": "b"},
+    )  # fmt: skip
+    assert down.returncode == 6, down.stderr
+    assert kept.read_text() == 'asyncsync_last_success_timestamp_seconds{mode="sync"} 1.0\n'
     deeper = tmp_path / "new" / "folder" / "asyncsync.prom"  # folders still to make: fine
     from asyncsync.parsers import textfile
 
