@@ -167,6 +167,30 @@ async def test_a_retry_goes_through_every_due_failure_chunk_by_chunk(
     assert diff(sim.snapshot(), await mirror(db)) == []
 
 
+async def test_a_retry_stops_asking_once_told_to_stop(simulator, runtime_for, db) -> None:
+    """A chunk of 200 due failures (2 requests at a time, 50 ms each: 5 s) stops starting
+    requests once the run is told to stop (a worker's SIGTERM, its lease lost): it went on
+    for the whole chunk, minutes at a small quota, and serve's drain was cut at
+    --drain-timeout (a lost lease's unit spent the quota beside the account's new holder)."""
+    sim: TinySimulator = await simulator(orders=200, seed=8, latency_s=0.05)
+    gone = sorted(sim.orders)  # none mirrored yet: each detail builds its order's row
+    async with runtime_for(sim, max_concurrency=2) as rt:
+        failed = [FailureRecord(i, "TinyBadPayload: not JSON", None) for i in gone]
+        now = utcnow()
+        await rt.store.failures.record(failed, now=now, counts_as_attempt=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.5, stop.set)
+        details = sim.stats.requests_by_endpoint["detail"]
+        report = await helpers.retry(rt, now=now + 60 * SECOND, stop=stop)
+        asked = sim.stats.requests_by_endpoint["detail"] - details
+    assert report.outcome is Outcome.INTERRUPTED
+    assert asked < 60, f"{asked} details asked after the stop"
+    # What was not asked is still due, its attempts unchanged.
+    left = await db.fetchval("SELECT count(*) FROM import_failures WHERE NOT resolvido")
+    assert left == 200 - len(report.findings["resolved"])
+    assert await db.fetchval("SELECT count(*) FROM import_failures WHERE tentativas > 2") == 0
+
+
 async def test_a_list_item_that_stays_broken_reaches_manual_review(
     simulator, runtime_for, db
 ) -> None:

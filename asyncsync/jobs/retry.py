@@ -100,7 +100,7 @@ async def retry_due(
             break
         asked = [r.id_ordem for r in rows]  # not ``ids``: that is the caller's filter
         tried.update(asked)
-        out = await unwrap(fetch_details(source, asked, concurrency=ctx.concurrency))
+        out = await unwrap(fetch_details(source, asked, concurrency=ctx.concurrency, stop=ctx.stop))
         parsed, failed = split_outcome(out)
         mirrored = {r.id_ordem for r in rows if r.in_mirror}
         records, details, unbuilt = orders_from_details(out, parsed, mirrored)
