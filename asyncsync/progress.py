@@ -155,8 +155,11 @@ class ProgressReporter:
         stream: TextIO | None = None,
         interval_s: float = 1.0,
         live: bool | None = None,
+        account: str | None = None,
     ) -> None:
         self.progress = progress
+        # Named on each log line: a worker's units of many accounts report at once.
+        self.account = account
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() and not logs.json_mode() if live is None else live
         self.interval_s = interval_s if self.live else max(interval_s, 10.0)
@@ -211,7 +214,8 @@ class ProgressReporter:
     def emit(self, final: bool = False) -> None:
         snap = self.snapshot()
         if self.bars is None:
-            log.info("%s progress", self.progress.label, extra={"fields": snap})
+            fields = snap if self.account is None else {"account": self.account, **snap}
+            log.info("%s progress", self.progress.label, extra={"fields": fields})
             return
         listing: Any = snap["listing"]
         details: Any = snap["details"]

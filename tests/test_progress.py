@@ -15,6 +15,8 @@ from rich.console import Console
 from asyncsync import logs
 from asyncsync.progress import Meter, Progress, ProgressReporter, duration
 
+from .helpers import full_sync, incremental_sync
+
 
 def test_the_rate_is_current_and_the_eta_does_not_jump() -> None:
     meter = Meter(window_s=20)
@@ -92,3 +94,21 @@ def test_a_counter_moving_in_lumps_keeps_a_rate_and_an_eta() -> None:
         shown.append((meter.rate, meter.eta_s))
     assert all(rate and rate > 0 for rate, _ in shown[25:]), shown
     assert all(eta is not None for _, eta in shown[25:])
+
+
+async def test_a_runs_progress_lines_name_its_account(capsys, simulator, runtime_for) -> None:
+    """A worker runs many accounts' units at once, their progress lines interleaved: each
+    line names its account (a line saying 55 of 60 details said nothing of whose)."""
+    sim = await simulator(orders=30, seed=3)
+    logs.configure("INFO", "json")
+    try:
+        async with runtime_for(sim) as rt:
+            await full_sync(rt)
+            await incremental_sync(rt)
+        err = capsys.readouterr().err
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    progress = [line for line in lines if "progress" in line]
+    assert {line["progress"] for line in progress} == {"sync", "cycle"}
+    assert all(line.get("account") == "default" for line in progress), progress

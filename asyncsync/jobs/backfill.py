@@ -51,7 +51,7 @@ async def backfill(
     # The engine adds the partitions it is given; skipped ones count as done.
     progress = Progress("backfill", partitions_total=plan.skipped, partitions_done=plan.skipped)
     api_totals: dict[int, int | None] = {}
-    async with ProgressReporter(progress, stream=ctx.progress):
+    async with ProgressReporter(progress, stream=ctx.progress, account=ctx.account):
         listing_started = time.monotonic()
         if census and not ctx.stop.is_set():
             api_totals = await status_totals(source, plan.first, plan.last_day)

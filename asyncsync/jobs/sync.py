@@ -55,7 +55,7 @@ async def full_sync(
     """List every status completely, merge, then fetch details for what needs them."""
     started_at, api_before = ctx.clock(), source.api_stats()
     progress = Progress("sync")
-    async with ProgressReporter(progress, stream=ctx.progress):
+    async with ProgressReporter(progress, stream=ctx.progress, account=ctx.account):
 
         def engine() -> ListingEngine:
             return ListingEngine(
@@ -118,7 +118,7 @@ async def incremental_sync(
         short=await _short(metadata),
     )
     progress = Progress("cycle")
-    async with ProgressReporter(progress, stream=ctx.progress):
+    async with ProgressReporter(progress, stream=ctx.progress, account=ctx.account):
         result = await run_cycle(
             source,
             sink,
