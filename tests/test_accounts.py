@@ -10,10 +10,15 @@ import os
 import sys
 
 import aiohttp
+import pytest
 
+from asyncsync.options import ServeOptions
+from asyncsync.runtime.fleet import open_fleet
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import Situacao
+from asyncsync.work.worker import LEASE_CHECK_S, work
 
+from .helpers import common_for, register
 from .mirror import diff, mirror
 
 
@@ -92,6 +97,43 @@ async def test_accounts_are_added_listed_disabled_and_removed(simulator, databas
         "action": "remove",
         "found": False,
     }
+
+
+@pytest.mark.parametrize("how", ["disable", "remove"])
+async def test_an_account_disabled_or_removed_while_its_unit_runs_stops_within_seconds(
+    how, simulator, database_url, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its unit (a first sync: hours for a big account) stops at the worker's next lease
+    check, merging what it has, instead of running to its end on the account's quota;
+    the other account goes on."""
+    big = await simulator(orders=3000, seed=7, latency_s=0.1, max_limit=10)
+    small = await simulator(orders=20, seed=8)
+    options = ServeOptions(interval_s=1, slots=4, heartbeat_s=10, integrity_interval_s=0)
+    stop = asyncio.Event()
+    async with open_fleet(common_for(big, database_url), options) as fleet:
+        await register(fleet.database.registry, {"big": big, "small": small}, monkeypatch)
+        worker = asyncio.create_task(work(fleet.database.queue, fleet, options, stop))
+        try:
+            while big.stats.requests_by_endpoint["list"] < 5:  # noqa: ASYNC110 (a counter)
+                await asyncio.sleep(0.05)
+            if how == "disable":
+                assert await fleet.database.registry.set_enabled("big", False)
+            else:
+                assert await fleet.database.registry.remove("big")
+            stopped_by = asyncio.get_running_loop().time() + LEASE_CHECK_S + 3
+            while not await db.fetchval("SELECT count(*) FROM sync_runs WHERE account = 'big'"):
+                assert asyncio.get_running_loop().time() < stopped_by, "big's unit still runs"
+                await asyncio.sleep(0.1)
+            asked = big.stats.requests_total
+            cycles = await db.fetchval("SELECT count(*) FROM sync_runs WHERE account = 'small'")
+            await asyncio.sleep(2)
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 30)
+    assert big.stats.requests_total == asked  # nothing asked of it since
+    assert await db.fetchval("SELECT outcome FROM sync_runs WHERE account = 'big'") == "interrupted"
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico WHERE account = 'big'") > 0
+    assert cycles > 0 and set(await mirror(db, "small")) == set(small.snapshot())
 
 
 async def test_accounts_add_refuses_what_it_cannot_keep(database_url, db, tmp_path) -> None:

@@ -126,6 +126,22 @@ class Fleet:
             held = self._held.get(account)
             if held is not None:
                 held.lost.set()
+        await self._stop_unserved()
+
+    async def _stop_unserved(self) -> None:
+        """The units of held accounts disabled or removed meanwhile stop as a lost lease's
+        do (merging what they have): a first sync of hours ran to its end otherwise, on the
+        quota of an account the operator had stopped."""
+        if self._pinned is not None or not self._held:
+            return
+        rows = await self._database.registry.all()
+        if not rows:  # the single-account install: its one account is served
+            return
+        enabled = {config.key for config in rows if config.enabled}
+        for account, held in self._held.items():
+            if account not in enabled and not held.lost.is_set():
+                log.info("account %s was disabled or removed: its units here stop", account)
+                held.lost.set()
 
     async def reinstall(self) -> None:
         # Only a database back without the schema (created anew, restored from nothing):
