@@ -134,8 +134,11 @@ def _age_s(as_of: dt.datetime, moment: dt.datetime | None) -> float | None:
     return None if moment is None else round((as_of - moment).total_seconds(), 1)
 
 
-def status_dict(status: AccountStatus, interval_s: float) -> dict[str, object]:
-    """The status as JSON-ready data (``asyncsync status --json``)."""
+def status_dict(
+    status: AccountStatus, interval_s: float, not_served: str | None = None
+) -> dict[str, object]:
+    """The status as JSON-ready data (``asyncsync status --json``); ``not_served``: why no
+    worker keeps the account fresh (``disabled``, ``removed``), if none does."""
     token: dict[str, object] | None = None
     if status.token is not None:
         expires = status.token.access_expires_at
@@ -151,6 +154,8 @@ def status_dict(status: AccountStatus, interval_s: float) -> dict[str, object]:
     return {
         "account": status.account,
         "as_of": iso(status.as_of),
+        "served": not_served is None,
+        "not_served": not_served,
         "freshness": {
             "last_synced_at": iso(status.last_synced_at),
             "age_s": _age_s(status.as_of, status.last_synced_at),
@@ -190,15 +195,19 @@ def _ago(seconds: float | None) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
-def render_status(status: AccountStatus, interval_s: float) -> RenderableType:
+def render_status(
+    status: AccountStatus, interval_s: float, not_served: str | None = None
+) -> RenderableType:
     """The status of one account for a terminal: a headline, then tables."""
-    data = status_dict(status, interval_s)
+    data = status_dict(status, interval_s, not_served)
     fresh: Any = data["freshness"]
     state = "fresh" if fresh["fresh"] else "STALE"
+    if not_served is not None:  # no worker's to keep fresh: not an alarm
+        state = f"{not_served}, not served"
     head = Text(
         f"account {status.account} — {state}: statuses listed completely "
         f"{_ago(fresh['age_s'])} (limit {int(fresh['limit_s'] // 60)} min)",
-        style="bold" if fresh["fresh"] else "bold red",
+        style="bold" if fresh["fresh"] or not_served else "bold red",
     )
     runs = [
         [

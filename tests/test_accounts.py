@@ -136,6 +136,38 @@ async def test_an_account_disabled_or_removed_while_its_unit_runs_stops_within_s
     assert cycles > 0 and set(await mirror(db, "small")) == set(small.snapshot())
 
 
+async def test_status_of_every_account_says_which_are_not_served(
+    simulator, database_url, db
+) -> None:
+    """A disabled or removed account (its mirror and history kept) is no worker's to keep
+    fresh: ``status --all-accounts`` says so, and does not exit 1 for ever once it is stale
+    (it showed as any other account, in red, and every check of the command failed)."""
+    sims = {
+        key: await simulator(orders=20, seed=n) for n, key in enumerate(("east", "north", "south"))
+    }
+    env: dict[str, str] = {}
+    for key, sim in sims.items():
+        env.update(secrets(key, sim))
+        assert (await cli(*add_args(key, sim, database_url)))[0] == 0
+    assert (await cli("sync", "--all-accounts", "--database-url", database_url, env=env))[0] == 0
+    assert (await cli("accounts", "disable", "north", "--database-url", database_url))[0] == 0
+    assert (await cli("accounts", "remove", "south", "--database-url", database_url))[0] == 0
+    await db.execute("UPDATE sync_metadata SET updated_at = now() - interval '2 days' "
+                     "WHERE account <> 'east'")  # fmt: skip
+    status = ("status", "--all-accounts", "--database-url", database_url)
+    code, out, err = await cli(*status, "--json", "-")
+    assert code == 0, (out, err)
+    shown = {a["account"]: a for a in json.loads(out)["accounts"]}
+    assert {k: (a["served"], a["freshness"]["fresh"]) for k, a in shown.items()} == {
+        "east": (True, True), "north": (False, False), "south": (False, False),
+    }  # fmt: skip
+    assert (shown["north"]["not_served"], shown["south"]["not_served"]) == ("disabled", "removed")
+    code, out, _ = await cli(*status, "--log-format", "text", env={"COLUMNS": "100"})
+    assert code == 0 and "account north — disabled" in out and "account south — removed" in out
+    await db.execute("UPDATE sync_metadata SET updated_at = now() - interval '2 days'")
+    assert (await cli(*status))[0] == 1  # a served account stale: exit 1, as before
+
+
 async def test_accounts_add_refuses_what_it_cannot_keep(database_url, db, tmp_path) -> None:
     base = ["accounts", "add", "k", "--database-url", database_url, "--client-id", "c"]
     secret = tmp_path / "secret"
