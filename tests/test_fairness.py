@@ -8,11 +8,15 @@ import asyncio
 import dataclasses
 import datetime as dt
 import itertools
+from pathlib import Path
 
 import pytest
 
+from asyncsync.errors import Requeue
 from asyncsync.options import ServeOptions
 from asyncsync.runtime.fleet import open_fleet
+from asyncsync.seams import PickedWork
+from asyncsync.store import open_database
 from asyncsync.work import handlers
 from asyncsync.work.units import PRIORITY, Kind, Unit
 from asyncsync.work.worker import work
@@ -108,3 +112,35 @@ async def test_a_huge_backfill_leaves_small_accounts_cycles_on_time(
         return
     assert late == []
     assert overlap <= 2  # the background limit held: never more than two months at once
+
+
+async def test_a_cycle_due_longest_is_claimed_first_when_cycles_outnumber_the_slots(
+    database_url,
+) -> None:
+    """More cycles due than slots (a first sync of many accounts, workers short of slots):
+    the one due longest goes first. The queue claimed by id among equal priorities, and a
+    periodic unit keeps its row when it re-arms, so the accounts added first kept
+    re-claiming their cycles while one added later, due all along, never ran (seen with
+    60 accounts on 3 workers of 8 slots: 17 accounts without a single unit in 4 minutes)."""
+    async with open_database(database_url, Path("/nonexistent")) as database:
+        queue = database.queue
+        early = [f"early{n}" for n in range(6)]
+        await queue.enqueue([Unit(Kind.CYCLE, key).item() for key in early])
+        await queue.enqueue([Unit(Kind.CYCLE, "late").item()])
+        picked: list[str] = []
+        stop = asyncio.Event()
+
+        async def cycle(unit: PickedWork) -> None:
+            account = Unit.decode(unit.kind, unit.payload).account
+            picked.append(account)
+            if account == "late":
+                stop.set()
+                return
+            await asyncio.sleep(0.05)
+            raise Requeue(0.05, "due again")  # its next cycle: demand above two slots
+
+        asyncio.get_running_loop().call_later(5, stop.set)
+        await queue.work({Kind.CYCLE.value: cycle}, slots=2, limits={}, heartbeat_s=10,
+                         ticks={}, stop=stop)  # fmt: skip
+    assert "late" in picked, f"{len(picked)} cycles of the early accounts ran; late's none"
+    assert picked.index("late") <= 2 * len(early), picked
