@@ -212,11 +212,44 @@ async def test_an_order_reopened_after_a_detail_closed_it(simulator, runtime_for
     assert hist == [(None, 3), (3, 6), (6, 3), (3, 6)]
 
 
+async def test_an_old_order_finished_with_a_new_value_is_reported_with_it_at_once(
+    simulator, runtime_for, db
+) -> None:
+    """An order emitted months ago, its services added (a new value) and finalized within
+    one interval: it vanishes from the open listings and its detail says where it went,
+    but the detail is not its list item. Before, the mirror and ``ordens_finalizadas``
+    kept the value (and client) it had while open until the daily sweep listed it."""
+    sim = await simulator(orders=600, seed=17)
+    overrides = {"page_size": PAGE, "recent_days": 10, "sweep_interval_s": 1e9}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **overrides)
+    old = dt.date.today() - dt.timedelta(days=90)
+    finished, cancelled = [
+        o.id for o in sim.orders.values() if o.situacao in OPEN_STATUSES and o.data < old
+    ][:2]
+    for order, to in ((finished, Situacao.FINALIZADA), (cancelled, Situacao.CANCELADA)):
+        client = {**sim.orders[order].cliente, "nome": "Cliente Novo Ltda"}
+        sim.edit_order(order, valor=Decimal("12345.67"), cliente=client)
+        sim.set_status(order, to)
+    async with runtime_for(sim) as rt:
+        report = await incremental_sync(rt, **overrides)
+    assert report.count("vanished") == 2
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    row = await db.fetchrow(
+        "SELECT valor, cliente_nome FROM ordens_finalizadas WHERE id = $1", finished
+    )
+    assert tuple(row) == (Decimal("12345.67"), "Cliente Novo Ltda")
+    history = await history_by_id(db)
+    assert history[finished][1:] == [(history[finished][0][1], 3)]  # one move, no repeat
+    assert history[cancelled][1:] == [(history[cancelled][0][1], 7)]
+
+
 async def test_updated_at_moves_when_a_listed_field_changes_not_when_the_listing_catches_up(
     simulator, runtime_for, db
 ) -> None:
     """``updated_at`` is the last change of a listed field (schema.sql). An old order seen
-    finishing by its detail changed then; the sweep that lists it next changes nothing."""
+    finishing by its detail changed then; its list item, listed on its emission day in the
+    same cycle, and the sweep that lists it next change nothing."""
     sim = await simulator(orders=1500, seed=3)
     overrides = {"page_size": PAGE, "recent_days": 10, "sweep_interval_s": 1e9}
     sweep = {**overrides, "sweep_interval_s": 0.0}
@@ -229,13 +262,16 @@ async def test_updated_at_moves_when_a_listed_field_changes_not_when_the_listing
     sim.set_status(order, Situacao.FINALIZADA)  # vanishes from the open listings
     async with runtime_for(sim) as rt:
         await incremental_sync(rt, **overrides)
-    read = "SELECT updated_at, synced_at, situacao FROM ordens_servico WHERE id = $1"
+    read = (
+        "SELECT updated_at, synced_at, detail_synced_at, situacao FROM ordens_servico WHERE id = $1"
+    )
     changed = await db.fetchrow(read, order)
     assert changed["situacao"] == 3  # by its detail
+    assert changed["synced_at"] > changed["detail_synced_at"]  # then its list item merged
+    assert changed["updated_at"] == changed["detail_synced_at"]  # stamped by the detail
     async with runtime_for(sim) as rt:
         await incremental_sync(rt, **sweep)  # lists it again: nothing listed changed
     caught_up = await db.fetchrow(read, order)
-    assert caught_up["synced_at"] > changed["synced_at"]  # the listing was merged
     assert caught_up["updated_at"] == changed["updated_at"]
     sim.edit_order(order, valor=sim.orders[order].valor + 1)
     async with runtime_for(sim) as rt:

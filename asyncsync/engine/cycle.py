@@ -6,7 +6,8 @@ changes are found by listing, shaped by where orders move:
 * **open statuses** (0, 1, 2, 5, 6 by default) are listed completely: they are few, and
   every move into them shows up there;
 * an order the mirror holds as open but that no listing of this cycle returned has moved
-  (to a closed status, or been deleted): only its detail is fetched, which says where;
+  (to a closed status, or been deleted): its detail is fetched, which says where, and
+  one in a closed status is listed on its emission day (its list item as it is now);
 * **closed statuses** (3, 4, 7) are listed over a recent emission window (orders created
   already closed), and swept completely on a slower schedule (closed → closed moves);
 * details are fetched only for orders that are new or whose listed fields changed.
@@ -22,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..options import BATCH_ORDERS
 from ..progress import Progress
+from ..records import DetailRecord, parse_date
 from ..seams import MergeStats, OrderSink, OrderSource
 from .details import enrich_backlog, fetch_details
 from .listing import ListingEngine, Partition
@@ -74,6 +76,25 @@ def plan_cycle(
     window_from = (now - dt.timedelta(days=recent_days + 1)).date()
     whole = tuple(s for s in short if s in closed_statuses)
     return CyclePlan(tuple(open_statuses), tuple(closed_statuses), window_from, due, whole)
+
+
+def moved_days(
+    details: Sequence[DetailRecord], raw: Mapping[int, object], open_statuses: Sequence[int]
+) -> list[Partition]:
+    """The single-day partitions that list the orders whose detail shows a closed status:
+    their status, on the emission day their detail gives (none: left to the sweep)."""
+    days: set[Partition] = set()
+    for d in details:
+        body = raw.get(d.id)
+        if d.situacao in open_statuses or not isinstance(body, Mapping):
+            continue
+        try:
+            day = parse_date(body.get("data"), "data")
+        except ValueError:
+            continue
+        if day is not None:
+            days.add(Partition(d.situacao, day, day))
+    return sorted(days, key=lambda p: (p.situacao, p.date_from or dt.date.min))
 
 
 @dataclass
@@ -153,6 +174,14 @@ async def run_cycle(
             result.details = result.details + merged + MergeStats(unavailable=len(out.unavailable))
             progress.details += len(vanished)
             out.raise_outage()
+            # The detail says where an order went, not what its list item says now (the
+            # value, the client): those that went to a closed status are listed on their
+            # emission day, one single-day page each, and merged now, not at the sweep.
+            days = moved_days(out.details, out.raw, plan.open_statuses)
+            if days:
+                caught = await engine().run(days, checkpointed=False)
+                result.listed = result.listed + caught.stats
+                result.pages += caught.pages
         # Drift leftovers: statuses listed whole are checked against their own totals,
         # closed ones listed over the window against a fresh total (one request each).
         windowed = [s for s in plan.closed_statuses if not plan.listed_whole(s)]
