@@ -94,8 +94,3 @@ class WorkQueue(Protocol):
         long is picked again by another; ``ticks``: name → (cron expression, task), each
         run once per tick across every worker."""
         ...
-
-    @property
-    def worker_id(self) -> str:
-        """This worker's identity in the queue (set while :meth:`work` runs)."""
-        ...

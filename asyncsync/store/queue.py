@@ -213,7 +213,6 @@ class _ListeningDriver(AsyncpgPoolDriver):
         self._channels: list[tuple[str, NotifyCallback]] = []
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
-        self.relistened = 0
 
     async def add_listener(self, channel: str, callback: NotifyCallback) -> None:
         await super().add_listener(channel, callback)
@@ -249,7 +248,6 @@ class _ListeningDriver(AsyncpgPoolDriver):
                     log.debug("the work queue cannot listen yet: %s", exc)
                 else:
                     self._listener_connection = conn
-                    self.relistened += 1
                     self._watch()
                     log.info("the work queue listens again (its connection had died)")
                     break
@@ -280,12 +278,7 @@ class PgWorkQueue:
     def __init__(self, sql: SqlRunner) -> None:
         self._sql = sql
         self._queries = Queries(AsyncpgPoolDriver(sql.pool))
-        self._worker_id = ""
         self._installed = False
-
-    @property
-    def worker_id(self) -> str:
-        return self._worker_id
 
     async def install(self, *, again: bool = False) -> None:
         """Create or upgrade the queue's tables (idempotent; once per instance, unless
@@ -315,11 +308,6 @@ class PgWorkQueue:
         rows = await self._sql.fetch("counting queued units", "queue_census", account)
         return [QueueCount(r["kind"], r["state"], r["units"], r["oldest_s"]) for r in rows]
 
-    async def units(self, limit: int = 100) -> list[dict[str, object]]:
-        """The latest units on the queue, for inspection and tests."""
-        rows = await self._sql.fetch("listing queued units", "queue_units", limit)
-        return [dict(r) for r in rows]
-
     async def hurry(self, ids: Sequence[int]) -> list[int]:
         if not ids:
             return []
@@ -346,9 +334,9 @@ class PgWorkQueue:
         # Its own driver: the library holds one pooled connection to LISTEN on.
         driver = _ListeningDriver(self._sql.pool)
         pgq = PgQueuer(driver, queries=_Queries(driver, qbq=_DueFirst()))
-        self._worker_id = str(pgq.qm.queue_manager_id)
-        fields = {"event": "queue_started", "queue_worker": self._worker_id}
-        log.info("picking units as queue worker %s", self._worker_id, extra={"fields": fields})
+        worker_id = str(pgq.qm.queue_manager_id)
+        fields = {"event": "queue_started", "queue_worker": worker_id}
+        log.info("picking units as queue worker %s", worker_id, extra={"fields": fields})
         for kind, handler in handlers.items():
             pgq.entrypoint(kind, concurrency_limit=limits.get(kind, 0), accepts_context=False,
                            on_failure="hold")(_entrypoint(handler))  # fmt: skip
