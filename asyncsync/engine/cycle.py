@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -110,12 +109,6 @@ class CycleResult:
     totals: dict[int, int | None] = field(default_factory=dict)  # complete partitions only
     relisted: list[int] = field(default_factory=list)  # statuses listed again: short
     short: list[int] = field(default_factory=list)  # still short: the next cycle lists them
-    duration_s: float = 0.0
-
-    @property
-    def changes(self) -> int:
-        """Status changes recorded in history by this cycle."""
-        return self.listed.status_changes + self.details.status_changes
 
 
 async def run_cycle(
@@ -132,7 +125,6 @@ async def run_cycle(
     stop: asyncio.Event | None = None,
 ) -> CycleResult:
     """List, find the vanished open orders, fetch their details, then enrich the changed."""
-    started = time.monotonic()
     stop = stop or asyncio.Event()
     progress = progress or Progress("cycle")
     result = CycleResult(plan)
@@ -201,5 +193,4 @@ async def run_cycle(
                 stop=stop,
             )
         )
-    result.duration_s = round(time.monotonic() - started, 2)
     return result

@@ -35,9 +35,6 @@ TOKEN_PATH = f"{OIDC_PREFIX}/token"
 AUTH_PATH = f"{OIDC_PREFIX}/auth"
 STATS_PATH = "/_sim/stats"
 CONTROL_PATH = "/_sim/control"
-#: ``fail_detail`` modes: an HTTP status to answer, ``malformed`` (200, body not JSON) or
-#: ``huge`` (200, a valid body of ``huge_detail_bytes``, streamed).
-DETAIL_FAILURES = frozenset({"500", "malformed", "401", "403", "404", "huge"})
 NOT_FOUND = "Ordem de serviço não encontrada"
 INTERNAL_ERROR = "Erro interno do servidor"
 OUTAGE_MESSAGES = {503: "Serviço temporariamente indisponível", 500: INTERNAL_ERROR}

@@ -58,7 +58,7 @@ class SimState:
         self._rate = RateWindow(config.rate_limit_per_minute, config.rate_window_s)
         self._outage = Outage()
         self.stats = SimStats()
-        #: Order id -> a ``fail_detail`` mode (``500``, ``401``, ``404``, ``malformed``,
+        #: Order id -> a ``fail_detail`` mode (``500``, ``401``, ``403``, ``404``, ``malformed``,
         #: ``huge``), applied on ``GET /ordem-servico/{id}``.
         self.fail_detail: dict[int, str] = {}
         #: Raw malformed list items injected by :meth:`add_malformed`.

@@ -35,8 +35,6 @@ class Kind(enum.StrEnum):
 PRIORITY = {Kind.KEEPALIVE: 300, Kind.CYCLE: 200, Kind.INTEGRITY: 50, Kind.BACKFILL: 10}
 #: Kinds limited to ``--background-slots`` running at once across every worker.
 BACKGROUND = (Kind.INTEGRITY, Kind.BACKFILL)
-#: Kinds that re-arm themselves on the queue when they end.
-PERIODIC = (Kind.CYCLE, Kind.KEEPALIVE, Kind.INTEGRITY)
 #: The planner's periodic task (a queue schedule, not a unit).
 PLAN = "asyncsync.plan"
 
