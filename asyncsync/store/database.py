@@ -243,7 +243,7 @@ async def connect_pool(
         error = _connect_error(dsn, exc)
         raise error from None if isinstance(error, ConfigError) else exc
     try:  # fail at the start, in one sentence, rather than at the first statement
-        await pool.execute("SELECT 1")
+        await pool.execute(sql("ping"))
     except asyncpg.ClientConfigurationError as exc:
         pool.terminate()
         raise _unusable(dsn, exc) from None

@@ -1,2 +1,2 @@
--- Is the database answering (readiness)?
+-- Is the database answering (readiness, and a new pool's first statement)?
 SELECT 1;
