@@ -8,6 +8,7 @@ so the original stays reachable as ``__cause__``::
     ├── ConfigError                 bad or missing configuration; the CLI prints it and exits 2
     ├── TinyError                   anything that went wrong talking to Tiny
     │   ├── TinyAuthError           the OAuth exchange failed
+    │   │   ├── TinyAuthMisconfigured     the app itself was refused (also a ConfigError)
     │   │   └── ReauthorizationRequired   invalid_grant: a person must authorize again
     │   ├── TinyHTTPError           an HTTP answer we cannot use (.status, .body)
     │   │   ├── TinyNotFound        404 for one order
@@ -19,8 +20,9 @@ so the original stays reachable as ``__cause__``::
     │       └── TinyAnswerTooLarge  an answer over the size cap, refused unread
     ├── DatabaseError               PostgreSQL failed (.sqlstate)
     │   ├── DatabaseUnavailable     unreachable, gone mid-statement, restarting or frozen
-    │   └── LockBusy                another run of the same account holds the lock
-    │       └── AccountBusy         another process holds the account's lease (a worker)
+    │   ├── LockBusy                another run of the same account holds the lock
+    │   │   └── AccountBusy         another process holds the account's lease (a worker)
+    │   └── LeaseLost               a worker's lease on the account ended mid-unit
     ├── RecordError                 one API record cannot be mapped (goes to import_failures)
     └── Requeue                     a unit of work asks the queue to run it again later
 """

@@ -176,3 +176,32 @@ def test_time_is_read_in_one_place(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import datetime as dt\nx = dt.datetime.now(dt.UTC)\ny = dt.date.today()\n")
     assert len(list(clock_violations("asyncsync.engine.bad", bad))) == 2
+
+
+def test_the_exception_tree_is_drawn_whole() -> None:
+    """Every class of ``errors`` stands in its docstring's tree, under one of its bases."""
+    import re
+
+    from asyncsync import errors
+
+    tree = (errors.__doc__ or "").split("::\n", 1)[1].split('\n"""', 1)[0]
+    drawn: dict[str, str] = {}  # name -> the name drawn one level above it
+    stack: list[tuple[int, str]] = []
+    for line in tree.splitlines():
+        found = re.match(r"^([ │├└─]*)([A-Z]\w+)", line)
+        if found is None:
+            continue
+        column, name = len(found.group(1)), found.group(2)
+        while stack and stack[-1][0] >= column:
+            stack.pop()
+        drawn[name] = stack[-1][1] if stack else ""
+        stack.append((column, name))
+    classes = {
+        name: cls
+        for name, cls in vars(errors).items()
+        if isinstance(cls, type) and issubclass(cls, errors.AsyncsyncError)
+    }
+    assert sorted(drawn) == sorted(classes)
+    for name, parent in drawn.items():
+        bases = {b.__name__ for b in classes[name].__bases__} - {"Exception"}
+        assert parent in bases if parent else not bases, name  # only the root has no parent
