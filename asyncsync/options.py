@@ -225,7 +225,6 @@ class ServeOptions:
     background_slots: int = 2  # backfill months at once, every worker; as many integrity checks
     heartbeat_s: float = 30.0  # a unit whose worker is silent this long is taken over
     integrity_interval_s: float = 86400.0  # between integrity checks of an account; 0: never
-    partitions: int = 5  # a backfill month's statuses paged at once
     drain_s: float = DRAIN_S  # after SIGTERM/SIGINT, how long the drain may take
 
     def detail_budget(self, rate_per_minute: int) -> int:

@@ -265,8 +265,7 @@ class Dispatcher:
         started_at, api_before = utcnow(), rt.client.api_stats()
         # Details of the month's orders are left to the account's cycles (open and recent
         # orders first, within each cycle's budget).
-        options = BackfillOptions(date_from=month, date_to=month,
-                                  partitions=self.options.partitions, detail_budget=0)  # fmt: skip
+        options = BackfillOptions(date_from=month, date_to=month, detail_budget=0)
         store = rt.store
         try:
             report = await backfill(rt.client, store.orders, store.metadata, options,
