@@ -114,17 +114,20 @@ async def test_a_huge_backfill_leaves_small_accounts_cycles_on_time(
     assert overlap <= 2  # the background limit held: never more than two months at once
 
 
+@pytest.mark.parametrize("slots", [2, 8])
 async def test_a_cycle_due_longest_is_claimed_first_when_cycles_outnumber_the_slots(
-    database_url,
+    slots: int, database_url
 ) -> None:
     """More cycles due than slots (a first sync of many accounts, workers short of slots):
     the one due longest goes first. The queue claimed by id among equal priorities, and a
     periodic unit keeps its row when it re-arms, so the accounts added first kept
     re-claiming their cycles while one added later, due all along, never ran (seen with
-    60 accounts on 3 workers of 8 slots: 17 accounts without a single unit in 4 minutes)."""
+    60 accounts on 3 workers of 8 slots: 17 accounts without a single unit in 4 minutes).
+    With 8 slots a claim takes the 4 due longest, then keeps as many as slots are free by
+    id: cycles ending one at a time, one slot free, the one due longest has to be kept."""
     async with open_database(database_url, Path("/nonexistent")) as database:
         queue = database.queue
-        early = [f"early{n}" for n in range(6)]
+        early = [f"early{n}" for n in range(3 * slots)]
         await queue.enqueue([Unit(Kind.CYCLE, key).item() for key in early])
         await queue.enqueue([Unit(Kind.CYCLE, "late").item()])
         picked: list[str] = []
@@ -136,11 +139,11 @@ async def test_a_cycle_due_longest_is_claimed_first_when_cycles_outnumber_the_sl
             if account == "late":
                 stop.set()
                 return
-            await asyncio.sleep(0.05)
-            raise Requeue(0.05, "due again")  # its next cycle: demand above two slots
+            await asyncio.sleep(0.05 * (1 + len(picked) % 3))  # they end one at a time
+            raise Requeue(0.05, "due again")  # its next cycle: demand above the slots
 
         asyncio.get_running_loop().call_later(5, stop.set)
-        await queue.work({Kind.CYCLE.value: cycle}, slots=2, limits={}, heartbeat_s=10,
+        await queue.work({Kind.CYCLE.value: cycle}, slots=slots, limits={}, heartbeat_s=10,
                          ticks={}, stop=stop)  # fmt: skip
     assert "late" in picked, f"{len(picked)} cycles of the early accounts ran; late's none"
     assert picked.index("late") <= 2 * len(early), picked

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -116,6 +117,12 @@ async def install(pool: asyncpg.Pool) -> None:
 #: one due longest first (see _DueFirst).
 _BY_ID = "candidate.priority DESC, candidate.id ASC"
 _BY_DUE = "candidate.priority DESC, candidate.execute_after ASC, candidate.id ASC"
+#: Then it keeps as many of them as the batch and the worker's free slots take, by
+#: priority and id again (next_queued's rows are ``job``, eligible's ``combined``).
+_CUTS = (
+    (re.compile(r"ORDER BY job\.priority DESC, job\.id ASC(?=\s+LIMIT)"), "job.", "job"),
+    (re.compile(r"ORDER BY priority DESC, id ASC(?=\s+LIMIT)"), "", "combined"),
+)
 
 
 class _DueFirst(QueryQueueBuilder):
@@ -125,14 +132,22 @@ class _DueFirst(QueryQueueBuilder):
     good: with more cycles due than slots, the accounts added first re-claimed theirs
     every interval while one added later, due all along, waited for as long as they
     outnumbered the slots (60 accounts on 3 workers of 8 slots: 17 accounts without a
-    single unit in 4 minutes)."""
+    single unit in 4 minutes). The cut to the free slots goes by due time too: by id, a
+    worker of 8 slots (4 units a claim) whose units end one at a time took the lowest id
+    of the 4 due longest, and the one due longest of all, added last, never ran."""
 
     def build_dequeue_query(self, **kwargs: Any) -> ComposedQuery:
         query = super().build_dequeue_query(**kwargs)
-        if _BY_ID not in query.sql:  # another pgqueuer than the one pinned
+        if _BY_ID not in query.sql or not all(cut.search(query.sql) for cut, _, _ in _CUTS):
+            # another pgqueuer than the one pinned
             raise ConfigError("this pgqueuer's claim is not the one asyncsync orders by due "
                               "time: install the version constraints.txt pins")  # fmt: skip
-        return dataclasses.replace(query, sql=query.sql.replace(_BY_ID, _BY_DUE))
+        sql = query.sql.replace(_BY_ID, _BY_DUE)
+        for cut, prefix, rows in _CUTS:
+            due = (f"(SELECT due.execute_after FROM {self.qualified.queue_table} due "
+                   f"WHERE due.id = {rows}.id)")  # fmt: skip
+            sql = cut.sub(f"ORDER BY {prefix}priority DESC, {due} ASC, {prefix}id ASC", sql)
+        return dataclasses.replace(query, sql=sql)
 
 
 class _Queries(Queries):
