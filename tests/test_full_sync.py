@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 
@@ -10,7 +11,9 @@ import pytest
 from aiohttp import web
 
 from asyncsync import metrics
+from asyncsync.engine.listing import Partition, page_through
 from asyncsync.errors import ReauthorizationRequired
+from asyncsync.seams import Page
 from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
 
@@ -254,6 +257,28 @@ async def test_a_total_that_lies_high_costs_no_page_past_the_first_empty_one(
     assert report.outcome == "ok" and report.count("import_failures") == 0
     assert diff(sim.snapshot(), await mirror(db)) == []
     assert len(past) < 100, (len(past), held)
+
+
+async def test_a_listing_told_to_stop_asks_no_page_more_when_its_first_is_short(
+    simulator, runtime_for
+) -> None:
+    # A server capping limit at 50 makes every first page short of the 100 asked: the
+    # second page is then asked alone, and it was asked whatever stop said (a drain cost
+    # one more request a status, each waited on, however long Tiny took to answer).
+    sim = await simulator(orders=600, seed=17, max_limit=50)
+    stop = asyncio.Event()
+    pages: list[Page] = []
+
+    async def on_page(page: Page) -> None:
+        pages.append(page)
+        stop.set()  # told to stop while the first page is handed on
+
+    async with runtime_for(sim) as rt:
+        await page_through(rt.client, Partition(int(Situacao.FINALIZADA)), page_size=100,
+                           workers=4, stop=stop, on_page=on_page)  # fmt: skip
+    assert len(pages[0].items) == 50 and pages[0].total and pages[0].total > 100
+    assert sim.stats.list_requests_by_status == {int(Situacao.FINALIZADA): 1}
+    assert len(pages) == 1
 
 
 async def test_a_page_answered_empty_once_mid_listing_is_asked_again(

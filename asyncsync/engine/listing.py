@@ -134,6 +134,8 @@ async def page_through(
     step = len(first.items)
     start = part.start_offset + step
     if step < page_size:  # a server's cap on limit, or all there is: the total may lie
+        if stop.is_set():
+            return
         second = await fetch(start)
         await on_page(second)
         if second.is_last or stop.is_set():
