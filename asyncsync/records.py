@@ -315,7 +315,7 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
     """Map one item of ``GET /ordem-servico`` to an :class:`OrderRecord`."""
     # ``type(x) is dict`` first: the ABC check alone costs more than a field's parsing.
     if type(item) is not dict and not isinstance(item, Mapping):
-        payload = canonical_json(item)
+        payload = storable(item)[1]  # an array nested too deeply is its own RecordError
         raise RecordError("list item is not an object", raw=payload, order_id=synthetic_id(payload))
     cleaned, payload = storable(item)
     fields: Mapping[str, Any] = cleaned

@@ -108,10 +108,14 @@ async def test_a_record_nested_deeper_than_json_writers_go_is_a_failed_record(
     on it (a list item's in the listing's writer, a detail's in the details pass)."""
     sim = await simulator(orders=300, seed=35)
     in_list, in_detail = sorted(sim.orders)[40], sorted(sim.orders)[140]
+    as_array = sorted(sim.orders)[240]  # a list item that is no object, but an array as deep
     sim.orders[in_list].cliente = {**sim.orders[in_list].cliente, "extra": "ZZDEEP"}
     sim.orders[in_detail].extra = {**sim.orders[in_detail].extra, "equipamento": "ZZDEEP"}
     deep = b"[" * 300 + b'"fundo"' + b"]" * 300
     sim.byte_patches.append(("ZZDEEP", b'x","fundo":' + deep + b',"y":"y'))
+    render = sim._renderer.list_item
+    sim._renderer.list_item = lambda o: ["ZZARRAY"] if o.id == as_array else render(o)
+    sim.byte_patches.append(("ZZARRAY", b'x",' + deep + b',"y'))
     for _ in range(2):  # and the next run is not stuck on them either
         async with runtime_for(sim) as rt:
             report = await full_sync(rt)
@@ -119,10 +123,11 @@ async def test_a_record_nested_deeper_than_json_writers_go_is_a_failed_record(
     rows = await db.fetch(
         "SELECT id_ordem, erro, dados_api #>> '{}' AS raw FROM import_failures ORDER BY id_ordem"
     )
-    assert [r["id_ordem"] for r in rows] == [in_list, in_detail]
+    assert [r["id_ordem"] for r in rows][1:] == [in_list, in_detail]
+    assert rows[0]["id_ordem"] < 0  # the array's: no id, a synthetic one
     # The raw answer is kept whole, as text: jsonb would take it, nothing after it would.
     assert all("nested too deeply" in r["erro"] and "fundo" in r["raw"] for r in rows), rows
-    expected = {i: o for i, o in sim.snapshot().items() if i != in_list}
+    expected = {i: o for i, o in sim.snapshot().items() if i not in (in_list, as_array)}
     expected[in_detail]["data_conclusao"] = None  # its detail is what failed
     assert diff(expected, await mirror(db)) == []
 
