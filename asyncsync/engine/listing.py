@@ -244,7 +244,11 @@ def listed_failure(
         dados: dict[str, object] = {"list_item": item}
     else:
         dados = {"list_item": item, "listed_as": situacao}
-    return FailureRecord(failure.order_id, failure.error, canonical_json(dados))
+    try:
+        return FailureRecord(failure.order_id, failure.error, canonical_json(dados))
+    except orjson.JSONEncodeError:  # an item as deep as orjson writes, one level deeper
+        dados["list_item"] = failure.raw  # its text, as a deeper one's (records.storable)
+        return FailureRecord(failure.order_id, failure.error, canonical_json(dados))
 
 
 def checkpoint_value(next_offset: int, complete: bool, last_id: int | None = None) -> str:

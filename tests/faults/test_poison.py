@@ -116,6 +116,16 @@ async def test_a_record_nested_deeper_than_json_writers_go_is_a_failed_record(
     render = sim._renderer.list_item
     sim._renderer.list_item = lambda o: ["ZZARRAY"] if o.id == as_array else render(o)
     sim.byte_patches.append(("ZZARRAY", b'x",' + deep + b',"y'))
+    # As deep as orjson writes, and its situacao unknown: its failure row wraps it (with
+    # the status it was listed under) one level deeper than orjson writes.
+    at_edge = sorted(sim.orders)[200]
+    sim.orders[at_edge].cliente = {**sim.orders[at_edge].cliente, "extra": "ZZEDGE"}
+    edge = b"[" * 252 + b'"fundo"' + b"]" * 252
+    sim.byte_patches.append(("ZZEDGE", b'x","fundo":' + edge + b',"y":"y'))
+    listed = sim._renderer.list_item
+    sim._renderer.list_item = lambda o: (
+        {**listed(o), "situacao": "ZZ"} if o.id == at_edge else listed(o)
+    )
     for _ in range(2):  # and the next run is not stuck on them either
         async with runtime_for(sim) as rt:
             report = await full_sync(rt)
@@ -123,11 +133,13 @@ async def test_a_record_nested_deeper_than_json_writers_go_is_a_failed_record(
     rows = await db.fetch(
         "SELECT id_ordem, erro, dados_api #>> '{}' AS raw FROM import_failures ORDER BY id_ordem"
     )
-    assert [r["id_ordem"] for r in rows][1:] == [in_list, in_detail]
+    assert [r["id_ordem"] for r in rows][1:] == sorted([in_list, in_detail, at_edge])
     assert rows[0]["id_ordem"] < 0  # the array's: no id, a synthetic one
+    deeper = [r for r in rows if r["id_ordem"] != at_edge]
     # The raw answer is kept whole, as text: jsonb would take it, nothing after it would.
-    assert all("nested too deeply" in r["erro"] and "fundo" in r["raw"] for r in rows), rows
-    expected = {i: o for i, o in sim.snapshot().items() if i not in (in_list, as_array)}
+    assert all("nested too deeply" in r["erro"] and "fundo" in r["raw"] for r in deeper), rows
+    assert all("situacao" in r["erro"] and "fundo" in r["raw"] for r in rows if r not in deeper)
+    expected = {i: o for i, o in sim.snapshot().items() if i not in (in_list, as_array, at_edge)}
     expected[in_detail]["data_conclusao"] = None  # its detail is what failed
     assert diff(expected, await mirror(db)) == []
 
