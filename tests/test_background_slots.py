@@ -243,5 +243,9 @@ async def test_a_workers_next_cycle_keeps_the_accounts_open_circuit(
 
     cycles, answers = await serve_while(sim, common, options, stop, outage(), 30, monkeypatch)
     assert cycles >= 2, (cycles, answers)
-    assert answers == cycles, f"{answers} requests met the outage in {cycles} failed cycles"
+    # One probe a cycle, not a burst; one more when a probe was answered and its cycle not
+    # yet recorded as the two counts were read (seen in CI on a loaded machine).
+    assert cycles <= answers <= cycles + 1, (
+        f"{answers} requests met the outage in {cycles} failed cycles"
+    )
     assert set(await mirror(db, "acme")) == set(sim.snapshot())
