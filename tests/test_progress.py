@@ -15,7 +15,7 @@ from rich.console import Console
 from asyncsync import logs
 from asyncsync.progress import Meter, Progress, ProgressReporter, duration
 
-from .helpers import full_sync, incremental_sync
+from .helpers import full_sync, incremental_sync, integrity
 
 
 def test_the_rate_is_current_and_the_eta_does_not_jump() -> None:
@@ -105,10 +105,11 @@ async def test_a_runs_progress_lines_name_its_account(capsys, simulator, runtime
         async with runtime_for(sim) as rt:
             await full_sync(rt)
             await incremental_sync(rt)
+            await integrity(rt)  # serve runs integrity units beside the cycles too
         err = capsys.readouterr().err
     finally:
         logging.getLogger().handlers.clear()
     lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
     progress = [line for line in lines if "progress" in line]
-    assert {line["progress"] for line in progress} == {"sync", "cycle"}
+    assert {line["progress"] for line in progress} == {"sync", "cycle", "integrity"}
     assert all(line.get("account") == "default" for line in progress), progress

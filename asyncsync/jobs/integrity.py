@@ -113,7 +113,8 @@ class _Check:
         self.totals: dict[int, int] = {}  # paginacao.total of each status listed so far
 
     async def run(self, deep: bool) -> RunReport:
-        async with ProgressReporter(self.progress, stream=self.ctx.progress):
+        ctx = self.ctx
+        async with ProgressReporter(self.progress, stream=ctx.progress, account=ctx.account):
             return await self._run(deep)
 
     async def _run(self, deep: bool) -> RunReport:
