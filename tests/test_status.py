@@ -14,7 +14,7 @@ from asyncsync.clock import utcnow
 from asyncsync.errors import ConfigError
 from asyncsync.flags import parse
 from asyncsync.modes import execute
-from asyncsync.options import IntegrityOptions, SyncOptions
+from asyncsync.options import IntegrityOptions, RetryOptions, SyncOptions
 from asyncsync.report import failed_report
 from asyncsync.status import Situacao
 from asyncsync.store import Database, open_database
@@ -45,6 +45,10 @@ async def test_status_reports_runs_freshness_mirror_failures_tokens_and_lock(
         sim.fail_detail[order_id] = "malformed"  # the record is at fault
     common = common_for(sim, database_url, max_retries=1)
     assert await execute("sync", common, SyncOptions(cycle=cycle()), asyncio.Event()) == 0
+    # A retry with nothing due sends no request: it saw no quota (it recorded the pace it
+    # would have started at, and status showed that as the quota seen).
+    limited = common_for(sim, database_url, max_retries=1, rate_limit_per_minute=90)
+    assert await execute("retry", limited, RetryOptions(), asyncio.Event()) == 0
     await db.execute("UPDATE import_failures SET tentativas = 5 WHERE id_ordem = $1", broken[0])
 
     async with open_database(database_url, tmp_path) as database:

@@ -71,7 +71,9 @@ class PgRunLog:
             api.total,
             api.rate_limited,
             api.retries,
-            api.quota_per_minute or None,
+            # A run that sent no request saw no quota: its client's pace is the one it
+            # would have started at (status shows the quota of the last run that asked).
+            (api.quota_per_minute or None) if api.total else None,
             [without_nul(error) for error in report.errors],
             _json(to_dict(report)),
             self._keep,
