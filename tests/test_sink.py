@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from asyncsync import metrics
 from asyncsync.errors import RecordError
-from asyncsync.records import OrderRecord, parse_list_item
+from asyncsync.records import FailureRecord, OrderRecord, parse_list_item
 from asyncsync.seams import Checkpoint
 from asyncsync.store import Database, open_database
 from asyncsync.store.database import connect_pool
@@ -41,13 +42,18 @@ async def test_a_workers_merge_lands_only_while_its_lease_is_held(db) -> None:
         while not await db.fetchval(gone, pid):  # noqa: ASYNC110 (its locks go with it)
             await asyncio.sleep(0.05)
         later = T0 + dt.timedelta(seconds=1)
+        counted = metrics.value("asyncsync_import_failures_total", {"account": "default"})
+        bad = [FailureRecord(3, "valor: not a number", '{"id": 3}')]
         with pytest.raises(LeaseLost, match="lease ended"):
             await sink.merge_listed(
-                [parse_list_item(item(1, 3), later), parse_list_item(item(2, 0), later)]
+                [parse_list_item(item(1, 3), later), parse_list_item(item(2, 0), later)], bad
             )
         detail = parse_detail({"id": 1, "situacao": 3}, 1, later)
         with pytest.raises(LeaseLost):
-            await sink.merge_details([detail])
+            await sink.merge_details([detail], bad)
+        # Their failures rolled back with them: none written, none counted.
+        assert not await db.fetchval("SELECT count(*) FROM import_failures")
+        assert metrics.value("asyncsync_import_failures_total", {"account": "default"}) == counted
         assert await leases.check() == {"default"}  # what the worker learns at its next check
     rows = await db.fetch("SELECT id, situacao FROM ordens_servico ORDER BY id")
     assert [tuple(r) for r in rows] == [(1, 0)]  # nothing of the merges after it landed

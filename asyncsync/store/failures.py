@@ -34,8 +34,9 @@ async def upsert(
     counts_as_attempt: bool,
     listed: bool = False,
 ) -> list[int]:
-    """Write ``failures`` in one statement; returns the ids whose row was written.
-    ``listed``: list items a listing read (failure_upsert.sql)."""
+    """Write ``failures`` in one statement; returns the ids whose row was written (the
+    caller counts them, :func:`count`, once they are committed). ``listed``: list items a
+    listing read (failure_upsert.sql)."""
     if not failures:
         return []
     latest = {f.order_id: f for f in failures}  # one row per id and statement
@@ -49,8 +50,13 @@ async def upsert(
         counts_as_attempt,
         listed,
     )
-    metrics.IMPORT_FAILURES.labels(account).inc(len(rows))
     return [r["id_ordem"] for r in rows]
+
+
+def count(account: str, written: Sequence[int]) -> None:
+    """Count failure rows written once their transaction committed: a merge rolled back
+    (and tried again, or split to find the record PostgreSQL refused) wrote none."""
+    metrics.IMPORT_FAILURES.labels(account).inc(len(written))
 
 
 class PgFailureLog:
@@ -69,13 +75,15 @@ class PgFailureLog:
         listed: bool = False,
     ) -> list[int]:
         """See :meth:`asyncsync.seams.FailureLog.record`."""
-        return await self._sql.run(
+        written: list[int] = await self._sql.run(
             "recording import failures",
             lambda: upsert(
                 self._sql.pool, self.account, failures, now=now,
                 counts_as_attempt=counts_as_attempt, listed=listed,
             ),
         )  # fmt: skip
+        count(self.account, written)
+        return written
 
     async def due(
         self,

@@ -294,10 +294,10 @@ class PgOrderStore:
                 await conn.execute(sql("resolve_failures"), self.account, list(new_ids), now)
             if unique and not attempt:  # read whole now: what failed of them is fixed
                 resolved = await self._resolve_listed(conn, unique, now)
-            await failure_rows.upsert(
+            recorded = await failure_rows.upsert(
                 conn, self.account, failures, now=now, counts_as_attempt=False, listed=True
             )
-            await failure_rows.upsert(  # records it refused: a failed attempt, if one
+            recorded += await failure_rows.upsert(  # records it refused: a failed attempt
                 conn, self.account, refused, now=now, counts_as_attempt=attempt
             )
             for cp in checkpoints:
@@ -309,6 +309,7 @@ class PgOrderStore:
         if self._open_failures is not None:
             self._open_failures[1].difference_update(resolved)
         self._opened([*failures, *refused])
+        failure_rows.count(self.account, recorded)
         stats = MergeStats(
             received=len(records),
             inserted=len(new_ids),
@@ -465,15 +466,16 @@ class PgOrderStore:
                 await conn.execute(sql("resolve_failures"), self.account, ids, now)
             if missing:
                 await conn.execute(sql("mark_missing"), self.account, list(missing))
-            await failure_rows.upsert(
+            recorded = await failure_rows.upsert(
                 conn, self.account, failures, now=now, counts_as_attempt=False
             )
-            await failure_rows.upsert(  # details it refused: a failed attempt, if one
+            recorded += await failure_rows.upsert(  # details it refused: a failed attempt
                 conn, self.account, refused, now=now, counts_as_attempt=attempt
             )
             if self._fence is not None:
                 await self._fence.check(conn)
-            self._opened([*failures, *refused])
+        self._opened([*failures, *refused])
+        failure_rows.count(self.account, recorded)
         return MergeStats(
             details=len(details),
             failures=len(failures) + len(refused),
