@@ -7,7 +7,7 @@ import time
 
 from asyncsync import metrics
 from asyncsync.client import AccountLimiter
-from asyncsync.client.ratelimit import DEFAULT_PAUSE_S, MAX_RESET_S
+from asyncsync.client.ratelimit import DEFAULT_PAUSE_S, MAX_RESET_S, RESET_NOW_S
 
 
 async def test_a_spent_window_budget_pauses_until_the_reset() -> None:
@@ -104,3 +104,6 @@ def test_a_reset_header_never_holds_the_account_back_for_days() -> None:
     assert limiter.throttled({"X-RateLimit-Reset": "86400000"}) == MAX_RESET_S
     assert limiter.throttled({"X-RateLimit-Reset": "inf"}) == DEFAULT_PAUSE_S
     assert limiter.throttled({"X-RateLimit-Reset": "nan", "Retry-After": "3"}) == 3
+    # "0": the window resets within the second (the header counts whole seconds). It was
+    # unusable, and a 429 held the account back 10 s.
+    assert limiter.throttled({"X-RateLimit-Reset": "0"}) == RESET_NOW_S

@@ -36,6 +36,9 @@ DEFAULT_PAUSE_S = 10.0
 #: a minute, a daily one may take hours; a value past this (a misread epoch, a bug) does not
 #: stop the account for days, it only costs one 429 every so often.
 MAX_RESET_S = 900.0
+#: Pause after a 429 whose reset header says 0: the window resets within the second (the
+#: header counts whole seconds).
+RESET_NOW_S = 1.0
 #: A reset this large is a point in time (epoch seconds), not a delay.
 _EPOCH_SECONDS = 1e9
 #: The pace when Tiny sends no X-RateLimit-Limit and no ceiling is configured.
@@ -176,7 +179,10 @@ class AccountLimiter:
         """Record a 429 and pause the account until the window resets; returns the pause."""
         self.stats.throttled += 1
         metrics.RATE_LIMITED.labels(self._account).inc()
-        reset = _reset_s(headers.get("X-RateLimit-Reset")) or _reset_s(headers.get("Retry-After"))
+        header = headers.get("X-RateLimit-Reset")
+        reset = _reset_s(header) or _reset_s(headers.get("Retry-After"))
+        if reset is None and _number(header) == 0:
+            reset = RESET_NOW_S
         seconds = reset or DEFAULT_PAUSE_S
         self.pause(seconds)
         return seconds
