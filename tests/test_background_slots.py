@@ -249,3 +249,30 @@ async def test_a_workers_next_cycle_keeps_the_accounts_open_circuit(
         f"{answers} requests met the outage in {cycles} failed cycles"
     )
     assert set(await mirror(db, "acme")) == set(sim.snapshot())
+
+
+async def test_a_unit_this_worker_cannot_run_is_a_failed_run_status_shows(
+    simulator, database_url, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret this worker cannot read (its variable unset here) was said only in the
+    worker's log, once an interval: `asyncsync status` showed the account as never run,
+    with no reason. The unit is now a failed run in sync_runs, naming the variable."""
+    sim = await simulator(orders=20, seed=9)
+    options = ServeOptions(interval_s=3600, slots=4, background_slots=2, heartbeat_s=10,
+                           integrity_interval_s=0, drain_s=2)  # fmt: skip
+    common = common_for(sim, database_url)
+    stop = asyncio.Event()
+
+    async def failed() -> None:
+        monkeypatch.delenv("REFRESH_acme")  # registered, then unset on this worker
+        while not await sync_runs(db, "failed"):  # noqa: ASYNC110 (the runs are in the database)
+            await asyncio.sleep(0.05)
+        stop.set()
+
+    await serve_while(sim, common, options, stop, failed(), 15, monkeypatch)
+    [row] = await db.fetch("SELECT account, outcome, errors, requests_total, report "
+                           "FROM sync_runs WHERE mode = 'sync'")  # fmt: skip
+    assert (row["account"], row["outcome"], row["requests_total"]) == ("acme", "failed", 0)
+    assert row["errors"][0].startswith("ConfigError: ") and "REFRESH_acme" in row["errors"][0]
+    assert '"worker"' in row["report"]  # which worker could not run it
+    assert sim.stats.requests_total == 0

@@ -28,6 +28,7 @@ from ..errors import AccountBusy, ConfigError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, Credentials, ServeOptions
 from ..overview import AccountStatus
+from ..report import RunReport
 from ..store import Database, Leases
 from ..work.worker import LEASE_CHECK_S
 from . import Runtime, account_tiny, claim_for_the_run, database_of, make_client, new_breaker
@@ -153,6 +154,9 @@ class Fleet:
         if not await self._database.schema_present():
             await self._database.migrate(always=True)
         await self._database.queue.install(again=True)
+
+    async def record(self, account: str, report: RunReport) -> None:
+        await self._database.account(account).runs.record(report, invoked_as="serve")
 
     async def statuses(self, now: dt.datetime) -> list[AccountStatus]:
         if await self.single():

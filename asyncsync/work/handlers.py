@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -40,12 +41,12 @@ from ..jobs.retry import DEFAULT_POLICY
 from ..options import BackfillOptions, IntegrityOptions, ServeOptions
 from ..overview import observe_status
 from ..readiness import Readiness
-from ..report import Outcome, RunReport, note_failure
+from ..report import Outcome, RunReport, failed_report, note_failure, observe
 from ..seams import PickedWork, WorkHandler, WorkQueue
 from .cycle import failed_unit, record, run_cycle
 from .health import check_readiness
 from .ports import AccountRuntime, Fleet, Leased
-from .units import BACKGROUND, Kind, Unit
+from .units import BACKGROUND, RECORDED_AS, Kind, Unit
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,10 @@ class Dispatcher:
                           f"account {unit.account} is held by {exc.holder}") from None  # fmt: skip
         except ConfigError as exc:
             # A secret this worker cannot read (its variable unset here, say): said once
-            # per interval until someone fixes it, the unit kept.
+            # per interval until someone fixes it, the unit kept; a failed run in the
+            # history, so `status` says why the account does not sync.
             log.error("%s cannot run on this worker: %s", unit, exc)
+            await self._record_unrun(unit, picked, exc)
             raise Requeue(self.options.interval_s, str(exc)) from None
         except LeaseLost as exc:  # woken from a freeze: the account went on elsewhere
             log.warning("%s stops: %s", unit, exc)
@@ -149,6 +152,21 @@ class Dispatcher:
             raise Requeue(LEASE_RETRY_S, f"the database: {exc}") from None
         if delay is not None:
             raise Requeue(delay, f"{unit} is due again")
+
+    async def _record_unrun(self, unit: Unit, picked: PickedWork, exc: ConfigError) -> None:
+        """A unit that could not start here, as a failed run of its mode (best effort)."""
+        mode = RECORDED_AS.get(unit.kind)
+        if mode is None:
+            return
+        report = failed_report(mode, unit.account, utcnow(), exc)
+        report = dataclasses.replace(
+            report, facts={"worker": self.fleet.name, "unit": str(picked.id)}
+        )
+        observe(report)
+        try:
+            await self.fleet.record(unit.account, report)
+        except DatabaseError as err:
+            log.warning("the %s could not be recorded in sync_runs: %s", report.mode, err)
 
     async def _leased(self, unit: Unit, picked: PickedWork) -> float | None:
         """The unit under its account's lease; then, once no unit of the account runs

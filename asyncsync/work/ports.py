@@ -128,6 +128,11 @@ class Fleet(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def record(self, account: str, report: RunReport) -> None:
+        """Record a run of ``account`` that could not start here (no runtime: a secret
+        this worker cannot read) in the run history."""
+        ...
+
     async def reinstall(self) -> None:
         """Apply the schema and the work queue's tables again (idempotent): a database
         that was away may come back restored, or created again empty."""

@@ -33,6 +33,8 @@ class Kind(enum.StrEnum):
 
 #: Higher first. Token keep-alive is tiny and must not lapse; cycles keep the mirror fresh.
 PRIORITY = {Kind.KEEPALIVE: 300, Kind.CYCLE: 200, Kind.INTEGRITY: 50, Kind.BACKFILL: 10}
+#: The mode each kind's runs are recorded as in the run history (a keep-alive is none).
+RECORDED_AS = {Kind.CYCLE: "sync", Kind.INTEGRITY: "integrity", Kind.BACKFILL: "backfill"}
 #: Kinds limited to ``--background-slots`` running at once across every worker.
 BACKGROUND = (Kind.INTEGRITY, Kind.BACKFILL)
 #: The planner's periodic task (a queue schedule, not a unit).
