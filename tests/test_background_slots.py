@@ -134,7 +134,9 @@ async def test_a_month_that_fails_of_its_own_backs_off_instead_of_every_30_s(
     options = ServeOptions(interval_s=3600, slots=4, background_slots=2, heartbeat_s=10,
                            integrity_interval_s=0, drain_s=2)  # fmt: skip
     stop = asyncio.Event()
-    common = common_for(sim, database_url, max_answer_mb=1.0)
+    # A pace that never binds: the account's limiter outlives the tries, and at the
+    # assumed 120 a minute (no answer read, none announced it) it would space them too.
+    common = common_for(sim, database_url, max_answer_mb=1.0, rate_limit_per_minute=60_000)
     async with open_fleet(common, options) as fleet:
         await register(fleet.database.registry, {"acme": sim}, monkeypatch)
         await fleet.database.queue.enqueue(
@@ -276,3 +278,27 @@ async def test_a_unit_this_worker_cannot_run_is_a_failed_run_status_shows(
     assert row["errors"][0].startswith("ConfigError: ") and "REFRESH_acme" in row["errors"][0]
     assert '"worker"' in row["report"]  # which worker could not run it
     assert sim.stats.requests_total == 0
+
+
+async def test_a_workers_next_unit_of_an_account_keeps_the_pace_tiny_announced(
+    simulator, database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each unit built a new rate limiter: it knew neither the quota Tiny had announced
+    nor what was left of the window the unit before had spent, so its first request went
+    out blind, one at a time at the assumed 120 a minute, and met a 429 when the window
+    was spent. The worker keeps the account's limiter, as it keeps its circuit."""
+    from asyncsync.seams import ListQuery
+
+    sim = await simulator(orders=20, seed=10, rate_limit_per_minute=600)
+    options = ServeOptions(interval_s=3600, slots=4, background_slots=2, heartbeat_s=10,
+                           integrity_interval_s=0, drain_s=2)  # fmt: skip
+    async with open_fleet(common_for(sim, database_url), options) as fleet:
+        await register(fleet.database.registry, {"acme": sim}, monkeypatch)
+        async with fleet.lease("acme") as leased:
+            client = leased.runtime.client
+            assert client.api_stats().quota_per_minute == 120  # nothing announced yet
+            await client.list_orders(ListQuery(0))
+            assert client.api_stats().quota_per_minute == 600
+        async with fleet.lease("acme") as leased:  # the next unit, before any request
+            assert leased.runtime.client is not client
+            assert leased.runtime.client.api_stats().quota_per_minute == 600

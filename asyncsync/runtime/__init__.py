@@ -95,10 +95,12 @@ def make_client(
     tokens: TokenStore,
     rescue_dir: Path | None = None,
     breaker: CircuitBreaker | None = None,
+    limiter: AccountLimiter | None = None,
 ) -> TinyClient:
     """The Tiny client of one account: its own limiter and token manager, a shared session.
     ``rescue_dir`` keeps tokens the database could not take (see TokenManager); ``breaker``
-    the account's circuit as an earlier client left it (a worker's next unit)."""
+    and ``limiter`` the account's circuit and pace as an earlier client left them (a
+    worker's next unit)."""
     manager = TokenManager(
         session,
         tiny.token_url,
@@ -108,9 +110,7 @@ def make_client(
         account=account,
         rescue_dir=rescue_dir,
     )
-    limiter = AccountLimiter(
-        tiny.rate_limit_per_minute, tiny.max_concurrency, share=tiny.quota_share, account=account
-    )
+    limiter = limiter or new_limiter(account, tiny)
     breaker = breaker or new_breaker(account, tiny)
     return TinyClient(
         session,
@@ -122,6 +122,13 @@ def make_client(
         account=account,
         breaker=breaker,
         max_answer_bytes=int(tiny.max_answer_mb * 1024 * 1024),
+    )
+
+
+def new_limiter(account: str, tiny: TinyOptions) -> AccountLimiter:
+    """A pace for ``account``'s requests that knows nothing of its quota yet."""
+    return AccountLimiter(
+        tiny.rate_limit_per_minute, tiny.max_concurrency, share=tiny.quota_share, account=account
     )
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from ..client import CircuitBreaker
+from ..client import AccountLimiter, CircuitBreaker
 from ..errors import AccountBusy, ConfigError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, Credentials, ServeOptions
@@ -31,7 +31,15 @@ from ..overview import AccountStatus
 from ..report import RunReport
 from ..store import Database, Leases
 from ..work.worker import LEASE_CHECK_S
-from . import Runtime, account_tiny, claim_for_the_run, database_of, make_client, new_breaker
+from . import (
+    Runtime,
+    account_tiny,
+    claim_for_the_run,
+    database_of,
+    make_client,
+    new_breaker,
+    new_limiter,
+)
 
 log = logging.getLogger(__name__)
 #: The gauges of accounts another worker runs are read this often (its own, every time).
@@ -84,6 +92,7 @@ class Fleet:
         # outage ended is followed, at the cool-down's end, by one probe request, not by
         # a fresh client's burst, and /readyz's "tiny" says what the circuit says.
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._limiters: dict[str, tuple[tuple[int | None, int, float], AccountLimiter]] = {}
         # The status of accounts read lately (monotonic time of the read, the status, and
         # how many times the account's units had ended here when the read began).
         self._read: dict[str, tuple[float, AccountStatus, int]] = {}
@@ -249,9 +258,16 @@ class Fleet:
         breaker = self._breakers.get(account)
         if breaker is None:
             breaker = self._breakers[account] = new_breaker(account, tiny)
+        # The quota Tiny announced and what is left of its window outlive a unit: a new
+        # limiter's first request goes out blind (a 429, when the unit before spent the
+        # window). A new one when the account's pacing settings changed.
+        shape = (tiny.rate_limit_per_minute, tiny.max_concurrency, tiny.quota_share)
+        kept = self._limiters.get(account)
+        if kept is None or kept[0] != shape:
+            kept = self._limiters[account] = (shape, new_limiter(account, tiny))
         client = make_client(
             self._session, account, tiny, credentials, store.tokens, common.database.rescue_dir,
-            breaker,
+            breaker, kept[1],
         )  # fmt: skip
         runtime_common = CommonOptions(
             account=account, database=common.database, tiny=tiny,
