@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from ..engine.details import fetch_details
+from ..engine.details import DetailOutcome, fetch_details
 from ..engine.listing import Partition, listed_failure, page_through, status_totals
 from ..errors import RecordError, TinyAuthError, TinyError, TinyOutage
 from ..progress import Progress, ProgressReporter
@@ -295,16 +295,16 @@ class _Check:
         for key in ("recovered", "failed", "unavailable"):
             self.found[key] = sorted(self.found[key])
 
+    async def _details(self, ids: Sequence[int]) -> DetailOutcome:
+        """The details of ``ids``, each answer counted in the progress."""
+        ctx = self.ctx
+        return await unwrap(
+            fetch_details(self.source, ids, concurrency=ctx.concurrency, stop=ctx.stop,
+                          answered=self._answered)
+        )  # fmt: skip
+
     async def _import_chunk(self, ids: Sequence[int]) -> None:
-        out = await unwrap(
-            fetch_details(
-                self.source,
-                ids,
-                concurrency=self.ctx.concurrency,
-                stop=self.ctx.stop,
-                answered=self._answered,
-            )
-        )
+        out = await self._details(ids)
         details, failed = split_outcome(out)
         merged = await self.sink.merge_listed(
             [self.candidates[d.id] for d in details], attempt=True
@@ -332,16 +332,7 @@ class _Check:
     async def _confirm_unlisted(self, ids: Sequence[int]) -> None:
         """In no listing: the detail decides (offset paging can skip an order that moved).
         Past CONFIRM_LIMIT orders, the rest wait for a later run: only a 404 flags one."""
-        ask = ids[:CONFIRM_LIMIT]
-        out = await unwrap(
-            fetch_details(
-                self.source,
-                ask,
-                concurrency=self.ctx.concurrency,
-                stop=self.ctx.stop,
-                answered=self._answered,
-            )
-        )
+        out = await self._details(ids[:CONFIRM_LIMIT])
         await self.sink.merge_details(out.details)
         self.found["found_by_detail"] = sorted(d.id for d in out.details)
         # Only a 404 says "deleted"; a detail that failed proves nothing: a bad answer
