@@ -5,7 +5,7 @@ a container secret; in clear only when the operator opted in).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +57,20 @@ class AccountConfig:
             refresh = _read(self.key, "refresh token", self.refresh_token_env,
                             self.refresh_token_file, environ)  # fmt: skip
         return Credentials(self.client_id, secret, refresh)
+
+
+def not_served(accounts: Iterable[str], configs: Iterable[AccountConfig]) -> dict[str, str]:
+    """Which of ``accounts`` no worker serves, and why: ``disabled``, or ``removed`` from
+    a table that has rows (its mirror and history stay). With no row at all (the
+    single-account install) the flags' account is served."""
+    enabled = {c.key: c.enabled for c in configs}
+    if not enabled:
+        return {}
+    return {
+        account: "removed" if account not in enabled else "disabled"
+        for account in accounts
+        if not enabled.get(account, False)
+    }
 
 
 def _read(

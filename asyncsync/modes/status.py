@@ -16,7 +16,7 @@ import asyncio
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from ..accounts import AccountConfig
+from ..accounts import not_served
 from ..clock import iso, utcnow
 from ..errors import DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
@@ -37,7 +37,8 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
             states = [
                 await database.account(account).status(now, DEFAULT_POLICY) for account in accounts
             ]
-            not_served = _not_served(accounts, await database.registry.all())
+            # A stale one no worker keeps fresh is no reason to exit 1.
+            unserved = not_served(accounts, await database.registry.all())
         except DatabaseError as exc:
             if exc.sqlstate != "42P01":  # undefined_table
                 raise
@@ -47,29 +48,16 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
         queue = await _census(database.queue, None if options.all_accounts else common.account)
     data = {
         "as_of": iso(now),
-        "accounts": [status_dict(s, options.interval_s, not_served.get(s.account)) for s in states],
+        "accounts": [status_dict(s, options.interval_s, unserved.get(s.account)) for s in states],
         "queue": [c.as_dict() for c in queue],
     }
     parts: list[RenderableType] = [
-        render_status(s, options.interval_s, not_served.get(s.account)) for s in states
+        render_status(s, options.interval_s, unserved.get(s.account)) for s in states
     ]
     parts.append(render_queue(queue, "every account" if options.all_accounts else common.account))
     show(Group(*parts), data, common)
-    served = [s for s in states if s.account not in not_served]
+    served = [s for s in states if s.account not in unserved]
     return 0 if all(s.fresh(options.interval_s) for s in served) else 1
-
-
-def _not_served(accounts: list[str], configs: list[AccountConfig]) -> dict[str, str]:
-    """The accounts no worker keeps fresh, and why: disabled, or removed from a table that
-    has rows (its mirror and history stay). A stale one is not a reason to exit 1."""
-    if not configs:  # the single-account install: its accounts are the flags'
-        return {}
-    enabled = {c.key: c.enabled for c in configs}
-    return {
-        account: "removed" if account not in enabled else "disabled"
-        for account in accounts
-        if not enabled.get(account, False)
-    }
 
 
 async def _census(queue: WorkQueue, account: str | None) -> list[QueueCount]:

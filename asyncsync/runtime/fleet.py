@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from ..accounts import not_served
 from ..client import AccountLimiter, CircuitBreaker
 from ..errors import AccountBusy, ConfigError
 from ..jobs.retry import DEFAULT_POLICY
@@ -144,13 +145,10 @@ class Fleet:
         quota of an account the operator had stopped."""
         if self._pinned is not None or not self._held:
             return
-        rows = await self._database.registry.all()
-        if not rows:  # the single-account install: its one account is served
-            return
-        enabled = {config.key for config in rows if config.enabled}
-        for account, held in self._held.items():
-            if account not in enabled and not held.lost.is_set():
-                log.info("account %s was disabled or removed: its units here stop", account)
+        for account, why in not_served(self._held, await self._database.registry.all()).items():
+            held = self._held.get(account)  # the await may have let it go meanwhile
+            if held is not None and not held.lost.is_set():
+                log.info("account %s was %s: its units here stop", account, why)
                 held.lost.set()
 
     async def reinstall(self) -> None:
