@@ -29,8 +29,8 @@ from ..errors import AccountBusy, ConfigError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, Credentials, ServeOptions
 from ..overview import AccountStatus
-from ..report import RunReport
 from ..store import Database, Leases
+from ..work.ports import RunLog
 from ..work.worker import LEASE_CHECK_S
 from . import (
     Runtime,
@@ -162,8 +162,8 @@ class Fleet:
             await self._database.migrate(always=True)
         await self._database.queue.install(again=True)
 
-    async def record(self, account: str, report: RunReport) -> None:
-        await self._database.account(account).runs.record(report, invoked_as="serve")
+    def runs(self, account: str) -> RunLog:
+        return self._database.account(account).runs
 
     async def statuses(self, now: dt.datetime) -> list[AccountStatus]:
         if await self.single():

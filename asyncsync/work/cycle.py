@@ -37,7 +37,7 @@ from ..readiness import Readiness
 from ..report import RunReport, failed_report, headline, log_fields, note_failure, observe
 from ..seams import ApiStats
 from .health import say_health, say_unsaid
-from .ports import AccountRuntime
+from .ports import AccountRuntime, RunLog
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +75,16 @@ async def cycle(rt: AccountRuntime, options: ServeOptions, stop: asyncio.Event) 
     return reports
 
 
-async def record(rt: AccountRuntime, report: RunReport, facts: dict[str, str]) -> RunReport:
-    """Metrics, one log line and a ``sync_runs`` row for a report of a unit (best effort);
-    ``facts`` say which worker ran which unit."""
+async def record(runs: RunLog, report: RunReport, facts: dict[str, str]) -> RunReport:
+    """Metrics, one log line and a ``sync_runs`` row (in ``runs``, the account's run
+    history) for a report of a unit (best effort); ``facts`` say which worker ran which
+    unit."""
     report = dataclasses.replace(report, facts={**report.facts, **facts})
     observe(report)
     level = logging.INFO if report.outcome.value in ("ok", "interrupted") else logging.WARNING
     log.log(level, headline(report), extra={"fields": {**log_fields(report), **facts}})
     try:
-        await rt.store.runs.record(report, invoked_as="serve")
+        await runs.record(report, invoked_as="serve")
     except DatabaseError as exc:
         log.warning(
             "the %s could not be recorded in sync_runs: %s", report.title or report.mode, exc
@@ -123,7 +124,9 @@ async def run_cycle(
         note_failure(rt.account, exc)
         if isinstance(exc, TinyAuthError) and readiness is not None:
             readiness.set("authorization", f"{type(exc).__name__}: {exc}")
-        failed = await record(rt, failed_unit(rt, "sync", started_at, api_before, exc), facts)
+        failed = await record(
+            rt.store.runs, failed_unit(rt, "sync", started_at, api_before, exc), facts
+        )
         if isinstance(exc, ReauthorizationRequired):
             await say_health(
                 rt, f"re-authorization required: run `{authorize_command(rt.account)}`"
@@ -134,7 +137,7 @@ async def run_cycle(
         log.error("the cycle of account %s failed (%s); next attempt in %.0f s: %s",
                   rt.account, what, wait_s, exc)  # fmt: skip
         return CycleResult([failed], wait_s, isinstance(exc, DatabaseUnavailable))
-    reports = [await record(rt, r, facts) for r in reports]
+    reports = [await record(rt.store.runs, r, facts) for r in reports]
     if readiness is not None:
         readiness.clear("authorization")
     metrics.REAUTHORIZATION_REQUIRED.labels(rt.account).set(0)

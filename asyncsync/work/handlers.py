@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import random
@@ -41,7 +40,7 @@ from ..jobs.retry import DEFAULT_POLICY
 from ..options import BackfillOptions, IntegrityOptions, ServeOptions
 from ..overview import observe_status
 from ..readiness import Readiness
-from ..report import Outcome, RunReport, failed_report, note_failure, observe
+from ..report import Outcome, RunReport, failed_report, note_failure
 from ..seams import PickedWork, WorkHandler, WorkQueue
 from .cycle import failed_unit, record, run_cycle
 from .health import check_readiness
@@ -156,17 +155,10 @@ class Dispatcher:
     async def _record_unrun(self, unit: Unit, picked: PickedWork, exc: ConfigError) -> None:
         """A unit that could not start here, as a failed run of its mode (best effort)."""
         mode = RECORDED_AS.get(unit.kind)
-        if mode is None:
-            return
-        report = failed_report(mode, unit.account, utcnow(), exc)
-        report = dataclasses.replace(
-            report, facts={"worker": self.fleet.name, "unit": str(picked.id)}
-        )
-        observe(report)
-        try:
-            await self.fleet.record(unit.account, report)
-        except DatabaseError as err:
-            log.warning("the %s could not be recorded in sync_runs: %s", report.mode, err)
+        if mode is not None:
+            report = failed_report(mode, unit.account, utcnow(), exc)
+            facts = {"worker": self.fleet.name, "unit": str(picked.id)}
+            await record(self.fleet.runs(unit.account), report, facts)
 
     async def _leased(self, unit: Unit, picked: PickedWork) -> float | None:
         """The unit under its account's lease; then, once no unit of the account runs
@@ -267,7 +259,7 @@ class Dispatcher:
         except (TinyError, DatabaseError) as exc:
             note_failure(rt.account, exc)
             report = failed_unit(rt, "integrity", started_at, api_before, exc)
-        await record(rt, report, facts)
+        await record(rt.store.runs, report, facts)
         if stop.is_set() and report.outcome is Outcome.INTERRUPTED:
             return 0.0
         return self.options.integrity_interval_s or None
@@ -292,7 +284,9 @@ class Dispatcher:
             raise
         except (TinyError, DatabaseError) as exc:
             note_failure(rt.account, exc)
-            await record(rt, failed_unit(rt, "backfill", started_at, api_before, exc), facts)
+            await record(
+                rt.store.runs, failed_unit(rt, "backfill", started_at, api_before, exc), facts
+            )
             if isinstance(exc, ReauthorizationRequired):
                 return self.options.interval_s
             wait = BACKFILL_RETRY_S
@@ -304,7 +298,7 @@ class Dispatcher:
                 wait = min(BACKFILL_RETRY_S * 2**row, BACKFILL_RETRY_MAX_S)
             return wait
         self._month_failures.pop(unit_id, None)
-        await record(rt, report, facts)
+        await record(rt.store.runs, report, facts)
         return 0.0 if report.outcome is Outcome.INTERRUPTED else None
 
 

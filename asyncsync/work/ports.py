@@ -128,9 +128,9 @@ class Fleet(Protocol):
 
     async def ping(self) -> None: ...
 
-    async def record(self, account: str, report: RunReport) -> None:
-        """Record a run of ``account`` that could not start here (no runtime: a secret
-        this worker cannot read) in the run history."""
+    def runs(self, account: str) -> RunLog:
+        """``account``'s run history, for a unit that could not start here (no runtime:
+        a secret this worker cannot read)."""
         ...
 
     async def reinstall(self) -> None:
