@@ -308,8 +308,7 @@ class PgOrderStore:
         # again must resolve them again), and what it recorded open.
         if self._open_failures is not None:
             self._open_failures[1].difference_update(resolved)
-        self._opened([*failures, *refused])
-        failure_rows.count(self.account, recorded)
+        self._opened([*failures, *refused], recorded)
         stats = MergeStats(
             received=len(records),
             inserted=len(new_ids),
@@ -345,8 +344,10 @@ class PgOrderStore:
             self._open_failures = (time.monotonic() + OPEN_FAILURES_TTL_S, ids)
         return self._open_failures[1]
 
-    def _opened(self, failures: Sequence[FailureRecord]) -> None:
-        """Failures this store recorded: listed whole later, they resolve."""
+    def _opened(self, failures: Sequence[FailureRecord], written: Sequence[int]) -> None:
+        """Failures this store recorded (``written``: the ids of the rows), committed:
+        counted, and listed whole later they resolve."""
+        failure_rows.count(self.account, written)
         if self._open_failures is not None:
             self._open_failures[1].update(f.order_id for f in failures)
 
@@ -474,8 +475,7 @@ class PgOrderStore:
             )
             if self._fence is not None:
                 await self._fence.check(conn)
-        self._opened([*failures, *refused])
-        failure_rows.count(self.account, recorded)
+        self._opened([*failures, *refused], recorded)
         return MergeStats(
             details=len(details),
             failures=len(failures) + len(refused),
