@@ -543,3 +543,24 @@ async def test_the_window_look_asks_another_order_when_its_first_moved(
         report = await backfill(rt.client, s.orders, s.metadata, options, context(rt))
     assert moved and report.outcome == "ok"
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_total_that_lies_low_hides_no_order_of_a_month(simulator, runtime_for, db) -> None:
+    # paginacao.total at most 100 on every page of a busy month: its first page, full,
+    # was taken as its last and the month stored complete with the rest never listed.
+    sim = await simulator(orders=3000, seed=11, start_year=2015, today=dt.date(2017, 1, 31))
+    month = busiest_month(sim, Situacao.FINALIZADA, 100)
+    page = sim._index.page
+
+    def answer(q, orders):  # type: ignore[no-untyped-def]
+        entries, total = page(q, orders)
+        return entries, min(total, 100)
+
+    sim._index.page = answer  # type: ignore[method-assign]
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        options = BackfillOptions(date_from=month, date_to=month, partitions=IN_FLIGHT)
+        report = await backfill(rt.client, s.orders, s.metadata, options, context(rt))
+    assert report.outcome == "ok"
+    missing = sorted(set(in_month(sim, month)) - (await mirror(db)).keys())
+    assert len(in_month(sim, month, Situacao.FINALIZADA)) > 100 and missing == []

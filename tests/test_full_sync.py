@@ -321,3 +321,23 @@ async def test_a_total_its_own_page_contradicts_is_no_total(
         report = await full_sync(rt)
     assert report.outcome == "ok"
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+@pytest.mark.parametrize("lie", ["first page", "half"])
+async def test_a_total_that_lies_low_hides_no_order(simulator, runtime_for, db, lie) -> None:
+    # paginacao.total below what a status holds, on every page: the page reaching it was
+    # taken as the last, the orders past it never listed, and the sync said ok. A full
+    # page at its total is followed by the next offset now (empty when the total is true).
+    sim = await simulator(orders=600, seed=17)
+    assert max(Counter(int(o.situacao) for o in sim.orders.values()).values()) > 200
+    page = sim._index.page
+
+    def answer(q, orders):  # type: ignore[no-untyped-def]
+        entries, total = page(q, orders)
+        return entries, (min(total, 100) if lie == "first page" else total // 2)
+
+    sim._index.page = answer  # type: ignore[method-assign]
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []

@@ -112,8 +112,10 @@ async def page_through(
     ours. A page answered empty before that total is asked again once, and empty again
     it ends them: a total that lies high (or orders that left while the partition was
     paged) costs no request for every offset up to it, and a page lost on the way once
-    costs no later one. Without a total, pages follow one another until an empty one. No
-    page is asked for once ``stop`` is set.
+    costs no later one. Without a total, pages follow one another until an empty one, and
+    so they do past a total whose last page is full (or contradicts it): a total that
+    lies low hides no order, and a true one costs one request more when it is a multiple
+    of the page size. No page is asked for once ``stop`` is set.
     """
     if stop.is_set():
         return
@@ -121,7 +123,9 @@ async def page_through(
     await on_page(first)
     if first.is_last:
         return
-    if first.total is None:
+    # No total, or a full page at it: a total that lies low would hide the orders past
+    # it, so the pages go on one after another, as without a total, until one ends.
+    if first.total is None or part.start_offset + len(first.items) >= first.total:
         await _page_without_total(source, part, first, page_size, stop, on_page)
         return
 
@@ -140,20 +144,29 @@ async def page_through(
         await on_page(second)
         if second.is_last or stop.is_set():
             return
+        if start + step >= first.total:
+            await _page_without_total(source, part, second, page_size, stop, on_page)
+            return
         start += step
-    offsets = iter(range(start, first.total, step))
+    total = first.total
+    offsets = iter(range(start, total, step))
     emptied = False
+    beyond: Page | None = None  # the total's last page, when it says more may follow
 
     async def worker() -> None:
-        nonlocal emptied
+        nonlocal emptied, beyond
         for offset in offsets:
             if stop.is_set() or emptied:
                 return
             page = await fetch(offset)
             emptied = emptied or not page.items
+            if offset + step >= total and not page.is_last:
+                beyond = page
             await on_page(page)
 
     await run_all(worker() for _ in range(workers))
+    if beyond is not None and not emptied:
+        await _page_without_total(source, part, beyond, page_size, stop, on_page)
 
 
 #: Times a listing starts a partition over after its pages shifted down under it.
@@ -168,7 +181,8 @@ async def _page_without_total(
     stop: asyncio.Event,
     on_page: Callable[[Page], Awaitable[None]],
 ) -> None:
-    """The pages after ``first`` when the API sends no ``paginacao``: no total can show
+    """The pages after ``first`` when the API sends no ``paginacao`` (or one that may lie
+    low): no total can show
     that orders left the partition while it was paged, and every later order moved down
     past a seam, unlisted. So each page starts on the last order of the one before. Another
     order there, one not seen yet (or none), says the pages shifted down: the partition is
@@ -176,7 +190,7 @@ async def _page_without_total(
     and the sweep are left to find the rest). One seen already says they shifted up:
     orders seen twice, none lost. The listing ends when only that last order is left."""
     page, restarts = first, 0
-    offset = part.start_offset + len(first.items)
+    offset = first.query.offset + len(first.items)
     while not stop.is_set():
         seen = {item_id(item) for item in page.items}
         seam = item_id(page.items[-1])

@@ -45,14 +45,18 @@ class Page:
     def is_last(self) -> bool:
         """Nothing comes after this page.
 
-        With ``paginacao.total`` that is exact. Without it, a short page proves nothing:
-        Tiny documents no maximum ``limit`` and a server may answer fewer items than asked
-        on every page, so only an empty page ends the listing (one extra request).
+        With ``paginacao.total``, a page that reaches it, unless it is full: a total that
+        lies low would hide every order past it, so a full page at the total is followed
+        by one more request (the next offset; empty when the total was true). Without a
+        total, a short page proves nothing: Tiny documents no maximum ``limit`` and a
+        server may answer fewer items than asked on every page, so only an empty page
+        ends the listing (one extra request).
         """
         if not self.items:
             return True
         if self.total is not None:
-            return self.query.offset + len(self.items) >= self.total
+            reached = self.query.offset + len(self.items) >= self.total
+            return reached and len(self.items) < self.query.limit
         return False
 
 
