@@ -30,15 +30,26 @@ def host(raw: str) -> str:
     return value
 
 
+#: A whole number flag's default upper bound: PostgreSQL's ``integer``. A count or a pace
+#: past it is a typo, and would only break something later (the run history's columns are
+#: ``integer``; a report's JSON holds 64 bits; a ``LIMIT`` past bigint is refused).
+INTEGER_MAX = 2**31 - 1
+
+
 def integer(minimum: int, maximum: int | None = None) -> Parser:
+    """A whole number from ``minimum`` to ``maximum`` (default: :data:`INTEGER_MAX`)."""
+
     def parse(raw: str) -> int:
         try:
             value = int(raw.strip())
         except ValueError:
             raise ValueError(f"must be a whole number, got {raw!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            span = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
-            raise ValueError(f"must be {span}, got {value}")
+        if maximum is not None and not minimum <= value <= maximum:
+            raise ValueError(f"must be from {minimum} to {maximum}, got {value}")
+        if value < minimum:
+            raise ValueError(f"must be ≥ {minimum}, got {value}")
+        if value > INTEGER_MAX:
+            raise ValueError(f"must be at most {INTEGER_MAX:,}, got {value}")
         return value
 
     return parse

@@ -216,6 +216,28 @@ def test_a_heartbeat_timeout_postgresql_cannot_hold_is_refused() -> None:
         parse(["serve", "--heartbeat-timeout", "3000000"], {})
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # The run went through, then its report's JSON could not hold the quota: traceback.
+        (["sync", "--rate-limit", "1" + "0" * 22], "--rate-limit must be at most 2,147,483,647"),
+        (["sync", "--sim-quota", "1" + "0" * 22], "--sim-quota must be at most 2,147,483,647"),
+        # Then the run history's integer column refused it: a run left unrecorded.
+        (["sync", "--rate-limit", "3000000000"], "--rate-limit must be at most 2,147,483,647"),
+        # The cycle's window began before the year 1: a traceback at every cycle.
+        (["serve", "--recent-days", "800000"], "--recent-days must be from 1 to 36500"),
+        # LIMIT past bigint: 'failures failed', exit 1.
+        (["failures", "--limit", "1" + "0" * 20], "--limit must be at most 2,147,483,647"),
+    ],
+)
+def test_a_whole_number_past_what_it_can_mean_is_refused(argv, message) -> None:
+    from asyncsync.flags import parse
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(argv, {})
+    assert parse(["sync", "--rate-limit", "2147483647"], {}).common.tiny.rate_limit_per_minute
+
+
 def test_flags_win_over_the_environment_and_are_checked_alike() -> None:
     bad_flag = run_cli("--log-format", "yaml", env={"ASYNCSYNC_LOG_FORMAT": "json"})
     assert bad_flag.returncode == 2 and "--log-format must be one of" in bad_flag.stderr

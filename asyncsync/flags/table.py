@@ -81,6 +81,9 @@ F = Flag
 #: be a timestamp PostgreSQL holds (4713 BC), or recording every run failed ('timestamp out
 #: of range'), and past 999,999,999 days Python's timedelta could not hold it at all.
 RUN_HISTORY_DAYS_MAX = 1_000_000
+#: Days of a cycle's emission window at most: a century is every order Tiny holds, and
+#: past about 740,000 days the window's first day is before the year 1 (no date).
+RECENT_DAYS_MAX = 36_500
 
 
 FLAGS: tuple[Flag, ...] = (
@@ -181,7 +184,8 @@ FLAGS: tuple[Flag, ...] = (
       metavar="N"),
     F("--open-statuses", "ASYNCSYNC_OPEN_STATUSES", CycleOptions, "open_statuses",
       status_codes, "status codes listed completely every cycle", metavar="CODES"),
-    F("--recent-days", "ASYNCSYNC_RECENT_DAYS", CycleOptions, "recent_days", integer(1),
+    F("--recent-days", "ASYNCSYNC_RECENT_DAYS", CycleOptions, "recent_days",
+      integer(1, RECENT_DAYS_MAX),
       "closed statuses are listed over this many recent days each cycle", metavar="DAYS"),
     F("--sweep-interval", "ASYNCSYNC_SWEEP_INTERVAL_S", CycleOptions, "sweep_interval_s",
       number(60), "seconds between complete listings of closed statuses", metavar="S"),
