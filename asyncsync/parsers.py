@@ -142,6 +142,8 @@ def status_codes(raw: str) -> tuple[int, ...]:
         raise ValueError(f"must be status codes like 0,1,2, got {raw!r}") from None
     if not codes or any(not 0 <= c <= 7 for c in codes):
         raise ValueError(f"must be status codes from 0 to 7, got {raw!r}")
+    if len(set(codes)) < len(codes):  # a status listed twice at once never completes
+        raise ValueError(f"must name each status code once, got {raw!r}")
     return codes
 
 

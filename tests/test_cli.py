@@ -183,6 +183,10 @@ async def test_health_judges_freshness_by_the_databases_clock(
         ({"ASYNCSYNC_FULL": "ture"}, "ASYNCSYNC_FULL must be true or false"),
         ({"TINY_RATE_LIMIT_PER_MINUTE": "fast"}, "TINY_RATE_LIMIT_PER_MINUTE must be a whole"),
         ({"ASYNCSYNC_OPEN_STATUSES": "0,9"}, "ASYNCSYNC_OPEN_STATUSES must be status codes"),
+        # A status named twice was listed twice at once: every run and every serve cycle
+        # ended 'interrupted' (exit 130), never ok.
+        ({"ASYNCSYNC_OPEN_STATUSES": "0,1,2,5,6,6"},
+         "ASYNCSYNC_OPEN_STATUSES must name each status code once, got '0,1,2,5,6,6'"),
         ({"DATABASE_URL": "postgresql://u:s3cret@h:notaport/db"}, "DATABASE_URL is not a valid"),
         ({"DATABASE_URL": "postgresql://u:s3cret@[::1/db"}, "DATABASE_URL is not a valid"),
         ({"DATABASE_URL": "mysql://u:s3cret@h/db"}, "DATABASE_URL must start with postgresql://"),
