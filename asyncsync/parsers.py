@@ -111,9 +111,18 @@ def choice(*allowed: str, fold: Callable[[str], str] = str.lower) -> Parser:
 
 
 def http_url(raw: str) -> str:
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(raw.strip())
+    except ValueError:  # an unclosed [IPv6 address
+        raise ValueError(f"must be an http(s) URL, got {raw!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http(s) URL, got {raw!r}")
+    try:
+        port = parts.port  # raises on a port that is not a number, or past 65535
+    except ValueError:
+        port = 0
+    if port == 0:  # aiohttp refused it at the first request (exit 5), authorize crashed
+        raise ValueError(f"must be an http(s) URL with a port from 1 to 65535, got {raw!r}")
     return raw.strip()
 
 

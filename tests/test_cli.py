@@ -242,6 +242,25 @@ def test_a_whole_number_past_what_it_can_mean_is_refused(argv, message) -> None:
     assert parse(["sync", "--rate-limit", "2147483647"], {}).common.tiny.rate_limit_per_minute
 
 
+@pytest.mark.parametrize("port", ["99999", "abc", "0"])
+def test_an_http_url_with_a_port_no_socket_has_is_refused(port) -> None:
+    """authorize ended in a traceback listening on such a redirect URI; a sync sent its
+    requests to such an API and exited 5, Tiny 'unavailable'."""
+    from asyncsync.flags import parse
+
+    url = f"http://127.0.0.1:{port}/x"
+    for argv, env in (
+        (["authorize"], {"TINY_REDIRECT_URI": url}),
+        (["sync", "--api-base-url", url], {}),
+        (["sync"], {"TINY_TOKEN_URL": url}),
+    ):
+        with pytest.raises(ConfigError, match=r"must be an http\(s\) URL with a port from 1 to"):
+            parse(argv, env)
+    with pytest.raises(ConfigError, match=r"^--auth-url must be an http\(s\) URL, got"):
+        parse(["authorize", "--auth-url", "http://[::1/auth"], {})  # was 'Invalid IPv6 URL'
+    assert parse(["sync", "--api-base-url", "http://[::1]:8080/v3"], {}).common.tiny.api_base_url
+
+
 def test_flags_win_over_the_environment_and_are_checked_alike() -> None:
     bad_flag = run_cli("--log-format", "yaml", env={"ASYNCSYNC_LOG_FORMAT": "json"})
     assert bad_flag.returncode == 2 and "--log-format must be one of" in bad_flag.stderr
