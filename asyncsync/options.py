@@ -340,6 +340,9 @@ class SimulateOptions:
     """``--mode simulate`` (its figures are in :class:`SimulatorOptions`)."""
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def load_bootstrap_tokens(
     path: Path, client_id: str | None, client_secret: str | None
 ) -> Credentials:
@@ -376,6 +379,10 @@ def load_bootstrap_tokens(
             raise ConfigError(f"token file {path}: unreadable expires_at {raw_exp!r}") from None
         if expires.tzinfo is None:
             expires = expires.replace(tzinfo=dt.UTC)
+    if expires is not None and expires < _EPOCH:
+        # Go's zero time (0001-01-01T00:00:00Z) says "unknown": no expiry to go by, so
+        # the access token is not used (its renewal, 5 minutes earlier, is no date).
+        expires = None
     access = data.get("access_token") if isinstance(data.get("access_token"), str) else None
     return Credentials(
         client_id=str(cid),

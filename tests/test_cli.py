@@ -131,6 +131,26 @@ def test_token_file_bootstraps_credentials(tmp_path, database_url: str) -> None:
     assert "Traceback" not in millis.stderr
 
 
+async def test_a_token_file_whose_expiry_is_gos_zero_time_bootstraps(
+    simulator, database_url, tmp_path
+) -> None:
+    """A tiny_token.json written by a Go tool says an unknown expiry as 0001-01-01: the
+    sync ended in a traceback (its renewal, 5 minutes earlier, is no date); now the
+    refresh token bootstraps and the access token is not used."""
+    sim = await simulator(orders=20)
+    path = tmp_path / "tiny_token.json"
+    path.write_text(
+        '{"client_id": "sim-client", "client_secret": "sim-secret", '
+        f'"refresh_token": "{sim.valid_refresh_token()}", "access_token": "t", '
+        '"expires_at": "0001-01-01T00:00:00Z"}'
+    )
+    env = {"TINY_API_BASE_URL": sim.base_url, "TINY_TOKEN_URL": sim.token_url,
+           "TINY_TOKEN_FILE": str(path), "TINY_RATE_LIMIT_PER_MINUTE": "60000"}  # fmt: skip
+    result = await asyncio.to_thread(run_cli, "sync", "--database-url", database_url, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_health_says_whether_the_mirror_is_fresh(database_url: str) -> None:
     never = run_cli("--mode", "health", "--database-url", database_url)
     assert never.returncode == 1 and "never been synced" in never.stdout
