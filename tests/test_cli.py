@@ -726,6 +726,38 @@ async def test_a_simulator_demo_leaves_a_real_accounts_tokens_and_mirror_alone(
     assert open_after == open_before, (demo.returncode, open_before, open_after)
 
 
+async def test_a_simulator_demo_refuses_an_account_of_the_accounts_table(
+    simulator, database_url
+) -> None:
+    """``--simulator`` with ``--account`` naming a row of the accounts table went where
+    the row said — the real Tiny account, its bootstrap refresh token spent — while it
+    logged the bundled simulator; the account was marked a demo's."""
+    import asyncio
+
+    real = await simulator(orders=20)
+    env = {"REAL_SECRET": real.config.client_secret,
+           "REAL_REFRESH": real.valid_refresh_token() or ""}  # fmt: skip
+    added = await asyncio.to_thread(
+        run_cli, "accounts", "add", "acme", "--database-url", database_url,
+        "--client-id", real.config.client_id, "--client-secret-env", "REAL_SECRET",
+        "--refresh-token-env", "REAL_REFRESH", "--api-base-url", real.base_url,
+        "--token-url", real.token_url, env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    demo = await asyncio.to_thread(
+        run_cli, "sync", "--account", "acme", "--simulator", "10", "--database-url",
+        database_url, env=env,
+    )  # fmt: skip
+    assert demo.returncode == 2, demo.stderr
+    assert "--simulator: account 'acme' is one of the accounts table" in demo.stderr
+    assert real.stats.requests_total == 0 and real.stats.token_refreshes == 0
+    conn = await asyncpg.connect(database_url)
+    try:  # not marked a demo's
+        assert await conn.fetchval("SELECT count(*) FROM sync_metadata") == 0
+    finally:
+        await conn.close()
+
+
 async def test_a_role_that_may_not_apply_the_schema_is_a_configuration_error(
     simulator, database_url, db
 ) -> None:

@@ -185,6 +185,12 @@ async def resolve_account(
     flags and environment (``legacy``: their credentials, or why there are none)."""
     config = await database.registry.get(common.account)
     if config is not None:
+        if common.simulator.orders:  # its row, not the simulator, said where to go
+            raise ConfigError(
+                f"--simulator: account {common.account!r} is one of the accounts table, "
+                f"reached at its own API ({config.api_base_url}), not the simulator; give "
+                "another --account"
+            )
         if not config.enabled:
             raise ConfigError(f"account {common.account!r} is disabled (asyncsync accounts "
                               "enable)")  # fmt: skip
