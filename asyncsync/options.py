@@ -275,8 +275,9 @@ class HealthOptions:
 class StatusOptions:
     """``asyncsync status``."""
 
-    all_accounts: bool = False
+    all_accounts: bool = False  # every account, a line each
     interval_s: float = 900.0  # the serve interval: fresh within three of them
+    full: bool = False  # with all_accounts: each account's tables, not a line each
 
 
 #: What ``asyncsync failures`` can do.

@@ -2,7 +2,8 @@
 status, the failures, the tokens and the run lock.
 
 The store reads an :class:`AccountStatus` in one go; ``asyncsync status`` renders it
-(:func:`status_dict` for ``--json``, :func:`render_status` for a terminal) and
+(:func:`status_dict` for ``--json``, :func:`render_status` for a terminal, or
+:func:`render_summary` a line an account with ``--all-accounts``) and
 :func:`observe_status` copies it into the Prometheus gauges, so the dashboard and the
 command say the same thing.
 """
@@ -265,6 +266,43 @@ def render_status(
     facts.append(["run lock", lock])
     parts.append(table(["", ""], facts, title="state", show_header=False))
     return Group(*parts)
+
+
+def render_summary(
+    states: Sequence[AccountStatus], interval_s: float, not_served: Mapping[str, str]
+) -> RenderableType:
+    """Many accounts for a terminal, a line each (``status --all-accounts``): what an
+    operator scans 60 accounts for; ``--full`` shows each one's :func:`render_status`.
+    ``not_served``: account -> why no worker keeps it fresh (``disabled``, ``removed``)."""
+    if not states:
+        return Text("no account in the database yet")
+    rows: list[list[object]] = []
+    for status in states:
+        state = "fresh" if status.fresh(interval_s) else Text("STALE", "bold red")
+        sync = status.last_runs.get("sync")  # a one-shot sync's or a serve cycle's
+        holder = status.lock_holder
+        rows.append([
+            status.account,
+            not_served.get(status.account) or state,
+            "never" if sync is None
+            else f"{sync.outcome}, {_ago(_age_s(status.as_of, sync.finished_at))}",
+            sum(status.orders_by_status.values()),
+            status.detail_backlog,
+            status.failures.pending,
+            status.failures.manual_review,
+            status.quota_per_minute,
+            "free" if holder is None else holder.removeprefix("asyncsync "),
+        ])  # fmt: skip
+    served = [s for s in states if s.account not in not_served]
+    fresh = sum(s.fresh(interval_s) for s in served)
+    return table(
+        ["account", "state", "last sync", "orders", "backlog", "retry", "review", "quota",
+         "lock"],
+        rows,
+        title=f"{len(states)} account{'' if len(states) == 1 else 's'}: {fresh} fresh, "
+        f"{len(served) - fresh} STALE, {len(states) - len(served)} not served "
+        "(--full: each one's tables)",
+    )  # fmt: skip
 
 
 def _minute(moment: dt.datetime | None) -> str:

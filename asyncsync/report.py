@@ -353,7 +353,9 @@ def _numeric(rows: Sequence[Sequence[object]], i: int) -> bool:
     )
 
 
-def _fmt(value: object) -> str:
+def _fmt(value: object) -> str | Text:
+    if isinstance(value, Text):  # styled already (a STALE account in red)
+        return value
     if value is None:
         return "-"
     if isinstance(value, bool):

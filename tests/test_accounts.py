@@ -141,7 +141,9 @@ async def test_status_of_every_account_says_which_are_not_served(
 ) -> None:
     """A disabled or removed account (its mirror and history kept) is no worker's to keep
     fresh: ``status --all-accounts`` says so, and does not exit 1 for ever once it is stale
-    (it showed as any other account, in red, and every check of the command failed)."""
+    (it showed as any other account, in red, and every check of the command failed). On a
+    terminal it prints a line an account (it printed each one's 35 lines: 2,000 at 60
+    accounts); ``--full`` prints each one's tables."""
     sims = {
         key: await simulator(orders=20, seed=n) for n, key in enumerate(("east", "north", "south"))
     }
@@ -162,10 +164,27 @@ async def test_status_of_every_account_says_which_are_not_served(
         "east": (True, True), "north": (False, False), "south": (False, False),
     }  # fmt: skip
     assert (shown["north"]["not_served"], shown["south"]["not_served"]) == ("disabled", "removed")
-    code, out, _ = await cli(*status, "--log-format", "text", env={"COLUMNS": "100"})
+    # On a terminal, a line an account (60 accounts printed 35 lines each), then the queue.
+    code, out, _ = await cli(*status, "--log-format", "text")
+    assert code == 0, out
+    for key, state in (("east", "fresh"), ("north", "disabled"), ("south", "removed")):
+        [line] = [line for line in out.splitlines() if key in line]
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        assert cells[:2] == [key, state] and cells[2].startswith("ok, "), out
+        quota = f"{sims[key].config.rate_limit_per_minute:,}"
+        assert cells[3:] == ["20", "0", "0", "0", quota, "free"], out  # orders ... lock
+    assert "3 accounts: 1 fresh, 0 STALE, 2 not served" in out and "work queue" in out
+    assert "account east —" not in out and "last run of each mode" not in out
+    # --full: each account's tables, as before.
+    code, out, _ = await cli(*status, "--full", "--log-format", "text")
     assert code == 0 and "account north — disabled" in out and "account south — removed" in out
+    assert out.count("last run of each mode") == 3
     await db.execute("UPDATE sync_metadata SET updated_at = now() - interval '2 days'")
-    assert (await cli(*status))[0] == 1  # a served account stale: exit 1, as before
+    code, out, _ = await cli(*status, "--log-format", "text")
+    assert code == 1, out  # a served account stale: exit 1, as before
+    assert "3 accounts: 0 fresh, 1 STALE, 2 not served" in out
+    [line] = [line for line in out.splitlines() if "east" in line]
+    assert line.split("│")[2].strip() == "STALE", out
 
 
 async def test_accounts_add_refuses_what_it_cannot_keep(database_url, db, tmp_path) -> None:
@@ -348,7 +367,7 @@ async def test_a_json_report_file_of_every_account_keeps_every_accounts_report(
     code, out, err = await cli("status", "--all-accounts", "--database-url", database_url,
                                "--json", str(status), "--log-format", "text")  # fmt: skip
     assert code == 0, err
-    assert "account north" in out  # the tables, for the person at the terminal
+    assert "│ north " in out and "│ south " in out  # the table, for the person at the terminal
     shown = json.loads(status.read_text())
     assert [a["account"] for a in shown["accounts"]] == ["north", "south"]
     listed = tmp_path / "accounts.json"

@@ -299,6 +299,8 @@ def test_help_is_grouped_by_mode_and_version_is_shown() -> None:
     # has it (--all-accounts: health's, and one-shot runs' and status's).
     assert "health: every enabled account of the accounts table" in everything
     assert "also for one-shot runs, status (see MODE --help)" in everything
+    # --full: status's has a variable of its own (sync's would force a full sync), named.
+    assert "also for status (its variable ASYNCSYNC_STATUS_FULL)" in everything
     backfill = run_cli("backfill", "--help").stdout
     assert "--from" in backfill and "--full" not in backfill and "--deep" not in backfill
     assert "(default: 5)" in " ".join(backfill.split())  # --partitions: stated once, shown

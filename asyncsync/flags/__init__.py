@@ -111,9 +111,10 @@ def build_parser(mode: str | None) -> argparse.ArgumentParser:
 
 def _shared(flag: Flag, groups: list[type]) -> Flag:
     """``flag``, its help saying which other groups shown have a flag of that name (each
-    mode's own ``--help`` tells what it means there)."""
+    mode's own ``--help`` tells what it means there), and their variable when it is not
+    this one's (status's ``--full``: a full sync's variable must not reach it)."""
     others = [
-        TITLES[f.target]
+        TITLES[f.target] + ("" if f.env == flag.env else f" (its variable {f.env})")
         for f in FLAGS
         if f.flag == flag.flag and f.target is not flag.target and f.target in groups
     ]

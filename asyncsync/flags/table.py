@@ -245,7 +245,10 @@ FLAGS: tuple[Flag, ...] = (
       number(1), "seconds to wait for the person to authorize", metavar="S"),
     # status
     F("--all-accounts", "ASYNCSYNC_ALL_ACCOUNTS", StatusOptions, "all_accounts", boolean,
-      "every account in the database, not only --account", boolean=True),
+      "every account in the database, not only --account: a line each", boolean=True),
+    F("--full", "ASYNCSYNC_STATUS_FULL", StatusOptions, "full", boolean,
+      "with --all-accounts: each account's tables, as --account shows one, not a line "
+      "each", boolean=True),
     F("--interval", "ASYNCSYNC_INTERVAL_S", StatusOptions, "interval_s", number(1),
       "the serve interval: fresh when synced within three of them (at least an hour)",
       metavar="S"),

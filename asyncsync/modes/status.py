@@ -4,9 +4,11 @@ failures waiting and left for a person, token ages, the quota seen, who holds th
 (a worker, while it runs the account's units) — and the work queue: units queued, due
 later and running, by kind.
 
-Tables on a terminal, one JSON document with ``--json`` (or JSON logs). Reads the
-database only: no Tiny credentials needed. Exit 0, or 1 when an account is stale (one
-disabled or removed, that no worker keeps fresh, is shown as such and not counted).
+Tables on a terminal (``--all-accounts``: a line an account, each one's tables with
+``--full``), one JSON document with ``--json`` (or JSON logs), whole whatever the flags.
+Reads the database only: no Tiny credentials needed. Exit 0, or 1 when an account is
+stale (one disabled or removed, that no worker keeps fresh, is shown as such and not
+counted).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..clock import iso, utcnow
 from ..errors import DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, StatusOptions
-from ..overview import render_status, status_dict
+from ..overview import render_status, render_summary, status_dict
 from ..report import table
 from ..runtime import database_of
 from ..seams import QueueCount, WorkQueue
@@ -51,9 +53,11 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
         "accounts": [status_dict(s, options.interval_s, unserved.get(s.account)) for s in states],
         "queue": [c.as_dict() for c in queue],
     }
-    parts: list[RenderableType] = [
-        render_status(s, options.interval_s, unserved.get(s.account)) for s in states
-    ]
+    parts: list[RenderableType] = (
+        [render_summary(states, options.interval_s, unserved)]
+        if options.all_accounts and not options.full
+        else [render_status(s, options.interval_s, unserved.get(s.account)) for s in states]
+    )
     parts.append(render_queue(queue, "every account" if options.all_accounts else common.account))
     show(Group(*parts), data, common)
     served = [s for s in states if s.account not in unserved]
