@@ -17,8 +17,13 @@ from .options import ACCOUNT_KEY
 Parser = Callable[[str], object]
 
 
-def text(raw: str) -> str:
-    return raw
+def credential(raw: str) -> str:
+    """A client id, secret or token: without the spaces and the newline a secret file or a
+    Kubernetes secret often ends with (Tiny refuses a secret that carries one)."""
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
 
 
 def host(raw: str) -> str:

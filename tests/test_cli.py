@@ -366,6 +366,23 @@ def test_metrics_listen_on_loopback_unless_told() -> None:
         parse(["serve", "--metrics-host", ""], {})
 
 
+def test_spaces_around_an_environment_value_are_no_part_of_it() -> None:
+    from asyncsync.flags import parse
+
+    # A secret mounted from a file or a Kubernetes secret ends with a newline; Tiny
+    # refuses the client with it. Spaces only are unset, as an empty variable is (they
+    # were an error for a number, and a client id for TINY_CLIENT_ID); so is the mode.
+    environ = {"TINY_CLIENT_ID": " app ", "TINY_CLIENT_SECRET": "s3cret\n",
+               "TINY_REFRESH_TOKEN": "  ", "ASYNCSYNC_INTERVAL_S": " ",
+               "ASYNCSYNC_MODE": " serve\n"}  # fmt: skip
+    invocation = parse([], environ)
+    tiny = invocation.common.tiny
+    assert invocation.mode == "serve" and invocation.options.interval_s == 900.0
+    assert (tiny.client_id, tiny.client_secret, tiny.refresh_token) == ("app", "s3cret", None)
+    with pytest.raises(ConfigError, match="--client-secret must not be empty"):
+        parse(["sync", "--client-secret", " "], {})
+
+
 def test_the_image_refuses_an_embedded_database() -> None:
     from asyncsync.store.database import embedded_refusal
 

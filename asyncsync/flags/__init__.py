@@ -145,11 +145,11 @@ def pick_mode(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str | No
             raise ConfigError(f"two modes given: {named[0]} (the mode word) and {flagged} "
                               "(--mode); give one")  # fmt: skip
         named = (flagged, "--mode")
-    if named is None and environ.get("ASYNCSYNC_MODE"):
+    if named is None and environ.get("ASYNCSYNC_MODE", "").strip():
         named = (environ["ASYNCSYNC_MODE"], "ASYNCSYNC_MODE")
     if named is None:
         return None, rest
-    value, source = named
+    value, source = named[0].strip(), named[1]
     if value not in MODES:
         raise ConfigError(f"{source} must be one of {', '.join(MODES)}, got {value!r}")
     return value, rest
@@ -179,8 +179,8 @@ def read_values(
         # parser's name ("accounts-action").
         named = f"the {flag.field.replace('_', ' ')}" if flag.positional else flag.flag
         source, raw = (named, given) if given is not None else (flag.env, environ.get(flag.env))
-        if raw is None or (raw == "" and source == flag.env):
-            continue  # unset, or set to nothing: the default
+        if raw is None or (not raw.strip() and source == flag.env):
+            continue  # unset, or set to nothing (or spaces only): the default
         try:
             values[(flag.target, flag.field)] = flag.parse(raw)
         except ValueError as exc:
