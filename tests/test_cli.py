@@ -769,6 +769,12 @@ async def test_a_simulator_demo_refuses_an_account_of_the_accounts_table(
     )  # fmt: skip
     assert demo.returncode == 2, demo.stderr
     assert "--simulator: account 'acme' is one of the accounts table" in demo.stderr
+    served = await asyncio.to_thread(  # serve's demo served the table's accounts so
+        run_cli, "serve", "--simulator", "10", "--interval", "1", "--database-url",
+        database_url, env=env,
+    )  # fmt: skip
+    assert served.returncode == 2, served.stderr
+    assert "--simulator: the accounts table has rows" in served.stderr
     assert real.stats.requests_total == 0 and real.stats.token_refreshes == 0
     conn = await asyncpg.connect(database_url)
     try:  # not marked a demo's

@@ -294,6 +294,9 @@ async def open_fleet(common: CommonOptions, options: ServeOptions) -> AsyncItera
         if await database.registry.none():
             _check_legacy(common)
             await claim_for_the_run(common, database.account(common.account))
+        elif common.simulator.orders:  # the rows, not the simulator, say where to go
+            raise ConfigError("--simulator: the accounts table has rows, served at their "
+                              "own APIs, not the simulator; demo in another database")  # fmt: skip
         connector = aiohttp.TCPConnector(
             limit=max(100, options.slots * common.tiny.max_concurrency)
         )
