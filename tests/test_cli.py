@@ -634,6 +634,22 @@ def test_serve_refuses_a_pool_too_small_to_work_with(database_url: str) -> None:
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
 
+def test_a_worker_whose_slots_background_units_can_fill_says_so() -> None:
+    taken = socket.socket()  # a metrics port in use: serve exits 2 once it has started
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = str(taken.getsockname()[1])
+    base = ("serve", "--database-url", "postgresql://u@127.0.0.1:1/x", "--metrics-port", port)
+    try:
+        warned = run_cli(*base, "--slots", "4", "--background-slots", "2")
+        quiet = run_cli(*base, "--slots", "5", "--background-slots", "2")
+    finally:
+        taken.close()
+    assert warned.returncode == quiet.returncode == 2, (warned.stderr, quiet.stderr)
+    assert warned.stderr.count("--slots 4 is not above twice --background-slots 2") == 1
+    assert "twice --background-slots" not in quiet.stderr, quiet.stderr
+
+
 def test_a_metrics_textfile_that_cannot_be_written_is_refused_before_the_run(tmp_path) -> None:
     # --textfile /var/lib/node_exporter (the collector's folder, not a file in it): the
     # run went on, exited 0, and only a log line said the metrics were never written.

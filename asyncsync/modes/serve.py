@@ -85,6 +85,12 @@ def check(common: CommonOptions) -> None:
 async def run(common: CommonOptions, options: ServeOptions, stop: asyncio.Event) -> int:
     """Entry point of ``--mode serve``."""
     check(common)
+    if options.slots <= 2 * options.background_slots:
+        log.warning(
+            "--slots %d is not above twice --background-slots %d: backfill months and "
+            "integrity checks can fill every slot of this worker, and cycles wait for "
+            "another worker (or for them to end)", options.slots, options.background_slots,
+        )  # fmt: skip
     readiness = Readiness()
     async with contextlib.AsyncExitStack() as stack:
         if options.metrics_port is not None:  # first: health answers while the db is away
