@@ -352,6 +352,20 @@ def test_a_mode_word_and_another_mode_flag_are_refused() -> None:
     assert parse(["status", "--mode=status"], {}).mode == "status"
     assert parse(["status"], {"ASYNCSYNC_MODE": "sync"}).mode == "status"  # the word wins
     assert parse(["--mode", "migrate"], {}).mode == "migrate"
+    for argv in (["--mode", "--database-url", "x"], ["sync", "--mode"]):  # a flag is no mode
+        with pytest.raises(ConfigError, match="--mode needs a mode: one of sync"):
+            parse(argv, {})
+
+
+def test_words_a_listing_does_not_take_are_refused_not_ignored() -> None:
+    nowhere = ("--database-url", "postgresql://u@127.0.0.1:1/x")
+    for argv, message in [
+        (("failures", "list", "5"), "failures list takes no order ids (--limit N"),
+        (("accounts", "list", "acme"), "accounts list takes no key"),
+        (("sync", "--max-answer-mb", "1e-9"), "--max-answer-mb must be ≥ 0.01"),
+    ]:  # each listed everything (or said 'over the 0-byte cap'), exit 0
+        result = run_cli(*argv, *nowhere)
+        assert result.returncode == 2 and message in result.stderr, (argv, result.stderr)
 
 
 def test_metrics_listen_on_loopback_unless_told() -> None:

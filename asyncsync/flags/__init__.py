@@ -132,7 +132,9 @@ def pick_mode(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str | No
         named = (rest.pop(0), "the mode")
     flagged: str | None = None
     for i, arg in enumerate(rest):
-        if arg == "--mode" and i + 1 < len(rest):
+        if arg == "--mode":
+            if i + 1 == len(rest) or rest[i + 1].startswith("-"):
+                raise ConfigError(f"--mode needs a mode: one of {', '.join(MODES)}")
             flagged = rest[i + 1]
             del rest[i : i + 2]
             break

@@ -142,7 +142,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--breaker-cooldown", "TINY_BREAKER_COOLDOWN_S", TinyOptions, "breaker_cooldown_s",
       number(1), "seconds without requests once Tiny is down", metavar="S"),
     F("--max-answer-mb", "TINY_MAX_ANSWER_MB", TinyOptions, "max_answer_mb",
-      number(0, strict=True), "answers larger than this are refused unread", metavar="MB"),
+      number(0.01), "answers larger than this are refused unread (at least 0.01: 10 kB)",
+      metavar="MB"),
     # bundled simulator
     F("--simulator", "ASYNCSYNC_SIMULATOR_ORDERS", SimulatorOptions, "orders", integer(1),
       "run against the bundled Tiny simulator with this many orders", metavar="N"),

@@ -49,6 +49,8 @@ async def run(
     """List, retry or ignore; ``retry`` returns its run report."""
     if options.action == "retry":
         return await _retry(common, options, stop)
+    if options.action == "list" and options.ids:  # `failures list 5` listed them all
+        raise ConfigError("failures list takes no order ids (--limit N: the first N)")
     targets = _targets(options) if options.action == "ignore" else None
     async with database_of(common) as database:
         failures = database.account(common.account).failures
