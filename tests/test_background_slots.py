@@ -302,3 +302,11 @@ async def test_a_workers_next_unit_of_an_account_keeps_the_pace_tiny_announced(
         async with fleet.lease("acme") as leased:  # the next unit, before any request
             assert leased.runtime.client is not client
             assert leased.runtime.client.api_stats().quota_per_minute == 600
+            client = leased.runtime.client
+        # The account's row now points at another API: its quota and whether it is down
+        # are that API's (they were the first one's: a circuit opened by its outage held).
+        elsewhere = await simulator(orders=20, seed=11, rate_limit_per_minute=300)
+        await register(fleet.database.registry, {"acme": elsewhere}, monkeypatch)
+        async with fleet.lease("acme") as leased:
+            assert leased.runtime.client.api_stats().quota_per_minute == 120
+            assert leased.runtime.client.breaker is not client.breaker

@@ -17,9 +17,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import aiohttp
 
@@ -92,8 +93,8 @@ class Fleet:
         # Each account's circuit outlives the runtime of its units: a cycle that a Tiny
         # outage ended is followed, at the cool-down's end, by one probe request, not by
         # a fresh client's burst, and /readyz's "tiny" says what the circuit says.
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self._limiters: dict[str, tuple[tuple[int | None, int, float], AccountLimiter]] = {}
+        self._breakers: dict[str, tuple[Hashable, CircuitBreaker]] = {}
+        self._limiters: dict[str, tuple[Hashable, AccountLimiter]] = {}
         # The status of accounts read lately (monotonic time of the read, the status, and
         # how many times the account's units had ended here when the read began).
         self._read: dict[str, tuple[float, AccountStatus, int]] = {}
@@ -253,25 +254,35 @@ class Fleet:
             account, open_statuses=self._open_statuses, fence=self._leases.fence(account)
         )
         await claim_for_the_run(common, store)
-        breaker = self._breakers.get(account)
-        if breaker is None:
-            breaker = self._breakers[account] = new_breaker(account, tiny)
-        # The quota Tiny announced and what is left of its window outlive a unit: a new
-        # limiter's first request goes out blind (a 429, when the unit before spent the
-        # window). A new one when the account's pacing settings changed.
-        shape = (tiny.rate_limit_per_minute, tiny.max_concurrency, tiny.quota_share)
-        kept = self._limiters.get(account)
-        if kept is None or kept[0] != shape:
-            kept = self._limiters[account] = (shape, new_limiter(account, tiny))
+        # Whether Tiny is down, the quota it announced and what is left of its window
+        # outlive a unit: a new limiter's first request goes out blind (a 429, when the
+        # unit before spent the window). New ones when the account's row points at
+        # another API, and a new limiter when its pacing settings changed.
+        where = tiny.api_base_url
+        breaker = _kept(self._breakers, account, where, lambda: new_breaker(account, tiny))
+        shape = (where, tiny.rate_limit_per_minute, tiny.max_concurrency, tiny.quota_share)
+        limiter = _kept(self._limiters, account, shape, lambda: new_limiter(account, tiny))
         client = make_client(
             self._session, account, tiny, credentials, store.tokens, common.database.rescue_dir,
-            breaker, kept[1],
+            breaker, limiter,
         )  # fmt: skip
         runtime_common = CommonOptions(
             account=account, database=common.database, tiny=tiny,
             simulator=common.simulator, output=common.output, run=common.run,
         )  # fmt: skip
         return Runtime(common=runtime_common, database=self._database, store=store, client=client)
+
+
+T = TypeVar("T")
+
+
+def _kept(kept: dict[str, tuple[Hashable, T]], account: str, key: Hashable,
+          make: Callable[[], T]) -> T:  # fmt: skip
+    """``account``'s object in ``kept`` while made for ``key``, else a new one made so."""
+    held = kept.get(account)
+    if held is None or held[0] != key:
+        held = kept[account] = (key, make())
+    return held[1]
 
 
 @asynccontextmanager
