@@ -136,6 +136,22 @@ async def test_an_account_disabled_or_removed_while_its_unit_runs_stops_within_s
     assert cycles > 0 and set(await mirror(db, "small")) == set(small.snapshot())
 
 
+async def test_a_worker_whose_last_account_is_removed_serves_no_other(
+    simulator, database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table emptied, a worker took the flags' account (`default`, with whatever
+    credentials its environment holds) for the single-account install and planned its
+    units. Once the table has had rows, an emptied one serves nothing."""
+    sim = await simulator(orders=20, seed=8)
+    options = ServeOptions(interval_s=1, slots=4, heartbeat_s=10, integrity_interval_s=0)
+    async with open_fleet(common_for(sim, database_url), options) as fleet:
+        await register(fleet.database.registry, {"only": sim}, monkeypatch)
+        assert [key for key, _ in await fleet.plan()] == ["only"]
+        assert await fleet.database.registry.remove("only")
+        assert await fleet.plan() == []
+        assert not await fleet.serves("default") and not await fleet.single()
+
+
 async def test_status_of_every_account_says_which_are_not_served(
     simulator, database_url, db
 ) -> None:

@@ -93,6 +93,7 @@ class Fleet:
         # Each account's circuit outlives the runtime of its units: a cycle that a Tiny
         # outage ended is followed, at the cool-down's end, by one probe request, not by
         # a fresh client's burst, and /readyz's "tiny" says what the circuit says.
+        self._tabled = False  # the accounts table has had rows while this worker ran
         self._breakers: dict[str, tuple[Hashable, CircuitBreaker]] = {}
         self._limiters: dict[str, tuple[Hashable, AccountLimiter]] = {}
         # The status of accounts read lately (monotonic time of the read, the status, and
@@ -107,7 +108,12 @@ class Fleet:
     async def single(self) -> bool:
         if self._pinned is not None:
             return True
-        return await self._database.registry.none()
+        if self._tabled:
+            return False
+        # Once the table has had rows, an emptied one serves nothing: the flags' account
+        # (`default`, with whatever credentials the environment holds) was served instead.
+        self._tabled = not await self._database.registry.none()
+        return not self._tabled
 
     async def _legacy(self) -> str | None:
         """The account of the flags and environment, when the table has no row."""
