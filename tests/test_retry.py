@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
+
 from asyncsync.clock import utcnow
 from asyncsync.jobs.retry import DEFAULT_POLICY, retry_due
 from asyncsync.options import ServeOptions
@@ -269,10 +271,14 @@ async def test_a_failure_at_manual_review_fixed_in_tiny_is_resolved(
     assert check.findings["manual_review"] == [] and check.exit_code == 0
 
 
-async def test_a_cycle_retries_no_more_than_its_detail_budget(simulator, runtime_for, db) -> None:
+@pytest.mark.parametrize("budget", [40, 0])
+async def test_a_cycle_retries_no_more_than_its_detail_budget(
+    simulator, runtime_for, db, budget
+) -> None:
     """A serve cycle's retries keep to the cycle's detail budget: thousands due at once,
     against a quota lower than that demand, must not hold the account for hours; the rest
-    stays due for the next cycle, and the report says so."""
+    stays due for the next cycle, and the report says so. A budget of 0 asks none (it
+    asked one a cycle)."""
     sim = await simulator(orders=600, seed=21)
     # Closed orders emitted long ago: no listing of the cycle shows them (they wait for the
     # daily sweep), so only the retries touch them.
@@ -281,7 +287,7 @@ async def test_a_cycle_retries_no_more_than_its_detail_budget(simulator, runtime
     gone = sorted(i for i, o in sim.orders.items() if o.situacao in closed and o.data < old)
     gone = gone[:300]
     assert len(gone) == 300
-    options = ServeOptions(interval_s=900, cycle=helpers.cycle(detail_budget=40))
+    options = ServeOptions(interval_s=900, cycle=helpers.cycle(detail_budget=budget))
     async with runtime_for(sim, max_retries=2) as rt:
         await helpers.full_sync(rt)
         # Their details failed five minutes ago (Tiny answered garbage for a while): due now.
@@ -292,7 +298,7 @@ async def test_a_cycle_retries_no_more_than_its_detail_budget(simulator, runtime
         details = sim.stats.requests_by_endpoint["detail"]
         _sync, retry = await serve_cycle(rt, options, asyncio.Event())
         asked = sim.stats.requests_by_endpoint["detail"] - details
-    assert asked <= 40, f"one cycle asked {asked} details; its budget is 40"
+    assert asked <= budget, f"one cycle asked {asked} details; its budget is {budget}"
     assert len(retry.findings["resolved"]) == asked
     # What the budget left is still due, and the report counts it.
     assert retry.count("still_due") == 300 - asked

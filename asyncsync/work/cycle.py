@@ -66,9 +66,10 @@ async def cycle(rt: AccountRuntime, options: ServeOptions, stop: asyncio.Event) 
     if not stop.is_set():
         # The retries share the cycle's detail budget (a tenth of it at least, so they
         # never starve behind a long backlog): thousands due at once must not hold the
-        # account for hours; the rest stay due for the next cycle.
+        # account for hours; the rest stay due for the next cycle. A budget of 0 asks no
+        # detail, retries included.
         spent = reports[0].api.requests.get("detail", 0)
-        retry_budget = max(budget - spent, budget // 10, 1)
+        retry_budget = max(budget - spent, budget // 10, min(budget, 1))
         reports.append(
             await retry_due(rt.client, store.orders, store.failures, ctx, budget=retry_budget)
         )
