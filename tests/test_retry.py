@@ -334,3 +334,51 @@ async def test_a_detail_that_fails_now_and_then_is_retried_each_time(
             assert report.findings["resolved"] == [victim], (episode, dict(row))
             assert report.findings["manual_review"] == []
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_failure_whose_order_was_deleted_in_tiny_is_not_left_for_review(
+    simulator, runtime_for, db
+) -> None:
+    """An order deleted in Tiny while its failure was open answers 404 to every retry: it
+    is gone, not a persistent failure. Counted as attempts, it sat at manual review for
+    good (retry exit 1 at every run), and one the mirror lacks (its list item broken) was
+    still counted by the integrity pre-check in its listed status, which the API no longer
+    counted: every integrity run was a full comparison, for ever."""
+    sim: TinySimulator = await simulator(orders=60, seed=3)
+    closed = (Situacao.FINALIZADA, Situacao.NAO_APROVADA, Situacao.CANCELADA)
+    open_orders = [i for i, o in sorted(sim.orders.items()) if o.situacao not in closed]
+    absent, held = open_orders[0], open_orders[1]
+    render = sim._renderer.list_item
+
+    def listed(order):  # its list item carries a date no parser reads: never in the mirror
+        item = render(order)
+        if order.id == absent:
+            item["data"] = "31/02/2020x"
+        return item
+
+    sim._renderer.list_item = listed  # type: ignore[method-assign]
+    sim.fail_detail.update({absent: "malformed", held: "malformed"})
+    now = utcnow()
+    async with runtime_for(sim, max_retries=2) as rt:
+        await full_sync(rt)
+        assert sorted(await failures(db)) == sorted([absent, held])
+        sim.delete_order(absent)
+        sim.delete_order(held)
+        sim.fail_detail.clear()
+        now += dt.timedelta(hours=1)
+        report = await helpers.retry(rt, now=now)
+        assert report.findings["gone"] == sorted([absent, held])
+        assert report.findings["failed_again"] == [] and report.findings["manual_review"] == []
+        assert report.exit_code == 0 and "deleted in Tiny" in render_text(report)
+        for _ in range(5):  # nothing more to ask
+            now += dt.timedelta(hours=1)
+            report = await helpers.retry(rt, now=now)
+            assert report.count("due") == 0 and report.exit_code == 0
+        before = sim.stats.requests_total
+        check = await helpers.integrity(rt, at=now)
+        assert (check.facts["method"], check.exit_code) == ("pre-check", 0)
+        assert sim.stats.requests_total - before <= 8
+    state = await failures(db)
+    assert state[absent][1] and state[held][1]  # resolved: nothing left to import
+    # The row the mirror held is flagged, as a sync or an integrity check flags a 404.
+    assert await db.fetchval("SELECT possibly_deleted FROM ordens_servico WHERE id = $1", held)

@@ -4,7 +4,10 @@ An ``import_failures`` row is due again ``base_s × factor^(tentativas−1)`` af
 attempt (30 s, 2 min, 8 min, 32 min), for at most ``max_attempts`` attempts in total.
 After that it stays, open, and is reported for a person to look at ("manual review" is
 derived, ``tentativas >= max_attempts AND NOT resolvido``, so no schema change is needed);
-so is a record that came without an id, which no request can fetch.
+so is a record that came without an id, which no request can fetch. An order whose detail
+answers 404 was deleted in Tiny: nothing is left to import, so its failure is resolved
+and its mirror row, if any, flagged ``possibly_deleted`` (as a sync or an integrity check
+flags a 404), not counted as an attempt towards manual review.
 
 Every timestamp comes from the caller's clock, never from the database's, so the schedule
 can be tested without waiting.
@@ -89,6 +92,7 @@ async def retry_due(
     unavailable: list[int] = []
     failed_again: list[int] = []
     exhausted: list[int] = []
+    gone: list[int] = []
     tried: set[int] = set()
     while not ctx.stop.is_set():
         room = chunk if budget is None else min(chunk, budget - len(tried))
@@ -102,12 +106,17 @@ async def retry_due(
         tried.update(asked)
         out = await unwrap(fetch_details(source, asked, concurrency=ctx.concurrency, stop=ctx.stop))
         parsed, failed = split_outcome(out)
+        # 404: deleted in Tiny. Not a failed attempt: nothing is left to import.
+        deleted = set(out.missing)
+        failed = [f for f in failed if f.order_id not in deleted]
         mirrored = {r.id_ordem for r in rows if r.in_mirror}
         records, details, unbuilt = orders_from_details(out, parsed, mirrored)
         failed += unbuilt
         merged = await sink.merge_listed(records, attempt=True)
-        merged = merged + await sink.merge_details(details, attempt=True)
+        merged = merged + await sink.merge_details(details, missing=deleted, attempt=True)
         await failures.record(failed, now=now, counts_as_attempt=True)
+        await failures.resolve(sorted(deleted), now=now)
+        gone += sorted(deleted)
         # What PostgreSQL still refuses failed this attempt too (the merge counted it).
         failed += merged.refused
         refused = {f.order_id for f in merged.refused}
@@ -142,6 +151,7 @@ async def retry_due(
             "unavailable": unavailable,
             "failed_again": failed_again,
             "exhausted": exhausted,
+            "gone": gone,
             "manual_review": [m.id_ordem for m in review],
         },
         api=source.api_stats().since(api_before),

@@ -382,6 +382,10 @@ class FailureLog(Protocol):
 
     async def manual_review(self, policy: RetryPolicy) -> list[ManualReview]: ...
 
+    async def resolve(self, ids: Collection[int], *, now: dt.datetime) -> None:
+        """Resolve the open failures of ``ids`` at ``now``: nothing is left to import."""
+        ...
+
 
 class IntegrityStore(Protocol):
     """What an integrity run asks of the mirror."""
