@@ -36,10 +36,14 @@ async def upsert(
 ) -> list[int]:
     """Write ``failures`` in one statement; returns the ids whose row was written (the
     caller counts them, :func:`count`, once they are committed). ``listed``: list items a
-    listing read (failure_upsert.sql)."""
+    listing read (failure_upsert.sql); their open rows take the newest item first, not
+    counted as written (failure_relisted.sql)."""
     if not failures:
         return []
     latest = {f.order_id: f for f in failures}  # one row per id and statement
+    if listed:  # open rows keep the list item Tiny shows now (failure_relisted.sql)
+        raws = [f.raw for f in latest.values()]
+        await conn.execute(sql("failure_relisted"), account, list(latest), raws)
     rows = await conn.fetch(
         sql("failure_upsert"),
         account,

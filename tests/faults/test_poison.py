@@ -372,3 +372,48 @@ async def test_a_failure_whose_listed_status_no_int_holds_stops_no_run(
         check = await integrity(rt)
     assert cycle.outcome == "ok" and check.outcome != "failed"
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+@pytest.mark.parametrize("first", ["cycle", "integrity", "retry"])
+async def test_a_broken_record_that_moves_is_counted_in_its_new_status(
+    first, simulator, runtime_for, db
+) -> None:
+    """An order the mirror lacks (its list item never parses, its detail neither) that moves
+    in Tiny, 6 → 7: its open failure kept the status of the listing that recorded it
+    (a listing left an open row as it was), so the mirror's count of what it knows had one
+    too many in 6 and one too few in 7 for as long as the failure stayed open — status 7
+    listed whole again at every cycle (35 requests, not 3) and every integrity check a full
+    comparison. Whatever wrote the row: a cycle's listing, an integrity check, a retry."""
+    sim = await simulator(orders=400, seed=61, max_limit=20)
+    victim = next(i for i, o in sorted(sim.orders.items()) if o.situacao == Situacao.EM_ANDAMENTO)
+    render = sim._renderer.list_item
+
+    def listed(order):  # a date no parser reads
+        item = render(order)
+        if order.id == victim:
+            item["data"] = "31/02/2020x"
+        return item
+
+    sim._renderer.list_item = listed  # type: ignore[method-assign]
+    sim.fail_detail[victim] = "malformed"
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **QUIET_CYCLE)
+        if first == "integrity":
+            await db.execute("DELETE FROM import_failures")
+            assert (await integrity(rt)).findings["unreadable"] == [victim]
+        elif first == "retry":
+            later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+            assert (await retry(rt, now=later)).findings["failed_again"] == [victim]
+    sim.set_status(victim, Situacao.CANCELADA)
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **QUIET_CYCLE)  # sees the move
+        for _ in range(2):
+            before = sim.stats.list_requests_by_status[7]
+            quiet = await incremental_sync(rt, **QUIET_CYCLE)
+            assert sim.stats.list_requests_by_status[7] - before <= 3, quiet.counts
+            assert quiet.count("relisted") == 0
+        check = await integrity(rt)
+    assert check.facts["method"] == "pre-check", check.by_status
+    row = await db.fetchrow("SELECT tentativas, resolvido FROM import_failures WHERE id_ordem = $1",
+                            victim)  # fmt: skip
+    assert not row["resolvido"] and row["tentativas"] == (2 if first == "retry" else 1)
