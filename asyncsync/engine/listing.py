@@ -182,13 +182,13 @@ async def _page_without_total(
     on_page: Callable[[Page], Awaitable[None]],
 ) -> None:
     """The pages after ``first`` when the API sends no ``paginacao`` (or one that may lie
-    low): no total can show
-    that orders left the partition while it was paged, and every later order moved down
-    past a seam, unlisted. So each page starts on the last order of the one before. Another
-    order there, one not seen yet (or none), says the pages shifted down: the partition is
-    listed again from its start (twice at most; then the cycles' vanished-order details
-    and the sweep are left to find the rest). One seen already says they shifted up:
-    orders seen twice, none lost. The listing ends when only that last order is left."""
+    low): no total can show that orders left the partition while it was paged, and every
+    later order moved down past a seam, unlisted. So each page starts on the last order of
+    the one before. Another order there, one not seen yet (or none), says the pages
+    shifted down: the partition is listed again from its start (twice at most; then the
+    cycles' vanished-order details and the sweep are left to find the rest). One seen
+    already says they shifted up: orders seen twice, none lost. The listing ends when
+    only that last order is left."""
     page, restarts = first, 0
     offset = first.query.offset + len(first.items)
     while not stop.is_set():
