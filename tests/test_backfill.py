@@ -545,10 +545,16 @@ async def test_the_window_look_asks_another_order_when_its_first_moved(
     assert diff(sim.snapshot(), await mirror(db)) == []
 
 
-async def test_a_total_that_lies_low_hides_no_order_of_a_month(simulator, runtime_for, db) -> None:
+@pytest.mark.parametrize("cap", [100, 50])
+async def test_a_total_that_lies_low_hides_no_order_of_a_month(
+    simulator, runtime_for, db, cap
+) -> None:
     # paginacao.total at most 100 on every page of a busy month: its first page, full,
     # was taken as its last and the month stored complete with the rest never listed.
-    sim = await simulator(orders=3000, seed=11, start_year=2015, today=dt.date(2017, 1, 31))
+    # A server capping limit at 50: its second page, as full as the first, was the last.
+    sim = await simulator(
+        orders=3000, seed=11, start_year=2015, today=dt.date(2017, 1, 31), max_limit=cap
+    )
     month = busiest_month(sim, Situacao.FINALIZADA, 100)
     page = sim._index.page
 

@@ -115,7 +115,8 @@ async def page_through(
     costs no later one. Without a total, pages follow one another until an empty one, and
     so they do past a total whose last page is full (or contradicts it): a total that
     lies low hides no order, and a true one costs one request more when it is a multiple
-    of the page size. No page is asked for once ``stop`` is set.
+    of the page size (the server's, where it caps ``limit``: after the first page, a page
+    as long as the first is full). No page is asked for once ``stop`` is set.
     """
     if stop.is_set():
         return
@@ -126,7 +127,7 @@ async def page_through(
     # No total, or a full page at it: a total that lies low would hide the orders past
     # it, so the pages go on one after another, as without a total, until one ends.
     if first.total is None or part.start_offset + len(first.items) >= first.total:
-        await _page_without_total(source, part, first, page_size, stop, on_page)
+        await _page_without_total(source, part, first, page_size, len(first.items), stop, on_page)
         return
 
     async def fetch(offset: int) -> Page:
@@ -142,10 +143,10 @@ async def page_through(
             return
         second = await fetch(start)
         await on_page(second)
-        if second.is_last or stop.is_set():
+        if ends(second, step) or stop.is_set():
             return
         if start + step >= first.total:
-            await _page_without_total(source, part, second, page_size, stop, on_page)
+            await _page_without_total(source, part, second, page_size, step, stop, on_page)
             return
         start += step
     total = first.total
@@ -160,13 +161,20 @@ async def page_through(
                 return
             page = await fetch(offset)
             emptied = emptied or not page.items
-            if offset + step >= total and not page.is_last:
+            if offset + step >= total and not ends(page, step):
                 beyond = page
             await on_page(page)
 
     await run_all(worker() for _ in range(workers))
     if beyond is not None and not emptied:
-        await _page_without_total(source, part, beyond, page_size, stop, on_page)
+        await _page_without_total(source, part, beyond, page_size, step, stop, on_page)
+
+
+def ends(page: Page, full: int) -> bool:
+    """Whether nothing comes after ``page``, ``full`` items making a full page: its
+    :attr:`Page.is_last`, unless it holds ``full`` (a server capping ``limit`` answers
+    that many to every page but the last; at a total that lies low, more may follow)."""
+    return page.is_last and (not page.items or len(page.items) < full)
 
 
 #: Times a listing starts a partition over after its pages shifted down under it.
@@ -178,6 +186,7 @@ async def _page_without_total(
     part: Partition,
     first: Page,
     page_size: int,
+    full: int,
     stop: asyncio.Event,
     on_page: Callable[[Page], Awaitable[None]],
 ) -> None:
@@ -188,7 +197,8 @@ async def _page_without_total(
     shifted down: the partition is listed again from its start (twice at most; then the
     cycles' vanished-order details and the sweep are left to find the rest). One seen
     already says they shifted up: orders seen twice, none lost. The listing ends when
-    only that last order is left."""
+    only that last order is left, or with a page that :func:`ends` (``full`` items making
+    a full page)."""
     page, restarts = first, 0
     offset = first.query.offset + len(first.items)
     while not stop.is_set():
@@ -203,11 +213,11 @@ async def _page_without_total(
             log.info("%s shifted while it was paged (no paginacao): listed again", part)
             page = await source.list_orders(part.query(part.start_offset, page_size))
             await on_page(page)
-            if page.is_last:
+            if ends(page, full):
                 return
             offset = part.start_offset + len(page.items)
             continue
-        if page.is_last or (seam is not None and head == seam and len(page.items) == 1):
+        if ends(page, full) or (seam is not None and head == seam and len(page.items) == 1):
             return
         offset = at + len(page.items)
 
@@ -368,6 +378,7 @@ class ListingEngine:
         # there, one that page did not show (or none), says the pages shifted down.
         overlap = False
         shown: set[int | None] = set()
+        full: int | None = None  # a full page's items: the first page's, a server may cap
         while not self._stop.is_set():
             at = offset - 1 if overlap else offset
             page = await self._fetch(part, at)
@@ -376,8 +387,10 @@ class ListingEngine:
             seam, seam_id = offset, last_id
             head = item_id(page.items[0]) if page.items else None
             moved_down = overlap and head != seam_id and head not in shown
-            end = page.is_last or (overlap and head == seam_id and len(page.items) == 1)
+            last = page.is_last if full is None else ends(page, full)
+            end = last or (overlap and head == seam_id and len(page.items) == 1)
             offset = at + len(page.items)
+            full = full or len(page.items) or None
             last_total = page.total
             last_id = item_id(page.items[-1]) if page.items else None
             overlap = page.total is None and last_id is not None
