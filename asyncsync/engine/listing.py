@@ -373,9 +373,10 @@ class ListingEngine:
         last_total: int | None = None
         last_id: int | None = None
         restarts = 0
-        # Without paginacao no total shows orders leaving: each page then starts on the
-        # last order of the one before (as _page_without_total does), and another order
-        # there, one that page did not show (or none), says the pages shifted down.
+        # Without paginacao (or past a full page at it: a total that lies low) no total
+        # shows orders leaving: each page then starts on the last order of the one before
+        # (as _page_without_total does), and another order there, one that page did not
+        # show (or none), says the pages shifted down.
         overlap = False
         shown: set[int | None] = set()
         full: int | None = None  # a full page's items: the first page's, a server may cap
@@ -393,7 +394,7 @@ class ListingEngine:
             full = full or len(page.items) or None
             last_total = page.total
             last_id = item_id(page.items[-1]) if page.items else None
-            overlap = page.total is None and last_id is not None
+            overlap = last_id is not None and (page.total is None or offset >= page.total)
             shown = {item_id(item) for item in page.items} - {None}
             assert part.key is not None, "checkpointed partitions need a key"
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
