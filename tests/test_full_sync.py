@@ -281,6 +281,27 @@ async def test_a_listing_told_to_stop_asks_no_page_more_when_its_first_is_short(
     assert len(pages) == 1
 
 
+async def test_a_listing_told_to_stop_lists_no_shifted_status_again(simulator, runtime_for) -> None:
+    # Without paginacao, the page showing that status 3 shifted down was handed on, and
+    # the status was listed again from its start whatever stop said meanwhile.
+    sim = await simulator(orders=1500, seed=11, quirks=Quirks(omit_paginacao=True))
+    leaving = min(i for i, o in sim.orders.items() if o.situacao == Situacao.FINALIZADA)
+    sim.on_list_page = lambda s, params: s.set_status(leaving, Situacao.EM_ANDAMENTO)
+    stop = asyncio.Event()
+    pages: list[Page] = []
+
+    async def on_page(page: Page) -> None:
+        pages.append(page)
+        if len(pages) == 2:
+            stop.set()  # told to stop while the page that shows the shift is handed on
+
+    async with runtime_for(sim) as rt:
+        await page_through(rt.client, Partition(int(Situacao.FINALIZADA)), page_size=100,
+                           workers=4, stop=stop, on_page=on_page)  # fmt: skip
+    assert sim.orders[leaving].situacao == Situacao.EM_ANDAMENTO
+    assert sim.stats.list_requests_by_status == {int(Situacao.FINALIZADA): 2}
+
+
 async def test_a_page_answered_empty_once_mid_listing_is_asked_again(
     simulator, runtime_for, db
 ) -> None:

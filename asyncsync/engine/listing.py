@@ -211,6 +211,8 @@ async def _page_without_total(
         if seam is not None and head != seam and head not in seen and restarts < RESTARTS:
             restarts += 1
             log.info("%s shifted while it was paged (no paginacao): listed again", part)
+            if stop.is_set():
+                return
             page = await source.list_orders(part.query(part.start_offset, page_size))
             await on_page(page)
             if ends(page, full):
