@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
+
 from asyncsync import metrics
 from asyncsync.accounts import AccountConfig
 from asyncsync.clock import utcnow
@@ -155,3 +157,22 @@ async def test_a_single_accounts_readiness_and_gauges_follow_its_first_sync(
     assert readiness.reasons() == {}
     shown = sum(gauge("asyncsync_orders", account="default", status=str(c)) or 0 for c in range(8))
     assert shown == 40
+
+
+async def test_a_worker_that_starts_serving_the_accounts_table_judges_no_account(
+    simulator, database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single-account worker's readiness says its account's freshness and token; once
+    accounts are added to the table it judges none (each may be another worker's), and
+    what it had said stayed: ``/readyz`` 503 for good, 'no full sync or cycle has
+    completed yet'."""
+    sim = await simulator(orders=20, seed=6)
+    options = ServeOptions(interval_s=900, integrity_interval_s=0)
+    readiness = Readiness()
+    async with open_fleet(common_for(sim, database_url), options) as fleet:
+        await refresh(fleet, options.interval_s, readiness)  # at start: never synced
+        assert "freshness" in readiness.reasons()
+        readiness.set("authorization", "ReauthorizationRequired: the single account's")
+        await register(fleet.database.registry, {"acme": sim}, monkeypatch)
+        await refresh(fleet, options.interval_s, readiness)
+    assert readiness.reasons() == {}

@@ -88,6 +88,11 @@ async def check_readiness(
     judge(status, interval_s, readiness, now)
 
 
+#: What a single-account worker's readiness says of its account; a worker of the accounts
+#: table says none of it (an account's cycles go to whichever worker picks them).
+SINGLE_ACCOUNT_REASONS = ("token", "freshness", "authorization", "tiny")
+
+
 async def refresh(fleet: Fleet, interval_s: float, readiness: Readiness | None) -> None:
     """Between cycles too (a first sync can take hours): the gauges of the accounts this
     worker serves, and a single-account worker's token and freshness."""
@@ -105,6 +110,9 @@ async def refresh(fleet: Fleet, interval_s: float, readiness: Readiness | None) 
     forget_others({status.account for status in statuses})
     if single and readiness is not None and statuses:
         judge(statuses[0], interval_s, readiness, now)
+    elif readiness is not None and not single:  # the accounts table's: judged by none
+        for reason in SINGLE_ACCOUNT_REASONS:  # what the single account's said stays not
+            readiness.clear(reason)
 
 
 def observe_authorization(status: AccountStatus) -> None:
