@@ -53,6 +53,16 @@ def secrets(key: str, sim: TinySimulator) -> dict[str, str]:
     }
 
 
+async def test_adding_an_account_whose_secret_is_unset_here_says_so(simulator, database_url):
+    # Spaces only are unset to a worker (accounts._read); the reminder said nothing then.
+    sim = await simulator(orders=10)
+    env = {**secrets("acme", sim), "SECRET_ACME": "  "}
+    code, out, err = await cli(*add_args("acme", sim, database_url)[:-1], "--log-format", "text",
+                               env=env)  # fmt: skip
+    assert code == 0 and "$SECRET_ACME is unset here" in out, (out, err)
+    assert "REFRESH_ACME" not in out
+
+
 async def test_accounts_are_added_listed_disabled_and_removed(simulator, database_url, db) -> None:
     sim = await simulator(orders=10)
     code, out, err = await cli(*add_args("acme", sim, database_url))

@@ -115,8 +115,9 @@ def _bootstrap(config: AccountConfig) -> str:
 def _unset_here(config: AccountConfig) -> str:
     """A reminder when the named variable is not set where the command ran (the workers'
     environment is what counts)."""
+    # Spaces only are unset, as a worker reads them (accounts._read).
     missing = [v for v in (config.client_secret_env, config.refresh_token_env)
-               if v and not os.environ.get(v)]  # fmt: skip
+               if v and not os.environ.get(v, "").strip()]  # fmt: skip
     if not missing:
         return ""
     return f" (note: {', '.join('$' + v for v in missing)} is unset here; every worker needs it)"
