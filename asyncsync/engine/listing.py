@@ -112,11 +112,13 @@ async def page_through(
     ours. A page answered empty before that total is asked again once, and empty again
     it ends them: a total that lies high (or orders that left while the partition was
     paged) costs no request for every offset up to it, and a page lost on the way once
-    costs no later one. Without a total, pages follow one another until an empty one, and
-    so they do past a total whose last page is full (or contradicts it): a total that
-    lies low hides no order, and a true one costs one request more when it is a multiple
-    of the page size (the server's, where it caps ``limit``: after the first page, a page
-    as long as the first is full). No page is asked for once ``stop`` is set.
+    costs no later one. Without a total, pages follow one another, each starting on the
+    last order of the one before, until one is empty or holds that order alone
+    (:func:`_page_without_total`), and so they do past a total whose last page is full
+    (or comes without a total): a total that lies low hides no order, and a true one
+    costs one request more when it is a multiple of the page size (the server's, where
+    it caps ``limit``: after the first page, a page as long as the first is full). No
+    page is asked for once ``stop`` is set.
     """
     if stop.is_set():
         return
@@ -172,8 +174,9 @@ async def page_through(
 
 def ends(page: Page, full: int) -> bool:
     """Whether nothing comes after ``page``, ``full`` items making a full page: its
-    :attr:`Page.is_last`, unless it holds ``full`` (a server capping ``limit`` answers
-    that many to every page but the last; at a total that lies low, more may follow)."""
+    :attr:`Page.is_last`, unless it holds ``full`` items or more (a server capping
+    ``limit`` answers that many to every page but the last, fewer than asked: at a total
+    that lies low, more may follow)."""
     return page.is_last and (not page.items or len(page.items) < full)
 
 

@@ -45,12 +45,14 @@ class Page:
     def is_last(self) -> bool:
         """Nothing comes after this page.
 
-        With ``paginacao.total``, a page that reaches it, unless it is full: a total that
-        lies low would hide every order past it, so a full page at the total is followed
-        by one more request (the next offset; empty when the total was true). Without a
-        total, a short page proves nothing: Tiny documents no maximum ``limit`` and a
-        server may answer fewer items than asked on every page, so only an empty page
-        ends the listing (one extra request).
+        With ``paginacao.total``, a page that reaches it, unless it is full (as many
+        items as ``limit`` asked): a total that lies low would hide every order past it,
+        so a full page at the total is followed by one more request, starting on its last
+        order (that order alone when the total was true). A listing also takes a page as
+        long as its first for a full one, where a server caps ``limit`` below ours
+        (:func:`asyncsync.engine.listing.ends`). Without a total, a short page proves
+        nothing: Tiny documents no maximum ``limit`` and a server may answer fewer items
+        than asked on every page, so only an empty page is the last.
         """
         if not self.items:
             return True
