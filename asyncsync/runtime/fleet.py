@@ -90,10 +90,10 @@ class Fleet:
         self._pinned = pinned  # a given runtime, its account the only one (tests)
         self._held: dict[str, _Held] = {}
         self._taking = asyncio.Lock()
+        self._tabled = False  # the accounts table has had rows while this worker ran
         # Each account's circuit outlives the runtime of its units: a cycle that a Tiny
         # outage ended is followed, at the cool-down's end, by one probe request, not by
         # a fresh client's burst, and /readyz's "tiny" says what the circuit says.
-        self._tabled = False  # the accounts table has had rows while this worker ran
         self._breakers: dict[str, tuple[Hashable, CircuitBreaker]] = {}
         self._limiters: dict[str, tuple[Hashable, AccountLimiter]] = {}
         # The status of accounts read lately (monotonic time of the read, the status, and
@@ -106,12 +106,11 @@ class Fleet:
         self.database = database
 
     async def single(self) -> bool:
+        """See :meth:`asyncsync.work.ports.Fleet.single`."""
         if self._pinned is not None:
             return True
-        if self._tabled:
+        if self._tabled:  # not the flags' account (`default`, whatever credentials it has)
             return False
-        # Once the table has had rows, an emptied one serves nothing: the flags' account
-        # (`default`, with whatever credentials the environment holds) was served instead.
         self._tabled = not await self._database.registry.none()
         return not self._tabled
 
@@ -284,7 +283,8 @@ T = TypeVar("T")
 
 def _kept(kept: dict[str, tuple[Hashable, T]], account: str, key: Hashable,
           make: Callable[[], T]) -> T:  # fmt: skip
-    """``account``'s object in ``kept`` while made for ``key``, else a new one made so."""
+    """``account``'s object in ``kept`` if it was made for ``key``; else a new one from
+    ``make``, kept for ``key``."""
     held = kept.get(account)
     if held is None or held[0] != key:
         held = kept[account] = (key, make())

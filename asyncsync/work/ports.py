@@ -122,8 +122,9 @@ class Fleet(Protocol):
         ...
 
     async def single(self) -> bool:
-        """A single-account install (no accounts table rows): a refused authorization
-        stops the worker, as it stopped serve."""
+        """A single-account install (no accounts table row since this worker started;
+        once the table has had one, an emptied table is no such install: nothing is
+        served): a refused authorization stops the worker, as it stopped serve."""
         ...
 
     async def ping(self) -> None: ...
