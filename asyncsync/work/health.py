@@ -95,7 +95,8 @@ SINGLE_ACCOUNT_REASONS = ("token", "freshness", "authorization", "tiny")
 
 async def refresh(fleet: Fleet, interval_s: float, readiness: Readiness | None) -> None:
     """Between cycles too (a first sync can take hours): the gauges of the accounts this
-    worker serves, and a single-account worker's token and freshness."""
+    worker serves, and a single-account worker's token and freshness (a worker of the
+    accounts table clears what it said of them while it served a single account)."""
     now = utcnow()
     try:
         statuses = await fleet.statuses(now)
@@ -110,8 +111,8 @@ async def refresh(fleet: Fleet, interval_s: float, readiness: Readiness | None) 
     forget_others({status.account for status in statuses})
     if single and readiness is not None and statuses:
         judge(statuses[0], interval_s, readiness, now)
-    elif readiness is not None and not single:  # the accounts table's: judged by none
-        for reason in SINGLE_ACCOUNT_REASONS:  # what the single account's said stays not
+    elif readiness is not None and not single:  # the accounts table's: no account judged
+        for reason in SINGLE_ACCOUNT_REASONS:
             readiness.clear(reason)
 
 
