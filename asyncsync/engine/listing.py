@@ -126,10 +126,12 @@ async def page_through(
     await on_page(first)
     if first.is_last:
         return
+    step = len(first.items)
+    start = part.start_offset + step
     # No total, or a full page at it: a total that lies low would hide the orders past
     # it, so the pages go on one after another, as without a total, until one ends.
-    if first.total is None or part.start_offset + len(first.items) >= first.total:
-        await _page_without_total(source, part, first, page_size, len(first.items), stop, on_page)
+    if first.total is None or start >= first.total:
+        await _page_without_total(source, part, first, page_size, step, stop, on_page)
         return
 
     async def fetch(offset: int) -> Page:
@@ -138,8 +140,8 @@ async def page_through(
             return page
         return await source.list_orders(part.query(offset, page_size))
 
-    step = len(first.items)
-    start = part.start_offset + step
+    total = first.total
+    beyond: Page | None = None  # the total's last page, when it says more may follow
     if step < page_size:  # a server's cap on limit, or all there is: the total may lie
         if stop.is_set():
             return
@@ -147,14 +149,11 @@ async def page_through(
         await on_page(second)
         if ends(second, step) or stop.is_set():
             return
-        if start + step >= first.total:
-            await _page_without_total(source, part, second, page_size, step, stop, on_page)
-            return
         start += step
-    total = first.total
+        if start >= total:  # no offset left for the workers: straight on from it
+            beyond = second
     offsets = iter(range(start, total, step))
     emptied = False
-    beyond: Page | None = None  # the total's last page, when it says more may follow
 
     async def worker() -> None:
         nonlocal emptied, beyond
