@@ -34,10 +34,11 @@ async def upsert(
     counts_as_attempt: bool,
     listed: bool = False,
 ) -> list[int]:
-    """Write ``failures`` in one statement; returns the ids whose row was written (the
-    caller counts them, :func:`count`, once they are committed). ``listed``: list items a
-    listing read (failure_upsert.sql); their open rows take the newest item first, not
-    counted as written (failure_relisted.sql)."""
+    """Write ``failures`` in one statement (two for ``listed``); returns the ids whose row
+    was written (the caller counts them, :func:`count`, once they are committed).
+    ``listed``: list items a listing read (failure_upsert.sql); their open rows take the
+    newest item first, in a statement of its own, not counted as written
+    (failure_relisted.sql)."""
     if not failures:
         return []
     latest = {f.order_id: f for f in failures}  # one row per id and statement

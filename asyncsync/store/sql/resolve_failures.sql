@@ -1,4 +1,5 @@
--- Orders imported successfully: their open failures are resolved at the caller's clock.
+-- Orders imported successfully, or deleted in Tiny (a retry's detail answered 404): their
+-- open failures are resolved at the caller's clock.
 -- $1 account, $2 ids, $3 now
 UPDATE import_failures
 SET resolvido = true, ultima_tentativa = $3::timestamptz
