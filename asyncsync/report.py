@@ -92,7 +92,7 @@ FINDING_LABELS: dict[str, str] = {
     "resolved": "resolved",
     "failed_again": "failed again, rescheduled",
     "exhausted": "failed for the last time",
-    "gone": "deleted in Tiny (detail 404): resolved, flagged possibly deleted",
+    "gone": "deleted in Tiny (detail 404): resolved; flagged possibly deleted if mirrored",
     "manual_review": "failures for manual review",
 }
 

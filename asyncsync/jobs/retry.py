@@ -115,7 +115,7 @@ async def retry_due(
         merged = await sink.merge_listed(records, attempt=True)
         merged = merged + await sink.merge_details(details, missing=deleted, attempt=True)
         await failures.record(failed, now=now, counts_as_attempt=True)
-        await failures.resolve(sorted(deleted), now=now)
+        await failures.resolve(deleted, now=now)
         gone += sorted(deleted)
         # What PostgreSQL still refuses failed this attempt too (the merge counted it).
         failed += merged.refused
