@@ -84,6 +84,20 @@ async def retry(rt: Runtime, *, now: dt.datetime, stop: asyncio.Event | None = N
     return await retry_due(rt.client, s.orders, s.failures, context(rt, stop), now=now)
 
 
+def break_list_item(sim: TinySimulator, order_id: int) -> None:
+    """From now on, ``order_id``'s list item carries a date no parser reads (its detail is
+    left as it is)."""
+    render = sim._renderer.list_item
+
+    def listed(order: Any) -> Any:
+        item = render(order)
+        if order.id == order_id:
+            item["data"] = "31/02/2020x"
+        return item
+
+    sim._renderer.list_item = listed  # type: ignore[method-assign]
+
+
 async def register(
     registry: PgAccounts, sims: dict[str, TinySimulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:

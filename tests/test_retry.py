@@ -201,15 +201,7 @@ async def test_a_list_item_that_stays_broken_reaches_manual_review(
     at most 5 attempts, then kept for a person), not be "resolved" at every cycle."""
     sim: TinySimulator = await simulator(orders=40, seed=3)
     victim = sorted(sim.orders)[5]
-    render = sim._renderer.list_item
-
-    def broken(order):  # its listing always carries a date no parser reads; its detail is fine
-        item = render(order)
-        if order.id == victim:
-            item["data"] = "31/02/2020x"
-        return item
-
-    sim._renderer.list_item = broken  # type: ignore[method-assign]
+    helpers.break_list_item(sim, victim)  # for good; its detail is fine
     now = utcnow()
     resolved_by = []
     async with runtime_for(sim, max_retries=2) as rt:
@@ -348,15 +340,7 @@ async def test_a_failure_whose_order_was_deleted_in_tiny_is_not_left_for_review(
     closed = (Situacao.FINALIZADA, Situacao.NAO_APROVADA, Situacao.CANCELADA)
     open_orders = [i for i, o in sorted(sim.orders.items()) if o.situacao not in closed]
     absent, held = open_orders[0], open_orders[1]
-    render = sim._renderer.list_item
-
-    def listed(order):  # its list item carries a date no parser reads: never in the mirror
-        item = render(order)
-        if order.id == absent:
-            item["data"] = "31/02/2020x"
-        return item
-
-    sim._renderer.list_item = listed  # type: ignore[method-assign]
+    helpers.break_list_item(sim, absent)  # never in the mirror
     sim.fail_detail.update({absent: "malformed", held: "malformed"})
     now = utcnow()
     async with runtime_for(sim, max_retries=2) as rt:

@@ -15,7 +15,7 @@ from asyncsync.errors import TinyAnswerTooLarge
 from asyncsync.simulator import TinySimulator
 from asyncsync.status import Situacao
 
-from ..helpers import full_sync, incremental_sync, integrity, retry
+from ..helpers import break_list_item, full_sync, incremental_sync, integrity, retry
 from ..mirror import diff, mirror
 from .conftest import asyncsync_measured, cli_env, peak_rss_mib
 
@@ -386,15 +386,7 @@ async def test_a_broken_record_that_moves_is_counted_in_its_new_status(
     comparison. Whatever wrote the row: a cycle's listing, an integrity check, a retry."""
     sim = await simulator(orders=400, seed=61, max_limit=20)
     victim = next(i for i, o in sorted(sim.orders.items()) if o.situacao == Situacao.EM_ANDAMENTO)
-    render = sim._renderer.list_item
-
-    def listed(order):  # a date no parser reads
-        item = render(order)
-        if order.id == victim:
-            item["data"] = "31/02/2020x"
-        return item
-
-    sim._renderer.list_item = listed  # type: ignore[method-assign]
+    break_list_item(sim, victim)
     sim.fail_detail[victim] = "malformed"
     async with runtime_for(sim) as rt:
         await full_sync(rt, **QUIET_CYCLE)
