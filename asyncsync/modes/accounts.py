@@ -115,7 +115,7 @@ def _bootstrap(config: AccountConfig) -> str:
 def _unset_here(config: AccountConfig) -> str:
     """A reminder when the named variable is not set where the command ran (the workers'
     environment is what counts)."""
-    # Spaces only are unset, as a worker reads them (accounts._read).
+    # Spaces only are unset, as a worker reads them (asyncsync.accounts._read).
     missing = [v for v in (config.client_secret_env, config.refresh_token_env)
                if v and not os.environ.get(v, "").strip()]  # fmt: skip
     if not missing:
