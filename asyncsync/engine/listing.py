@@ -405,12 +405,18 @@ class ListingEngine:
             # Orders left the partition while it was paged: if the ones before this page
             # moved down, the order that was at the seam is on no page. Start over then
             # (twice at most: a partition that keeps moving is left to the cycles).
+            look = restarts < RESTARTS and shrunk and seam_id is not None
+            if look and self._stop.is_set():
+                # Told to stop: no look at the seam now. The checkpoint stays before this
+                # page (merged all the same), so a resumed run looks there first.
+                cp = Checkpoint(part.key, checkpoint_value(seam, False, seam_id))
+                await self._queue.put(_Item(part, page, cp, done))
+                await done
+                return
             if restarts < RESTARTS and (
                 moved_down
                 or (
-                    shrunk
-                    and seam_id is not None
-                    and not await self._seam_holds(part, seam, seam_id)
+                    look and seam_id is not None and not await self._seam_holds(part, seam, seam_id)
                 )
             ):
                 log.info("%s shifted while it was paged: listed again", part.key)
