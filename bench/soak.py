@@ -161,6 +161,7 @@ class Soak:
 
     async def kill_serve(self, sig: int) -> int | None:
         assert self.serve is not None
+        self.set_state("serve", "stopping")  # a poll in flight now judges no running serve
         self.serve.send_signal(sig)
         try:
             code = await asyncio.wait_for(self.serve.wait(), 60)
@@ -196,6 +197,8 @@ class Soak:
                         entry[path] = [r.status, (await r.text())[:300]]
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     entry[path] = [None, type(exc).__name__]
+            if self.state["serve"] != entry["serve"]:  # serve stopped or started meanwhile
+                entry["serve"] = f"{entry['serve']} -> {self.state['serve']}"
             self.http_polls.append(entry)
             await asyncio.sleep(1.0)
 
