@@ -459,6 +459,65 @@ async def test_wait_lock_waits_for_the_holder_then_gives_up(simulator, database_
     assert stopped_in < 5 and b"still draining" not in said, (stopped_in, said)
 
 
+async def test_a_frozen_one_shot_run_lets_its_account_go(simulator, database_url, db) -> None:
+    """A one-shot run frozen (SIGSTOP, a Ctrl-Z in a terminal) kept its account's run lock
+    for as long as the freeze lasted: every other run, and every worker, was refused. The
+    server now ends its lock session once it is silent past the run's statement timeout
+    (10 s at least), and another run takes the account. Woken to a lock another holds, the
+    frozen run stops (exit 3) and writes nothing more: its merges check the lock first."""
+    import time
+
+    from asyncsync.store import open_database
+    from asyncsync.store.locks import lock_holder
+
+    from .mirror import diff, mirror
+
+    sim = await simulator(orders=300, latency_s=0.1)
+    env = sim_env(sim, TINY_RATE_LIMIT_PER_MINUTE="60000", TINY_MAX_CONCURRENCY="2")
+    args = ("sync", "--database-url", database_url, "--statement-timeout", "3",
+            "--log-format", "text")  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
+    clean.pop("DATABASE_URL", None)
+    frozen = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncsync", *args, env={**clean, **env},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not await db.fetchval("SELECT count(*) FROM ordens_servico"):
+            assert time.monotonic() < deadline, "the run merged nothing in 30 s"
+            await asyncio.sleep(0.05)
+        assert await lock_holder(db, "default") == "asyncsync sync"
+        os.kill(frozen.pid, signal.SIGSTOP)  # mid-run, holding the account
+        started = time.monotonic()
+        other = await asyncio.to_thread(run_cli, *args, "--wait-lock", "40", env=env)
+        took = time.monotonic() - started
+        assert other.returncode == 0, other.stderr  # before: exit 3 after waiting 40 s
+        assert took < 30, took  # the lock session silent 10 s (its last ping up to 5 s before)
+        async with (
+            open_database(database_url, Path("/nonexistent")) as database,
+            database.account("default").lock("serve"),
+        ):
+            woke = await db.fetchval("SELECT txid_current()")
+            os.kill(frozen.pid, signal.SIGCONT)
+            said = await asyncio.wait_for(frozen.stderr.read(), 60)  # type: ignore[union-attr]
+            code = await frozen.wait()
+            written = await db.fetchval(
+                "SELECT (SELECT count(*) FROM ordens_servico WHERE xmin::text::bigint > $1)"
+                " + (SELECT count(*) FROM ordem_status_history WHERE xmin::text::bigint > $1)",
+                woke,
+            )
+    finally:
+        if frozen.returncode is None:
+            frozen.send_signal(signal.SIGCONT)
+            frozen.kill()
+            await frozen.wait()
+    assert code == 3, said.decode()
+    assert b"lost its run lock mid-sync to asyncsync serve" in said, said.decode()
+    assert written == 0, "the woken run merged beside the lock's new holder"
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
 def test_the_readme_lists_every_flag_and_its_variable() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     config = readme[readme.index("## Configuration") : readme.index("## How it works")]

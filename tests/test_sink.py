@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from asyncsync import metrics
@@ -57,6 +58,43 @@ async def test_a_workers_merge_lands_only_while_its_lease_is_held(db) -> None:
         assert await leases.check() == {"default"}  # what the worker learns at its next check
     rows = await db.fetch("SELECT id, situacao FROM ordens_servico ORDER BY id")
     assert [tuple(r) for r in rows] == [(1, 0)]  # nothing of the merges after it landed
+    history = await db.fetch("SELECT id_os, status_novo FROM ordem_status_history")
+    assert [tuple(r) for r in history] == [(1, 0)]
+
+
+async def test_a_one_shot_runs_merge_lands_only_while_its_run_lock_is_held(
+    db, database_url
+) -> None:
+    """A one-shot run's lock session ended under it (the run frozen past its statement
+    timeout) and another run took the account: woken, its merges landed beside that run's
+    until its lock check stopped it. They wait for the lock now: once the check finds
+    another holder, the run stops (LockBusy) and nothing of theirs was written."""
+    from asyncsync.errors import LockBusy
+
+    named = "SELECT pid FROM pg_stat_activity WHERE application_name = 'asyncsync sync'"
+    gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+    other = await asyncpg.connect(database_url)  # another run, on its own session
+    try:
+        with pytest.raises(LockBusy, match="lost its run lock mid-sync"):
+            async with connect_pool(database_url, max_size=4) as pool:
+                store = Database(pool).account("default", open_statuses=[0])
+                sink = store.orders
+                async with store.lock("sync"):
+                    await sink.merge_listed([parse_list_item(item(1, 0), T0)])
+                    pid = await db.fetchval(named)
+                    await db.execute("SELECT pg_terminate_backend($1)", pid)
+                    while not await db.fetchval(gone, pid):  # noqa: ASYNC110 (its lock goes)
+                        await asyncio.sleep(0.05)
+                    taken = "SELECT pg_try_advisory_lock(hashtext($1)::bigint)"
+                    assert await other.fetchval(taken, "asyncsync.run:default")
+                    later = T0 + dt.timedelta(seconds=1)
+                    await sink.merge_listed(
+                        [parse_list_item(item(1, 3), later), parse_list_item(item(2, 0), later)]
+                    )
+    finally:
+        await other.close()
+    rows = await db.fetch("SELECT id, situacao FROM ordens_servico ORDER BY id")
+    assert [tuple(r) for r in rows] == [(1, 0)]  # nothing of the merge after it landed
     history = await db.fetch("SELECT id_os, status_novo FROM ordem_status_history")
     assert [tuple(r) for r in history] == [(1, 0)]
 

@@ -38,7 +38,7 @@ from .database import connect_pool, migrate, resolve_dsn
 from .failures import PgFailureLog
 from .integrity import PgIntegrityStore
 from .leases import Fence, Leases
-from .locks import account_lock, lock_holder
+from .locks import RunLockSession, account_lock, lock_holder
 from .metadata import PgMetadata
 from .orders import PgOrderStore
 from .resilience import Reconnect, SqlRunner, classify, guarded
@@ -68,13 +68,16 @@ class AccountStore:
     tokens: PgTokenStore
     runs: PgRunLog
     _sql: SqlRunner
+    _session: RunLockSession | None = None  # a one-shot run's lock, which its merges check
 
     def lock(
         self, purpose: str, *, wait_s: float = 0.0, stop: asyncio.Event | None = None
     ) -> AbstractAsyncContextManager[None]:
         """The account's run lock (LockBusy when another run still holds it after
         ``wait_s`` seconds; ``stop`` ends the wait)."""
-        return account_lock(self._sql.pool, self.account, purpose, wait_s=wait_s, stop=stop)
+        return account_lock(
+            self._sql.pool, self.account, purpose, wait_s=wait_s, stop=stop, session=self._session
+        )
 
     async def ping(self) -> None:
         """Raise DatabaseError unless the database answers within :data:`PING_TIMEOUT_S`
@@ -152,8 +155,10 @@ class Database:
         fence: Fence | None = None,
     ) -> AccountStore:
         """The stores of ``account`` (cheap: they share this pool); a worker's merges check
-        ``fence`` (its lease) before they commit."""
-        orders = PgOrderStore(self._sql, account, open_statuses, clock=clock, fence=fence)
+        ``fence`` (its lease) before they commit, a one-shot run's its run lock (:meth:`lock`)."""
+        session = RunLockSession(account) if fence is None else None
+        orders = PgOrderStore(self._sql, account, open_statuses, clock=clock,
+                              fence=fence or session)  # fmt: skip
         return AccountStore(
             account=account,
             orders=orders,
@@ -163,6 +168,7 @@ class Database:
             tokens=PgTokenStore(self._sql, account),
             runs=PgRunLog(self._sql, account, self._run_history_days),
             _sql=self._sql,
+            _session=session,
         )
 
     async def migrate(self, *, always: bool = False) -> None:

@@ -18,7 +18,7 @@ from functools import partial
 
 import asyncpg
 
-from ..errors import DatabaseError, LockBusy
+from ..errors import DatabaseError, DatabaseUnavailable, LockBusy
 from .database import guarded, sql
 from .resilience import CAUGHT
 
@@ -89,6 +89,51 @@ def run_lock_name(account: str) -> str:
 #: How often a run checks that the session holding its lock is still there, seconds (the
 #: check also keeps that otherwise idle session from an ``idle_session_timeout``).
 LOCK_CHECK_S = 5.0
+#: The server ends a one-shot run's lock session once it was silent for the run's
+#: statement timeout, or this long when that is shorter (seconds; two missed checks).
+LOCK_SILENT_MIN_S = 2 * LOCK_CHECK_S
+
+
+class RunLockSession:
+    """The session holding a one-shot run's lock, which the run's merges check before
+    they commit (a worker's check its lease instead: ``leases.Fence``).
+
+    A run frozen (SIGSTOP, a Ctrl-Z in a terminal) kept its account's lock for as long as
+    the freeze lasted, and every worker put the account's units back for as long. The
+    server now ends the lock session once it is silent past the run's statement timeout
+    (:data:`LOCK_SILENT_MIN_S` at least), so the account goes on elsewhere. Woken, the run
+    finds the session gone within a check (:data:`LOCK_CHECK_S`) and takes the lock again,
+    or stops if another run took it; a merge meanwhile must not land beside that run's,
+    both writing the same status change into the history: it waits, as for a database
+    restart, until the lock is this run's again."""
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+        self.name = run_lock_name(account)
+        self.pid: int | None = None  # the backend holding the lock; None: no lock taken
+
+    async def check(self, conn: asyncpg.Connection) -> None:
+        """Return if the lock is this run's (or none was taken: a store used without
+        one); else raise DatabaseUnavailable, which runs the merge again after a pause."""
+        pid = self.pid
+        if pid is None or await conn.fetchval(sql("lease_held"), pid, self.name):
+            return
+        raise DatabaseUnavailable(
+            f"account {self.account!r}: the session holding this run's lock is gone (a "
+            "database restart, or this process frozen past its statement timeout); the "
+            "merge waits until the lock is taken again"
+        )
+
+    async def hold(self, conn: asyncpg.Connection) -> None:
+        """``conn`` now holds the lock: the session the merges check, ended by the server
+        once silent (below PostgreSQL 14 it is not: a frozen run keeps it)."""
+        self.pid = int(conn.get_server_pid())
+        try:
+            await conn.execute(sql("run_lock_idle_timeout"), int(LOCK_SILENT_MIN_S * 1000))
+        except asyncpg.UndefinedObjectError:
+            log.debug("this server has no idle_session_timeout")
+        except CAUGHT as exc:  # the watch finds the session gone, and takes the lock again
+            log.debug("could not bound the run lock session's silence: %s", exc)
 
 
 @asynccontextmanager
@@ -99,6 +144,7 @@ async def account_lock(
     *,
     wait_s: float = 0.0,
     stop: asyncio.Event | None = None,
+    session: RunLockSession | None = None,
 ) -> AsyncIterator[None]:
     """Hold the account's run lock for the duration. When another run holds it, try again
     for up to ``wait_s`` seconds (a timer started while a serve cycle runs waits for the
@@ -108,8 +154,10 @@ async def account_lock(
     The lock lives and dies with one session. A session lost mid-run (a database restart
     the run rides out, a cut connection, an administrator's ``pg_terminate_backend``) is
     noticed within :data:`LOCK_CHECK_S` and the lock taken again; if another run took it
-    first, this one is stopped (LockBusy): two runs must never merge at once."""
+    first, this one is stopped (LockBusy): two runs must never merge at once. ``session``
+    learns which session holds the lock, for the run's merges to check."""
     name = run_lock_name(account)
+    session = session or RunLockSession(account)
     busy = f"account {account!r} is busy: {{holder}} is already running; not starting {purpose}"
     deadline = asyncio.get_running_loop().time() + wait_s
     async with contextlib.AsyncExitStack() as stack:
@@ -139,6 +187,8 @@ async def account_lock(
                                                  f"account {account!r}") from None  # fmt: skip
         if waiting:
             log.info("took the run lock of account %r for %s", account, purpose)
+        await session.hold(conn)
+        stack.callback(setattr, session, "pid", None)
         owner = asyncio.current_task()
         assert owner is not None
         lost: list[LockBusy] = []
@@ -147,7 +197,9 @@ async def account_lock(
             busy=f"account {account!r} lost its run lock mid-{purpose} to {{holder}}: "
             "stopped, so two runs never merge at once",
         )  # fmt: skip
-        watch = asyncio.create_task(_watch(conn, stack, retake, owner, lost), name=f"lock-{name}")
+        watch = asyncio.create_task(
+            _watch(conn, stack, retake, owner, lost, session), name=f"lock-{name}"
+        )
         try:
             yield
         except asyncio.CancelledError:
@@ -169,6 +221,7 @@ async def _watch(
     retake: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]],
     owner: asyncio.Task[object],
     lost: list[LockBusy],
+    session: RunLockSession,
 ) -> None:
     """Ping the session holding the lock; when it is gone, take the lock again on a new
     one (held by ``stack``, released with the first); when another run holds it, stop
@@ -190,6 +243,7 @@ async def _watch(
         except DatabaseError as exc:
             log.warning("the session holding the run lock is gone; taking it again: %s", exc)
             continue  # the database is still away: next time
+        await session.hold(conn)
         log.warning("the session holding the run lock was lost; the lock is taken again")
 
 

@@ -34,6 +34,7 @@ from ..seams import Checkpoint, MergeStats
 from . import failures as failure_rows
 from .claims import Claims
 from .leases import Fence
+from .locks import RunLockSession
 from .resilience import SqlRunner
 from .sqlfiles import sql
 
@@ -89,11 +90,13 @@ class PgOrderStore:
         open_statuses: Sequence[int],
         *,
         clock: Clock = utcnow,
-        fence: Fence | None = None,
+        fence: Fence | RunLockSession | None = None,
     ) -> None:
         self._sql = sql
         self._pool = sql.pool
-        self._fence = fence  # a worker's lease on the account, checked before each commit
+        # A worker's lease on the account, or a one-shot run's lock: checked before each
+        # commit, so a process frozen past it and woken writes nothing beside another.
+        self._fence = fence
         self.account = account
         self._open = list(open_statuses)
         self._clock = clock
@@ -302,7 +305,7 @@ class PgOrderStore:
             )
             for cp in checkpoints:
                 await conn.execute(sql("set_metadata"), self.account, cp.key, cp.value)
-            if self._fence is not None:  # a worker's: its lease still held, or nothing lands
+            if self._fence is not None:  # the lease or run lock still held, or nothing lands
                 await self._fence.check(conn)
         # Committed: only now is what it resolved gone (a transaction rolled back and tried
         # again must resolve them again), and what it recorded open.
