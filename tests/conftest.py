@@ -21,7 +21,8 @@ import pytest
 from asyncsync.client import window
 from asyncsync.runtime import Runtime, open_runtime
 from asyncsync.simulator import SimConfig, TinySimulator
-from asyncsync.store.database import connect_pool, embedded_server, migrate, with_database
+from asyncsync.store.database import connect_pool, migrate, with_database
+from asyncsync.store.embedded import embedded_server
 
 from .helpers import common_for
 

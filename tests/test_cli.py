@@ -398,7 +398,7 @@ def test_spaces_around_an_environment_value_are_no_part_of_it() -> None:
 
 
 def test_the_image_refuses_an_embedded_database() -> None:
-    from asyncsync.store.database import embedded_refusal
+    from asyncsync.store.embedded import embedded_refusal
 
     result = run_cli("migrate", env={"ASYNCSYNC_IN_CONTAINER": "1"})
     assert result.returncode == 2, result.stderr

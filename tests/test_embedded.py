@@ -11,7 +11,7 @@ from pathlib import Path
 
 #: What a run does with no DATABASE_URL: start (or reuse) the server under a data directory.
 START = (
-    "import sys; from pathlib import Path; from asyncsync.store.database import start_embedded; "
+    "import sys; from pathlib import Path; from asyncsync.store.embedded import start_embedded; "
     "start_embedded(Path(sys.argv[1]))"
 )
 KILLED = START + "; import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
@@ -73,7 +73,7 @@ def test_as_root_without_useradd_the_embedded_server_is_a_configuration_sentence
     import pytest
 
     from asyncsync.errors import ConfigError
-    from asyncsync.store import database
+    from asyncsync.store import embedded
 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setenv("PATH", str(tmp_path))  # no useradd on it
@@ -86,5 +86,5 @@ def test_as_root_without_useradd_the_embedded_server_is_a_configuration_sentence
 
     monkeypatch.setattr(pwd, "getpwnam", no_pgserver)
     with pytest.raises(ConfigError) as said:
-        database._embedded_server(tmp_path / "data")
+        embedded._embedded_server(tmp_path / "data")
     assert "DATABASE_URL" in str(said.value) and "root" in str(said.value)

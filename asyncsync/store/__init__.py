@@ -6,13 +6,14 @@ checkpoints, tokens and locks live in this wing, and nothing outside it runs SQL
 * :meth:`Database.account` gives the :class:`AccountStore` of one Tiny account: the
   objects that implement the Protocols of :mod:`asyncsync.seams` for that account.
 
-Modules: ``database`` (connection, embedded server, SQL files), ``orders`` (the mirror
-and its merges), ``failures`` (``import_failures``), ``integrity`` (comparisons),
-``metadata`` (cursors and checkpoints), ``tokens`` (``tiny_tokens``), ``locks``
-(advisory locks), ``runs`` (``sync_runs``, the run history), ``resilience`` (errors
-converted where they enter, statements ridden through brief outages), ``accounts`` (the
-``accounts`` table), ``queue`` (the work queue, on pgqueuer) and ``leases`` (the accounts
-a worker holds). Queries are ``sql/<name>.sql`` files with their parameters in a header.
+Modules: ``database`` (connection, SQL files), ``embedded`` (the embedded server),
+``orders`` (the mirror and its merges), ``failures`` (``import_failures``), ``integrity``
+(comparisons), ``metadata`` (cursors and checkpoints), ``tokens`` (``tiny_tokens``),
+``locks`` (advisory locks), ``runs`` (``sync_runs``, the run history), ``resilience``
+(errors converted where they enter, statements ridden through brief outages),
+``accounts`` (the ``accounts`` table), ``queue`` (the work queue, on pgqueuer) and
+``leases`` (the accounts a worker holds). Queries are ``sql/<name>.sql`` files with
+their parameters in a header.
 """
 
 from __future__ import annotations
