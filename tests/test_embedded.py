@@ -1,13 +1,20 @@
-"""The embedded PostgreSQL: a process killed while using it does not keep it running."""
+"""The embedded PostgreSQL: a process killed while using it does not keep it running, and
+a dead server is started again (only a dead one: not a frozen one, nor DATABASE_URL's)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+
+from asyncsync.errors import DatabaseError, DatabaseUnavailable
+from asyncsync.store import embedded, open_database
 
 #: What a run does with no DATABASE_URL: start (or reuse) the server under a data directory.
 START = (
@@ -70,10 +77,7 @@ def test_as_root_without_useradd_the_embedded_server_is_a_configuration_sentence
     cron). The Quickstart then failed, exit 1, with "No such file or directory: 'useradd'"."""
     import pwd
 
-    import pytest
-
     from asyncsync.errors import ConfigError
-    from asyncsync.store import embedded
 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setenv("PATH", str(tmp_path))  # no useradd on it
@@ -88,3 +92,102 @@ def test_as_root_without_useradd_the_embedded_server_is_a_configuration_sentence
     with pytest.raises(ConfigError) as said:
         embedded._embedded_server(tmp_path / "data")
     assert "DATABASE_URL" in str(said.value) and "root" in str(said.value)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that exited and was reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _postmaster_file(data_dir: Path, pid: int) -> None:
+    (data_dir / "pgdata").mkdir(parents=True)
+    (data_dir / "pgdata" / "postmaster.pid").write_text(f"{pid}\n{data_dir / 'pgdata'}\n")
+
+
+def _no_start(pgdata: Path) -> tuple[int, str]:
+    raise AssertionError(f"started {pgdata} again")
+
+
+async def test_a_dead_server_that_will_not_start_is_tried_again_after_a_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that fails (the dead postmaster's children still holding its shared memory,
+    a broken install) is said, with why, and tried again after 1 s, 2 s, 5 s, …: not at
+    every check of the worker."""
+    _postmaster_file(tmp_path, _dead_pid())
+    starts: list[Path] = []
+
+    def refused(pgdata: Path) -> tuple[int, str]:
+        starts.append(pgdata)
+        raise DatabaseError("FATAL:  pre-existing shared memory block is still in use")
+
+    monkeypatch.setattr(embedded, "_start_again", refused)
+    server = embedded.EmbeddedServer(tmp_path, "postgresql://postgres:@/postgres?host=/x")
+    why = "could not be started again: FATAL:  pre-existing shared memory block"
+    with pytest.raises(DatabaseUnavailable, match=f"{why}.*; starting it again in 1 s"):
+        await server.revive()
+    with pytest.raises(DatabaseUnavailable, match=f"{why}.*; starting it again in 1 s"):
+        await server.revive()  # within the pause: said again, not tried
+    assert len(starts) == 1
+    await asyncio.sleep(1.05)
+    with pytest.raises(DatabaseUnavailable, match="starting it again in 2 s"):
+        await server.revive()
+    assert len(starts) == 2
+
+
+async def test_a_frozen_server_is_not_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A postmaster that lives, however slow or frozen (SIGSTOP), is waited for: a second
+    one started beside it would find the data directory taken, or worse."""
+    frozen = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        os.kill(frozen.pid, signal.SIGSTOP)
+        _postmaster_file(tmp_path, frozen.pid)
+        monkeypatch.setattr(embedded, "_start_again", _no_start)
+        server = embedded.EmbeddedServer(tmp_path, "postgresql://postgres:@/postgres?host=/x")
+        assert await server.revive() is None
+    finally:
+        frozen.kill()
+        await frozen.wait()
+
+
+async def test_a_database_url_server_is_never_started(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DATABASE_URL the server is someone else's: whatever the data directory holds,
+    nothing is started."""
+    _postmaster_file(tmp_path, _dead_pid())
+    monkeypatch.setattr(embedded, "_start_again", _no_start)
+    async with open_database(database_url, tmp_path, apply_schema=False) as database:
+        assert await database.revive() is None
+
+
+async def test_a_postmaster_not_reaped_yet_is_started_once_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed postmaster stays a zombie until its parent (init, here the container's
+    first process) reaps it, and PostgreSQL takes it for a live one: no start is tried
+    meanwhile, and /readyz says what it waits for."""
+    exited = _unreaped()
+    try:
+        _postmaster_file(tmp_path, exited.pid)
+        monkeypatch.setattr(embedded, "_start_again", _no_start)
+        server = embedded.EmbeddedServer(tmp_path, "postgresql://postgres:@/postgres?host=/x")
+        with pytest.raises(DatabaseUnavailable, match=r"not reaped yet.*once its parent reaps"):
+            await server.revive()
+    finally:
+        exited.wait()
+
+
+def _unreaped() -> subprocess.Popen[bytes]:
+    """A child that exited and that nobody reaped yet (a zombie)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = Path(f"/proc/{proc.pid}/stat")
+    deadline = time.monotonic() + 10
+    while stat.read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    return proc

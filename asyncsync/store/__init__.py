@@ -36,6 +36,7 @@ from ..seams import Census, RetryPolicy
 from ..status import OPEN_STATUSES
 from .accounts import PgAccounts
 from .database import connect_pool, migrate, resolve_dsn
+from .embedded import EmbeddedServer
 from .failures import PgFailureLog
 from .integrity import PgIntegrityStore
 from .leases import Fence, Leases
@@ -124,9 +125,15 @@ class Database:
     """An open pool on a database that holds the asyncsync schema."""
 
     def __init__(
-        self, pool: asyncpg.Pool, reconnect: Reconnect | None = None, run_history_days: int = 0
+        self,
+        pool: asyncpg.Pool,
+        reconnect: Reconnect | None = None,
+        run_history_days: int = 0,
+        *,
+        embedded: EmbeddedServer | None = None,
     ) -> None:
         self._pool = pool
+        self._embedded = embedded  # the server, when it is the embedded one
         self._run_history_days = run_history_days  # 0: every run is kept
         self._sql = SqlRunner(pool, reconnect or Reconnect())
         self.registry = PgAccounts(self._sql)  # the accounts table
@@ -190,6 +197,14 @@ class Database:
                 "the same schema.sql applied change nothing"
             ) from None
 
+    async def revive(self) -> str | None:
+        """The embedded server, when this database is one and its postmaster died, started
+        again: what was done, in a sentence; None when there was nothing to do (a
+        ``DATABASE_URL``'s server is never touched, and one that lives, however slow or
+        frozen, is waited for). DatabaseUnavailable when it could not be started: why,
+        and when the next start comes."""
+        return None if self._embedded is None else await self._embedded.revive()
+
     async def schema_present(self) -> bool:
         """Whether ``schema.sql``'s tables are there (a lookup in the catalog, no lock)."""
         return bool(await self._sql.fetchval("looking for the schema", "schema_present"))
@@ -227,7 +242,10 @@ async def open_database(
         idle_in_transaction_s=idle_in_transaction_s,
         staging=staging,
     ) as pool:
-        database = Database(pool, Reconnect(within_s=reconnect_s), run_history_days)
+        embedded = None if database_url else EmbeddedServer(data_dir, dsn)
+        database = Database(
+            pool, Reconnect(within_s=reconnect_s), run_history_days, embedded=embedded
+        )
         if apply_schema:
             await database.migrate()
         yield database

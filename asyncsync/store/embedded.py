@@ -3,12 +3,16 @@
 
 As root, pgserver runs it as a system user ``pgserver``; a process killed while using it
 (SIGKILL, the OOM killer) is struck off pgserver's list of its users at the next start.
+The server killed under a long-running process (serve) is started again by it
+(:class:`EmbeddedServer`): nobody else would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,11 +21,11 @@ from typing import Any
 
 import orjson
 
-from ..errors import ConfigError, DatabaseError
+from ..errors import ConfigError, DatabaseError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["embedded_refusal", "embedded_server", "start_embedded"]
+__all__ = ["EmbeddedServer", "embedded_refusal", "embedded_server", "start_embedded"]
 
 
 #: DSNs of the embedded servers this process has started (a run opens its database more
@@ -80,6 +84,145 @@ def _embedded_server(data_dir: Path) -> Any:
             raise DatabaseError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
             ) from exc
+
+
+#: Pauses before starting a dead server again after a start that failed, seconds (the
+#: last one repeats): the dead postmaster's children may hold its shared memory for a
+#: moment, and a broken install fails every time.
+RESTART_PAUSES_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: Seconds a database check waits for a start in flight (pg_ctl gives up after 10 s);
+#: past that it fails, saying the server is being started, and the start goes on.
+START_WAIT_S = 15.0
+
+
+class EmbeddedServer:
+    """The embedded PostgreSQL under ``data_dir`` that this process reaches at ``dsn``,
+    started again when its postmaster died (SIGKILL, the OOM killer) under a process
+    that outlives it (serve): the server is its own, and nobody else would.
+
+    Only a dead postmaster is started again (its postmaster.pid names no live process):
+    one that is slow or frozen (SIGSTOP) lives, and is waited for like any database."""
+
+    def __init__(self, data_dir: Path, dsn: str) -> None:
+        self.pgdata = data_dir / "pgdata"
+        self._dsn = dsn
+        self._turn = asyncio.Lock()  # one look at a time (the worker's checks overlap)
+        self._starting: asyncio.Task[tuple[int, str]] | None = None
+        self._death = ""  # how the server being started had died
+        self._failures = 0
+        self._retry_at = 0.0  # monotonic time of the next start after a failed one
+        self._why: str | None = None  # why the last start failed, said until the next
+        self._moved: str | None = None  # started again at another address: for good
+
+    async def revive(self) -> str | None:
+        """Start the server again if its postmaster died: what was done, in a sentence;
+        None while it lives. DatabaseUnavailable when it is dead and not started (yet),
+        saying why and when the next start comes (none before then)."""
+        async with self._turn:
+            if self._moved is not None:
+                raise DatabaseUnavailable(self._moved)
+            died = f"the embedded PostgreSQL in {self.pgdata} died"
+            if self._starting is None:
+                death = _death(self.pgdata)
+                if death is None:
+                    self._failures, self._why = 0, None
+                    return None
+                self._death, startable = death
+                if not startable:  # PostgreSQL takes the unreaped process for a live one
+                    raise DatabaseUnavailable(f"{died} ({self._death}): started again once "
+                                              "its parent reaps it")  # fmt: skip
+                wait_s = self._retry_at - time.monotonic()
+                if self._why is not None and wait_s > 0:
+                    raise DatabaseUnavailable(f"{self._why}; starting it again in {wait_s:.0f} s")
+                self._starting = asyncio.create_task(
+                    asyncio.to_thread(_start_again, self.pgdata), name="embedded-restart"
+                )
+            done, _ = await asyncio.wait({self._starting}, timeout=START_WAIT_S)
+            if not done:
+                raise DatabaseUnavailable(f"{died} ({self._death}) and is being started again")
+            starting, self._starting = self._starting, None
+            try:
+                pid, dsn = starting.result()
+            except DatabaseError as exc:
+                pause_s = RESTART_PAUSES_S[min(self._failures, len(RESTART_PAUSES_S) - 1)]
+                self._failures += 1
+                self._retry_at = time.monotonic() + pause_s
+                self._why = f"{died} ({self._death}) and could not be started again: {exc}"
+                log.error("%s; trying again in %.0f s", self._why, pause_s,
+                          extra={"fields": {"event": "embedded_restart_failed"}})  # fmt: skip
+                raise DatabaseUnavailable(
+                    f"{self._why}; starting it again in {pause_s:.0f} s"
+                ) from exc
+            self._failures, self._why = 0, None
+            if dsn != self._dsn:  # pgserver derives the socket from the data directory
+                self._moved = (f"the embedded PostgreSQL in {self.pgdata} was started again "
+                               f"at {dsn}, not at {self._dsn} where this process connects: "
+                               "restart it")  # fmt: skip
+                log.error("%s", self._moved)
+                raise DatabaseUnavailable(self._moved)
+            said = f"{died} ({self._death}): started it again, pid {pid}, at the same address"
+            log.warning("%s", said, extra={"fields": {"event": "embedded_restarted"}})
+            return said
+
+
+def _death(pgdata: Path) -> tuple[str, bool] | None:
+    """How the server under ``pgdata`` died, and whether it can be started again now;
+    None while its postmaster lives."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except FileNotFoundError:
+        return "no postmaster runs there", True
+    except (OSError, ValueError, IndexError):
+        return None  # being written by a start, or not ours to read: not judged dead
+    if not _alive(pid):
+        return f"its postmaster, pid {pid}, is gone", True
+    if _zombie(pid):
+        return f"its postmaster, pid {pid}, exited and is not reaped yet", False
+    return None
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` exited and its parent has not reaped it yet (Linux; elsewhere no).
+    PostgreSQL, like ``kill(pid, 0)``, takes it for a live postmaster and will not start."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def _start_again(pgdata: Path) -> tuple[int, str]:
+    """Start the dead server under ``pgdata`` through this process's pgserver handle (whose
+    exit then stops the new postmaster, not the dead one); its pid and DSN."""
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        try:
+            import pgserver
+            from pgserver.postgres_server import PostgresServer
+
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+            with PostgresServer._lock:  # another process's start may have come first
+                # pgserver's get_server hands this process's handle back as it is; this
+                # reads postmaster.pid again and starts a postmaster when none lives.
+                server.ensure_postgres_running()
+        except Exception as exc:
+            raise DatabaseError(_last_fatal(pgdata) or str(exc)) from exc
+    death, pid = _death(pgdata), server.get_pid()
+    if death is not None or pid is None:
+        raise DatabaseError(death[0] if death else "pgserver names no postmaster")
+    return int(pid), str(server.get_uri())
+
+
+def _last_fatal(pgdata: Path) -> str | None:
+    """The server log's last FATAL line (why a start failed), if any."""
+    try:
+        with (pgdata / "log").open("rb") as file:
+            file.seek(max(file.seek(0, os.SEEK_END) - 4096, 0))
+            tail = file.read().decode(errors="replace")
+    except OSError:
+        return None
+    fatal = [line.strip() for line in tail.splitlines() if "FATAL:" in line]
+    return fatal[-1] if fatal else None
 
 
 def _as_root_refusal() -> str | None:
