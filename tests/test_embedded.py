@@ -1,20 +1,33 @@
 """The embedded PostgreSQL: a process killed while using it does not keep it running, and
-a dead server is started again (only a dead one: not a frozen one, nor DATABASE_URL's)."""
+serve starts it again when it was killed under it (only a dead one: not a frozen one,
+nor DATABASE_URL's)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import asyncpg
 import pytest
 
 from asyncsync.errors import DatabaseError, DatabaseUnavailable
+from asyncsync.modes import serve
+from asyncsync.options import ServeOptions
+from asyncsync.status import Situacao
 from asyncsync.store import embedded, open_database
+from asyncsync.store.embedded import embedded_server
+
+from .helpers import common_for, cycle
 
 #: What a run does with no DATABASE_URL: start (or reuse) the server under a data directory.
 START = (
@@ -92,6 +105,94 @@ def test_as_root_without_useradd_the_embedded_server_is_a_configuration_sentence
     with pytest.raises(ConfigError) as said:
         embedded._embedded_server(tmp_path / "data")
     assert "DATABASE_URL" in str(said.value) and "root" in str(said.value)
+
+
+async def test_serve_starts_its_embedded_server_again_when_it_was_killed(
+    tmp_path: Path, simulator: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Serve on the embedded PostgreSQL (no DATABASE_URL) owns the server: killed under it
+    (SIGKILL, the OOM killer), nobody else would start it, and serve saw an outage for
+    ever. It notices the postmaster is gone, starts it again in the same data directory,
+    at the same address, and goes on: /readyz names the database meanwhile, then is ready,
+    and a change made in Tiny afterwards reaches the mirror."""
+    sim = await simulator(orders=60, seed=31)
+    common = common_for(sim, "")
+    common = dataclasses.replace(
+        common,
+        database=dataclasses.replace(
+            common.database, database_url=None, data_dir=tmp_path, reconnect_s=1.0
+        ),
+    )
+    options = ServeOptions(interval_s=1.0, heartbeat_s=2, metrics_port=0, cycle=cycle())
+    pgdata = tmp_path / "pgdata"
+    stop = asyncio.Event()
+    # The server is this test's (stopped at the end, before tmp_path goes); serve reuses it.
+    with embedded_server(tmp_path) as dsn, caplog.at_level(logging.INFO):
+        serving = asyncio.create_task(serve.run(common, options, stop))
+        conn = await asyncpg.connect(dsn)
+        try:
+            async with aiohttp.ClientSession() as http:
+                readyz = f"http://127.0.0.1:{await _metrics_port(caplog)}/readyz"
+                await _row(conn, "SELECT count(*) FROM ordens_servico", 60)  # a first cycle
+                await _readiness(http, readyz, ready=True, within_s=30)
+                killed = postmaster(pgdata)
+                assert killed is not None
+                os.kill(killed, signal.SIGKILL)
+                reasons = await _readiness(http, readyz, ready=False, within_s=15)
+                assert "database" in reasons, reasons
+                await _readiness(http, readyz, ready=True, within_s=30)
+            started = postmaster(pgdata)
+            assert started not in (None, killed)
+            moved = min(i for i, o in sim.orders.items() if o.situacao != Situacao.CANCELADA)
+            sim.set_status(moved, Situacao.CANCELADA)
+            await conn.close()  # it died with the postmaster
+            conn = await asyncpg.connect(dsn)  # the address it had: the same socket
+            query = "SELECT situacao FROM ordens_servico WHERE id = $1"
+            await _row(conn, query, int(Situacao.CANCELADA), moved)
+        finally:
+            stop.set()
+            await conn.close()
+            code = await asyncio.wait_for(serving, 30)
+    assert code == 0
+    said = [r.getMessage() for r in caplog.records if "started it again" in r.getMessage()]
+    assert len(said) == 1 and f"pid {killed}" in said[0], said
+    assert gone(pgdata, within_s=15), "the server started again outlived its last user"
+
+
+async def _metrics_port(caplog: pytest.LogCaptureFixture) -> int:
+    """The port serve's log line says it listens on."""
+    for _ in range(100):
+        said = [r.getMessage() for r in caplog.records if "metrics on" in r.getMessage()]
+        if said:
+            return int(said[0].split("/metrics")[0].rsplit(":", 1)[1])
+        await asyncio.sleep(0.1)
+    raise AssertionError("serve did not say where its metrics are")
+
+
+async def _row(conn: asyncpg.Connection, query: str, expected: object, *args: object) -> None:
+    """Wait up to 30 s for ``query`` to answer ``expected``."""
+    got: object = None
+    for _ in range(300):
+        with contextlib.suppress(asyncpg.UndefinedTableError):  # serve applies the schema
+            got = await conn.fetchval(query, *args)
+        if got == expected:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{query} answers {got!r}, not {expected!r}")
+
+
+async def _readiness(
+    http: aiohttp.ClientSession, url: str, *, ready: bool, within_s: float
+) -> dict[str, str]:
+    """Poll /readyz until it says ``ready`` (or not); the reasons it gives then."""
+    deadline = time.monotonic() + within_s
+    while True:
+        async with http.get(url) as answer:
+            body = await answer.json()
+        if (answer.status == 200) == ready:
+            return dict(body.get("reasons", {}))
+        assert time.monotonic() < deadline, f"/readyz still says {body} after {within_s} s"
+        await asyncio.sleep(0.1)
 
 
 def _dead_pid() -> int:

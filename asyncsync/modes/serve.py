@@ -11,7 +11,8 @@ and go back to the queue, and the process exits 0.
 Dependencies come and go, and serve outlives them: a cycle that meets a Tiny outage or a
 database error fails — recorded as a failed run, ``--mode health`` says why — and the
 next one comes after the cool-down, or sooner with backoff. A database that is away when
-serve starts is waited for (``/healthz`` alive, ``/readyz`` naming it meanwhile). Only a
+serve starts is waited for (``/healthz`` alive, ``/readyz`` naming it meanwhile); the
+embedded one, killed under a running worker, is started again (``Fleet.ping``). Only a
 refused authorization of a single-account install stops the service (exit 4); with an
 accounts table, that account waits for ``asyncsync authorize --account KEY`` and the
 others go on.

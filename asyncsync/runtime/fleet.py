@@ -26,7 +26,7 @@ import aiohttp
 
 from ..accounts import not_served
 from ..client import AccountLimiter, CircuitBreaker
-from ..errors import AccountBusy, ConfigError
+from ..errors import AccountBusy, ConfigError, DatabaseError, DatabaseUnavailable
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, Credentials, ServeOptions
 from ..overview import AccountStatus
@@ -137,8 +137,16 @@ class Fleet:
         return config is not None and not config.enabled
 
     async def ping(self) -> None:
-        """The database answers; leases lost with their session stop their units."""
-        await self._database.account(self._common.account).ping()
+        """The database answers; leases lost with their session stop their units. An
+        embedded server found dead is started again (the worker owns it: nobody else
+        would), and the check still fails: the next one says whether it answers."""
+        try:
+            await self._database.account(self._common.account).ping()
+        except DatabaseError as exc:
+            revived = await self._database.revive()  # DatabaseUnavailable: it could not be
+            if revived is None:
+                raise
+            raise DatabaseUnavailable(revived) from exc
         for account in await self._leases.check():
             held = self._held.get(account)
             if held is not None:
