@@ -321,6 +321,62 @@ def test_no_mode_shares_a_flag_twice() -> None:
         assert len(given) == len(set(given)), name
 
 
+def _offered(mode: str | None) -> set[str]:
+    """The flags ``asyncsync MODE --help`` lists (positionals by their table name)."""
+    names = {f"{f.target.__name__}.{f.field}": f.flag for f in FLAGS if f.positional}
+    offered = set()
+    for action in build_parser(mode)._actions:
+        if action.option_strings:
+            offered.add(action.option_strings[0])  # not --no-full
+        else:
+            offered.add(names.get(action.dest, action.dest))
+    return offered - {"-h", "--version", "--mode"}
+
+
+def _readers() -> dict[str, set[str]]:
+    """Attribute name → the package's modules that read an attribute of that name (the
+    flag table and its parsers excepted: they declare, they do not use)."""
+    import ast
+
+    package = Path(__file__).resolve().parent.parent / "asyncsync"
+    readers: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        module = path.relative_to(package).as_posix()
+        if module.startswith("flags/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                readers.setdefault(node.attr, set()).add(module)
+    return readers
+
+
+def test_each_modes_help_lists_only_flags_the_mode_reads() -> None:
+    # Found offered and never read (its variable was not read either: one file serves all).
+    unread = {"status": ["--run-history-days"], "serve": ["--sim-port"],
+              "sync": ["--sim-port"], "health": ["--statement-timeout", "--db-reconnect"],
+              "migrate": ["--account", "--run-history-days"],
+              "accounts": ["--account", "--max-retries", "--rate-limit", "--token-file"],
+              "authorize": ["--api-base-url", "--rate-limit", "--breaker-failures"],
+              "simulate": ["--client-id", "--api-base-url", "--max-concurrency"]}  # fmt: skip
+    for mode, flags in unread.items():
+        assert _offered(mode).isdisjoint(flags), (mode, _offered(mode) & set(flags))
+    # A flag whose field is read only in some modes' own modules is offered by those
+    # modes alone: a new flag put in a group every mode shares fails here.
+    readers = _readers()
+    for flag in FLAGS:
+        where = readers.get(flag.field, set())
+        assert where, f"{flag.flag}: no module reads {flag.field}"
+        own = {m.removeprefix("modes/").removesuffix(".py") for m in where}
+        if all(m.startswith("modes/") and m != "modes/__init__.py" for m in where):
+            offering = {mode for mode in MODES if flag.flag in _offered(mode)}
+            assert offering <= own, f"{flag.flag} offered by {sorted(offering - own)} unread"
+    # Every mode's own flags are still offered (and the global --help lists them all).
+    for name, mode in MODES.items():
+        offered = _offered(name)
+        assert offered == {f.flag for f in FLAGS if f.target in mode.groups} - set(mode.unread)
+        assert offered <= _offered(None)
+
+
 def test_a_bad_word_after_the_mode_is_named_as_the_user_typed_it() -> None:
     for mode, said in (("accounts", "the action"), ("failures", "the action")):
         result = run_cli(mode, "bogus")

@@ -325,31 +325,52 @@ class Mode:
 
 #: The modes that print no report: --json offered and ignored was a lie of their --help.
 _NO_REPORT = ("--json",)
+#: Only simulate listens: a run's --simulator is reached in-process.
+_SIM_PORT = ("--sim-port",)
+#: Only a mode that records runs (sync_runs) prunes them.
+_NO_RUNS = ("--run-history-days",)
+#: What only a Tiny client (requests to the API) reads.
+_CLIENT = ("--rate-limit", "--max-concurrency", "--timeout", "--max-retries",
+           "--breaker-failures", "--breaker-cooldown", "--max-answer-mb")  # fmt: skip
+#: What reaching an account (its URLs and credentials) reads.
+_REACH = ("--api-base-url", "--token-url", "--client-id", "--client-secret", "--refresh-token",
+          "--token-file", "--quota-share")  # fmt: skip
 
 
 MODES: dict[str, Mode] = {
     "sync": Mode(SyncOptions, (SyncOptions, CycleOptions, RunOptions, *_EVERYTHING),
-                 "a full sync the first time, an incremental cycle after"),
+                 "a full sync the first time, an incremental cycle after", _SIM_PORT),
     "serve": Mode(ServeOptions, (ServeOptions, CycleOptions, *_EVERYTHING),
                   "the service: a cycle every --interval, retries, /metrics, /readyz",
-                  _NO_REPORT),
+                  (*_NO_REPORT, *_SIM_PORT)),
     "backfill": Mode(BackfillOptions, (BackfillOptions, RunOptions, *_EVERYTHING),
-                     "the history, month by month, checkpointed and resumable"),
+                     "the history, month by month, checkpointed and resumable", _SIM_PORT),
     "integrity": Mode(IntegrityOptions, (IntegrityOptions, RunOptions, *_EVERYTHING),
-                      "compare the mirror with the API and fix it"),
-    "retry": Mode(RetryOptions, (RunOptions, *_EVERYTHING), "retry failed imports that are due"),
+                      "compare the mirror with the API and fix it", _SIM_PORT),
+    "retry": Mode(RetryOptions, (RunOptions, *_EVERYTHING), "retry failed imports that are due",
+                  _SIM_PORT),
     "status": Mode(StatusOptions, (StatusOptions, *_LOCAL),
-                   "last runs, freshness, backlog, failures, tokens and lock, per account"),
+                   "last runs, freshness, backlog, failures, tokens and lock, per account",
+                   _NO_RUNS),
     "failures": Mode(FailuresOptions, (FailuresOptions, RunOptions, *_EVERYTHING),
-                     "list import failures, retry them now, or ignore them"),
+                     "list import failures, retry them now, or ignore them", _SIM_PORT),
+    # add takes an account's URLs, client id and quota share; it sends no request.
     "accounts": Mode(AccountsOptions, (AccountsOptions, TinyOptions, *_LOCAL),
-                     "list, add, disable, enable or remove the Tiny accounts of the database"),
+                     "list, add, disable, enable or remove the Tiny accounts of the database",
+                     ("--account", *_NO_RUNS, "--token-file", *_CLIENT)),
+    # health sets its own statement timeout (10 s) and no reconnect: a probe answers fast.
     "health": Mode(HealthOptions, (HealthOptions, *_LOCAL),
-                   "exit 0 when the mirror was synced recently", _NO_REPORT),
-    "migrate": Mode(MigrateOptions, _LOCAL, "create or update the schema", _NO_REPORT),
+                   "exit 0 when the mirror was synced recently",
+                   (*_NO_REPORT, *_NO_RUNS, "--statement-timeout", "--db-reconnect")),
+    "migrate": Mode(MigrateOptions, _LOCAL, "create or update the schema",
+                    (*_NO_REPORT, "--account", *_NO_RUNS)),
+    # authorize talks to the token endpoint only (--timeout bounds it), never to the API.
     "authorize": Mode(AuthorizeOptions, (AuthorizeOptions, *_EVERYTHING),
                       "first authorization: a person logs in to Tiny, the tokens are stored",
-                      _NO_REPORT),
+                      (*_NO_REPORT, *_SIM_PORT, "--api-base-url", "--quota-share",
+                       *(f for f in _CLIENT if f != "--timeout"))),
+    # The simulator's plan is --sim-quota, else --rate-limit; it reaches no account.
     "simulate": Mode(SimulateOptions, (SimulatorOptions, TinyOptions, OutputOptions),
-                     "serve the bundled Tiny simulator", _NO_REPORT),
+                     "serve the bundled Tiny simulator",
+                     (*_NO_REPORT, *_REACH, *(f for f in _CLIENT if f != "--rate-limit"))),
 }  # fmt: skip
