@@ -20,7 +20,8 @@ from rich.text import Text
 
 from . import metrics
 from .clock import iso
-from .report import status_name, table
+from .report import status_name
+from .tables import FittedTable, table
 
 #: Fresh when the last sync finished within this many intervals (and at least an hour),
 #: the rule of ``--mode health`` and of ``/readyz``.
@@ -295,7 +296,7 @@ def render_summary(
         ])  # fmt: skip
     served = [s for s in states if s.account not in not_served]
     fresh = sum(s.fresh(interval_s) for s in served)
-    return table(
+    return FittedTable(
         ["account", "state", "last sync", "orders", "backlog", "retry", "review", "quota",
          "lock"],
         rows,

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from rich import box
 from rich.console import Console, Group, RenderableType
-from rich.table import Column, Table
+from rich.table import Table
 from rich.text import Text
 
 from . import metrics
@@ -27,6 +26,7 @@ from .clock import iso, utcnow
 from .errors import ReauthorizationRequired
 from .seams import ApiStats, Census
 from .status import Situacao
+from .tables import cell, table
 
 #: Id lists longer than this are cut in JSON (their totals stay complete).
 JSON_LIST_CAP = 1000
@@ -275,7 +275,7 @@ def render(report: RunReport) -> RenderableType:
         rows = [[FINDING_LABELS.get(k, k), len(v), ids_text(v)] for k, v in report.findings.items()]
         parts.append(table(["finding", "orders", "ids"], rows))
     lines = [
-        f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in report.facts.items() if k != "by_status"
+        f"{k.replace('_', ' ')}: {cell(v)}" for k, v in report.facts.items() if k != "by_status"
     ]
     lines += [*report.notes, api_line(report.api)]
     parts += [Text(line) for line in lines]
@@ -310,62 +310,10 @@ def _by_status_table(
         totals.append(None if None in values else sum(v or 0 for v in values))
     out = table(["status", *(COLUMN_LABELS.get(c, c) for c in columns)], rows)
     out.add_section()
-    out.add_row(*(_fmt(v) for v in totals), style="bold")
+    out.add_row(*(cell(v) for v in totals), style="bold")
     if caption:
         out.caption = str(caption)
     return out
-
-
-def table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[object]],
-    title: str = "",
-    *,
-    show_header: bool = True,
-) -> Table:
-    """A boxed rich table; numeric columns right-aligned, text left-aligned, long text
-    folded inside its cell so the table keeps to the terminal's width."""
-    out = Table(
-        *(
-            Column(
-                h,
-                justify="right" if _numeric(rows, i) else "left",
-                overflow="fold",
-                no_wrap=_numeric(rows, i),
-                min_width=min(len(h), 12),
-            )
-            for i, h in enumerate(headers)
-        ),
-        title=title or None,
-        title_justify="left",
-        box=box.SQUARE,
-        show_header=show_header,
-        header_style="bold",
-    )
-    for row in rows:
-        out.add_row(*(_fmt(c) for c in row))
-    return out
-
-
-def _numeric(rows: Sequence[Sequence[object]], i: int) -> bool:
-    values = [r[i] for r in rows if r[i] not in ("", None)]
-    return bool(values) and all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in values
-    )
-
-
-def _fmt(value: object) -> str | Text:
-    if isinstance(value, Text):  # styled already (a STALE account in red)
-        return value
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def status_name(code: int) -> str:

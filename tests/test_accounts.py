@@ -201,6 +201,18 @@ async def test_status_of_every_account_says_which_are_not_served(
         assert cells[3:] == ["20", "0", "0", "0", quota, "free"], out  # orders ... lock
     assert "3 accounts: 1 fresh, 0 STALE, 2 not served" in out and "work queue" in out
     assert "account east —" not in out and "last run of each mode" not in out
+    # Narrower than the table (COLUMNS, piped or not): a block an account, every cell of
+    # its line there, nothing cut (below about 84 columns the table lost its last column).
+    for width in (60, 80):
+        code, out, _ = await cli(*status, "--log-format", "text", env={"COLUMNS": str(width)})
+        assert code == 0 and max(map(len, out.splitlines())) <= width, out
+        blocks = " ".join(out.split()).split(" work queue")[0]
+        for key, state in (("east", "fresh"), ("north", "disabled"), ("south", "removed")):
+            quota = f"{sims[key].config.rate_limit_per_minute:,}"
+            said = f" {key} state {state} · last sync ok, "
+            assert said in blocks, (key, out)
+            block = blocks.split(said)[1].split("lock free")[0]
+            assert "orders 20 · backlog 0 · retry 0 · review 0 · quota " + quota in block, out
     # --full: each account's tables, as before.
     code, out, _ = await cli(*status, "--full", "--log-format", "text")
     assert code == 0 and "account north — disabled" in out and "account south — removed" in out

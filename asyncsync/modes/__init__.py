@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import importlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -181,8 +182,10 @@ def show(renderable: RenderableType, data: object, common: CommonOptions) -> Non
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     else:
-        # Piped, a report is still read by a person: wide enough that tables keep whole.
-        console = Console() if sys.stdout.isatty() else Console(width=120)
+        # Piped, a report is still read by a person: wide enough that tables keep whole,
+        # unless COLUMNS says how wide (rich reads it; a terminal's own size otherwise).
+        columns = os.environ.get("COLUMNS", "").strip()
+        console = Console() if sys.stdout.isatty() or columns.isdigit() else Console(width=120)
         console.print(renderable)
 
 

@@ -20,9 +20,9 @@ import os
 from ..accounts import AccountConfig
 from ..errors import ConfigError
 from ..options import AccountsOptions, CommonOptions
-from ..report import table
 from ..runtime import database_of
 from ..seams import WorkQueue
+from ..tables import table
 from ..work.units import Kind, Unit
 from . import show
 

@@ -24,9 +24,9 @@ from ..errors import DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, StatusOptions
 from ..overview import render_status, render_summary, status_dict
-from ..report import table
 from ..runtime import database_of
 from ..seams import QueueCount, WorkQueue
+from ..tables import table
 from . import show
 
 
