@@ -10,7 +10,7 @@ import datetime as dt
 import os
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .options import ACCOUNT_KEY
 
@@ -146,6 +146,15 @@ def dsn(raw: str) -> str:
         raise ValueError("names no host (postgresql://user@host:5432/database)")
     if port is not None and not 0 < port < 65536:
         raise ValueError(f"has port {port}, outside 1..65535")
+    # Without one, libpq (and asyncpg) take the user's name for the database: the mirror's
+    # tables landed in `postgres` (or `asyncsync`), unsaid. PGDATABASE names one as libpq
+    # reads it, at connect time.
+    named = unquote(parts.path.lstrip("/")) or any(
+        v.strip() for k, v in parse_qsl(parts.query) if k in ("dbname", "database")
+    )
+    if not named and not os.environ.get("PGDATABASE", "").strip():
+        raise ValueError("names no database: add it after the host, as in "
+                         "postgresql://user@host:5432/tiny")  # fmt: skip
     return value
 
 

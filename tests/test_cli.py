@@ -24,6 +24,7 @@ from asyncsync.store.database import with_database
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
     clean.pop("DATABASE_URL", None)
+    clean.pop("PGDATABASE", None)  # libpq's: it would name the database a URL leaves out
     clean.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "asyncsync", *args],
@@ -210,6 +211,7 @@ async def test_health_judges_freshness_by_the_databases_clock(
         ({"DATABASE_URL": "postgresql://u:s3cret@h:notaport/db"}, "DATABASE_URL is not a valid"),
         ({"DATABASE_URL": "postgresql://u:s3cret@[::1/db"}, "DATABASE_URL is not a valid"),
         ({"DATABASE_URL": "mysql://u:s3cret@h/db"}, "DATABASE_URL must start with postgresql://"),
+        ({"DATABASE_URL": "postgresql://u:s3cret@h:5432"}, "DATABASE_URL names no database"),
         ({"ASYNCSYNC_MODE": "serve", "ASYNCSYNC_METRICS_PORT": "99999"},
          "ASYNCSYNC_METRICS_PORT must be from 0 to 65535, got 99999"),
         ({"ASYNCSYNC_MODE": "serve", "ASYNCSYNC_INTERVAL_S": "0"},
@@ -228,6 +230,27 @@ def test_a_bad_environment_value_names_its_variable(env, message) -> None:
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1  # one sentence
+
+
+def test_a_database_url_that_names_no_database_is_refused(monkeypatch) -> None:
+    """libpq took the user's name for it: the mirror's tables landed, unsaid, in the
+    `postgres` database of `postgresql://postgres@db:5432`."""
+    from asyncsync.flags import parse
+
+    monkeypatch.delenv("PGDATABASE", raising=False)
+    for url in ("postgresql://u:s3cret@db:5432", "postgresql://u:s3cret@db/",
+                "postgresql://u:s3cret@db/?sslmode=disable&dbname="):  # fmt: skip
+        for argv, env, name in ((["sync", "--database-url", url], {}, "--database-url"),
+                                (["status"], {"DATABASE_URL": url}, "DATABASE_URL")):  # fmt: skip
+            with pytest.raises(ConfigError) as said:
+                parse(argv, env)
+            assert str(said.value) == (f"{name} names no database: add it after the host, as "
+                                       "in postgresql://user@host:5432/tiny"), url  # fmt: skip
+    for url in ("postgresql://u@db/tiny", "postgresql://u@db?dbname=tiny",
+                "postgresql://u@db/?database=tiny", "postgresql://u@db/ti%20ny"):  # fmt: skip
+        assert parse(["status", "--database-url", url], {}).common.database.database_url == url
+    monkeypatch.setenv("PGDATABASE", "tiny")  # libpq's own variable names it
+    assert parse(["status", "--database-url", "postgresql://u@db"], {}).common.database
 
 
 def test_a_heartbeat_timeout_postgresql_cannot_hold_is_refused() -> None:
