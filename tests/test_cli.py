@@ -244,13 +244,35 @@ def test_a_database_url_that_names_no_database_is_refused(monkeypatch) -> None:
                                 (["status"], {"DATABASE_URL": url}, "DATABASE_URL")):  # fmt: skip
             with pytest.raises(ConfigError) as said:
                 parse(argv, env)
-            assert str(said.value) == (f"{name} names no database: add it after the host, as "
-                                       "in postgresql://user@host:5432/tiny"), url  # fmt: skip
+            said_so = f"{name} names no database: add it after the host, as in postgresql:"
+            assert str(said.value).startswith(said_so + "//user@host:5432/tiny ("), url
     for url in ("postgresql://u@db/tiny", "postgresql://u@db?dbname=tiny",
                 "postgresql://u@db/?database=tiny", "postgresql://u@db/ti%20ny"):  # fmt: skip
         assert parse(["status", "--database-url", url], {}).common.database.database_url == url
     monkeypatch.setenv("PGDATABASE", "tiny")  # libpq's own variable names it
     assert parse(["status", "--database-url", "postgresql://u@db"], {}).common.database
+
+
+def test_a_bad_number_for_any_flag_names_the_flag_and_its_variable() -> None:
+    """Empty, negative, not a number, past any range, with a unit: one sentence naming where
+    the value came from and the other way to set it (exit 2: ConfigError)."""
+    from asyncsync.flags import parse
+
+    numeric = [f for f in FLAGS if f.metavar in ("N", "S", "MS", "DAYS", "PORT", "MB", "FRACTION")]
+    assert len(numeric) > 30
+    for flag in numeric:
+        mode = next(m for m, spec in MODES.items()
+                    if flag.target in spec.groups and flag.flag not in spec.unread)  # fmt: skip
+        for bad in ("", "-1", "abc", "1e400", "5s", "30 min"):
+            ways = [([mode, flag.flag, bad], {}, flag.flag, f"(env {flag.env})")]
+            if bad:  # an empty variable is unset: the default
+                ways.append(([mode], {flag.env: bad}, flag.env, f"(flag {flag.flag})"))
+            for argv, environ, source, twin in ways:
+                with pytest.raises(ConfigError) as said:
+                    parse(argv, environ)
+                text = str(said.value)
+                assert text.startswith(f"{source} must ") and text.endswith(twin), text
+                assert "\n" not in text
 
 
 def test_a_heartbeat_timeout_postgresql_cannot_hold_is_refused() -> None:

@@ -183,10 +183,15 @@ def read_values(
         source, raw = (named, given) if given is not None else (flag.env, environ.get(flag.env))
         if raw is None or (not raw.strip() and source == flag.env):
             continue  # unset, or set to nothing (or spaces only): the default
+        # The message names the other way to set it too: an operator who finds a bad value
+        # in a unit file and one who finds it in an environment file look for the same.
+        twin = f"env {flag.env}" if source != flag.env else f"flag {flag.flag}"
+        if flag.positional and source == flag.env:
+            twin = f"the {flag.field.replace('_', ' ')} after the mode"
         try:
             values[(flag.target, flag.field)] = flag.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{source} {exc}") from None
+            raise ConfigError(f"{source} {exc} ({twin})") from None
     return values
 
 
