@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import io
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,9 @@ async def retry(rt: Runtime, *, now: dt.datetime, stop: asyncio.Event | None = N
     return await retry_due(rt.client, s.orders, s.failures, context(rt, stop), now=now)
 
 
-def break_list_item(sim: TinySimulator, order_id: int) -> None:
+def break_list_item(sim: TinySimulator, order_id: int) -> Callable[[], None]:
     """From now on, ``order_id``'s list item carries a date no parser reads (its detail is
-    left as it is)."""
+    left as it is); returns what mends it (the item renders as before)."""
     render = sim._renderer.list_item
 
     def listed(order: Any) -> Any:
@@ -95,7 +96,11 @@ def break_list_item(sim: TinySimulator, order_id: int) -> None:
             item["data"] = "31/02/2020x"
         return item
 
+    def mend() -> None:
+        sim._renderer.list_item = render  # type: ignore[method-assign]
+
     sim._renderer.list_item = listed  # type: ignore[method-assign]
+    return mend
 
 
 async def register(

@@ -341,6 +341,64 @@ async def test_failures_a_person_ignored_are_left_alone_for_good(
             assert sim.stats.requests_by_endpoint["list"] - lists == 8  # the pre-check agrees
 
 
+async def test_a_missing_order_at_manual_review_that_reads_again_is_imported_at_once(
+    simulator, runtime_for, db
+) -> None:
+    """An order the mirror lacks, its list item and its detail broken until its failure
+    used up its attempts, then fixed in Tiny: the full comparison that lists it readable
+    imports it and resolves its failure (section 6: each missing order is imported), not
+    the next sync's listing a cycle later."""
+    sim = await simulator(orders=40, seed=3)
+    victim = sorted(sim.orders)[5]
+    mend = helpers.break_list_item(sim, victim)
+    sim.fail_detail[victim] = "malformed"
+    now = T0
+    async with runtime_for(sim, **FAST) as rt:
+        await helpers.full_sync(rt)
+        for _ in range(5):
+            now += dt.timedelta(hours=1)
+            retried = await helpers.retry(rt, now=now)
+        assert retried.findings["manual_review"] == [victim]
+        mend()  # fixed in Tiny: its list item and its detail read again
+        sim.fail_detail.clear()
+        details = sim.stats.requests_by_endpoint["detail"]
+        report = Found(await helpers.integrity(rt, deep=True, at=now))
+    assert report.recovered == [victim] and report.manual_review == []
+    assert report.exit_code == 0 and report.failed == []
+    assert sim.stats.requests_by_endpoint["detail"] - details == 1
+    resolved = "SELECT resolvido FROM import_failures WHERE id_ordem = $1"
+    assert await db.fetchval(resolved, victim), "imported, yet its failure waits for a person"
+    assert diff(sim.snapshot(), await mirror(db)) == []  # the mirror is exact
+
+
+async def test_a_missing_order_at_manual_review_still_broken_stays_a_known_failure(
+    simulator, runtime_for, db
+) -> None:
+    """Its list item reads but its detail is still broken: asked once, the failure stays
+    at manual review (an attempt more), a known failure, not one this run found."""
+    sim = await simulator(orders=40, seed=3)
+    victim = sorted(sim.orders)[5]
+    sim.fail_detail[victim] = "malformed"
+    now = T0
+    async with runtime_for(sim, **FAST) as rt:
+        await helpers.full_sync(rt)
+        await db.execute("DELETE FROM ordens_servico WHERE id = $1", victim)
+        await db.execute(  # its attempts used up (the sync's details pass recorded it)
+            "UPDATE import_failures SET tentativas = 5, ultima_tentativa = $2,"
+            " erro = 'TinyBadPayload: earlier' WHERE id_ordem = $1",
+            victim, now.replace(tzinfo=None),
+        )  # fmt: skip
+        details = sim.stats.requests_by_endpoint["detail"]
+        report = Found(await helpers.integrity(rt, deep=True, at=now + dt.timedelta(hours=1)))
+    assert report.manual_review == [victim] and report.failed == report.recovered == []
+    assert report.exit_code == 0 and sim.stats.requests_by_endpoint["detail"] - details == 1
+    row = await db.fetchrow(
+        "SELECT tentativas, resolvido, erro FROM import_failures WHERE id_ordem = $1", victim
+    )
+    assert (row["tentativas"], row["resolvido"]) == (6, False)
+    assert "TinyBadPayload" in row["erro"] and "earlier" not in row["erro"]
+
+
 def test_serve_compares_every_id_once_a_week_each_account_on_its_own_day() -> None:
     week = [dt.date(2026, 12, 7) + dt.timedelta(days=n) for n in range(7)]
     days = {

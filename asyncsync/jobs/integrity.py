@@ -10,7 +10,10 @@ only the list rows that disagree are kept in memory; at the end every listed
 ``(id, situacao, hash, observed_at)`` is compared with the mirror as sets:
 
 * listed but absent → imported (list item + detail); a failed import goes to
-  ``import_failures`` with the list item and the failing answer, and is not inserted;
+  ``import_failures`` with the list item and the failing answer, and is not inserted.
+  One whose failure waits for its next retry is left to the retry mode; one at manual
+  review is tried once more (its list item reads now): imported, its failure resolved;
+  failing again, it stays at manual review;
 * status differs → corrected from the list item, with an ``'integrity'`` history row;
 * in no listing → its detail is asked: alive, it is merged; else ``possibly_deleted``.
 """
@@ -100,6 +103,7 @@ class _Check:
         self.seen: dict[int, Sighting] = {}  # id -> latest sighting
         self.candidates: dict[int, OrderRecord] = {}  # list rows that disagree with the mirror
         self.unreadable: dict[int, FailureRecord] = {}
+        self.review: set[int] = set()  # missing, their failure at manual review: tried once
         self.found: dict[str, list[Any]] = {
             name: []
             for name in ("recovered", "failed", "unavailable", "awaiting_retry", "unreadable",
@@ -280,9 +284,12 @@ class _Check:
                 self.found["stale"].append({"id": s.id, "from": s.old, "to": s.new})
             if s.flagged:
                 self.found["reappeared"].append(s.id)
-        self.found["awaiting_retry"] = [i for i, due in missing if not due]
+        # At manual review the retry mode tries it no more, but its list item reads now:
+        # imported here, as section 6 imports each missing order, not by the next sync.
+        self.review = {i for i in comparison.review if i in self.candidates}
+        self.found["awaiting_retry"] = [i for i, due in missing if not due and i not in self.review]
         unlisted = [i for i in comparison.unlisted if i not in self.unreadable]
-        return [i for i, due in missing if due], unlisted
+        return [i for i, due in missing if due or i in self.review], unlisted
 
     async def _import(self, ids: Sequence[int]) -> None:
         """Missing orders: detail first; only a complete order enters the mirror. In rounds
@@ -316,7 +323,9 @@ class _Check:
         refused = {f.order_id for f in merged.refused}  # a failed attempt, counted by the merge
         failed = [*failed, *merged.refused]
         self.found["recovered"] += [d.id for d in details if d.id not in refused]
-        self.found["failed"] += [f.order_id for f in failed]
+        # One at manual review that failed again stays there (an attempt more): a known
+        # failure, reported as such, not one this run found.
+        self.found["failed"] += [f.order_id for f in failed if f.order_id not in self.review]
         self.found["unavailable"] += list(out.unavailable)
         out.raise_outage()
 
