@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from asyncsync.clock import utcnow
+from asyncsync.errors import DatabaseError
 from asyncsync.jobs.retry import DEFAULT_POLICY, retry_due
 from asyncsync.options import ServeOptions
 from asyncsync.records import FailureRecord, canonical_json, synthetic_id
@@ -145,6 +146,45 @@ async def test_a_write_tried_again_after_its_answer_was_lost_is_not_done_twice(
     assert first == again and await db.fetchval("SELECT count(*) FROM sync_runs") == 1
     assert await db.fetchval("SELECT errors FROM sync_runs") == ["Tiny answered 400: ab"]
     assert await db.fetchval("SELECT count(*) FROM integrity_runs") == 1
+
+
+async def test_a_listings_failures_are_written_whole_or_not_at_all(
+    simulator, runtime_for, db
+) -> None:
+    # A listing's failures take two statements (the open rows' newest list item, then the
+    # upsert): one transaction, so a refused second statement leaves the first undone.
+    sim: TinySimulator = await simulator(orders=10, seed=6)
+    t0 = utcnow().replace(microsecond=0)
+    t1 = t0 + dt.timedelta(minutes=15)
+    old, moved, new = '{"id": 7, "situacao": "9"}', '{"id": 7, "situacao": "8"}', '{"x": 1}'
+    listing = [FailureRecord(7, "RecordError: situacao", moved), FailureRecord(8, "no id", new)]
+    async with runtime_for(sim) as rt:
+        record = rt.store.failures.record
+        await record([FailureRecord(7, "RecordError: situacao", old)], now=t0,
+                     counts_as_attempt=False, listed=True)  # fmt: skip
+        await db.execute(  # a constraint of the user's refuses the second statement
+            "ALTER TABLE import_failures ADD CONSTRAINT no_8 CHECK (id_ordem <> 8)"
+        )
+        with pytest.raises(DatabaseError):
+            await record(listing, now=t1, counts_as_attempt=False, listed=True)
+        assert await db.fetchval("SELECT dados_api::text FROM import_failures") == old
+        await db.execute("ALTER TABLE import_failures DROP CONSTRAINT no_8")
+        assert await record(listing, now=t1, counts_as_attempt=False, listed=True) == [8]
+        due = {f.id_ordem: f.next_due_at for f in
+               await rt.store.failures.listing("pending", DEFAULT_POLICY, 10)}  # fmt: skip
+    rows = {
+        r["id_ordem"]: tuple(r.values())[1:]
+        for r in await db.fetch(
+            "SELECT id_ordem, dados_api::text, erro, tentativas, resolvido, primeira_tentativa,"
+            " ultima_tentativa FROM import_failures ORDER BY id_ordem"
+        )
+    }
+    naive = [t.replace(tzinfo=None) for t in (t0, t1)]
+    assert rows == {  # 7 takes the newest item (no attempt); 8 is new, attempt 1
+        7: (moved, "RecordError: situacao", 1, False, naive[0], naive[0]),
+        8: (new, "no id", 1, False, naive[1], naive[1]),
+    }
+    assert due == {7: t0 + 30 * SECOND, 8: t1 + 30 * SECOND}
 
 
 async def test_a_retry_goes_through_every_due_failure_chunk_by_chunk(

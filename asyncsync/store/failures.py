@@ -26,7 +26,7 @@ def _policy(policy: RetryPolicy) -> tuple[int, float, float]:
 
 
 async def upsert(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: asyncpg.Connection,
     account: str,
     failures: Sequence[FailureRecord],
     *,
@@ -34,8 +34,9 @@ async def upsert(
     counts_as_attempt: bool,
     listed: bool = False,
 ) -> list[int]:
-    """Write ``failures`` in one statement (two for ``listed``); returns the ids whose row
-    was written (the caller counts them, :func:`count`, once they are committed).
+    """Write ``failures`` in one statement (two for ``listed``: the caller's transaction
+    holds them together); returns the ids whose row was written (the caller counts them,
+    :func:`count`, once they are committed).
     ``listed``: list items a listing read (failure_upsert.sql); their open rows take the
     newest item first, in a statement of its own, not counted as written
     (failure_relisted.sql)."""
@@ -79,14 +80,17 @@ class PgFailureLog:
         counts_as_attempt: bool,
         listed: bool = False,
     ) -> list[int]:
-        """See :meth:`asyncsync.seams.FailureLog.record`."""
-        written: list[int] = await self._sql.run(
-            "recording import failures",
-            lambda: upsert(
-                self._sql.pool, self.account, failures, now=now,
-                counts_as_attempt=counts_as_attempt, listed=listed,
-            ),
-        )  # fmt: skip
+        """See :meth:`asyncsync.seams.FailureLog.record`. One transaction: a listing's
+        two statements land together or not at all."""
+
+        async def write() -> list[int]:
+            async with self._sql.pool.acquire() as conn, conn.transaction():
+                return await upsert(
+                    conn, self.account, failures, now=now,
+                    counts_as_attempt=counts_as_attempt, listed=listed,
+                )  # fmt: skip
+
+        written: list[int] = await self._sql.run("recording import failures", write)
         count(self.account, written)
         return written
 
