@@ -77,10 +77,10 @@ def write_json(path: str | None, figures: object) -> None:
 
 @asynccontextmanager
 async def scratch_database(
-    admin_dsn: str, label: str, *, schema: bool = True
+    admin_dsn: str, label: str, *, schema: bool = True, prefix: str = "bench"
 ) -> AsyncIterator[str]:
-    """A fresh database ``bench_<label>_<random>`` (schema applied); dropped on exit."""
-    name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+    """A fresh database ``<prefix>_<label>_<random>`` (schema applied); dropped on exit."""
+    name = f"{prefix}_{label}_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
