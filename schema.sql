@@ -93,7 +93,8 @@ CREATE INDEX IF NOT EXISTS idx_import_failures_tentativas ON import_failures (te
 -- Beside the document's two: the open failures of an account, by their last attempt, in the
 -- queries' own words (NOT coalesce(resolvido, false)). Resolved rows are never deleted, so
 -- without it retry_due, retry_pending and retry_manual_review read every failure an account
--- ever had (1M rows, 20 accounts, 2 % open: 16 ms against 1.4 ms; bench/bench_failures.py).
+-- ever had (1M rows, 20 accounts, 2 % open: retry_due 14.4 ms against 1.0;
+-- bench/bench_failures.py).
 CREATE INDEX IF NOT EXISTS idx_import_failures_account_open
     ON import_failures (account, ultima_tentativa) WHERE NOT coalesce(resolvido, false);
 
