@@ -47,7 +47,6 @@ async def work(
     """Run units until ``stop``; then let the running ones drain and re-queue."""
     hooks = hooks or Hooks()
     dispatcher = Dispatcher(fleet, options, stop, hooks, queue)
-    await plan(fleet, queue, options)
 
     async def tick() -> None:
         await plan(fleet, queue, options)
@@ -96,7 +95,9 @@ async def work(
             try:
                 if failures:  # back, perhaps restored or created anew: tables first
                     await fleet.reinstall()
-                    await plan(fleet, queue, options)
+                # The first plan too: a database lost at that moment is an outage to wait
+                # out like any other (it ended serve with exit 6).
+                await plan(fleet, queue, options)
                 await queue.work(
                     dispatcher.handlers(),
                     slots=options.slots,

@@ -124,6 +124,35 @@ async def test_serve_started_while_the_database_is_down_waits_for_it(
     assert code == 0 and sim.stats.requests_by_endpoint["list"] > 0
 
 
+async def test_serve_whose_database_goes_away_at_its_first_plan_waits_for_it(
+    simulator, own_postgres: OwnPostgres, monkeypatch
+) -> None:
+    # The worker planned its units once before its guarded loop: the database lost at that
+    # moment (after serve had opened it) ended serve, exit 6, instead of being waited out.
+    sim = await simulator(orders=100, seed=15)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0)
+    stop = asyncio.Event()
+    sim.on_list_page = lambda *_: stop.set()  # a cycle reached Tiny once it was back
+    planned = worker.plan
+    plans: list[asyncio.Task[None]] = []  # one a plan; the first stops the database
+
+    async def start_later() -> None:
+        await asyncio.sleep(3)
+        await asyncio.to_thread(own_postgres.start)
+
+    async def plan_after_a_stop(*args: object, **kwargs: object) -> None:
+        if not plans:
+            await asyncio.to_thread(own_postgres.stop)
+        plans.append(asyncio.create_task(start_later()) if not plans else plans[0])
+        await planned(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker, "plan", plan_after_a_stop)
+    options = ServeOptions(interval_s=0.05, heartbeat_s=2, metrics_port=0, cycle=cycle())
+    code = await asyncio.wait_for(serve.run(common, options, stop), 90)
+    assert code == 0 and sim.stats.requests_by_endpoint["list"] > 0
+    assert len(plans) >= 2  # the first, which met the database away, and one after
+
+
 async def test_serve_fails_the_cycle_the_database_left_and_says_so(
     simulator, own_postgres: OwnPostgres, caplog
 ) -> None:
