@@ -159,6 +159,33 @@ async def test_serve_starts_its_embedded_server_again_when_it_was_killed(
     assert gone(pgdata, within_s=15), "the server started again outlived its last user"
 
 
+async def test_a_server_killed_between_two_opens_is_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after this process started it and before it opened it again (serve waiting
+    at start for its database; a run opening its history row): the DSN it remembered
+    reached nothing, and serve's start-up tried it for ever."""
+    monkeypatch.setattr(embedded, "_STARTED", {})
+    pgdata = tmp_path / "pgdata"
+    with embedded_server(tmp_path):  # stops what runs there at the end
+        dsn = embedded.start_embedded(tmp_path)
+        killed = postmaster(pgdata)
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while (death := embedded._death(pgdata)) is None or not death[1]:  # reaped, at last
+            assert time.monotonic() < deadline, death
+            await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(embedded.start_embedded, tmp_path) == dsn
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await conn.close()
+        assert postmaster(pgdata) not in (None, killed)
+    assert gone(pgdata, within_s=15)
+
+
 async def _metrics_port(caplog: pytest.LogCaptureFixture) -> int:
     """The port serve's log line says it listens on."""
     for _ in range(100):

@@ -42,6 +42,21 @@ def start_embedded(data_dir: Path) -> str:
     key = data_dir.resolve()
     if key not in _STARTED:
         _STARTED[key] = str(_embedded_server(data_dir).get_uri())
+        return _STARTED[key]
+    # Killed since this process started it (serve waiting at start for its database): the
+    # DSN it remembers reaches nothing, and nobody else would start it. One not reaped yet
+    # is left to the caller's next try (PostgreSQL would take it for alive).
+    pgdata = data_dir / "pgdata"
+    death = _death(pgdata)
+    if death is not None and death[1]:
+        log.warning("the embedded PostgreSQL in %s died (%s): starting it again", pgdata, death[0])
+        try:
+            _STARTED[key] = _start_again(pgdata)[1]
+        except DatabaseError as exc:
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL in {pgdata} died ({death[0]}) and could not be "
+                f"started again: {exc}"
+            ) from exc
     return _STARTED[key]
 
 
