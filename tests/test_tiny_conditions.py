@@ -150,9 +150,11 @@ async def asyncsync(*args: str, env: dict[str, str], stdin: int | None = None):
     )  # fmt: skip
 
 
-def tiny_args(sim: TinySimulator, database_url: str) -> list[str]:
+def tiny_args(sim: TinySimulator, database_url: str, *, api: bool = True) -> list[str]:
+    """The flags reaching ``sim``; without ``api`` (authorize: the token endpoint only,
+    which refuses --api-base-url), its token URL alone."""
     return [
-        "--database-url", database_url, "--api-base-url", sim.base_url,
+        "--database-url", database_url, *(("--api-base-url", sim.base_url) if api else ()),
         "--token-url", sim.token_url, "--log-format", "json",
     ]  # fmt: skip
 
@@ -174,7 +176,7 @@ async def test_first_authorization_end_to_end(simulator, database_url, db) -> No
     sim = await simulator(orders=60, seed=4, rotate_refresh_tokens=True)
     port = free_port()
     proc = await asyncsync(
-        "authorize", *tiny_args(sim, database_url),
+        "authorize", *tiny_args(sim, database_url, api=False),
         "--redirect-uri", f"http://127.0.0.1:{port}/callback", env=app_env(sim),
     )  # fmt: skip
     url = await read_url(proc)
@@ -205,7 +207,7 @@ async def test_authorization_by_pasting_the_address(simulator, database_url, db)
     redirect = "https://app.example.com/tiny/callback"  # not on this machine
     sim = await simulator(orders=10, redirect_uris=(redirect,))
     proc = await asyncsync(
-        "authorize", *tiny_args(sim, database_url), "--redirect-uri", redirect,
+        "authorize", *tiny_args(sim, database_url, api=False), "--redirect-uri", redirect,
         env=app_env(sim), stdin=asyncio.subprocess.PIPE,
     )  # fmt: skip
     url = await read_url(proc)
@@ -477,7 +479,7 @@ async def test_authorize_stops_at_once_when_interrupted(sig: str, simulator, dat
 
     sim = await simulator(orders=5)
     proc = await asyncsync(
-        "authorize", *tiny_args(sim, database_url),
+        "authorize", *tiny_args(sim, database_url, api=False),
         "--redirect-uri", f"http://127.0.0.1:{free_port()}/callback",
         env=app_env(sim), stdin=asyncio.subprocess.PIPE,
     )  # fmt: skip
