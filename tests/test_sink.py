@@ -99,6 +99,33 @@ async def test_a_one_shot_runs_merge_lands_only_while_its_run_lock_is_held(
     assert [tuple(r) for r in history] == [(1, 0)]
 
 
+async def test_a_one_shot_runs_merge_after_its_lock_session_died_lands_within_its_reconnect(
+    db, database_url
+) -> None:
+    """The lock session of a one-shot run died (a database restart, a cut connection) and
+    nobody else took the account: the merge that finds the lock gone has the watch take it
+    again at once, and lands within the run's --db-reconnect. It waited for the watch's
+    next check (up to 5 s, then 5 s more for each failed take), so a restart a run with
+    --db-reconnect 2 rode out before the lock check failed it with exit 6."""
+    from asyncsync.store.resilience import Reconnect
+
+    named = "SELECT pid FROM pg_stat_activity WHERE application_name = 'asyncsync sync'"
+    gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+    async with connect_pool(database_url, max_size=4) as pool:
+        store = Database(pool, Reconnect(within_s=2.0)).account("default", open_statuses=[0])
+        async with store.lock("sync"):
+            await store.orders.merge_listed([parse_list_item(item(1, 0), T0)])
+            pid = await db.fetchval(named)
+            await db.execute("SELECT pg_terminate_backend($1)", pid)
+            while not await db.fetchval(gone, pid):  # noqa: ASYNC110 (its lock goes)
+                await asyncio.sleep(0.05)
+            later = T0 + dt.timedelta(seconds=1)
+            await store.orders.merge_listed([parse_list_item(item(1, 3), later)])
+            assert await db.fetchval(named) not in (None, pid)  # held again, on a new session
+    rows = await db.fetch("SELECT id, situacao FROM ordens_servico ORDER BY id")
+    assert [tuple(r) for r in rows] == [(1, 3)]
+
+
 async def test_an_account_leased_again_after_its_session_died_is_not_reported_lost(db) -> None:
     """A take that met the dead lease session left every account it held marked lost, to
     be reported at the next check; an account leased again since (its units had ended)

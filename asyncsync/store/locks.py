@@ -105,12 +105,15 @@ class RunLockSession:
     finds the session gone within a check (:data:`LOCK_CHECK_S`) and takes the lock again,
     or stops if another run took it; a merge meanwhile must not land beside that run's,
     both writing the same status change into the history: it waits, as for a database
-    restart, until the lock is this run's again."""
+    restart, until the lock is this run's again. A merge that finds the lock gone wakes
+    the watch (:attr:`lost`), which takes it again at once rather than at its next check:
+    the merge lands within the run's ``--db-reconnect``."""
 
     def __init__(self, account: str) -> None:
         self.account = account
         self.name = run_lock_name(account)
         self.pid: int | None = None  # the backend holding the lock; None: no lock taken
+        self.lost = asyncio.Event()  # set by a merge that found the lock gone: look now
 
     async def check(self, conn: asyncpg.Connection) -> None:
         """Return if the lock is this run's (or none was taken: a store used without
@@ -118,6 +121,7 @@ class RunLockSession:
         pid = self.pid
         if pid is None or await conn.fetchval(sql("lease_held"), pid, self.name):
             return
+        self.lost.set()
         raise DatabaseUnavailable(
             f"account {self.account!r}: the session holding this run's lock is gone (a "
             "database restart, or this process frozen past its statement timeout); the "
@@ -225,9 +229,11 @@ async def _watch(
 ) -> None:
     """Ping the session holding the lock; when it is gone, take the lock again on a new
     one (held by ``stack``, released with the first); when another run holds it, stop
-    ``owner``."""
+    ``owner``. A merge that found the lock gone (``session.lost``) has it look at once."""
     while True:
-        await asyncio.sleep(LOCK_CHECK_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.lost.wait(), LOCK_CHECK_S)
+        session.lost.clear()
         if not _gone(conn):
             with contextlib.suppress(*CAUGHT):
                 await asyncio.wait_for(conn.fetchval(sql("ping")), timeout=LOCK_CHECK_S)
