@@ -296,26 +296,60 @@ async def test_a_database_url_server_is_never_started(
 async def test_a_postmaster_not_reaped_yet_is_started_once_it_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A killed postmaster stays a zombie until its parent (init, here the container's
-    first process) reaps it, and PostgreSQL takes it for a live one: no start is tried
-    meanwhile, and /readyz says what it waits for."""
-    exited = _unreaped()
+    """A killed postmaster stays a zombie until its parent (init, another process)
+    reaps it, and PostgreSQL takes it for a live one: no start is tried meanwhile, and
+    /readyz says what it waits for."""
+    parent, exited = _unreaped_elsewhere()
     try:
-        _postmaster_file(tmp_path, exited.pid)
+        _postmaster_file(tmp_path, exited)
         monkeypatch.setattr(embedded, "_start_again", _no_start)
         server = embedded.EmbeddedServer(tmp_path, "postgresql://postgres:@/postgres?host=/x")
         with pytest.raises(DatabaseUnavailable, match=r"not reaped yet.*once its parent reaps"):
             await server.revive()
     finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_a_postmaster_left_to_this_process_is_reaped_and_started_again(
+    tmp_path: Path,
+) -> None:
+    """pg_ctl leaves the postmaster to the first process of its PID namespace: in the
+    image, asyncsync itself. Killed there (the OOM killer), it stayed this process's zombie,
+    which nothing reaped: serve said 'started again once its parent reaps it' for ever."""
+    exited = _unreaped()
+    try:
+        _postmaster_file(tmp_path, exited.pid)
+        said = f"its postmaster, pid {exited.pid}, is gone"
+        assert embedded._death(tmp_path / "pgdata") == (said, True)
+        assert not Path(f"/proc/{exited.pid}").exists()  # reaped
+    finally:
         exited.wait()
 
 
 def _unreaped() -> subprocess.Popen[bytes]:
-    """A child that exited and that nobody reaped yet (a zombie)."""
+    """A child of this process that exited and that nobody reaped yet (a zombie)."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    stat = Path(f"/proc/{proc.pid}/stat")
+    _wait_zombie(proc.pid)
+    return proc
+
+
+def _unreaped_elsewhere() -> tuple[subprocess.Popen[bytes], int]:
+    """A process, and its child that exited and that it leaves unreaped (a zombie)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import os, time\n"
+         "pid = os.fork()\nif pid == 0: os._exit(0)\nprint(pid, flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    exited = int(parent.stdout.readline())
+    _wait_zombie(exited)
+    return parent, exited
+
+
+def _wait_zombie(pid: int) -> None:
+    stat = Path(f"/proc/{pid}/stat")
     deadline = time.monotonic() + 10
     while stat.read_text().rpartition(")")[2].split()[0] != "Z":
         assert time.monotonic() < deadline, "the child did not exit"
         time.sleep(0.01)
-    return proc

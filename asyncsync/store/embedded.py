@@ -192,6 +192,8 @@ def _death(pgdata: Path) -> tuple[str, bool] | None:
     if not _alive(pid):
         return f"its postmaster, pid {pid}, is gone", True
     if _zombie(pid):
+        if _reaped(pid):
+            return f"its postmaster, pid {pid}, is gone", True
         return f"its postmaster, pid {pid}, exited and is not reaped yet", False
     return None
 
@@ -204,6 +206,18 @@ def _zombie(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def _reaped(pid: int) -> bool:
+    """Reap ``pid`` when this process is its parent. pg_ctl leaves the postmaster to the
+    first process of its PID namespace, which in the image is asyncsync itself (no init):
+    a postmaster killed there (the OOM killer) stayed a zombie, and serve waited on it for
+    ever. Only a child of this process is waited for; any other is its parent's."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False  # not this process's child
+    return not _zombie(pid)
 
 
 def _start_again(pgdata: Path) -> tuple[int, str]:
