@@ -213,6 +213,13 @@ async def test_status_of_every_account_says_which_are_not_served(
             assert said in blocks, (key, out)
             block = blocks.split(said)[1].split("lock free")[0]
             assert "orders 20 · backlog 0 · retry 0 · review 0 · quota " + quota in block, out
+    # COLUMNS of 0 or a word is no width: the table of a pipe, whole (0 gave a column a
+    # character).
+    for columns in ("0", "wide"):
+        code, out, _ = await cli(*status, "--log-format", "text", env={"COLUMNS": columns})
+        [line] = [line for line in out.splitlines() if "east" in line]
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        assert code == 0 and cells[:2] == ["east", "fresh"] and cells[-1] == "free", out
     # --full: each account's tables, as before.
     code, out, _ = await cli(*status, "--full", "--log-format", "text")
     assert code == 0 and "account north — disabled" in out and "account south — removed" in out

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import importlib
 import logging
-import os
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -170,6 +170,11 @@ def present(report: RunReport, common: CommonOptions) -> None:
     show(render(report), to_json(report), common)
 
 
+#: The width of a report printed to a pipe without COLUMNS; the narrowest one printed.
+PIPED_WIDTH = 120
+MIN_WIDTH = 40
+
+
 def show(renderable: RenderableType, data: object, common: CommonOptions) -> None:
     """Print a result: tables for a person, or one JSON line with ``--json`` or when the
     logs are JSON (so machine-read output never mixes with tables); with ``--json PATH``,
@@ -183,10 +188,10 @@ def show(renderable: RenderableType, data: object, common: CommonOptions) -> Non
         sys.stdout.flush()
     else:
         # Piped, a report is still read by a person: wide enough that tables keep whole,
-        # unless COLUMNS says how wide (rich reads it; a terminal's own size otherwise).
-        columns = os.environ.get("COLUMNS", "").strip()
-        console = Console() if sys.stdout.isatty() or columns.isdigit() else Console(width=120)
-        console.print(renderable)
+        # unless COLUMNS says how wide; on a terminal, its own size. A COLUMNS of 0 or a
+        # word is not a width (rich took 0 for one and printed a column a character).
+        width = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns
+        Console(width=max(width, MIN_WIDTH)).print(renderable)
 
 
 def write_text(path: Path, text: str, *, append: bool = False) -> None:
