@@ -136,16 +136,19 @@ def dsn(raw: str) -> str:
     value = raw.strip()
     try:
         parts = urlsplit(value)
-        port = parts.port  # raises on a port that is not a number
-        host = parts.hostname
+        # libpq's list of hosts to try in turn (a primary and its standbys), each checked
+        # as one: urlsplit reads 'h1:5432,h2:5432' as one host whose port is no number.
+        hosts = [urlsplit(f"//{h}") for h in parts.netloc.rpartition("@")[2].split(",")]
+        ports = [h.port for h in hosts]  # raises on a port that is not a number
     except ValueError as exc:
         raise ValueError(f"is not a valid PostgreSQL URL ({exc})") from None
     if parts.scheme not in ("postgres", "postgresql"):
         raise ValueError(f"must start with postgresql://, got {parts.scheme or 'no'} scheme")
-    if not host and "host=" not in parts.query:
+    if not all(h.hostname for h in hosts) and "host=" not in parts.query:
         raise ValueError("names no host (postgresql://user@host:5432/database)")
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"has port {port}, outside 1..65535")
+    for port in ports:
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"has port {port}, outside 1..65535")
     # Without one, libpq (and asyncpg) take the user's name for the database: the mirror's
     # tables landed in `postgres` (or `asyncsync`), unsaid. PGDATABASE names one as libpq
     # reads it, at connect time.

@@ -253,6 +253,24 @@ def test_a_database_url_that_names_no_database_is_refused(monkeypatch) -> None:
     assert parse(["status", "--database-url", "postgresql://u@db"], {}).common.database
 
 
+def test_a_database_url_may_list_hosts_to_try_in_turn() -> None:
+    """libpq's (and asyncpg's) list of hosts, a primary and its standbys: refused before,
+    the port check reading '5432,standby:5433' as one port."""
+    from asyncsync.flags import parse
+
+    url = "postgresql://u:s3cret@primary:5432,standby:5433/tiny?target_session_attrs=read-write"
+    assert parse(["status", "--database-url", url], {}).common.database.database_url == url
+    refused_for = {
+        "postgresql://u@primary:5432,standby:0/tiny": "has port 0, outside",
+        "postgresql://u@primary,:5433/tiny": "names no host",
+        "postgresql://u@primary,standby:x/tiny": "not a valid PostgreSQL URL",
+    }
+    for bad, said in refused_for.items():
+        with pytest.raises(ConfigError, match=said) as refused:
+            parse(["status", "--database-url", bad], {})
+        assert "s3cret" not in str(refused.value)
+
+
 def test_a_bad_number_for_any_flag_names_the_flag_and_its_variable() -> None:
     """Empty, negative, not a number, past any range, with a unit: one sentence naming where
     the value came from and the other way to set it (exit 2: ConfigError)."""
