@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from asyncsync.simulator import Quirks, SimConfig, TinySimulator
+from asyncsync.simulator.access import RateWindow
 from asyncsync.status import parse_situacao
 
 from .test_simulator import TODAY, Api, access_token, refresh
@@ -202,3 +203,29 @@ async def test_window_accounting_and_runtime_rate_limit(http: aiohttp.ClientSess
         fresh.set_rate_limit(40)  # no request yet: applies at once
         api = Api(http, fresh, await access_token(http, fresh))
         assert (await api.get("/ordem-servico"))[2]["X-RateLimit-Limit"] == "40"
+
+
+def test_the_accounts_other_apps_spend_its_window_as_it_opens() -> None:
+    # Tiny's quota is the account's, shared by every app connected to it: what the other
+    # apps spent is gone from X-RateLimit-Remaining, though this caller never saw it go.
+    now = [0.0]
+    window = RateWindow(10, 60.0, clock=lambda: now[0])
+    first = window.hit()
+    assert (first.allowed, first.remaining, first.reset_s) == (True, 9, 60)
+    window.other_apps = 4  # switched on mid-window: spent at once
+    assert window.peek().remaining == 5
+    assert [window.hit().allowed for _ in range(6)] == [True] * 5 + [False]
+    assert (window.peak, window.windows_seen) == (6, 1)  # the callers' own, not theirs
+    now[0] = 60.0  # a new window: theirs spent as it opens
+    assert window.peek().remaining == 6 and window.hit().remaining == 5
+    assert window.windows_seen == 2
+
+
+async def test_other_apps_are_switched_on_over_http(http: aiohttp.ClientSession) -> None:
+    async with TinySimulator(SimConfig(orders=5, rate_limit_per_minute=50)) as sim:
+        url = sim.origin + "/_sim/control"
+        async with http.post(url, json={"other_apps": 40}) as resp:
+            assert resp.status == 200 and (await resp.json())["other_apps"] == 40
+        assert sim.other_apps == 40
+        async with http.post(url, json={"other_apps": -1}) as resp:
+            assert resp.status == 400 and sim.other_apps == 40

@@ -39,7 +39,8 @@ class SimStats:
     outage_answers: int = 0
     #: 500s injected by ``detail_error_rate`` / ``list_error_rate``.
     injected_errors: int = 0
-    #: The most requests *accepted* (not 429) in any one rate window so far.
+    #: The most requests of this simulator's callers *accepted* (not 429) in any one rate
+    #: window so far (the account's other apps, ``other_apps``, not counted).
     window_peak: int = 0
     #: Rate windows that saw at least one charged request.
     windows: int = 0
@@ -81,6 +82,11 @@ class RateVerdict:
 class RateWindow:
     """Fixed windows of ``window_s`` seconds, ``limit`` requests each, from creation time.
 
+    Tiny's quota is the account's, shared by every app connected to it: ``other_apps``
+    requests of each window are spent by those apps as it opens (another app's job at the
+    top of the minute). They count in ``X-RateLimit-Remaining``: a caller that trusts only
+    its own count meets a 429 where it thinks there is room.
+
     It also keeps the figures a multi-worker test checks the quota against:
     :attr:`windows_seen` and :attr:`peak` (most accepted requests in one window).
     """
@@ -94,7 +100,10 @@ class RateWindow:
         self._pending: int | None = None
         self._origin = clock()
         self._current = 0
-        self._used = 0
+        self._used = 0  # every app's requests in the current window
+        self._theirs = 0  # the other apps' part of them
+        self._accepted = 0  # the callers' requests the current window let through
+        self.other_apps = 0
         self.windows_seen = 0
         self.peak = 0
 
@@ -107,14 +116,14 @@ class RateWindow:
     def set_limit(self, limit: int) -> None:
         """Change the quota, as a plan change would.
 
-        A window that has already counted requests keeps its limit (its answers told the
+        A window that has already counted a caller's request keeps its limit (its answers told the
         client so); the change applies from the next window. A window nobody has used yet
         takes the new limit at once, so a test can set the quota before the first request.
         """
         if limit < 0:
             raise ValueError("limit must not be negative")
         self._roll()
-        if self._used == 0:
+        if self._used == self._theirs:
             self._limit, self._pending = limit, None
         else:
             self._pending = limit
@@ -124,9 +133,12 @@ class RateWindow:
         elapsed = self._clock() - self._origin
         window = int(elapsed // self._window_s)
         if window != self._current:
-            self._current, self._used = window, 0
+            self._current, self._used, self._theirs, self._accepted = window, 0, 0, 0
             if self._pending is not None:
                 self._limit, self._pending = self._pending, None
+        if self.other_apps > self._theirs:  # a new window, or other apps switched on
+            self._used += self.other_apps - self._theirs
+            self._theirs = self.other_apps
         return (window + 1) * self._window_s - elapsed
 
     def _verdict(self, allowed: bool, left_s: float) -> RateVerdict:
@@ -136,11 +148,13 @@ class RateWindow:
     def hit(self) -> RateVerdict:
         """Count one request; it is allowed while the window's quota lasts."""
         left_s = self._roll()
-        if self._used == 0:
+        if self._used == self._theirs:
             self.windows_seen += 1
         self._used += 1
-        self.peak = max(self.peak, min(self._used, self._limit))
-        return self._verdict(self._used <= self._limit, left_s)
+        allowed = self._used <= self._limit
+        self._accepted += allowed
+        self.peak = max(self.peak, self._accepted)
+        return self._verdict(allowed, left_s)
 
     def peek(self) -> RateVerdict:
         """The current state, without counting a request (for 401 answers)."""

@@ -51,6 +51,9 @@ def _setting(key: str, value: object) -> Apply:
     if key == "rate_limit":
         limit = _count(value, key)
         return lambda sim: sim.set_rate_limit(limit)
+    if key == "other_apps":
+        requests = _count(value, key)
+        return lambda sim: sim.set_other_apps(requests)
     if key in ("detail_error_rate", "list_error_rate"):
         rate = _rate(value, key)
         return lambda sim: setattr(sim, key, rate)
@@ -75,6 +78,7 @@ CONTROL_KEYS = frozenset(
     {
         "outage",
         "rate_limit",
+        "other_apps",
         "detail_error_rate",
         "list_error_rate",
         "pad_list_bytes",

@@ -69,6 +69,9 @@ class SimConfig:
     rate_limit_per_minute: int = 120
     #: Length of one fixed rate-limit window, in seconds (tests shrink it).
     rate_window_s: float = 60.0
+    #: Requests of each rate window spent by the account's other apps (the quota is the
+    #: account's, shared by every app connected to it), as each window opens.
+    other_apps: int = 0
     #: Added to every API response, in seconds.
     latency_s: float = 0.0
     #: A ``limit`` query parameter above this is capped to it.

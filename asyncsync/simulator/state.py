@@ -56,6 +56,7 @@ class SimState:
         self._last_numero = len(generated)
         self._tokens = TokenStore(config)
         self._rate = RateWindow(config.rate_limit_per_minute, config.rate_window_s)
+        self._rate.other_apps = config.other_apps
         self._outage = Outage()
         self.stats = SimStats()
         #: Order id -> a ``fail_detail`` mode (``500``, ``401``, ``403``, ``404``, ``malformed``,
@@ -195,6 +196,19 @@ class SimState:
         """Change the quota: from the next window, or at once if this one is unused."""
         self._rate.set_limit(limit)
 
+    @property
+    def other_apps(self) -> int:
+        """Requests of each rate window the account's other apps spend."""
+        return self._rate.other_apps
+
+    def set_other_apps(self, requests: int) -> None:
+        """Let the account's other apps spend ``requests`` of each rate window as it opens
+        (the current one included): ``X-RateLimit-Remaining`` counts them, and a caller
+        that trusts only its own count meets 429s."""
+        if requests < 0:
+            raise ValueError("requests must not be negative")
+        self._rate.other_apps = requests
+
     def control_state(self) -> dict[str, object]:
         """The current fault and quota switches, as ``/_sim/control`` and stats show them."""
         return {
@@ -202,6 +216,7 @@ class SimState:
             "detail_error_rate": self.detail_error_rate,
             "list_error_rate": self.list_error_rate,
             "rate_limit": self.rate_limit,
+            "other_apps": self.other_apps,
             "pad_list_bytes": self.pad_list_bytes,
             "huge_detail_bytes": self.huge_detail_bytes,
             "deny_authorization": self.deny_authorization,
