@@ -217,6 +217,13 @@ async def test_quirks_are_visible(http: aiohttp.ClientSession) -> None:
         no_due = next(o for o in sim.orders.values() if o.data_prevista is None)
         _, detail, _ = await api.get(f"/ordem-servico/{no_due.id}")
         assert detail["dataPrevista"] is None and isinstance(detail["totalPecas"], str)
+        assert set(detail["formaRecebimento"]) == {"id", "nome"} and "formaPagamento" not in detail
+    older = SimConfig(orders=20, seed=3, today=TODAY, quirks=parse_quirks("forma-pagamento"))
+    async with TinySimulator(older) as sim:  # the older spec's name for the payment form
+        api = Api(http, sim, await access_token(http, sim))
+        _, detail, _ = await api.get(f"/ordem-servico/{next(iter(sim.orders))}")
+        assert set(detail["formaPagamento"]) == {"id", "nome"} and "formaRecebimento" not in detail
+        assert detail["idForma"] == detail["formaPagamento"]["id"]
 
 
 async def test_rate_limit_answers_429_with_headers(http: aiohttp.ClientSession) -> None:

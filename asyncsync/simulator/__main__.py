@@ -17,7 +17,8 @@ from .data import Quirks, SimConfig
 
 SITUACAO_QUIRKS = ("int", "str", "label", "mixed", "unstable")
 WINDOW_QUIRKS = ("end-exclusive", "start-exclusive", "exclusive")
-QUIRK_NAMES = (*SITUACAO_QUIRKS, "zero-dates", "money-strings", "no-paginacao", *WINDOW_QUIRKS)
+QUIRK_NAMES = (*SITUACAO_QUIRKS, "zero-dates", "money-strings", "no-paginacao", *WINDOW_QUIRKS,
+               "forma-pagamento")  # fmt: skip
 
 
 def parse_quirks(text: str) -> Quirks:
@@ -38,6 +39,7 @@ def parse_quirks(text: str) -> Quirks:
         money_as_string="money-strings" in names,
         omit_paginacao="no-paginacao" in names,
         date_window=windows[0] if windows else "inclusive",
+        forma_pagamento="forma-pagamento" in names,
     )
 
 

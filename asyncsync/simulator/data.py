@@ -46,6 +46,9 @@ class Quirks:
     #: Order ids as numeric strings (``"700000123"``), as Tiny's older API sent every
     #: number; the client accepts them like ``situacao``'s ``"3"``.
     ids_as_strings: bool = False
+    #: The detail's payment form as the older spec names it, ``formaPagamento``, instead
+    #: of ``formaRecebimento`` (the same ``{id, nome}``).
+    forma_pagamento: bool = False
 
     def __post_init__(self) -> None:
         if self.situacao_style not in SITUACAO_STYLES:

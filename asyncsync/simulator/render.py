@@ -121,6 +121,8 @@ class Renderer:
             body[key] = value
         forma = body.get("formaRecebimento")
         body.setdefault("idForma", forma.get("id", 0) if isinstance(forma, dict) else 0)
+        if self.quirks.forma_pagamento and "formaRecebimento" in body:
+            body["formaPagamento"] = body.pop("formaRecebimento")
         body["contato"] = order.cliente
         return body
 
