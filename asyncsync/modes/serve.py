@@ -93,6 +93,9 @@ async def run(common: CommonOptions, options: ServeOptions, stop: asyncio.Event)
             "another worker (or for them to end)", options.slots, options.background_slots,
         )  # fmt: skip
     readiness = Readiness()
+    # Not ready until the database has answered once: a probe that came while the pool
+    # was still connecting (or the embedded server starting) was told 200.
+    readiness.set("database", "not reached yet: serve is starting")
     async with contextlib.AsyncExitStack() as stack:
         if options.metrics_port is not None:  # first: health answers while the db is away
             listener = metrics.metrics_server(

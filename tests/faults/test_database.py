@@ -124,6 +124,34 @@ async def test_serve_started_while_the_database_is_down_waits_for_it(
     assert code == 0 and sim.stats.requests_by_endpoint["list"] > 0
 
 
+async def test_serve_is_not_ready_before_its_database_first_answers(simulator, caplog) -> None:
+    # /readyz said 200 from the moment it listened, before the database had answered once
+    # (a pool still connecting to a server that does not answer, an embedded one starting).
+    sim = await simulator(orders=10)
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, says nothing
+    port = silent.sockets[0].getsockname()[1]
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=5"
+    stop = asyncio.Event()
+    options = ServeOptions(interval_s=1, heartbeat_s=2, metrics_port=0, cycle=cycle())
+    with caplog.at_level(logging.INFO):
+        serving = asyncio.create_task(serve.run(common_for(sim, dsn), options, stop))
+        try:
+            deadline = time.monotonic() + 10
+            while not (
+                urls := [m.split("/metrics")[0] for m in caplog.messages if "metrics on" in m]
+            ):
+                assert time.monotonic() < deadline and not serving.done()
+                await asyncio.sleep(0.05)
+            base = urls[0].rsplit(" ", 1)[1]
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as ready:
+                said = await ready.json()
+            assert ready.status == 503 and "not reached yet" in said["reasons"]["database"], said
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, 60)
+            silent.close()
+
+
 async def test_serve_whose_database_goes_away_at_its_first_plan_waits_for_it(
     simulator, own_postgres: OwnPostgres, monkeypatch
 ) -> None:
