@@ -34,7 +34,8 @@ async def test_a_workers_merge_lands_only_while_its_lease_is_held(db) -> None:
     database = Database(db)
     async with database.leases("worker-a") as leases:
         assert await leases.take("default") is None
-        sink = database.account("default", open_statuses=[0], fence=leases.fence("default")).orders
+        store = database.account("default", open_statuses=[0], fence=leases.fence("default"))
+        sink = store.orders
         await sink.merge_listed([parse_list_item(item(1, 0), T0)])
         pid = leases.session_pid("default")
         assert pid is not None
@@ -52,6 +53,8 @@ async def test_a_workers_merge_lands_only_while_its_lease_is_held(db) -> None:
         detail = parse_detail({"id": 1, "situacao": 3}, 1, later)
         with pytest.raises(LeaseLost):
             await sink.merge_details([detail], bad)
+        with pytest.raises(LeaseLost):  # a failure alone (a retry's, a listing's)
+            await store.failures.record(bad, now=later, counts_as_attempt=True)
         # Their failures rolled back with them: none written, none counted.
         assert not await db.fetchval("SELECT count(*) FROM import_failures")
         assert metrics.value("asyncsync_import_failures_total", {"account": "default"}) == counted

@@ -167,10 +167,11 @@ class Database:
         session = RunLockSession(account) if fence is None else None
         orders = PgOrderStore(self._sql, account, open_statuses, clock=clock,
                               fence=fence or session)  # fmt: skip
+        failures = PgFailureLog(self._sql, account, fence or session)
         return AccountStore(
             account=account,
             orders=orders,
-            failures=PgFailureLog(self._sql, account),
+            failures=failures,
             integrity=PgIntegrityStore(self._sql, orders),
             metadata=PgMetadata(self._sql, account),
             tokens=PgTokenStore(self._sql, account),

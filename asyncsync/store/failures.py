@@ -17,6 +17,8 @@ from .. import metrics
 from ..overview import FailureCounts, FailureRow
 from ..records import FailureRecord
 from ..seams import DueFailure, ManualReview, RetryPolicy
+from .leases import Fence
+from .locks import RunLockSession
 from .resilience import SqlRunner
 from .sqlfiles import sql
 
@@ -68,9 +70,12 @@ def count(account: str, written: Sequence[int]) -> None:
 class PgFailureLog:
     """The ``import_failures`` rows of one account. Implements ``FailureLog``."""
 
-    def __init__(self, sql: SqlRunner, account: str) -> None:
+    def __init__(
+        self, sql: SqlRunner, account: str, fence: Fence | RunLockSession | None = None
+    ) -> None:
         self._sql = sql
         self.account = account
+        self._fence = fence  # as the orders' (see PgOrderStore): checked before a commit
 
     async def record(
         self,
@@ -85,10 +90,13 @@ class PgFailureLog:
 
         async def write() -> list[int]:
             async with self._sql.pool.acquire() as conn, conn.transaction():
-                return await upsert(
+                written = await upsert(
                     conn, self.account, failures, now=now,
                     counts_as_attempt=counts_as_attempt, listed=listed,
                 )  # fmt: skip
+                if self._fence is not None:  # a frozen run woken counts no attempt twice
+                    await self._fence.check(conn)
+                return written
 
         written: list[int] = await self._sql.run("recording import failures", write)
         count(self.account, written)
