@@ -66,3 +66,32 @@ async def outlast_cancellation(coro: Coroutine[Any, Any, T]) -> T:
             task.exception()  # retrieved: the caller's cancellation is what goes on
         raise cancelled
     return task.result()
+
+
+class Stopped(Exception):
+    """Raised by :func:`until_stopped`: ``stop`` was set first, and the work cancelled."""
+
+
+async def until_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
+    """Await ``awaitable`` in this task, cancelled once ``stop`` is set (raising
+    :class:`Stopped`): work that cannot check ``stop`` itself, a connection to a server
+    that does not answer, ends at a SIGTERM rather than at its own timeout."""
+    task = asyncio.current_task()
+    assert task is not None
+    waiting = True
+
+    def cancel(_: object) -> None:
+        if waiting:  # not once the work ended: that cancellation would hit what follows
+            task.cancel("stopped")
+
+    watcher = asyncio.ensure_future(stop.wait())
+    watcher.add_done_callback(cancel)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if not (watcher.done() and not watcher.cancelled()) or task.uncancel() > 0:
+            raise  # a cancellation of the caller's, not (only) the stop's
+        raise Stopped from None
+    finally:
+        waiting = False
+        watcher.cancel()

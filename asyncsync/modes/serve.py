@@ -30,6 +30,7 @@ from ..options import CommonOptions, ServeOptions
 from ..readiness import Readiness
 from ..runtime import Runtime
 from ..runtime.fleet import Fleet, open_fleet, pinned_fleet
+from ..tasks import Stopped, until_stopped
 from ..work.handlers import AfterCycle, Hooks
 from ..work.health import check_readiness as check_account
 from ..work.worker import work
@@ -132,7 +133,11 @@ async def _open_fleet_when_reachable(
     attempt = 0
     while True:
         try:
-            fleet: Fleet = await stack.enter_async_context(open_fleet(common, options))
+            # A database that does not answer held a stopped serve for its connect timeout.
+            opening = stack.enter_async_context(open_fleet(common, options))
+            fleet: Fleet = await until_stopped(opening, stop)
+        except Stopped:
+            return None
         except DatabaseUnavailable as exc:
             pause = START_PAUSES_S[min(attempt, len(START_PAUSES_S) - 1)]
             attempt += 1

@@ -126,11 +126,12 @@ async def test_serve_started_while_the_database_is_down_waits_for_it(
 
 async def test_serve_is_not_ready_before_its_database_first_answers(simulator, caplog) -> None:
     # /readyz said 200 from the moment it listened, before the database had answered once
-    # (a pool still connecting to a server that does not answer, an embedded one starting).
+    # (a pool still connecting to a server that does not answer, an embedded one starting);
+    # and stopped then, serve waited out the connect timeout before it exited.
     sim = await simulator(orders=10)
     silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, says nothing
     port = silent.sockets[0].getsockname()[1]
-    dsn = f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=5"
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=60"
     stop = asyncio.Event()
     options = ServeOptions(interval_s=1, heartbeat_s=2, metrics_port=0, cycle=cycle())
     with caplog.at_level(logging.INFO):
@@ -148,8 +149,11 @@ async def test_serve_is_not_ready_before_its_database_first_answers(simulator, c
             assert ready.status == 503 and "not reached yet" in said["reasons"]["database"], said
         finally:
             stop.set()
-            await asyncio.wait_for(serving, 60)
+            started = time.monotonic()
+            code = await asyncio.wait_for(serving, 90)
+            stopped_in = time.monotonic() - started
             silent.close()
+    assert code == 0 and stopped_in < 5, (code, stopped_in)  # not the 60-s connect timeout
 
 
 async def test_serve_whose_database_goes_away_at_its_first_plan_waits_for_it(
