@@ -27,7 +27,7 @@ from .errors import (
     ReauthorizationRequired,
     TinyUnavailable,
 )
-from .tasks import first_leaf
+from .tasks import Stopped, first_leaf
 
 log = logging.getLogger("asyncsync")
 
@@ -136,6 +136,8 @@ def _explain(mode: str, exc: BaseException) -> tuple[int, str]:
         return 1, f"{mode} failed: {exc}"
     if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
         return 130, "interrupted"
+    if isinstance(exc, Stopped):
+        return 130, "interrupted before the database answered: nothing ran"
     raise exc
 
 

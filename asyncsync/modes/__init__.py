@@ -38,6 +38,7 @@ from ..report import (
     to_json,
 )
 from ..runtime import database_of
+from ..tasks import Stopped
 from ..work.health import SERVE_HEALTH_KEY
 
 if TYPE_CHECKING:
@@ -119,7 +120,10 @@ async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.
             job = recorded_as(mode, options)
             # A configuration error stops a run before it starts: no run to record. Tiny
             # refusing the app (TinyAuthMisconfigured) is one too, found by a run that began.
-            unrun = isinstance(exc, ConfigError | LockBusy) and not isinstance(exc, TinyError)
+            # Stopped: SIGTERM before the database answered (nothing to record it in).
+            unrun = isinstance(exc, ConfigError | LockBusy | Stopped) and not isinstance(
+                exc, TinyError
+            )
             if job is not None and not unrun:
                 report = failed_report(job, effective.account, started_at, exc)
                 note_failure(effective.account, exc)

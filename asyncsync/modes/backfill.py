@@ -52,7 +52,7 @@ async def run(
     if options.enqueue:
         return await enqueue(common, options)
     async with (
-        open_runtime(common) as rt,
+        open_runtime(common, stop=stop) as rt,
         rt.store.lock("backfill", wait_s=common.run.wait_lock_s, stop=stop),
     ):
         store = rt.store

@@ -78,7 +78,7 @@ async def _retry(
         show(message, {"account": common.account, "rearmed": []}, common)
         return 0
     async with (
-        open_runtime(common) as rt,
+        open_runtime(common, stop=stop) as rt,
         rt.store.lock("retry", wait_s=common.run.wait_lock_s, stop=stop),
     ):
         store = rt.store

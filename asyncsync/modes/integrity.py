@@ -15,7 +15,7 @@ from ..runtime import open_runtime
 async def run(common: CommonOptions, options: IntegrityOptions, stop: asyncio.Event) -> RunReport:
     """Check the account's mirror, under its run lock."""
     async with (
-        open_runtime(common) as rt,
+        open_runtime(common, stop=stop) as rt,
         rt.store.lock("integrity", wait_s=common.run.wait_lock_s, stop=stop),
     ):
         store = rt.store

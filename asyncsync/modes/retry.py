@@ -14,7 +14,7 @@ from ..runtime import open_runtime
 async def run(common: CommonOptions, options: RetryOptions, stop: asyncio.Event) -> RunReport:
     """Retry what is due, under the account's run lock."""
     async with (
-        open_runtime(common) as rt,
+        open_runtime(common, stop=stop) as rt,
         rt.store.lock("retry", wait_s=common.run.wait_lock_s, stop=stop),
     ):
         store = rt.store

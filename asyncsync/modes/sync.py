@@ -15,7 +15,7 @@ async def run(common: CommonOptions, options: SyncOptions, stop: asyncio.Event) 
     """Sync the account once, under its run lock."""
     cycle = options.cycle
     async with (
-        open_runtime(common, open_statuses=cycle.open_statuses) as rt,
+        open_runtime(common, open_statuses=cycle.open_statuses, stop=stop) as rt,
         rt.store.lock("sync", wait_s=common.run.wait_lock_s, stop=stop),
     ):
         store = rt.store

@@ -33,6 +33,7 @@ from ..options import AuthorizeOptions, CommonOptions, Credentials, TinyOptions
 from ..report import carry_spent
 from ..seams import TokenStore
 from ..store import AccountStore, Database, open_database
+from ..tasks import until_stopped
 
 #: The sync_metadata key that marks an account as a ``--simulator`` demo's.
 DEMO_KEY = "simulator_demo"
@@ -209,15 +210,17 @@ def _legacy_credentials(common: CommonOptions) -> Credentials | ConfigError:
 
 @asynccontextmanager
 async def _database_for_account(
-    common: CommonOptions,
+    common: CommonOptions, stop: asyncio.Event | None = None
 ) -> AsyncIterator[tuple[Database, TinyOptions, Credentials]]:
     """The database, and how to reach the account. When the flags and the environment
     hold no credentials and the database cannot be reached either, the missing
-    credentials are what is reported (exit 2): they are the first thing to fix."""
+    credentials are what is reported (exit 2): they are the first thing to fix. ``stop``
+    set while the database is being opened ends the wait (:class:`~asyncsync.tasks.Stopped`)."""
     legacy = _legacy_credentials(common)
     async with contextlib.AsyncExitStack() as stack:
         try:
-            database = await stack.enter_async_context(database_of(common))
+            opening = stack.enter_async_context(database_of(common))
+            database = await (opening if stop is None else until_stopped(opening, stop))
         except DatabaseError:
             if isinstance(legacy, ConfigError):
                 raise ConfigError(f"{legacy} (the database, whose accounts table may name "
@@ -254,11 +257,17 @@ async def open_authorization(
 
 @asynccontextmanager
 async def open_runtime(
-    common: CommonOptions, *, open_statuses: tuple[int, ...] | None = None
+    common: CommonOptions,
+    *,
+    open_statuses: tuple[int, ...] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Open database (schema applied), HTTP session and client; close them all on exit."""
+    """Open database (schema applied), HTTP session and client; close them all on exit.
+    ``stop`` (SIGTERM) while the database does not answer yet: :class:`~asyncsync.tasks.Stopped`
+    at once, nothing having run (it waited out the drain deadline, then as long again to
+    record a run that never began)."""
     async with (
-        _database_for_account(common) as (database, tiny, credentials),
+        _database_for_account(common, stop) as (database, tiny, credentials),
         aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=tiny.max_concurrency * 2),
             raise_for_status=False,

@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import itertools
 import logging
+import signal
 import socket
 import time
 from urllib.parse import urlsplit
@@ -416,6 +417,37 @@ async def test_a_one_shot_run_whose_database_stops_exits_6(
     last = text.strip().splitlines()[-1]
     assert last.startswith("asyncsync: sync failed:") and "unreachable" in last, last
     assert "Traceback" not in text
+
+
+async def test_a_one_shot_run_stopped_before_its_database_answers_exits_at_once(
+    simulator,
+) -> None:
+    # SIGTERM while the first connection hangs (a server that accepts and never speaks):
+    # the run waited out the 25-s drain deadline, then as long again trying to record a
+    # run that never began, 55 s in all; nothing ran, so it stops at once.
+    sim = await simulator(orders=10)
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, says nothing
+    port = silent.sockets[0].getsockname()[1]
+    env = cli_env(
+        TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
+        TINY_REFRESH_TOKEN=sim.valid_refresh_token() or "",
+    )  # fmt: skip
+    try:
+        proc = await asyncsync(
+            "sync", "--database-url", f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=60",
+            "--api-base-url", sim.base_url, "--token-url", sim.token_url, env=env,
+        )  # fmt: skip
+        await asyncio.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, err = await asyncio.wait_for(proc.communicate(), 90)
+        stopped_in = time.monotonic() - started
+    finally:
+        silent.close()
+    text = err.decode()
+    assert proc.returncode == 130 and stopped_in < 5, (stopped_in, text)
+    assert text.strip().splitlines()[-1].endswith("nothing ran"), text
+    assert "Traceback" not in text and sim.stats.requests_by_endpoint["list"] == 0
 
 
 async def test_a_database_gone_read_only_mid_run_is_an_outage_not_a_failure(
