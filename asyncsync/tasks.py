@@ -72,10 +72,11 @@ class Stopped(Exception):
     """Raised by :func:`until_stopped`: ``stop`` was set first, and the work cancelled."""
 
 
-async def until_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
-    """Await ``awaitable`` in this task, cancelled once ``stop`` is set (raising
-    :class:`Stopped`): work that cannot check ``stop`` itself, a connection to a server
-    that does not answer, ends at a SIGTERM rather than at its own timeout."""
+async def until_stopped(awaitable: Awaitable[T], stop: asyncio.Event, grace_s: float = 0.0) -> T:
+    """Await ``awaitable`` in this task, cancelled once ``stop`` has been set for
+    ``grace_s`` seconds (raising :class:`Stopped`): work that cannot check ``stop`` itself,
+    a connection to a server that does not answer, ends at a SIGTERM rather than at its
+    own timeout, while work that ends within the grace goes on to see ``stop`` itself."""
     task = asyncio.current_task()
     assert task is not None
     waiting = True
@@ -84,7 +85,11 @@ async def until_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
         if waiting:  # not once the work ended: that cancellation would hit what follows
             task.cancel("stopped")
 
-    watcher = asyncio.ensure_future(stop.wait())
+    async def stopped() -> None:
+        await stop.wait()
+        await asyncio.sleep(grace_s)
+
+    watcher = asyncio.ensure_future(stopped())
     watcher.add_done_callback(cancel)
     try:
         return await awaitable

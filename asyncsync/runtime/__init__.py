@@ -208,6 +208,12 @@ def _legacy_credentials(common: CommonOptions) -> Credentials | ConfigError:
         return exc
 
 
+#: Seconds a database being opened when the run is stopped may still take: one that
+#: answers by then is opened, and the run records itself interrupted; one that does not
+#: is left (a hanging connection held the run for the drain deadline and more).
+STOP_GRACE_S = 2.0
+
+
 @asynccontextmanager
 async def _database_for_account(
     common: CommonOptions, stop: asyncio.Event | None = None
@@ -220,7 +226,9 @@ async def _database_for_account(
     async with contextlib.AsyncExitStack() as stack:
         try:
             opening = stack.enter_async_context(database_of(common))
-            database = await (opening if stop is None else until_stopped(opening, stop))
+            database = await (
+                opening if stop is None else until_stopped(opening, stop, STOP_GRACE_S)
+            )
         except DatabaseError:
             if isinstance(legacy, ConfigError):
                 raise ConfigError(f"{legacy} (the database, whose accounts table may name "
