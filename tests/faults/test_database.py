@@ -11,6 +11,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -40,6 +41,18 @@ from asyncsync.work.units import Kind, Unit
 from ..helpers import common_for, cycle, full_sync
 from ..mirror import diff, mirror
 from .conftest import OwnPostgres, asyncsync, cli_env
+
+
+@contextlib.asynccontextmanager
+async def silent_database() -> AsyncIterator[str]:
+    """The URL of a server that accepts connections and never answers (connect_timeout
+    60 s): a first connection to the database that hangs."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=60"
+    finally:
+        server.close()
 
 
 def fast_db(common, **database):  # type: ignore[no-untyped-def]
@@ -130,12 +143,10 @@ async def test_serve_is_not_ready_before_its_database_first_answers(simulator, c
     # (a pool still connecting to a server that does not answer, an embedded one starting);
     # and stopped then, serve waited out the connect timeout before it exited.
     sim = await simulator(orders=10)
-    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, says nothing
-    port = silent.sockets[0].getsockname()[1]
-    dsn = f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=60"
     stop = asyncio.Event()
     options = ServeOptions(interval_s=1, heartbeat_s=2, metrics_port=0, cycle=cycle())
-    with caplog.at_level(logging.INFO):
+    caplog.set_level(logging.INFO)
+    async with silent_database() as dsn:
         serving = asyncio.create_task(serve.run(common_for(sim, dsn), options, stop))
         try:
             deadline = time.monotonic() + 10
@@ -153,7 +164,6 @@ async def test_serve_is_not_ready_before_its_database_first_answers(simulator, c
             started = time.monotonic()
             code = await asyncio.wait_for(serving, 90)
             stopped_in = time.monotonic() - started
-            silent.close()
     assert code == 0 and stopped_in < 5, (code, stopped_in)  # not the 60-s connect timeout
 
 
@@ -426,24 +436,20 @@ async def test_a_one_shot_run_stopped_before_its_database_answers_exits_at_once(
     # the run waited out the 25-s drain deadline, then as long again trying to record a
     # run that never began, 55 s in all; nothing ran, so it stops at once.
     sim = await simulator(orders=10)
-    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, says nothing
-    port = silent.sockets[0].getsockname()[1]
     env = cli_env(
         TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
         TINY_REFRESH_TOKEN=sim.valid_refresh_token() or "",
     )  # fmt: skip
-    try:
+    async with silent_database() as dsn:
         proc = await asyncsync(
-            "sync", "--database-url", f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=60",
-            "--api-base-url", sim.base_url, "--token-url", sim.token_url, env=env,
+            "sync", "--database-url", dsn, "--api-base-url", sim.base_url,
+            "--token-url", sim.token_url, env=env,
         )  # fmt: skip
         await asyncio.sleep(2)
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
         _, err = await asyncio.wait_for(proc.communicate(), 90)
         stopped_in = time.monotonic() - started
-    finally:
-        silent.close()
     text = err.decode()
     assert proc.returncode == 130 and stopped_in < 8, (stopped_in, text)  # 2 s of grace
     assert text.strip().splitlines()[-1].endswith("nothing ran"), text
