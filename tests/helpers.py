@@ -114,3 +114,13 @@ async def register(
             client_id=sim.config.client_id, client_secret=sim.config.client_secret,
             refresh_token_env=f"REFRESH_{key}",
         ))  # fmt: skip
+
+
+async def metrics_port(caplog: pytest.LogCaptureFixture) -> int:
+    """The port serve's log line says it listens on."""
+    for _ in range(100):
+        said = [r.getMessage() for r in caplog.records if "metrics on" in r.getMessage()]
+        if said:
+            return int(said[0].split("/metrics")[0].rsplit(":", 1)[1])
+        await asyncio.sleep(0.1)
+    raise AssertionError("serve did not say where its metrics are")

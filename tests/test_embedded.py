@@ -27,7 +27,7 @@ from asyncsync.status import Situacao
 from asyncsync.store import embedded, open_database
 from asyncsync.store.embedded import embedded_server
 
-from .helpers import common_for, cycle
+from .helpers import common_for, cycle, metrics_port
 
 #: What a run does with no DATABASE_URL: start (or reuse) the server under a data directory.
 START = (
@@ -132,7 +132,7 @@ async def test_serve_starts_its_embedded_server_again_when_it_was_killed(
         conn = await asyncpg.connect(dsn)
         try:
             async with aiohttp.ClientSession() as http:
-                readyz = f"http://127.0.0.1:{await _metrics_port(caplog)}/readyz"
+                readyz = f"http://127.0.0.1:{await metrics_port(caplog)}/readyz"
                 await _row(conn, "SELECT count(*) FROM ordens_servico", 60)  # a first cycle
                 await _readiness(http, readyz, ready=True, within_s=30)
                 killed = postmaster(pgdata)
@@ -184,16 +184,6 @@ async def test_a_server_killed_between_two_opens_is_started_again(
             await conn.close()
         assert postmaster(pgdata) not in (None, killed)
     assert gone(pgdata, within_s=15)
-
-
-async def _metrics_port(caplog: pytest.LogCaptureFixture) -> int:
-    """The port serve's log line says it listens on."""
-    for _ in range(100):
-        said = [r.getMessage() for r in caplog.records if "metrics on" in r.getMessage()]
-        if said:
-            return int(said[0].split("/metrics")[0].rsplit(":", 1)[1])
-        await asyncio.sleep(0.1)
-    raise AssertionError("serve did not say where its metrics are")
 
 
 async def _row(conn: asyncpg.Connection, query: str, expected: object, *args: object) -> None:

@@ -38,7 +38,7 @@ from asyncsync.work.handlers import Dispatcher, Hooks
 from asyncsync.work.health import SERVE_HEALTH_KEY, check_readiness, say_health
 from asyncsync.work.units import Kind, Unit
 
-from ..helpers import common_for, cycle, full_sync
+from ..helpers import common_for, cycle, full_sync, metrics_port
 from ..mirror import diff, mirror
 from .conftest import OwnPostgres, asyncsync, cli_env
 
@@ -149,14 +149,9 @@ async def test_serve_is_not_ready_before_its_database_first_answers(simulator, c
     async with silent_database() as dsn:
         serving = asyncio.create_task(serve.run(common_for(sim, dsn), options, stop))
         try:
-            deadline = time.monotonic() + 10
-            while not (
-                urls := [m.split("/metrics")[0] for m in caplog.messages if "metrics on" in m]
-            ):
-                assert time.monotonic() < deadline and not serving.done()
-                await asyncio.sleep(0.05)
-            base = urls[0].rsplit(" ", 1)[1]
-            async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as ready:
+            readyz = f"http://127.0.0.1:{await metrics_port(caplog)}/readyz"
+            assert not serving.done()
+            async with aiohttp.ClientSession() as http, http.get(readyz) as ready:
                 said = await ready.json()
             assert ready.status == 503 and "not reached yet" in said["reasons"]["database"], said
         finally:
