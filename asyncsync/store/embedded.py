@@ -16,6 +16,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +47,10 @@ def start_embedded(data_dir: Path) -> str:
     # Killed since this process started it (serve waiting at start for its database): the
     # DSN it remembers reaches nothing, and nobody else would start it. One not reaped yet
     # is left to the caller's next try (PostgreSQL would take it for alive).
-    pgdata = data_dir / "pgdata"
-    death = _death(pgdata)
-    if death is not None and death[1]:
-        log.warning("the embedded PostgreSQL in %s died (%s): starting it again", pgdata, death[0])
-        try:
-            _STARTED[key] = _start_again(pgdata)[1]
-        except DatabaseError as exc:
-            raise DatabaseUnavailable(
-                f"the embedded PostgreSQL in {pgdata} died ({death[0]}) and could not be "
-                f"started again: {exc}"
-            ) from exc
+    dead = _DeadServer.find(data_dir / "pgdata")
+    if dead is not None and dead.startable:
+        log.warning("%s: starting it again", dead)
+        _STARTED[key] = dead.start_again()[1]  # DatabaseUnavailable: it could not be
     return _STARTED[key]
 
 
@@ -101,6 +95,35 @@ def _embedded_server(data_dir: Path) -> Any:
             ) from exc
 
 
+@dataclass(frozen=True)
+class _DeadServer:
+    """The embedded server under ``pgdata`` found dead: the one place that finds it,
+    starts it again and words both, for a one-shot run's next open (:func:`start_embedded`)
+    and for serve (:meth:`EmbeddedServer.revive`), which differ only in what they do
+    around it (serve pauses between failed starts, and checks the address)."""
+
+    pgdata: Path
+    how: str  # how it died (:func:`_death`)
+    startable: bool  # False: its postmaster is not reaped yet (PostgreSQL takes it for alive)
+
+    @classmethod
+    def find(cls, pgdata: Path) -> _DeadServer | None:
+        """The server under ``pgdata`` if it died; None while its postmaster lives."""
+        death = _death(pgdata)
+        return None if death is None else cls(pgdata, *death)
+
+    def __str__(self) -> str:
+        return f"the embedded PostgreSQL in {self.pgdata} died ({self.how})"
+
+    def start_again(self) -> tuple[int, str]:
+        """Start it again (blocking: pg_ctl waits up to 10 s); its postmaster's pid and its
+        DSN. DatabaseUnavailable when it could not be, saying so, caused by the reason."""
+        try:
+            return _start_again(self.pgdata)
+        except DatabaseError as exc:
+            raise DatabaseUnavailable(f"{self} and could not be started again: {exc}") from exc
+
+
 #: Pauses before starting a dead server again after a start that failed, seconds (the
 #: last one repeats): the dead postmaster's children may hold its shared memory for a
 #: moment, and a broken install fails every time.
@@ -122,8 +145,8 @@ class EmbeddedServer:
         self.pgdata = data_dir / "pgdata"
         self._dsn = dsn
         self._turn = asyncio.Lock()  # one look at a time (the worker's checks overlap)
-        self._starting: asyncio.Task[tuple[int, str]] | None = None
-        self._death = ""  # how the server being started had died
+        # The server being started again, and its start (in a thread: pg_ctl blocks).
+        self._starting: tuple[_DeadServer, asyncio.Task[tuple[int, str]]] | None = None
         self._failures = 0
         self._retry_at = 0.0  # monotonic time of the next start after a failed one
         self._why: str | None = None  # why the last start failed, said until the next
@@ -136,38 +159,35 @@ class EmbeddedServer:
         async with self._turn:
             if self._moved is not None:
                 raise DatabaseUnavailable(self._moved)
-            died = f"the embedded PostgreSQL in {self.pgdata} died"
             if self._starting is None:
-                death = _death(self.pgdata)
-                if death is None:
+                dead = _DeadServer.find(self.pgdata)
+                if dead is None:
                     self._failures, self._why = 0, None
                     return None
-                self._death, startable = death
-                if not startable:  # PostgreSQL takes the unreaped process for a live one
-                    raise DatabaseUnavailable(f"{died} ({self._death}): started again once "
-                                              "its parent reaps it")  # fmt: skip
+                if not dead.startable:  # PostgreSQL takes the unreaped process for a live one
+                    raise DatabaseUnavailable(f"{dead}: started again once its parent reaps it")
                 wait_s = self._retry_at - time.monotonic()
                 if self._why is not None and wait_s > 0:
                     raise DatabaseUnavailable(f"{self._why}; starting it again in {wait_s:.0f} s")
-                self._starting = asyncio.create_task(
-                    asyncio.to_thread(_start_again, self.pgdata), name="embedded-restart"
-                )
-            done, _ = await asyncio.wait({self._starting}, timeout=START_WAIT_S)
+                start = asyncio.to_thread(dead.start_again)
+                self._starting = dead, asyncio.create_task(start, name="embedded-restart")
+            dead, starting = self._starting
+            done, _ = await asyncio.wait({starting}, timeout=START_WAIT_S)
             if not done:
-                raise DatabaseUnavailable(f"{died} ({self._death}) and is being started again")
-            starting, self._starting = self._starting, None
+                raise DatabaseUnavailable(f"{dead} and is being started again")
+            self._starting = None
             try:
                 pid, dsn = starting.result()
-            except DatabaseError as exc:
+            except DatabaseUnavailable as exc:
                 pause_s = RESTART_PAUSES_S[min(self._failures, len(RESTART_PAUSES_S) - 1)]
                 self._failures += 1
                 self._retry_at = time.monotonic() + pause_s
-                self._why = f"{died} ({self._death}) and could not be started again: {exc}"
+                self._why = str(exc)
                 log.error("%s; trying again in %.0f s", self._why, pause_s,
                           extra={"fields": {"event": "embedded_restart_failed"}})  # fmt: skip
-                raise DatabaseUnavailable(
+                raise DatabaseUnavailable(  # caused by the reason, as start_again's own
                     f"{self._why}; starting it again in {pause_s:.0f} s"
-                ) from exc
+                ) from exc.__cause__
             self._failures, self._why = 0, None
             if dsn != self._dsn:  # pgserver derives the socket from the data directory
                 self._moved = (f"the embedded PostgreSQL in {self.pgdata} was started again "
@@ -175,7 +195,7 @@ class EmbeddedServer:
                                "restart it")  # fmt: skip
                 log.error("%s", self._moved)
                 raise DatabaseUnavailable(self._moved)
-            said = f"{died} ({self._death}): started it again, pid {pid}, at the same address"
+            said = f"{dead}: started it again, pid {pid}, at the same address"
             log.warning("%s", said, extra={"fields": {"event": "embedded_restarted"}})
             return said
 
