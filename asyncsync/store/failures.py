@@ -17,8 +17,7 @@ from .. import metrics
 from ..overview import FailureCounts, FailureRow
 from ..records import FailureRecord
 from ..seams import DueFailure, ManualReview, RetryPolicy
-from .leases import Fence
-from .locks import RunLockSession
+from .locks import AccountHold
 from .resilience import SqlRunner
 from .sqlfiles import sql
 
@@ -70,9 +69,7 @@ def count(account: str, written: Sequence[int]) -> None:
 class PgFailureLog:
     """The ``import_failures`` rows of one account. Implements ``FailureLog``."""
 
-    def __init__(
-        self, sql: SqlRunner, account: str, fence: Fence | RunLockSession | None = None
-    ) -> None:
+    def __init__(self, sql: SqlRunner, account: str, fence: AccountHold | None = None) -> None:
         self._sql = sql
         self.account = account
         self._fence = fence  # as the orders' (see PgOrderStore): checked before a commit

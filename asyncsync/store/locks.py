@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
+from typing import Protocol
 
 import asyncpg
 
@@ -92,6 +93,18 @@ LOCK_CHECK_S = 5.0
 #: The server ends a one-shot run's lock session once it was silent for the run's
 #: statement timeout, or this long when that is shorter (seconds; two missed checks).
 LOCK_SILENT_MIN_S = 2 * LOCK_CHECK_S
+
+
+class AccountHold(Protocol):
+    """What a write of an account checks inside its transaction, before it commits, to
+    prove the account is still this process's: a worker's lease (``leases.Fence``, which
+    raises LeaseLost) or a one-shot run's lock (:class:`RunLockSession`, which raises
+    DatabaseUnavailable: the write waits for the lock). A process frozen past it and
+    woken then writes nothing beside the one that took the account over."""
+
+    async def check(self, conn: asyncpg.Connection) -> None:
+        """Return while the account is this process's; raise (rolling back) if not."""
+        ...
 
 
 class RunLockSession:

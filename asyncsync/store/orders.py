@@ -33,8 +33,7 @@ from ..records import DetailRecord, FailureRecord, OrderRecord
 from ..seams import Checkpoint, MergeStats
 from . import failures as failure_rows
 from .claims import Claims
-from .leases import Fence
-from .locks import RunLockSession
+from .locks import AccountHold
 from .resilience import SqlRunner
 from .sqlfiles import sql
 
@@ -90,7 +89,7 @@ class PgOrderStore:
         open_statuses: Sequence[int],
         *,
         clock: Clock = utcnow,
-        fence: Fence | RunLockSession | None = None,
+        fence: AccountHold | None = None,
     ) -> None:
         self._sql = sql
         self._pool = sql.pool
