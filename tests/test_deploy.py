@@ -3,6 +3,8 @@ here: hadolint lints the Containerfile in CI, these tests read the files)."""
 
 from __future__ import annotations
 
+import ast
+import functools
 import re
 import tomllib
 from pathlib import Path
@@ -86,3 +88,45 @@ def test_nothing_restarts_forever_on_a_refused_refresh_token() -> None:
         assert prevent and {"2", "4"} <= set(prevent.group(1).split()), unit
     compose = (ROOT / "deploy" / "compose.yaml").read_text()
     assert re.search(r'restart: "on-failure:\d+"', compose)  # bounded: compose cannot skip 4
+
+
+@functools.cache
+def _functions(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def test_what_the_readme_names_exists() -> None:
+    """Every test the README cites (``tests/x.py::name``, and the bare ``::name`` or
+    ``test_name`` after it, of the same file), every file it names, every flag and variable
+    paired in its Configuration table, and every ``asyncsync_*`` series it names is there."""
+    from asyncsync.flags.table import FLAGS
+
+    readme = (ROOT / "README.md").read_text()
+    wrong: list[str] = []
+    cited: Path | None = None
+    for span in re.findall(r"`([^`\n]+)`", readme):
+        if whole := re.fullmatch(r"(tests/[\w/]+\.py)(?:::(\w+))?(?:\[[^\]]*\])?", span):
+            cited, name = ROOT / whole[1], whole[2]
+        elif bare := re.fullmatch(r"(?:::)?(test_\w+)(?:\[[^\]]*\])?", span):
+            name = bare[1]
+        else:
+            continue
+        if cited is None or not cited.exists() or (name and name not in _functions(cited)):
+            wrong.append(span)
+    paths = re.findall(r"(?<![\w/.-])((?:deploy|bench|asyncsync|docs|tests)/[\w./-]*\w)", readme)
+    wrong += [p for p in paths if not (ROOT / p).exists()]
+    config = readme[readme.index("## Configuration") : readme.index("## How it works")]
+    pairs = {(f.flag, f.env) for f in FLAGS} | {("--mode", "ASYNCSYNC_MODE")}
+    for row in re.findall(r"^\| (`--.*?) \| (.*?) \|", config, flags=re.M):
+        flags, envs = (re.findall(r"`([^` ]+)[^`]*`", cell) for cell in row)
+        wrong += [f"{f} {e}" for f, e in zip(flags, envs, strict=True) if (f, e) not in pairs]
+    code = "".join(p.read_text() for d in ("asyncsync", "tests", "bench")
+                   for p in (ROOT / d).rglob("*.py"))  # fmt: skip
+    wrong += [v for v in set(re.findall(r"\b(?:ASYNCSYNC|TINY)_[A-Z_]+[A-Z]", readme))
+              if v not in code]  # fmt: skip
+    series = set(re.findall(r'"(asyncsync_\w+)"', (ROOT / "asyncsync/metrics.py").read_text()))
+    tables = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", (ROOT / "schema.sql").read_text()))
+    wrong += [m for m in set(re.findall(r"\basyncsync_[a-z_]+[a-z]", readme))
+              if m not in series | tables]  # fmt: skip
+    assert wrong == []
