@@ -264,12 +264,15 @@ async def test_accounts_add_refuses_what_it_cannot_keep(database_url, db, tmp_pa
     assert await db.fetchval("SELECT count(*) FROM tiny_tokens") == 0
     _, listed, _ = await cli("accounts", "list", "--database-url", database_url, "--json")
     assert json.loads(listed)["accounts"][0]["quota share"] == 0.8
-    # Re-adding a disabled account replaces its definition and leaves it disabled.
+    # Re-adding a disabled account replaces its definition and leaves it disabled; a flag
+    # left out goes back to its default (the README: "so repeat every one").
     assert (await cli("accounts", "disable", "k", "--database-url", database_url))[0] == 0
     code, out, _ = await cli(*base, "--client-secret-env", "S2", "--log-format", "text")
     assert code == 0 and "updated" in out and "still disabled" in out, out
-    row = await db.fetchrow("SELECT enabled, client_secret_env FROM accounts WHERE key = 'k'")
-    assert (row["enabled"], row["client_secret_env"]) == (False, "S2")
+    row = await db.fetchrow(
+        "SELECT enabled, client_secret_env, quota_share FROM accounts WHERE key = 'k'"
+    )
+    assert (row["enabled"], row["client_secret_env"], row["quota_share"]) == (False, "S2", 1.0)
 
 
 async def test_one_shot_runs_reach_every_account_by_its_row(
