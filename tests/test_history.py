@@ -14,7 +14,7 @@ import pytest
 
 from asyncsync import metrics
 from asyncsync.errors import DatabaseUnavailable, ReauthorizationRequired, TinyUnavailable
-from asyncsync.modes import execute
+from asyncsync.modes import execute, failed_report, finish
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import (
     BackfillOptions,
@@ -164,6 +164,24 @@ async def test_an_unreachable_database_fails_in_one_sentence(simulator, caplog) 
     ):
         await execute("sync", common, SyncOptions(), asyncio.Event())
     assert not any("could not be recorded" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_run_not_recorded_leaves_the_textfile_as_it_was(
+    simulator, tmp_path, caplog
+) -> None:
+    # The database gone by the time a finished (or Tiny-failed) run is recorded: its
+    # gauges cannot be read, so the file keeps what it held (every mode's last success)
+    # rather than being rewritten without them.
+    path = tmp_path / "asyncsync.prom"
+    path.write_text('asyncsync_last_success_timestamp_seconds{mode="integrity"} 1.7e9\n')
+    sim = await simulator(orders=1)
+    common = common_for(sim, "postgresql://nobody@127.0.0.1:1/nothing", account="gone")
+    common = dataclasses.replace(common, run=RunOptions(metrics_textfile=path))
+    report = failed_report("sync", "gone", dt.datetime.now(dt.UTC), TinyUnavailable("down"))
+    with caplog.at_level(logging.WARNING):
+        await finish(report, common, invoked_as="sync")
+    assert path.read_text() == 'asyncsync_last_success_timestamp_seconds{mode="integrity"} 1.7e9\n'
+    assert any("left as it was" in r.getMessage() for r in caplog.records)
 
 
 async def test_serve_records_every_cycle(simulator, runtime_for, db) -> None:

@@ -142,9 +142,12 @@ async def finish(report: RunReport, common: CommonOptions, *, invoked_as: str) -
     """Record the run in ``sync_runs``, refresh the account's gauges from the database
     (the mirror's counts from the report when the run counted them at its end), and write
     the metrics textfile when asked. Never fails the command: a run that could
-    not be recorded is logged."""
+    not be recorded is logged, and leaves the textfile as it was (its gauges could not
+    be read: rewritten, the file lost every mode's last success, and the stale-sync
+    alert its age would fire)."""
     if report.outcome is not Outcome.FAILED:
         metrics.REAUTHORIZATION_REQUIRED.labels(report.account).set(0)
+    textfile = common.run.metrics_textfile
     try:
         async with (
             asyncio.timeout(RECORD_TIMEOUT_S),
@@ -154,11 +157,12 @@ async def finish(report: RunReport, common: CommonOptions, *, invoked_as: str) -
             await store.runs.record(report, invoked_as=invoked_as)
             observe_status(await store.status(utcnow(), DEFAULT_POLICY, report.census))
     except (AsyncsyncError, OSError, TimeoutError) as exc:
+        kept = "" if textfile is None else f" (the metrics textfile {textfile} is left as it was)"
         log.warning(
-            "the %s run could not be recorded in sync_runs: %s", report.mode, exc,
+            "the %s run could not be recorded in sync_runs: %s%s", report.mode, exc, kept,
             extra={"fields": {"mode": report.mode, "outcome": report.outcome.value}},
         )  # fmt: skip
-    textfile = common.run.metrics_textfile
+        return
     if textfile is not None:
         try:
             metrics.write_textfile(textfile)
