@@ -21,18 +21,30 @@ from asyncsync.simulator import TinySimulator
 from asyncsync.store.database import with_database
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without asyncsync's and Tiny's settings, plus ``env``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
     clean.pop("DATABASE_URL", None)
     clean.pop("PGDATABASE", None)  # libpq's: it would name the database a URL leaves out
-    clean.update(env or {})
+    return {**clean, **(env or {})}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "asyncsync", *args],
         capture_output=True,
         text=True,
-        env=clean,
+        env=cli_env(env),
         timeout=120,
     )
+
+
+async def spawn_cli(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``asyncsync *args`` started in the background, its stderr piped (stdout dropped)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncsync", *args, env=cli_env(env),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
 
 
 def sim_env(sim: TinySimulator, **extra: str) -> dict[str, str]:
@@ -557,14 +569,7 @@ async def test_wait_lock_waits_for_the_holder_then_gives_up(simulator, database_
         # SIGTERM while it waits: nothing ran, nothing to drain, so it stops at once (it
         # waited out the 25-s drain deadline before, then said it was "still draining").
         async with database.account("default").lock("serve"):
-            clean = {
-                k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))
-            }
-            clean.pop("DATABASE_URL", None)
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "asyncsync", *args, "--wait-lock", "60",
-                env={**clean, **env}, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+            proc = await spawn_cli(*args, "--wait-lock", "60", env=env)
             assert proc.stderr is not None
             while b"waiting up to" not in await proc.stderr.readline():
                 pass
@@ -595,12 +600,7 @@ async def test_a_frozen_one_shot_run_lets_its_account_go(simulator, database_url
     env = sim_env(sim, TINY_RATE_LIMIT_PER_MINUTE="60000", TINY_MAX_CONCURRENCY="2")
     args = ("sync", "--database-url", database_url, "--statement-timeout", "3",
             "--log-format", "text")  # fmt: skip
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
-    clean.pop("DATABASE_URL", None)
-    frozen = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "asyncsync", *args, env={**clean, **env},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    frozen = await spawn_cli(*args, env=env)
     try:
         deadline = time.monotonic() + 30
         while not await db.fetchval("SELECT count(*) FROM ordens_servico"):
@@ -635,6 +635,41 @@ async def test_a_frozen_one_shot_run_lets_its_account_go(simulator, database_url
     assert b"lost its run lock mid-sync to asyncsync serve" in said, said.decode()
     assert written == 0, "the woken run merged beside the lock's new holder"
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_second_signal_cuts_the_drain_at_once(simulator, database_url, db) -> None:
+    """SIGTERM drains for up to --drain-timeout (requests in flight, merging what
+    arrived); a second SIGTERM (or Ctrl-C) cuts it at once: exit 130, and what was merged
+    stays merged."""
+    import time
+
+    sim = await simulator(orders=400, latency_s=0.05)
+    env = sim_env(sim, TINY_RATE_LIMIT_PER_MINUTE="60000", TINY_MAX_CONCURRENCY="2")
+    proc = await spawn_cli("sync", "--database-url", database_url, "--log-format", "text",
+                           "--drain-timeout", "120", env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not await db.fetchval("SELECT count(*) FROM ordens_servico"):
+            assert time.monotonic() < deadline, "the run merged nothing in 30 s"
+            await asyncio.sleep(0.05)
+        sim.set_outage("hang")  # the requests in flight now hang past the first signal
+        await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert proc.returncode is None  # draining: the hanging requests hold it
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        said = await asyncio.wait_for(proc.stderr.read(), 60)  # type: ignore[union-attr]
+        code = await proc.wait()
+        took = time.monotonic() - started
+    finally:
+        sim.set_outage(None)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 130, said.decode()
+    assert took < 10, took  # not the 120-s drain deadline, nor the hanging requests
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") > 0
 
 
 def test_the_readme_lists_every_flag_and_its_variable() -> None:
