@@ -399,6 +399,44 @@ async def test_a_missing_order_at_manual_review_still_broken_stays_a_known_failu
     assert "TinyBadPayload" in row["erro"] and "earlier" not in row["erro"]
 
 
+async def test_a_listed_order_whose_detail_answers_404_reaches_manual_review(
+    simulator, runtime_for, db
+) -> None:
+    """Tiny lists it, its detail answers 404 (an order the app may list but not read):
+    each retry takes the 404 for a deletion and resolves the failure, and each integrity
+    run, finding it listed and missing, imports it and fails again. That is one failure
+    failing over and over (section 6: at most 5 attempts, then a person), not a new one
+    each day at attempt 1: every check reported it as a problem NOT fixed, exit 1, for
+    ever, and no person was ever asked to look."""
+    sim = await simulator(orders=40, seed=3)
+    victim = sorted(sim.orders)[9]
+    now = T0
+    async with runtime_for(sim, **FAST) as rt:
+        await helpers.full_sync(rt)
+        await db.execute("DELETE FROM ordens_servico WHERE id = $1", victim)
+        sim.fail_detail[victim] = "404"
+        attempts = []
+        for _ in range(5):  # serve: the daily check, the retries between
+            check = Found(await helpers.integrity(rt, at=now))
+            attempts.append(await db.fetchval(
+                "SELECT tentativas FROM import_failures WHERE id_ordem = $1", victim))  # fmt: skip
+            now += dt.timedelta(hours=1)
+            await helpers.retry(rt, now=now)
+            now += dt.timedelta(days=1)
+        assert attempts == [1, 2, 3, 4, 5]
+        assert check.manual_review == [victim]  # its fifth attempt failed in that run
+        retried = await helpers.retry(rt, now=now)
+        check = Found(await helpers.integrity(rt, at=now))
+    row = await db.fetchrow(
+        "SELECT tentativas, resolvido, erro, dados_api FROM import_failures WHERE id_ordem = $1",
+        victim,
+    )
+    assert not row["resolvido"] and "404" in row["erro"]
+    assert orjson.loads(row["dados_api"])["list_item"]["id"] == victim
+    assert retried.findings["manual_review"] == [victim] and retried.exit_code == 1
+    assert check.manual_review == [victim] and check.failed == [] and check.exit_code == 0
+
+
 def test_serve_compares_every_id_once_a_week_each_account_on_its_own_day() -> None:
     week = [dt.date(2026, 12, 7) + dt.timedelta(days=n) for n in range(7)]
     days = {

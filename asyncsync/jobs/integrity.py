@@ -317,9 +317,13 @@ class _Check:
             [self.candidates[d.id] for d in details], attempt=True
         )
         merged = merged + await self.sink.merge_details(details, attempt=True)
+        # Listed by this run: a failure a retry resolved (its detail's 404 taken for a
+        # deletion) that comes back with the same error counts one more attempt, not a
+        # fresh start, or an order Tiny lists but will not show never reached a person.
         await self.failures.record(
-            [self._with_item(f) for f in failed], now=self.ctx.clock(), counts_as_attempt=True
-        )
+            [self._with_item(f) for f in failed], now=self.ctx.clock(), counts_as_attempt=True,
+            listed=True,
+        )  # fmt: skip
         refused = {f.order_id for f in merged.refused}  # a failed attempt, counted by the merge
         failed = [*failed, *merged.refused]
         self.found["recovered"] += [d.id for d in details if d.id not in refused]
