@@ -58,7 +58,7 @@ async def each_account(mode: str, common: CommonOptions, options: Any, stop: asy
     """Run ``mode`` for every enabled account, one after the other. An account that fails
     does not stop the others; the first error is raised at the end (its exit code),
     else the highest exit code is returned."""
-    async with database_of(common) as database:
+    async with database_of(common, stop=stop) as database:
         keys = [c.key for c in await database.registry.all() if c.enabled]
     if not keys:
         raise ConfigError("--all-accounts: the accounts table has no enabled account "

@@ -72,7 +72,7 @@ async def run(common: CommonOptions, options: AccountsOptions, stop: asyncio.Eve
         raise ConfigError(f"accounts {options.action} needs the account's key")
     if options.action == "list" and key is not None:  # `accounts list acme` listed all
         raise ConfigError("accounts list takes no key: it lists every account")
-    async with database_of(common) as database:
+    async with database_of(common, stop=stop) as database:
         registry = database.registry
         if options.action == "list":
             rows = await registry.all()

@@ -19,6 +19,6 @@ def _say(text: str) -> None:
 
 async def run(common: CommonOptions, options: AuthorizeOptions, stop: asyncio.Event) -> RunReport:
     """Authorize the account's app and store its first tokens."""
-    async with open_authorization(common, options) as (authorizer, ctx):
+    async with open_authorization(common, options, stop) as (authorizer, ctx):
         ctx = dataclasses.replace(ctx, stop=stop)  # Ctrl-C while waiting for the person
         return await authorize(authorizer, ctx, timeout_s=options.timeout_s, say=_say)

@@ -22,12 +22,12 @@ from ..work.units import Kind, Unit
 from . import show
 
 
-async def enqueue(common: CommonOptions, options: BackfillOptions) -> int:
+async def enqueue(common: CommonOptions, options: BackfillOptions, stop: asyncio.Event) -> int:
     """Put the account's months on the work queue; returns the exit code."""
     first, last = resolve_range(options.date_from, options.date_to, tiny_today())
     months = list(reversed(month_range(first, last)))
     units = [Unit(Kind.BACKFILL, common.account, month) for month in months]
-    async with database_of(common) as database:
+    async with database_of(common, stop=stop) as database:
         registry = database.registry
         if not await registry.none() and await registry.get(common.account) is None:
             # The workers serve the table's rows alone: they would drop every month.
@@ -50,7 +50,7 @@ async def run(
     """Backfill the account's months, under its run lock (or enqueue them)."""
     resolve_range(options.date_from, options.date_to, tiny_today())  # before connecting
     if options.enqueue:
-        return await enqueue(common, options)
+        return await enqueue(common, options, stop)
     async with (
         open_runtime(common, stop=stop) as rt,
         rt.store.lock("backfill", wait_s=common.run.wait_lock_s, stop=stop),

@@ -24,10 +24,10 @@ from ..runtime import database_of, open_runtime
 from . import show
 
 
-async def _retryable(common: CommonOptions) -> bool:
+async def _retryable(common: CommonOptions, stop: asyncio.Event) -> bool:
     """Whether ``retry --all`` would rearm anything: a failure left for manual review
     with a real order id (a synthetic, negative one cannot be fetched)."""
-    async with database_of(common) as database:
+    async with database_of(common, stop=stop) as database:
         review = await database.account(common.account).failures.manual_review(DEFAULT_POLICY)
     return any(r.id_ordem > 0 for r in review)
 
@@ -52,7 +52,7 @@ async def run(
     if options.action == "list" and options.ids:  # `failures list 5` listed them all
         raise ConfigError("failures list takes no order ids (--limit N: the first N)")
     targets = _targets(options) if options.action == "ignore" else None
-    async with database_of(common) as database:
+    async with database_of(common, stop=stop) as database:
         failures = database.account(common.account).failures
         if options.action == "list":
             rows = await failures.listing(options.state, DEFAULT_POLICY, options.limit)
@@ -72,7 +72,7 @@ async def _retry(
     common: CommonOptions, options: FailuresOptions, stop: asyncio.Event
 ) -> RunReport | int:
     targets = _targets(options)
-    if targets is None and not await _retryable(common):
+    if targets is None and not await _retryable(common, stop):
         # Nothing to ask Tiny for: said from the database alone, no credentials needed.
         message = "no failure left for manual review has an order id to fetch: nothing to retry"
         show(message, {"account": common.account, "rearmed": []}, common)

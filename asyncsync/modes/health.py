@@ -28,7 +28,10 @@ async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event
     limit = dt.timedelta(seconds=max(3 * options.interval_s, 3600))
     try:
         async with database_of(
-            dataclasses.replace(common, database=quick), apply_schema=False, staging=False
+            dataclasses.replace(common, database=quick),
+            stop=stop,
+            apply_schema=False,
+            staging=False,
         ) as database:
             if options.all_accounts:
                 keys = [c.key for c in await database.registry.all() if c.enabled]

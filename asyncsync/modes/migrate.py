@@ -12,7 +12,7 @@ from ..runtime import database_of
 async def run(common: CommonOptions, options: MigrateOptions, stop: asyncio.Event) -> int:
     """Create or update the schema, the work queue's tables included: applied whole even
     when the database says it has it (an index dropped by hand comes back)."""
-    async with database_of(common, apply_schema=False) as database:
+    async with database_of(common, stop=stop, apply_schema=False) as database:
         await database.migrate(always=True)
         await database.queue.install()
     print("schema is up to date")

@@ -33,7 +33,7 @@ from . import show
 async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event) -> int:
     """Print the status of ``--account`` (or of every account) and return the exit code."""
     now = utcnow()
-    async with database_of(common, apply_schema=False, staging=False) as database:
+    async with database_of(common, stop=stop, apply_schema=False, staging=False) as database:
         try:
             accounts = await database.accounts() if options.all_accounts else [common.account]
             states = [

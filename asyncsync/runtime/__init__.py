@@ -138,9 +138,16 @@ def new_breaker(account: str, tiny: TinyOptions) -> CircuitBreaker:
     return CircuitBreaker(tiny.breaker_failures, tiny.breaker_cooldown_s, account=account)
 
 
+#: Seconds a database being opened when the run is stopped may still take: one that
+#: answers by then is opened, and the run records itself interrupted; one that does not
+#: is left (a hanging connection held the run for the drain deadline and more).
+STOP_GRACE_S = 2.0
+
+
 def database_of(
     common: CommonOptions,
     *,
+    stop: asyncio.Event | None = None,
     apply_schema: bool = True,
     slots: int | None = None,
     staging: bool = True,
@@ -152,9 +159,11 @@ def database_of(
     units at once gets a pool sized for them; without ``staging``, one that merges
     nothing (``status`` and ``health``, which a standby can answer). A transaction idle
     for ``idle_in_transaction_s`` (default: the statement timeout) is a frozen process's:
-    the server ends it."""
+    the server ends it. ``stop`` set while the database is being opened ends the wait
+    once :data:`STOP_GRACE_S` has passed (:class:`~asyncsync.tasks.Stopped`): a first
+    connection that hangs held the command for the connect timeout."""
     db = common.database
-    return open_database(
+    opening = open_database(
         db.database_url,
         db.data_dir,
         apply_schema=apply_schema,
@@ -167,6 +176,15 @@ def database_of(
         reconnect_s=db.reconnect_s,
         run_history_days=db.run_history_days,
     )
+    return opening if stop is None else _opened_unless_stopped(opening, stop)
+
+
+@asynccontextmanager
+async def _opened_unless_stopped(
+    opening: AsyncContextManager[Database], stop: asyncio.Event
+) -> AsyncIterator[Database]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield await until_stopped(stack.enter_async_context(opening), stop, STOP_GRACE_S)
 
 
 def account_tiny(tiny: TinyOptions, config: AccountConfig) -> TinyOptions:
@@ -208,12 +226,6 @@ def _legacy_credentials(common: CommonOptions) -> Credentials | ConfigError:
         return exc
 
 
-#: Seconds a database being opened when the run is stopped may still take: one that
-#: answers by then is opened, and the run records itself interrupted; one that does not
-#: is left (a hanging connection held the run for the drain deadline and more).
-STOP_GRACE_S = 2.0
-
-
 @asynccontextmanager
 async def _database_for_account(
     common: CommonOptions, stop: asyncio.Event | None = None
@@ -225,10 +237,7 @@ async def _database_for_account(
     legacy = _legacy_credentials(common)
     async with contextlib.AsyncExitStack() as stack:
         try:
-            opening = stack.enter_async_context(database_of(common))
-            database = await (
-                opening if stop is None else until_stopped(opening, stop, STOP_GRACE_S)
-            )
+            database = await stack.enter_async_context(database_of(common, stop=stop))
         except DatabaseError:
             if isinstance(legacy, ConfigError):
                 raise ConfigError(f"{legacy} (the database, whose accounts table may name "
@@ -240,12 +249,12 @@ async def _database_for_account(
 
 @asynccontextmanager
 async def open_authorization(
-    common: CommonOptions, options: AuthorizeOptions
+    common: CommonOptions, options: AuthorizeOptions, stop: asyncio.Event | None = None
 ) -> AsyncIterator[tuple[Authorization, RunContext]]:
     """The database and an Authorization for the account's first tokens (only the app's
-    client id and secret are needed)."""
+    client id and secret are needed); ``stop`` as for :func:`database_of`."""
     async with (
-        _database_for_account(common) as (database, tiny, credentials),
+        _database_for_account(common, stop) as (database, tiny, credentials),
         aiohttp.ClientSession() as session,
     ):
         store = database.account(common.account)

@@ -435,20 +435,58 @@ async def test_a_one_shot_run_stopped_before_its_database_answers_exits_at_once(
         TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
         TINY_REFRESH_TOKEN=sim.valid_refresh_token() or "",
     )  # fmt: skip
+    args = ("sync", "--api-base-url", sim.base_url, "--token-url", sim.token_url)
+    await stopped_while_connecting(*args, env=env)
+    assert sim.stats.requests_by_endpoint["list"] == 0
+
+
+async def stopped_while_connecting(*args: str, env: dict[str, str]) -> None:
+    """Run ``asyncsync *args`` against a database that never answers, SIGTERM it 2 s in,
+    and assert it exits 130 within its 2 s of grace plus a margin (not the 60-s connect
+    timeout, nor the drain deadline), saying nothing ran."""
     async with silent_database() as dsn:
-        proc = await asyncsync(
-            "sync", "--database-url", dsn, "--api-base-url", sim.base_url,
-            "--token-url", sim.token_url, env=env,
-        )  # fmt: skip
+        proc = await asyncsync(*args, "--database-url", dsn, env=env)
         await asyncio.sleep(2)
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        _, err = await asyncio.wait_for(proc.communicate(), 90)
+        try:  # bounded below the drain deadline (25 s), which would cancel it too
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+        except TimeoutError:
+            proc.kill()
+            _, err = await proc.communicate()
         stopped_in = time.monotonic() - started
     text = err.decode()
     assert proc.returncode == 130 and stopped_in < 8, (stopped_in, text)  # 2 s of grace
-    assert text.strip().splitlines()[-1].endswith("nothing ran"), text
-    assert "Traceback" not in text and sim.stats.requests_by_endpoint["list"] == 0
+    assert (
+        text.strip()
+        .splitlines()[-1]
+        .endswith("interrupted before the database answered: nothing ran")
+    ), text
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("health",),
+        ("migrate",),
+        ("accounts", "list"),
+        ("failures", "list"),
+        ("backfill", "--enqueue", "--from", "2024-01"),
+        ("sync", "--all-accounts"),
+        ("authorize",),
+    ],
+    ids=" ".join,
+)
+async def test_every_mode_stopped_before_its_database_answers_exits_at_once(
+    args: tuple[str, ...],
+) -> None:
+    # These opened the database without the run's stop: SIGTERM while the first
+    # connection hung waited out the connect timeout, or the drain deadline's cut
+    # ("interrupted", 25 s), instead of leaving at once as a one-shot run does.
+    env = cli_env(TINY_CLIENT_ID="app", TINY_CLIENT_SECRET="secret")
+    await stopped_while_connecting(*args, env=env)
 
 
 async def test_a_database_gone_read_only_mid_run_is_an_outage_not_a_failure(
