@@ -431,7 +431,8 @@ def test_each_modes_help_lists_only_flags_the_mode_reads() -> None:
               "sync": ["--sim-port"], "health": ["--statement-timeout", "--db-reconnect"],
               "migrate": ["--account", "--run-history-days"],
               "accounts": ["--account", "--max-retries", "--rate-limit", "--token-file"],
-              "authorize": ["--api-base-url", "--rate-limit", "--breaker-failures"],
+              "authorize": ["--api-base-url", "--rate-limit", "--breaker-failures",
+                            "--refresh-token"],
               "simulate": ["--client-id", "--api-base-url", "--max-concurrency"]}  # fmt: skip
     for mode, flags in unread.items():
         assert _offered(mode).isdisjoint(flags), (mode, _offered(mode) & set(flags))
@@ -472,6 +473,20 @@ def test_modes_that_print_no_report_refuse_json_instead_of_ignoring_it() -> None
     environ = {"ASYNCSYNC_JSON_REPORT": "/tmp/r.json"}
     assert parse(["health"], environ).common.output.json_path is None
     assert parse(["status"], environ).common.output.json_path == Path("/tmp/r.json")
+
+
+def test_authorize_refuses_a_refresh_token_it_would_never_spend() -> None:
+    # authorize trades the person's code for the account's first tokens; a bootstrap
+    # refresh token given to it was read and never sent anywhere.
+    from asyncsync.flags import parse
+
+    result = run_cli("authorize", "--refresh-token", "r")
+    assert result.returncode == 2, result.stderr
+    assert "unrecognized arguments: --refresh-token" in result.stderr, result.stderr
+    # Its variable is not read there: one environment file serves every mode.
+    environ = {"TINY_REFRESH_TOKEN": "r"}
+    assert parse(["authorize"], environ).common.tiny.refresh_token is None
+    assert parse(["sync"], environ).common.tiny.refresh_token == "r"
 
 
 def test_a_mode_word_and_another_mode_flag_are_refused() -> None:

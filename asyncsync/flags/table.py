@@ -364,11 +364,12 @@ MODES: dict[str, Mode] = {
                    (*_NO_REPORT, *_NO_RUNS, "--statement-timeout", "--db-reconnect")),
     "migrate": Mode(MigrateOptions, _LOCAL, "create or update the schema",
                     (*_NO_REPORT, "--account", *_NO_RUNS)),
-    # authorize talks to the token endpoint only (--timeout bounds it), never to the API.
+    # authorize talks to the token endpoint only (--timeout bounds it), never to the API;
+    # it trades the person's code for the refresh token, never spends one it was given.
     "authorize": Mode(AuthorizeOptions, (AuthorizeOptions, *_EVERYTHING),
                       "first authorization: a person logs in to Tiny, the tokens are stored",
                       (*_NO_REPORT, *_SIM_PORT, "--api-base-url", "--quota-share",
-                       *(f for f in _CLIENT if f != "--timeout"))),
+                       "--refresh-token", *(f for f in _CLIENT if f != "--timeout"))),
     # The simulator's plan is --sim-quota, else --rate-limit; it reaches no account.
     "simulate": Mode(SimulateOptions, (SimulatorOptions, TinyOptions, OutputOptions),
                      "serve the bundled Tiny simulator",
