@@ -194,6 +194,29 @@ async def test_code_exchange_failures(http: aiohttp.ClientSession) -> None:
         assert sim.valid_refresh_token() == "sim-refresh-0"
 
 
+async def test_the_token_endpoint_reads_only_a_form(
+    http: aiohttp.ClientSession, sim: TinySimulator
+) -> None:
+    # Tiny's endpoint takes application/x-www-form-urlencoded (TINY_API.md); the simulator
+    # read a multipart body too, so a client sending one passed here and failed there.
+    _, _, query = await consent(http, sim)
+    form = {
+        "grant_type": "authorization_code",
+        "client_id": sim.config.client_id,
+        "client_secret": sim.config.client_secret,
+        "redirect_uri": CALLBACK,
+        "code": query["code"][0],
+    }
+    for body in ({"data": aiohttp.FormData(form, default_to_multipart=True)}, {"json": form}):
+        async with http.post(sim.token_url, **body) as resp:
+            said = await resp.json()
+        assert (resp.status, said["error"]) == (400, "invalid_request"), said
+        assert "application/x-www-form-urlencoded" in said["error_description"], said
+    assert sim.stats.code_exchanges == 0
+    status, tokens = await exchange(http, sim, query["code"][0])  # the code is not spent
+    assert status == 200 and sim.valid_refresh_token() == tokens["refresh_token"], tokens
+
+
 async def test_code_exchange_without_rotation_keeps_older_refresh_tokens(
     http: aiohttp.ClientSession,
 ) -> None:

@@ -26,7 +26,7 @@ from .control import ControlChange, ControlError
 from .data import SimConfig
 from .faults import NOTES, drop, send_padded
 from .index import QueryError, parse_query
-from .oauth import EXCHANGED, REFRESHED, STALE
+from .oauth import EXCHANGED, REFRESHED, STALE, not_a_form
 from .state import DEFAULT_CONFIG, SimState
 
 API_PREFIX = "/public-api/v3"
@@ -287,9 +287,10 @@ class TinySimulator(SimState):
         if self.fail_token_requests > 0:
             self.fail_token_requests -= 1
             return _error(503, OUTAGE_MESSAGES[503])
-        form = await request.post()
-        fields = {key: value for key, value in form.items() if isinstance(value, str)}
-        grant = self._tokens.grant(fields)
+        grant = not_a_form(request.content_type)  # request.post() reads multipart too
+        if grant is None:
+            form = await request.post()
+            grant = self._tokens.grant({k: v for k, v in form.items() if isinstance(v, str)})
         if grant.outcome == REFRESHED:
             self.stats.token_refreshes += 1
         elif grant.outcome == EXCHANGED:

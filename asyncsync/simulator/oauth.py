@@ -50,6 +50,21 @@ def _oauth_error(status: int, error: str, description: str, outcome: str = REFUS
     return Grant(status, {"error": error, "error_description": description}, outcome)
 
 
+#: The one body the token endpoint reads (RFC 6749 section 4.1.3; Tiny's realm too).
+FORM = "application/x-www-form-urlencoded"
+
+
+def not_a_form(content_type: str) -> Grant | None:
+    """The answer to a token request whose body is not ``FORM`` (a multipart or JSON
+    one), None for a form. TINY_API.md says what the endpoint takes, not how it refuses
+    the rest: a 400 ``invalid_request``, as the endpoint answers a request it cannot read."""
+    if content_type == FORM:
+        return None
+    return _oauth_error(
+        400, "invalid_request", f"Token requests must be {FORM}, not {content_type}"
+    )
+
+
 def seconds(value: float) -> int | float:
     """A TTL as JSON: ``4.0`` -> ``4`` (what Keycloak sends), ``0.5`` stays ``0.5``.
 
