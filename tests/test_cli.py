@@ -503,6 +503,21 @@ def test_a_mode_word_and_another_mode_flag_are_refused() -> None:
             parse(argv, {})
 
 
+def test_a_refused_secret_flag_never_shows_its_value() -> None:
+    # A mode that does not read a secret flag refuses it, naming what it did not take:
+    # the secret itself landed on stderr, in the container's log.
+    for argv in (
+        ("status", "--client-secret", "s3cr3tTok"),
+        ("health", "--client-secret=s3cr3tTok", "--bogus"),
+        ("authorize", "--refresh-token", "s3cr3tTok"),
+        ("migrate", "--client-sec", "s3cr3tTok"),  # what argparse takes for an abbreviation
+    ):
+        refused = run_cli(*argv)
+        assert refused.returncode == 2, refused.stderr
+        assert "unrecognized arguments: --" in refused.stderr and "***" in refused.stderr
+        assert "s3cr3tTok" not in refused.stderr + refused.stdout, argv
+
+
 def test_words_a_listing_does_not_take_are_refused_not_ignored() -> None:
     nowhere = ("--database-url", "postgresql://u@127.0.0.1:1/x")
     for argv, message in [

@@ -237,6 +237,35 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
                 f"the mode comes first: asyncsync {word} [options] (or --mode {word}); "
                 f"got options before {word!r}"
             )
-        parser.parse_args(rest)  # argparse's own message and exit 2
+        # argparse's own message and exit 2, with what follows a secret flag masked: the
+        # refusal names the words it did not take ("--client-secret s3cr3t" in a log)
+        parser.parse_args(_masked(rest))
+        raise ConfigError(f"unrecognized arguments: {' '.join(_masked(extra))}")
     values = read_values(ns, environ, spec.groups, unread=spec.unread)
     return Invocation(mode, build(CommonOptions, values), build(spec.options, values))
+
+
+#: The flags whose values are secrets, never shown.
+_SECRETS = tuple(f.flag for f in FLAGS if f.secret)
+
+
+def _secret(flag: str) -> bool:
+    return len(flag) > 2 and flag.startswith("--") and any(s.startswith(flag) for s in _SECRETS)
+
+
+def _masked(args: Sequence[str]) -> list[str]:
+    """``args`` with the value of a secret flag, or of what argparse could take for an
+    abbreviation of one (``--client-sec``), shown as ``***``."""
+    out: list[str] = []
+    hide = False
+    for arg in args:
+        flag, eq, _ = arg.partition("=")
+        if hide:
+            out.append("***")
+            hide = False
+        elif _secret(flag):
+            out.append(f"{flag}=***" if eq else arg)
+            hide = not eq
+        else:
+            out.append(arg)
+    return out
