@@ -62,6 +62,36 @@ async def test_outage_answers_everything_without_charging(
         await sim.aclose()
 
 
+async def test_outage_html_answers_a_maintenance_page_without_charging(
+    http: aiohttp.ClientSession,
+) -> None:
+    # A load balancer's maintenance page in front of the API: 200, text/html, no rate
+    # headers, nothing charged; the token endpoint (another host at Tiny) stays up.
+    sim, api = await started(http, SimConfig(orders=20, rate_limit_per_minute=5))
+    try:
+        order_id = next(iter(sim.orders))
+        assert (await api.get("/ordem-servico"))[2]["X-RateLimit-Remaining"] == "4"
+        sim.set_outage("html")
+        assert sim.outage == "html"
+        for path in ("/ordem-servico", f"/ordem-servico/{order_id}"):
+            status, body, headers = await api.get(path)
+            assert status == 200 and headers["Content-Type"].startswith("text/html")
+            assert "<html>" in body and "X-RateLimit-Remaining" not in headers
+        token = sim.valid_refresh_token()
+        assert token is not None
+        assert (await refresh(http, sim, token))[0] == 200
+        assert sim.stats.outage_answers == 2
+        sim.set_outage(None)
+        status, _, headers = await api.get("/ordem-servico")
+        assert status == 200 and headers["X-RateLimit-Remaining"] == "3"  # pages cost nothing
+        sim.fail_detail[order_id] = "html"  # the page for one address only
+        status, body, headers = await api.get(f"/ordem-servico/{order_id}")
+        assert status == 200 and headers["Content-Type"].startswith("text/html")
+        assert "<html>" in body
+    finally:
+        await sim.aclose()
+
+
 async def test_outage_reset_drops_connections(http: aiohttp.ClientSession) -> None:
     sim, api = await started(http, SimConfig(orders=20))
     try:

@@ -1,14 +1,14 @@
 """A faithful local stand-in for Tiny ERP (Olist) API v3 service orders.
 
-``TinySimulator`` serves ``GET /ordem-servico`` (listing, offset pagination over the live
-state), ``GET /ordem-servico/{id}`` (detail) and the Keycloak-like OAuth2 endpoints
+``TinySimulator`` serves ``GET /ordem-servico`` (listing, offset pagination over the
+live state), ``GET /ordem-servico/{id}`` (detail) and the Keycloak-like OAuth2 endpoints
 (``.../openid-connect/auth``, standing in for the person who consents, and ``.../token``
-with the ``authorization_code`` and ``refresh_token`` grants), with the quirks, rate limits
-and failures a client of the real API meets: per-order detail failures, transient 500s at
-a seeded rate, outages (5xx, dropped connections, hangs), huge streamed answers, and a
-quota that can change while a client runs. Tests drive it through plain synchronous
-control methods; a test in another process uses ``POST /_sim/control`` and
-``GET /_sim/stats``.
+with the ``authorization_code`` and ``refresh_token`` grants), with the quirks, rate
+limits and failures a client of the real API meets: per-order detail failures, transient
+500s at a seeded rate, outages (5xx, dropped connections, hangs, a proxy's maintenance
+page), huge streamed answers, and a quota that can change while a client runs. Tests
+drive it through plain synchronous control methods; a test in another process uses
+``POST /_sim/control`` and ``GET /_sim/stats``.
 
 Modules: ``data`` (config, orders, generator), ``render`` (JSON shapes and quirks),
 ``index`` (listing), ``access`` (counters, rate window), ``oauth`` (codes, tokens, grants),

@@ -2,12 +2,13 @@
 
 Every API request goes through the same gate, in this order: it is counted in
 :class:`SimStats`; an outage answers it (5xx in Tiny's JSON error shape, a dropped
-connection, or a hang) without charging the rate window; the bearer token is checked
-(401); the rate window is charged (429, plain text, as the live API answers outside its
-JSON error shape); ``latency_s`` is slept; an injected transient 500 may answer it. API
-answers past the outage check, 401 and 429 included, carry the ``X-RateLimit-*`` headers;
-a 401 does not charge the window (the account behind an unknown token is unknown). The
-token endpoint meets outages too; the authorization endpoint and ``/_sim/*`` do not.
+connection, a hang, or a proxy's maintenance page answered 200) without charging the
+rate window; the bearer token is checked (401); the rate window is charged (429, plain
+text, as the live API answers outside its JSON error shape); ``latency_s`` is slept; an
+injected transient 500 may answer it. API answers past the outage check, 401 and 429
+included, carry the ``X-RateLimit-*`` headers; a 401 does not charge the window (the
+account behind an unknown token is unknown). The token endpoint meets outages too (but
+for the API's maintenance page); the authorization endpoint and ``/_sim/*`` do not.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from asyncsync.status import parse_situacao
 from .consent import authorize
 from .control import ControlChange, ControlError
 from .data import SimConfig
-from .faults import NOTES, drop, send_padded
+from .faults import NOTES, drop, maintenance_page, send_padded
 from .index import QueryError, parse_query
 from .oauth import EXCHANGED, REFRESHED, STALE, not_a_form
 from .state import DEFAULT_CONFIG, SimState
@@ -153,9 +154,9 @@ class TinySimulator(SimState):
 
     # --- the gate ----------------------------------------------------------------------
 
-    async def _outage_answer(self, request: web.Request) -> Answer | None:
+    async def _outage_answer(self, request: web.Request, *, api: bool = True) -> Answer | None:
         """The answer an outage gives this request, or None to serve it."""
-        if self._outage.mode is None:
+        if self._outage.mode is None or (self._outage.mode == "html" and not api):
             return None
         self.stats.outage_answers += 1
         mode = await self._outage.sit_out()
@@ -163,6 +164,8 @@ class TinySimulator(SimState):
             return None
         if mode == "reset":
             return drop(request)
+        if mode == "html":
+            return maintenance_page()
         status = int(mode)
         return _error(status, OUTAGE_MESSAGES.get(status, INTERNAL_ERROR))
 
@@ -267,6 +270,8 @@ class TinySimulator(SimState):
         if mode == "malformed":  # a truncated body, announced as JSON
             body = f'{{"id": {order_id}, "situacao": "3", "dataConclusao": "20'.encode()
             return web.Response(body=body, content_type="application/json", headers=headers)
+        if mode == "html":  # a proxy's page for this one address: never Tiny's answer
+            return maintenance_page()
         if mode == "401":
             return _error(401, "Token inválido", None, headers)
         if mode == "403":  # this order is not this app's to read
@@ -281,7 +286,7 @@ class TinySimulator(SimState):
 
     async def _token(self, request: web.Request) -> Answer:
         self.stats.requests_by_endpoint["token"] += 1
-        outage = await self._outage_answer(request)
+        outage = await self._outage_answer(request, api=False)
         if outage is not None:
             return outage
         if self.fail_token_requests > 0:

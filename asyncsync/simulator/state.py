@@ -60,7 +60,8 @@ class SimState:
         self._outage = Outage()
         self.stats = SimStats()
         #: Order id -> a ``fail_detail`` mode (``500``, ``401``, ``403``, ``404``, ``malformed``,
-        #: ``huge``), applied on ``GET /ordem-servico/{id}``.
+        #: ``huge``, ``html``: a proxy's maintenance page, 200 ``text/html``), applied on
+        #: ``GET /ordem-servico/{id}``.
         self.fail_detail: dict[int, str] = {}
         #: Raw malformed list items injected by :meth:`add_malformed`.
         self.malformed: list[dict[str, Any]] = []
@@ -180,8 +181,10 @@ class SimState:
 
     def set_outage(self, mode: str | None) -> None:
         """``None`` (healthy), ``"503"`` / ``"500"`` (every API and token request answers
-        that, uncharged), ``"reset"`` (the connection is dropped unanswered) or ``"hang"``
-        (requests wait: served as usual once the outage is lifted, 503 after an hour).
+        that, uncharged), ``"reset"`` (the connection is dropped unanswered), ``"hang"``
+        (requests wait: served as usual once the outage is lifted, 503 after an hour) or
+        ``"html"`` (a load balancer's maintenance page, 200 ``text/html``, to every API
+        request, uncharged; the token endpoint, another host at Tiny, stays up).
 
         A client that times out on a hang has hung up: what it would have got is moot.
         """
