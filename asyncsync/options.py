@@ -92,7 +92,7 @@ class TinyOptions:
     max_concurrency: int = 8
     request_timeout_s: float = 30.0
     max_retries: int = 5
-    breaker_failures: int = 10  # transport failures or 5xx in a row that mean "Tiny is down"
+    breaker_failures: int = 10  # transport failures, 5xx, proxy pages in a row: "Tiny is down"
     breaker_cooldown_s: float = 60.0  # no request for this long once Tiny is down
     max_answer_mb: float = 50.0  # answers larger than this are refused unread
 

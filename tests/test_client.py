@@ -18,6 +18,7 @@ from aioresponses import aioresponses
 from asyncsync import metrics
 from asyncsync.client import AccountLimiter, MemoryTokenStore, TinyClient, TokenManager, answers
 from asyncsync.client import tokens as token_module
+from asyncsync.client.breaker import CircuitBreaker
 from asyncsync.clock import utcnow
 from asyncsync.errors import (
     DatabaseUnavailable,
@@ -25,6 +26,7 @@ from asyncsync.errors import (
     TinyBadPayload,
     TinyNotFound,
     TinyOrderForbidden,
+    TinyOutage,
     TinyRateLimited,
     TinyUnavailable,
 )
@@ -338,6 +340,51 @@ async def test_server_errors_are_retried_then_typed(monkeypatch) -> None:
             with pytest.raises(TinyBadPayload, match="itens"):
                 mocked.get(f"{base}/ordem-servico?limit=100&offset=0&situacao=3", payload={})
                 await client.list_orders(ListQuery(3))
+
+
+async def test_a_proxys_page_answered_200_is_an_outage_not_a_bad_payload(monkeypatch) -> None:
+    # A load balancer's maintenance page (200, text/html, text/plain or no Content-Type)
+    # is no order's answer: asked again like a 5xx and counted by the breaker, for a
+    # detail as for a page (it was a TinyBadPayload of the order, an import failure, and
+    # a success to the breaker). A body announced as JSON and cut short stays the order's;
+    # JSON not announced as such is read.
+    monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
+    store = MemoryTokenStore(TokenSet("r", "tok", utcnow() + dt.timedelta(hours=1)))
+    base = "http://tiny.test/api"
+    page = "<html><body>Em manutenção</body></html>"
+    with aioresponses() as mocked:
+        for order_id, kind in ((1, "text/html"), (2, "text/plain; charset=utf-8"), (3, "")):
+            mocked.get(f"{base}/ordem-servico/{order_id}", body=page, content_type=kind,
+                       repeat=True)  # fmt: skip
+        mocked.get(f"{base}/ordem-servico/4", body="<html>", content_type="text/html")
+        mocked.get(f"{base}/ordem-servico/4", payload={"id": 4})
+        mocked.get(f"{base}/ordem-servico/5", body='{"id": 5, "da', repeat=True)
+        mocked.get(f"{base}/ordem-servico/6", body='{"id": 6}', content_type="text/plain")
+        async with aiohttp.ClientSession() as session:
+            tokens = TokenManager(
+                session, "http://tiny.test/token", Credentials("c", "s", "r"), store
+            )
+            breaker = CircuitBreaker(threshold=100, account="default")
+            client = TinyClient(
+                session, base, tokens, AccountLimiter(6000, 4), max_retries=3,
+                max_backoff_s=0.01, breaker=breaker,
+            )  # fmt: skip
+            for order_id in (1, 2, 3):
+                with pytest.raises(TinyUnavailable, match="HTTP 200 with a page that is not JSON"):
+                    await client.get_order(order_id)
+            assert client.api_stats().retries == 3 * 2
+            assert (await client.get_order(4)).body == {"id": 4}  # a page once, then Tiny
+            with pytest.raises(TinyBadPayload, match="not JSON"):
+                await client.get_order(5)  # the order's, at once
+            assert (await client.get_order(6)).body == {"id": 6}
+            breaker.threshold = 2  # Tiny's answers reset the ten pages' count: two open it
+            for _ in range(2):
+                with pytest.raises(TinyUnavailable) as caught:
+                    await client.get_order(1, retry=False)
+                assert not isinstance(caught.value, TinyOutage)
+            with pytest.raises(TinyOutage):
+                await client.get_order(1, retry=False)
+            assert breaker.opened == 1 and breaker.reason == "2 failures in a row: 2 × not_json"
 
 
 async def test_rate_headers_are_read_whatever_the_case_of_their_names(monkeypatch) -> None:

@@ -16,12 +16,13 @@ import pytest
 
 from asyncsync import metrics
 from asyncsync.errors import TinyHTTPError, TinyUnavailable
+from asyncsync.jobs.sync import sync_once
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
 from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
 
-from .helpers import cycle, full_sync
+from .helpers import context, cycle, full_sync
 from .mirror import diff, mirror
 
 
@@ -278,6 +279,100 @@ async def test_an_outage_fails_a_one_shot_run_without_blaming_records(
     assert len(lines) <= 2, lines  # one warning with the counts, not a line per retry
 
 
+def _listed(orders: dict[int, dict[str, object]]) -> dict[int, dict[str, object]]:
+    """What a listing brings of each order (the conclusion time comes with its detail)."""
+    return {i: {k: v for k, v in o.items() if k != "data_conclusao"} for i, o in orders.items()}
+
+
+async def _maintenance_page_once(sim: TinySimulator, details: int, lift_after: int | None) -> None:
+    """A load balancer in front of Tiny answers its maintenance page (200, text/html) once
+    ``details`` detail requests went out; lifted after ``lift_after`` pages, if given."""
+    while sim.stats.requests_by_endpoint["detail"] < details:  # noqa: ASYNC110 (a counter)
+        await asyncio.sleep(0.005)
+    sim.set_outage("html")
+    # Looked at every turn of the event loop the simulator shares: lifted at once.
+    while lift_after is not None and sim.stats.outage_answers < lift_after:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    if lift_after is not None:
+        sim.set_outage(None)
+
+
+async def test_a_maintenance_page_through_the_details_is_an_outage_not_bad_records(
+    simulator, runtime_for, db
+) -> None:
+    # A proxy answers its maintenance page with 200 from the details pass on, longer than
+    # the retries. Each detail it answered was an import failure (TinyBadPayload: five
+    # attempts in ~45 minutes, then manual review, skipped by the backlog until a person
+    # ran `failures retry --all`), and the breaker took the 200s for successes: the run
+    # ended "ok".
+    sim = await simulator(orders=300, seed=12)
+    page = asyncio.create_task(_maintenance_page_once(sim, details=5, lift_after=None))
+    try:
+        async with runtime_for(sim, max_retries=3, breaker_failures=4,
+                               breaker_cooldown_s=30) as rt:  # fmt: skip
+            with pytest.raises(TinyUnavailable):
+                await asyncio.wait_for(full_sync(rt), 60)
+            assert "not_json" in rt.client.breaker.reason, rt.client.breaker.reason
+            assert rt.client.breaker.retry_at > 0  # the circuit is open
+    finally:
+        page.cancel()
+    assert sim.outage == "html" and sim.stats.outage_answers >= 4
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    assert diff(_listed(sim.snapshot()), _listed(await mirror(db))) == []  # the lists held
+    backlog = "SELECT count(*) FROM ordens_servico WHERE detalhe IS NULL"
+    assert await db.fetchval(backlog) > 0
+    sim.set_outage(None)  # the maintenance is over: the next run fetches the details
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        report = await sync_once(rt.client, s.orders, s.metadata, cycle(), context(rt))
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    assert await db.fetchval(backlog) == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_maintenance_page_for_a_moment_fails_nothing(simulator, runtime_for, db) -> None:
+    # The page for a moment mid-details (three answers, a blip the retries ride out):
+    # those details were import failures, retried on the failures' schedule from 30 s on.
+    sim = await simulator(orders=300, seed=13)
+    page = asyncio.create_task(_maintenance_page_once(sim, details=20, lift_after=3))
+    try:
+        async with runtime_for(sim, max_concurrency=4) as rt:  # 10 failures open the breaker
+            report = await asyncio.wait_for(full_sync(rt), 60)
+            assert rt.client.breaker.opened == 0
+        await asyncio.wait_for(page, 5)
+    finally:
+        page.cancel()
+    assert sim.outage is None and sim.stats.outage_answers >= 3  # the page was met
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_one_address_answering_a_maintenance_page_fails_no_healthy_run(
+    simulator, runtime_for, db
+) -> None:
+    # A page is never one order's: it is asked again like a 5xx and left in the backlog,
+    # not an import failure. Its five tries of the pass, alone in a row once the others are
+    # through, stay below the breaker's ten: a healthy run is not taken for Tiny down.
+    sim = await simulator(orders=100, seed=14)
+    paged = sorted(sim.orders)[40]
+    sim.fail_detail[paged] = "html"
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+        assert rt.client.breaker.opened == 0
+    assert report.outcome == "ok" and report.count("import_failures") == 0
+    assert report.count("details_unavailable") == 1
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    detail = "SELECT detalhe IS NOT NULL FROM ordens_servico WHERE id = $1"
+    assert await db.fetchval(detail, paged) is False
+    sim.fail_detail.clear()
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        await sync_once(rt.client, s.orders, s.metadata, cycle(), context(rt))
+    assert await db.fetchval(detail, paged) is True
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
 async def test_serve_rides_out_an_outage_and_says_so(
     simulator, runtime_for, db, database_url, caplog
 ) -> None:
@@ -511,10 +606,14 @@ async def test_authorize_stops_at_once_when_interrupted(sig: str, simulator, dat
     assert await db.fetchval("SELECT count(*) FROM tiny_tokens") == 0
 
 
-async def test_a_token_dropped_during_an_outage_blip_fails_no_order(simulator, runtime_for) -> None:
+@pytest.mark.parametrize("outage", ["503", "html"])
+async def test_a_token_dropped_during_an_outage_blip_fails_no_order(
+    outage: str, simulator, runtime_for
+) -> None:
     # A 401 to a token valid when sent waits for the answers of later requests with the
     # same token: one the API accepted says the 401 is the order's. A 503 of an outage (or
-    # a 429) is no acceptance: Tiny answered it before, or without, reading the token.
+    # a 429, or a proxy's maintenance page) is no acceptance: Tiny answered it before, or
+    # without, reading the token.
     # Taken for one, the order of a token Tiny dropped early was an import failure
     # ("401 even with a fresh token") and the token was not renewed.
     sim = await simulator(orders=20, seed=4)
@@ -527,7 +626,7 @@ async def test_a_token_dropped_during_an_outage_blip_fails_no_order(simulator, r
         while sim.stats.unauthorized == unauthorized:  # noqa: ASYNC110 (a counter: its 401 came back)
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.05)  # waiting on the later requests' answers
-        sim.set_outage("503")  # a blip: answered before the token is read
+        sim.set_outage(outage)  # a blip: answered before the token is read
         with pytest.raises(TinyUnavailable):
             await rt.client.get_order(second, retry=False)
         sim.set_outage(None)

@@ -1,7 +1,8 @@
 """The circuit breaker: an outage is an outage, not a flood of retries.
 
-Every HTTP attempt that ends in a transport failure or a 5xx counts; any other answer
-resets the count. After ``threshold`` failures in a row the circuit opens: no request is
+Every HTTP attempt that ends in a transport failure, a 5xx or a 200 page that is not JSON
+nor announced as JSON (a proxy's maintenance page) counts; any other answer resets the
+count. After ``threshold`` failures in a row the circuit opens: no request is
 sent for ``cooldown_s`` and every caller gets :class:`~asyncsync.errors.TinyOutage` at once,
 so a pass stops asking and its run ends as failed instead of writing every order it
 meets to ``import_failures``. After the cool-down one probe request is let through
@@ -98,7 +99,7 @@ class CircuitBreaker:
                 await asyncio.wait_for(self._settled.wait(), timeout=self.cooldown_s)
 
     def success(self) -> None:
-        """An answer that is not a 5xx: the API is up."""
+        """An answer of the API's that is not a 5xx: the API is up."""
         if self.state is not State.CLOSED:
             log.warning(
                 "Tiny answers again: requests resume",
@@ -110,7 +111,8 @@ class CircuitBreaker:
         self._settled.set()
 
     def failure(self, kind: str) -> None:
-        """A transport failure or a 5xx (``kind`` says which: ``http_503``, ``timeout``)."""
+        """A transport failure, a 5xx or a proxy's page (``kind`` says which: ``http_503``,
+        ``timeout``, ``not_json``)."""
         now = self._clock()
         if self._streak == 0:
             self._streak_started = now

@@ -1,9 +1,10 @@
 """The Tiny API v3 client for service orders: one aiohttp session, paced and retried.
 
-Every request goes through the account's :class:`~.ratelimit.AccountLimiter`,
-carries a token from the :class:`~.tokens.TokenManager`, is retried with
-jittered exponential backoff on 5xx, timeouts, connection errors and 429 (after the
-account-wide pause), and is mapped to the :mod:`asyncsync.errors` tree at this boundary.
+Every request goes through the account's :class:`~.ratelimit.AccountLimiter`, carries a
+token from the :class:`~.tokens.TokenManager`, is retried with jittered exponential
+backoff on 5xx, timeouts, connection errors, 429 (after the account-wide pause) and a
+200 page neither announced as JSON nor JSON (a proxy's maintenance page: Tiny is down,
+not the record), and is mapped to the :mod:`asyncsync.errors` tree at this boundary.
 """
 
 from __future__ import annotations
@@ -274,14 +275,19 @@ class TinyClient:
             raise TinyHTTPError(
                 f"{path}: HTTP {status}: {_preview(body)}", status=status, body=body
             )
+        if sent.page:
+            kind = sent.headers.get("Content-Type") or "no Content-Type"
+            message = f"{path}: HTTP 200 with a page that is not JSON ({kind}) after retries"
+            raise _Retry(TinyUnavailable(
+                f"{message}: {_preview(sent.text(200))}", status=200, body=sent.text(10000)
+            ))  # fmt: skip
         try:
-            value, mended = answers.loads(sent.body)
+            value, mended = sent.parsed or answers.loads(sent.body)
         except ValueError as exc:
             error = TinyBadPayload(f"{path}: answer is not JSON", body=sent.text(10000))
             if endpoint == "list":
-                # A page cut short, or a proxy's page answered 200: asked again like a 5xx
-                # (a detail's is an import failure, retried on its schedule; a page's
-                # stopped the whole run).
+                # A page cut short: asked again like a 5xx (a detail's is an import
+                # failure, retried on its schedule; a page's stopped the whole run).
                 raise _Retry(error) from exc
             raise error from exc
         if mended:
@@ -297,8 +303,8 @@ class TinyClient:
         """Note what the API said of ``sent.token`` (accepted, or refused) and when. A 5xx
         or a 429 says nothing of it: an outage or the rate gate may answer before the
         token is read (taken for an acceptance, a token dropped early during a blip made
-        its 401s import failures of orders that were fine)."""
-        if sent.status < 500 and sent.status != 429:
+        its 401s import failures of orders that were fine). Nor does a proxy's page."""
+        if sent.status < 500 and sent.status != 429 and not sent.page:
             verdict = self._verdicts.get(sent.token)
             if verdict is None:
                 self._verdicts = {sent.token: [None, None], **{
@@ -392,12 +398,22 @@ class TinyClient:
                 self._counters.record(endpoint, elapsed)
                 metrics.REQUEST_SECONDS.labels(self.account, endpoint).observe(elapsed)
             metrics.REQUESTS.labels(self.account, endpoint, str(status)).inc()
+            page, parsed = False, None
+            if status == 200 and not _announced_json(resp_headers):
+                try:
+                    parsed = answers.loads(body)  # JSON even so: read once, here
+                except ValueError:
+                    page = True
             if status >= 500:
                 self.breaker.failure(f"http_{status}")
+            elif page:
+                # A load balancer's or proxy's page (its maintenance page, answered 200):
+                # not Tiny's answer and never one order's, so Tiny is down, as on a 5xx.
+                self.breaker.failure("not_json")
             else:
                 self.breaker.success()
             self.limiter.observe(resp_headers, seq)
-        return _Sent(status, resp_headers, body, observed_at, token)
+        return _Sent(status, resp_headers, body, observed_at, token, page, parsed)
 
     async def _read(self, resp: aiohttp.ClientResponse, path: str) -> bytes:
         """The body, refused past ``max_answer_bytes`` without ever holding more."""
@@ -429,9 +445,22 @@ class _Sent:
     body: bytes
     observed_at: dt.datetime
     token: str
+    #: A 200 neither announced as JSON nor JSON: something in front of Tiny answered.
+    page: bool = False
+    #: The JSON of a 200 not announced as JSON, read to tell it from such a page.
+    parsed: tuple[Any, bool] | None = None
 
     def text(self, limit: int) -> str:
         return self.body[:limit].decode("utf-8", errors="replace")
+
+
+def _announced_json(headers: Mapping[str, str]) -> bool:
+    """Whether the answer says it is JSON (``application/json``, ``text/json``, any
+    ``+json``). What Tiny sends is not documented (the simulator: ``application/json``), so
+    a JSON body under another type is read all the same; a load balancer's or proxy's
+    maintenance page comes as ``text/html``, ``text/plain`` or with no Content-Type."""
+    media = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return media.endswith(("/json", "+json"))
 
 
 def _preview(body: object) -> str:

@@ -137,8 +137,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--max-retries", "TINY_MAX_RETRIES", TinyOptions, "max_retries", integer(1, 100),
       "tries per request on 5xx, 429 and timeouts", metavar="N"),
     F("--breaker-failures", "TINY_BREAKER_FAILURES", TinyOptions, "breaker_failures",
-      integer(1, 1000), "transport failures or 5xx in a row after which Tiny is taken "
-      "for down: the run fails, serve waits for the cool-down", metavar="N"),
+      integer(1, 1000), "transport failures, 5xx or proxy pages in a row after which Tiny "
+      "is taken for down: the run fails, serve waits for the cool-down", metavar="N"),
     F("--breaker-cooldown", "TINY_BREAKER_COOLDOWN_S", TinyOptions, "breaker_cooldown_s",
       number(1), "seconds without requests once Tiny is down", metavar="S"),
     F("--max-answer-mb", "TINY_MAX_ANSWER_MB", TinyOptions, "max_answer_mb",
