@@ -501,3 +501,20 @@ async def test_a_revoked_token_of_an_account_of_the_table_names_the_account_to_a
         tokens = TokenManager(session, sim.token_url, creds, MemoryTokenStore(), account="acme")
         with pytest.raises(ReauthorizationRequired, match="`asyncsync authorize --account acme`"):
             await tokens.access_token()
+        # Never authorized at all: the same command, not TINY_REFRESH_TOKEN (which an
+        # account of the table does not read: its row names its bootstrap token).
+        none = Credentials(sim.config.client_id, sim.config.client_secret, None)
+        tokens = TokenManager(session, sim.token_url, none, MemoryTokenStore(), account="acme")
+        with pytest.raises(ReauthorizationRequired) as refused:
+            await tokens.access_token()
+        said = str(refused.value)
+        assert "`asyncsync authorize --account acme` once" in said, said
+        assert "TINY_REFRESH_TOKEN" not in said and "--refresh-token-env" in said, said
+    bare = Credentials(sim.config.client_id, sim.config.client_secret, None)
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenManager(session, sim.token_url, bare, MemoryTokenStore())
+        with pytest.raises(
+            ReauthorizationRequired,
+            match=r"`asyncsync authorize` once \(or set TINY_REFRESH_TOKEN\)",
+        ):
+            await tokens.access_token()

@@ -358,9 +358,17 @@ class TokenManager:
                 candidates.append(token)
         if not candidates:
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "no_token").inc()
+            # An account of the table reads its bootstrap token as its row says, never
+            # TINY_REFRESH_TOKEN (a worker's run of it said to set that, and `authorize`
+            # without its --account).
+            bootstrap = (
+                "set TINY_REFRESH_TOKEN"
+                if self._account == "default"
+                else "name one in its row: `asyncsync accounts add ... --refresh-token-env VAR`"
+            )
             raise ReauthorizationRequired(
                 f"no refresh token is stored for account {self._account!r}: run "
-                "`asyncsync authorize` once (or set TINY_REFRESH_TOKEN)"
+                f"`{authorize_command(self._account)}` once (or {bootstrap})"
             )
         last: ReauthorizationRequired | None = None
         for refresh_token in candidates:
