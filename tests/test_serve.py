@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -23,7 +24,8 @@ from .helpers import cycle
 from .mirror import diff, mirror
 
 
-async def test_serve_cycles_and_exposes_metrics(simulator, runtime_for, db) -> None:
+async def test_serve_cycles_and_exposes_metrics(simulator, runtime_for, db, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="asyncsync")
     sim = await simulator(orders=400, seed=4)
     stop = asyncio.Event()
     cycles: list[int] = []
@@ -49,6 +51,9 @@ async def test_serve_cycles_and_exposes_metrics(simulator, runtime_for, db) -> N
         ):
             text = await resp.text()
     assert cycles == [1, 2]
+    # Its last line says it stopped once drained (it ended at its last unit's, as if it died).
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("asyncsync")]
+    assert said[-1].startswith("worker ") and " stopped: its units in flight" in said[-1], said
     assert diff(sim.snapshot(), await mirror(db)) == []
     for name in (
         "asyncsync_tiny_requests_total",

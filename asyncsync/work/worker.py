@@ -132,6 +132,12 @@ async def work(
     await unwrap(run())
     if dispatcher.fatal is not None:
         raise dispatcher.fatal
+    # The drain ended (a drain cut at its deadline never gets here): without this line a
+    # stopped worker's log ended at its last unit, like one that died.
+    log.info(
+        "worker %s stopped: its units in flight merged what they had and went back to the "
+        "queue", fleet.name, extra={"fields": {"event": "worker_stopped", "worker": fleet.name}},
+    )  # fmt: skip
     return 0
 
 
