@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,11 +189,17 @@ class CommonOptions:
 # --- one value per mode ------------------------------------------------------------------
 
 
+#: Detail requests a run may spend: a number, None for no limit, or what to ask once the
+#: details pass starts (serve's default follows the quota, which Tiny announces only in
+#: its answers: reckoned before the listing, it was the 120 a minute assumed till then).
+DetailBudget = int | Callable[[], int] | None
+
+
 @dataclass(frozen=True)
 class CycleOptions:
     """How a sync lists and enriches (a one-shot sync and every serve cycle)."""
 
-    detail_budget: int | None = None  # detail requests per run; None: no limit
+    detail_budget: DetailBudget = None  # detail requests per run; None: no limit
     open_statuses: tuple[int, ...] = tuple(int(s) for s in OPEN_STATUSES)
     recent_days: int = 45
     sweep_interval_s: float = 86400.0
@@ -231,8 +238,9 @@ class ServeOptions:
         """Detail requests one cycle may spend: the configured budget, else about 70% of
         what the quota allows in one interval (at least 500), so a long backlog of details
         never delays the next cycle much (it resumes where it stopped, open orders first)."""
-        if self.cycle.detail_budget is not None:
-            return self.cycle.detail_budget
+        configured = self.cycle.detail_budget
+        if isinstance(configured, int):
+            return configured
         return max(500, int(rate_per_minute * self.interval_s / 60 * 0.7))
 
 

@@ -172,3 +172,25 @@ async def test_serve_retries_failed_imports_on_its_own(simulator, runtime_for, d
     for order_id in (broken, down):
         detail = "SELECT detalhe IS NOT NULL FROM ordens_servico WHERE id=$1"
         assert await db.fetchval(detail, order_id)
+
+
+async def test_a_workers_first_cycle_budgets_its_details_by_the_quota_tiny_announced(
+    simulator, runtime_for
+) -> None:
+    """The default budget is about 70% of an interval's quota: reckoned before the first
+    request, the quota was the one assumed while none is announced (120 a minute), so a
+    fresh worker's first cycle of a 60,000-a-minute account fetched 500 of 1,200 details
+    and left the rest for the next cycle, an interval later (on a 30-a-minute plan it
+    would ask 2.5 times what the interval holds)."""
+    sim = await simulator(orders=1200, seed=5)  # announces 60,000 requests a minute
+    stop = asyncio.Event()
+    fetched: list[int] = []
+
+    async def after_cycle(rt, reports) -> None:
+        fetched.append(reports[0].count("details_fetched"))
+        stop.set()
+
+    async with runtime_for(sim) as rt:
+        options = ServeOptions(interval_s=60.0, cycle=cycle())  # no --detail-budget
+        await asyncio.wait_for(serve_loop(rt, options, stop, after_cycle=after_cycle), 60)
+    assert fetched == [1200]  # 60,000 × 70% of a minute: every one; it was 500

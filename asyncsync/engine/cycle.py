@@ -25,7 +25,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..options import BATCH_ORDERS
+from ..options import BATCH_ORDERS, DetailBudget
 from ..progress import Progress
 from ..records import DetailRecord, parse_date
 from ..seams import MergeStats, OrderSink, OrderSource
@@ -120,7 +120,7 @@ async def run_cycle(
     batch_size: int = BATCH_ORDERS,
     queue_pages: int = 32,
     concurrency: int = 16,
-    detail_budget: int | None = None,
+    detail_budget: DetailBudget = None,
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
 ) -> CycleResult:

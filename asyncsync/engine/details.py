@@ -26,6 +26,7 @@ from ..errors import (
     TinyRateLimited,
     TinyUnavailable,
 )
+from ..options import DetailBudget
 from ..progress import Progress
 from ..records import DetailRecord, FailureRecord, canonical_json, failure_from, parse_detail
 from ..seams import MergeStats, OrderSink, OrderSource
@@ -259,12 +260,15 @@ async def enrich_backlog(
     sink: OrderSink,
     *,
     concurrency: int,
-    budget: int | None,
+    budget: DetailBudget,
     progress: Progress,
     stop: asyncio.Event,
 ) -> MergeStats:
     """The details pass after a listing: show what it will fetch on ``progress`` (the
-    backlog, within the budget, after the details already counted), then work it."""
+    backlog, within the budget, after the details already counted), then work it. A
+    budget to ask is asked now, the listing's answers having announced the quota."""
+    if callable(budget):
+        budget = budget()
     if stop.is_set() or budget == 0:  # no pass: no bar, and no backlog to count for one
         return MergeStats()
     backlog = await sink.detail_backlog_size()

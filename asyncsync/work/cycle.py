@@ -59,16 +59,21 @@ async def cycle(rt: AccountRuntime, options: ServeOptions, stop: asyncio.Event) 
     is its run lock)."""
     ctx = rt.context(stop)
     store = rt.store
-    # Detail requests the cycle may spend: at the pace the account's quota allows now.
-    budget = options.detail_budget(rt.client.api_stats().quota_per_minute)
-    sync_options = dataclasses.replace(options.cycle, detail_budget=budget)
+
+    # Detail requests the cycle may spend: at the pace the account's quota allows, asked
+    # when its details pass starts (a worker's first cycle of the account learns the quota
+    # from the listing's answers: before them it was the 120 a minute assumed).
+    def budget_now() -> int:
+        return options.detail_budget(rt.client.api_stats().quota_per_minute)
+
+    sync_options = dataclasses.replace(options.cycle, detail_budget=budget_now)
     reports = [await sync_once(rt.client, store.orders, store.metadata, sync_options, ctx)]
     if not stop.is_set():
         # The retries share the cycle's detail budget (a tenth of it at least, so they
         # never starve behind a long backlog): thousands due at once must not hold the
         # account for hours; the rest stay due for the next cycle. A budget of 0 asks no
         # detail, retries included.
-        spent = reports[0].api.requests.get("detail", 0)
+        spent, budget = reports[0].api.requests.get("detail", 0), budget_now()
         retry_budget = max(budget - spent, budget // 10, min(budget, 1))
         reports.append(
             await retry_due(rt.client, store.orders, store.failures, ctx, budget=retry_budget)
