@@ -33,6 +33,11 @@ def freshness_limit(interval_s: float) -> dt.timedelta:
     return dt.timedelta(seconds=max(FRESH_INTERVALS * interval_s, 3600))
 
 
+def in_minutes(span: dt.timedelta) -> str:
+    """``60 min``: a freshness limit as status, health and /readyz all say it."""
+    return f"{int(span.total_seconds() // 60)} min"
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """One row of run history, as the status shows it."""
@@ -208,7 +213,7 @@ def render_status(
         state = f"{not_served}, not served"
     head = Text(
         f"account {status.account} — {state}: statuses listed completely "
-        f"{_ago(fresh['age_s'])} (limit {int(fresh['limit_s'] // 60)} min)",
+        f"{_ago(fresh['age_s'])} (limit {in_minutes(dt.timedelta(seconds=fresh['limit_s']))})",
         style="bold" if fresh["fresh"] or not_served else "bold red",
     )
     runs = [

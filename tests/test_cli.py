@@ -174,6 +174,8 @@ def test_health_says_whether_the_mirror_is_fresh(database_url: str) -> None:
     assert synced.returncode == 0, synced.stderr
     fresh = run_cli("--mode", "health", "--database-url", database_url)
     assert fresh.returncode == 0 and fresh.stdout.startswith("healthy: last sync 0 min ago")
+    # The limit in minutes, as status says it (it said "limit 1:00:00").
+    assert fresh.stdout.strip().endswith("(limit 60 min)"), fresh.stdout
 
 
 @pytest.mark.parametrize("skew_h", [3, -3])

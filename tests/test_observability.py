@@ -134,6 +134,7 @@ async def test_readiness_names_its_reasons(simulator, runtime_for, db) -> None:
         later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
         await check_readiness(rt, options, readiness, now=later)
         assert readiness.reasons()["freshness"].startswith("last success 1")
+        assert readiness.reasons()["freshness"].endswith("(limit 60 min)")  # not 1:00:00
         assert metrics.value("asyncsync_ready") == 0
 
     async def unreachable() -> None:

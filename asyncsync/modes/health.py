@@ -18,6 +18,7 @@ import orjson
 from ..clock import utcnow
 from ..errors import DatabaseError, DatabaseUnavailable
 from ..options import CommonOptions, HealthOptions
+from ..overview import freshness_limit, in_minutes
 from ..runtime import database_of
 from . import SERVE_HEALTH_KEY
 
@@ -25,7 +26,7 @@ from . import SERVE_HEALTH_KEY
 async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event) -> int:
     """Print one line (a line per account) and return the exit code."""
     quick = dataclasses.replace(common.database, reconnect_s=0.0, statement_timeout_s=10.0)
-    limit = dt.timedelta(seconds=max(3 * options.interval_s, 3600))
+    limit = freshness_limit(options.interval_s)
     try:
         async with database_of(
             dataclasses.replace(common, database=quick),
@@ -73,4 +74,4 @@ def judge(
     age = utcnow() - last
     healthy = age <= limit
     state = "healthy" if healthy else "unhealthy"
-    return healthy, f"{state}: last sync {int(age.total_seconds() // 60)} min ago (limit {limit})"
+    return healthy, f"{state}: last sync {in_minutes(age)} ago (limit {in_minutes(limit)})"

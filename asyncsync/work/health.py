@@ -12,7 +12,7 @@ from .. import metrics
 from ..clock import iso, utcnow
 from ..errors import DatabaseError, ReauthorizationRequired
 from ..jobs.retry import DEFAULT_POLICY
-from ..overview import AccountStatus, freshness_limit, observe_status
+from ..overview import AccountStatus, freshness_limit, in_minutes, observe_status
 from ..readiness import Readiness
 from .ports import AccountRuntime, Fleet
 
@@ -169,6 +169,6 @@ def judge(status: AccountStatus, interval_s: float, readiness: Readiness, now: d
         readiness.set("freshness", "no full sync or cycle has completed yet")
     elif now - last > limit:
         ago = int((now - last).total_seconds() // 60)
-        readiness.set("freshness", f"last success {ago} min ago (limit {limit})")
+        readiness.set("freshness", f"last success {ago} min ago (limit {in_minutes(limit)})")
     else:
         readiness.clear("freshness")
