@@ -398,6 +398,21 @@ def failure_from(exc: RecordError) -> FailureRecord:
     return FailureRecord(order_id=order_id, error=str(exc), raw=raw)
 
 
+#: The error of an order whose detail answered 404, in the words each path records it with:
+#: a failure that comes back with the same error is the same failure (failure_upsert.sql).
+DETAIL_NOT_FOUND = "TinyNotFound: the order's detail answered 404"
+
+
+def detail_not_found(order_id: int, list_item: str | None = None) -> FailureRecord:
+    """The failure of an order whose detail answered 404 (one kept only while Tiny lists
+    the order: a deleted one is no failure): ``dados_api`` is ``{"detail": {"status":
+    404}}``, with the ``list_item`` (JSON text) beside the answer when given."""
+    dados: dict[str, object] = {"detail": {"status": 404}}
+    if list_item is not None:
+        dados["list_item"] = orjson.loads(list_item)
+    return FailureRecord(order_id, DETAIL_NOT_FOUND, orjson.dumps(dados).decode())
+
+
 def order_from_detail(item: object, order_id: int, observed_at: dt.datetime) -> OrderRecord:
     """An :class:`OrderRecord` built from a detail, to import an order known only by id.
 

@@ -384,22 +384,29 @@ async def test_a_broken_list_item_stays_an_open_failure_after_its_cycle(
 async def test_an_order_listed_again_after_a_404_gets_its_detail(
     simulator, runtime_for, db
 ) -> None:
-    """A detail that answered 404 once (flagged possibly_deleted) for an order that is
-    listed again: the relisting clears the flag, and its detail must then be fetched —
-    else its dataConclusao (and detalhe) are never stored."""
+    """A detail that answered 404 once for an order no listing of that run returned
+    (flagged possibly_deleted: an old finalized order, its detail left for later by the
+    full sync) that is listed again: the relisting clears the flag, and its detail must
+    then be fetched — else its dataConclusao (and detalhe) are never stored. (One a
+    listing of the same run showed is no deletion: an import failure, see
+    tests/test_retry.py.)"""
     sim = await simulator(orders=200, seed=3)
-    overrides = {"page_size": PAGE, "sweep_interval_s": 1e9}
+    overrides = {"page_size": PAGE, "sweep_interval_s": 1e9, "recent_days": 1}
     async with runtime_for(sim) as rt:
-        await full_sync(rt, **overrides)
-    order = sim.add_order(situacao=Situacao.FINALIZADA)
+        await full_sync(rt, detail_budget=0, **overrides)
+    early = tiny_today() - dt.timedelta(days=5)  # outside the closed statuses' window
+    order = next(
+        i for i, o in sorted(sim.orders.items())
+        if o.situacao == Situacao.FINALIZADA and o.data < early
+    )  # fmt: skip
     sim.fail_detail[order] = "404"
     async with runtime_for(sim) as rt:
-        await incremental_sync(rt, **overrides)
+        await incremental_sync(rt, **overrides)  # the backlog asks it; no listing shows it
     assert await db.fetchval("SELECT possibly_deleted FROM ordens_servico WHERE id = $1", order)
-    del sim.fail_detail[order]  # it was there all along: listed again
+    del sim.fail_detail[order]  # it was there all along: the sweep lists it again
     for _ in range(2):
         async with runtime_for(sim) as rt:
-            await incremental_sync(rt, **overrides)
+            await incremental_sync(rt, **{**overrides, "sweep_interval_s": 0})
     row = await db.fetchrow(
         "SELECT possibly_deleted, detalhe IS NOT NULL AS has_detail, data_conclusao "
         "FROM ordens_servico WHERE id = $1",

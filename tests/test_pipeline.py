@@ -185,7 +185,9 @@ class BacklogSink:
     async def detail_backlog_size(self) -> int:
         return len(self.backlog)
 
-    async def merge_details(self, details: Any, failures: Any = (), missing: Any = ()) -> Any:
+    async def merge_details(
+        self, details: Any, failures: Any = (), missing: Any = (), listed: Any = ()
+    ) -> Any:
         self.merging += 1
         self.most_merging = max(self.most_merging, self.merging)
         self._log.append("merge start")

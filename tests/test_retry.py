@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import orjson
 import pytest
 
 from asyncsync.clock import utcnow
@@ -406,3 +407,59 @@ async def test_a_failure_whose_order_was_deleted_in_tiny_is_not_left_for_review(
     assert state[absent][1] and state[held][1]  # resolved: nothing left to import
     # The row the mirror held is flagged, as a sync or an integrity check flags a 404.
     assert await db.fetchval("SELECT possibly_deleted FROM ordens_servico WHERE id = $1", held)
+
+
+async def test_an_order_tiny_lists_whose_detail_answers_404_is_a_failure_not_a_deletion(
+    simulator, runtime_for, db
+) -> None:
+    """Tiny lists it at every cycle, its detail answers 404: each details pass took the
+    404 for a deletion and flagged it possibly_deleted, each listing cleared the flag and
+    asked its detail again (a detail request and a status listed again per cycle, a live
+    order a BI filter on the flag lost, an integrity pre-check that never agreed). Listed
+    by the run whose detail answered 404, it is an import failure with its list item,
+    retried on the schedule (a 404 again is a failed attempt while the listings show it),
+    then left for a person; once Tiny stops listing it, the 404 flags it as before."""
+    sim: TinySimulator = await simulator(orders=60, seed=3)
+    open_orders = [i for i, o in sorted(sim.orders.items()) if o.situacao in (1, 2, 5, 6)]
+    victim, gone = open_orders[0], open_orders[1]
+    sim.fail_detail[victim] = "404"
+    now = utcnow()
+    rounds = []
+    async with runtime_for(sim, **FAST) as rt:
+        await full_sync(rt)
+        sim.delete_order(gone)  # deleted for real: absent from the listings, 404
+        for _ in range(6):  # serve: a cycle, the retries due, the next cycle...
+            details = sim.stats.requests_by_endpoint["detail"]
+            await helpers.incremental_sync(rt)
+            asked = sim.stats.requests_by_endpoint["detail"] - details
+            row = await db.fetchrow(
+                "SELECT o.possibly_deleted, o.detail_stale, f.tentativas, f.resolvido "
+                "FROM ordens_servico o LEFT JOIN import_failures f ON f.id_ordem = o.id "
+                "WHERE o.id = $1",
+                victim,
+            )
+            now += dt.timedelta(hours=1)
+            retried = Retried(await helpers.retry(rt, now=now))
+            rounds.append((asked, *row.values(), retried.failed_again + retried.exhausted))
+        check = await helpers.integrity(rt, at=now)
+        failure = await db.fetchrow(
+            "SELECT erro, dados_api FROM import_failures WHERE id_ordem = $1", victim
+        )
+        sim.delete_order(victim)  # Tiny stops listing it: the next cycle's 404 flags it
+        await helpers.incremental_sync(rt)
+    # asked (the vanished one, once), flagged, stale, attempts, resolved; retried
+    assert rounds == [
+        (1, False, True, 1, False, [victim]),
+        (0, False, True, 2, False, [victim]),
+        (0, False, True, 3, False, [victim]),
+        (0, False, True, 4, False, [victim]),
+        (0, False, True, 5, False, []),
+        (0, False, True, 5, False, []),
+    ]
+    assert retried.manual_review == [victim] and retried.gone == []
+    assert "404" in failure["erro"]
+    dados = orjson.loads(failure["dados_api"])
+    assert dados["list_item"]["id"] == victim and dados["detail"] == {"status": 404}
+    assert (check.facts["method"], check.findings["reappeared"]) == ("pre-check", [])
+    flagged = await db.fetch("SELECT id FROM ordens_servico WHERE possibly_deleted")
+    assert sorted(r["id"] for r in flagged) == sorted([gone, victim])

@@ -151,8 +151,8 @@ async def run_cycle(
         for p, t in listing.totals.items()
         if p.date_from is None and p.date_to is None
     }
+    seen: set[int] = set().union(*listing.seen.values()) if listing.seen else set()
     if result.complete:  # a partial listing would make everything look vanished
-        seen: set[int] = set().union(*listing.seen.values()) if listing.seen else set()
         vanished = await sink.ids_in_statuses(plan.open_statuses) - seen
         result.vanished = len(vanished)
         if vanished:
@@ -191,6 +191,7 @@ async def run_cycle(
                 budget=detail_budget,
                 progress=progress,
                 stop=stop,
+                listed=seen,
             )
         )
     return result

@@ -14,7 +14,7 @@ import contextlib
 import heapq
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from ..errors import (
@@ -198,6 +198,7 @@ class Enricher:
         chunk: int = 200,
         progress: Progress | None = None,
         stop: asyncio.Event | None = None,
+        listed: Collection[int] = (),
     ) -> None:
         self._source = source
         self._sink = sink
@@ -205,6 +206,9 @@ class Enricher:
         self._chunk = chunk
         self.progress = progress or Progress("details")
         self._stop = stop or asyncio.Event()
+        # Ids a listing of this run showed: a 404 of theirs is no deletion (an order Tiny
+        # lists but will not show), an import failure for the retries instead.
+        self._listed = listed
 
     async def run(self, budget: int | None = None) -> MergeStats:
         """Enrich up to ``budget`` orders (None: the whole backlog).
@@ -243,8 +247,11 @@ class Enricher:
         self.progress.details += 1  # as answers arrive: the rate follows the requests
 
     async def _merge(self, out: DetailOutcome) -> MergeStats:
-        stats = await self._sink.merge_details(out.details, out.failures, out.missing)
-        self.progress.failures += len(out.failures)
+        listed = [i for i in out.missing if i in self._listed]
+        stats = await self._sink.merge_details(
+            out.details, out.failures, out.missing, listed=listed
+        )
+        self.progress.failures += len(out.failures) + len(listed)
         out.raise_outage()  # merged first: what arrived before Tiny went down is kept
         return stats + MergeStats(unavailable=len(out.unavailable))
 
@@ -263,10 +270,12 @@ async def enrich_backlog(
     budget: DetailBudget,
     progress: Progress,
     stop: asyncio.Event,
+    listed: Collection[int] = (),
 ) -> MergeStats:
     """The details pass after a listing: show what it will fetch on ``progress`` (the
     backlog, within the budget, after the details already counted), then work it. A
-    budget to ask is asked now, the listing's answers having announced the quota."""
+    budget to ask is asked now, the listing's answers having announced the quota.
+    ``listed``: the ids that listing showed (see :class:`Enricher`)."""
     if callable(budget):
         budget = budget()
     if stop.is_set() or budget == 0:  # no pass: no bar, and no backlog to count for one
@@ -284,5 +293,6 @@ async def enrich_backlog(
         chunk=max(200, 16 * concurrency),
         progress=progress,
         stop=stop,
+        listed=listed,
     )
     return await enricher.run(budget)

@@ -7,7 +7,10 @@ derived, ``tentativas >= max_attempts AND NOT resolvido``, so no schema change i
 so is a record that came without an id, which no request can fetch. An order whose detail
 answers 404 was deleted in Tiny: nothing is left to import, so its failure is resolved
 and its mirror row, if any, flagged ``possibly_deleted`` (as a sync or an integrity check
-flags a 404), not counted as an attempt towards manual review.
+flags a 404), not counted as an attempt towards manual review. Not so one whose failure
+is that 404 already, recorded because a listing showed the order as its detail answered
+404, and whose row no listing has missed since (not flagged): Tiny lists it, so its 404
+again is one more failed attempt, on the schedule, then manual review.
 
 Every timestamp comes from the caller's clock, never from the database's, so the schedule
 can be tested without waiting.
@@ -22,7 +25,14 @@ import orjson
 
 from ..engine.details import DetailOutcome, fetch_details
 from ..errors import RecordError
-from ..records import DetailRecord, FailureRecord, OrderRecord, failure_from, order_from_detail
+from ..records import (
+    DetailRecord,
+    FailureRecord,
+    OrderRecord,
+    detail_not_found,
+    failure_from,
+    order_from_detail,
+)
 from ..report import Outcome, RunReport
 from ..seams import FailureLog, OrderSink, OrderSource, RetryPolicy
 from ..tasks import unwrap
@@ -42,10 +52,7 @@ def split_outcome(out: DetailOutcome) -> tuple[list[DetailRecord], list[FailureR
     """The parsed details, and every way a fetch failed (404 included) as failures whose
     ``dados_api`` is ``{"detail": <the failing answer>}``."""
     failures = [detail_failure(f.order_id, f.error, f.raw) for f in out.failures]
-    failures += [
-        detail_failure(i, "TinyNotFound: the order's detail answered 404", '{"status": 404}')
-        for i in out.missing
-    ]
+    failures += [detail_not_found(i) for i in out.missing]
     return out.details, failures
 
 
@@ -106,8 +113,12 @@ async def retry_due(
         tried.update(asked)
         out = await unwrap(fetch_details(source, asked, concurrency=ctx.concurrency, stop=ctx.stop))
         parsed, failed = split_outcome(out)
-        # 404: deleted in Tiny. Not a failed attempt: nothing is left to import.
-        deleted = set(out.missing)
+        # 404: deleted in Tiny. Not a failed attempt: nothing is left to import. Unless
+        # Tiny lists the order still (a listing showed it when its detail first answered
+        # 404, and none has missed it since): that is how its detail answers, one more
+        # failed attempt, or it would be flagged deleted while every listing shows it.
+        shown = {r.id_ordem for r in rows if r.listed_not_found}
+        deleted = set(out.missing) - shown
         failed = [f for f in failed if f.order_id not in deleted]
         mirrored = {r.id_ordem for r in rows if r.in_mirror}
         records, details, unbuilt = orders_from_details(out, parsed, mirrored)

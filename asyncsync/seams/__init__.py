@@ -234,6 +234,9 @@ class DueFailure:
     id_ordem: int
     tentativas: int
     in_mirror: bool  # the order already has a row (only its detail failed)
+    #: Its failure is a detail's 404 and its row is not flagged possibly_deleted: Tiny
+    #: listed it when its detail answered 404, and no listing has missed it since.
+    listed_not_found: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +321,11 @@ class OrderSink(Protocol):
         *,
         attempt: bool = False,
         unresolved: Collection[int] = (),
-    ) -> MergeStats: ...
+        listed: Collection[int] = (),
+    ) -> MergeStats:
+        """Details land; ``missing`` (a 404) are flagged possibly deleted, but for the
+        ``listed`` ones, which a listing of this run showed: each an import failure."""
+        ...
 
     async def detail_backlog(self, limit: int, exclude: Collection[int] = ()) -> list[int]: ...
 

@@ -15,7 +15,7 @@ import asyncpg
 
 from .. import metrics
 from ..overview import FailureCounts, FailureRow
-from ..records import FailureRecord
+from ..records import DETAIL_NOT_FOUND, FailureRecord, detail_not_found
 from ..seams import DueFailure, ManualReview, RetryPolicy
 from .locks import AccountHold
 from .resilience import SqlRunner
@@ -58,6 +58,19 @@ async def upsert(
         listed,
     )
     return [r["id_ordem"] for r in rows]
+
+
+async def listed_not_found(
+    conn: asyncpg.Connection, account: str, ids: Sequence[int]
+) -> list[FailureRecord]:
+    """The failures of orders whose detail answered 404 while a listing showed them (no
+    deletion, then): each with the list item the mirror holds beside the answer, as an
+    integrity import records one."""
+    if not ids:
+        return []
+    rows = await conn.fetch(sql("list_items"), account, list(ids))
+    items = {r["id"]: r["payload"] for r in rows}
+    return [detail_not_found(order_id, items.get(order_id)) for order_id in ids]
 
 
 def count(account: str, written: Sequence[int]) -> None:
@@ -109,9 +122,12 @@ class PgFailureLog:
         """Open failures whose next attempt is due at ``now`` (only ``ids`` when given),
         oldest attempt first."""
         only = None if ids is None else list(ids)
-        args = (self.account, now, *_policy(policy), limit, only)
+        args = (self.account, now, *_policy(policy), limit, only, DETAIL_NOT_FOUND)
         rows = await self._sql.fetch("reading due failures", "retry_due", *args)
-        return [DueFailure(r["id_ordem"], r["tentativas"], r["in_mirror"]) for r in rows]
+        return [
+            DueFailure(r["id_ordem"], r["tentativas"], r["in_mirror"], r["listed_not_found"])
+            for r in rows
+        ]
 
     async def pending(
         self, now: dt.datetime, policy: RetryPolicy

@@ -396,17 +396,20 @@ class PgOrderStore:
         *,
         attempt: bool = False,
         unresolved: Collection[int] = (),
+        listed: Collection[int] = (),
     ) -> MergeStats:
         """Apply fetched details; record failures; flag orders whose detail is gone (404).
         The failures of ``unresolved`` orders stay open though their detail lands (their
-        list item is what failed, and it still does).
+        list item is what failed, and it still does). Of ``missing``, the ``listed`` ones
+        a listing of this run showed are not flagged: each is an import failure with its
+        list item, recorded as a list item's (failure_upsert.sql).
 
         A detail PostgreSQL refuses goes alone to ``import_failures``, as a listed record
         does (see :meth:`merge_listed`); the order keeps waiting for a detail."""
         details = await self._on_database_time(details)
         try:
             stats = await self._details_once(
-                details, failures, missing, attempt=attempt, unresolved=unresolved
+                details, failures, missing, attempt=attempt, unresolved=unresolved, listed=listed
             )
         except DatabaseError as exc:
             if not _refused(exc) or not details:
@@ -415,10 +418,11 @@ class PgOrderStore:
             async def merge(
                 part: Sequence[DetailRecord], last: bool, more: Sequence[FailureRecord]
             ) -> MergeStats:
-                extra, gone = (failures, missing) if last else ((), ())
+                extra, gone, shown = (failures, missing, listed) if last else ((), (), ())
                 return await self._details_once(
-                    part, extra, gone, attempt=attempt, refused=more, unresolved=unresolved
-                )
+                    part, extra, gone, attempt=attempt, refused=more, unresolved=unresolved,
+                    listed=shown,
+                )  # fmt: skip
 
             stats = await _bisect(list(details), merge, exc)
         metrics.DETAILS_FETCHED.labels(self.account).inc(stats.details)
@@ -434,10 +438,13 @@ class PgOrderStore:
         attempt: bool,
         refused: Sequence[FailureRecord] = (),
         unresolved: Collection[int] = (),
+        listed: Collection[int] = (),
     ) -> MergeStats:
         stats: MergeStats = await self._sql.run(
             "merging details",
-            lambda: self._merge_details(details, failures, missing, attempt, refused, unresolved),
+            lambda: self._merge_details(
+                details, failures, missing, attempt, refused, unresolved, listed
+            ),
         )
         return stats
 
@@ -449,9 +456,12 @@ class PgOrderStore:
         attempt: bool,
         refused: Sequence[FailureRecord],
         unresolved: Collection[int] = (),
+        listed: Collection[int] = (),
     ) -> MergeStats:
         now = self._clock()
         history = 0
+        shown = [i for i in missing if i in listed]  # Tiny lists them: not deleted
+        gone = [i for i in missing if i not in listed]
         async with self._pool.acquire() as conn, conn.transaction():
             if details:
                 await conn.copy_records_to_table(
@@ -467,21 +477,27 @@ class PgOrderStore:
                 landed = await conn.fetch(sql("merge_details"), self.account)
                 ids = [row["id"] for row in landed if row["id"] not in unresolved]
                 await conn.execute(sql("resolve_failures"), self.account, ids, now)
-            if missing:
-                await conn.execute(sql("mark_missing"), self.account, list(missing))
+            if gone:
+                await conn.execute(sql("mark_missing"), self.account, gone)
             recorded = await failure_rows.upsert(
                 conn, self.account, failures, now=now, counts_as_attempt=False
+            )
+            # Listed by this run: a failure a retry resolved that comes back with the same
+            # 404 counts one more attempt (the row keeps waiting for its detail).
+            not_found = await failure_rows.listed_not_found(conn, self.account, shown)
+            recorded += await failure_rows.upsert(
+                conn, self.account, not_found, now=now, counts_as_attempt=False, listed=True
             )
             recorded += await failure_rows.upsert(  # details it refused: a failed attempt
                 conn, self.account, refused, now=now, counts_as_attempt=attempt
             )
             if self._fence is not None:
                 await self._fence.check(conn)
-        self._opened([*failures, *refused], recorded)
+        self._opened([*failures, *refused, *not_found], recorded)
         return MergeStats(
             details=len(details),
-            failures=len(failures) + len(refused),
-            missing=len(missing),
+            failures=len(failures) + len(refused) + len(not_found),
+            missing=len(gone),
             status_changes=history,
         )
 
