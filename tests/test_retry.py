@@ -426,7 +426,9 @@ async def test_an_order_tiny_lists_whose_detail_answers_404_is_a_failure_not_a_d
     now = utcnow()
     rounds = []
     async with runtime_for(sim, **FAST) as rt:
-        await full_sync(rt)
+        await full_sync(rt)  # keeps no listed ids: its 404 flags the order, as before
+        first = await db.fetchval("SELECT possibly_deleted FROM ordens_servico WHERE id = $1",
+                                  victim)  # fmt: skip
         sim.delete_order(gone)  # deleted for real: absent from the listings, 404
         for _ in range(6):  # serve: a cycle, the retries due, the next cycle...
             details = sim.stats.requests_by_endpoint["detail"]
@@ -447,9 +449,11 @@ async def test_an_order_tiny_lists_whose_detail_answers_404_is_a_failure_not_a_d
         )
         sim.delete_order(victim)  # Tiny stops listing it: the next cycle's 404 flags it
         await helpers.incremental_sync(rt)
-    # asked (the vanished one, once), flagged, stale, attempts, resolved; retried
+    # asked (the vanished one, and the victim listed again, once), flagged, stale,
+    # attempts, resolved; retried
+    assert first is True
     assert rounds == [
-        (1, False, True, 1, False, [victim]),
+        (2, False, True, 1, False, [victim]),
         (0, False, True, 2, False, [victim]),
         (0, False, True, 3, False, [victim]),
         (0, False, True, 4, False, [victim]),

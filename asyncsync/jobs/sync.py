@@ -57,7 +57,7 @@ async def full_sync(
     progress = Progress("sync")
     async with ProgressReporter(progress, stream=ctx.progress, account=ctx.account):
 
-        def engine(track_seen: bool = False) -> ListingEngine:
+        def engine() -> ListingEngine:
             return ListingEngine(
                 source,
                 sink,
@@ -67,13 +67,12 @@ async def full_sync(
                 partitions_in_flight=len(ALL_STATUSES),
                 progress=progress,
                 stop=ctx.stop,
-                track_seen=track_seen,
             )
 
-        # The ids listed, for the details pass: a 404 of one of them is no deletion.
-        result = await engine(track_seen=True).run(
-            [Partition(s) for s in ALL_CODES], checkpointed=False
-        )
+        # The ids listed are not kept (a million of them cost ~60 MB): a 404 in this
+        # details pass flags its order as before, and the next cycle that lists it makes
+        # that 404 an import failure (run_cycle's listed ids).
+        result = await engine().run([Partition(s) for s in ALL_CODES], checkpointed=False)
         api_totals = {p.situacao: t for p, t in result.totals.items()}
         complete = len(result.complete) == len(ALL_STATUSES)
         listed, pages, relisted = result.stats, result.pages, 0
@@ -95,7 +94,6 @@ async def full_sync(
             budget=options.detail_budget,
             progress=progress,
             stop=ctx.stop,
-            listed=set().union(*result.seen.values()),
         )
     return await _report(
         "full sync", source, sink, ctx, started_at, api_before,
