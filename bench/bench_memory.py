@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -84,7 +85,8 @@ def child_asyncsync(conn: dict[str, str], dsn: str, imports_only: bool) -> None:
     ]  # fmt: skip
     started = time.perf_counter()
     code = cli.main(argv)
-    _report(code=code, seconds=round(time.perf_counter() - started, 1))
+    seconds = round(time.perf_counter() - started, 1)
+    _report(code=code, seconds=seconds, package=str(Path(cli.__file__).parent))
 
 
 def child_naive(conn: dict[str, str], dsn: str, imports_only: bool) -> None:
@@ -180,8 +182,15 @@ class Simulator:
 
 
 def run_child(
-    loader: str, conn: dict[str, str] | None, dsn: str | None, imports_only: bool = False
+    loader: str,
+    conn: dict[str, str] | None,
+    dsn: str | None,
+    imports_only: bool = False,
+    code: str | None = None,
 ) -> dict[str, Any]:
+    """Run ``loader`` in a child process and return what it reported. ``code``: a
+    directory whose ``asyncsync`` package the child imports instead of the installed one
+    (a ``git worktree`` of another commit, for old and new side by side)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", loader]
     if conn is not None:
         cmd += ["--conn", json.dumps(conn)]
@@ -189,7 +198,8 @@ def run_child(
         cmd += ["--child-dsn", dsn]
     if imports_only:
         cmd.append("--imports-only")
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = None if code is None else {**os.environ, "PYTHONPATH": code}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
