@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import random
 from collections import Counter
 from typing import Any
 
@@ -18,6 +19,7 @@ import orjson
 import pytest
 
 from asyncsync.engine.details import Enricher
+from asyncsync.engine.listed import ListedIds, ListedIdsBuilder
 from asyncsync.engine.listing import ListingEngine, Partition
 from asyncsync.progress import Progress
 from asyncsync.records import parse_list_item
@@ -65,7 +67,7 @@ def listings(orders: dict[int, tuple[int, str]], at: dt.datetime) -> dict[int, l
 
 
 async def list_all(sink: PgOrderStore, source: PagedSource) -> ListingEngine:
-    engine = ListingEngine(source, sink, batch_size=250, merges_in_flight=3)
+    engine = ListingEngine(source, sink, batch_size=250, merges_in_flight=3, track_seen=True)
     await engine.run([Partition(s) for s in range(8)], checkpointed=False)
     return engine
 
@@ -95,6 +97,7 @@ async def test_pipelined_listing_of_new_changed_and_moved_orders_is_exact(db) ->
     engine = await list_all(sink, PagedSource(pages))
 
     stats = engine.result.stats
+    assert list(engine.result.seen) == sorted(second)  # order 11, listed twice, once
     assert stats.inserted == 600 and stats.first_sightings == 600
     assert stats.changed == len(moved) + len(revalued)
     assert stats.status_changes == len(moved)
@@ -105,6 +108,28 @@ async def test_pipelined_listing_of_new_changed_and_moved_orders_is_exact(db) ->
     want.update((i, None, second[i][0]) for i in range(3001, 3601))
     want.update((i, old, new) for i, (old, new) in moved.items())
     assert got == want
+
+
+def test_the_ids_a_listing_read_answer_as_the_set_of_them_would() -> None:
+    # Sorted runs merged when the listing ends: repeats across runs and within one (a
+    # page starting on the order the one before ended on, an order in two statuses).
+    rng = random.Random(3)
+    read = [rng.randrange(1, 500) for _ in range(1000)]
+    builder = ListedIdsBuilder(run=64)
+    for at in range(0, len(read), 50):
+        builder.extend(read[at : at + 50])
+    listed = builder.build()
+    assert list(listed) == sorted(set(read)) and len(listed) == len(set(read))
+    probe = set(range(-1, 502))
+    assert {i for i in probe if i in listed} == probe & set(read)
+    assert listed.unlisted(probe) == probe - set(read)
+    assert "7" not in listed and None not in listed
+    builder.extend([read[0], 10**12])  # built again after more: the new ids join once
+    assert list(builder.build()) == sorted({*read, 10**12})
+    assert list(listed) == sorted(set(read))  # the value built before is unchanged
+    empty = ListedIdsBuilder().build()
+    assert len(empty) == 0 and 1 not in empty and empty.unlisted([1, 2]) == {1, 2}
+    assert list(ListedIds()) == [] and ListedIds().unlisted(()) == set()
 
 
 async def test_overlapping_batches_merged_at_once_keep_the_order_they_were_asked_in(db) -> None:

@@ -151,9 +151,8 @@ async def run_cycle(
         for p, t in listing.totals.items()
         if p.date_from is None and p.date_to is None
     }
-    seen: set[int] = set().union(*listing.seen.values()) if listing.seen else set()
     if result.complete:  # a partial listing would make everything look vanished
-        vanished = await sink.ids_in_statuses(plan.open_statuses) - seen
+        vanished = listing.seen.unlisted(await sink.ids_in_statuses(plan.open_statuses))
         result.vanished = len(vanished)
         if vanished:
             progress.details_total = (progress.details_total or 0) + len(vanished)
@@ -191,7 +190,7 @@ async def run_cycle(
                 budget=detail_budget,
                 progress=progress,
                 stop=stop,
-                listed=seen,
+                listed=listing.seen,
             )
         )
     return result

@@ -44,6 +44,7 @@ from ..records import (
 from ..seams import Checkpoint, ListQuery, MergeStats, OrderSink, OrderSource, Page
 from ..status import ALL_STATUSES, parse_situacao
 from ..tasks import run_all, unwrap
+from .listed import ListedIds, ListedIdsBuilder
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class ListingResult:
 
     stats: MergeStats = field(default_factory=MergeStats)
     pages: int = 0
-    seen: dict[int, set[int]] = field(default_factory=dict)  # status -> ids (track_seen)
+    seen: ListedIds = field(default_factory=ListedIds)  # ids of every status (track_seen)
     failed: set[int] = field(default_factory=set)  # ids of list items that failed (track_seen)
     complete: set[Partition] = field(default_factory=set)  # partitions paged to the end
     totals: dict[Partition, int | None] = field(default_factory=dict)
@@ -314,7 +315,7 @@ class ListingEngine:
         self._stop = stop or asyncio.Event()
         # Pages requested but not yet queued, per streaming partition: bounds memory.
         self._pages_in_flight = pages_in_flight
-        self._track_seen = track_seen
+        self._seen = ListedIdsBuilder() if track_seen else None
         # Batches handed to the sink and not yet committed: bounds memory and connections.
         self._merge_slots = asyncio.Semaphore(max(1, merges_in_flight))
         self._merging = 0
@@ -324,6 +325,8 @@ class ListingEngine:
         """Fetch every partition and merge everything; returns what was seen."""
         self.progress.partitions_total = (self.progress.partitions_total or 0) + len(partitions)
         await unwrap(self._run(partitions, checkpointed))
+        if self._seen is not None:  # a sweep's million ids: ~0.5 s, off the event loop
+            self.result.seen = await asyncio.to_thread(self._seen.build)
         return self.result
 
     async def _run(self, partitions: Sequence[Partition], checkpointed: bool) -> None:
@@ -486,22 +489,17 @@ class ListingEngine:
         records: list[OrderRecord] = []
         failures: list[FailureRecord] = []
         for item in batch:
-            seen = (
-                self.result.seen.setdefault(item.page.query.situacao, set())
-                if self._track_seen
-                else None
-            )
             for raw in item.page.items:
                 try:
                     rec = parse_list_item(raw, item.page.observed_at)
                 except RecordError as exc:
                     failures.append(listed_failure(exc, raw, item.page.query.situacao))
-                    if seen is not None:
+                    if self._seen is not None:
                         self.result.failed.add(failures[-1].order_id)
                     continue
                 records.append(rec)
-                if seen is not None:
-                    seen.add(rec.id)
+        if self._seen is not None:
+            self._seen.extend(rec.id for rec in records)
         checkpoints = [i.checkpoint for i in batch if i.checkpoint is not None]
         return _Batch(batch, records, failures, checkpoints)
 
