@@ -69,7 +69,7 @@ async def full_sync(
                 stop=ctx.stop,
             )
 
-        # The ids listed are not kept (a million of them cost ~60 MB): a 404 in this
+        # The ids listed are not kept (8-16 MB a million, on the peak RSS): a 404 in this
         # details pass flags its order as before, and the next cycle that lists it makes
         # that 404 an import failure (run_cycle's listed ids).
         result = await engine().run([Partition(s) for s in ALL_CODES], checkpointed=False)
