@@ -20,6 +20,7 @@ from rich.text import Text
 
 from . import metrics
 from .clock import iso
+from .errors import ReauthorizationRequired, authorize_command
 from .report import status_name
 from .tables import FittedTable, table
 
@@ -38,6 +39,11 @@ def in_minutes(span: dt.timedelta) -> str:
     return f"{int(span.total_seconds() // 60)} min"
 
 
+def reauthorization_problem(account: str) -> str:
+    """How health, ``/readyz`` and status say that ``account`` waits for a person."""
+    return f"re-authorization required: run `{authorize_command(account)}`"
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """One row of run history, as the status shows it."""
@@ -53,6 +59,8 @@ class RunSummary:
     quota_per_minute: int | None = None
     errors: Sequence[str] = ()
     facts: Mapping[str, Any] = field(default_factory=dict)
+    #: When the row was written, by the database's clock (None: a row older than that).
+    recorded_at: dt.datetime | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -131,10 +139,38 @@ class AccountStatus:
         return last is not None and self.as_of - last <= freshness_limit(interval_s)
 
     @property
+    def reauthorization_required(self) -> bool:
+        """Whether the account waits for a person (see :func:`awaits_authorization`)."""
+        return awaits_authorization(self.last_runs.get("sync"), self.token)
+
+    @property
     def quota_per_minute(self) -> int | None:
         """The pace the client kept in the most recent run that talked to Tiny."""
         runs = [r for r in self.last_runs.values() if r.quota_per_minute]
         return max(runs, key=lambda r: r.started_at).quota_per_minute if runs else None
+
+
+def awaits_authorization(last_sync: RunSummary | None, token: TokenAges | None) -> bool:
+    """Whether an account waits for a person to authorize the app again: its last sync (a
+    serve cycle's or a one-shot's, whoever ran it) failed because Tiny refused its refresh
+    token, and no tokens were stored since. ``asyncsync authorize`` stores new ones: from
+    then on the account waits for its next cycle, not for a person, and a person who just
+    authorized it is not told to do it again (health, ``/readyz``, the gauge behind the
+    AsyncsyncReauthorizationRequired alert and status all judge it here).
+
+    A refusal stores nothing, and tokens stored during the refused run (a refresh before
+    the refusal) are older than its row. Both times are the database's clock: the run's
+    own are its host's, and a host an hour behind the database would take a refresh of
+    the hour before the refusal for a person's authorization (and never raise the alert).
+    """
+    if last_sync is None or last_sync.outcome != "failed":
+        return False
+    refused = f"{ReauthorizationRequired.__name__}:"
+    if not any(error.startswith(refused) for error in last_sync.errors):
+        return False
+    # A row written before runs carried recorded_at: its host's clock, the one there is.
+    recorded_at = last_sync.recorded_at or last_sync.finished_at
+    return token is None or token.refreshed_at <= recorded_at
 
 
 def _age_s(as_of: dt.datetime, moment: dt.datetime | None) -> float | None:
@@ -182,6 +218,7 @@ def status_dict(
             "ignored": status.failures.ignored,
         },
         "token": token,
+        "reauthorization_required": status.reauthorization_required,
         "quota_per_minute": status.quota_per_minute,
         "integrity_consistent": None if integrity is None else integrity.facts.get("consistent"),
         "lock": {"held": status.lock_holder is not None, "holder": status.lock_holder},
@@ -232,6 +269,8 @@ def render_status(
         for mode, run in sorted(status.last_runs.items())
     ]
     parts: list[RenderableType] = [head]
+    if status.reauthorization_required:
+        parts.append(Text(reauthorization_problem(status.account), style="bold red"))
     if runs:
         parts.append(
             table(
@@ -285,6 +324,8 @@ def render_summary(
     rows: list[list[object]] = []
     for status in states:
         state = "fresh" if status.fresh(interval_s) else Text("STALE", "bold red")
+        if status.reauthorization_required:
+            state = Text.assemble(state, (", re-authorization required", "bold red"))
         sync = status.last_runs.get("sync")  # a one-shot sync's or a serve cycle's
         holder = status.lock_holder
         rows.append([

@@ -12,17 +12,23 @@ import sys
 import time
 
 import aiohttp
+import orjson
 import pytest
 
 from asyncsync import metrics
-from asyncsync.errors import TinyHTTPError, TinyUnavailable
+from asyncsync.errors import ReauthorizationRequired, TinyHTTPError, TinyUnavailable
 from asyncsync.jobs.sync import sync_once
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
+from asyncsync.readiness import Readiness
+from asyncsync.report import Outcome
+from asyncsync.runtime.fleet import Fleet, open_fleet
 from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
+from asyncsync.work.cycle import run_cycle
+from asyncsync.work.health import refresh
 
-from .helpers import context, cycle, full_sync
+from .helpers import common_for, context, cycle, full_sync
 from .mirror import diff, mirror
 
 
@@ -188,8 +194,9 @@ async def read_url(proc: asyncio.subprocess.Process) -> str:
             return line.strip()
 
 
-async def test_first_authorization_end_to_end(simulator, database_url, db) -> None:
-    sim = await simulator(orders=60, seed=4, rotate_refresh_tokens=True)
+async def authorize_in_a_browser(sim: TinySimulator, database_url: str) -> str:
+    """``asyncsync authorize`` run to its end, a person's browser following the address it
+    printed; returns what it printed."""
     port = free_port()
     proc = await asyncsync(
         "authorize", *tiny_args(sim, database_url, api=False),
@@ -209,7 +216,13 @@ async def test_first_authorization_end_to_end(simulator, database_url, db) -> No
     assert page.status == 200 and "authorized" in text
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
-    assert "next: asyncsync backfill" in out.decode()
+    return out.decode()
+
+
+async def test_first_authorization_end_to_end(simulator, database_url, db) -> None:
+    sim = await simulator(orders=60, seed=4, rotate_refresh_tokens=True)
+    out = await authorize_in_a_browser(sim, database_url)
+    assert "next: asyncsync backfill" in out
     stored = await db.fetchval("SELECT refresh_token FROM tiny_tokens")
     assert stored == sim.valid_refresh_token() and sim.stats.code_exchanges == 1
     # No TINY_REFRESH_TOKEN from now on: the stored one is used (and rotated).
@@ -217,6 +230,64 @@ async def test_first_authorization_end_to_end(simulator, database_url, db) -> No
     out, err = await asyncio.wait_for(sync.communicate(), 60)
     assert sync.returncode == 0, err.decode()
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_once_a_person_authorized_again_nothing_asks_them_to(
+    simulator, database_url, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny refused the account's refresh token and a person ran ``asyncsync authorize``:
+    health (exit 1), ``/readyz`` (``authorization``), the gauge behind the critical
+    AsyncsyncReauthorizationRequired alert and status went on saying "re-authorization
+    required" until the account's next cycle, an interval (15 min) or a backoff later,
+    telling the person who had just fixed it to fix it again. Tokens stored after the
+    refusal end it at once."""
+    sim = await simulator(orders=30, seed=8)
+    options = ServeOptions(interval_s=900, integrity_interval_s=0)
+    readiness = Readiness()
+    # A worker reads an account it does not hold every 2 minutes: here at each refresh.
+    monkeypatch.setattr("asyncsync.runtime.fleet.OTHERS_EVERY_S", 0.0)
+
+    async def cli(*args: str) -> tuple[int | None, str]:
+        proc = await asyncsync(*args, "--database-url", database_url, env=cli_env())
+        out, _err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, out.decode()
+
+    async def said(fleet: Fleet) -> dict[str, object]:
+        """What health, status (its JSON and its tables), the gauge and /readyz say."""
+        await refresh(fleet, options.interval_s, readiness)  # a worker's gauges, /readyz
+        status = orjson.loads((await cli("status", "--json"))[1])
+        tables = (await cli("status", "--log-format", "text"))[1]  # not JSON logs' one line
+        return {
+            "health": await cli("health"),
+            "status": status["accounts"][0].get("reauthorization_required"),
+            "status tables": "re-authorization required" in tables,
+            "gauge": metrics.value("asyncsync_reauthorization_required", {"account": "default"}),
+            "readiness": readiness.reasons(),
+        }
+
+    async with open_fleet(common_for(sim, database_url), options) as fleet:
+        async with fleet.lease("default") as leased:
+            first = await run_cycle(leased.runtime, options, asyncio.Event(), facts={})
+            assert [r.outcome for r in first.reports] == [Outcome.OK, Outcome.OK]
+            sim.revoke_refresh_tokens()
+            sim.expire_access_tokens()
+            await db.execute("UPDATE tiny_tokens SET access_expires_at = now() - interval '1 min'")
+            with pytest.raises(ReauthorizationRequired):
+                await run_cycle(leased.runtime, options, asyncio.Event(), facts={})
+        refused = await said(fleet)
+        await authorize_in_a_browser(sim, database_url)
+        authorized = await said(fleet)  # and no cycle since
+
+    problem = "re-authorization required: run `asyncsync authorize`"
+    code, line = refused["health"]
+    assert code == 1 and line.startswith(f"unhealthy: {problem} (at "), line
+    assert refused["gauge"] == 1
+    code, line = authorized["health"]
+    assert code == 0 and line.startswith("healthy: last sync "), line  # freshness alone
+    assert authorized["gauge"] == 0 and authorized["readiness"] == {}
+    assert refused["readiness"] == {"authorization": problem}
+    assert refused["status"] is True and refused["status tables"] is True
+    assert authorized["status"] is False and authorized["status tables"] is False
 
 
 async def test_authorization_by_pasting_the_address(simulator, database_url, db) -> None:

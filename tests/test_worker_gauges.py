@@ -8,6 +8,7 @@ once another worker synced it; a removed account's series go."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -21,6 +22,7 @@ from asyncsync.options import ServeOptions, SyncOptions
 from asyncsync.readiness import Readiness
 from asyncsync.report import Outcome, RunReport, failed_report
 from asyncsync.runtime.fleet import Fleet, open_fleet
+from asyncsync.seams import TokenSet
 from asyncsync.work.cycle import run_cycle
 from asyncsync.work.health import check_readiness, refresh
 from asyncsync.work.worker import work
@@ -176,3 +178,30 @@ async def test_a_worker_that_starts_serving_the_accounts_table_judges_no_account
         await register(fleet.database.registry, {"acme": sim}, monkeypatch)
         await refresh(fleet, options.interval_s, readiness)
     assert readiness.reasons() == {}
+
+
+async def test_a_refusal_recorded_by_a_host_behind_the_database_still_waits_for_a_person(
+    simulator, database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether tokens were stored after the refusal is judged by the database's clock. By
+    the refused run's own times, a worker an hour behind the database refused "an hour
+    ago", before the refresh it had made minutes earlier: that read as a person's
+    authorization, and the critical alert never fired for an account nothing synced."""
+    sim = await simulator(orders=5)
+    options = ServeOptions(interval_s=900, integrity_interval_s=0)
+    readiness = Readiness()
+    monkeypatch.setattr("asyncsync.runtime.fleet.OTHERS_EVERY_S", 0.0)  # read at each refresh
+    async with open_fleet(common_for(sim, database_url), options) as fleet:
+        store = fleet.database.account("default")
+        await store.tokens.save(TokenSet("r", "a", utcnow() + dt.timedelta(hours=4)))
+        behind = utcnow() - dt.timedelta(hours=1)  # the worker's clock
+        refused = failed_report("sync", "default", behind, ReauthorizationRequired("refused"))
+        refused = dataclasses.replace(refused, finished_at=behind + dt.timedelta(seconds=2))
+        await store.runs.record(refused, invoked_as="serve")
+        await refresh(fleet, options.interval_s, readiness)
+        assert gauge("asyncsync_reauthorization_required", account="default") == 1
+        assert "authorization" in readiness.reasons()
+        await store.tokens.save(TokenSet("r2", "a2", utcnow() + dt.timedelta(hours=4)))
+        await refresh(fleet, options.interval_s, readiness)  # a person authorized it again
+    assert gauge("asyncsync_reauthorization_required", account="default") == 0
+    assert "authorization" not in readiness.reasons()

@@ -1,8 +1,10 @@
 """``--mode health``: exit 0 when the mirror was synced recently, 1 otherwise.
 
 For container health checks and monitoring: the database must answer, the last serve
-cycle must not have failed (a Tiny outage, a database error: the reason is printed), and
-the last successful sync or cycle must be younger than three intervals (at least an hour).
+cycle must not have failed (a Tiny outage, a database error: the reason is printed), the
+account must not wait for a person to authorize it again (its last sync refused and no
+tokens stored since), and the last successful sync or cycle must be younger than three
+intervals (at least an hour).
 With ``--all-accounts``, every enabled account of the accounts table is judged so, a line
 each, and the exit code is 1 when any of them is unhealthy.
 """
@@ -18,7 +20,7 @@ import orjson
 from ..clock import utcnow
 from ..errors import DatabaseError, DatabaseUnavailable
 from ..options import CommonOptions, HealthOptions
-from ..overview import freshness_limit, in_minutes
+from ..overview import awaits_authorization, freshness_limit, in_minutes, reauthorization_problem
 from ..runtime import database_of
 from . import SERVE_HEALTH_KEY
 
@@ -40,8 +42,13 @@ async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event
                 keys = [common.account]
             said = []
             for key in keys:
-                metadata = database.account(key).metadata
-                said.append((await metadata.last_synced(), await metadata.get(SERVE_HEALTH_KEY)))
+                store = database.account(key)
+                last_runs, _ = await store.runs.latest()
+                waiting = awaits_authorization(last_runs.get("sync"), await store.tokens.ages())
+                metadata = store.metadata
+                said.append(
+                    (await metadata.last_synced(), await metadata.get(SERVE_HEALTH_KEY), waiting)
+                )
     except DatabaseUnavailable as exc:
         print(f"unhealthy: {exc}")
         return 1
@@ -53,22 +60,32 @@ async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event
     if not keys:
         print("unhealthy: the accounts table has no enabled account")
         return 1
-    verdicts = [
-        judge(key, last, serve, limit) for key, (last, serve) in zip(keys, said, strict=True)
-    ]
+    verdicts = [judge(key, *state, limit) for key, state in zip(keys, said, strict=True)]
     for key, (_, line) in zip(keys, verdicts, strict=True):
         print(f"account {key}: {line}" if options.all_accounts else line)
     return 0 if all(healthy for healthy, _ in verdicts) else 1
 
 
 def judge(
-    account: str, last: dt.datetime | None, serve: str | None, limit: dt.timedelta
+    account: str,
+    last: dt.datetime | None,
+    serve: str | None,
+    waiting: bool,
+    limit: dt.timedelta,
 ) -> tuple[bool, str]:
     """Whether one account is healthy (its last success, what serve said of its last
-    cycle), and the line that says why."""
+    cycle, whether it waits for a person: :func:`~asyncsync.overview.awaits_authorization`),
+    and the line that says why. A refused token a person has since authorized again is
+    no longer a reason: the account waits for its next cycle, judged on freshness."""
     said = orjson.loads(serve) if serve else {}
-    if said.get("ok") is False:
-        return False, f"unhealthy: {said.get('problem')} (at {said.get('at')})"
+    problem = said.get("problem") if said.get("ok") is False else None
+    refused = reauthorization_problem(account)
+    if problem == refused and not waiting:  # authorized since: on to its next cycle
+        problem = None
+    if waiting and problem != refused:  # a one-shot sync's refusal: serve said nothing
+        return False, f"unhealthy: {refused}"
+    if problem is not None:
+        return False, f"unhealthy: {problem} (at {said.get('at')})"
     if last is None:
         return False, f"unhealthy: account {account!r} has never been synced"
     age = utcnow() - last

@@ -39,6 +39,7 @@ def summary(row: Any) -> RunSummary:
         quota_per_minute=row["quota_per_minute"],
         errors=tuple(row["errors"] or ()),
         facts=facts or {},
+        recorded_at=row["recorded_at"],
     )
 
 

@@ -28,11 +28,11 @@ from ..errors import (
     TinyAuthError,
     TinyError,
     TinyUnavailable,
-    authorize_command,
 )
 from ..jobs.retry import retry_due
 from ..jobs.sync import sync_once
 from ..options import ServeOptions
+from ..overview import reauthorization_problem
 from ..readiness import Readiness
 from ..report import RunReport, failed_report, headline, log_fields, note_failure, observe
 from ..seams import ApiStats
@@ -129,14 +129,15 @@ async def run_cycle(
     except (TinyError, DatabaseError) as exc:
         note_failure(rt.account, exc)
         if isinstance(exc, TinyAuthError) and readiness is not None:
-            readiness.set("authorization", f"{type(exc).__name__}: {exc}")
+            said = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ReauthorizationRequired):  # as health.judge says it
+                said = reauthorization_problem(rt.account)
+            readiness.set("authorization", said)
         failed = await record(
             rt.store.runs, failed_unit(rt, "sync", started_at, api_before, exc), facts
         )
         if isinstance(exc, ReauthorizationRequired):
-            await say_health(
-                rt, f"re-authorization required: run `{authorize_command(rt.account)}`"
-            )
+            await say_health(rt, reauthorization_problem(rt.account))
             raise
         await say_health(rt, f"last cycle failed: {exc}")
         wait_s, what = next_attempt(rt, options, exc, db_failures)

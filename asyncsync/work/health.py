@@ -10,9 +10,15 @@ import orjson
 
 from .. import metrics
 from ..clock import iso, utcnow
-from ..errors import DatabaseError, ReauthorizationRequired
+from ..errors import DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
-from ..overview import AccountStatus, freshness_limit, in_minutes, observe_status
+from ..overview import (
+    AccountStatus,
+    freshness_limit,
+    in_minutes,
+    observe_status,
+    reauthorization_problem,
+)
 from ..readiness import Readiness
 from .ports import AccountRuntime, Fleet
 
@@ -117,16 +123,14 @@ async def refresh(fleet: Fleet, interval_s: float, readiness: Readiness | None) 
 
 
 def observe_authorization(status: AccountStatus) -> None:
-    """Whether the account waits for a person, as its last cycle said in the run history
-    (whichever worker ran it): a worker that met the refusal itself must not go on
-    saying so once another worker's cycle succeeded."""
-    last = status.last_runs.get("sync")
-    if last is None:
+    """Whether the account waits for a person, as the run history and the stored tokens
+    say (whichever worker ran its last cycle): a worker that met the refusal itself must
+    not go on saying so once another worker's cycle succeeded, nor once a person
+    authorized the account again."""
+    if "sync" not in status.last_runs:
         return
-    refused = last.outcome == "failed" and any(
-        error.startswith(f"{ReauthorizationRequired.__name__}:") for error in last.errors
-    )
-    metrics.REAUTHORIZATION_REQUIRED.labels(status.account).set(1 if refused else 0)
+    required = status.reauthorization_required
+    metrics.REAUTHORIZATION_REQUIRED.labels(status.account).set(1 if required else 0)
 
 
 #: The gauges of one account that say its state (counters keep what this worker did).
@@ -152,7 +156,12 @@ def forget_others(accounts: set[str]) -> None:
 
 
 def judge(status: AccountStatus, interval_s: float, readiness: Readiness, now: dt.datetime) -> None:
-    """The token and freshness reasons of one account's readiness."""
+    """The token, freshness and re-authorization reasons of one account's readiness."""
+    waiting = reauthorization_problem(status.account)
+    if status.reauthorization_required:
+        readiness.set("authorization", waiting)
+    elif readiness.reasons().get("authorization") == waiting:  # authorized again since
+        readiness.clear("authorization")  # (Tiny refusing the app's id is the cycle's)
     # The access token is refreshed only when a request needs one, so it may lapse between
     # cycles; expired for longer than an interval (and the refresh margin) means no cycle
     # could refresh it.

@@ -16,14 +16,14 @@ FROM modes m
 CROSS JOIN LATERAL (
     (SELECT s.mode, s.invoked_as, s.title, s.started_at, s.finished_at, s.outcome,
             s.requests_total, s.rate_limited, s.quota_per_minute, s.errors,
-            s.report -> 'facts' AS facts
+            s.report -> 'facts' AS facts, (s.report ->> 'recorded_at')::timestamptz AS recorded_at
      FROM sync_runs s
      WHERE s.account = $1 AND s.mode = m.mode
      ORDER BY s.started_at DESC, s.id DESC LIMIT 1)
     UNION ALL
     (SELECT s.mode, s.invoked_as, s.title, s.started_at, s.finished_at, s.outcome,
             s.requests_total, s.rate_limited, s.quota_per_minute, s.errors,
-            s.report -> 'facts' AS facts
+            s.report -> 'facts' AS facts, (s.report ->> 'recorded_at')::timestamptz AS recorded_at
      FROM sync_runs s
      WHERE s.account = $1 AND s.mode = m.mode AND s.outcome IN ('ok', 'attention')
      ORDER BY s.started_at DESC, s.id DESC LIMIT 1)

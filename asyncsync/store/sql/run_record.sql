@@ -3,6 +3,8 @@
 -- $6 finished_at, $7 outcome, $8 counts (JSON), $9 requests by endpoint (JSON),
 -- $10 requests_total, $11 rate_limited, $12 retries, $13 quota_per_minute, $14 errors,
 -- $15 report (JSON), $16 history kept (interval; NULL: every run is kept)
+-- The report gets recorded_at, the database's clock when the row was written (the run's
+-- own times are its host's): what a person did since is judged by one clock.
 -- Idempotent: a statement tried again on a fresh connection (the first one's commit may
 -- have landed before its answer was lost) returns the row it wrote instead of a second.
 -- Pruning reads the (account, mode, started_at) index from the cutoff down: in steady
@@ -27,7 +29,7 @@ WITH written AS (
         requests_total, rate_limited, retries, quota_per_minute, errors, report
     )
     SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11, $12, $13, $14::text[],
-           $15::jsonb
+           $15::jsonb || jsonb_build_object('recorded_at', now())
     WHERE NOT EXISTS (SELECT 1 FROM written)
     RETURNING id
 )
