@@ -27,6 +27,7 @@ from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
 from asyncsync.work.cycle import run_cycle
 from asyncsync.work.health import refresh
+from asyncsync.work.units import Kind, Unit
 
 from .helpers import common_for, context, cycle, full_sync
 from .mirror import diff, mirror
@@ -240,7 +241,8 @@ async def test_once_a_person_authorized_again_nothing_asks_them_to(
     AsyncsyncReauthorizationRequired alert and status went on saying "re-authorization
     required" until the account's next cycle, an interval (15 min) or a backoff later,
     telling the person who had just fixed it to fix it again. Tokens stored after the
-    refusal end it at once."""
+    refusal end it at once; and the cycle a worker put back on the queue for an interval
+    is due at once."""
     sim = await simulator(orders=30, seed=8)
     options = ServeOptions(interval_s=900, integrity_interval_s=0)
     readiness = Readiness()
@@ -263,6 +265,7 @@ async def test_once_a_person_authorized_again_nothing_asks_them_to(
             "status tables": "re-authorization required" in tables,
             "gauge": metrics.value("asyncsync_reauthorization_required", {"account": "default"}),
             "readiness": readiness.reasons(),
+            "cycle": {q["state"] for q in status["queue"] if q["kind"] == Kind.CYCLE.value},
         }
 
     async with open_fleet(common_for(sim, database_url), options) as fleet:
@@ -274,6 +277,8 @@ async def test_once_a_person_authorized_again_nothing_asks_them_to(
             await db.execute("UPDATE tiny_tokens SET access_expires_at = now() - interval '1 min'")
             with pytest.raises(ReauthorizationRequired):
                 await run_cycle(leased.runtime, options, asyncio.Event(), facts={})
+        # As a worker leaves it: the cycle back on the queue for an interval.
+        await fleet.database.queue.enqueue([Unit(Kind.CYCLE, "default").item(options.interval_s)])
         refused = await said(fleet)
         await authorize_in_a_browser(sim, database_url)
         authorized = await said(fleet)  # and no cycle since
@@ -281,10 +286,11 @@ async def test_once_a_person_authorized_again_nothing_asks_them_to(
     problem = "re-authorization required: run `asyncsync authorize`"
     code, line = refused["health"]
     assert code == 1 and line.startswith(f"unhealthy: {problem} (at "), line
-    assert refused["gauge"] == 1
+    assert refused["gauge"] == 1 and refused["cycle"] == {"deferred"}
     code, line = authorized["health"]
     assert code == 0 and line.startswith("healthy: last sync "), line  # freshness alone
     assert authorized["gauge"] == 0 and authorized["readiness"] == {}
+    assert authorized["cycle"] == {"queued"}  # due now, not an interval later
     assert refused["readiness"] == {"authorization": problem}
     assert refused["status"] is True and refused["status tables"] is True
     assert authorized["status"] is False and authorized["status tables"] is False

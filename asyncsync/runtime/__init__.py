@@ -31,7 +31,7 @@ from ..errors import ConfigError, DatabaseError
 from ..jobs import RunContext
 from ..options import AuthorizeOptions, CommonOptions, Credentials, TinyOptions
 from ..report import carry_spent
-from ..seams import TokenStore
+from ..seams import TokenStore, WorkQueue
 from ..store import AccountStore, Database, open_database
 from ..tasks import until_stopped
 
@@ -250,9 +250,10 @@ async def _database_for_account(
 @asynccontextmanager
 async def open_authorization(
     common: CommonOptions, options: AuthorizeOptions, stop: asyncio.Event | None = None
-) -> AsyncIterator[tuple[Authorization, RunContext]]:
+) -> AsyncIterator[tuple[Authorization, RunContext, WorkQueue]]:
     """The database and an Authorization for the account's first tokens (only the app's
-    client id and secret are needed); ``stop`` as for :func:`database_of`."""
+    client id and secret are needed), and the work queue its units wait on; ``stop`` as
+    for :func:`database_of`."""
     async with (
         _database_for_account(common, stop) as (database, tiny, credentials),
         aiohttp.ClientSession() as session,
@@ -269,7 +270,7 @@ async def open_authorization(
             client_id=credentials.client_id,
             redirect_uri=options.redirect_uri,
         )
-        yield authorization, RunContext(account=common.account)
+        yield authorization, RunContext(account=common.account), database.queue
 
 
 @asynccontextmanager

@@ -72,9 +72,10 @@ class WorkQueue(Protocol):
         """Forget the queue's history past its retention."""
         ...
 
-    async def hurry(self, ids: Sequence[int]) -> list[int]:
-        """Make the units ``ids``, back on the queue due later, due now; returns those
-        it did (one put back a moment ago may not be on the queue yet)."""
+    async def hurry(self, ids: Sequence[int] = (), *, keys: Sequence[str] = ()) -> list[int]:
+        """Make the units ``ids`` (and those of the dedupe ``keys``), back on the queue
+        due later, due now; returns those it did (one put back a moment ago may not be
+        on the queue yet)."""
         ...
 
     async def work(

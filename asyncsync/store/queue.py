@@ -323,11 +323,11 @@ class PgWorkQueue:
         rows = await self._sql.fetch("counting queued units", "queue_census", account)
         return [QueueCount(r["kind"], r["state"], r["units"], r["oldest_s"]) for r in rows]
 
-    async def hurry(self, ids: Sequence[int]) -> list[int]:
-        if not ids:
+    async def hurry(self, ids: Sequence[int] = (), *, keys: Sequence[str] = ()) -> list[int]:
+        if not ids and not keys:
             return []
         rows = await self._sql.fetch("hurrying units", "queue_hurry", list(ids),
-                                     db_settings().channel, _wake_up())  # fmt: skip
+                                     db_settings().channel, _wake_up(), list(keys))  # fmt: skip
         return [int(row["id"]) for row in rows]
 
     async def prune(self) -> None:

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 
 from ..clock import utcnow
+from ..errors import DatabaseError
 from ..options import ServeOptions
 from ..seams import WorkQueue
 from . import handlers
@@ -48,3 +49,16 @@ async def plan(
                  extra={"fields": {"event": "planned", "units": added}})  # fmt: skip
     await queue.prune()
     return added
+
+
+async def cycle_due_now(queue: WorkQueue, account: str) -> bool:
+    """The account's cycle due at once, when it waits on the queue for its next interval:
+    a person has just authorized the account again, and a cycle its refused token failed
+    went back to the queue for an interval (or a worker's backoff). Whether one was made
+    due; never an error (the tokens are stored: the cycle comes at its time anyway)."""
+    try:
+        return bool(await queue.hurry(keys=[Unit(Kind.CYCLE, account).dedupe_key]))
+    except DatabaseError as exc:
+        if exc.sqlstate != "42P01":  # undefined_table: no worker installed the queue yet
+            log.warning("account %s's next cycle stays due at its time: %s", account, exc)
+        return False
