@@ -62,20 +62,22 @@ async def test_outage_answers_everything_without_charging(
         await sim.aclose()
 
 
-async def test_outage_html_answers_a_maintenance_page_without_charging(
-    http: aiohttp.ClientSession,
+@pytest.mark.parametrize(("mode", "code"), [("html", 200), ("waf", 403)])
+async def test_outage_pages_answer_without_charging(
+    http: aiohttp.ClientSession, mode: str, code: int
 ) -> None:
-    # A load balancer's maintenance page in front of the API: 200, text/html, no rate
+    # A load balancer's maintenance page in front of the API (200, text/html), or a
+    # firewall's block page (403, text/html, blocking every request for a while): no rate
     # headers, nothing charged; the token endpoint (another host at Tiny) stays up.
     sim, api = await started(http, SimConfig(orders=20, rate_limit_per_minute=5))
     try:
         order_id = next(iter(sim.orders))
         assert (await api.get("/ordem-servico"))[2]["X-RateLimit-Remaining"] == "4"
-        sim.set_outage("html")
-        assert sim.outage == "html"
+        sim.set_outage(mode)
+        assert sim.outage == mode
         for path in ("/ordem-servico", f"/ordem-servico/{order_id}"):
             status, body, headers = await api.get(path)
-            assert status == 200 and headers["Content-Type"].startswith("text/html")
+            assert status == code and headers["Content-Type"].startswith("text/html")
             assert "<html>" in body and "X-RateLimit-Remaining" not in headers
         token = sim.valid_refresh_token()
         assert token is not None
@@ -84,12 +86,35 @@ async def test_outage_html_answers_a_maintenance_page_without_charging(
         sim.set_outage(None)
         status, _, headers = await api.get("/ordem-servico")
         assert status == 200 and headers["X-RateLimit-Remaining"] == "3"  # pages cost nothing
-        sim.fail_detail[order_id] = "html"  # the page for one address only
-        status, body, headers = await api.get(f"/ordem-servico/{order_id}")
-        assert status == 200 and headers["Content-Type"].startswith("text/html")
-        assert "<html>" in body
+        if mode == "html":
+            sim.fail_detail[order_id] = "html"  # the page for one address only
+            status, body, headers = await api.get(f"/ordem-servico/{order_id}")
+            assert status == 200 and headers["Content-Type"].startswith("text/html")
+            assert "<html>" in body
     finally:
         await sim.aclose()
+
+
+async def test_the_token_endpoint_answers_its_own_maintenance_page(
+    http: aiohttp.ClientSession,
+) -> None:
+    # token_page: the token host down behind its proxy, which answers its maintenance
+    # page (200, text/html, no OAuth JSON) while the API is up; switched over HTTP too.
+    async with TinySimulator(SimConfig(orders=5)) as sim:
+        async with http.post(sim.origin + "/_sim/control", json={"token_page": True}) as resp:
+            assert resp.status == 200 and (await resp.json())["token_page"] is True
+        token = sim.valid_refresh_token()
+        assert token is not None
+        with pytest.raises(aiohttp.ContentTypeError) as page:  # no OAuth JSON
+            await refresh(http, sim, token)
+        assert page.value.status == 200 and "text/html" in page.value.message
+        assert sim.valid_refresh_token() == token  # nothing granted, nothing rotated
+        assert sim.stats.outage_answers == 1 and sim.stats.token_refreshes == 0
+        sim.token_page = False
+        status, body = await refresh(http, sim, token)
+        assert status == 200 and body["refresh_token"] != token
+        api = Api(http, sim, body["access_token"])
+        assert (await api.get("/ordem-servico"))[0] == 200
 
 
 async def test_outage_reset_drops_connections(http: aiohttp.ClientSession) -> None:

@@ -6,7 +6,8 @@ live state), ``GET /ordem-servico/{id}`` (detail) and the Keycloak-like OAuth2 e
 with the ``authorization_code`` and ``refresh_token`` grants), with the quirks, rate
 limits and failures a client of the real API meets: per-order detail failures, transient
 500s at a seeded rate, outages (5xx, dropped connections, hangs, a proxy's maintenance
-page), huge streamed answers, and a quota that can change while a client runs. Tests
+page, a firewall's block page; the token endpoint's own maintenance page), huge streamed
+answers, and a quota that can change while a client runs. Tests
 drive it through plain synchronous control methods; a test in another process uses
 ``POST /_sim/control`` and ``GET /_sim/stats``.
 

@@ -35,7 +35,8 @@ class SimStats:
     #: Refresh grants presenting a refresh token that an earlier grant had rotated away:
     #: the sign of two processes refreshing with the same token.
     stale_refresh_uses: int = 0
-    #: Requests (API and token endpoint) answered by an outage: 5xx, dropped or hung.
+    #: Requests (API and token endpoint) answered by an outage: 5xx, dropped, hung or a
+    #: page from in front of Tiny (``set_outage("html")``, ``"waf"``, ``token_page``).
     outage_answers: int = 0
     #: 500s injected by ``detail_error_rate`` / ``list_error_rate``.
     injected_errors: int = 0

@@ -2,13 +2,15 @@
 
 Every API request goes through the same gate, in this order: it is counted in
 :class:`SimStats`; an outage answers it (5xx in Tiny's JSON error shape, a dropped
-connection, a hang, or a proxy's maintenance page answered 200) without charging the
+connection, a hang, a proxy's maintenance page answered 200, or a firewall's block page
+answered 403) without charging the
 rate window; the bearer token is checked (401); the rate window is charged (429, plain
 text, as the live API answers outside its JSON error shape); ``latency_s`` is slept; an
 injected transient 500 may answer it. API answers past the outage check, 401 and 429
 included, carry the ``X-RateLimit-*`` headers; a 401 does not charge the window (the
 account behind an unknown token is unknown). The token endpoint meets outages too (but
-for the API's maintenance page); the authorization endpoint and ``/_sim/*`` do not.
+for the API's maintenance and block pages; ``token_page`` answers its own maintenance
+page); the authorization endpoint and ``/_sim/*`` do not.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from asyncsync.status import parse_situacao
 from .consent import authorize
 from .control import ControlChange, ControlError
 from .data import SimConfig
-from .faults import NOTES, drop, maintenance_page, send_padded
+from .faults import NOTES, block_page, drop, maintenance_page, send_padded
 from .index import QueryError, parse_query
 from .oauth import EXCHANGED, REFRESHED, STALE, not_a_form
 from .state import DEFAULT_CONFIG, SimState
@@ -39,6 +41,8 @@ CONTROL_PATH = "/_sim/control"
 NOT_FOUND = "Ordem de serviço não encontrada"
 INTERNAL_ERROR = "Erro interno do servidor"
 OUTAGE_MESSAGES = {503: "Serviço temporariamente indisponível", 500: INTERNAL_ERROR}
+#: Outage modes of pages in front of the API alone (another host serves the token endpoint).
+_API_PAGES = ("html", "waf")
 
 ListPageHook = Callable[["TinySimulator", dict[str, str]], None]
 Answer = web.StreamResponse
@@ -156,7 +160,7 @@ class TinySimulator(SimState):
 
     async def _outage_answer(self, request: web.Request, *, api: bool = True) -> Answer | None:
         """The answer an outage gives this request, or None to serve it."""
-        if self._outage.mode is None or (self._outage.mode == "html" and not api):
+        if self._outage.mode is None or (self._outage.mode in _API_PAGES and not api):
             return None
         self.stats.outage_answers += 1
         mode = await self._outage.sit_out()
@@ -166,6 +170,8 @@ class TinySimulator(SimState):
             return drop(request)
         if mode == "html":
             return maintenance_page()
+        if mode == "waf":
+            return block_page()
         status = int(mode)
         return _error(status, OUTAGE_MESSAGES.get(status, INTERNAL_ERROR))
 
@@ -289,6 +295,9 @@ class TinySimulator(SimState):
         outage = await self._outage_answer(request, api=False)
         if outage is not None:
             return outage
+        if self.token_page:  # the token host down behind its proxy
+            self.stats.outage_answers += 1
+            return maintenance_page()
         if self.fail_token_requests > 0:
             self.fail_token_requests -= 1
             return _error(503, OUTAGE_MESSAGES[503])

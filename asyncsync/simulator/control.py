@@ -60,9 +60,9 @@ def _setting(key: str, value: object) -> Apply:
     if key in ("pad_list_bytes", "huge_detail_bytes"):
         size = _count(value, key)
         return lambda sim: setattr(sim, key, size)
-    if key == "deny_authorization":
-        deny = _flag(value, key)
-        return lambda sim: setattr(sim, key, deny)
+    if key in ("deny_authorization", "token_page"):
+        on = _flag(value, key)
+        return lambda sim: setattr(sim, key, on)
     if key == "expire_access_tokens":
         return (lambda sim: sim.expire_access_tokens()) if _flag(value, key) else _nothing
     if key == "revoke_refresh_tokens":
@@ -84,6 +84,7 @@ CONTROL_KEYS = frozenset(
         "pad_list_bytes",
         "huge_detail_bytes",
         "deny_authorization",
+        "token_page",
         "expire_access_tokens",
         "revoke_refresh_tokens",
     }

@@ -1,6 +1,6 @@
 """Server-side failures a client of the live API meets: outages (5xx for everything, a
-dropped connection, a request that never answers, a proxy's maintenance page) and huge
-answers.
+dropped connection, a request that never answers, a proxy's maintenance page, a
+firewall's block page) and huge answers.
 
 Huge answers are streamed in 1 MiB chunks with a known ``Content-Length``, so a 300 MB
 body costs the simulator 1 MiB of memory, not 300: the point is to test the *client's*
@@ -16,12 +16,18 @@ import orjson
 from aiohttp import web
 
 #: ``set_outage`` modes besides ``None`` (healthy).
-OUTAGE_MODES = ("503", "500", "reset", "hang", "html")
+OUTAGE_MODES = ("503", "500", "reset", "hang", "html", "waf")
 #: What a load balancer or proxy in front of the API answers, with 200, while Tiny is
 #: down for maintenance (``set_outage("html")``, ``fail_detail[id] = "html"``).
 MAINTENANCE_PAGE = (
     "<!DOCTYPE html>\n<html><head><title>Em manutenção</title></head>"
     "<body><h1>Estamos em manutenção</h1><p>Voltamos em instantes.</p></body></html>\n"
+)
+#: What a web application firewall or proxy in front of the API answers, with 403, to
+#: every request while it blocks the caller for a while (``set_outage("waf")``).
+BLOCK_PAGE = (
+    "<!DOCTYPE html>\n<html><head><title>403 Forbidden</title></head>"
+    "<body><h1>Acesso bloqueado</h1><p>Tente novamente mais tarde.</p></body></html>\n"
 )
 #: A hung request gives up (answering 503) after this long.
 HANG_LIMIT_S = 3600.0
@@ -72,6 +78,11 @@ class Outage:
 def maintenance_page() -> web.Response:
     """A proxy's maintenance page, answered 200 as ``text/html`` without rate headers."""
     return web.Response(text=MAINTENANCE_PAGE, content_type="text/html")
+
+
+def block_page() -> web.Response:
+    """A firewall's block page, answered 403 as ``text/html`` without rate headers."""
+    return web.Response(status=403, text=BLOCK_PAGE, content_type="text/html")
 
 
 def drop(request: web.Request) -> web.Response:

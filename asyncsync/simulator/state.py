@@ -77,6 +77,10 @@ class SimState:
         #: The next this many requests to the token endpoint answer 503 (a Keycloak
         #: restart, its proxy's hiccup) while the API itself stays up.
         self.fail_token_requests: int = 0
+        #: While true, the token endpoint answers a proxy's maintenance page (200
+        #: ``text/html``, no OAuth JSON), whatever the API does: the token host down
+        #: behind its proxy. Counted as an outage answer.
+        self.token_page: bool = False
         #: ``(text, raw)``: list and detail answers carry the bytes ``raw`` where the JSON
         #: of ``text`` would be: text that is not UTF-8 (a name in Latin-1, half an emoji's
         #: surrogate pair), which no JSON encoder here would write.
@@ -184,7 +188,9 @@ class SimState:
         that, uncharged), ``"reset"`` (the connection is dropped unanswered), ``"hang"``
         (requests wait: served as usual once the outage is lifted, 503 after an hour) or
         ``"html"`` (a load balancer's maintenance page, 200 ``text/html``, to every API
-        request, uncharged; the token endpoint, another host at Tiny, stays up).
+        request, uncharged; the token endpoint, another host at Tiny, stays up: see
+        :attr:`token_page` for its own) or ``"waf"`` (a firewall's block page, 403
+        ``text/html``, to every API request, uncharged; the token endpoint stays up).
 
         A client that times out on a hang has hung up: what it would have got is moot.
         """
@@ -223,4 +229,5 @@ class SimState:
             "pad_list_bytes": self.pad_list_bytes,
             "huge_detail_bytes": self.huge_detail_bytes,
             "deny_authorization": self.deny_authorization,
+            "token_page": self.token_page,
         }
