@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -23,6 +24,7 @@ from asyncsync.clock import utcnow
 from asyncsync.errors import (
     DatabaseUnavailable,
     ReauthorizationRequired,
+    TinyAuthMisconfigured,
     TinyBadPayload,
     TinyNotFound,
     TinyOrderForbidden,
@@ -486,6 +488,63 @@ async def test_a_token_endpoint_that_does_not_answer_counts_as_a_failed_refresh(
         with pytest.raises(TinyUnavailable, match="token endpoint unreachable"):
             await tokens.access_token()
     assert metrics.value("asyncsync_token_refresh_failures_total", labels) > before
+
+
+async def test_a_page_at_a_token_endpoint_known_to_work_is_an_outage(simulator) -> None:
+    # The token host behind a proxy answers its maintenance page (200, text/html) while
+    # down. Before, any such answer was TinyAuthMisconfigured ("check TINY_TOKEN_URL",
+    # exit 2, which the service units do not restart on). It still is while the endpoint
+    # never answered in OAuth JSON (a login page pasted for the token URL); once it has
+    # (to this manager, or the stored tokens were granted by it), it is an outage: tried
+    # three times, counted by the breaker as its own kind, naming TINY_TOKEN_URL.
+    sim = await simulator(orders=5)
+    creds = Credentials(sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token())
+    labels = {"account": "token-page", "reason": "unavailable"}
+    before = metrics.value("asyncsync_token_refresh_failures_total", labels)
+    async with aiohttp.ClientSession() as session:
+
+        def manager(store: MemoryTokenStore) -> TokenManager:
+            return TokenManager(session, sim.token_url, creds, store, account="token-page")
+
+        sim.token_page = True
+        with pytest.raises(TinyAuthMisconfigured, match=r"no OAuth JSON .*check TINY_TOKEN_URL"):
+            await manager(MemoryTokenStore()).access_token()  # never worked: the address's
+        # The environment's access token is no grant of this endpoint: no evidence either.
+        given = TokenSet(creds.refresh_token or "", "env-token", utcnow() + dt.timedelta(hours=1))
+        with pytest.raises(TinyAuthMisconfigured):
+            await manager(MemoryTokenStore(given)).rejected("env-token")
+        sim.token_page = False
+        store = MemoryTokenStore()
+        tokens = manager(store)
+        token = await tokens.access_token()  # granted: this endpoint works
+        sim.token_page = True
+        asked = sim.stats.requests_by_endpoint["token"]
+        page = r"answered 200 with a page, not OAuth JSON .*if it persists, check TINY_TOKEN_URL"
+        with pytest.raises(TinyUnavailable, match=page) as caught:
+            await tokens.rejected(token)
+        assert caught.value.status == 200 and "<html>" in caught.value.body
+        assert sim.stats.requests_by_endpoint["token"] == asked + 3  # tried like a 5xx
+        # A later process: the stored tokens were granted by the endpoint.
+        with pytest.raises(TinyUnavailable, match=page):
+            await manager(store).rejected(token)
+        # Through the client: the breaker counts it, and its reason says what to check.
+        assert store.tokens is not None
+        store.tokens = dataclasses.replace(store.tokens, access_expires_at=utcnow())  # due
+        breaker = CircuitBreaker(threshold=2, account="token-page")
+        client = TinyClient(session, sim.base_url, manager(store), AccountLimiter(6000, 4),
+                            max_retries=1, breaker=breaker)  # fmt: skip
+        for _ in range(2):
+            with pytest.raises(TinyUnavailable, match="check TINY_TOKEN_URL"):
+                await client.list_orders(ListQuery(3))
+        assert breaker.reason == (
+            "2 failures in a row: 2 × token_endpoint_not_json; if it persists, check "
+            "TINY_TOKEN_URL (--token-url)"
+        )
+        with pytest.raises(TinyOutage, match="check TINY_TOKEN_URL"):
+            await client.list_orders(ListQuery(3))
+        sim.token_page = False  # the maintenance is over
+        assert await tokens.rejected(token) is None and tokens.current() != token
+    assert metrics.value("asyncsync_token_refresh_failures_total", labels) >= before + 2
 
 
 async def test_a_revoked_token_of_an_account_of_the_table_names_the_account_to_authorize(

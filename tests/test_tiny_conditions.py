@@ -656,6 +656,42 @@ async def test_a_token_endpoint_blip_is_tried_again_not_the_end_of_the_run(
     assert sim.stats.stale_refresh_uses == 0
 
 
+async def test_a_page_at_the_token_endpoint_is_an_outage_once_it_granted_the_tokens(
+    simulator, database_url, db
+) -> None:
+    # The token host behind a proxy answers its maintenance page (200, text/html) while
+    # it is down, the API up. That was "check TINY_TOKEN_URL", exit 2, always, and the
+    # units do not restart on 2 (RestartPreventExitStatus=2 4): one maintenance window
+    # ended the service for good. Exit 2 stays for an endpoint that never answered in
+    # OAuth JSON (a login page pasted for the token URL); once it granted the stored
+    # tokens, its page is an outage (exit 5), the sentence still naming TINY_TOKEN_URL.
+    sim = await simulator(orders=40, seed=5)
+    env = {**app_env(sim), "TINY_REFRESH_TOKEN": sim.valid_refresh_token() or ""}
+
+    async def sync() -> tuple[int | None, str]:
+        proc = await asyncsync("sync", *tiny_args(sim, database_url), "--max-retries", "3",
+                               "--breaker-failures", "3", env=env)  # fmt: skip
+        _out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, err.decode()
+
+    sim.token_page = True
+    code, text = await sync()  # never granted anything: the address is wrong
+    assert code == 2 and "no OAuth JSON" in text and "check TINY_TOKEN_URL" in text, text
+    sim.token_page = False
+    code, text = await sync()
+    assert code == 0, text  # tokens granted and stored
+    sim.expire_access_tokens()  # the next run's first request asks for a new token
+    sim.token_page = True
+    code, text = await sync()
+    assert code == 5, text
+    assert "if it persists, check TINY_TOKEN_URL (--token-url)" in text, text
+    assert "configuration error" not in text and "Traceback" not in text, text
+    sim.token_page = False  # the maintenance is over
+    code, text = await sync()
+    assert code == 0, text
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 async def test_authorize_stops_at_once_when_interrupted(sig: str, simulator, database_url, db):
     # A person presses Ctrl-C (or systemd stops the unit) while authorize waits for the

@@ -52,6 +52,7 @@ class CircuitBreaker:
         self.state = State.CLOSED
         self._streak = 0
         self._kinds: Counter[str] = Counter()  # what the current streak was made of
+        self._hints: list[str] = []  # what to check should the streak's failures persist
         self._streak_started = 0.0
         self._reopen_at = 0.0
         self._probing = False
@@ -108,16 +109,20 @@ class CircuitBreaker:
             metrics.CIRCUIT_OPEN.labels(self._account).set(0)
         self.state, self._probing, self._streak, self.reason = State.CLOSED, False, 0, ""
         self._kinds.clear()
+        self._hints.clear()
         self._settled.set()
 
-    def failure(self, kind: str) -> None:
+    def failure(self, kind: str, *, hint: str = "") -> None:
         """A transport failure, a 5xx or a proxy's page (``kind`` says which: ``http_503``,
-        ``timeout``, ``not_json``)."""
+        ``timeout``, ``not_json``); ``hint``: what to check should it persist, said with
+        the reason."""
         now = self._clock()
         if self._streak == 0:
             self._streak_started = now
         self._streak += 1
         self._kinds[kind] += 1
+        if hint and hint not in self._hints:
+            self._hints.append(hint)
         if self.state is State.HALF_OPEN or (
             self.state is State.CLOSED and self._streak >= self.threshold
         ):
@@ -129,7 +134,8 @@ class CircuitBreaker:
         self._reopen_at = now + self.cooldown_s
         self.opened += 1
         kinds = ", ".join(f"{n} × {k}" for k, n in self._kinds.most_common())
-        self.reason = f"{self._streak} failures in a row: {kinds}"
+        hints = "".join(f"; {hint}" for hint in self._hints)
+        self.reason = f"{self._streak} failures in a row: {kinds}{hints}"
         metrics.CIRCUIT_OPEN.labels(self._account).set(1)
         metrics.CIRCUIT_OPENINGS.labels(self._account).inc()
         fields: dict[str, object] = {

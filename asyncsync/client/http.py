@@ -38,7 +38,7 @@ from ..status import Situacao
 from . import answers, window
 from .breaker import CircuitBreaker
 from .ratelimit import AccountLimiter
-from .tokens import TokenManager
+from .tokens import PAGE_HINT, TokenManager
 from .window import WindowEnds
 
 log = logging.getLogger(__name__)
@@ -351,8 +351,13 @@ class TinyClient:
         request asking the endpoint and none reaching the API, so the circuit never opened
         and a run whose every request failed ended "ok"), and the request goes again after
         its backoff like after any 5xx (raised as it was, a blip of two seconds at the
-        token endpoint failed the listing that needed the token, and the whole run)."""
-        self.breaker.failure("token_endpoint")
+        token endpoint failed the listing that needed the token, and the whole run). A page
+        there instead of OAuth JSON (a status below 400) counts as its own kind, with what
+        to check should it persist."""
+        if exc.status is not None and exc.status < 400:
+            self.breaker.failure("token_endpoint_not_json", hint=PAGE_HINT)
+        else:
+            self.breaker.failure("token_endpoint")
         return _Retry(exc)
 
     def _maybe_dead(self, token: str) -> bool:

@@ -64,6 +64,8 @@ KEEP_ALIVE_SHARE = 0.5
 IN_FLIGHT_SKEW = dt.timedelta(seconds=1)
 #: How often tokens the store could not take are offered to it again, seconds.
 UNSAVED_RETRY_S = 5.0
+#: What a page at a token endpoint known to work (an outage) says to check if it persists.
+PAGE_HINT = "if it persists, check TINY_TOKEN_URL (--token-url)"
 #: The reasons of asyncsync_token_refresh_failures_total.
 REFRESH_FAILURE_REASONS = ("invalid_grant", "no_token", "refused", "unavailable")
 
@@ -114,6 +116,9 @@ class TokenManager:
         )
         # Expiry of the last few access tokens handed out, to judge their 401s.
         self._expiry: OrderedDict[str, dt.datetime] = OrderedDict()
+        # Whether the token endpoint is known to work: it answered this manager in OAuth
+        # JSON, or granted the stored tokens (see _post).
+        self._endpoint_works = False
         if credentials.access_token and credentials.refresh_token:
             self._adopt(
                 TokenSet(
@@ -335,6 +340,7 @@ class TokenManager:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TinyUnavailable(f"token endpoint unreachable: {exc!r}") from exc
         data = _json_object(body)
+        self._note_oauth(data)
         if status == 400 and data.get("error") == "invalid_grant":
             raise TinyAuthError(
                 "Tiny refused the authorization code (invalid_grant): it is used, expired "
@@ -370,6 +376,11 @@ class TokenManager:
                 f"no refresh token is stored for account {self._account!r}: run "
                 f"`{authorize_command(self._account)}` once (or {bootstrap})"
             )
+        # A page at an endpoint known to work is an outage (see _post). The stored set is
+        # evidence when a token endpoint granted it: only a grant records access_issued_at
+        # (tokens from the environment or tiny_token.json, never granted here, do not).
+        if stored is not None and stored.access_issued_at is not None:
+            self._endpoint_works = True
         last: ReauthorizationRequired | None = None
         for refresh_token in candidates:
             try:
@@ -383,7 +394,9 @@ class TokenManager:
         backoff.expo, TinyUnavailable, max_tries=3, max_value=10, jitter=backoff.full_jitter
     )
     async def _post(self, refresh_token: str) -> TokenSet:
-        """One grant; a 5xx or an unreachable endpoint is tried three times in all."""
+        """One grant; a 5xx or an unreachable endpoint is tried three times in all, and so
+        is a page (no OAuth JSON, status below 400) once the endpoint is known to work (it
+        answered this manager in OAuth JSON, or granted the stored tokens)."""
         form = {
             "grant_type": "refresh_token",
             "client_id": self._credentials.client_id,
@@ -401,15 +414,32 @@ class TokenManager:
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
             raise TinyUnavailable(f"token endpoint unreachable: {exc!r}") from exc
         data = _json_object(body)
+        self._note_oauth(data)
         if not data and status < 400:
-            # A web page (a login form, a proxy's) or nothing at all: not an OAuth endpoint.
-            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
             preview = body[:120].decode("utf-8", errors="replace").strip() or "an empty body"
+            if self._endpoint_works:
+                # A proxy's maintenance page while the token host is down: an outage like
+                # its 5xx (exit 2, which the units do not restart on, ended serve for good).
+                metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
+                raise TinyUnavailable(
+                    f"the token endpoint {self._token_url} answered {status} with a page, "
+                    f"not OAuth JSON ({preview!r}), though it has answered in OAuth JSON "
+                    f"before: taken for an outage; {PAGE_HINT}",
+                    status=status, body=preview,
+                )  # fmt: skip
+            # Never known to work: a web page (a login form pasted for the token URL) or
+            # nothing at all: not an OAuth endpoint.
+            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
             raise TinyAuthMisconfigured(
                 f"the token endpoint {self._token_url} answered {status} with no OAuth JSON "
                 f"({preview!r}): check TINY_TOKEN_URL (--token-url)"
             )
         return self._granted(status, data, sent_at, refresh_token)
+
+    def _note_oauth(self, data: dict[str, Any]) -> None:
+        """Remember that the token endpoint speaks OAuth (a token, or an OAuth error)."""
+        if isinstance(data.get("access_token"), str) or isinstance(data.get("error"), str):
+            self._endpoint_works = True
 
     def _granted(
         self, status: int, data: dict[str, Any], sent_at: dt.datetime, spent: str | None
