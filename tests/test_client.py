@@ -344,6 +344,16 @@ async def test_server_errors_are_retried_then_typed(monkeypatch) -> None:
                 await client.list_orders(ListQuery(3))
 
 
+def _mocked_client(session: aiohttp.ClientSession, store: MemoryTokenStore) -> TinyClient:
+    """A client of ``http://tiny.test``, with quick retries and a breaker that opens only
+    when a test lowers its threshold."""
+    tokens = TokenManager(session, "http://tiny.test/token", Credentials("c", "s", "r"), store)
+    return TinyClient(
+        session, "http://tiny.test/api", tokens, AccountLimiter(6000, 4), max_retries=3,
+        max_backoff_s=0.01, breaker=CircuitBreaker(threshold=100, account="default"),
+    )  # fmt: skip
+
+
 async def test_a_proxys_page_answered_200_is_an_outage_not_a_bad_payload(monkeypatch) -> None:
     # A load balancer's maintenance page (200, text/html, text/plain or no Content-Type)
     # is no order's answer: asked again like a 5xx and counted by the breaker, for a
@@ -363,14 +373,8 @@ async def test_a_proxys_page_answered_200_is_an_outage_not_a_bad_payload(monkeyp
         mocked.get(f"{base}/ordem-servico/5", body='{"id": 5, "da', repeat=True)
         mocked.get(f"{base}/ordem-servico/6", body='{"id": 6}', content_type="text/plain")
         async with aiohttp.ClientSession() as session:
-            tokens = TokenManager(
-                session, "http://tiny.test/token", Credentials("c", "s", "r"), store
-            )
-            breaker = CircuitBreaker(threshold=100, account="default")
-            client = TinyClient(
-                session, base, tokens, AccountLimiter(6000, 4), max_retries=3,
-                max_backoff_s=0.01, breaker=breaker,
-            )  # fmt: skip
+            client = _mocked_client(session, store)
+            breaker = client.breaker
             for order_id in (1, 2, 3):
                 with pytest.raises(TinyUnavailable, match="HTTP 200 with a page that is not JSON"):
                     await client.get_order(order_id)
@@ -387,6 +391,55 @@ async def test_a_proxys_page_answered_200_is_an_outage_not_a_bad_payload(monkeyp
             with pytest.raises(TinyOutage):
                 await client.get_order(1, retry=False)
             assert breaker.opened == 1 and breaker.reason == "2 failures in a row: 2 × not_json"
+
+
+async def test_a_block_page_answered_401_or_403_is_an_outage_not_a_refusal(monkeypatch) -> None:
+    # A firewall or proxy answering every request 403 (or 401) with an HTML page for a
+    # while is not Tiny refusing the token or the order (Tiny's errors are JSON): asked
+    # again like a 5xx, counted by the breaker (not_json), no token replaced. Before, a
+    # listing spent four refreshes and failed the run with TinyAuthError, and each detail
+    # was an import failure (403: "HTTP 403"; 401: TinyOrderForbidden, a refresh each).
+    # A 401 with nothing in it, or with a Bearer challenge, is still the token's.
+    monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
+    store = MemoryTokenStore(TokenSet("r", "tok", utcnow() + dt.timedelta(hours=1)))
+    base = "http://tiny.test/api"
+    page = "<html><body><h1>403 Forbidden</h1>Request blocked.</body></html>"
+    bearer = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    listing = f"{base}/ordem-servico?limit=100&offset=0&situacao=3"
+    with aioresponses() as mocked:
+        for order_id, status in ((1, 403), (2, 401)):
+            mocked.get(f"{base}/ordem-servico/{order_id}", status=status, body=page,
+                       content_type="text/html", repeat=True)  # fmt: skip
+        mocked.get(listing, status=403, body=page, content_type="text/plain", repeat=True)
+        mocked.get(f"{base}/ordem-servico/3", status=403, body=page, content_type="text/html")
+        mocked.get(f"{base}/ordem-servico/3", payload={"id": 3})  # the block lifted
+        mocked.get(f"{base}/ordem-servico/4", status=401, body="", content_type="", repeat=True)
+        mocked.get(f"{base}/ordem-servico/5", status=401, body=page, content_type="text/html",
+                   headers=bearer, repeat=True)  # fmt: skip
+        mocked.post("http://tiny.test/token", payload={"access_token": "t2", "expires_in": 3600},
+                    repeat=True)  # fmt: skip
+        async with aiohttp.ClientSession() as session:
+            client = _mocked_client(session, store)
+            breaker = client.breaker
+            for order_id, status in ((1, 403), (2, 401)):
+                with pytest.raises(TinyUnavailable, match=f"HTTP {status} with a page that is "
+                                   r"not JSON \(text/html\)"):  # fmt: skip
+                    await client.get_order(order_id)
+            with pytest.raises(TinyUnavailable, match="HTTP 403 with a page"):
+                await client.list_orders(ListQuery(3))
+            assert client.api_stats().token_refreshes == 0  # no token replaced
+            assert client.api_stats().retries == 3 * 2
+            assert (await client.get_order(3)).body == {"id": 3}
+            breaker.threshold = 2  # Tiny's answer reset the count: two pages open it
+            for _ in range(2):
+                with pytest.raises(TinyUnavailable):
+                    await client.get_order(1, retry=False)
+            assert breaker.reason == "2 failures in a row: 2 × not_json"
+            breaker.success()
+            for order_id in (4, 5):  # the token's: replaced, then the order's
+                with pytest.raises(TinyOrderForbidden):
+                    await client.get_order(order_id)
+            assert client.api_stats().token_refreshes == 2  # one each: the API's word on a token
 
 
 async def test_rate_headers_are_read_whatever_the_case_of_their_names(monkeypatch) -> None:

@@ -361,12 +361,15 @@ def _listed(orders: dict[int, dict[str, object]]) -> dict[int, dict[str, object]
     return {i: {k: v for k, v in o.items() if k != "data_conclusao"} for i, o in orders.items()}
 
 
-async def _maintenance_page_once(sim: TinySimulator, details: int, lift_after: int | None) -> None:
-    """A load balancer in front of Tiny answers its maintenance page (200, text/html) once
-    ``details`` detail requests went out; lifted after ``lift_after`` pages, if given."""
+async def _maintenance_page_once(
+    sim: TinySimulator, details: int, lift_after: int | None, page: str = "html"
+) -> None:
+    """A load balancer in front of Tiny answers its maintenance page (200, text/html; or,
+    ``page`` "waf", a firewall its block page, 403 text/html) once ``details`` detail
+    requests went out; lifted after ``lift_after`` pages, if given."""
     while sim.stats.requests_by_endpoint["detail"] < details:  # noqa: ASYNC110 (a counter)
         await asyncio.sleep(0.005)
-    sim.set_outage("html")
+    sim.set_outage(page)
     # Looked at every turn of the event loop the simulator shares: lifted at once.
     while lift_after is not None and sim.stats.outage_answers < lift_after:  # noqa: ASYNC110
         await asyncio.sleep(0)
@@ -374,16 +377,19 @@ async def _maintenance_page_once(sim: TinySimulator, details: int, lift_after: i
         sim.set_outage(None)
 
 
+@pytest.mark.parametrize("kind", ["html", "waf"])
 async def test_a_maintenance_page_through_the_details_is_an_outage_not_bad_records(
-    simulator, runtime_for, db
+    kind: str, simulator, runtime_for, db
 ) -> None:
     # A proxy answers its maintenance page with 200 from the details pass on, longer than
     # the retries. Each detail it answered was an import failure (TinyBadPayload: five
     # attempts in ~45 minutes, then manual review, skipped by the backlog until a person
     # ran `failures retry --all`), and the breaker took the 200s for successes: the run
-    # ended "ok".
+    # ended "ok". ``waf``: a firewall's block page, 403 text/html, is no more Tiny's word
+    # on the token or the orders: each detail was an import failure ("HTTP 403"), a
+    # token replaced a minute, and the breaker took the 403s for successes.
     sim = await simulator(orders=300, seed=12)
-    page = asyncio.create_task(_maintenance_page_once(sim, details=5, lift_after=None))
+    page = asyncio.create_task(_maintenance_page_once(sim, 5, None, kind))
     try:
         async with runtime_for(sim, max_retries=3, breaker_failures=4,
                                breaker_cooldown_s=30) as rt:  # fmt: skip
@@ -393,7 +399,8 @@ async def test_a_maintenance_page_through_the_details_is_an_outage_not_bad_recor
             assert rt.client.breaker.retry_at > 0  # the circuit is open
     finally:
         page.cancel()
-    assert sim.outage == "html" and sim.stats.outage_answers >= 4
+    assert sim.outage == kind and sim.stats.outage_answers >= 4
+    assert sim.stats.token_refreshes == 1  # the first grant: no token blamed
     assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
     assert diff(_listed(sim.snapshot()), _listed(await mirror(db))) == []  # the lists held
     backlog = "SELECT count(*) FROM ordens_servico WHERE detalhe IS NULL"
@@ -407,11 +414,15 @@ async def test_a_maintenance_page_through_the_details_is_an_outage_not_bad_recor
     assert diff(sim.snapshot(), await mirror(db)) == []
 
 
-async def test_a_maintenance_page_for_a_moment_fails_nothing(simulator, runtime_for, db) -> None:
+@pytest.mark.parametrize("kind", ["html", "waf"])
+async def test_a_maintenance_page_for_a_moment_fails_nothing(
+    kind: str, simulator, runtime_for, db
+) -> None:
     # The page for a moment mid-details (three answers, a blip the retries ride out):
     # those details were import failures, retried on the failures' schedule from 30 s on.
+    # ``waf``: the block page's first 403 replaced the token (rotating the refresh token).
     sim = await simulator(orders=300, seed=13)
-    page = asyncio.create_task(_maintenance_page_once(sim, details=20, lift_after=3))
+    page = asyncio.create_task(_maintenance_page_once(sim, 20, 3, kind))
     try:
         async with runtime_for(sim, max_concurrency=4) as rt:  # 10 failures open the breaker
             report = await asyncio.wait_for(full_sync(rt), 60)
@@ -420,6 +431,7 @@ async def test_a_maintenance_page_for_a_moment_fails_nothing(simulator, runtime_
     finally:
         page.cancel()
     assert sim.outage is None and sim.stats.outage_answers >= 3  # the page was met
+    assert sim.stats.token_refreshes == 1  # the first grant: a block page replaced it
     assert report.outcome == "ok" and report.count("import_failures") == 0
     assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
     assert diff(sim.snapshot(), await mirror(db)) == []

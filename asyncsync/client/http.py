@@ -3,8 +3,9 @@
 Every request goes through the account's :class:`~.ratelimit.AccountLimiter`, carries a
 token from the :class:`~.tokens.TokenManager`, is retried with jittered exponential
 backoff on 5xx, timeouts, connection errors, 429 (after the account-wide pause) and a
-200 page neither announced as JSON nor JSON (a proxy's maintenance page: Tiny is down,
-not the record), and is mapped to the :mod:`asyncsync.errors` tree at this boundary.
+page neither announced as JSON nor JSON answered 200, 401 or 403 (a proxy's maintenance
+page, a firewall's block page: something in front of Tiny answered, not Tiny about the
+record or the token), and is mapped to the :mod:`asyncsync.errors` tree at this boundary.
 """
 
 from __future__ import annotations
@@ -239,6 +240,8 @@ class TinyClient:
         for _ in range(_AUTH_ROUNDS):
             sent = await self._send(endpoint, path, params)
             self._judged(sent)
+            if sent.page:
+                break  # no verdict on the token nor the order: an outage, below
             if sent.status == 403:
                 # A listing is about no one order: its 403 can only be the token's.
                 if endpoint == "detail" and not self._maybe_dead(sent.token):
@@ -261,6 +264,12 @@ class TinyClient:
         else:
             raise TinyAuthError(f"{path}: refused (401/403) for {_AUTH_ROUNDS} tokens in a row")
         status = sent.status
+        if sent.page:
+            kind = sent.headers.get("Content-Type") or "no Content-Type"
+            message = f"{path}: HTTP {status} with a page that is not JSON ({kind}) after retries"
+            raise _Retry(TinyUnavailable(
+                f"{message}: {_preview(sent.text(200))}", status=status, body=sent.text(10000)
+            ))  # fmt: skip
         if status == 429:
             pause = self.limiter.throttled(sent.headers)
             log.info("429 from Tiny: every request of the account waits %.0f s", pause)
@@ -275,12 +284,6 @@ class TinyClient:
             raise TinyHTTPError(
                 f"{path}: HTTP {status}: {_preview(body)}", status=status, body=body
             )
-        if sent.page:
-            kind = sent.headers.get("Content-Type") or "no Content-Type"
-            message = f"{path}: HTTP 200 with a page that is not JSON ({kind}) after retries"
-            raise _Retry(TinyUnavailable(
-                f"{message}: {_preview(sent.text(200))}", status=200, body=sent.text(10000)
-            ))  # fmt: skip
         try:
             value, mended = sent.parsed or answers.loads(sent.body)
         except ValueError as exc:
@@ -404,7 +407,7 @@ class TinyClient:
                 metrics.REQUEST_SECONDS.labels(self.account, endpoint).observe(elapsed)
             metrics.REQUESTS.labels(self.account, endpoint, str(status)).inc()
             page, parsed = False, None
-            if status == 200 and not _announced_json(resp_headers):
+            if _maybe_page(status, resp_headers, body):
                 try:
                     parsed = answers.loads(body)  # JSON even so: read once, here
                 except ValueError:
@@ -412,8 +415,9 @@ class TinyClient:
             if status >= 500:
                 self.breaker.failure(f"http_{status}")
             elif page:
-                # A load balancer's or proxy's page (its maintenance page, answered 200):
-                # not Tiny's answer and never one order's, so Tiny is down, as on a 5xx.
+                # A load balancer's or proxy's page (its maintenance page answered 200, a
+                # firewall's block page answered 403): not Tiny's answer (Tiny's, errors
+                # too, are JSON) and never one order's, so Tiny is down, as on a 5xx.
                 self.breaker.failure("not_json")
             else:
                 self.breaker.success()
@@ -450,13 +454,33 @@ class _Sent:
     body: bytes
     observed_at: dt.datetime
     token: str
-    #: A 200 neither announced as JSON nor JSON: something in front of Tiny answered.
+    #: A 200, 401 or 403 neither announced as JSON nor JSON (see _maybe_page): something
+    #: in front of Tiny answered.
     page: bool = False
-    #: The JSON of a 200 not announced as JSON, read to tell it from such a page.
+    #: The JSON of such an answer not announced as JSON, read to tell it from a page.
     parsed: tuple[Any, bool] | None = None
 
     def text(self, limit: int) -> str:
         return self.body[:limit].decode("utf-8", errors="replace")
+
+
+#: Statuses a page from in front of Tiny comes with: a maintenance page answered 200, a
+#: firewall's or proxy's block page answered 403 (or 401) to every request for a while.
+_PAGE_STATUSES = frozenset({200, 401, 403})
+
+
+def _maybe_page(status: int, headers: Mapping[str, str], body: bytes) -> bool:
+    """Whether an answer of ``status`` may be a page from in front of Tiny (it is one if
+    its body is not JSON either). Never one announced as JSON. A 401 or 403 with nothing
+    in it, or with a Bearer challenge, is the API's word on the token (RFC 6750 section
+    3: how an OAuth resource server refuses one), taken as it always was: a token the API
+    dropped is renewed, not waited out."""
+    if status not in _PAGE_STATUSES or _announced_json(headers):
+        return False
+    if status == 200:
+        return True
+    challenge = headers.get("WWW-Authenticate", "").lstrip().lower()
+    return bool(body.strip()) and not challenge.startswith("bearer")
 
 
 def _announced_json(headers: Mapping[str, str]) -> bool:
