@@ -14,7 +14,7 @@ so the original stays reachable as ``__cause__``::
     │   │   ├── TinyNotFound        404 for one order
     │   │   └── TinyOrderForbidden  401 on one order while the token is fresh
     │   ├── TinyRateLimited         429, after the account-wide pause and retries ran out
-    │   ├── TinyUnavailable         5xx / timeouts / connection errors / a proxy's page
+    │   ├── TinyUnavailable         5xx / timeouts / connection errors / a page in front
     │   │   └── TinyOutage          the circuit is open: too many failures in a row
     │   └── TinyBadPayload          a 200 whose body is not the JSON we expect
     │       └── TinyAnswerTooLarge  an answer over the size cap, refused unread
@@ -77,8 +77,9 @@ class TinyRateLimited(TinyError):
 
 
 class TinyUnavailable(TinyError):
-    """5xx, timeouts, connection errors or a proxy's page answered 200 (not JSON, not
-    announced as JSON) persisted past the bounded retries.
+    """5xx, timeouts, connection errors or a page from in front of Tiny (not JSON, not
+    announced as JSON: a proxy's answered 200, a firewall's answered 401 or 403, or a
+    page at a token endpoint known to work) persisted past the bounded retries.
 
     ``status`` and ``body`` keep the last answer (None and "" when there was none)."""
 
