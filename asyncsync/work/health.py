@@ -177,7 +177,7 @@ def judge(status: AccountStatus, interval_s: float, readiness: Readiness, now: d
     if last is None:
         readiness.set("freshness", "no full sync or cycle has completed yet")
     elif now - last > limit:
-        ago = int((now - last).total_seconds() // 60)
-        readiness.set("freshness", f"last success {ago} min ago (limit {in_minutes(limit)})")
+        ago, most = in_minutes(now - last), in_minutes(limit)
+        readiness.set("freshness", f"last success {ago} ago (limit {most})")
     else:
         readiness.clear("freshness")
