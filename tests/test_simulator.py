@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -374,3 +375,62 @@ async def test_stats_endpoint(http: aiohttp.ClientSession, sim: TinySimulator, a
     assert stats["requests_total"] == 1 and stats["list_requests_by_status"] == {"6": 1}
     assert stats["requests_by_endpoint"] == {"list": 1, "token": 1} and stats["orders"] == 600
     assert stats["token_refreshes"] == 1
+
+
+class _HostClock:
+    """Pins the host's wall clock as the simulator reads it (``datetime``'s ``now`` and
+    ``date``'s ``today``, in the host's own zone) to one aware moment."""
+
+    def __init__(self, moment: dt.datetime) -> None:
+        class Date(dt.date):
+            @classmethod
+            def today(cls) -> Date:
+                local = moment.astimezone()
+                return cls(local.year, local.month, local.day)
+
+        class DateTime(dt.datetime):
+            @classmethod
+            def now(cls, tz: dt.tzinfo | None = None) -> DateTime:  # type: ignore[override]
+                at = moment.astimezone(tz) if tz is not None else moment.astimezone()
+                return cls.combine(at.date(), at.timetz() if tz else at.time())
+
+        self.date, self.datetime = Date, DateTime
+        self.timedelta, self.time, self.tzinfo, self.UTC = dt.timedelta, dt.time, dt.tzinfo, dt.UTC
+
+
+@pytest.mark.parametrize(
+    "utc",
+    [
+        dt.datetime(2024, 7, 1, 1, 30, tzinfo=dt.UTC),  # 22:30 of June 30th in São Paulo
+        dt.datetime(2024, 6, 30, 9, 15, tzinfo=dt.UTC),  # 06:15 in São Paulo
+    ],
+)
+def test_generated_and_stamped_times_are_never_past_sao_paulos_now(
+    monkeypatch: pytest.MonkeyPatch, utc: dt.datetime
+) -> None:
+    """Tiny never reports a conclusion in the future, and its day is São Paulo's: the
+    generator's default ``today`` and every time it draws or stamps, at any hour."""
+    from asyncsync.simulator import data, state
+
+    monkeypatch.setattr(data, "dt", _HostClock(utc))
+    monkeypatch.setattr(state, "dt", _HostClock(utc))
+    now = utc.astimezone(ZoneInfo("America/Sao_Paulo")).replace(tzinfo=None)
+    sim = TinySimulator(SimConfig(orders=3000, seed=5, start_year=2024))
+    rows = sim.snapshot().values()
+    assert max(row["data_emissao"] for row in rows) == now.date()  # type: ignore[type-var]
+    concluded = [row["data_conclusao"] for row in rows if row["data_conclusao"] is not None]
+    assert concluded and max(concluded) <= now  # type: ignore[type-var, operator]
+    assert any(moment.date() == now.date() for moment in concluded)  # type: ignore[attr-defined]
+    # A given day stays deterministic: a past one, or São Paulo's today up to now.
+    for today in (dt.date(2024, 6, 29), now.date()):
+        config = SimConfig(orders=3000, seed=5, start_year=2024, today=today)
+        again = TinySimulator(config).snapshot()
+        assert again == TinySimulator(config).snapshot()
+        moments = [row["data_conclusao"] for row in again.values()]
+        assert max(m for m in moments if m is not None) <= now  # type: ignore[type-var]
+    # Orders changing during a run are stamped with São Paulo's now, too.
+    open_id = next(o.id for o in sim.orders.values() if o.situacao == Situacao.EM_ABERTO)
+    sim.set_status(open_id, Situacao.FINALIZADA)
+    added = sim.add_order(situacao=Situacao.FINALIZADA)
+    assert sim.orders[open_id].data_conclusao == sim.orders[added].data_conclusao == now
+    assert sim.orders[added].data == now.date()

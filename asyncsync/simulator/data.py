@@ -3,6 +3,10 @@
 :func:`generate_orders` builds the initial state; :class:`OrderFactory` fills in the
 per-order details and is reused by the control API (``add_order``, ``add_malformed``).
 The same seed (and the same ``today``) always yields the same orders.
+
+Time is São Paulo's, as Tiny's is (:func:`tiny_now`), whatever the host's zone: the default
+``today`` is São Paulo's date, and no date-time drawn is later than São Paulo's now (Tiny
+never reports a conclusion in the future); ``dataPrevista``, a due date, may be.
 """
 
 from __future__ import annotations
@@ -12,12 +16,22 @@ import random
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from asyncsync.status import Situacao
 
 SITUACAO_STYLES: tuple[str, ...] = ("int", "str", "label", "mixed", "unstable")
 ID_BASE = 700_000_000
 _ID_MAX_GAP = 37
+
+
+#: Tiny's zone: its dates and date-times are São Paulo's, whatever the host's zone is.
+TINY_ZONE = ZoneInfo("America/Sao_Paulo")
+
+
+def tiny_now() -> dt.datetime:
+    """São Paulo's wall clock, naive as Tiny renders it, to the second."""
+    return dt.datetime.now(TINY_ZONE).replace(tzinfo=None, microsecond=0)
 
 
 DATE_WINDOWS = ("inclusive", "end-exclusive", "start-exclusive", "exclusive")
@@ -67,7 +81,7 @@ class SimConfig:
     seed: int = 1
     #: Emission dates are spread from January 1st of ``start_year`` to ``today``.
     start_year: int = 2014
-    #: ``None`` means ``date.today()`` at generation time.
+    #: ``None`` means São Paulo's date at generation time (see :meth:`drawn_at`).
     today: dt.date | None = None
     rate_limit_per_minute: int = 120
     #: Length of one fixed rate-limit window, in seconds (tests shrink it).
@@ -96,9 +110,14 @@ class SimConfig:
     detail_error_rate: float = 0.0
     list_error_rate: float = 0.0
 
-    def resolved_today(self) -> dt.date:
-        """``today``, or the real current date when it is ``None``."""
-        return self.today if self.today is not None else dt.date.today()
+    def drawn_at(self) -> dt.datetime:
+        """The São Paulo moment (naive) the orders are drawn at, the latest any of their
+        date-times can be: São Paulo's now; for an explicit ``today`` other than São Paulo's
+        date, that day's last second, so its orders are the same whenever they are drawn."""
+        now = tiny_now()
+        if self.today is None or self.today == now.date():
+            return now
+        return dt.datetime.combine(self.today, dt.time(23, 59, 59))
 
 
 @dataclass(slots=True)
@@ -230,9 +249,10 @@ _DAYS = tuple(dt.timedelta(days=n) for n in range(32))
 class OrderFactory:
     """Draws the details of orders from one seeded random stream."""
 
-    def __init__(self, rng: random.Random, today: dt.date, clients: int) -> None:
+    def __init__(self, rng: random.Random, now: dt.datetime, clients: int) -> None:
         self._rng = rng
-        self._today = today
+        #: No date-time drawn is later (São Paulo's wall clock, naive).
+        self._now = now
         base = 800_000_000
         self._clients = [_make_client(rng, base + 17 * i) for i in range(max(clients, 1))]
 
@@ -248,10 +268,11 @@ class OrderFactory:
         r = self._rng.random
         if situacao is not Situacao.FINALIZADA or r() < 0.1:
             return None
-        done = min(day + _DAYS[int(r() * 20)], self._today)
+        done = min(day + _DAYS[int(r() * 20)], self._now.date())
         seconds = int(r() * 36_000)
-        return dt.datetime(done.year, done.month, done.day, 8 + seconds // 3600,
-                           seconds // 60 % 60, seconds % 60)  # fmt: skip
+        drawn = dt.datetime(done.year, done.month, done.day, 8 + seconds // 3600,
+                            seconds // 60 % 60, seconds % 60)  # fmt: skip
+        return min(drawn, self._now)  # concluded today, later than now: just now
 
     def make(self, order_id: int, numero: str, day: dt.date, situacao: Situacao) -> SimOrder:
         """A complete order with the given identity, emission date and status."""
@@ -296,13 +317,15 @@ class OrderFactory:
         )
 
 
-def generate_orders(config: SimConfig) -> list[SimOrder]:
-    """The initial orders, ids strictly increasing with the emission date."""
+def generate_orders(config: SimConfig, now: dt.datetime | None = None) -> list[SimOrder]:
+    """The initial orders, ids strictly increasing with the emission date, drawn at ``now``
+    (by default :meth:`SimConfig.drawn_at`): emitted up to its date, concluded up to it."""
     rng = random.Random(config.seed)
-    today = config.resolved_today()
+    now = now or config.drawn_at()
+    today = now.date()
     start = dt.date(config.start_year, 1, 1)
     span = max((today - start).days, 0)
-    factory = OrderFactory(rng, today, clients=min(max(config.orders // 5, 10), 5000))
+    factory = OrderFactory(rng, now, clients=min(max(config.orders // 5, 10), 5000))
     # sqrt of a uniform draw skews toward 1, i.e. toward recent dates.
     offsets = sorted(min(span, int((span + 1) * rng.random() ** 0.5)) for _ in range(config.orders))
     dates = [start + dt.timedelta(days=n) for n in range(span + 1)]
@@ -344,4 +367,5 @@ __all__ = [
     "SimOrder",
     "generate_orders",
     "next_id_after",
+    "tiny_now",
 ]

@@ -11,12 +11,19 @@ import datetime as dt
 import random
 from collections.abc import Callable
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from asyncsync.status import Situacao
 
 from .access import RateWindow, SimStats
-from .data import ID_BASE, OrderFactory, SimConfig, SimOrder, generate_orders, next_id_after
+from .data import (
+    ID_BASE,
+    OrderFactory,
+    SimConfig,
+    SimOrder,
+    generate_orders,
+    next_id_after,
+    tiny_now,
+)
 from .faults import Outage
 from .index import OrderIndex
 from .oauth import TokenStore
@@ -27,23 +34,16 @@ DEFAULT_CONFIG = SimConfig()
 HUGE_DETAIL_BYTES = 60_000_000
 
 
-#: Tiny's zone: its dates and date-times are São Paulo's, whatever the host's zone is.
-_TINY_ZONE = ZoneInfo("America/Sao_Paulo")
-
-
-def _wall_clock() -> dt.datetime:
-    """Naive local time, as Tiny (America/Sao_Paulo) renders it, to the second."""
-    return dt.datetime.now(_TINY_ZONE).replace(tzinfo=None, microsecond=0)
-
-
 class SimState:
     """Orders, tokens, quota and faults, with the control methods tests call."""
 
     def __init__(self, config: SimConfig = DEFAULT_CONFIG) -> None:
         self.config = config
-        #: Wall clock used for conclusion times and new orders; tests may replace it.
-        self.clock: Callable[[], dt.datetime] = _wall_clock
-        generated = generate_orders(config)
+        #: Wall clock used for conclusion times and new orders (São Paulo's, naive, as
+        #: Tiny renders it); tests may replace it.
+        self.clock: Callable[[], dt.datetime] = tiny_now
+        drawn_at = config.drawn_at()
+        generated = generate_orders(config, drawn_at)
         #: The live state, id -> order.
         self.orders: dict[int, SimOrder] = {o.id: o for o in generated}
         self._index = OrderIndex(generated)
@@ -51,7 +51,7 @@ class SimState:
         self._rng = random.Random(f"{config.seed}:control")
         #: Draws for injected errors; its own stream, so error rates do not move the data.
         self._fault_rng = random.Random(f"{config.seed}:faults")
-        self._factory = OrderFactory(self._rng, config.resolved_today(), clients=50)
+        self._factory = OrderFactory(self._rng, drawn_at, clients=50)
         self._last_id = generated[-1].id if generated else ID_BASE
         self._last_numero = len(generated)
         self._tokens = TokenStore(config)
