@@ -156,8 +156,8 @@ def dsn(raw: str) -> str:
         v.strip() for k, v in parse_qsl(parts.query) if k in ("dbname", "database")
     )
     if not named and not os.environ.get("PGDATABASE", "").strip():
-        raise ValueError("names no database: add it after the host, as in "
-                         "postgresql://user@host:5432/tiny")  # fmt: skip
+        raise ValueError("names no database (libpq would take the user's name for it): add "
+                         "it after the host, as in postgresql://user@host:5432/tiny")  # fmt: skip
     return value
 
 

@@ -253,15 +253,21 @@ def test_a_database_url_that_names_no_database_is_refused(monkeypatch) -> None:
 
     monkeypatch.delenv("PGDATABASE", raising=False)
     for url in ("postgresql://u:s3cret@db:5432", "postgresql://u:s3cret@db/",
-                "postgresql://u:s3cret@db/?sslmode=disable&dbname="):  # fmt: skip
+                "postgresql://u:s3cret@db/?sslmode=disable&dbname=",
+                "postgresql://postgres@127.0.0.1:5432"):  # fmt: skip
         for argv, env, name in ((["sync", "--database-url", url], {}, "--database-url"),
                                 (["status"], {"DATABASE_URL": url}, "DATABASE_URL")):  # fmt: skip
             with pytest.raises(ConfigError) as said:
                 parse(argv, env)
-            said_so = f"{name} names no database: add it after the host, as in postgresql:"
-            assert str(said.value).startswith(said_so + "//user@host:5432/tiny ("), url
+            # Why, so that one who meant the user's own database knows to name it.
+            said_so = (
+                f"{name} names no database (libpq would take the user's name for "
+                "it): add it after the host, as in postgresql://user@host:5432/tiny ("
+            )
+            assert str(said.value).startswith(said_so), url
     for url in ("postgresql://u@db/tiny", "postgresql://u@db?dbname=tiny",
-                "postgresql://u@db/?database=tiny", "postgresql://u@db/ti%20ny"):  # fmt: skip
+                "postgresql://u@db/?database=tiny", "postgresql://u@db/ti%20ny",
+                "postgresql://postgres@127.0.0.1:5432/postgres"):  # fmt: skip
         assert parse(["status", "--database-url", url], {}).common.database.database_url == url
     monkeypatch.setenv("PGDATABASE", "tiny")  # libpq's own variable names it
     assert parse(["status", "--database-url", "postgresql://u@db"], {}).common.database
