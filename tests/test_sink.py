@@ -65,6 +65,20 @@ async def test_a_workers_merge_lands_only_while_its_lease_is_held(db) -> None:
     assert [tuple(r) for r in history] == [(1, 0)]
 
 
+LOCK_SESSION = "SELECT pid FROM pg_stat_activity WHERE application_name = 'asyncsync sync'"
+
+
+async def cut_lock_session(db: asyncpg.Pool) -> int:
+    """End the session holding a one-shot sync's run lock; return once it is gone (and its
+    lock with it): its pid."""
+    pid = int(await db.fetchval(LOCK_SESSION))
+    await db.execute("SELECT pg_terminate_backend($1)", pid)
+    gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+    while not await db.fetchval(gone, pid):  # noqa: ASYNC110 (its lock goes)
+        await asyncio.sleep(0.05)
+    return pid
+
+
 async def test_a_one_shot_runs_merge_lands_only_while_its_run_lock_is_held(
     db, database_url
 ) -> None:
@@ -74,8 +88,6 @@ async def test_a_one_shot_runs_merge_lands_only_while_its_run_lock_is_held(
     another holder, the run stops (LockBusy) and nothing of theirs was written."""
     from asyncsync.errors import LockBusy
 
-    named = "SELECT pid FROM pg_stat_activity WHERE application_name = 'asyncsync sync'"
-    gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
     other = await asyncpg.connect(database_url)  # another run, on its own session
     try:
         with pytest.raises(LockBusy, match="lost its run lock mid-sync"):
@@ -84,10 +96,7 @@ async def test_a_one_shot_runs_merge_lands_only_while_its_run_lock_is_held(
                 sink = store.orders
                 async with store.lock("sync"):
                     await sink.merge_listed([parse_list_item(item(1, 0), T0)])
-                    pid = await db.fetchval(named)
-                    await db.execute("SELECT pg_terminate_backend($1)", pid)
-                    while not await db.fetchval(gone, pid):  # noqa: ASYNC110 (its lock goes)
-                        await asyncio.sleep(0.05)
+                    await cut_lock_session(db)
                     taken = "SELECT pg_try_advisory_lock(hashtext($1)::bigint)"
                     assert await other.fetchval(taken, "asyncsync.run:default")
                     later = T0 + dt.timedelta(seconds=1)
@@ -112,21 +121,43 @@ async def test_a_one_shot_runs_merge_after_its_lock_session_died_lands_within_it
     --db-reconnect 2 rode out before the lock check failed it with exit 6."""
     from asyncsync.store.resilience import Reconnect
 
-    named = "SELECT pid FROM pg_stat_activity WHERE application_name = 'asyncsync sync'"
-    gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
     async with connect_pool(database_url, max_size=4) as pool:
         store = Database(pool, Reconnect(within_s=2.0)).account("default", open_statuses=[0])
         async with store.lock("sync"):
             await store.orders.merge_listed([parse_list_item(item(1, 0), T0)])
-            pid = await db.fetchval(named)
-            await db.execute("SELECT pg_terminate_backend($1)", pid)
-            while not await db.fetchval(gone, pid):  # noqa: ASYNC110 (its lock goes)
-                await asyncio.sleep(0.05)
+            pid = await cut_lock_session(db)
             later = T0 + dt.timedelta(seconds=1)
             await store.orders.merge_listed([parse_list_item(item(1, 3), later)])
-            assert await db.fetchval(named) not in (None, pid)  # held again, on a new session
+            assert await db.fetchval(LOCK_SESSION) not in (None, pid)  # held again, anew
     rows = await db.fetch("SELECT id, situacao FROM ordens_servico ORDER BY id")
     assert [tuple(r) for r in rows] == [(1, 3)]
+
+
+async def test_a_one_shot_run_whose_lock_session_died_with_no_reconnect_exits_6(
+    db, database_url
+) -> None:
+    """With --db-reconnect 0 nothing is ridden: a merge that finds the run's lock session
+    cut (the database up, one session gone) does not wait for the lock to be taken again,
+    and the run ends as for any session cut mid-statement, a database outage (exit 6). Its
+    sentence said 'the merge waits until the lock is taken again' as the run ended."""
+    from asyncsync.cli import report_failure
+    from asyncsync.errors import DatabaseUnavailable
+    from asyncsync.store.resilience import Reconnect
+
+    async with connect_pool(database_url, max_size=4) as pool:
+        store = Database(pool, Reconnect(within_s=0.0)).account("default", open_statuses=[0])
+        async with store.lock("sync"):
+            await store.orders.merge_listed([parse_list_item(item(1, 0), T0)])
+            await cut_lock_session(db)
+            later = T0 + dt.timedelta(seconds=1)
+            with pytest.raises(DatabaseUnavailable) as ended:
+                await store.orders.merge_listed([parse_list_item(item(1, 3), later)])
+    rows = await db.fetch("SELECT id, situacao FROM ordens_servico ORDER BY id")
+    assert [tuple(r) for r in rows] == [(1, 0)]  # the merge did not land
+    assert report_failure("sync", ended.value) == 6
+    said = str(ended.value)
+    assert said.startswith("account 'default': the session holding this run's lock is gone")
+    assert "wait for the lock to be taken again for up to --db-reconnect seconds" in said
 
 
 async def test_an_account_leased_again_after_its_session_died_is_not_reported_lost(db) -> None:

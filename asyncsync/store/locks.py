@@ -137,8 +137,9 @@ class RunLockSession:
         self.lost.set()
         raise DatabaseUnavailable(
             f"account {self.account!r}: the session holding this run's lock is gone (a "
-            "database restart, or this process frozen past its statement timeout); the "
-            "merge waits until the lock is taken again"
+            "database restart, a cut connection, or this process frozen past its statement "
+            "timeout), so a merge did not commit; merges wait for the lock to be taken "
+            "again for up to --db-reconnect seconds"
         )
 
     async def hold(self, conn: asyncpg.Connection) -> None:
