@@ -128,8 +128,8 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
         "SELECT count(*) FROM ordens_servico WHERE id = ANY($1::bigint[]) AND detalhe IS NULL",
         report.recovered,
     )
-    # The status corrections are in the history, tagged 'integrity'; recoveries are first
-    # sightings; nothing else was added.
+    # The status corrections are in the history, tagged 'integrity'; nothing else was
+    # added: the rows deleted by hand kept their history, and their status had not moved.
     hist = await db.fetch(
         "SELECT id_os, status_antigo, status_novo, source FROM ordem_status_history "
         "ORDER BY seq OFFSET $1",
@@ -137,7 +137,7 @@ async def test_integrity_heals_the_damage_and_tracks_what_it_cannot(
     )
     assert sorted((r["id_os"], r["status_antigo"], r["status_novo"]) for r in hist
                   if r["source"] == "integrity") == fixed  # fmt: skip
-    assert sorted(r["id_os"] for r in hist if r["source"] != "integrity") == report.recovered
+    assert [r["id_os"] for r in hist if r["source"] != "integrity"] == []
 
     # The failing ids sit in import_failures with the list item and the failing answer.
     rows = {
@@ -230,6 +230,40 @@ async def test_changes_in_the_api_are_caught_without_a_sync(simulator, runtime_f
     snapshot = sim.snapshot()
     got = await mirror(db)
     assert diff(snapshot, {i: o for i, o in got.items() if i != gone}) == []
+
+
+async def test_a_row_deleted_by_hand_is_imported_onto_the_history_it_left(
+    simulator, runtime_for, db
+) -> None:
+    """asyncsync never deletes a mirror row, so one that is missing was deleted by hand
+    and its history is still there. The import that restores it continues that history:
+    no second first sighting (status_antigo NULL) where nothing moved, and a move while
+    the row was away is a move, old -> new (before: NULL -> new, so a move into 3 -
+    Finalizada was no conclusion the history could date, and each order's history was no
+    longer a chain)."""
+    sim = await simulator(orders=60, seed=21)
+    await sync(sim, runtime_for)
+    ids = sorted(sim.orders)
+    same = ids[4]
+    moved = next(i for i in ids if sim.orders[i].situacao != Situacao.FINALIZADA)
+    old = int(sim.orders[moved].situacao)
+    history = (
+        "SELECT status_antigo, status_novo, source FROM ordem_status_history"
+        " WHERE id_os = $1 ORDER BY seq"
+    )
+    kept = [tuple(r) for r in await db.fetch(history, same)]
+    await db.execute("DELETE FROM ordens_servico WHERE id = ANY($1::bigint[])", [same, moved])
+    sim.set_status(moved, Situacao.FINALIZADA)
+
+    report = await integrity(sim, runtime_for)
+
+    assert report.recovered == sorted([same, moved])
+    assert [tuple(r) for r in await db.fetch(history, same)] == kept == [(None, 3, "list")]
+    assert [tuple(r) for r in await db.fetch(history, moved)] == [
+        (None, old, "list"),
+        (old, int(Situacao.FINALIZADA), "integrity"),
+    ]
+    assert diff(sim.snapshot(), await mirror(db)) == []
 
 
 async def test_without_paginacao_the_full_comparison_runs(simulator, runtime_for, db) -> None:

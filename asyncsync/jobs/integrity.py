@@ -9,7 +9,8 @@ is known). Each page's ``(id, situacao)`` is checked against the mirror straight
 only the list rows that disagree are kept in memory; at the end every listed
 ``(id, situacao, hash, observed_at)`` is compared with the mirror as sets:
 
-* listed but absent → imported (list item + detail); a failed import goes to
+* listed but absent → imported (list item + detail), its history continued where a row
+  deleted by hand left one (not a second first sighting); a failed import goes to
   ``import_failures`` with the list item and the failing answer, and is not inserted.
   One whose failure waits for its next retry is left to the retry mode; one at manual
   review is tried once more (its list item reads now): imported, its failure resolved;
@@ -326,7 +327,10 @@ class _Check:
         )  # fmt: skip
         refused = {f.order_id for f in merged.refused}  # a failed attempt, counted by the merge
         failed = [*failed, *merged.refused]
-        self.found["recovered"] += [d.id for d in details if d.id not in refused]
+        recovered = [d.id for d in details if d.id not in refused]
+        # A row deleted by hand left its history: the import continues it.
+        await self.store.chain_history(recovered)
+        self.found["recovered"] += recovered
         # One at manual review that failed again stays there (an attempt more): a known
         # failure, reported as such, not one this run found.
         self.found["failed"] += [f.order_id for f in failed if f.order_id not in self.review]

@@ -422,6 +422,12 @@ class IntegrityStore(Protocol):
         ``'integrity'`` history row); returns the ids corrected."""
         ...
 
+    async def chain_history(self, ids: Sequence[int]) -> None:
+        """Continue the history ``ids`` had before their rows were deleted by hand: the
+        first sighting their import recorded becomes a move from the status last
+        observed, or goes when that is the status listed now."""
+        ...
+
     async def flag_deleted(self, ids: Sequence[int]) -> list[int]: ...
 
     async def save_run(

@@ -80,6 +80,14 @@ class PgIntegrityStore:
         """Through the orders store's merge, forced (see :meth:`PgOrderStore.correct`)."""
         return await self._orders.correct(records)
 
+    async def chain_history(self, ids: Sequence[int]) -> None:
+        """Imported orders whose history outlived their row (``integrity_chain_history``)."""
+        if ids:
+            await self._sql.execute(
+                "chaining the history of imported orders", "integrity_chain_history",
+                self.account, list(ids),
+            )  # fmt: skip
+
     async def flag_deleted(self, ids: Sequence[int]) -> list[int]:
         """Flag ``ids`` possibly_deleted (never delete); returns the ids newly flagged."""
         rows = await self._sql.fetch(
