@@ -16,7 +16,7 @@ from asyncsync.jobs.integrity import deep_day
 from asyncsync.jobs.retry import DEFAULT_POLICY
 from asyncsync.modes import execute
 from asyncsync.options import IntegrityOptions, OutputOptions
-from asyncsync.records import canonical_json, synthetic_id
+from asyncsync.records import FailureRecord, canonical_json, synthetic_id
 from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
 
@@ -431,6 +431,35 @@ async def test_a_missing_order_at_manual_review_still_broken_stays_a_known_failu
     )
     assert (row["tentativas"], row["resolvido"]) == (6, False)
     assert "TinyBadPayload" in row["erro"] and "earlier" not in row["erro"]
+
+
+async def test_an_order_at_manual_review_deleted_in_tiny_is_no_longer_asked_about(
+    simulator, runtime_for, db
+) -> None:
+    """Its failure used up its attempts (Tiny listed it and its detail answered 404), then
+    Tiny deleted it: the full comparison finds it in no listing, its detail answers 404,
+    and it is flagged possibly_deleted. Its failure is resolved with it, as a retry's 404
+    resolves one: it stayed open at manual review for ever, a person asked about an order
+    that no longer exists (integrity exit 0 with it reported, retry exit 1 at every run)."""
+    sim = await simulator(orders=40, seed=3)
+    victim = sorted(sim.orders)[9]
+    now = T0
+    async with runtime_for(sim, **FAST) as rt:
+        await helpers.full_sync(rt)
+        await rt.store.failures.record(  # five attempts, each a 404 while Tiny listed it
+            [FailureRecord(victim, "TinyNotFound: HTTP 404", None)],
+            now=now - dt.timedelta(hours=2), counts_as_attempt=True,
+        )  # fmt: skip
+        await db.execute("UPDATE import_failures SET tentativas = 5 WHERE id_ordem = $1", victim)
+        sim.delete_order(victim)
+        check = Found(await helpers.integrity(rt, deep=True, at=now))
+        retried = await helpers.retry(rt, now=now)
+    assert check.possibly_deleted == [victim] and check.manual_review == []
+    row = await db.fetchrow(
+        "SELECT tentativas, resolvido FROM import_failures WHERE id_ordem = $1", victim
+    )
+    assert (row["tentativas"], row["resolvido"]) == (5, True), "gone, yet it waits for a person"
+    assert retried.findings["manual_review"] == [] and retried.exit_code == 0
 
 
 async def test_a_listed_order_whose_detail_answers_404_reaches_manual_review(

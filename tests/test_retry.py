@@ -449,6 +449,11 @@ async def test_an_order_tiny_lists_whose_detail_answers_404_is_a_failure_not_a_d
         )
         sim.delete_order(victim)  # Tiny stops listing it: the next cycle's 404 flags it
         await helpers.incremental_sync(rt)
+        # Deleted for real: no person is left to ask about it (resolved, as a retry's 404
+        # resolves a failure whose order is gone), and nothing is asked again.
+        now += dt.timedelta(hours=1)
+        after = Retried(await helpers.retry(rt, now=now))
+        state = await failures(db)
     # asked (the vanished one, and the victim listed again, once), flagged, stale,
     # attempts, resolved; retried
     assert first is True
@@ -467,3 +472,5 @@ async def test_an_order_tiny_lists_whose_detail_answers_404_is_a_failure_not_a_d
     assert (check.facts["method"], check.findings["reappeared"]) == ("pre-check", [])
     flagged = await db.fetch("SELECT id FROM ordens_servico WHERE possibly_deleted")
     assert sorted(r["id"] for r in flagged) == sorted([gone, victim])
+    assert state[victim][:2] == (5, True), "deleted in Tiny, yet it waits for a person"
+    assert (after.manual_review, after.due, after.exit_code) == ([], 0, 0)

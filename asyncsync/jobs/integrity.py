@@ -358,7 +358,9 @@ class _Check:
         await self.failures.record(out.failures, now=self.ctx.clock(), counts_as_attempt=True)
         self.found["failed"] = sorted({*self.found["failed"], *(f.order_id for f in out.failures)})
         self.found["unavailable"] = sorted({*self.found["unavailable"], *out.unavailable})
-        self.found["possibly_deleted"] = await self.store.flag_deleted(list(out.missing))
+        self.found["possibly_deleted"] = await self.store.flag_deleted(
+            list(out.missing), now=self.ctx.clock()
+        )
         self.found["unconfirmed"] = list(ids[CONFIRM_LIMIT:])
         out.raise_outage()
 

@@ -124,9 +124,9 @@ async def retry_due(
         records, details, unbuilt = orders_from_details(out, parsed, mirrored)
         failed += unbuilt
         merged = await sink.merge_listed(records, attempt=True)
+        # The deleted: flagged, their failures resolved, in the details' merge.
         merged = merged + await sink.merge_details(details, missing=deleted, attempt=True)
         await failures.record(failed, now=now, counts_as_attempt=True)
-        await failures.resolve(deleted, now=now)
         gone += sorted(deleted)
         # What PostgreSQL still refuses failed this attempt too (the merge counted it).
         failed += merged.refused

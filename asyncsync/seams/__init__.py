@@ -394,10 +394,6 @@ class FailureLog(Protocol):
 
     async def manual_review(self, policy: RetryPolicy) -> list[ManualReview]: ...
 
-    async def resolve(self, ids: Collection[int], *, now: dt.datetime) -> None:
-        """Resolve the open failures of ``ids`` at ``now``: nothing is left to import."""
-        ...
-
 
 class IntegrityStore(Protocol):
     """What an integrity run asks of the mirror."""
@@ -428,7 +424,10 @@ class IntegrityStore(Protocol):
         observed, or goes when that is the status listed now."""
         ...
 
-    async def flag_deleted(self, ids: Sequence[int]) -> list[int]: ...
+    async def flag_deleted(self, ids: Sequence[int], *, now: dt.datetime) -> list[int]:
+        """Flag ``ids`` possibly_deleted and resolve their open failures (a detail's 404:
+        gone from Tiny); returns the ids newly flagged."""
+        ...
 
     async def save_run(
         self, started_at: dt.datetime, finished_at: dt.datetime, consistent: bool, report: str

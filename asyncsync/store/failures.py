@@ -150,13 +150,6 @@ class PgFailureLog:
             for r in rows
         ]
 
-    async def resolve(self, ids: Collection[int], *, now: dt.datetime) -> None:
-        """See :meth:`asyncsync.seams.FailureLog.resolve`."""
-        if ids:
-            await self._sql.execute(
-                "resolving failures", "resolve_failures", self.account, list(ids), now
-            )
-
     async def counts(self, policy: RetryPolicy) -> FailureCounts:
         """How many failures wait for a retry, for a person, or were ignored."""
         row = await self._sql.fetchrow(

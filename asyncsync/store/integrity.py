@@ -88,12 +88,22 @@ class PgIntegrityStore:
                 self.account, list(ids),
             )  # fmt: skip
 
-    async def flag_deleted(self, ids: Sequence[int]) -> list[int]:
-        """Flag ``ids`` possibly_deleted (never delete); returns the ids newly flagged."""
-        rows = await self._sql.fetch(
-            "flagging unlisted orders", "integrity_flag_deleted", self.account, list(ids)
-        )
-        return sorted(row["id"] for row in rows)
+    async def flag_deleted(self, ids: Sequence[int], *, now: dt.datetime) -> list[int]:
+        """Flag ``ids`` possibly_deleted (never delete) and resolve their open failures at
+        ``now``, as a 404 merged with details does (``PgOrderStore.merge_details``): one at
+        manual review asked a person about an order gone from Tiny. Returns the ids newly
+        flagged."""
+        if not ids:
+            return []
+
+        async def flag() -> list[int]:
+            async with self._sql.pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(sql("integrity_flag_deleted"), self.account, list(ids))
+                await conn.execute(sql("resolve_failures"), self.account, list(ids), now)
+            return sorted(row["id"] for row in rows)
+
+        flagged: list[int] = await self._sql.run("flagging unlisted orders", flag)
+        return flagged
 
     async def save_run(
         self, started_at: dt.datetime, finished_at: dt.datetime, consistent: bool, report: str

@@ -398,7 +398,8 @@ class PgOrderStore:
         unresolved: Collection[int] = (),
         listed: Collection[int] = (),
     ) -> MergeStats:
-        """Apply fetched details; record failures; flag orders whose detail is gone (404).
+        """Apply fetched details; record failures; flag orders whose detail is gone (404)
+        and resolve their open failures (a person is not asked about a deleted order).
         The failures of ``unresolved`` orders stay open though their detail lands (their
         list item is what failed, and it still does). Of ``missing``, the ``listed`` ones
         a listing of this run showed are not flagged: each is an import failure with its
@@ -477,8 +478,9 @@ class PgOrderStore:
                 landed = await conn.fetch(sql("merge_details"), self.account)
                 ids = [row["id"] for row in landed if row["id"] not in unresolved]
                 await conn.execute(sql("resolve_failures"), self.account, ids, now)
-            if gone:
+            if gone:  # deleted in Tiny: flagged, and nothing is left to import of them
                 await conn.execute(sql("mark_missing"), self.account, gone)
+                await conn.execute(sql("resolve_failures"), self.account, gone, now)
             recorded = await failure_rows.upsert(
                 conn, self.account, failures, now=now, counts_as_attempt=False
             )
