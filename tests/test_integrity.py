@@ -26,6 +26,7 @@ from .mirror import diff, mirror
 
 T0 = dt.datetime(2031, 5, 4, 12, 0, tzinfo=dt.UTC)
 FAST = {"max_retries": 2}  # a 500 costs one retry, not four
+DAY = dt.timedelta(days=1)
 
 
 async def sync(sim: TinySimulator, runtime_for) -> None:
@@ -375,13 +376,14 @@ async def test_failures_a_person_ignored_are_left_alone_for_good(
             assert sim.stats.requests_by_endpoint["list"] - lists == 8  # the pre-check agrees
 
 
-async def test_a_missing_order_at_manual_review_that_reads_again_is_imported_at_once(
+async def test_a_missing_order_at_manual_review_that_reads_again_waits_for_a_listing(
     simulator, runtime_for, db
 ) -> None:
     """An order the mirror lacks, its list item and its detail broken until its failure
-    used up its attempts, then fixed in Tiny: the full comparison that lists it readable
-    imports it and resolves its failure (section 6: each missing order is imported), not
-    the next sync's listing a cycle later."""
+    used up its attempts, then fixed in Tiny. Section 6: after the last attempt the failure
+    stays for a person, no automatic attempt: the full comparison reports it at manual
+    review and asks no detail. The listing that reads it whole (the next sync's) imports
+    it and resolves its failure, as it resolves any failure of a record fixed in Tiny."""
     sim = await simulator(orders=40, seed=3)
     victim = sorted(sim.orders)[5]
     mend = helpers.break_list_item(sim, victim)
@@ -397,19 +399,27 @@ async def test_a_missing_order_at_manual_review_that_reads_again_is_imported_at_
         sim.fail_detail.clear()
         details = sim.stats.requests_by_endpoint["detail"]
         report = Found(await helpers.integrity(rt, deep=True, at=now))
-    assert report.recovered == [victim] and report.manual_review == []
-    assert report.exit_code == 0 and report.failed == []
-    assert sim.stats.requests_by_endpoint["detail"] - details == 1
+        asked = sim.stats.requests_by_endpoint["detail"] - details
+        attempts = await db.fetchval(
+            "SELECT tentativas FROM import_failures WHERE id_ordem = $1", victim
+        )
+        await helpers.full_sync(rt)
+        check = Found(await helpers.integrity(rt, deep=True, at=now))
+    assert report.manual_review == [victim] and report.recovered == report.failed == []
+    assert report.exit_code == 0 and asked == 0 and attempts == 5
+    assert check.manual_review == [] and check.exit_code == 0
     resolved = "SELECT resolvido FROM import_failures WHERE id_ordem = $1"
     assert await db.fetchval(resolved, victim), "imported, yet its failure waits for a person"
     assert diff(sim.snapshot(), await mirror(db)) == []  # the mirror is exact
 
 
-async def test_a_missing_order_at_manual_review_still_broken_stays_a_known_failure(
+async def test_a_missing_order_at_manual_review_still_broken_costs_no_request(
     simulator, runtime_for, db
 ) -> None:
-    """Its list item reads but its detail is still broken: asked once, the failure stays
-    at manual review (an attempt more), a known failure, not one this run found."""
+    """Its list item reads but its detail is still broken: section 6 stops at 5 attempts,
+    then a person decides. The full comparison reports it at manual review, a known
+    failure, and neither asks its detail nor counts an attempt: it asked it at every full
+    comparison (a detail request each) and counted it, 6, 7, ... past the limit."""
     sim = await simulator(orders=40, seed=3)
     victim = sorted(sim.orders)[5]
     sim.fail_detail[victim] = "malformed"
@@ -423,14 +433,46 @@ async def test_a_missing_order_at_manual_review_still_broken_stays_a_known_failu
             victim, now.replace(tzinfo=None),
         )  # fmt: skip
         details = sim.stats.requests_by_endpoint["detail"]
-        report = Found(await helpers.integrity(rt, deep=True, at=now + dt.timedelta(hours=1)))
+        for day in (1, 2):
+            report = Found(await helpers.integrity(rt, deep=True, at=now + day * DAY))
     assert report.manual_review == [victim] and report.failed == report.recovered == []
-    assert report.exit_code == 0 and sim.stats.requests_by_endpoint["detail"] - details == 1
+    assert report.exit_code == 0 and sim.stats.requests_by_endpoint["detail"] - details == 0
     row = await db.fetchrow(
         "SELECT tentativas, resolvido, erro FROM import_failures WHERE id_ordem = $1", victim
     )
-    assert (row["tentativas"], row["resolvido"]) == (6, False)
-    assert "TinyBadPayload" in row["erro"] and "earlier" not in row["erro"]
+    assert (row["tentativas"], row["resolvido"]) == (5, False)
+    assert row["erro"] == "TinyBadPayload: earlier"  # not asked: nothing newer to say
+
+
+async def test_an_unlisted_order_at_manual_review_is_asked_but_not_counted_again(
+    simulator, runtime_for, db
+) -> None:
+    """A mirror row in no listing, its failure at manual review and its detail broken: the
+    full comparison asks its detail (only a 404 says it is gone), and the answer that
+    fails again is no sixth attempt: section 6 stops counting at 5 (it rose by one at
+    every full comparison)."""
+    sim = await simulator(orders=40, seed=3)
+    victim = sorted(sim.orders)[5]
+    now = T0
+    async with runtime_for(sim, **FAST) as rt:
+        await helpers.full_sync(rt)
+        sim._index.remove(victim, sim.orders[victim].situacao)  # missed by the listings
+        sim.fail_detail[victim] = "malformed"
+        await rt.store.failures.record(
+            [FailureRecord(victim, "TinyBadPayload: earlier", None)],
+            now=now - DAY, counts_as_attempt=True,
+        )  # fmt: skip
+        await db.execute("UPDATE import_failures SET tentativas = 5 WHERE id_ordem = $1", victim)
+        details = sim.stats.requests_by_endpoint["detail"]
+        for day in (1, 2):
+            report = Found(await helpers.integrity(rt, deep=True, at=now + day * DAY))
+    assert sim.stats.requests_by_endpoint["detail"] - details == 2  # asked: deleted or not
+    assert report.possibly_deleted == [] and report.manual_review == [victim]
+    row = await db.fetchrow(
+        "SELECT tentativas, resolvido, erro FROM import_failures WHERE id_ordem = $1", victim
+    )
+    assert (row["tentativas"], row["resolvido"]) == (5, False)
+    assert "TinyBadPayload" in row["erro"] and "earlier" not in row["erro"]  # its newest answer
 
 
 async def test_an_order_at_manual_review_deleted_in_tiny_is_no_longer_asked_about(

@@ -149,6 +149,27 @@ async def test_a_write_tried_again_after_its_answer_was_lost_is_not_done_twice(
     assert await db.fetchval("SELECT count(*) FROM integrity_runs") == 1
 
 
+async def test_no_write_counts_an_attempt_past_the_last(simulator, runtime_for, db) -> None:
+    """Section 6: at most 5 attempts, then a person decides. A failure at its fifth that
+    fails again (an integrity check asks the detail of an order in no listing, whatever
+    its failure), or that something resolved and a listing brings back with the same
+    broken item, takes the newest error but no sixth attempt: it went 6, 7, ..."""
+    sim: TinySimulator = await simulator(orders=10, seed=6)
+    now = utcnow().replace(microsecond=0)
+    async with runtime_for(sim) as rt:
+        for n in range(7):
+            failed = [FailureRecord(7, f"TinyBadPayload: answer {n}", None)]
+            await rt.store.failures.record(failed, now=now + n * SECOND, counts_as_attempt=True)
+        seventh = (await failures(db))[7][:2]
+        erro = await db.fetchval("SELECT erro FROM import_failures WHERE id_ordem = 7")
+        await db.execute("UPDATE import_failures SET resolvido = true")
+        await rt.store.failures.record(
+            failed, now=now + 8 * SECOND, counts_as_attempt=False, listed=True
+        )
+    assert seventh == (5, False) and erro == "TinyBadPayload: answer 6"
+    assert (await failures(db))[7][:2] == (5, False)  # back at manual review, not at 6
+
+
 async def test_a_listings_failures_are_written_whole_or_not_at_all(
     simulator, runtime_for, db
 ) -> None:

@@ -13,8 +13,8 @@ only the list rows that disagree are kept in memory; at the end every listed
   deleted by hand left one (not a second first sighting); a failed import goes to
   ``import_failures`` with the list item and the failing answer, and is not inserted.
   One whose failure waits for its next retry is left to the retry mode; one at manual
-  review is tried once more (its list item reads now): imported, its failure resolved;
-  failing again, it stays at manual review;
+  review is a person's (section 6: no attempt after the last), reported, not asked: the
+  listing that reads it whole (a sync's) or ``failures retry`` ends it;
 * status differs → corrected from the list item, with an ``'integrity'`` history row;
 * in no listing → its detail is asked: alive, it is merged; else ``possibly_deleted``.
 """
@@ -104,7 +104,6 @@ class _Check:
         self.seen: dict[int, Sighting] = {}  # id -> latest sighting
         self.candidates: dict[int, OrderRecord] = {}  # list rows that disagree with the mirror
         self.unreadable: dict[int, FailureRecord] = {}
-        self.review: set[int] = set()  # missing, their failure at manual review: tried once
         self.found: dict[str, list[Any]] = {
             name: []
             for name in ("recovered", "failed", "unavailable", "awaiting_retry", "unreadable",
@@ -285,12 +284,11 @@ class _Check:
                 self.found["stale"].append({"id": s.id, "from": s.old, "to": s.new})
             if s.flagged:
                 self.found["reappeared"].append(s.id)
-        # At manual review the retry mode tries it no more, but its list item reads now:
-        # imported here, as section 6 imports each missing order, not by the next sync.
-        self.review = {i for i in comparison.review if i in self.candidates}
-        self.found["awaiting_retry"] = [i for i, due in missing if not due and i not in self.review]
+        # Not due: its next retry is the retry mode's, or its attempts are used up and it
+        # waits for a person (section 6), reported as such by the run (manual_review).
+        self.found["awaiting_retry"] = [i for i, due in missing if not due]
         unlisted = [i for i in comparison.unlisted if i not in self.unreadable]
-        return [i for i, due in missing if due or i in self.review], unlisted
+        return [i for i, due in missing if due], unlisted
 
     async def _import(self, ids: Sequence[int]) -> None:
         """Missing orders: detail first; only a complete order enters the mirror. In rounds
@@ -331,9 +329,7 @@ class _Check:
         # A row deleted by hand left its history: the import continues it.
         await self.store.chain_history(recovered)
         self.found["recovered"] += recovered
-        # One at manual review that failed again stays there (an attempt more): a known
-        # failure, reported as such, not one this run found.
-        self.found["failed"] += [f.order_id for f in failed if f.order_id not in self.review]
+        self.found["failed"] += [f.order_id for f in failed]
         self.found["unavailable"] += list(out.unavailable)
         out.raise_outage()
 

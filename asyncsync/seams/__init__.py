@@ -276,9 +276,6 @@ class Comparison:
     missing: tuple[tuple[int, bool], ...]  # (id, due): listed, absent from the mirror
     stale: tuple[StaleRow, ...]
     unlisted: tuple[int, ...]  # mirror rows in no listing (only when the listing was complete)
-    #: Of ``missing``, not due: their failure used up its attempts (manual review), yet
-    #: their list item reads now.
-    review: tuple[int, ...] = ()
 
 
 # --- the Protocols -----------------------------------------------------------------------

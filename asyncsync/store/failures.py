@@ -21,6 +21,11 @@ from .locks import AccountHold
 from .resilience import SqlRunner
 from .sqlfiles import sql
 
+#: The attempts after which no write counts another (section 6: then a person decides).
+#: The writers (a listing's merge, a details pass) take no policy: it is the default one's,
+#: the only one the modes use (``asyncsync.jobs.retry.DEFAULT_POLICY``).
+MAX_ATTEMPTS = RetryPolicy().max_attempts
+
 
 def _policy(policy: RetryPolicy) -> tuple[int, float, float]:
     return policy.max_attempts, policy.base_s, policy.factor
@@ -40,7 +45,7 @@ async def upsert(
     :func:`count`, once they are committed).
     ``listed``: list items a listing read (failure_upsert.sql); their open rows take the
     newest item first, in a statement of its own, not counted as written
-    (failure_relisted.sql)."""
+    (failure_relisted.sql). No row counts more than :data:`MAX_ATTEMPTS` attempts."""
     if not failures:
         return []
     latest = {f.order_id: f for f in failures}  # one row per id and statement
@@ -56,6 +61,7 @@ async def upsert(
         now,
         counts_as_attempt,
         listed,
+        MAX_ATTEMPTS,
     )
     return [r["id_ordem"] for r in rows]
 

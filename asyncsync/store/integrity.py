@@ -73,7 +73,6 @@ class PgIntegrityStore:
                 StaleRow(s["id"], s["old"], s["new"], s["possibly_deleted"]) for s in stale
             ),
             unlisted=tuple(u["id"] for u in unlisted),
-            review=tuple(m["id"] for m in missing if m["review"]),
         )
 
     async def correct(self, records: Sequence[OrderRecord]) -> set[int]:

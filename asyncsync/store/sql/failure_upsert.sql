@@ -10,9 +10,13 @@
 -- failure (a body cut short now and then, weeks apart): at attempt 1, its retries ahead.
 -- A row a person ignored (ignorado_em) is left alone: it stays resolved. An attempt is
 -- stamped with the caller's clock: the same stamp again is the same attempt, not another.
+-- No write counts an attempt past the last ($8, section 6: at most 5, then a person
+-- decides): an open row at manual review that fails again (an integrity check asking the
+-- detail of an order in no listing) takes the newest error and answer, not a sixth
+-- attempt, and one reopened by the same broken list item goes back to manual review.
 -- dados_api keeps what earlier attempts stored (the list item) and takes the newest answer.
 -- $1 account, $2 ids, $3 errors, $4 dados_api (JSON text or NULL), same order; ids distinct.
--- $7 listed: the failures are list items a listing read.
+-- $7 listed: the failures are list items a listing read. $8 max attempts.
 -- Returns the ids whose row was written.
 INSERT INTO import_failures AS f (
     account, id_ordem, primeira_tentativa, ultima_tentativa, erro, tentativas, resolvido, dados_api
@@ -24,10 +28,12 @@ ON CONFLICT (account, id_ordem) DO UPDATE SET
     erro = EXCLUDED.erro,
     tentativas = CASE WHEN coalesce(f.resolvido, false) AND $7::boolean
                            AND f.erro IS NOT DISTINCT FROM EXCLUDED.erro
-                           THEN coalesce(f.tentativas, 0) + 1
+                           THEN least(coalesce(f.tentativas, 0) + 1, $8::int)
                       WHEN coalesce(f.resolvido, false) THEN 1
                       -- the same attempt's statement again (its first answer was lost)
                       WHEN f.ultima_tentativa = EXCLUDED.ultima_tentativa THEN f.tentativas
+                      -- at manual review: no automatic attempt counts any more
+                      WHEN coalesce(f.tentativas, 1) >= $8::int THEN f.tentativas
                       ELSE coalesce(f.tentativas, 0) + 1 END,
     primeira_tentativa = CASE WHEN coalesce(f.resolvido, false)
                                    AND (NOT $7::boolean OR f.erro IS DISTINCT FROM EXCLUDED.erro)

@@ -1,9 +1,7 @@
 -- Listed ids absent from the mirror (and not ignored), with the state of their open import
 -- failure, if any:
 -- due when there is none, or when the retry schedule says the next attempt is due at $2;
--- review when it used up its attempts (manual review). The retry mode no longer tries
--- those, but this one is listed and its list item reads now (only items that parsed are
--- staged): the integrity run tries it once more, as the next sync's listing would.
+-- never when it used up its attempts: it waits for a person (section 6), not for this run.
 -- $1 account, $2 now, $3 max attempts, $4 base delay (s), $5 factor
 SELECT l.id,
        f.id_ordem IS NOT NULL AS tracked,
@@ -11,8 +9,7 @@ SELECT l.id,
         OR (coalesce(f.tentativas, 1) < $3
             AND f.ultima_tentativa
                 + make_interval(secs => $4::float8 * power($5::float8, coalesce(f.tentativas, 1) - 1))
-                <= $2::timestamptz)) AS due,
-       (f.id_ordem IS NOT NULL AND coalesce(f.tentativas, 1) >= $3) AS review
+                <= $2::timestamptz)) AS due
 FROM integrity_listed l
 LEFT JOIN import_failures f
        ON f.account = $1 AND f.id_ordem = l.id AND NOT coalesce(f.resolvido, false)
