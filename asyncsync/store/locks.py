@@ -59,6 +59,9 @@ async def advisory_lock(
 
 
 async def _unlock(conn: asyncpg.Connection, name: str, *, renamed: bool) -> None:
+    if _gone(conn):  # its session ended (a restart, a cut): the lock went with it
+        log.debug("%s went with its session: nothing to release", name)
+        return
     try:
         await asyncio.shield(conn.execute(sql("lock_release"), name))
         if renamed:
