@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 from aioresponses import aioresponses
+from yarl import URL
 
 from asyncsync import metrics
 from asyncsync.client import AccountLimiter, MemoryTokenStore, TinyClient, TokenManager, answers
@@ -24,6 +25,7 @@ from asyncsync.clock import utcnow
 from asyncsync.errors import (
     DatabaseUnavailable,
     ReauthorizationRequired,
+    TinyAuthError,
     TinyAuthMisconfigured,
     TinyBadPayload,
     TinyNotFound,
@@ -598,6 +600,65 @@ async def test_a_page_at_a_token_endpoint_known_to_work_is_an_outage(simulator) 
         sim.token_page = False  # the maintenance is over
         assert await tokens.rejected(token) is None and tokens.current() != token
     assert metrics.value("asyncsync_token_refresh_failures_total", labels) >= before + 2
+
+
+async def test_a_page_at_the_token_endpoint_is_no_word_on_the_apps_credentials(
+    monkeypatch,
+) -> None:
+    # A 401 or 403 page at the token endpoint (a firewall's block page, a proxy's login)
+    # said "token endpoint answered 403 (no error code): check TINY_CLIENT_ID and
+    # TINY_CLIENT_SECRET", exit 1, even from an endpoint that granted the stored tokens
+    # (the page answered 200 was already an outage there), and so did the authorization
+    # code's exchange; a 429 there blamed the credentials too. Tiny's OAuth errors are
+    # JSON: a page follows the 200 page's rule, whatever its status; JSON is read as ever.
+    monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
+    url = "http://tiny.test/token"
+    page = "<html><body><h1>403 Forbidden</h1>Request blocked.</body></html>"
+    issued = utcnow() - dt.timedelta(hours=4)  # granted by this endpoint: it works
+    granted = TokenSet("r", "tok", utcnow(), access_issued_at=issued)
+    with aioresponses() as mocked:
+        async with aiohttp.ClientSession() as session:
+
+            def manager(store: MemoryTokenStore) -> TokenManager:
+                return TokenManager(session, url, Credentials("c", "s", "r"), store)
+
+            for status in (401, 403, 400):  # never known to work: the address's
+                mocked.post(url, status=status, body=page, content_type="text/html")
+                said = rf"answered {status} with no OAuth JSON \('<html>.*check TINY_TOKEN_URL"
+                with pytest.raises(TinyAuthMisconfigured, match=said) as caught:
+                    await manager(MemoryTokenStore()).access_token()
+                assert "TINY_CLIENT_ID" not in str(caught.value)
+            for status in (200, 403):  # `authorize`'s exchange of the code
+                mocked.post(url, status=status, body=page, content_type="text/html")
+                with pytest.raises(TinyAuthMisconfigured, match=f"answered {status} with no OAuth"):
+                    await manager(MemoryTokenStore()).exchange_code("code", "http://x/cb")
+            for status, kind in ((403, "text/html"), (401, "text/plain"), (429, "text/html")):
+                mocked.post(url, status=status, body=page, content_type=kind, repeat=3)
+                with pytest.raises(TinyUnavailable, match=f"answered {status}") as caught:
+                    await manager(MemoryTokenStore(granted)).access_token()  # known to work
+                assert "TINY_CLIENT_ID" not in str(caught.value)
+                assert (status == 429) is (token_module.PAGE_HINT not in str(caught.value))
+            assert len(mocked.requests[("POST", URL(url))]) == 5 + 3 * 3
+            # Through the client: the breaker's kind, with what to check.
+            mocked.post(url, status=403, body=page, content_type="text/html", repeat=3)
+            client = _mocked_client(session, MemoryTokenStore(granted))
+            client.breaker.threshold = 1
+            with pytest.raises(TinyUnavailable, match="check TINY_TOKEN_URL"):
+                await client.get_order(1, retry=False)
+            assert client.breaker.reason == (
+                "1 failures in a row: 1 × token_endpoint_not_json; if it persists, check "
+                "TINY_TOKEN_URL (--token-url)"
+            )
+            # Tiny's OAuth errors, JSON, are its word as before, known endpoint or not.
+            for status, error, raised, said in (
+                (401, "invalid_client", TinyAuthMisconfigured, "check TINY_CLIENT_ID"),
+                (400, "invalid_grant", ReauthorizationRequired, "authorize"),
+                (400, "unsupported_grant_type", TinyAuthError, "check TINY_CLIENT_ID"),
+            ):
+                for store in (MemoryTokenStore(), MemoryTokenStore(granted)):
+                    mocked.post(url, status=status, payload={"error": error})
+                    with pytest.raises(raised, match=said):
+                        await manager(store).access_token()
 
 
 async def test_a_revoked_token_of_an_account_of_the_table_names_the_account_to_authorize(

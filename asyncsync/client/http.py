@@ -355,9 +355,10 @@ class TinyClient:
         and a run whose every request failed ended "ok"), and the request goes again after
         its backoff like after any 5xx (raised as it was, a blip of two seconds at the
         token endpoint failed the listing that needed the token, and the whole run). A page
-        there instead of OAuth JSON (a status below 400) counts as its own kind, with what
-        to check should it persist."""
-        if exc.status is not None and exc.status < 400:
+        there instead of OAuth JSON (whatever its status: a 200 maintenance page, a 403
+        block page; the one such failure raised with its status) counts as its own kind,
+        with what to check should it persist."""
+        if exc.status is not None:
             self.breaker.failure("token_endpoint_not_json", hint=PAGE_HINT)
         else:
             self.breaker.failure("token_endpoint")

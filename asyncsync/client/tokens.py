@@ -31,7 +31,7 @@ import re
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import backoff
@@ -347,7 +347,7 @@ class TokenManager:
                 "(codes live about a minute) or the redirect URI differs; authorize again"
             )
         async with self._store.exclusive():
-            tokens = self._granted(status, data, sent_at, None)
+            tokens = self._granted(status, body, data, sent_at, None)
             await outlast_cancellation(self._store.save(tokens))
         metrics.TOKEN_REFRESHES.labels(self._account).inc()
         return self._adopt(tokens)
@@ -394,9 +394,10 @@ class TokenManager:
         backoff.expo, TinyUnavailable, max_tries=3, max_value=10, jitter=backoff.full_jitter
     )
     async def _post(self, refresh_token: str) -> TokenSet:
-        """One grant; a 5xx or an unreachable endpoint is tried three times in all, and so
-        is a page (no OAuth JSON, status below 400) once the endpoint is known to work (it
-        answered this manager in OAuth JSON, or granted the stored tokens)."""
+        """One grant; a 5xx, a 429 or an unreachable endpoint is tried three times in all,
+        and so is a page (no OAuth JSON, whatever its status but 404 and 405) once the
+        endpoint is known to work (it answered this manager in OAuth JSON, or granted the
+        stored tokens)."""
         form = {
             "grant_type": "refresh_token",
             "client_id": self._credentials.client_id,
@@ -415,34 +416,46 @@ class TokenManager:
             raise TinyUnavailable(f"token endpoint unreachable: {exc!r}") from exc
         data = _json_object(body)
         self._note_oauth(data)
-        if not data and status < 400:
-            preview = body[:120].decode("utf-8", errors="replace").strip() or "an empty body"
-            if self._endpoint_works:
-                # A proxy's maintenance page while the token host is down: an outage like
-                # its 5xx (exit 2, which the units do not restart on, ended serve for good).
-                metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
-                raise TinyUnavailable(
-                    f"the token endpoint {self._token_url} answered {status} with a page, "
-                    f"not OAuth JSON ({preview!r}), though it has answered in OAuth JSON "
-                    f"before: taken for an outage; {PAGE_HINT}",
-                    status=status, body=preview,
-                )  # fmt: skip
-            # Never known to work: a web page (a login form pasted for the token URL) or
-            # nothing at all: not an OAuth endpoint.
-            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
-            raise TinyAuthMisconfigured(
-                f"the token endpoint {self._token_url} answered {status} with no OAuth JSON "
-                f"({preview!r}): check TINY_TOKEN_URL (--token-url)"
-            )
-        return self._granted(status, data, sent_at, refresh_token)
+        return self._granted(status, body, data, sent_at, refresh_token)
 
     def _note_oauth(self, data: dict[str, Any]) -> None:
         """Remember that the token endpoint speaks OAuth (a token, or an OAuth error)."""
-        if isinstance(data.get("access_token"), str) or isinstance(data.get("error"), str):
+        if _oauth(data):
             self._endpoint_works = True
 
+    def _page(self, status: int, body: bytes) -> NoReturn:
+        """An answer with no OAuth JSON in it (a page, or nothing), whatever its status
+        (a 404 or 405 aside: the address's): never Tiny's word on the app or its tokens
+        (RFC 6749 section 5.2: OAuth errors are JSON). From an endpoint known to work, an
+        outage; from one that never answered in OAuth JSON, not an OAuth endpoint."""
+        preview = body[:120].decode("utf-8", errors="replace").strip() or "an empty body"
+        if self._endpoint_works:
+            # A proxy's maintenance page while the token host is down, its firewall's 403
+            # block page: an outage like its 5xx (exit 2, which the units do not restart
+            # on, ended serve for good; a 401 or 403 blamed TINY_CLIENT_ID). The one
+            # TinyUnavailable of the token endpoint that carries a status.
+            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
+            raise TinyUnavailable(
+                f"the token endpoint {self._token_url} answered {status} with a page, "
+                f"not OAuth JSON ({preview!r}), though it has answered in OAuth JSON "
+                f"before: taken for an outage; {PAGE_HINT}",
+                status=status, body=preview,
+            )  # fmt: skip
+        # Never known to work: a web page (a login form pasted for the token URL) or
+        # nothing at all: not an OAuth endpoint.
+        metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
+        raise TinyAuthMisconfigured(
+            f"the token endpoint {self._token_url} answered {status} with no OAuth JSON "
+            f"({preview!r}): check TINY_TOKEN_URL (--token-url)"
+        )
+
     def _granted(
-        self, status: int, data: dict[str, Any], sent_at: dt.datetime, spent: str | None
+        self,
+        status: int,
+        body: bytes,
+        data: dict[str, Any],
+        sent_at: dt.datetime,
+        spent: str | None,
     ) -> TokenSet:
         """The tokens of a token-endpoint answer, or the error it means."""
         if status == 400 and data.get("error") == "invalid_grant":
@@ -452,9 +465,11 @@ class TokenManager:
                 f"refresh token expired or was revoked. Run `{authorize_command(self._account)}` "
                 "to let a person authorize the app again."
             )
-        if status >= 500:
+        if status >= 500 or status == 429:  # a 429 says nothing of the app either
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
             raise TinyUnavailable(f"token endpoint answered {status}")
+        if not _oauth(data) and status not in (404, 405):
+            self._page(status, body)
         error = data.get("error")
         if status in (400, 401) and error in ("invalid_client", "unauthorized_client"):
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
@@ -502,6 +517,11 @@ def _seconds(value: object, default: float) -> float:
     except (TypeError, ValueError):
         return default
     return seconds if seconds > 0 else default
+
+
+def _oauth(data: dict[str, Any]) -> bool:
+    """Whether a token endpoint's JSON is OAuth's: a token, or an OAuth error."""
+    return isinstance(data.get("access_token"), str) or isinstance(data.get("error"), str)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
