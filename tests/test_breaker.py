@@ -40,3 +40,25 @@ async def test_opens_after_n_failures_in_a_row_and_probes_after_the_cooldown() -
     await asyncio.wait_for(follower, 1)
     assert breaker.state == "closed" and breaker.opened == 2
     assert metrics.value("asyncsync_tiny_circuit_open", {"account": "b1"}) == 0
+
+
+async def test_an_answer_that_sends_the_client_to_renew_its_token_is_no_verdict() -> None:
+    # A 401 that sends the client to renew its token says nothing of Tiny's health: it
+    # neither resets the count (as a success did) nor adds to it, and a probe that got
+    # one gives its place to the next request instead of holding the others a cool-down.
+    now = [100.0]
+    breaker = CircuitBreaker(2, 10.0, clock=lambda: now[0], account="b2")
+    breaker.failure("token_endpoint")
+    breaker.no_verdict()
+    breaker.failure("token_endpoint")
+    assert breaker.state == "open" and breaker.reason.startswith("2 failures in a row")
+    now[0] += 10
+    await breaker.admit()  # the probe goes, and is answered 401
+    waiting = asyncio.create_task(breaker.admit())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    breaker.no_verdict()
+    await asyncio.wait_for(waiting, 1)  # the next request is the probe now
+    assert breaker.state == "half_open"
+    breaker.failure("token_endpoint")  # its refresh failed: open again
+    assert breaker.state == "open" and breaker.opened == 2

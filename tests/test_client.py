@@ -661,6 +661,38 @@ async def test_a_page_at_the_token_endpoint_is_no_word_on_the_apps_credentials(
                         await manager(store).access_token()
 
 
+async def test_a_401_that_sends_the_client_to_renew_its_token_is_no_sign_tiny_is_up(
+    simulator,
+) -> None:
+    # Tokens the API drops early while the token endpoint answers its proxy's page: every
+    # try met a 401, then a refresh that failed. The 401 counted as a success of Tiny's
+    # and reset the count the failed refresh had raised: the circuit never opened, and
+    # each request went on asking. Now such a 401 leaves the count as it is; a 401 that
+    # is an order's (a fresh token refused too) still counts as Tiny's answer.
+    sim = await simulator(orders=5)
+    order_id, refused = sorted(sim.orders)[:2]
+    creds = Credentials(sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token())
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenManager(session, sim.token_url, creds, MemoryTokenStore())
+        breaker = CircuitBreaker(threshold=2, account="dropped-401")
+        client = TinyClient(session, sim.base_url, tokens, AccountLimiter(6000, 4),
+                            max_retries=4, max_backoff_s=0.05, breaker=breaker)  # fmt: skip
+        await client.get_order(order_id)  # a token is granted and used
+        sim.expire_access_tokens()  # ... and dropped long before its announced expiry
+        sim.token_page = True
+        with pytest.raises(TinyOutage, match="2 × token_endpoint_not_json"):
+            await client.get_order(order_id)
+        assert sim.stats.unauthorized == 2 and breaker.opened == 1
+        sim.token_page = False
+        breaker.success()  # the cool-down over, the probe answered
+        sim.fail_detail[refused] = "401"
+        breaker.failure("http_503")
+        with pytest.raises(TinyOrderForbidden):  # the order's 401: Tiny served it
+            await client.get_order(refused)
+        breaker.failure("http_503")
+        assert breaker.state == "closed"  # the count started again at the order's 401
+
+
 async def test_a_revoked_token_of_an_account_of_the_table_names_the_account_to_authorize(
     simulator,
 ) -> None:

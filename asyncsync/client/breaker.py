@@ -1,11 +1,13 @@
 """The circuit breaker: an outage is an outage, not a flood of retries.
 
-Every HTTP attempt that ends in a transport failure, a 5xx or a 200 page that is not JSON
-nor announced as JSON (a proxy's maintenance page) counts; any other answer resets the
-count. After ``threshold`` failures in a row the circuit opens: no request is
-sent for ``cooldown_s`` and every caller gets :class:`~asyncsync.errors.TinyOutage` at once,
-so a pass stops asking and its run ends as failed instead of writing every order it
-meets to ``import_failures``. After the cool-down one probe request is let through
+Every HTTP attempt that ends in a transport failure, a 5xx or a page that is not JSON nor
+announced as JSON (a proxy's maintenance page) counts, and so does a refresh the token
+endpoint failed; a 401 or 403 that sends the client to renew its token leaves the count
+as it is (Tiny neither served the request nor failed it); any other answer resets it.
+After ``threshold`` failures in a row the circuit opens: no request is sent for
+``cooldown_s`` and every caller gets :class:`~asyncsync.errors.TinyOutage` at once, so a
+pass stops asking and its run ends as failed instead of writing every order it meets to
+``import_failures``. After the cool-down one probe request is let through
 (half-open) while the others wait for it: it closes the circuit if it succeeds and
 reopens it if it fails.
 
@@ -111,6 +113,16 @@ class CircuitBreaker:
         self._kinds.clear()
         self._hints.clear()
         self._settled.set()
+
+    def no_verdict(self) -> None:
+        """An answer that says nothing of the API's health: a 401 or 403 that sends the
+        client to renew its token. Counted a success, it reset the count between the
+        failed refreshes of a token endpoint down while the API dropped tokens early, and
+        the circuit never opened. The count stands; a probe that got it gives its place to
+        the next request (its own next try included), which waits for none."""
+        if self.state is State.HALF_OPEN and self._probing:
+            self._probing = False
+            self._settled.set()
 
     def failure(self, kind: str, *, hint: str = "") -> None:
         """A transport failure, a 5xx or a proxy's page (``kind`` says which: ``http_503``,

@@ -245,16 +245,20 @@ class TinyClient:
             if sent.status == 403:
                 # A listing is about no one order: its 403 can only be the token's.
                 if endpoint == "detail" and not self._maybe_dead(sent.token):
+                    self.breaker.success()  # Tiny served it
                     break  # the API's word: an error of its own below
+                self.breaker.no_verdict()  # the token's: Tiny did not serve it
                 await self._renew(sent.token)  # nothing if it was replaced already
                 continue
             if sent.status != 401:
                 break
+            self.breaker.no_verdict()  # unless it is the order's (a success, below)
             if self._tokens.valid_at(sent.token, sent.observed_at):
                 genuine += 1
                 if endpoint == "detail" and genuine == 1 and await self._order_refused(sent):
                     genuine = 2  # the token worked for a later request: about this order
                 if genuine == 2:  # a fresh token was refused too: it is about this order
+                    self.breaker.success()
                     message = f"{path}: 401 even with a fresh token"
                     if endpoint == "detail":
                         raise TinyOrderForbidden(message, status=401, body=sent.text(2000))
@@ -420,7 +424,7 @@ class TinyClient:
                 # firewall's block page answered 403): not Tiny's answer (Tiny's, errors
                 # too, are JSON) and never one order's, so Tiny is down, as on a 5xx.
                 self.breaker.failure("not_json")
-            else:
+            elif status not in (401, 403):  # those _get_once judges: the token's or not
                 self.breaker.success()
             self.limiter.observe(resp_headers, seq)
         return _Sent(status, resp_headers, body, observed_at, token, page, parsed)
