@@ -29,7 +29,8 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter(
     "asyncsync_tiny_requests_total",
-    "Requests sent to the Tiny API, by endpoint and HTTP status (or 'error').",
+    "Requests sent to the Tiny API, by endpoint and HTTP status ('error': no answer; "
+    "'page': a page from in front of Tiny, not JSON).",
     ["account", "endpoint", "status"],
 )
 REQUEST_SECONDS = Histogram(

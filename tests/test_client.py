@@ -377,10 +377,18 @@ async def test_a_proxys_page_answered_200_is_an_outage_not_a_bad_payload(monkeyp
         async with aiohttp.ClientSession() as session:
             client = _mocked_client(session, store)
             breaker = client.breaker
+
+            def counted(status: str) -> float:
+                labels = {"account": "default", "endpoint": "detail", "status": status}
+                return metrics.value("asyncsync_tiny_requests_total", labels)
+
+            pages, oks = counted("page"), counted("200")
             for order_id in (1, 2, 3):
                 with pytest.raises(TinyUnavailable, match="HTTP 200 with a page that is not JSON"):
                     await client.get_order(order_id)
             assert client.api_stats().retries == 3 * 2
+            # Counted as pages, not as 200s: a maintenance page is no success on the panel.
+            assert (counted("page") - pages, counted("200") - oks) == (9, 0)
             assert (await client.get_order(4)).body == {"id": 4}  # a page once, then Tiny
             with pytest.raises(TinyBadPayload, match="not JSON"):
                 await client.get_order(5)  # the order's, at once
