@@ -669,6 +669,28 @@ async def test_a_page_at_the_token_endpoint_is_no_word_on_the_apps_credentials(
                         await manager(store).access_token()
 
 
+@pytest.mark.parametrize("lifetime", [1e12, "1e12", "inf", -5, "0"])
+async def test_an_odd_expires_in_never_loses_the_rotated_refresh_token(
+    monkeypatch, lifetime: object
+) -> None:
+    # An expires_in past the calendar (a number or a string) raised OverflowError after
+    # Tiny had rotated the refresh token: the new one was never stored, the spent one
+    # kept. One that is no lifetime (past ten years, not positive) is taken as unsaid.
+    monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
+    url = "http://tiny.test/token"
+    answer = {"access_token": "t2", "refresh_token": "r2", "expires_in": lifetime,
+              "refresh_expires_in": lifetime}  # fmt: skip
+    with aioresponses() as mocked:
+        mocked.post(url, payload=answer)
+        async with aiohttp.ClientSession() as session:
+            store = MemoryTokenStore()
+            tokens = TokenManager(session, url, Credentials("c", "s", "r"), store)
+            assert await tokens.access_token() == "t2"
+    assert store.tokens is not None and store.tokens.refresh_token == "r2"
+    granted = store.tokens.access_expires_at - store.tokens.access_issued_at  # type: ignore[operator]
+    assert granted == dt.timedelta(hours=4) and store.tokens.refresh_expires_at is None
+
+
 async def test_a_401_that_sends_the_client_to_renew_its_token_is_no_sign_tiny_is_up(
     simulator,
 ) -> None:

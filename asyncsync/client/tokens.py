@@ -66,6 +66,8 @@ IN_FLIGHT_SKEW = dt.timedelta(seconds=1)
 UNSAVED_RETRY_S = 5.0
 #: What a page at a token endpoint known to work (an outage) says to check if it persists.
 PAGE_HINT = "if it persists, check TINY_TOKEN_URL (--token-url)"
+#: A token lifetime longer than this (ten years) is no lifetime a realm sets: unsaid.
+LONGEST_LIFETIME_S = 10 * 365 * 86400.0
 #: The reasons of asyncsync_token_refresh_failures_total.
 REFRESH_FAILURE_REASONS = ("invalid_grant", "no_token", "refused", "unavailable")
 
@@ -512,11 +514,14 @@ def _rescue_name(account: str, client_id: str) -> str:
 
 
 def _seconds(value: object, default: float) -> float:
+    """A lifetime Tiny announced, or ``default`` when it announced none: not a number,
+    not positive, or past :data:`LONGEST_LIFETIME_S` (which, added to the grant's time,
+    would have raised OverflowError with the rotated refresh token not yet stored)."""
     try:
         seconds = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return default
-    return seconds if seconds > 0 else default
+    return seconds if 0 < seconds <= LONGEST_LIFETIME_S else default
 
 
 def _oauth(data: dict[str, Any]) -> bool:
