@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,12 +160,14 @@ async def test_serve_starts_its_embedded_server_again_when_it_was_killed(
     assert gone(pgdata, within_s=15), "the server started again outlived its last user"
 
 
+@pytest.mark.parametrize("reused", [False, True], ids=["gone", "pid reused"])
 async def test_a_server_killed_between_two_opens_is_started_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reused: bool
 ) -> None:
     """Killed after this process started it and before it opened it again (serve waiting
     at start for its database; a run opening its history row): the DSN it remembered
-    reached nothing, and serve's start-up tried it for ever."""
+    reached nothing, and serve's start-up tried it for ever. Also when its pid is another
+    process's by then (a container's restart): pgserver's handle took it for the server."""
     monkeypatch.setattr(embedded, "_STARTED", {})
     pgdata = tmp_path / "pgdata"
     with embedded_server(tmp_path):  # stops what runs there at the end
@@ -176,13 +179,21 @@ async def test_a_server_killed_between_two_opens_is_started_again(
         while (death := embedded._death(pgdata)) is None or not death[1]:  # reaped, at last
             assert time.monotonic() < deadline, death
             await asyncio.sleep(0.1)
-        assert await asyncio.to_thread(embedded.start_embedded, tmp_path) == dsn
-        conn = await asyncpg.connect(dsn)
+        stranger = _process(tmp_path, uid=pgdata.stat().st_uid) if reused else None
         try:
-            assert await conn.fetchval("SELECT 1") == 1
+            if stranger is not None:
+                _reuse_pid(pgdata, stranger.pid)
+            assert await asyncio.to_thread(embedded.start_embedded, tmp_path) == dsn
+            conn = await asyncpg.connect(dsn)
+            try:
+                assert await conn.fetchval("SELECT 1") == 1
+            finally:
+                await conn.close()
+            assert postmaster(pgdata) not in (None, killed, stranger and stranger.pid)
         finally:
-            await conn.close()
-        assert postmaster(pgdata) not in (None, killed)
+            if stranger is not None:
+                stranger.kill()
+                stranger.wait()
     assert gone(pgdata, within_s=15)
 
 
@@ -260,16 +271,157 @@ async def test_a_frozen_server_is_not_started_again(
 ) -> None:
     """A postmaster that lives, however slow or frozen (SIGSTOP), is waited for: a second
     one started beside it would find the data directory taken, or worse."""
-    frozen = await asyncio.create_subprocess_exec("sleep", "60")
+    (tmp_path / "pgdata").mkdir()
+    # What /proc shows of a postmaster: the program postgres, working in its data directory.
+    frozen = _process(tmp_path, "postgres", cwd=tmp_path / "pgdata")
     try:
         os.kill(frozen.pid, signal.SIGSTOP)
-        _postmaster_file(tmp_path, frozen.pid)
+        (tmp_path / "pgdata" / "postmaster.pid").write_text(f"{frozen.pid}\n")
         monkeypatch.setattr(embedded, "_start_again", _no_start)
         server = embedded.EmbeddedServer(tmp_path, "postgresql://postgres:@/postgres?host=/x")
         assert await server.revive() is None
     finally:
         frozen.kill()
-        await frozen.wait()
+        frozen.wait()
+
+
+def _process(
+    tmp_path: Path, program: str = "sleep", *, cwd: Path | None = None, uid: int | None = None
+) -> subprocess.Popen[bytes]:
+    """A live process sleeping a minute: ``program`` is its name (sleep under another
+    name), working in ``cwd`` (else /), as user ``uid`` (else this process's)."""
+    exe = Path(shutil.which("sleep") or "/bin/sleep")
+    if program != exe.name:
+        (tmp_path / "bin").mkdir(exist_ok=True)
+        exe = Path(shutil.copy(exe, tmp_path / "bin" / program))
+    return subprocess.Popen([exe, "60"], cwd=cwd or "/", user=uid)
+
+
+#: What a pid in postmaster.pid can be after a reboot: another process, provably not the
+#: postmaster by its user (PostgreSQL runs as its data directory's owner), its program, or
+#: the directory it works in (a postmaster works in its data directory).
+STRANGERS = {
+    "another user": {"uid": 65534},
+    "another program": {},
+    "a postgres elsewhere": {"program": "postgres"},
+}
+
+
+@pytest.mark.parametrize("who", list(STRANGERS))
+async def test_a_pid_now_another_process_is_a_dead_postmaster_to_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, who: str
+) -> None:
+    """Killed with the machine (or its container), the postmaster leaves postmaster.pid
+    naming a pid that another process may hold by then: serve took that process for its
+    live server and never started it again, /readyz naming the database for ever."""
+    if who == "another user" and os.geteuid() != 0:
+        pytest.skip("another user's process needs root")
+    stranger = _process(tmp_path, **STRANGERS[who])  # type: ignore[arg-type]
+    try:
+        _postmaster_file(tmp_path, stranger.pid)
+        started: list[Path] = []
+
+        def start_again(pgdata: Path) -> tuple[int, str]:
+            started.append(pgdata)
+            return 1, "postgresql://postgres:@/postgres?host=/x"
+
+        monkeypatch.setattr(embedded, "_start_again", start_again)
+        server = embedded.EmbeddedServer(tmp_path, "postgresql://postgres:@/postgres?host=/x")
+        said = await server.revive()
+        assert said is not None and f"pid {stranger.pid}, is gone (that pid is now" in said
+        assert started == [tmp_path / "pgdata"]
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def _reuse_pid(pgdata: Path, pid: int) -> None:
+    """Make the lock files of the server under ``pgdata`` name ``pid``: postmaster.pid and
+    its socket's, as a reboot leaves them once their pid is another process's."""
+    lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    socket_lock = Path(lines[4]) / f".s.PGSQL.{lines[3]}.lock"
+    for lock in (pgdata / "postmaster.pid", socket_lock):
+        rest = lock.read_text().split("\n", 1)[1]
+        lock.write_text(f"{pid}\n{rest}")
+
+
+def test_a_postmaster_pid_a_reboot_left_naming_another_process_is_stale(
+    tmp_path: Path,
+) -> None:
+    """The machine rebooted (or the container restarted, the data directory on a volume)
+    while the embedded server ran: postmaster.pid, and the socket's lock file, name a pid
+    that another process of the same user now holds. pgserver took it for the server: a
+    one-shot sync failed, exit 6, "Connection refused", then spent a minute at exit in
+    ``pg_ctl stop`` and killed that unrelated process; PostgreSQL itself refuses to start
+    beside such a file ("Is another postmaster running"). Now the run sees the pid is no
+    postmaster of its data directory, removes both lock files, starts the server and
+    syncs; the other process lives on."""
+    pgdata = tmp_path / "pgdata"
+    killed = run(KILLED, tmp_path)  # a server left up, as at the moment of the reboot
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    was = postmaster(pgdata)
+    assert was is not None
+    os.kill(was, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while (death := embedded._death(pgdata)) is None or not death[1]:  # reaped
+        assert time.monotonic() < deadline, death
+        time.sleep(0.1)
+    owner = pgdata.stat().st_uid  # pgserver's user as root: PostgreSQL runs as it
+    stranger = _process(tmp_path, "postgres", cwd=tmp_path, uid=owner)
+    try:
+        _reuse_pid(pgdata, stranger.pid)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TINY_", "ASYNCSYNC_"))}
+        env.pop("DATABASE_URL", None)
+        synced = subprocess.run(
+            [sys.executable, "-m", "asyncsync", "--mode", "sync", "--simulator", "50",
+             "--data-dir", str(tmp_path), "--log-format", "json"],
+            capture_output=True, text=True, env=env, timeout=150,
+        )  # fmt: skip
+        assert synced.returncode == 0, synced.stderr[-2000:]
+        assert f"postmaster.pid named pid {stranger.pid}, now a PostgreSQL of another" in (
+            synced.stderr
+        )
+        assert stranger.poll() is None, "the unrelated process was killed"
+        assert gone(pgdata, within_s=15), "the server outlived its last user"
+    finally:
+        stranger.kill()
+        stranger.wait()
+        if (left := postmaster(pgdata)) is not None and left != stranger.pid:
+            os.kill(left, signal.SIGINT)
+            gone(pgdata, within_s=15)
+
+
+def test_a_live_postmaster_of_the_data_directory_is_never_taken_for_stale(
+    tmp_path: Path,
+) -> None:
+    """The lock file of the postmaster running on the data directory is kept, and the
+    server reused. One naming another process while PostgreSQL processes still work in
+    the directory (a killed postmaster's backends; here the live server under a rewritten
+    file) is not removed either: the start stops with a sentence saying so, rather than
+    start a second server on the same data."""
+    pgdata = tmp_path / "pgdata"
+    with embedded_server(tmp_path):
+        live = postmaster(pgdata)
+        assert live is not None and embedded._death(pgdata) is None
+        reused = run(START, tmp_path)
+        assert reused.returncode == 0, reused.stderr
+        assert postmaster(pgdata) == live
+        stranger = _process(tmp_path)
+        try:
+            _reuse_pid(pgdata, stranger.pid)
+            refused = run(START, tmp_path)
+            assert refused.returncode == 1, refused.stderr
+            said = refused.stderr.strip().splitlines()[-1]
+            assert said.startswith("asyncsync.errors.DatabaseError: could not start"), said
+            assert "but PostgreSQL processes still work in its directory (pid " in said, said
+            assert str(live) in said.rpartition("(pid ")[2], said
+            assert postmaster(pgdata) == stranger.pid  # the file stays as it was
+            assert stranger.poll() is None
+        finally:
+            _reuse_pid(pgdata, live)  # for the server to be stopped at the end
+            stranger.kill()
+            stranger.wait()
+    assert gone(pgdata, within_s=15)
 
 
 async def test_a_database_url_server_is_never_started(

@@ -7,6 +7,7 @@ checkpoints, tokens and locks live in this wing, and nothing outside it runs SQL
   objects that implement the Protocols of :mod:`asyncsync.seams` for that account.
 
 Modules: ``database`` (connection, SQL files), ``embedded`` (the embedded server),
+``postmaster`` (whether its ``postmaster.pid`` names its postmaster),
 ``orders`` (the mirror and its merges), ``failures`` (``import_failures``), ``integrity``
 (comparisons), ``metadata`` (cursors and checkpoints), ``tokens`` (``tiny_tokens``),
 ``locks`` (advisory locks), ``runs`` (``sync_runs``, the run history), ``resilience``

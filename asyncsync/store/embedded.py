@@ -4,7 +4,8 @@
 As root, pgserver runs it as a system user ``pgserver``; a process killed while using it
 (SIGKILL, the OOM killer) is struck off pgserver's list of its users at the next start.
 The server killed under a long-running process (serve) is started again by it
-(:class:`EmbeddedServer`): nobody else would.
+(:class:`EmbeddedServer`): nobody else would. A ``postmaster.pid`` left by a reboot,
+naming a pid another process holds by then, is cleared before a start (:mod:`.postmaster`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import orjson
 
 from ..errors import ConfigError, DatabaseError, DatabaseUnavailable
+from .postmaster import clear_stale, not_its_postmaster
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +83,32 @@ def _embedded_server(data_dir: Path) -> Any:
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
         try:
-            import pgserver
-            from pgserver.postgres_server import PostgresServer
-
-            with PostgresServer._lock:  # the lock pgserver keeps its list under
-                _forget_the_dead(pgdata)
-            return pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+            return _pgserver(pgdata)
         except ImportError as exc:  # pragma: no cover - it is a hard dependency
             raise ConfigError("no DATABASE_URL and pgserver is not installed") from exc
         except Exception as exc:
-            raise DatabaseError(
-                f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
-            ) from exc
+            said = f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
+            # Its own refusals (clear_stale) are a sentence already; pgserver's need a cause.
+            raise DatabaseError(said) from (None if isinstance(exc, DatabaseError) else exc)
+
+
+def _pgserver(pgdata: Path) -> Any:
+    """pgserver's handle on the server under ``pgdata`` (starting it when none runs), what
+    dead processes left there cleared first, under the lock pgserver starts servers under:
+    its list of users, a ``postmaster.pid`` naming a pid now another process's."""
+    import pgserver
+    from pgserver.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        _forget_the_dead(pgdata)
+        _clear_stale(pgdata)
+    return pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+
+
+def _clear_stale(pgdata: Path) -> None:
+    said = clear_stale(pgdata)  # DatabaseError: PostgreSQL processes still work there
+    if said is not None:
+        log.warning("%s", said, extra={"fields": {"event": "embedded_stale_lock_removed"}})
 
 
 @dataclass(frozen=True)
@@ -138,8 +154,9 @@ class EmbeddedServer:
     started again when its postmaster died (SIGKILL, the OOM killer) under a process
     that outlives it (serve): the server is its own, and nobody else would.
 
-    Only a dead postmaster is started again (its postmaster.pid names no live process):
-    one that is slow or frozen (SIGSTOP) lives, and is waited for like any database."""
+    Only a dead postmaster is started again (its postmaster.pid names no live process,
+    or one provably not its postmaster: :mod:`.postmaster`): one that is slow or frozen
+    (SIGSTOP) lives, and is waited for like any database."""
 
     def __init__(self, data_dir: Path, dsn: str) -> None:
         self.pgdata = data_dir / "pgdata"
@@ -215,6 +232,9 @@ def _death(pgdata: Path) -> tuple[str, bool] | None:
         if _reaped(pid):
             return f"its postmaster, pid {pid}, is gone", True
         return f"its postmaster, pid {pid}, exited and is not reaped yet", False
+    other = not_its_postmaster(pgdata, pid)
+    if other is not None:  # left by a reboot or a restart: the pid was reused since
+        return f"its postmaster, pid {pid}, is gone (that pid is now {other})", True
     return None
 
 
@@ -246,14 +266,16 @@ def _start_again(pgdata: Path) -> tuple[int, str]:
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
         try:
-            import pgserver
             from pgserver.postgres_server import PostgresServer
 
-            server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+            server = _pgserver(pgdata)
             with PostgresServer._lock:  # another process's start may have come first
                 # pgserver's get_server hands this process's handle back as it is; this
                 # reads postmaster.pid again and starts a postmaster when none lives.
+                _clear_stale(pgdata)
                 server.ensure_postgres_running()
+        except DatabaseError:
+            raise  # said already (clear_stale): the log's last FATAL may be an old one
         except Exception as exc:
             raise DatabaseError(_last_fatal(pgdata) or str(exc)) from exc
     death, pid = _death(pgdata), server.get_pid()
