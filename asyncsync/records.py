@@ -92,12 +92,22 @@ class FailureRecord:
 
 def canonical_json(item: object) -> str:
     """Serialize ``item`` with sorted keys so equal content gives equal text and hash."""
-    return orjson.dumps(item, option=orjson.OPT_SORT_KEYS).decode()
+    return _canonical_bytes(item).decode()
+
+
+def _canonical_bytes(item: object) -> bytes:
+    """:func:`canonical_json` as the UTF-8 bytes orjson writes, before any decoding."""
+    return orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
 
 
 def content_hash(payload: str) -> bytes:
     """16-byte blake2b digest used to skip unchanged rows before any write."""
-    return hashlib.blake2b(payload.encode(), digest_size=16).digest()
+    return _digest(payload.encode())
+
+
+def _digest(utf8: bytes) -> bytes:
+    """:func:`content_hash` of a payload already in UTF-8 (no decode and encode again)."""
+    return hashlib.blake2b(utf8, digest_size=16).digest()
 
 
 def without_nul(value: Any) -> Any:
@@ -118,8 +128,14 @@ def storable(item: Any, order_id: int | None = None) -> tuple[Any, str]:
     An item nested deeper than orjson writes (254 levels; it reads 1,024) raises
     :class:`RecordError` whose raw is the item's text as one JSON string: every later
     step (a failure's wrapping, a retry's) could write no deeper structure either."""
+    item, utf8 = _storable_bytes(item, order_id)
+    return item, utf8.decode()
+
+
+def _storable_bytes(item: Any, order_id: int | None) -> tuple[Any, bytes]:
+    """:func:`storable` with the canonical JSON as UTF-8 bytes, what its hash is taken of."""
     try:
-        payload = canonical_json(item)
+        payload = _canonical_bytes(item)
     except orjson.JSONEncodeError:
         try:
             text = json.dumps(item, ensure_ascii=False, sort_keys=True)
@@ -130,9 +146,9 @@ def storable(item: Any, order_id: int | None = None) -> tuple[Any, str]:
             order_id = item_id(item) or synthetic_id(raw or "")
         raise RecordError("nested too deeply to store (over 254 levels of JSON)",
                           raw=raw, order_id=order_id) from None  # fmt: skip
-    if "\\u0000" in payload:  # orjson writes a NUL as \u0000
+    if b"\\u0000" in payload:  # orjson writes a NUL as \u0000
         item = without_nul(item)
-        payload = canonical_json(item)
+        payload = _canonical_bytes(item)
     return item, payload
 
 
@@ -250,6 +266,8 @@ def item_id(item: object) -> int | None:
 
 def _optional_id(value: object, field: str) -> int | None:
     """An id that may be absent: null, ``""`` and ``0`` mean none, in either form (``"0"``)."""
+    if type(value) is int and 0 < value <= _ID_MAX:  # what nearly every answer carries
+        return value
     if value in (None, "", 0) or (isinstance(value, str) and not value.strip().strip("0")):
         return None
     return _parse_id(value, field)
@@ -317,8 +335,9 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
     if type(item) is not dict and not isinstance(item, Mapping):
         payload = storable(item)[1]  # an array nested too deeply is its own RecordError
         raise RecordError("list item is not an object", raw=payload, order_id=synthetic_id(payload))
-    cleaned, payload = storable(item)
-    fields: Mapping[str, Any] = cleaned
+    fields: Mapping[str, Any]
+    fields, utf8 = _storable_bytes(item, None)
+    payload = utf8.decode()
     try:
         cliente = fields.get("cliente") or {}
         if type(cliente) is not dict and not isinstance(cliente, Mapping):
@@ -334,7 +353,7 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
         valor = parse_money(fields.get("valor"), "valor")
         # Most answers already carry the normal form: then the payload's hash is the one.
         if _in_normal_form(fields, data, prevista, valor):
-            digest = content_hash(payload)
+            digest = _digest(utf8)
         else:
             normal = {
                 "situacao": situacao,
@@ -343,18 +362,19 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
                 "valor": None if valor is None else float(valor),
             }
             digest = normal_hash(fields, normal)
+        # Positional: keywords cost a third more, once per listed order.
         return OrderRecord(
-            id=_parse_id(fields.get("id"), "id"),
-            numero=_optional_text(fields.get("numeroOrdemServico"), "numeroOrdemServico"),
-            situacao=situacao,
-            data_emissao=data,
-            data_prevista=prevista,
-            cliente_id=_optional_id(cliente.get("id"), "cliente.id"),
-            cliente_nome=_optional_text(cliente.get("nome"), "cliente.nome"),
-            valor=valor,
-            payload=payload,
-            hash=digest,
-            observed_at=observed_at,
+            _parse_id(fields.get("id"), "id"),
+            _optional_text(fields.get("numeroOrdemServico"), "numeroOrdemServico"),
+            situacao,
+            data,
+            prevista,
+            _optional_id(cliente.get("id"), "cliente.id"),
+            _optional_text(cliente.get("nome"), "cliente.nome"),
+            valor,
+            payload,
+            digest,
+            observed_at,
         )
     except ValueError as exc:
         raise RecordError(str(exc), raw=payload, order_id=_raw_id(fields, payload)) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import itertools
 import random
 from collections import Counter
@@ -24,6 +25,8 @@ from asyncsync.engine.listing import ListingEngine, Partition
 from asyncsync.progress import Progress
 from asyncsync.records import parse_list_item
 from asyncsync.seams import ApiStats, Detail, ListQuery, MergeStats, Page
+from asyncsync.simulator.data import Quirks, SimConfig, generate_orders
+from asyncsync.simulator.render import Renderer
 from asyncsync.store import Database
 from asyncsync.store.database import sql
 from asyncsync.store.orders import PgOrderStore
@@ -272,3 +275,22 @@ async def test_the_details_bar_moves_with_each_answer_not_with_each_merge() -> N
     counted_ahead = [counted for counted, merged in seen if counted > merged]
     assert len(counted_ahead) > 100  # the count ran ahead of the merges
     assert all(b >= a for (a, _), (b, _) in itertools.pairwise(seen))  # and never back
+
+
+def test_the_simulators_items_keep_the_content_hashes_every_mirror_holds() -> None:
+    """A changed hash makes every existing mirror re-write every row at its next sync: the
+    payloads and hashes of the simulator's items, in every form its quirks answer (and
+    with a NUL and a non-normal form), are pinned to what they have always been."""
+    today = dt.date(2026, 1, 1)
+    every_form = Quirks(situacao_style="unstable", zero_dates=True, money_as_string=True,
+                        ids_as_strings=True)  # fmt: skip
+    digest = hashlib.blake2b(digest_size=16)
+    for quirks in (Quirks(), every_form):
+        config = SimConfig(orders=400, seed=7, today=today, quirks=quirks)
+        render = Renderer(quirks, config.seed).list_item
+        # As the client reads them: off the wire, not the renderer's own objects.
+        items = orjson.loads(orjson.dumps([render(o) for o in generate_orders(config)]))
+        items += [{**items[0], "numeroOrdemServico": "1\x002"}, {**items[1], "valor": "7,5"}]
+        for record in (parse_list_item(i, T1) for i in items):
+            digest.update(record.hash + record.payload.encode() + b"\n")
+    assert digest.hexdigest() == "f231f4da4dd277f87ac523ca152977f4"
