@@ -452,6 +452,43 @@ async def test_a_block_page_answered_401_or_403_is_an_outage_not_a_refusal(monke
             assert client.api_stats().token_refreshes == 2  # one each: the API's word on a token
 
 
+async def test_a_404_page_is_an_outage_not_an_order_deleted(monkeypatch) -> None:
+    # A web server's or proxy's own "404: Not Found" (text/plain, text/html: a wrong base
+    # URL, a route lost during a deploy) is not Tiny's word that the order is gone (Tiny's
+    # 404 is JSON): asked again like a 5xx, counted by the breaker (not_json) with what to
+    # check. Before: TinyNotFound, and a retry resolved the failure as deleted in Tiny. A
+    # 404 with nothing in it, or JSON under another type, is still the order gone.
+    monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
+    store = MemoryTokenStore(TokenSet("r", "tok", utcnow() + dt.timedelta(hours=1)))
+    base = "http://tiny.test/api"
+    with aioresponses() as mocked:
+        mocked.get(f"{base}/ordem-servico/1", status=404, body="404: Not Found",
+                   content_type="text/plain", repeat=True)  # fmt: skip
+        mocked.get(f"{base}/ordem-servico/2", status=404, body="<h1>Not Found</h1>",
+                   content_type="text/html", repeat=True)  # fmt: skip
+        mocked.get(f"{base}/ordem-servico/3", status=404, body="", content_type="")
+        mocked.get(f"{base}/ordem-servico/4", status=404, body='{"mensagem": "x"}',
+                   content_type="text/plain")  # fmt: skip
+        async with aiohttp.ClientSession() as session:
+            client = _mocked_client(session, store)
+            for order_id, kind in ((1, "text/plain"), (2, "text/html")):
+                with pytest.raises(TinyUnavailable, match=f"HTTP 404 with a page that is not "
+                                   rf"JSON \({kind}.*check TINY_API_BASE_URL"):  # fmt: skip
+                    await client.get_order(order_id)
+            assert client.api_stats().retries == 2 * 2  # three tries each
+            client.breaker.threshold = 2
+            with pytest.raises(TinyUnavailable):
+                await client.get_order(1, retry=False)
+            assert client.breaker.reason == (
+                "7 failures in a row: 7 × not_json; if it persists, check TINY_API_BASE_URL "
+                "(--api-base-url)"
+            )
+            client.breaker.success()
+            for order_id in (3, 4):
+                with pytest.raises(TinyNotFound):
+                    await client.get_order(order_id)
+
+
 async def test_rate_headers_are_read_whatever_the_case_of_their_names(monkeypatch) -> None:
     # Header names are case-insensitive (RFC 9110): a gateway sending them in lower case
     # (as HTTP/2 and many proxies do) says the same. Read from a plain dict, they were

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from asyncsync.clock import utcnow
-from asyncsync.errors import DatabaseError
+from asyncsync.errors import DatabaseError, TinyUnavailable
 from asyncsync.jobs.retry import DEFAULT_POLICY, retry_due
 from asyncsync.options import ServeOptions
 from asyncsync.records import FailureRecord, canonical_json, synthetic_id
@@ -495,3 +495,35 @@ async def test_an_order_tiny_lists_whose_detail_answers_404_is_a_failure_not_a_d
     assert sorted(r["id"] for r in flagged) == sorted([gone, victim])
     assert state[victim][:2] == (5, True), "deleted in Tiny, yet it waits for a person"
     assert (after.manual_review, after.due, after.exit_code) == ([], 0, 0)
+
+
+async def test_a_retry_through_a_wrong_base_url_resolves_nothing(
+    simulator, runtime_for, db
+) -> None:
+    """A wrong TINY_API_BASE_URL (or a proxy misrouting during a deploy) answers every
+    detail 404 with a page of its own (aiohttp's, nginx's ``404: Not Found``, text/plain),
+    not Tiny's JSON 404. Taken for Tiny's word, a retry resolved every due failure as
+    deleted in Tiny and flagged their mirror rows possibly_deleted (out of the
+    ordens_finalizadas view BI reads): now it is an outage whose sentence names the
+    variable to check, nothing resolved, no attempt counted, no row flagged."""
+    sim: TinySimulator = await simulator(orders=60, seed=3)
+    victims = sorted(sim.orders)[:6]
+    sim.fail_detail.update({i: "malformed" for i in victims})
+    async with runtime_for(sim, **FAST) as rt:
+        await full_sync(rt)
+    assert sorted(await failures(db)) == victims
+    sim.fail_detail.clear()
+    now = utcnow() + dt.timedelta(hours=1)
+    wrong = sim.origin + "/wrong/v3"  # the simulator's aiohttp answers its own 404 there
+    async with runtime_for(sim, api_base_url=wrong, breaker_failures=4, **FAST) as rt:
+        with pytest.raises(TinyUnavailable) as caught:
+            await helpers.retry(rt, now=now)
+    assert "not_json" in str(caught.value), caught.value
+    assert "check TINY_API_BASE_URL (--api-base-url)" in str(caught.value), caught.value
+    assert {i: s[:2] for i, s in (await failures(db)).items()} == {i: (1, False) for i in victims}
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico WHERE possibly_deleted") == 0
+    # The address put right: the same failures import.
+    async with runtime_for(sim, **FAST) as rt:
+        retried = Retried(await helpers.retry(rt, now=now))
+    assert (retried.resolved, retried.gone, retried.exit_code) == (victims, [], 0)
+    assert diff(sim.snapshot(), await mirror(db)) == []

@@ -3,9 +3,10 @@
 Every request goes through the account's :class:`~.ratelimit.AccountLimiter`, carries a
 token from the :class:`~.tokens.TokenManager`, is retried with jittered exponential
 backoff on 5xx, timeouts, connection errors, 429 (after the account-wide pause) and a
-page neither announced as JSON nor JSON answered 200, 401 or 403 (a proxy's maintenance
-page, a firewall's block page: something in front of Tiny answered, not Tiny about the
-record or the token), and is mapped to the :mod:`asyncsync.errors` tree at this boundary.
+page neither announced as JSON nor JSON answered 200, 401, 403 or 404 (a proxy's
+maintenance page, a firewall's block page, a web server's ``404: Not Found`` at a wrong
+base URL: something in front of Tiny answered, not Tiny about the record or the token),
+and is mapped to the :mod:`asyncsync.errors` tree at this boundary.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ FORBIDDEN_RECHECK_S = 60.0
 #: How long a 401 to a token valid when sent waits for the answers of requests sent after
 #: it with the same token, before the token is renewed to find out (see _order_refused).
 ORDER_401_WAIT_S = 2.0
+#: What a 404 page (not Tiny's JSON 404) says to check, with the breaker's reason: a
+#: wrong base URL answers every request so; a proxy misrouting during a deploy, a while.
+BASE_URL_HINT = "if it persists, check TINY_API_BASE_URL (--api-base-url)"
 
 
 class _Retry(Exception):
@@ -271,8 +275,10 @@ class TinyClient:
         if sent.page:
             kind = sent.headers.get("Content-Type") or "no Content-Type"
             message = f"{path}: HTTP {status} with a page that is not JSON ({kind}) after retries"
+            hint = f"; {BASE_URL_HINT}" if status == 404 else ""
             raise _Retry(TinyUnavailable(
-                f"{message}: {_preview(sent.text(200))}", status=status, body=sent.text(10000)
+                f"{message}: {_preview(sent.text(200))}{hint}", status=status,
+                body=sent.text(10000),
             ))  # fmt: skip
         if status == 429:
             pause = self.limiter.throttled(sent.headers)
@@ -423,9 +429,11 @@ class TinyClient:
                 self.breaker.failure(f"http_{status}")
             elif page:
                 # A load balancer's or proxy's page (its maintenance page answered 200, a
-                # firewall's block page answered 403): not Tiny's answer (Tiny's, errors
-                # too, are JSON) and never one order's, so Tiny is down, as on a 5xx.
-                self.breaker.failure("not_json")
+                # firewall's block page answered 403, a web server's 404 where no API
+                # is): not Tiny's answer (Tiny's, errors too, are JSON) and never one
+                # order's, so Tiny is down, as on a 5xx. A 404 page never said an order
+                # was deleted: a wrong base URL had a retry resolve every failure so.
+                self.breaker.failure("not_json", hint=BASE_URL_HINT if status == 404 else "")
             elif status not in (401, 403):  # those _get_once judges: the token's or not
                 self.breaker.success()
             self.limiter.observe(resp_headers, seq)
@@ -461,7 +469,7 @@ class _Sent:
     body: bytes
     observed_at: dt.datetime
     token: str
-    #: A 200, 401 or 403 neither announced as JSON nor JSON (see _maybe_page): something
+    #: A 200, 401, 403 or 404 neither announced as JSON nor JSON (see _maybe_page): something
     #: in front of Tiny answered.
     page: bool = False
     #: The JSON of such an answer not announced as JSON, read to tell it from a page.
@@ -472,22 +480,26 @@ class _Sent:
 
 
 #: Statuses a page from in front of Tiny comes with: a maintenance page answered 200, a
-#: firewall's or proxy's block page answered 403 (or 401) to every request for a while.
-_PAGE_STATUSES = frozenset({200, 401, 403})
+#: firewall's or proxy's block page answered 403 (or 401) to every request for a while,
+#: a web server's or proxy's ``404: Not Found`` for a path it has no API at (a wrong base
+#: URL, a route lost during a deploy).
+_PAGE_STATUSES = frozenset({200, 401, 403, 404})
 
 
 def _maybe_page(status: int, headers: Mapping[str, str], body: bytes) -> bool:
     """Whether an answer of ``status`` may be a page from in front of Tiny (it is one if
-    its body is not JSON either). Never one announced as JSON. A 401 or 403 with nothing
-    in it, or with a Bearer challenge, is the API's word on the token (RFC 6750 section
-    3: how an OAuth resource server refuses one), taken as it always was: a token the API
-    dropped is renewed, not waited out."""
+    its body is not JSON either). Never one announced as JSON. A 401, 403 or 404 with
+    nothing in it is the API's word, taken as it always was (a 404: the order is gone);
+    so is a 401 or 403 with a Bearer challenge (RFC 6750 section 3: how an OAuth resource
+    server refuses a token): a token the API dropped is renewed, not waited out."""
     if status not in _PAGE_STATUSES or _announced_json(headers):
         return False
     if status == 200:
         return True
+    if not body.strip():
+        return False
     challenge = headers.get("WWW-Authenticate", "").lstrip().lower()
-    return bool(body.strip()) and not challenge.startswith("bearer")
+    return status == 404 or not challenge.startswith("bearer")
 
 
 def _announced_json(headers: Mapping[str, str]) -> bool:

@@ -5,12 +5,14 @@ attempt (30 s, 2 min, 8 min, 32 min), for at most ``max_attempts`` attempts in t
 After that it stays, open, and is reported for a person to look at ("manual review" is
 derived, ``tentativas >= max_attempts AND NOT resolvido``, so no schema change is needed);
 so is a record that came without an id, which no request can fetch. An order whose detail
-answers 404 was deleted in Tiny: nothing is left to import, so its failure is resolved
-and its mirror row, if any, flagged ``possibly_deleted`` (as a sync or an integrity check
-flags a 404), not counted as an attempt towards manual review. Not so one whose failure
-is that 404 already, recorded because a listing showed the order as its detail answered
-404, and whose row no listing has missed since (not flagged): Tiny lists it, so its 404
-again is one more failed attempt, on the schedule, then manual review.
+answers 404 was deleted in Tiny (Tiny's 404, JSON or empty; a web server's 404 page, as a
+wrong base URL answers, is an outage to the client, never a deletion): nothing is left to
+import, so its failure is resolved and its mirror row, if any, flagged ``possibly_deleted``
+(as a sync or an integrity check flags a 404), not counted as an attempt towards manual
+review. Not so one whose failure is that 404 already, recorded because a listing showed
+the order as its detail answered 404, and whose row no listing has missed since (not
+flagged): Tiny lists it, so its 404 again is one more failed attempt, on the schedule,
+then manual review.
 
 Every timestamp comes from the caller's clock, never from the database's, so the schedule
 can be tested without waiting.
