@@ -80,7 +80,7 @@ COUNT_LABELS: dict[str, str] = {
 FINDING_LABELS: dict[str, str] = {
     "recovered": "missing, recovered",
     "failed": "missing, import failed",
-    "unavailable": "detail unavailable (Tiny 5xx/timeouts), asked again later",
+    "unavailable": "detail unavailable (Tiny down: 5xx, timeouts, a page), asked again later",
     "awaiting_retry": "missing, awaiting retry",
     "unreadable": "unreadable list items",
     "stale": "status corrected",
