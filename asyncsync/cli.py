@@ -31,6 +31,10 @@ from .tasks import Stopped, first_leaf
 
 log = logging.getLogger("asyncsync")
 
+#: Seconds the cleanup of a cut drain may take before the process exits without it (the
+#: drain deadline and this stay under Kubernetes' 30 s grace at the defaults).
+CUT_GRACE_S = 3.0
+
 
 async def _run(invocation: flags.Invocation) -> int:
     from .modes import execute
@@ -44,15 +48,32 @@ async def _run(invocation: flags.Invocation) -> int:
     options = invocation.options
     drain_s = getattr(options, "drain_s", invocation.common.run.drain_s)
 
+    def cancel() -> None:
+        task.cancel()
+        # What the cancellation still waits for must not hold the process either: the
+        # pool's close, the queue's last writes, each wait on a database that does not
+        # answer (frozen, or cut off without a reset), and serve lived on until the
+        # orchestrator's SIGKILL, its drain deadline passed.
+        loop.call_later(CUT_GRACE_S, abandon)
+
     def cut() -> None:
         if not task.done():
             log.warning("still draining after %.0f s: stopping now; the next run resumes "
                         "from what was merged", drain_s)  # fmt: skip
-            task.cancel()
+            cancel()
+
+    def abandon() -> None:
+        if not task.done():
+            log.error("still closing %.0f s after the drain was cut (a database that does "
+                      "not answer?): exiting without waiting; the next run resumes from "
+                      "what was merged", CUT_GRACE_S)  # fmt: skip
+            logging.shutdown()
+            print("asyncsync: interrupted", file=sys.stderr, flush=True)
+            os._exit(130)
 
     def on_signal() -> None:
         if stop.is_set():  # second signal: stop draining
-            task.cancel()
+            cancel()
         else:  # requests in flight may hang (a slow Tiny, a spent quota): bound the drain
             loop.call_later(drain_s, cut)
         stop.set()

@@ -1033,3 +1033,50 @@ async def test_a_worker_back_from_an_outage_does_not_wait_on_the_others_merges(
             await other.close()
     assert holding and "the work queue lost the database" in caplog.text  # the outage
     assert picked_again, caplog.text[-2000:]
+
+
+@pytest.mark.parametrize("mode", ["sync", "serve"])
+async def test_a_run_stopped_while_its_database_is_frozen_exits_soon_after_the_drain_timeout(
+    mode: str, simulator, own_postgres: OwnPostgres, tmp_path
+) -> None:
+    # SIGTERM while PostgreSQL is frozen (SIGSTOP: the server alive, every connection
+    # silent) mid-listing: the drain can neither merge nor re-queue, and the cleanup after
+    # its cut waited on the frozen server too (the queue's last writes, the pool's
+    # connections whose statements were cancelled): serve was still there 40 s later, for
+    # the orchestrator to SIGKILL. It exits 130 at most 3 s after the drain timeout.
+    sim = await simulator(orders=3000, seed=41, latency_s=0.01)
+    env = cli_env(
+        TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
+        TINY_REFRESH_TOKEN=sim.valid_refresh_token() or "",
+    )  # fmt: skip
+    frozen = asyncio.Event()
+
+    def freeze_mid_listing(_: TinySimulator, params: dict[str, str]) -> None:
+        if sim.stats.requests_by_endpoint["list"] == 8:
+            own_postgres.freeze()
+            frozen.set()
+
+    sim.on_list_page = freeze_mid_listing
+    proc = await asyncsync(
+        mode, "--database-url", own_postgres.dsn, "--api-base-url", sim.base_url,
+        "--token-url", sim.token_url, "--statement-timeout", "3", "--lock-timeout", "3",
+        "--db-reconnect", "2", "--drain-timeout", "2", "--data-dir", str(tmp_path),
+        "--log-format", "json", *(("--interval", "1") if mode == "serve" else ()), env=env,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(frozen.wait(), 60)
+        await asyncio.sleep(1)  # the merges wait on the frozen server now
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 40)
+        except TimeoutError:
+            proc.kill()
+            _, err = await proc.communicate()
+        took = time.monotonic() - started
+    finally:
+        own_postgres.thaw()
+    text = err.decode()
+    assert proc.returncode == 130 and took < 8, (proc.returncode, took, text[-3000:])
+    assert "still draining after 2 s" in text and "Traceback" not in text, text[-3000:]
+    assert text.strip().splitlines()[-1] == "asyncsync: interrupted", text[-3000:]
