@@ -151,6 +151,10 @@ class Fleet:
             held = self._held.get(account)
             if held is not None:
                 held.lost.set()
+        if self._leases.silence is not None:
+            # The server answers, not the session holding the leases: the accounts it
+            # held stay locked by it until the next session ends it (or it wakes up).
+            raise DatabaseUnavailable(self._leases.silence)
         await self._stop_unserved()
 
     async def _stop_unserved(self) -> None:

@@ -44,7 +44,7 @@ from .leases import Fence, Leases
 from .locks import RunLockSession, account_lock, lock_holder
 from .metadata import PgMetadata
 from .orders import PgOrderStore
-from .resilience import Reconnect, SqlRunner, classify, guarded
+from .resilience import Reconnect, SqlRunner, guarded, within
 from .runs import PgRunLog
 from .sqlfiles import sql
 from .tokens import PgTokenStore
@@ -89,14 +89,8 @@ class AccountStore:
         cancellation to be answered while the connection goes back to the pool, so
         ``/readyz`` stayed ready through any freeze shorter than about twice the
         statement timeout (plus 5 s): four minutes at the defaults."""
-        probe = asyncio.ensure_future(self._sql.pool.fetchval(sql("ping")))
-        # Not wait_for: it would wait for the cancellation, which a frozen server holds up.
-        done, _ = await asyncio.wait({probe}, timeout=PING_TIMEOUT_S)
-        if not done:
-            probe.cancel()  # it ends when the server answers, or its own timeout fires
-            probe.add_done_callback(lambda p: p.cancelled() or p.exception())
-            raise classify(TimeoutError(), "reaching the database")
-        await guarded(probe, "reaching the database")
+        await guarded(within(self._sql.pool.fetchval(sql("ping")), PING_TIMEOUT_S),
+                      "reaching the database")  # fmt: skip
 
     async def status(
         self, now: dt.datetime, policy: RetryPolicy, census: Census | None = None

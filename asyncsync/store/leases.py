@@ -19,20 +19,29 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Awaitable
 from types import TracebackType
+from typing import TypeVar
 
 import asyncpg
 
 from ..errors import DatabaseUnavailable, LeaseLost
 from .locks import run_lock_name
-from .resilience import CAUGHT, classify
+from .resilience import CAUGHT, classify, within
 from .sqlfiles import sql
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Without a lease silence bound, a worker's transactions this old while it holds no
 #: lease are a frozen worker's (see lease_reap.sql).
 REAP_AFTER_S = 10.0
+#: Seconds a statement of the lease session may take (a ping, a lock taken or given
+#: back: each answered in milliseconds) before the session counts as lost. A session
+#: whose backend stopped answering (frozen, or its connection cut off without a reset)
+#: held up every take, release and check behind it for the statement timeout and 5 s:
+#: the worker ran no unit of any account for two minutes at the defaults, ready all along.
+SESSION_TIMEOUT_S = 5.0
 
 
 class Leases:
@@ -46,6 +55,12 @@ class Leases:
         self._lock = asyncio.Lock()  # one statement at a time on the session
         self.held: set[str] = set()
         self._dropped: set[str] = set()  # lost with a dead session, not yet reported
+        # The backend of a session dropped for its silence: it keeps its locks until it is
+        # ended (by the next session) or wakes up; and what the worker's readiness says
+        # meanwhile.
+        self._silent_pid: int | None = None
+        self._ending_pid: int | None = None  # ended by the next session, perhaps not gone yet
+        self.silence: str | None = None
 
     async def __aenter__(self) -> Leases:
         return self
@@ -83,11 +98,41 @@ class Leases:
                     conn.terminate()
                 raise
             self._conn = conn
+            await self._end_silent(conn)
         return self._conn
 
+    async def _end_silent(self, conn: asyncpg.Connection) -> None:
+        """End the former session dropped for its silence, which holds its locks still."""
+        pid, self._silent_pid = self._silent_pid, None
+        if pid is None:
+            return
+        self._ending_pid = pid
+        self.silence = (f"the lease session (backend {pid}) stopped answering and holds its "
+                        "accounts' run locks until it ends")  # fmt: skip
+        try:
+            ended = await _ask(conn.fetchval(sql("lease_end_silent"), pid, self.name))
+        except asyncpg.InsufficientPrivilegeError as exc:
+            log.warning("cannot end the silent lease session %d: %s", pid, exc)
+            return
+        if ended:
+            log.warning("ended this worker's former lease session %d, which stopped "
+                        "answering: its run locks go with it (a frozen backend once it "
+                        "wakes up)", pid)  # fmt: skip
+
+    async def _still_silent(self, conn: asyncpg.Connection) -> None:
+        """Clear :attr:`silence` once the silent session's backend is gone."""
+        pid = self._ending_pid
+        if pid is not None and await _ask(conn.fetchval(sql("lease_session_alive"), pid)):
+            return
+        self._ending_pid, self.silence = None, None
+
     async def _lost(self, exc: BaseException, what: str) -> DatabaseUnavailable:
-        """The session failed: its locks are gone. Returns the error to raise."""
+        """The session failed: its locks are gone (or, when it fell silent, held by a
+        backend that no longer answers: ended by the next session). Returns the error."""
         conn, self._conn = self._conn, None
+        if isinstance(exc, _Silent) and conn is not None:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                self._silent_pid = int(conn.get_server_pid())
         self._dropped |= self.held  # for the next check() to report, whoever noticed first
         self.held.clear()
         if conn is not None:
@@ -97,7 +142,11 @@ class Leases:
             with contextlib.suppress(*CAUGHT):
                 await self._pool.release(conn)
         error = classify(exc, what)
-        return error if isinstance(error, DatabaseUnavailable) else DatabaseUnavailable(str(error))
+        if not isinstance(error, DatabaseUnavailable):
+            error = DatabaseUnavailable(str(error))
+        if isinstance(exc, _Silent):
+            self.silence = str(error)
+        return error
 
     async def take(self, account: str) -> str | None:
         """Lease ``account``; None when taken, else the name of the session that holds it
@@ -108,7 +157,7 @@ class Leases:
                 return None
             try:
                 conn = await self._session()
-                if await conn.fetchval(sql("lock_try"), name):
+                if await _ask(conn.fetchval(sql("lock_try"), name)):
                     self.held.add(account)
                     # Leased again (its units that lost it have all ended, or it would not
                     # be taken anew): the old loss is not this lease's, and reported at the
@@ -116,7 +165,7 @@ class Leases:
                     self._dropped.discard(account)
                     await self._reap(conn)
                     return None
-                holder = await conn.fetchval(sql("lock_holder"), name)
+                holder = await _ask(conn.fetchval(sql("lock_holder"), name))
             except CAUGHT as exc:
                 raise await self._lost(exc, f"leasing account {account}") from exc
         return str(holder or "another asyncsync process")
@@ -126,7 +175,7 @@ class Leases:
         lease_reap.sql), whose locks would stall the merges of the account just taken."""
         try:
             older = dt.timedelta(seconds=self._idle_timeout_s or REAP_AFTER_S)
-            ended = await conn.fetchval(sql("lease_reap"), older)
+            ended = await _ask(conn.fetchval(sql("lease_reap"), older))
         except asyncpg.InsufficientPrivilegeError as exc:  # workers running as other roles
             log.debug("cannot end another worker's transactions: %s", exc)
             return
@@ -141,9 +190,7 @@ class Leases:
                 return
             self.held.discard(account)
             try:
-                await asyncio.shield(
-                    self._conn.execute(sql("lock_release"), run_lock_name(account))
-                )
+                await _ask(self._conn.execute(sql("lock_release"), run_lock_name(account)))
             except CAUGHT as exc:
                 log.warning("lost the lease session while releasing %s: %s", account, exc)
                 await self._lost(exc, "releasing a lease")
@@ -168,16 +215,34 @@ class Leases:
         last check (also when a take or a release met the dead session first)."""
         async with self._lock:
             # Also with nothing held: silent for ``idle_timeout_s``, the session would end.
-            if self._conn is not None:
-                try:
-                    await self._conn.fetchval(sql("ping"))
-                except CAUGHT as exc:
-                    await self._lost(exc, "checking the leases")
+            try:
+                if self._conn is None and self._silent_pid is not None:
+                    await self._session()  # a new session ends the silent one
+                if self._conn is not None:
+                    await _ask(self._conn.fetchval(sql("ping")))
+                    await self._still_silent(self._conn)
+            except CAUGHT as exc:
+                await self._lost(exc, "checking the leases")
             lost, self._dropped = self._dropped, set()
         if lost:
             log.warning("the lease session is gone: %d accounts lost (%s)",
                         len(lost), ", ".join(sorted(lost)))  # fmt: skip
         return lost
+
+
+class _Silent(TimeoutError):
+    """A statement of the lease session got no answer within :data:`SESSION_TIMEOUT_S`."""
+
+
+async def _ask(statement: Awaitable[T]) -> T:
+    """``await statement`` (on the lease session), given up after SESSION_TIMEOUT_S: the
+    caller drops the session (terminating its connection ends the statement)."""
+    try:
+        return await within(statement, SESSION_TIMEOUT_S)
+    except TimeoutError:
+        raise _Silent(
+            f"the lease session did not answer within {SESSION_TIMEOUT_S:.0f} s"
+        ) from None
 
 
 class Fence:

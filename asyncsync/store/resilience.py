@@ -85,6 +85,20 @@ CAUGHT = (
 )
 
 
+async def within(awaitable: Awaitable[T], timeout_s: float) -> T:
+    """``await awaitable``; TimeoutError once ``timeout_s`` passed without an answer. Not
+    ``wait_for``: it would wait for the cancellation, which a frozen server (or a silent
+    connection) never answers; the statement, cancelled, ends when the server answers,
+    its own timeout fires, or its connection is terminated."""
+    asking = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({asking}, timeout=timeout_s)
+    if not done:
+        asking.cancel()
+        asking.add_done_callback(lambda a: a.cancelled() or a.exception())
+        raise TimeoutError
+    return asking.result()
+
+
 async def guarded(awaitable: Awaitable[Any], what: str) -> Any:
     """Await ``awaitable`` once, converting database errors (see :func:`classify`)."""
     try:

@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import itertools
 import logging
+import os
 import signal
 import socket
 import time
@@ -1080,3 +1081,72 @@ async def test_a_run_stopped_while_its_database_is_frozen_exits_soon_after_the_d
     assert proc.returncode == 130 and took < 8, (proc.returncode, took, text[-3000:])
     assert "still draining after 2 s" in text and "Traceback" not in text, text[-3000:]
     assert text.strip().splitlines()[-1] == "asyncsync: interrupted", text[-3000:]
+
+
+LEASE_HOLDER = """
+SELECT l.pid FROM pg_locks l
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid::bigint = ((hashtext('asyncsync.run:default')::bigint >> 32) & 4294967295)
+  AND l.objid::bigint = (hashtext('asyncsync.run:default')::bigint & 4294967295)
+"""
+
+
+async def test_a_lease_session_that_stops_answering_is_named_and_replaced(
+    simulator, own_postgres: OwnPostgres, caplog
+) -> None:
+    # The backend of the worker's lease session alone is frozen (SIGSTOP: the server and
+    # every other connection answer). Its ping, and every take and release queued behind
+    # it, waited for the statement timeout and 5 s (two minutes at the defaults): the
+    # worker ran no unit of any account, and /readyz said ready throughout. Now the session
+    # counts as lost once silent 5 s: /readyz names it, the next session ends the silent
+    # backend (at once for a connection cut off; a frozen one when it wakes up), and the
+    # worker goes on, the mirror exact.
+    sim = await simulator(orders=300, seed=45, latency_s=0.005)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0)  # timeouts default
+    stop = asyncio.Event()
+    options = ServeOptions(interval_s=1, heartbeat_s=30, metrics_port=0, cycle=cycle())
+    caplog.set_level(logging.INFO)
+    serving = asyncio.create_task(serve.run(common, options, stop))
+    conn = await asyncpg.connect(own_postgres.dsn)
+    said: list[tuple[float, int, str]] = []
+    try:
+        port = await metrics_port(caplog)
+        pid = None
+        for _ in range(400):
+            with contextlib.suppress(asyncpg.PostgresError):
+                pid = await conn.fetchval(LEASE_HOLDER)
+            if pid:
+                break
+            await asyncio.sleep(0.05)
+        assert pid, "the worker never leased the account"
+        os.kill(pid, signal.SIGSTOP)
+        froze_at = time.monotonic()
+        try:
+            async with aiohttp.ClientSession() as http:
+                while time.monotonic() - froze_at < 12:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                        text = await ready.text()
+                        said.append((round(time.monotonic() - froze_at, 1), ready.status, text))
+                    await asyncio.sleep(0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        sim.set_status(sorted(sim.orders)[4], Situacao.CANCELADA)  # made after the thaw
+        deadline = time.monotonic() + 30
+        while diff(sim.snapshot(), await mirror(conn)) and time.monotonic() < deadline:  # type: ignore[arg-type]
+            assert not serving.done(), serving.result()
+            await asyncio.sleep(0.3)
+        assert diff(sim.snapshot(), await mirror(conn)) == []  # type: ignore[arg-type]
+        async with aiohttp.ClientSession() as http:
+            for _ in range(40):
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                    if ready.status == 200:
+                        break
+                await asyncio.sleep(0.5)
+            assert ready.status == 200, await ready.text()
+    finally:
+        stop.set()
+        code = await asyncio.wait_for(serving, 60)
+        await conn.close()
+    assert code == 0
+    named = [s for s in said if s[1] == 503 and "lease session" in s[2]]
+    assert named and named[0][0] <= 11, said  # a check every 5 s, each waiting 5 s at most
