@@ -1150,3 +1150,149 @@ async def test_a_lease_session_that_stops_answering_is_named_and_replaced(
     assert code == 0
     named = [s for s in said if s[1] == 503 and "lease session" in s[2]]
     assert named and named[0][0] <= 11, said  # a check every 5 s, each waiting 5 s at most
+
+
+async def test_serve_frozen_mid_merge_goes_on_once_thawed(
+    simulator, own_postgres: OwnPostgres, caplog
+) -> None:
+    # PostgreSQL frozen (SIGSTOP) for 12 s while a cycle merges its listing (statement
+    # timeout 3 s): /readyz names the database during the freeze, and once it is thawed
+    # the same serve, not restarted, is ready again and its next cycles bring the mirror
+    # to Tiny's state, row by row, including a change made after the thaw.
+    sim = await simulator(orders=600, seed=43, max_limit=50, latency_s=0.005)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0,
+                     statement_timeout_s=3.0, lock_timeout_s=3.0)  # fmt: skip
+    stop = asyncio.Event()
+    options = ServeOptions(interval_s=1, heartbeat_s=30, metrics_port=0, cycle=cycle())
+    frozen = asyncio.Event()
+
+    def freeze_mid_listing(_: TinySimulator, params: dict[str, str]) -> None:
+        if not frozen.is_set() and sim.stats.requests_by_endpoint["list"] >= 6:
+            own_postgres.freeze()
+            frozen.set()
+
+    async def readyz(port: int) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/readyz") as answer,
+        ):
+            return answer.status, await answer.text()
+
+    async def mirrored() -> dict[int, dict[str, object]]:
+        conn = await asyncpg.connect(own_postgres.dsn)
+        try:
+            return await mirror(conn)  # type: ignore[arg-type]
+        finally:
+            await conn.close()
+
+    sim.on_list_page = freeze_mid_listing
+    caplog.set_level(logging.INFO)
+    serving = asyncio.create_task(serve.run(common, options, stop))
+    said: list[tuple[float, int, str]] = []
+    try:
+        port = await metrics_port(caplog)
+        await asyncio.wait_for(frozen.wait(), 60)
+        froze_at = time.monotonic()
+        try:
+            while time.monotonic() - froze_at < 12:
+                status, text = await readyz(port)
+                said.append((round(time.monotonic() - froze_at, 1), status, text))
+                await asyncio.sleep(0.5)
+        finally:
+            own_postgres.thaw()
+        moved = sorted(sim.orders)[9]
+        sim.set_status(moved, Situacao.CANCELADA)  # made after the thaw
+        deadline = time.monotonic() + 60
+        while diff(sim.snapshot(), await mirrored()) and time.monotonic() < deadline:
+            assert not serving.done(), serving.result()
+            await asyncio.sleep(0.5)
+        assert diff(sim.snapshot(), await mirrored()) == []
+        for _ in range(40):
+            status, text = await readyz(port)
+            if status == 200:
+                break
+            await asyncio.sleep(0.5)
+        assert status == 200, text
+    finally:
+        stop.set()
+        code = await asyncio.wait_for(serving, 60)
+    assert code == 0
+    named = [s for s in said if s[1] == 503 and "database" in s[2]]
+    assert named and named[0][0] <= 10.5, said  # within its documented ~10 s
+    conn = await asyncpg.connect(own_postgres.dsn)
+    try:
+        firsts = await conn.fetchval(
+            "SELECT count(*) FROM ordem_status_history WHERE status_antigo IS NULL"
+        )
+    finally:
+        await conn.close()
+    assert firsts == 600  # each first sighting once: no batch merged twice
+
+
+async def test_a_refresh_token_rotated_while_the_database_restarts_is_kept_by_serve(
+    simulator, own_postgres: OwnPostgres, tmp_path, caplog
+) -> None:
+    # The database stops between Tiny's grant of a rotated refresh token and its write
+    # (2 s access tokens: a refresh every second or two). Serve drops the account's
+    # runtime with the failed cycle and builds a new one once the database is back; the
+    # new token manager must spend the rotated token (the rescue file), never the spent
+    # one the database still holds (which would need a person to authorize again).
+    sim = await simulator(orders=200, seed=44, access_ttl_s=2.0)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=1.0, data_dir=tmp_path)
+    stop = asyncio.Event()
+    options = ServeOptions(interval_s=0.5, heartbeat_s=30, cycle=cycle())
+    grants = {"n": 0}
+    restarted: list[asyncio.Task[None]] = []
+    granting = sim._tokens.grant
+
+    async def start_later() -> None:
+        await asyncio.sleep(3)
+        await asyncio.to_thread(own_postgres.start)
+
+    def grant_then_stop_the_database(form: dict[str, str]) -> object:
+        grant = granting(form)
+        if form.get("grant_type") == "refresh_token":
+            grants["n"] += 1
+            if grants["n"] == 3:  # the answer is on its way; the database goes first
+                own_postgres.stop()
+                restarted.append(asyncio.get_running_loop().create_task(start_later()))
+        return grant
+
+    sim._tokens.grant = grant_then_stop_the_database  # type: ignore[method-assign]
+
+    async def stored_refresh_token() -> str | None:
+        conn = await asyncpg.connect(own_postgres.dsn)
+        try:
+            token: str | None = await conn.fetchval(
+                "SELECT refresh_token FROM tiny_tokens WHERE account = 'default'"
+            )
+            return token
+        finally:
+            await conn.close()
+
+    caplog.set_level(logging.INFO)
+    serving = asyncio.create_task(serve.run(common, options, stop))
+    try:
+        deadline = time.monotonic() + 60
+        while not (restarted and restarted[0].done()) and time.monotonic() < deadline:
+            assert not serving.done(), serving.result()
+            await asyncio.sleep(0.2)
+        assert restarted and restarted[0].done()
+        assert (tmp_path / "rescued-tokens").exists()
+        grants_back = grants["n"]
+        while time.monotonic() < deadline and (
+            grants["n"] < grants_back + 2
+            or await stored_refresh_token() != sim.valid_refresh_token()
+        ):
+            assert not serving.done(), serving.result()
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        code = await asyncio.wait_for(serving, 60)
+    assert code == 0
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Tiny rotated the refresh token and the database could not store" in said, said
+    assert sim.stats.stale_refresh_uses == 0, said  # the spent token was never presented
+    assert "authorize" not in said, said
+    assert await stored_refresh_token() == sim.valid_refresh_token()
+    assert list((tmp_path / "rescued-tokens").iterdir()) == []  # stored: rescue done
