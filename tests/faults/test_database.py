@@ -62,6 +62,25 @@ def fast_db(common, **database):  # type: ignore[no-untyped-def]
     return dataclasses.replace(common, database=dataclasses.replace(common.database, **database))
 
 
+async def readyz(port: int) -> tuple[int, str]:
+    """What serve's /readyz on ``port`` answers: its status and its body."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/readyz") as answer,
+    ):
+        return answer.status, await answer.text()
+
+
+async def ready_again(port: int, pause_s: float = 0.25) -> None:
+    """Assert that serve's /readyz answers 200 within 40 pauses."""
+    for _ in range(40):
+        status, text = await readyz(port)
+        if status == 200:
+            return
+        await asyncio.sleep(pause_s)
+    raise AssertionError(f"/readyz still {status}: {text}")
+
+
 async def test_serve_rides_out_a_database_restart(
     simulator, own_postgres: OwnPostgres, caplog
 ) -> None:
@@ -926,13 +945,6 @@ async def test_serve_outlives_its_database_dropped_and_created_again(
         finally:
             await conn.close()
 
-    async def readyz(port: int) -> tuple[int, str]:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{port}/readyz") as answer,
-        ):
-            return answer.status, await answer.text()
-
     with caplog.at_level(logging.INFO):
         serving = asyncio.create_task(serve.run(common, options, stop))
         try:
@@ -961,12 +973,7 @@ async def test_serve_outlives_its_database_dropped_and_created_again(
                 assert not serving.done(), serving.result()
                 await asyncio.sleep(0.3)
             assert diff(sim.snapshot(), await mirrored()) == []
-            for _ in range(40):  # ready again once a cycle has run on the new database
-                status, text = await readyz(port)
-                if status == 200:
-                    break
-                await asyncio.sleep(0.25)
-            assert status == 200, text
+            await ready_again(port)  # once a cycle has run on the new database
         finally:
             stop.set()
             code = await asyncio.wait_for(serving, 60)
@@ -1122,12 +1129,9 @@ async def test_a_lease_session_that_stops_answering_is_named_and_replaced(
         os.kill(pid, signal.SIGSTOP)
         froze_at = time.monotonic()
         try:
-            async with aiohttp.ClientSession() as http:
-                while time.monotonic() - froze_at < 12:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
-                        text = await ready.text()
-                        said.append((round(time.monotonic() - froze_at, 1), ready.status, text))
-                    await asyncio.sleep(0.5)
+            while time.monotonic() - froze_at < 12:
+                said.append((round(time.monotonic() - froze_at, 1), *await readyz(port)))
+                await asyncio.sleep(0.5)
         finally:
             os.kill(pid, signal.SIGCONT)
         sim.set_status(sorted(sim.orders)[4], Situacao.CANCELADA)  # made after the thaw
@@ -1136,13 +1140,7 @@ async def test_a_lease_session_that_stops_answering_is_named_and_replaced(
             assert not serving.done(), serving.result()
             await asyncio.sleep(0.3)
         assert diff(sim.snapshot(), await mirror(conn)) == []  # type: ignore[arg-type]
-        async with aiohttp.ClientSession() as http:
-            for _ in range(40):
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
-                    if ready.status == 200:
-                        break
-                await asyncio.sleep(0.5)
-            assert ready.status == 200, await ready.text()
+        await ready_again(port, 0.5)
     finally:
         stop.set()
         code = await asyncio.wait_for(serving, 60)
@@ -1171,13 +1169,6 @@ async def test_serve_frozen_mid_merge_goes_on_once_thawed(
             own_postgres.freeze()
             frozen.set()
 
-    async def readyz(port: int) -> tuple[int, str]:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{port}/readyz") as answer,
-        ):
-            return answer.status, await answer.text()
-
     async def mirrored() -> dict[int, dict[str, object]]:
         conn = await asyncpg.connect(own_postgres.dsn)
         try:
@@ -1195,8 +1186,7 @@ async def test_serve_frozen_mid_merge_goes_on_once_thawed(
         froze_at = time.monotonic()
         try:
             while time.monotonic() - froze_at < 12:
-                status, text = await readyz(port)
-                said.append((round(time.monotonic() - froze_at, 1), status, text))
+                said.append((round(time.monotonic() - froze_at, 1), *await readyz(port)))
                 await asyncio.sleep(0.5)
         finally:
             own_postgres.thaw()
@@ -1207,12 +1197,7 @@ async def test_serve_frozen_mid_merge_goes_on_once_thawed(
             assert not serving.done(), serving.result()
             await asyncio.sleep(0.5)
         assert diff(sim.snapshot(), await mirrored()) == []
-        for _ in range(40):
-            status, text = await readyz(port)
-            if status == 200:
-                break
-            await asyncio.sleep(0.5)
-        assert status == 200, text
+        await ready_again(port, 0.5)
     finally:
         stop.set()
         code = await asyncio.wait_for(serving, 60)
