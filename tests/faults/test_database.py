@@ -71,6 +71,26 @@ async def readyz(port: int) -> tuple[int, str]:
         return answer.status, await answer.text()
 
 
+async def mirror_at(dsn: str) -> dict[int, dict[str, object]]:
+    """The mirror of the database at ``dsn``, read on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await mirror(conn)  # type: ignore[arg-type]
+    finally:
+        await conn.close()
+
+
+async def exact_while_serving(
+    sim: TinySimulator, dsn: str, serving: asyncio.Task[int], within_s: float = 40
+) -> None:
+    """Wait for the mirror at ``dsn`` to equal Tiny's state, asserting serve stays up."""
+    deadline = time.monotonic() + within_s
+    while diff(sim.snapshot(), await mirror_at(dsn)) and time.monotonic() < deadline:
+        assert not serving.done(), serving.result()
+        await asyncio.sleep(0.3)
+    assert diff(sim.snapshot(), await mirror_at(dsn)) == []
+
+
 async def ready_again(port: int, pause_s: float = 0.25) -> None:
     """Assert that serve's /readyz answers 200 within 40 pauses."""
     for _ in range(40):
@@ -1169,13 +1189,6 @@ async def test_serve_frozen_mid_merge_goes_on_once_thawed(
             own_postgres.freeze()
             frozen.set()
 
-    async def mirrored() -> dict[int, dict[str, object]]:
-        conn = await asyncpg.connect(own_postgres.dsn)
-        try:
-            return await mirror(conn)  # type: ignore[arg-type]
-        finally:
-            await conn.close()
-
     sim.on_list_page = freeze_mid_listing
     caplog.set_level(logging.INFO)
     serving = asyncio.create_task(serve.run(common, options, stop))
@@ -1192,11 +1205,7 @@ async def test_serve_frozen_mid_merge_goes_on_once_thawed(
             own_postgres.thaw()
         moved = sorted(sim.orders)[9]
         sim.set_status(moved, Situacao.CANCELADA)  # made after the thaw
-        deadline = time.monotonic() + 60
-        while diff(sim.snapshot(), await mirrored()) and time.monotonic() < deadline:
-            assert not serving.done(), serving.result()
-            await asyncio.sleep(0.5)
-        assert diff(sim.snapshot(), await mirrored()) == []
+        await exact_while_serving(sim, own_postgres.dsn, serving)
         await ready_again(port, 0.5)
     finally:
         stop.set()
@@ -1281,3 +1290,65 @@ async def test_a_refresh_token_rotated_while_the_database_restarts_is_kept_by_se
     assert "authorize" not in said, said
     assert await stored_refresh_token() == sim.valid_refresh_token()
     assert list((tmp_path / "rescued-tokens").iterdir()) == []  # stored: rescue done
+
+
+@pytest.mark.parametrize("first_back", ["tiny", "database"])
+async def test_serve_rides_out_tiny_and_the_database_away_together(
+    first_back: str, simulator, own_postgres: OwnPostgres, caplog
+) -> None:
+    # Tiny answers 503 (its circuit opens), then PostgreSQL stops too; one comes back
+    # 2 s before the other. Serve stays up, and once both are back a cycle makes the
+    # mirror exact (the change made during the outages included), with no import failure,
+    # `health`'s marker says the last cycle is ok and /readyz is 200 again.
+    sim = await simulator(orders=300, seed=46)
+    common = fast_db(common_for(sim, own_postgres.dsn, max_retries=2, breaker_failures=3,
+                                breaker_cooldown_s=2.0), reconnect_s=1.0)  # fmt: skip
+    stop = asyncio.Event()
+    options = ServeOptions(interval_s=1, heartbeat_s=30, metrics_port=0, cycle=cycle())
+    caplog.set_level(logging.INFO)
+
+    async def query(statement: str) -> object:
+        conn = await asyncpg.connect(own_postgres.dsn)
+        try:
+            return await conn.fetchval(statement)
+        finally:
+            await conn.close()
+
+    async def mirrored() -> dict[int, dict[str, object]]:
+        return await mirror_at(own_postgres.dsn)
+
+    serving = asyncio.create_task(serve.run(common, options, stop))
+    try:
+        port = await metrics_port(caplog)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (  # noqa: ASYNC110 (serve, the database)
+            await readyz(port) != (200, '{"ready": true}') or diff(sim.snapshot(), await mirrored())
+        ):
+            await asyncio.sleep(0.2)
+        assert diff(sim.snapshot(), await mirrored()) == []  # the first sync, before both
+        sim.set_status(sorted(sim.orders)[2], Situacao.CANCELADA)
+        sim.set_outage("503")
+        failed = "SELECT count(*) FROM sync_runs WHERE outcome = 'failed'"
+        while not await query(failed) and time.monotonic() < deadline:  # noqa: ASYNC110 (the database)
+            await asyncio.sleep(0.2)
+        assert await query(failed), caplog.text[-3000:]
+        await asyncio.to_thread(own_postgres.stop)
+        await asyncio.sleep(2)
+        if first_back == "tiny":
+            sim.set_outage(None)
+            await asyncio.sleep(2)
+            await asyncio.to_thread(own_postgres.start)
+        else:
+            await asyncio.to_thread(own_postgres.start)
+            await asyncio.sleep(2)
+            sim.set_outage(None)
+        assert not serving.done(), serving.result()
+        await exact_while_serving(sim, own_postgres.dsn, serving)
+        await ready_again(port, 0.5)
+        health = await query(f"SELECT valor FROM sync_metadata WHERE chave = '{SERVE_HEALTH_KEY}'")
+        assert orjson.loads(str(health))["ok"] is True, health
+        assert await query("SELECT count(*) FROM import_failures") == 0
+    finally:
+        stop.set()
+        code = await asyncio.wait_for(serving, 60)
+    assert code == 0
