@@ -91,6 +91,16 @@ async def exact_while_serving(
     assert diff(sim.snapshot(), await mirror_at(dsn)) == []
 
 
+async def readyz_for(port: int, seconds: float, since: float) -> list[tuple[float, int, str]]:
+    """/readyz every 0.5 s until ``seconds`` after ``since`` (monotonic): for each, its age
+    in seconds, its status and its body."""
+    said: list[tuple[float, int, str]] = []
+    while time.monotonic() - since < seconds:
+        said.append((round(time.monotonic() - since, 1), *await readyz(port)))
+        await asyncio.sleep(0.5)
+    return said
+
+
 async def ready_again(port: int, pause_s: float = 0.25) -> None:
     """Assert that serve's /readyz answers 200 within 40 pauses."""
     for _ in range(40):
@@ -1147,11 +1157,8 @@ async def test_a_lease_session_that_stops_answering_is_named_and_replaced(
             await asyncio.sleep(0.05)
         assert pid, "the worker never leased the account"
         os.kill(pid, signal.SIGSTOP)
-        froze_at = time.monotonic()
         try:
-            while time.monotonic() - froze_at < 12:
-                said.append((round(time.monotonic() - froze_at, 1), *await readyz(port)))
-                await asyncio.sleep(0.5)
+            said = await readyz_for(port, 12, time.monotonic())
         finally:
             os.kill(pid, signal.SIGCONT)
         sim.set_status(sorted(sim.orders)[4], Situacao.CANCELADA)  # made after the thaw
@@ -1196,11 +1203,8 @@ async def test_serve_frozen_mid_merge_goes_on_once_thawed(
     try:
         port = await metrics_port(caplog)
         await asyncio.wait_for(frozen.wait(), 60)
-        froze_at = time.monotonic()
         try:
-            while time.monotonic() - froze_at < 12:
-                said.append((round(time.monotonic() - froze_at, 1), *await readyz(port)))
-                await asyncio.sleep(0.5)
+            said = await readyz_for(port, 12, time.monotonic())
         finally:
             own_postgres.thaw()
         moved = sorted(sim.orders)[9]
