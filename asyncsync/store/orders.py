@@ -20,7 +20,8 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -104,6 +105,14 @@ class PgOrderStore:
         # next is copied straight in, and a row already there sends it back (a savepoint)
         # through the hashes-first path, whose answer sets this again.
         self._expect_new = False
+        # Until one has asked which of its orders are new, merges go one at a time. The
+        # first asks of a mirror perhaps empty and never analyzed, whose planner then
+        # looks each id up through the status index, walking every entry of the account,
+        # those of a COPY in flight included (find_changed.sql): 5,000 ids by 5,000
+        # entries, seconds to a minute of PostgreSQL CPU. Its answer tells the next merge
+        # to copy straight in.
+        self._asked = False
+        self._first = asyncio.Lock()
         # The database's clock minus this host's, measured once; merges that start
         # together wait for the one measurement (a lock: they go on in the order they came).
         self._offset: dt.timedelta | None = None
@@ -238,10 +247,21 @@ class PgOrderStore:
             [*(r.id for r in records), *(f.order_id for f in [*failures, *refused])]
             + [("checkpoint", cp.key) for cp in checkpoints]
         )
-        async with self._claims.hold(keys):
-            return await self._merge_claimed(
+        async with self._alone_until_asked(), self._claims.hold(keys):
+            result = await self._merge_claimed(
                 records, failures, checkpoints, source, force, attempt, refused
             )
+        self._asked = self._asked or bool(records)
+        return result
+
+    @asynccontextmanager
+    async def _alone_until_asked(self) -> AsyncIterator[None]:
+        """Hold the others back while no merge has asked which of its orders are new."""
+        if self._asked:
+            yield
+            return
+        async with self._first:
+            yield
 
     async def _merge_claimed(
         self,
