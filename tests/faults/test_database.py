@@ -387,13 +387,25 @@ async def test_a_run_whose_lock_session_dies_takes_the_lock_again(
     assert diff(sim.snapshot(), await mirror(db)) == []
 
 
+#: Cut the run's lock session and take its lock in one statement, as another run would the
+#: moment it is free. From the client, another run's take raced the run's own: a merge
+#: that finds the lock gone has the run take it again at once, and under load it won.
+CUT_AND_TAKE = """
+DO $$ BEGIN
+    PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name = 'asyncsync sync'
+      AND pid <> pg_backend_pid();
+    WHILE NOT pg_try_advisory_lock(hashtext('asyncsync.run:default')::bigint) LOOP
+    END LOOP;
+END $$"""
+
+
 async def test_a_run_whose_lock_another_run_took_stops(
-    simulator, runtime_for, db, monkeypatch
+    simulator, runtime_for, db, database_url, monkeypatch
 ) -> None:
     # The lock session is cut, and another run takes the lock before this one can: it
     # stops (exit 3) rather than merge alongside the other.
     monkeypatch.setattr(locks, "LOCK_CHECK_S", 0.5)
-    monkeypatch.setattr(locks, "LOCK_POLL_S", 0.01)
     sim = await simulator(orders=3000, seed=23, latency_s=0.01)
 
     async def first_run() -> None:
@@ -402,15 +414,18 @@ async def test_a_run_whose_lock_another_run_took_stops(
 
     run = asyncio.create_task(first_run())
     await rows_appear(db)
-    async with runtime_for(sim) as other:
-        assert await db.fetchval(KILL_LOCK_SESSION) == 1
-        async with other.store.lock("sync", wait_s=5):
-            with pytest.raises(LockBusy, match="lost its run lock mid-sync to asyncsync sync"):
-                await run
-            detailed = "SELECT count(*) FROM ordens_servico WHERE detalhe IS NOT NULL"
-            rows = await db.fetchval(detailed)
-            await asyncio.sleep(0.3)  # and nothing of the stopped run merges any more
-            assert await db.fetchval(detailed) == rows < 3000
+    named = {"application_name": "asyncsync sync"}  # another run's session
+    other = await asyncpg.connect(database_url, server_settings=named)
+    try:
+        await asyncio.wait_for(other.execute(CUT_AND_TAKE), 10)
+        with pytest.raises(LockBusy, match="lost its run lock mid-sync to asyncsync sync"):
+            await run
+        detailed = "SELECT count(*) FROM ordens_servico WHERE detalhe IS NOT NULL"
+        rows = await db.fetchval(detailed)
+        await asyncio.sleep(0.3)  # and nothing of the stopped run merges any more
+        assert await db.fetchval(detailed) == rows < 3000
+    finally:
+        await other.close()
 
 
 async def test_a_frozen_database_becomes_an_error_not_a_hang(
