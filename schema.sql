@@ -213,6 +213,15 @@ CREATE TABLE IF NOT EXISTS asyncsync_schema (
     fingerprint text        NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
+-- Installs made before 2026-12-06 did not mark a --simulator demo's account (the
+-- sync_metadata key 'simulator_demo', asyncsync/runtime): after the upgrade the demo refused
+-- its own earlier demo as a real Tiny account's. The refresh tokens the bundled simulator
+-- issues say whose they are (Tiny's are JWTs): such an install's first apply (no
+-- fingerprint yet) marks the accounts holding one.
+INSERT INTO sync_metadata (account, chave, valor)
+SELECT account, 'simulator_demo', 'true' FROM tiny_tokens
+WHERE refresh_token LIKE 'sim-refresh-%' AND NOT EXISTS (SELECT FROM asyncsync_schema)
+ON CONFLICT (account, chave) DO NOTHING;
 -- Every role may read it: one granted rights on the tables alone before this table existed
 -- (GRANT ... ON ALL TABLES covers the tables there then) must still find the schema applied.
 GRANT SELECT ON asyncsync_schema TO PUBLIC;

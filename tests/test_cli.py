@@ -1026,6 +1026,31 @@ async def test_a_simulator_demo_leaves_a_real_accounts_tokens_and_mirror_alone(
     assert open_after == open_before, (demo.returncode, open_before, open_after)
 
 
+async def test_a_demo_stored_before_the_demo_mark_takes_a_demo_again_after_the_upgrade(
+    database_url, db
+) -> None:
+    """Installs made before 2026-12-06 stored a demo's tokens and marked nothing: after the
+    upgrade the Quickstart's demo refused its own earlier demo as a real Tiny account's,
+    exit 2. The first schema.sql applied over such an install marks the accounts whose
+    refresh token the simulator issued; one holding Tiny's token is still refused."""
+    await db.execute("DROP TABLE asyncsync_schema")  # an install older than the fingerprint
+    await db.execute(
+        "INSERT INTO tiny_tokens (account, refresh_token) VALUES"
+        " ('default', 'sim-refresh-1-RhgXC7CIz3xLJSop'), ('acme', 'eyJhbGciOiJSUzI1NiJ9.real')"
+    )
+    env = {"DATABASE_URL": database_url}
+    demo = await asyncio.to_thread(
+        run_cli, "sync", "--simulator", "5", "--rate-limit", "6000", env=env
+    )
+    assert demo.returncode == 0, demo.stderr[-500:]
+    real = await asyncio.to_thread(
+        run_cli, "sync", "--simulator", "5", "--account", "acme", "--rate-limit", "6000", env=env
+    )
+    assert real.returncode == 2 and "is a real Tiny account's" in real.stderr, real.stderr
+    tokens = "SELECT refresh_token FROM tiny_tokens WHERE account = 'acme'"
+    assert await db.fetchval(tokens) == "eyJhbGciOiJSUzI1NiJ9.real"
+
+
 async def test_a_simulator_demo_refuses_an_account_of_the_accounts_table(
     simulator, database_url
 ) -> None:

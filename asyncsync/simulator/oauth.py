@@ -170,6 +170,8 @@ class TokenStore:
         return self._tokens(now, self._new_refresh(now), None, EXCHANGED)
 
     def _new_refresh(self, now: float) -> str:
+        # The prefix tells a demo's stored token from Tiny's (schema.sql marks the demos
+        # of installs older than the demo mark by it): keep it.
         token = f"sim-refresh-{next(self._serial)}-{secrets.token_urlsafe(12)}"
         self._refresh[token] = now + self._config.refresh_ttl_s
         self._latest = token
