@@ -808,6 +808,23 @@ async def test_status_of_a_database_nothing_ran_in_says_so(admin_dsn) -> None:
     assert "Traceback" not in result.stderr and "UndefinedTable" not in result.stderr
 
 
+async def test_status_and_health_of_an_older_install_not_yet_migrated_say_so(
+    database_url, db
+) -> None:
+    """An install of 2026-11-29's morning had neither the run history nor the accounts
+    table; status and health, which read only, said "nothing has run here" of its mirror."""
+    await db.execute("DROP TABLE sync_runs, accounts, asyncsync_schema")
+    await db.execute(
+        "INSERT INTO ordens_servico (id, situacao, payload, list_hash, observed_at)"
+        " VALUES (1, 0, '{}', '', now())"
+    )
+    for mode in ("status", "health"):
+        result = await asyncio.to_thread(run_cli, mode, "--database-url", database_url)
+        assert result.returncode == 1, result.stderr
+        assert "an older release's: `asyncsync migrate` brings it up to date" in result.stdout
+        assert "nothing has run here" not in result.stdout, result.stdout
+
+
 async def test_tiny_refusing_the_app_itself_is_configuration(simulator, database_url) -> None:
     # A wrong client secret or token address is not an outage nor a lapsed token: exit 2,
     # so the service units (RestartPreventExitStatus=2 4) stop restarting into it.

@@ -21,7 +21,7 @@ from ..clock import utcnow
 from ..errors import DatabaseError, DatabaseUnavailable
 from ..options import CommonOptions, HealthOptions
 from ..overview import awaits_authorization, freshness_limit, in_minutes, reauthorization_problem
-from ..runtime import database_of
+from ..runtime import database_of, schema_missing
 from . import SERVE_HEALTH_KEY
 
 
@@ -36,26 +36,26 @@ async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event
             apply_schema=False,
             staging=False,
         ) as database:
-            if options.all_accounts:
-                keys = [c.key for c in await database.registry.all() if c.enabled]
-            else:
-                keys = [common.account]
-            said = []
-            for key in keys:
-                store = database.account(key)
-                last_runs, _ = await store.runs.latest()
-                waiting = awaits_authorization(last_runs.get("sync"), await store.tokens.ages())
-                metadata = store.metadata
-                said.append(
-                    (await metadata.last_synced(), await metadata.get(SERVE_HEALTH_KEY), waiting)
-                )
+            try:
+                if options.all_accounts:
+                    keys = [c.key for c in await database.registry.all() if c.enabled]
+                else:
+                    keys = [common.account]
+                said = []
+                for key in keys:
+                    store = database.account(key)
+                    last_runs, _ = await store.runs.latest()
+                    waiting = awaits_authorization(last_runs.get("sync"), await store.tokens.ages())
+                    last = await store.metadata.last_synced()
+                    serve = await store.metadata.get(SERVE_HEALTH_KEY)
+                    said.append((last, serve, waiting))
+            except DatabaseError as exc:
+                if exc.sqlstate != "42P01":  # undefined_table
+                    raise
+                print(f"unhealthy: {await schema_missing(database)}")
+                return 1
     except DatabaseUnavailable as exc:
         print(f"unhealthy: {exc}")
-        return 1
-    except DatabaseError as exc:
-        if exc.sqlstate != "42P01":  # undefined_table
-            raise
-        print("unhealthy: the database has no asyncsync schema (run --mode migrate)")
         return 1
     if not keys:
         print("unhealthy: the accounts table has no enabled account")

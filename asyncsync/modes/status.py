@@ -24,7 +24,7 @@ from ..errors import DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, StatusOptions
 from ..overview import render_status, render_summary, status_dict
-from ..runtime import database_of
+from ..runtime import database_of, schema_missing
 from ..seams import QueueCount, WorkQueue
 from ..tables import table
 from . import show
@@ -44,8 +44,7 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
         except DatabaseError as exc:
             if exc.sqlstate != "42P01":  # undefined_table
                 raise
-            print("the database has no asyncsync schema yet: nothing has run here "
-                  "(asyncsync migrate creates it; every mode that writes does too)")  # fmt: skip
+            print(await schema_missing(database))
             return 1
         queue = await _census(database.queue, None if options.all_accounts else common.account)
     data = {

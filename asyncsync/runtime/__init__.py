@@ -179,6 +179,17 @@ def database_of(
     return opening if stop is None else _opened_unless_stopped(opening, stop)
 
 
+async def schema_missing(database: Database) -> str:
+    """What status and health, which read only and found a table missing, say: an empty
+    database, or an older release's install that no `asyncsync migrate` brought up to date
+    (its run history, say, came later)."""
+    if await database.installed():
+        return ("the database's asyncsync schema is an older release's: `asyncsync migrate` "
+                "brings it up to date (every mode that writes does too)")  # fmt: skip
+    return ("the database has no asyncsync schema yet: nothing has run here "
+            "(asyncsync migrate creates it; every mode that writes does too)")  # fmt: skip
+
+
 @asynccontextmanager
 async def _opened_unless_stopped(
     opening: AsyncContextManager[Database], stop: asyncio.Event

@@ -193,6 +193,10 @@ class Database:
                 "the same schema.sql applied change nothing"
             ) from None
 
+    async def installed(self) -> bool:
+        """Whether asyncsync wrote here, whatever release's schema it applied."""
+        return bool(await self._sql.fetchval("reading the schema", "schema_installed"))
+
     async def revive(self) -> str | None:
         """The embedded server, when this database is one and its postmaster died, started
         again: what was done, in a sentence; None when there was nothing to do (a
