@@ -282,13 +282,15 @@ async def test_a_frozen_workers_accounts_go_on_elsewhere(
         os.kill(procs[frozen].pid, signal.SIGSTOP)  # mid-cycle, holding the account
         froze_at = await db.fetchval("SELECT now()")
         account = row["account"]
-        deadline = time.monotonic() + 25
+        # Usually 4-13 s (a frozen merge's transaction is ended after 10 s); once, in a
+        # clean-clone CI run, over 25 s: the bound says "not for as long as the freeze".
+        deadline = time.monotonic() + 40
         while not await db.fetchval(
             "SELECT count(*) FROM sync_runs WHERE account = $1 AND mode = 'sync' "
             "AND started_at > $2", account, froze_at
         ):  # fmt: skip
             assert time.monotonic() < deadline, (
-                f"{account} had no cycle in 25 s while the worker holding it was frozen "
+                f"{account} had no cycle in 40 s while the worker holding it was frozen "
                 f"(heartbeat timeout 3 s)"
             )
             await asyncio.sleep(0.2)
