@@ -524,16 +524,27 @@ async def test_a_merge_tried_again_still_resolves_a_failure_of_an_order_read_who
     assert await db.fetchval("SELECT resolvido FROM import_failures WHERE id_ordem = $1", victim)
 
 
-async def test_a_stores_first_merge_asks_which_orders_are_new_alone(db, database_url) -> None:
+async def test_a_stores_first_merge_asks_which_orders_are_new_alone(
+    db, database_url, monkeypatch
+) -> None:
     """A store's first merge asks which of its ids are new (find_changed.sql) of a mirror
     that may be empty and never analyzed: the planner then looks each id up through the
     status index, walking every entry of the account, and the entries a merge in flight
     is COPYing count too (5,000 ids by 5,000 entries: from seconds to over a minute of
     PostgreSQL CPU, seen four times in 200 fast first loads with auto_explain). So a
     second merge waits for the first's answer (is this a first load?), then copies its
-    orders straight in; before, with two merges in flight, it asked beside the first."""
+    orders straight in beside it; before, with two merges in flight, both asked at once."""
+    from asyncsync.store import orders
     from asyncsync.store.resilience import Reconnect
 
+    asked: list[str] = []
+    named = orders.sql
+
+    def spied(name: str) -> str:
+        asked.append(name)
+        return named(name)
+
+    monkeypatch.setattr(orders, "sql", spied)
     release = asyncio.Event()
     checked: list[int] = []
 
@@ -550,14 +561,16 @@ async def test_a_stores_first_merge_asks_which_orders_are_new_alone(db, database
             fence=HeldFence(),  # type: ignore[arg-type]
         )
         batch = [[parse_list_item(item(i, 0), T0) for i in range(k, k + 50)] for k in (1, 51)]
-        first = asyncio.create_task(store.orders.merge_listed(batch[0]))
-        while not checked:  # noqa: ASYNC110 (the fence's own record)
+        first, second = (asyncio.create_task(store.orders.merge_listed(b)) for b in batch)
+        for _ in range(500):  # the one that asked is held; the other goes on beside it
+            if len(checked) == 2:
+                break
             await asyncio.sleep(0.01)
-        second = asyncio.create_task(store.orders.merge_listed(batch[1]))
-        await asyncio.sleep(0.5)
-        assert checked == [0], "the second merge went ahead beside the first"
+        beside = len(checked) == 2
         release.set()
         stats = await asyncio.gather(first, second)
+    assert beside, "the second merge waited for the first to commit"
+    assert asked.count("find_changed") == 1  # the other waited for the answer, then copied
     assert [s.inserted for s in stats] == [50, 50]
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 100
     assert await db.fetchval("SELECT count(*) FROM ordem_status_history") == 100

@@ -105,12 +105,13 @@ class PgOrderStore:
         # next is copied straight in, and a row already there sends it back (a savepoint)
         # through the hashes-first path, whose answer sets this again.
         self._expect_new = False
-        # Until one has asked which of its orders are new, merges go one at a time. The
-        # first asks of a mirror perhaps empty and never analyzed, whose planner then
+        # Until one has asked which of its orders are new, the others wait for its answer.
+        # The first asks of a mirror perhaps empty and never analyzed, whose planner then
         # looks each id up through the status index, walking every entry of the account,
-        # those of a COPY in flight included (find_changed.sql): 5,000 ids by 5,000
-        # entries, seconds to a minute of PostgreSQL CPU. Its answer tells the next merge
-        # to copy straight in.
+        # those of a COPY in flight included (find_changed.sql): two asking at once, one
+        # beside the other's COPY, walked 5,000 ids by 5,000 entries, seconds to a minute
+        # of PostgreSQL CPU. Its answer sends the next ones straight in (a first load),
+        # beside it.
         self._asked = False
         self._first = asyncio.Lock()
         # The database's clock minus this host's, measured once; merges that start
@@ -247,21 +248,34 @@ class PgOrderStore:
             [*(r.id for r in records), *(f.order_id for f in [*failures, *refused])]
             + [("checkpoint", cp.key) for cp in checkpoints]
         )
-        async with self._alone_until_asked(), self._claims.hold(keys):
-            result = await self._merge_claimed(
-                records, failures, checkpoints, source, force, attempt, refused
+        async with self._alone_until_asked() as asked, self._claims.hold(keys):
+            return await self._merge_claimed(
+                records, failures, checkpoints, source, force, attempt, refused, asked
             )
-        self._asked = self._asked or bool(records)
-        return result
 
     @asynccontextmanager
-    async def _alone_until_asked(self) -> AsyncIterator[None]:
-        """Hold the others back while no merge has asked which of its orders are new."""
+    async def _alone_until_asked(self) -> AsyncIterator[Callable[[], None]]:
+        """Hold the other merges back while no merge has asked which of its orders are
+        new; yields what the merge calls once it has: the others go on then, beside it."""
         if self._asked:
-            yield
+            yield lambda: None
             return
-        async with self._first:
-            yield
+        await self._first.acquire()
+        held = True
+
+        def asked() -> None:
+            nonlocal held
+            self._asked = True
+            if held:
+                held = False
+                self._first.release()
+
+        try:
+            yield asked
+        finally:
+            if held:
+                held = False
+                self._first.release()
 
     async def _merge_claimed(
         self,
@@ -272,6 +286,7 @@ class PgOrderStore:
         force: bool,
         attempt: bool,
         refused: Sequence[FailureRecord],
+        asked: Callable[[], None],
     ) -> tuple[MergeStats, set[int]]:
         unique = latest_per_id(records)
         now = self._clock()
@@ -298,6 +313,7 @@ class PgOrderStore:
                 todo = new_ids.union(found["changed_ids"])
                 if not force:
                     self._expect_new = len(new_ids) == len(unique)
+                asked()  # the next merges know whether to copy straight in
                 if todo and len(new_ids) == len(todo):
                     fresh = [r for r in unique if r.id in todo]
                     await self._insert_new(conn, fresh, source)
