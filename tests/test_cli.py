@@ -851,9 +851,10 @@ async def test_tiny_refusing_the_app_itself_is_configuration(simulator, database
         for env, message in (
             (base, "refused the app's credentials (invalid_client) for account 'default': "
                    "check TINY_CLIENT_ID and TINY_CLIENT_SECRET"),
-            (wrong_url, "answered 404: check TINY_TOKEN_URL (--token-url)"),
+            (wrong_url, "answered 404: check TINY_TOKEN_URL (--token-url), or the account's "
+                        "token_url in the accounts table"),
             (html, "answered 200 with no OAuth JSON ('<html>Entrar</html>'): check "
-                   "TINY_TOKEN_URL (--token-url)"),
+                   "TINY_TOKEN_URL (--token-url), or the account's token_url"),
         ):  # fmt: skip
             result = await asyncio.to_thread(
                 run_cli, "sync", "--database-url", database_url, env=env

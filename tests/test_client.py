@@ -481,7 +481,7 @@ async def test_a_404_page_is_an_outage_not_an_order_deleted(monkeypatch) -> None
                 await client.get_order(1, retry=False)
             assert client.breaker.reason == (
                 "7 failures in a row: 7 × not_json; if it persists, check TINY_API_BASE_URL "
-                "(--api-base-url)"
+                "(--api-base-url), or the account's api_base_url in the accounts table"
             )
             client.breaker.success()
             for order_id in (3, 4):
@@ -638,7 +638,7 @@ async def test_a_page_at_a_token_endpoint_known_to_work_is_an_outage(simulator) 
                 await client.list_orders(ListQuery(3))
         assert breaker.reason == (
             "2 failures in a row: 2 × token_endpoint_not_json; if it persists, check "
-            "TINY_TOKEN_URL (--token-url)"
+            "TINY_TOKEN_URL (--token-url), or the account's token_url in the accounts table"
         )
         with pytest.raises(TinyOutage, match="check TINY_TOKEN_URL"):
             await client.list_orders(ListQuery(3))
@@ -692,7 +692,7 @@ async def test_a_page_at_the_token_endpoint_is_no_word_on_the_apps_credentials(
                 await client.get_order(1, retry=False)
             assert client.breaker.reason == (
                 "1 failures in a row: 1 × token_endpoint_not_json; if it persists, check "
-                "TINY_TOKEN_URL (--token-url)"
+                "TINY_TOKEN_URL (--token-url), or the account's token_url in the accounts table"
             )
             # Tiny's OAuth errors, JSON, are its word as before, known endpoint or not.
             for status, error, raised, said in (

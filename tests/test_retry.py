@@ -519,7 +519,8 @@ async def test_a_retry_through_a_wrong_base_url_resolves_nothing(
         with pytest.raises(TinyUnavailable) as caught:
             await helpers.retry(rt, now=now)
     assert "not_json" in str(caught.value), caught.value
-    assert "check TINY_API_BASE_URL (--api-base-url)" in str(caught.value), caught.value
+    hint = "check TINY_API_BASE_URL (--api-base-url), or the account's api_base_url in the"
+    assert hint in str(caught.value), caught.value
     assert {i: s[:2] for i, s in (await failures(db)).items()} == {i: (1, False) for i in victims}
     assert await db.fetchval("SELECT count(*) FROM ordens_servico WHERE possibly_deleted") == 0
     # The address put right: the same failures import.

@@ -696,7 +696,7 @@ async def test_a_page_at_the_token_endpoint_is_an_outage_once_it_granted_the_tok
     sim.token_page = True
     code, text = await sync()
     assert code == 5, text
-    assert "if it persists, check TINY_TOKEN_URL (--token-url)" in text, text
+    assert "if it persists, check TINY_TOKEN_URL (--token-url), or the account's token_url" in text
     assert "configuration error" not in text and "Traceback" not in text, text
     sim.token_page = False  # the maintenance is over
     code, text = await sync()

@@ -57,7 +57,10 @@ FORBIDDEN_RECHECK_S = 60.0
 ORDER_401_WAIT_S = 2.0
 #: What a 404 page (not Tiny's JSON 404) says to check, with the breaker's reason: a
 #: wrong base URL answers every request so; a proxy misrouting during a deploy, a while.
-BASE_URL_HINT = "if it persists, check TINY_API_BASE_URL (--api-base-url)"
+BASE_URL_HINT = (
+    "if it persists, check TINY_API_BASE_URL (--api-base-url), or the account's api_base_url "
+    "in the accounts table"
+)
 
 
 class _Retry(Exception):

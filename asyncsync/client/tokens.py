@@ -64,8 +64,12 @@ KEEP_ALIVE_SHARE = 0.5
 IN_FLIGHT_SKEW = dt.timedelta(seconds=1)
 #: How often tokens the store could not take are offered to it again, seconds.
 UNSAVED_RETRY_S = 5.0
+#: Where a wrong token URL comes from: the flag or environment, or the accounts table.
+TOKEN_URL_HINT = (
+    "check TINY_TOKEN_URL (--token-url), or the account's token_url in the accounts table"
+)
 #: What a page at a token endpoint known to work (an outage) says to check if it persists.
-PAGE_HINT = "if it persists, check TINY_TOKEN_URL (--token-url)"
+PAGE_HINT = f"if it persists, {TOKEN_URL_HINT}"
 #: A token lifetime longer than this (ten years) is no lifetime a realm sets: unsaid.
 LONGEST_LIFETIME_S = 10 * 365 * 86400.0
 #: The reasons of asyncsync_token_refresh_failures_total.
@@ -448,7 +452,7 @@ class TokenManager:
         metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
         raise TinyAuthMisconfigured(
             f"the token endpoint {self._token_url} answered {status} with no OAuth JSON "
-            f"({preview!r}): check TINY_TOKEN_URL (--token-url)"
+            f"({preview!r}): {TOKEN_URL_HINT}"
         )
 
     def _granted(
@@ -483,8 +487,7 @@ class TokenManager:
         if status in (404, 405):
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
             raise TinyAuthMisconfigured(
-                f"the token endpoint {self._token_url} answered {status}: check TINY_TOKEN_URL "
-                "(--token-url)"
+                f"the token endpoint {self._token_url} answered {status}: {TOKEN_URL_HINT}"
             )
         if status != 200 or not isinstance(data.get("access_token"), str):
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "refused").inc()
