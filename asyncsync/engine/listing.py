@@ -460,48 +460,46 @@ class ListingEngine:
         # A failed merge cancels the writer and the merges still in flight (their
         # transactions roll back), then surfaces through the outer task group.
         async with asyncio.TaskGroup() as merges:
-            batch: list[_Item] = []
-            count = 0
+            batch = _Batch([], [], [], [])
             while True:
                 item = await self._queue.get()
                 if item is not None:
-                    batch.append(item)
-                    count += len(item.page.items)
+                    # Parsed as it comes, a page at a time (~1 ms): a whole batch at once
+                    # would hold the event loop for tens of ms, every answer waiting.
+                    self._parse(item, batch)
                 # Merge when the batch is full, when a producer waits for its checkpoint,
                 # or when nothing else is queued and the database is idle (while merges
                 # are in flight, more pages make a fuller batch rather than a tiny one).
                 flush = (
                     item is None
-                    or count >= self._batch_size
+                    or len(batch.records) + len(batch.failures) >= self._batch_size
                     or item.done is not None
                     or (self._queue.empty() and self._merging == 0)
                 )
-                if flush and batch:
-                    parsed = self._parse(batch)  # overlaps the merges in flight
-                    await self._merge_slots.acquire()
+                if flush and batch.items:
+                    await self._merge_slots.acquire()  # parsed: overlaps the merges in flight
                     self._merging += 1
-                    merges.create_task(self._merge(parsed), name="listing-merge")
-                    batch, count = [], 0
+                    merges.create_task(self._merge(batch), name="listing-merge")
+                    batch = _Batch([], [], [], [])
                 if item is None:
                     return
 
-    def _parse(self, batch: list[_Item]) -> _Batch:
-        records: list[OrderRecord] = []
-        failures: list[FailureRecord] = []
-        for item in batch:
-            for raw in item.page.items:
-                try:
-                    rec = parse_list_item(raw, item.page.observed_at)
-                except RecordError as exc:
-                    failures.append(listed_failure(exc, raw, item.page.query.situacao))
-                    if self._seen is not None:
-                        self.result.failed.add(failures[-1].order_id)
-                    continue
-                records.append(rec)
+    def _parse(self, item: _Item, batch: _Batch) -> None:
+        """Add ``item``'s page, parsed, to ``batch``."""
+        batch.items.append(item)
+        if item.checkpoint is not None:
+            batch.checkpoints.append(item.checkpoint)
+        records, failures = batch.records, batch.failures
+        first = len(records)
+        for raw in item.page.items:
+            try:
+                records.append(parse_list_item(raw, item.page.observed_at))
+            except RecordError as exc:
+                failures.append(listed_failure(exc, raw, item.page.query.situacao))
+                if self._seen is not None:
+                    self.result.failed.add(failures[-1].order_id)
         if self._seen is not None:
-            self._seen.extend(rec.id for rec in records)
-        checkpoints = [i.checkpoint for i in batch if i.checkpoint is not None]
-        return _Batch(batch, records, failures, checkpoints)
+            self._seen.extend(rec.id for rec in records[first:])
 
     async def _merge(self, batch: _Batch) -> None:
         try:
