@@ -70,6 +70,7 @@ COUNT_LABELS: dict[str, str] = {
     "due": "failures due for a retry",
     "pending": "failures waiting for a later retry",
     "still_due": "failures due, not tried yet (next run)",
+    "not_open": "ids named that are no open failure (left as they were)",
     "requests_listing": "requests while listing",
     "listing_s": "listing time, seconds",
     "requests_per_minute": "requests per minute while listing",
