@@ -24,7 +24,8 @@ so the original stays reachable as ``__cause__``::
     │   │   └── AccountBusy         another process holds the account's lease (a worker)
     │   └── LeaseLost               a worker's lease on the account ended mid-unit
     ├── RecordError                 one API record cannot be mapped (goes to import_failures)
-    └── Requeue                     a unit of work asks the queue to run it again later
+    ├── Requeue                     a unit of work asks the queue to run it again later
+    └── RequestWithheld             the run is stopping: a request not sent yet never will be
 """
 
 from __future__ import annotations
@@ -153,6 +154,15 @@ class Requeue(AsyncsyncError):
         super().__init__(reason)
         self.delay_s = max(delay_s, 0.0)
         self.reason = reason
+
+
+class RequestWithheld(AsyncsyncError):
+    """The run was told to stop while this request still waited to be sent (at the
+    account's limiter, for the circuit's probe, or for its retry): it never went out.
+
+    Not a :class:`TinyError`: Tiny said nothing, of itself or of any record. Whoever asked
+    treats it as the stop it is (no import failure, no outage), and what earlier requests
+    brought is merged as usual."""
 
 
 class RecordError(AsyncsyncError):

@@ -87,13 +87,13 @@ class ItemSource:
             self._by_status.setdefault(int(str(item["situacao"])[0]), []).append(item)
         self._at = observed_at
 
-    async def list_orders(self, query: ListQuery) -> Page:
+    async def list_orders(self, query: ListQuery, **_: object) -> Page:
         await asyncio.sleep(0)  # a page answer is an await, as over HTTP
         rows = self._by_status.get(query.situacao, [])
         chunk = tuple(rows[query.offset : query.offset + query.limit])
         return Page(query, chunk, len(rows), self._at)
 
-    async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
+    async def get_order(self, order_id: int, **_: object) -> Detail:
         raise NotImplementedError("listing only")
 
     def api_stats(self) -> ApiStats:

@@ -14,6 +14,7 @@ resume it at offset 100.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -617,3 +618,60 @@ async def test_a_backfill_told_to_stop_asks_no_seam_after_a_shrunk_page(
     assert report.outcome == "ok"
     missing = sorted(set(in_month(sim, month)) - (await mirror(db)).keys())
     assert missing == [], missing
+
+
+async def test_a_backfill_told_to_stop_sends_no_page_that_waited_at_the_limiter(
+    simulator, runtime_for, db
+) -> None:
+    # At a slow pace each partition in flight has its next page waiting at the account's
+    # limiter: told to stop, the backfill sent them all the same, one by one (a page each
+    # for every partition in flight, and each one's merge waited on by the drain). Now
+    # none leaves: the page on its way at the stop is merged with its checkpoint, every
+    # checkpoint stays before the first page not merged, and a resumed run completes.
+    sim = await simulator(
+        orders=3000, seed=11, start_year=2016, today=dt.date(2016, 6, 30), latency_s=0.2
+    )
+    stop = asyncio.Event()
+    answered: list[dict[str, str]] = []
+    at_stop: list[int] = []  # requests the simulator had received when the stop came
+
+    def on_page(s: TinySimulator, params: dict[str, str]) -> None:
+        if params.get("limit") == "100":  # a page, not the window look's single item
+            answered.append(dict(params))
+            if len(answered) == 6:
+                at_stop.append(s.stats.requests_total)
+                stop.set()  # as this page is on its way
+
+    sim.on_list_page = on_page
+    options = BackfillOptions(date_from=dt.date(2016, 1, 1), date_to=dt.date(2016, 6, 1),
+                              partitions=IN_FLIGHT, detail_budget=0)  # fmt: skip
+    async with runtime_for(sim, rate_limit_per_minute=120) as rt:
+        s = rt.store
+        report = await backfill(
+            rt.client, s.orders, s.metadata, options, context(rt, stop), census=False
+        )
+    assert report.outcome == "interrupted"
+    # A request that left the limiter just before the stop may arrive just after it: at
+    # 120 a minute, one at most.
+    assert sim.stats.requests_total - at_stop[0] <= 1, answered
+    snapshot = sim.snapshot()
+    pages = set()
+    for p in answered:
+        first = dt.date.fromisoformat(p["dataInicialEmissao"])
+        last = dt.date.fromisoformat(p["dataFinalEmissao"])
+        ids = sorted(
+            i for i, o in snapshot.items()
+            if o["situacao"] == int(p["situacao"]) and first <= o["data_emissao"] <= last
+        )  # fmt: skip
+        pages.update(ids[int(p["offset"]) : int(p["offset"]) + 100])
+    got = await mirror(db)
+    assert diff(listed_fields({i: snapshot[i] for i in pages}), listed_fields(got)) == []
+    await assert_checkpoints_match_rows(db)  # each checkpoint just past its pages merged
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    sim.on_list_page = None
+    sim.config = dataclasses.replace(sim.config, latency_s=0.0)
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        report = await backfill(rt.client, s.orders, s.metadata, options, context(rt))
+    assert report.outcome == "ok"
+    assert diff(listed_fields(sim.snapshot()), listed_fields(await mirror(db))) == []

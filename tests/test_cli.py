@@ -710,6 +710,81 @@ async def test_a_second_signal_cuts_the_drain_at_once(simulator, database_url, d
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") > 0
 
 
+async def test_a_drain_sends_no_request_that_was_waiting_at_the_limiter(
+    simulator, database_url, db
+) -> None:
+    """SIGTERM drains what is in flight and sends nothing that was still waiting at the
+    account's limiter. At a slow pace the listing's fetchers (up to 16 a status) all wait
+    there: they went out one by one after the signal, and a full sync stopped at 9 s listed
+    everything and ended at the drain's 25-s cut. Now the requests the simulator receives
+    after the signal are those already on their way, the run ends at once (exit 130), its
+    mirror holds exactly the pages Tiny answered, and the next run completes it."""
+    import dataclasses
+    import time
+
+    from .mirror import diff, mirror
+
+    sim = await simulator(orders=2000, latency_s=0.3)
+    answered: list[dict[str, str]] = []
+    sim.on_list_page = lambda _sim, params: answered.append(params)
+    env = sim_env(sim, TINY_RATE_LIMIT_PER_MINUTE="60")
+    args = ("sync", "--database-url", database_url, "--log-format", "text")
+    proc = await spawn_cli(*args, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            merged = await db.fetchval("SELECT count(*) FROM ordens_servico")
+            if merged >= 200 and sim.stats.requests_total > len(answered):
+                break  # some pages merged, and a request on its way (Tiny takes 0.3 s)
+            assert time.monotonic() < deadline, "no 200 orders merged in 30 s"
+            await asyncio.sleep(0.01)
+        received = sim.stats.requests_total
+        in_flight = received - len(answered)  # received, not answered yet
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        said = await asyncio.wait_for(proc.stderr.read(), 60)  # type: ignore[union-attr]
+        code = await proc.wait()
+        took = time.monotonic() - started
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    after = sim.stats.requests_total - received
+    # What left the limiter before the signal may reach the simulator just after it: one
+    # request a second at this pace.
+    assert after <= in_flight + 1, (after, in_flight, said.decode())
+    assert code == 130, said.decode()
+    assert took < 5, took  # one request's latency and the merges in flight
+    snapshot = sim.snapshot()
+    by_status: dict[int, list[int]] = {}
+    for order_id in sorted(snapshot):
+        by_status.setdefault(int(snapshot[order_id]["situacao"]), []).append(order_id)
+    pages = {
+        order_id
+        for p in answered
+        for order_id in by_status.get(int(p["situacao"]), [])[
+            int(p["offset"]) : int(p["offset"]) + int(p["limit"])
+        ]
+    }
+
+    def listed(rows: dict[int, dict[str, object]]) -> dict[int, dict[str, object]]:
+        """The rows without data_conclusao, which only details bring."""
+        return {
+            i: {k: v for k, v in row.items() if k != "data_conclusao"} for i, row in rows.items()
+        }
+
+    # Exactly the orders of the pages answered, row by row.
+    assert diff(listed({i: snapshot[i] for i in pages}), listed(await mirror(db))) == []
+    run = await db.fetchrow("SELECT outcome FROM sync_runs ORDER BY started_at DESC LIMIT 1")
+    assert run["outcome"] == "interrupted"
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    sim.config = dataclasses.replace(sim.config, latency_s=0.0)
+    fast = sim_env(sim, TINY_RATE_LIMIT_PER_MINUTE="60000")
+    again = await asyncio.to_thread(run_cli, *args, env=fast)
+    assert again.returncode == 0, again.stderr
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
 def test_the_readme_lists_every_flag_and_its_variable() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     config = readme[readme.index("## Configuration") : readme.index("## How it works")]

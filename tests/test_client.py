@@ -25,6 +25,7 @@ from asyncsync.clock import utcnow
 from asyncsync.errors import (
     DatabaseUnavailable,
     ReauthorizationRequired,
+    RequestWithheld,
     TinyAuthError,
     TinyAuthMisconfigured,
     TinyBadPayload,
@@ -344,6 +345,34 @@ async def test_server_errors_are_retried_then_typed(monkeypatch) -> None:
             with pytest.raises(TinyBadPayload, match="itens"):
                 mocked.get(f"{base}/ordem-servico?limit=100&offset=0&situacao=3", payload={})
                 await client.list_orders(ListQuery(3))
+
+
+async def test_a_retry_is_not_sent_once_the_run_is_told_to_stop(monkeypatch) -> None:
+    # A 503, then the backoff before the retry: the run's stop comes meanwhile. The retry
+    # waited out its backoff and went (the drain waited up to 30 s for it); now the wait
+    # ends at once and nothing more is sent: RequestWithheld, not an outage or a failure.
+    monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
+    monkeypatch.setattr("asyncsync.client.http.random.uniform", lambda low, high: high)
+    store = MemoryTokenStore(TokenSet("r", "tok", utcnow() + dt.timedelta(hours=1)))
+    base = "http://tiny.test/api"
+    with aioresponses() as mocked:
+        mocked.get(f"{base}/ordem-servico/1", status=503, repeat=True)
+        async with aiohttp.ClientSession() as session:
+            tokens = TokenManager(
+                session, "http://tiny.test/token", Credentials("c", "s", "r"), store
+            )
+            client = TinyClient(session, base, tokens, AccountLimiter(6000, 4), max_retries=5)
+            stop = asyncio.Event()
+            asked = asyncio.create_task(client.get_order(1, stop=stop))
+            await asyncio.sleep(0.3)  # answered 503; the retry waits its second of backoff
+            sent = sum(len(calls) for calls in mocked.requests.values())
+            assert sent == 1
+            stop.set()
+            with pytest.raises(RequestWithheld):
+                await asyncio.wait_for(asked, 0.2)
+            with pytest.raises(RequestWithheld):  # nor does a new one go
+                await client.get_order(1, stop=stop)
+    assert sum(len(calls) for calls in mocked.requests.values()) == 1
 
 
 def _mocked_client(session: aiohttp.ClientSession, store: MemoryTokenStore) -> TinyClient:

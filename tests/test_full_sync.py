@@ -365,3 +365,64 @@ async def test_a_total_that_lies_low_hides_no_order(simulator, runtime_for, db, 
         report = await full_sync(rt)
     assert report.outcome == "ok" and report.count("import_failures") == 0
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_stop_that_withholds_settlings_totals_forgets_no_short_status(
+    simulator, runtime_for, db
+) -> None:
+    # Listed completely, the full sync asks every status's total afresh (settle): the stop
+    # comes with the first answer, and the others, waiting at the limiter, are not sent.
+    # Their totals unknown, no status may be taken for settled: the statuses noted short
+    # before stay noted (the next cycle lists them completely), not cleared.
+    sim = await simulator(orders=300)
+    stop = asyncio.Event()
+    asked: list[dict[str, str]] = []
+
+    def on_page(_: TinySimulator, params: dict[str, str]) -> None:
+        if params.get("limit") == "1":  # settle's fresh totals
+            asked.append(params)
+            stop.set()
+
+    sim.on_list_page = on_page
+    async with runtime_for(sim, max_concurrency=1) as rt:
+        await rt.store.metadata.set("short_statuses", "[5]")
+        report = await full_sync(rt, stop=stop)
+        noted = await rt.store.metadata.get("short_statuses")
+    assert report.outcome == "interrupted"
+    assert len(asked) == 1, asked  # the other seven were withheld
+    assert orjson.loads(noted or "[]") == [5]
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 300
+
+
+async def test_the_details_pass_told_to_stop_sends_none_that_waited_at_the_limiter(
+    simulator, runtime_for, db
+) -> None:
+    # The details pass keeps twice the concurrency waiting at the limiter: at a slow pace,
+    # told to stop, it sent every one of them before it ended. Now only those on their way
+    # finish, each merged, and none waiting is sent or taken for a failure.
+    sim = await simulator(orders=100, latency_s=0.1)
+    stop = asyncio.Event()
+    at_stop: list[int] = []
+    async with runtime_for(sim, rate_limit_per_minute=240) as rt:
+        get_order = rt.client.get_order
+        answered = 0
+
+        async def watched(*args, **kwargs):  # the stop comes with the third answer
+            nonlocal answered
+            detail = await get_order(*args, **kwargs)
+            answered += 1
+            if answered == 3:
+                at_stop.append(sim.stats.requests_by_endpoint["detail"])
+                stop.set()
+            return detail
+
+        rt.client.get_order = watched  # type: ignore[method-assign]
+        report = await full_sync(rt, stop=stop)
+    assert report.outcome == "interrupted"
+    sent = sim.stats.requests_by_endpoint["detail"]
+    # One request may have left the limiter just before the stop (4 a second, 0.1 s each).
+    assert sent - at_stop[0] <= 1, (sent, at_stop)
+    assert report.count("details_fetched") == sent  # every answer merged
+    assert report.count("import_failures") == 0
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    assert report.count("detail_backlog") == 100 - sent

@@ -593,13 +593,15 @@ async def test_a_stop_during_the_import_of_missing_orders_keeps_what_arrived(
     simulator, runtime_for, db
 ) -> None:
     """Stopped while importing missing orders, integrity stops soon and keeps what it
-    fetched (README: exit 130 merges what arrived; the next run resumes)."""
+    fetched (README: exit 130 merges what arrived; the next run resumes). A request still
+    waiting at the limiter at the stop is not sent: nor is it a failure."""
     sim = await simulator(orders=600, seed=12)
     missing = sorted(sim.orders)[:500]
     stop = asyncio.Event()
     async with runtime_for(sim, max_retries=2) as rt:
         await full_sync(rt)
         await db.execute("DELETE FROM ordens_servico WHERE id = ANY($1::bigint[])", missing)
+        before = sim.stats.requests_by_endpoint["detail"]
         asked = 0
         get_order = rt.client.get_order
 
@@ -613,12 +615,16 @@ async def test_a_stop_during_the_import_of_missing_orders_keeps_what_arrived(
         rt.client.get_order = counted  # type: ignore[method-assign]
         report = await helpers.integrity(rt, stop=stop)
     assert report.outcome == "interrupted"
-    # The stop is heeded: the requests in flight end, no new one starts...
+    # The stop is heeded: the requests in flight end, no new one starts, and none that
+    # waited at the limiter (the 60th among them) is sent...
     assert asked <= 60 + 16, asked
+    sent = sim.stats.requests_by_endpoint["detail"] - before
+    assert 0 < sent < 60, sent
     # ...and what arrived before it is in the mirror, reported as recovered.
     recovered = report.findings["recovered"]
-    assert len(recovered) >= 50
+    assert len(recovered) == sent
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 100 + len(recovered)
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
 
 
 async def test_the_full_comparison_shows_its_progress(simulator, runtime_for, caplog) -> None:

@@ -48,14 +48,14 @@ class PagedSource:
     def __init__(self, listings: dict[int, list[tuple[dict[str, Any], dt.datetime]]]) -> None:
         self._listings = listings
 
-    async def list_orders(self, query: ListQuery) -> Page:
+    async def list_orders(self, query: ListQuery, **_: object) -> Page:
         await asyncio.sleep(0)  # let pages of other statuses interleave
         rows = self._listings.get(query.situacao, [])
         chunk = rows[query.offset : query.offset + query.limit]
         observed = max((at for _, at in chunk), default=T1)
         return Page(query, tuple(i for i, _ in chunk), len(rows), observed)
 
-    async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
+    async def get_order(self, order_id: int, **_: object) -> Detail:
         raise AssertionError("listing only")
 
     def api_stats(self) -> ApiStats:
@@ -183,10 +183,10 @@ class DetailSource:
     def __init__(self, log: list[str]) -> None:
         self._log = log
 
-    async def list_orders(self, query: ListQuery) -> Page:
+    async def list_orders(self, query: ListQuery, **_: object) -> Page:
         raise AssertionError("details only")
 
-    async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
+    async def get_order(self, order_id: int, **_: object) -> Detail:
         self._log.append("fetch")
         await asyncio.sleep(0.001)
         return Detail(order_id, {"id": order_id, "situacao": 3}, T2)
@@ -264,11 +264,9 @@ async def test_the_details_bar_moves_with_each_answer_not_with_each_merge() -> N
     seen: list[tuple[int, int]] = []  # (answers counted, orders merged) after each fetch
 
     class Watched(DetailSource):
-        async def get_order(
-            self, order_id: int, *, retry: bool = True, repeat: bool = False
-        ) -> Detail:
+        async def get_order(self, order_id: int, **options: object) -> Detail:
             seen.append((progress.details, len(sink.merged)))
-            return await super().get_order(order_id, retry=retry, repeat=repeat)
+            return await super().get_order(order_id, **options)
 
     await Enricher(Watched(log), sink, concurrency=4, chunk=100, progress=progress).run()
     assert progress.details == 300

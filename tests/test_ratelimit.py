@@ -8,6 +8,7 @@ import time
 from asyncsync import metrics
 from asyncsync.client import AccountLimiter
 from asyncsync.client.ratelimit import DEFAULT_PAUSE_S, MAX_RESET_S, RESET_NOW_S
+from asyncsync.errors import RequestWithheld
 
 
 async def test_a_spent_window_budget_pauses_until_the_reset() -> None:
@@ -94,6 +95,65 @@ async def test_a_429_holds_back_requests_that_were_waiting() -> None:
     await asyncio.gather(*(request() for _ in range(5)))
     assert min(stamps) - started >= 0.9  # nobody went before the window reset
     assert limiter.stats.throttled == 1
+
+
+async def test_a_stop_withholds_the_requests_waiting_for_their_turn_not_the_one_sent() -> None:
+    # The run's stop: a request already let through finishes; those waiting (for the
+    # first answer, for a slot, for the pace of a minute's quota) are not sent, at once,
+    # and leave nothing held behind them.
+    limiter = AccountLimiter(60, 2)  # a request a second, once the first answer came
+    stop, answer = asyncio.Event(), asyncio.Event()
+    sent: list[str] = []
+
+    async def request(name: str) -> None:
+        async with limiter.slot(stop) as seq:
+            sent.append(name)
+            if name == "probe":
+                await answer.wait()
+                limiter.observe({"X-RateLimit-Limit": "60"}, seq)
+
+    async def outcome(name: str) -> str:
+        try:
+            await request(name)
+        except RequestWithheld:
+            return "withheld"
+        return "sent"
+
+    probe = asyncio.create_task(outcome("probe"))
+    waiting = [asyncio.create_task(outcome(f"w{i}")) for i in range(4)]
+    await asyncio.sleep(0.05)
+    assert sent == ["probe"]  # the others wait for its answer
+    stop.set()
+    started = time.monotonic()
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 1) == ["withheld"] * 4
+    assert time.monotonic() - started < 0.5
+    answer.set()
+    assert await probe == "sent"
+    # Paced now: a second on, one request goes, the next would wait a second more.
+    stop = asyncio.Event()
+    await asyncio.sleep(1.05)
+    paced = [asyncio.create_task(outcome(f"p{i}")) for i in range(3)]
+    await asyncio.sleep(0.05)
+    stop.set()
+    started = time.monotonic()
+    assert sorted(await asyncio.wait_for(asyncio.gather(*paced), 1)) == [
+        "sent",
+        "withheld",
+        "withheld",
+    ]
+    assert time.monotonic() - started < 0.5
+    assert sent == ["probe", "p0"]
+    # Nothing was left held: two requests go side by side again.
+    inside = 0
+
+    async def alongside() -> int:
+        nonlocal inside
+        async with limiter.slot():
+            inside += 1
+            await asyncio.sleep(1.2)
+            return inside
+
+    assert max(await asyncio.wait_for(asyncio.gather(alongside(), alongside()), 5)) == 2
 
 
 def test_a_reset_header_never_holds_the_account_back_for_days() -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from .. import metrics
 from ..errors import TinyOutage
+from .withhold import waiting, withhold
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,14 @@ class CircuitBreaker:
             retry_at_s=self._reopen_at,
         )
 
-    async def admit(self) -> None:
+    async def admit(self, stop: asyncio.Event | None = None) -> None:
         """Return when a request may be sent now; raise TinyOutage while the circuit is open.
 
         After the cool-down one request goes as the probe; the others wait for its answer
-        and follow it (the circuit closed) or get TinyOutage (it reopened)."""
+        and follow it (the circuit closed) or get TinyOutage (it reopened). ``stop`` set
+        while one waits: :class:`~asyncsync.errors.RequestWithheld`, never the probe."""
         while self.state is not State.CLOSED:
+            withhold(stop)
             now = self._clock()
             if self.state is State.OPEN:
                 if now < self._reopen_at:
@@ -99,7 +102,8 @@ class CircuitBreaker:
                 self._settled.clear()
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), timeout=self.cooldown_s)
+                await waiting(asyncio.wait_for(self._settled.wait(), self.cooldown_s), stop)
+        withhold(stop)  # closed as the stop came: this request still goes nowhere
 
     def success(self) -> None:
         """An answer of the API's that is not a 5xx: the API is up."""

@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import backoff
 
 from .. import metrics
 from ..clock import Clock, utcnow
@@ -42,6 +43,7 @@ from .breaker import CircuitBreaker
 from .ratelimit import AccountLimiter
 from .tokens import PAGE_HINT, TokenManager
 from .window import WindowEnds
+from .withhold import waiting
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +127,8 @@ class TinyClient:
         # accepted and of one it refused (see _order_refused), and a wake-up per answer.
         self._verdicts: dict[str, list[dt.datetime | None]] = {}
         self._answered = asyncio.Event()
-        self._get = backoff.on_exception(
-            backoff.expo,
-            _Retry,
-            max_tries=max_retries,
-            max_value=max_backoff_s,
-            jitter=backoff.full_jitter,
-            on_backoff=self._count_retry,
-            raise_on_giveup=True,
-            logger=None,  # the breaker says when Tiny is down; a line per retry says nothing
-        )(self._get_once)
-
-    def _count_retry(self, details: Any) -> None:
-        self._counters.retries += 1
+        self._max_retries = max_retries
+        self._max_backoff_s = max_backoff_s
 
     async def keep_alive(self) -> bool:
         """Renew the tokens if the refresh token is past half its life (see TokenManager)."""
@@ -158,19 +149,26 @@ class TinyClient:
             mended=c.mended,
         )
 
-    async def list_orders(self, query: ListQuery) -> Page:
+    async def list_orders(self, query: ListQuery, *, stop: asyncio.Event | None = None) -> Page:
         """One page of ``GET /ordem-servico`` filtered by status (and emission window:
-        ``date_from``..``date_to``, both days included, whatever the API's own ends)."""
+        ``date_from``..``date_to``, both days included, whatever the API's own ends).
+        ``stop`` set before it is sent: RequestWithheld (see :mod:`.withhold`)."""
         first, last = query.date_from, query.date_to
         if first or last:
-            first, last = (await self._window_ends()).params(first, last)
+            first, last = (await self._window_ends(stop)).params(first, last)
         items, total, observed_at = await self._list(
-            query.situacao, query.limit, query.offset, first, last
+            query.situacao, query.limit, query.offset, first, last, stop
         )
         return Page(query=query, items=items, total=total, observed_at=observed_at)
 
     async def _list(
-        self, situacao: int, limit: int, offset: int, first: dt.date | None, last: dt.date | None
+        self,
+        situacao: int,
+        limit: int,
+        offset: int,
+        first: dt.date | None,
+        last: dt.date | None,
+        stop: asyncio.Event | None = None,
     ) -> tuple[tuple[Any, ...], int | None, dt.datetime]:
         params: dict[str, str] = {
             "situacao": str(situacao),
@@ -181,7 +179,7 @@ class TinyClient:
             params["dataInicialEmissao"] = first.isoformat()
         if last:
             params["dataFinalEmissao"] = last.isoformat()
-        body, observed_at = await self._request("list", "/ordem-servico", params)
+        body, observed_at = await self._request("list", "/ordem-servico", params, stop=stop)
         if not isinstance(body, dict) or not isinstance(body.get("itens"), list):
             raise TinyBadPayload("list answer has no 'itens' array", body=_preview(body))
         paging = body.get("paginacao")
@@ -193,7 +191,7 @@ class TinyClient:
             total = None
         return items, total, observed_at
 
-    async def _window_ends(self) -> WindowEnds:
+    async def _window_ends(self, stop: asyncio.Event | None) -> WindowEnds:
         """The API's emission-window ends, learned once per API and process (see
         :mod:`.window`); while no order tells, both ends are taken as included, and asked
         again an hour later."""
@@ -202,7 +200,8 @@ class TinyClient:
             return known
         async with self._window_lock:
             if self._window is None or time.monotonic() >= self._window_until:
-                learned = await window.learn(self._probe_window, (int(s) for s in Situacao))
+                probe = functools.partial(self._probe_window, stop=stop)
+                learned = await window.learn(probe, (int(s) for s in Situacao))
                 self._window = learned or WindowEnds()
                 self._window_until = time.monotonic() + 3600.0
                 if learned is not None:
@@ -214,38 +213,66 @@ class TinyClient:
             return self._window
 
     async def _probe_window(
-        self, situacao: int, first: dt.date | None, last: dt.date | None
+        self,
+        situacao: int,
+        first: dt.date | None,
+        last: dt.date | None,
+        *,
+        stop: asyncio.Event | None,
     ) -> tuple[int, dt.date | None]:
-        items, total, _ = await self._list(situacao, 1, 0, first, last)
+        items, total, _ = await self._list(situacao, 1, 0, first, last, stop)
         day = window.emission_day(items[0]) if items else None
         return (total if total is not None else len(items)), day
 
-    async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
+    async def get_order(
+        self,
+        order_id: int,
+        *,
+        retry: bool = True,
+        repeat: bool = False,
+        stop: asyncio.Event | None = None,
+    ) -> Detail:
         """``GET /ordem-servico/{id}``; raises TinyNotFound for a missing order. Without
         ``retry`` a 5xx, 429 or timeout is raised at once (the caller retries later, and
-        says so with ``repeat``: the report's retries count the caller's as well)."""
+        says so with ``repeat``: the report's retries count the caller's as well).
+        ``stop`` set before it is sent: RequestWithheld (see :mod:`.withhold`)."""
         if repeat:
             self._counters.retries += 1
         path = f"/ordem-servico/{order_id}"
-        body, observed_at = await self._request("detail", path, {}, retry=retry)
+        body, observed_at = await self._request("detail", path, {}, retry=retry, stop=stop)
         return Detail(order_id=order_id, body=body, observed_at=observed_at)
 
     async def _request(
-        self, endpoint: str, path: str, params: dict[str, str], *, retry: bool = True
+        self,
+        endpoint: str,
+        path: str,
+        params: dict[str, str],
+        *,
+        retry: bool = True,
+        stop: asyncio.Event | None = None,
     ) -> tuple[Any, dt.datetime]:
-        try:
-            get = self._get if retry else self._get_once
-            result: tuple[Any, dt.datetime] = await get(endpoint, path, params)
-            return result
-        except _Retry as exc:
-            raise exc.final from exc.final.__cause__
+        """The answer, tried up to ``max_retries`` times (once without ``retry``) with full
+        jitter over a doubling backoff (1 s, 2 s, 4 s… up to ``max_backoff_s``). ``stop``
+        set during a backoff ends it: the retry is withheld, not sent."""
+        tries = 1
+        while True:
+            try:
+                return await self._get_once(endpoint, path, params, stop)
+            except _Retry as exc:
+                if not retry or tries >= self._max_retries:
+                    raise exc.final from exc.final.__cause__
+            backoff_s = random.uniform(0, min(2.0 ** (tries - 1), self._max_backoff_s))
+            await waiting(asyncio.sleep(backoff_s), stop)
+            # No line per retry: the breaker says when Tiny is down.
+            self._counters.retries += 1
+            tries += 1
 
     async def _get_once(
-        self, endpoint: str, path: str, params: dict[str, str]
+        self, endpoint: str, path: str, params: dict[str, str], stop: asyncio.Event | None
     ) -> tuple[Any, dt.datetime]:
         genuine = 0  # 401s to a token that was valid when sent
         for _ in range(_AUTH_ROUNDS):
-            sent = await self._send(endpoint, path, params)
+            sent = await self._send(endpoint, path, params, stop)
             self._judged(sent)
             if sent.page:
                 break  # no verdict on the token nor the order: an outage, below
@@ -388,12 +415,15 @@ class TinyClient:
         self._forbidden_replaced, self._forbidden_at = token, now
         return True
 
-    async def _send(self, endpoint: str, path: str, params: dict[str, str]) -> _Sent:
+    async def _send(
+        self, endpoint: str, path: str, params: dict[str, str], stop: asyncio.Event | None
+    ) -> _Sent:
         """One attempt. The token is read once the limiter lets the request go, so a
-        short-lived token never expires while the request waits for its turn."""
+        short-lived token never expires while the request waits for its turn. ``stop`` set
+        before it leaves: RequestWithheld."""
         self.breaker.refuse_if_open()
-        async with self.limiter.slot() as seq:
-            await self.breaker.admit()  # it may have opened while this request waited
+        async with self.limiter.slot(stop) as seq:
+            await self.breaker.admit(stop)  # it may have opened while this request waited
             try:
                 token = await self._tokens.access_token()
             except TinyUnavailable as exc:

@@ -11,7 +11,9 @@ of the account, so:
 * ``X-RateLimit-Remaining`` (less the requests still in flight) is a budget counted down
   as requests leave, and when it is spent everyone waits for ``X-RateLimit-Reset``;
 * a 429 pauses **every** request of the account until the reset, not only the one that
-  got it.
+  got it;
+* a request whose run is told to stop while it waits here is not sent at all
+  (:mod:`.withhold`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from aiolimiter import AsyncLimiter
 
 from .. import metrics
+from .withhold import waiting, withhold
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class LimiterStats:
 
 
 class AccountLimiter:
-    """Paces the requests of one Tiny account. Use ``async with limiter.slot(): ...``."""
+    """Paces the requests of one Tiny account. Use ``async with limiter.slot(stop): ...``."""
 
     def __init__(
         self,
@@ -122,34 +125,53 @@ class AccountLimiter:
             await asyncio.sleep(delay)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[int]:
+    async def slot(self, stop: asyncio.Event | None = None) -> AsyncIterator[int]:
         """Wait for the pause, a concurrency slot, a bucket token and the window's budget.
 
-        Yields the request's sequence number, to hand back to :meth:`observe`."""
-        if not self._learned:
-            async with self._probe:
-                if not self._learned:
-                    async with self._acquired() as seq:
-                        yield seq
-                    return
-        async with self._acquired() as seq:
-            yield seq
-
-    @asynccontextmanager
-    async def _acquired(self) -> AsyncIterator[int]:
-        await self._wait_resume()
-        async with self._semaphore:
-            await self._bucket.acquire()
-            # A pause may have started while we waited for the bucket.
-            await self._wait_resume()
-            self._spend_budget()
-            await self._wait_resume()
+        Yields the request's sequence number, to hand back to :meth:`observe`. ``stop`` set
+        before the request leaves (while it waits, or as its turn comes): no slot, and
+        :class:`~asyncsync.errors.RequestWithheld` instead."""
+        probe = await waiting(self._turn(), stop)
+        try:
+            withhold(stop)  # set as the turn came: it still goes nowhere
             self._inflight += 1
             self.stats.acquired += 1
             try:
                 yield self.stats.acquired
             finally:
                 self._inflight -= 1
+        finally:
+            self._semaphore.release()
+            if probe:
+                self._probe.release()
+
+    async def _turn(self) -> bool:
+        """Wait for this request's turn, holding a concurrency slot (and, until an answer
+        has told the pace, the probe lock: one request at a time); returns whether it holds
+        the probe lock. Cancelled on the way, it holds nothing."""
+        probe = False
+        if not self._learned:
+            await self._probe.acquire()
+            probe = not self._learned
+            if not probe:
+                self._probe.release()
+        try:
+            await self._wait_resume()
+            await self._semaphore.acquire()
+            try:
+                await self._bucket.acquire()
+                # A pause may have started while we waited for the bucket.
+                await self._wait_resume()
+                self._spend_budget()
+                await self._wait_resume()
+            except BaseException:
+                self._semaphore.release()
+                raise
+        except BaseException:
+            if probe:
+                self._probe.release()
+            raise
+        return probe
 
     def _spend_budget(self) -> None:
         """Count this request against what the last headers said is left in the window;

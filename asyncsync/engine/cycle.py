@@ -176,11 +176,15 @@ async def run_cycle(
         # Drift leftovers: statuses listed whole are checked against their own totals,
         # closed ones listed over the window against a fresh total (one request each).
         windowed = [s for s in plan.closed_statuses if not plan.listed_whole(s)]
-        settled = await settle(source, sink, engine, result.totals, ask=windowed, rounds=1)
+        settled = await settle(
+            source, sink, engine, result.totals, ask=windowed, rounds=1, stop=stop
+        )
         result.listed = result.listed + settled.listed
         result.pages += settled.pages
         result.relisted = sorted({p.situacao for p in settled.relisted})
         result.short = [s.situacao for s in settled.left]
+        if not settled.answered:  # what was short may still be: listed whole next time
+            result.short = sorted({*result.short, *plan.whole})
     if not stop.is_set():
         result.details = result.details + (
             await enrich_backlog(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..errors import (
     RecordError,
+    RequestWithheld,
     TinyAuthError,
     TinyError,
     TinyNotFound,
@@ -99,7 +100,9 @@ async def fetch_details(
     later pass. Authentication failures propagate at once; after an outage
     (:class:`~asyncsync.errors.TinyOutage`) no new request starts and what already arrived
     is returned with ``outage`` set, to be merged before the caller calls
-    :meth:`DetailOutcome.raise_outage`. Once ``stop`` is set no new request starts either.
+    :meth:`DetailOutcome.raise_outage`. Once ``stop`` is set no new request starts either,
+    nor is one still waiting for its turn (or its retry) sent: its id is left as it was,
+    in no list, neither a failure nor unavailable (nothing was asked of Tiny).
 
     Without ``drain`` it returns as soon as every id of ``ids`` is settled or pausing:
     the ones still pausing come back in ``carry``, for the caller to hand to its next call
@@ -137,7 +140,9 @@ async def fetch_details(
     async def attempt(order_id: int, tries: int) -> object:
         """_ANSWERED (a detail, a failure, a 404), _AGAIN, or _UNANSWERED (given up on)."""
         try:
-            detail = await source.get_order(order_id, retry=False, repeat=tries > 0)
+            detail = await source.get_order(order_id, retry=False, repeat=tries > 0, stop=stop)
+        except RequestWithheld:
+            return _UNANSWERED  # stopped before it was sent: as it was
         except TinyNotFound:
             out.missing.append(order_id)
             return _ANSWERED

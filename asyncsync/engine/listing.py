@@ -18,11 +18,15 @@ Two paging shapes:
   one page per partition in flight.
 
 A stop event drains gracefully: producers stop asking, the writer merges what arrived.
+A request still waiting for its turn at the account's pace when the stop comes is not sent
+(:class:`~asyncsync.errors.RequestWithheld`): the fetcher that asked for it stops there,
+and the others' pages already on their way are merged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -30,7 +34,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from ..errors import RecordError, TinyAuthError, TinyError, TinyOutage
+from ..errors import RecordError, RequestWithheld, TinyAuthError, TinyError, TinyOutage
 from ..options import BATCH_ORDERS
 from ..progress import Progress
 from ..records import (
@@ -119,11 +123,13 @@ async def page_through(
     (or comes without a total): a total that lies low hides no order, and a true one
     costs one request more when it is a multiple of the page size (the server's, where
     it caps ``limit``: after the first page, a page as long as the first is full). No
-    page is asked for once ``stop`` is set.
+    page is asked for once ``stop`` is set, nor sent: a fetcher whose request still
+    waited for its turn then stops, and once the pages already on their way are handed
+    over, page_through returns or raises :class:`~asyncsync.errors.RequestWithheld`.
     """
     if stop.is_set():
         return
-    first = await source.list_orders(part.query(part.start_offset, page_size))
+    first = await source.list_orders(part.query(part.start_offset, page_size), stop=stop)
     await on_page(first)
     if first.is_last:
         return
@@ -136,10 +142,10 @@ async def page_through(
         return
 
     async def fetch(offset: int) -> Page:
-        page = await source.list_orders(part.query(offset, page_size))
+        page = await source.list_orders(part.query(offset, page_size), stop=stop)
         if page.items or stop.is_set():
             return page
-        return await source.list_orders(part.query(offset, page_size))
+        return await source.list_orders(part.query(offset, page_size), stop=stop)
 
     total = first.total
     beyond: Page | None = None  # the total's last page, when it says more may follow
@@ -161,7 +167,11 @@ async def page_through(
         for offset in offsets:
             if stop.is_set() or emptied:
                 return
-            page = await fetch(offset)
+            try:
+                page = await fetch(offset)
+            except RequestWithheld:
+                return  # stopped: the other fetchers' pages on their way still come
+
             emptied = emptied or not page.items
             if offset + step >= total and not ends(page, step):
                 beyond = page
@@ -208,7 +218,7 @@ async def _page_without_total(
         seen = {item_id(item) for item in page.items}
         seam = item_id(page.items[-1])
         at = offset if seam is None else offset - 1
-        page = await source.list_orders(part.query(at, page_size))
+        page = await source.list_orders(part.query(at, page_size), stop=stop)
         await on_page(page)
         head = item_id(page.items[0]) if page.items else None
         if seam is not None and head != seam and head not in seen and restarts < RESTARTS:
@@ -216,7 +226,7 @@ async def _page_without_total(
             log.info("%s shifted while it was paged (no paginacao): listed again", part)
             if stop.is_set():
                 return
-            page = await source.list_orders(part.query(part.start_offset, page_size))
+            page = await source.list_orders(part.query(part.start_offset, page_size), stop=stop)
             await on_page(page)
             if ends(page, full):
                 return
@@ -233,18 +243,21 @@ async def status_totals(
     date_to: dt.date | None = None,
     *,
     statuses: Sequence[int] = ALL_CODES,
+    stop: asyncio.Event | None = None,
 ) -> dict[int, int | None]:
     """``paginacao.total`` of ``statuses`` (one single-item request each); None where the
-    API gave none or the request failed (authentication failures and outages propagate)."""
+    API gave none, the request failed (authentication failures and outages propagate) or
+    ``stop`` withheld it."""
     totals: dict[int, int | None] = {}
 
     async def one(situacao: int) -> None:
+        query = ListQuery(situacao, 0, 1, date_from, date_to)
         try:
-            page = await source.list_orders(ListQuery(situacao, 0, 1, date_from, date_to))
+            page = await source.list_orders(query, stop=stop)
             totals[situacao] = page.total
         except (TinyAuthError, TinyOutage):
             raise
-        except TinyError:
+        except (TinyError, RequestWithheld):
             totals[situacao] = None
 
     await run_all(one(s) for s in statuses)
@@ -342,16 +355,19 @@ class ListingEngine:
         async with self._in_flight:
             if self._stop.is_set():
                 return
-            if checkpointed:
-                await self._page_sequentially(part)
-            else:
-                await self._page_streaming(part)
+            try:
+                if checkpointed:
+                    await self._page_sequentially(part)
+                else:
+                    await self._page_streaming(part)
+            except RequestWithheld:
+                return  # stopped before its next request went out: not complete
             if not self._stop.is_set():
                 self.result.complete.add(part)
                 self.progress.partitions_done += 1
 
     async def _fetch(self, part: Partition, offset: int) -> Page:
-        page = await self._source.list_orders(part.query(offset, self._page_size))
+        page = await self._source.list_orders(part.query(offset, self._page_size), stop=self._stop)
         self.result.pages += 1
         self.progress.pages += 1
         return page
@@ -372,7 +388,7 @@ class ListingEngine:
     async def _seam_holds(self, part: Partition, offset: int, order_id: int) -> bool:
         """Whether ``order_id`` is still just before ``offset`` (one single-item request):
         if not, orders before it left the partition and later ones moved down past it."""
-        seam = await self._source.list_orders(part.query(offset - 1, 1))
+        seam = await self._source.list_orders(part.query(offset - 1, 1), stop=self._stop)
         return bool(seam.items) and item_id(seam.items[0]) == order_id
 
     async def _page_sequentially(self, part: Partition) -> None:
@@ -409,6 +425,10 @@ class ListingEngine:
             # moved down, the order that was at the seam is on no page. Start over then
             # (twice at most: a partition that keeps moving is left to the cycles).
             look = restarts < RESTARTS and shrunk and seam_id is not None
+            holds: bool | None = None
+            if look and not moved_down and not self._stop.is_set() and seam_id is not None:
+                with contextlib.suppress(RequestWithheld):  # the stop came: below
+                    holds = await self._seam_holds(part, seam, seam_id)
             if look and self._stop.is_set():
                 # Told to stop: no look at the seam now. The checkpoint stays before this
                 # page (merged all the same), so a resumed run looks there first.
@@ -416,12 +436,7 @@ class ListingEngine:
                 await self._queue.put(_Item(part, page, cp, done))
                 await done
                 return
-            if restarts < RESTARTS and (
-                moved_down
-                or (
-                    look and seam_id is not None and not await self._seam_holds(part, seam, seam_id)
-                )
-            ):
+            if restarts < RESTARTS and (moved_down or holds is False):
                 log.info("%s shifted while it was paged: listed again", part.key)
                 restarts += 1
                 offset, last_total, last_id, overlap = 0, None, None, False

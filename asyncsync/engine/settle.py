@@ -16,6 +16,7 @@ status. What is still short after ``rounds`` is handed back for the next run.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class Settled:
     pages: int = 0
     relisted: list[Partition] = field(default_factory=list)
     left: list[Shortfall] = field(default_factory=list)
+    #: False: the stop came as fresh totals were asked, and withheld some: a status short
+    #: before may be missing from ``left`` (its total unknown, not found equal).
+    answered: bool = True
 
 
 async def shortfalls(
@@ -57,15 +61,17 @@ async def shortfalls(
     sink: OrderSink,
     totals: Mapping[int, int | None],
     ask: Sequence[int] = (),
+    stop: asyncio.Event | None = None,
 ) -> list[Shortfall]:
     """Statuses short in the mirror: by ``totals`` (whole-status totals a listing saw)
-    and by a fresh single-item request for each status in ``ask``."""
+    and by a fresh single-item request for each status in ``ask`` (none sent once
+    ``stop`` is set)."""
     known_totals = dict(totals)
     known: dict[int, int] = {}
 
     async def fresh_totals() -> None:
         if ask:
-            known_totals.update(await status_totals(source, statuses=ask))
+            known_totals.update(await status_totals(source, statuses=ask, stop=stop))
 
     async def counted() -> None:
         known.update(await sink.known_by_status())
@@ -87,17 +93,20 @@ async def settle(
     ask: Sequence[int] = (),
     rounds: int = 2,
     today: dt.date | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Settled:
-    """Find short statuses and list what they miss again, at most ``rounds`` times."""
+    """Find short statuses and list what they miss again, at most ``rounds`` times (no
+    request is sent once ``stop``, the run's, is set)."""
     last_day = (today or utcnow().date()) + dt.timedelta(days=1)
     out = Settled()
-    short = await shortfalls(source, sink, totals, ask)
+    short = await shortfalls(source, sink, totals, ask, stop)
+    out.answered = not (ask and stop is not None and stop.is_set())
     for _ in range(rounds):
         if not short:
             break
         parts: list[Partition] = []
         for shortfall in short:
-            parts += await locate(source, sink, shortfall, last_day)
+            parts += await locate(source, sink, shortfall, last_day, stop)
         out.relisted += parts
         listing = await engine().run(parts, checkpointed=False)
         out.listed, out.pages = out.listed + listing.stats, out.pages + listing.pages
@@ -106,20 +115,25 @@ async def settle(
         # Every status checked, not only the short ones: a relist that corrects a stale
         # row moves it out of another status, which may be short now.
         checked = sorted({*(s.situacao for s in short), *totals, *ask})
-        short = await shortfalls(source, sink, {}, checked)
+        short = await shortfalls(source, sink, {}, checked, stop)
+        out.answered = not (stop is not None and stop.is_set())
     out.left = short
     return out
 
 
 async def locate(
-    source: OrderSource, sink: OrderSink, shortfall: Shortfall, last_day: dt.date
+    source: OrderSource,
+    sink: OrderSink,
+    shortfall: Shortfall,
+    last_day: dt.date,
+    stop: asyncio.Event | None = None,
 ) -> list[Partition]:
     """The partitions of a short status to list again: whole when small, else the date
     ranges where the API counts more than the mirror holds."""
     situacao = shortfall.situacao
     if shortfall.api <= WHOLE_BELOW:
         return [Partition(situacao)]
-    ranges = await _bisect(source, sink, situacao, FIRST_DAY, last_day, shortfall.api, 0)
+    ranges = await _bisect(source, sink, situacao, FIRST_DAY, last_day, shortfall.api, 0, stop)
     return [Partition(situacao, lo, hi) for lo, hi in ranges] or [Partition(situacao)]
 
 
@@ -131,6 +145,7 @@ async def _bisect(
     hi: dt.date,
     api_total: int,
     depth: int,
+    stop: asyncio.Event | None,
 ) -> list[tuple[dt.date, dt.date]]:
     held = (await sink.counts_in_range(lo, hi)).get(situacao, 0)
     if api_total <= held:
@@ -138,11 +153,11 @@ async def _bisect(
     if (hi - lo).days <= LEAF_DAYS or depth >= MAX_DEPTH:
         return [(lo, hi)]
     mid = lo + (hi - lo) / 2
-    first = (await status_totals(source, lo, mid, statuses=[situacao])).get(situacao)
+    first = (await status_totals(source, lo, mid, statuses=[situacao], stop=stop)).get(situacao)
     if first is None or first > api_total:
         return [(lo, hi)]  # no usable total: list the whole range
     later = mid + dt.timedelta(days=1)
     return [
-        *await _bisect(source, sink, situacao, lo, mid, first, depth + 1),
-        *await _bisect(source, sink, situacao, later, hi, api_total - first, depth + 1),
+        *await _bisect(source, sink, situacao, lo, mid, first, depth + 1, stop),
+        *await _bisect(source, sink, situacao, later, hi, api_total - first, depth + 1, stop),
     ]

@@ -54,7 +54,7 @@ async def backfill(
     async with ProgressReporter(progress, stream=ctx.progress, account=ctx.account):
         listing_started = time.monotonic()
         if census and not ctx.stop.is_set():
-            api_totals = await status_totals(source, plan.first, plan.last_day)
+            api_totals = await status_totals(source, plan.first, plan.last_day, stop=ctx.stop)
         totals = list(api_totals.values())
         if totals and None not in totals:
             progress.records_total = max(sum(t or 0 for t in totals) - plan.records_done, 0)

@@ -30,7 +30,7 @@ import orjson
 
 from ..engine.details import DetailOutcome, fetch_details
 from ..engine.listing import Partition, listed_failure, page_through, status_totals
-from ..errors import RecordError, TinyAuthError, TinyError, TinyOutage
+from ..errors import RecordError, RequestWithheld, TinyAuthError, TinyError, TinyOutage
 from ..progress import Progress, ProgressReporter
 from ..records import FailureRecord, OrderRecord, parse_list_item
 from ..report import Outcome, RunReport, to_json
@@ -128,7 +128,7 @@ class _Check:
         counts_agree: bool | None = None
         if not deep:
             # A total that failed is unknown: the full comparison will try (and report) it.
-            self.api_totals = await status_totals(self.source)
+            self.api_totals = await status_totals(self.source, stop=ctx.stop)
             counts_agree = all(
                 total is not None and total == db_before.get(s, 0) + tracked_before.get(s, 0)
                 for s, total in self.api_totals.items()
@@ -230,6 +230,8 @@ class _Check:
             raise  # not about this status: the run fails
         except TinyError as exc:
             self.listing_errors[situacao] = f"{type(exc).__name__}: {exc}"
+        except RequestWithheld:
+            pass  # stopped before its next page was sent: the run ends interrupted
         finally:
             self.progress.partitions_done += 1
 

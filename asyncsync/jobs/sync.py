@@ -79,11 +79,14 @@ async def full_sync(
         if complete:
             # Pages shift while statuses are listed: fresh totals say what was skipped.
             settled = await settle(
-                source, sink, engine, {}, ask=ALL_CODES, today=ctx.clock().date()
+                source, sink, engine, {}, ask=ALL_CODES, today=ctx.clock().date(), stop=ctx.stop
             )
             listed, pages = listed + settled.listed, pages + settled.pages
             relisted = len(settled.relisted)
-            await _note_short(metadata, [s.situacao for s in settled.left])
+            left = [s.situacao for s in settled.left]
+            if not settled.answered:  # what was short may still be: listed whole next time
+                left = sorted({*left, *await _short(metadata)})
+            await _note_short(metadata, left)
             stamp = {"completed_at": ctx.clock().isoformat()}
             await metadata.set(FULL_SYNC_KEY, _json({**stamp, "totals": api_totals}))
             await metadata.set(CLOSED_SWEEP_KEY, _json(stamp))

@@ -8,6 +8,7 @@ or reused with another implementation.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
@@ -282,11 +283,22 @@ class Comparison:
 
 
 class OrderSource(Protocol):
-    """Where orders come from (the Tiny API client)."""
+    """Where orders come from (the Tiny API client).
 
-    async def list_orders(self, query: ListQuery) -> Page: ...
+    ``stop``: the run's stop event. Once it is set, a request not sent yet (waiting for
+    its turn at the account's pace, or for its retry) is not sent at all:
+    :class:`~asyncsync.errors.RequestWithheld` instead. One already sent is answered."""
 
-    async def get_order(self, order_id: int, *, retry: bool = True, repeat: bool = False) -> Detail:
+    async def list_orders(self, query: ListQuery, *, stop: asyncio.Event | None = None) -> Page: ...
+
+    async def get_order(
+        self,
+        order_id: int,
+        *,
+        retry: bool = True,
+        repeat: bool = False,
+        stop: asyncio.Event | None = None,
+    ) -> Detail:
         """The order's detail; without ``retry``, a transient failure is raised at once.
         ``repeat``: this request repeats one that failed so (it counts as a retry)."""
         ...
