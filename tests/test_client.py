@@ -352,7 +352,7 @@ async def test_a_retry_is_not_sent_once_the_run_is_told_to_stop(monkeypatch) -> 
     # waited out its backoff and went (the drain waited up to 30 s for it); now the wait
     # ends at once and nothing more is sent: RequestWithheld, not an outage or a failure.
     monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
-    monkeypatch.setattr("asyncsync.client.http.random.uniform", lambda low, high: high)
+    monkeypatch.setattr("backoff.full_jitter", lambda value: value)
     store = MemoryTokenStore(TokenSet("r", "tok", utcnow() + dt.timedelta(hours=1)))
     base = "http://tiny.test/api"
     with aioresponses() as mocked:

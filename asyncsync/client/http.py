@@ -16,13 +16,13 @@ import contextlib
 import datetime as dt
 import functools
 import logging
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import backoff
 
 from .. import metrics
 from ..clock import Clock, utcnow
@@ -254,6 +254,9 @@ class TinyClient:
         """The answer, tried up to ``max_retries`` times (once without ``retry``) with full
         jitter over a doubling backoff (1 s, 2 s, 4 s… up to ``max_backoff_s``). ``stop``
         set during a backoff ends it: the retry is withheld, not sent."""
+        # backoff's own schedule, awaited here: its decorator's sleep cannot be ended.
+        waits = backoff.expo(max_value=self._max_backoff_s)
+        next(waits)  # its generators are primed by a first send, as its decorator does
         tries = 1
         while True:
             try:
@@ -261,8 +264,7 @@ class TinyClient:
             except _Retry as exc:
                 if not retry or tries >= self._max_retries:
                     raise exc.final from exc.final.__cause__
-            backoff_s = random.uniform(0, min(2.0 ** (tries - 1), self._max_backoff_s))
-            await waiting(asyncio.sleep(backoff_s), stop)
+            await waiting(asyncio.sleep(backoff.full_jitter(next(waits))), stop)
             # No line per retry: the breaker says when Tiny is down.
             self._counters.retries += 1
             tries += 1
