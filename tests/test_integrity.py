@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -328,6 +329,26 @@ async def test_a_stop_mid_listing_changes_nothing(simulator, runtime_for, db) ->
     assert report.recovered == report.possibly_deleted == [] and report.pages < 10
     assert not await db.fetchval("SELECT count(*) FROM ordens_servico WHERE possibly_deleted")
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 599
+
+
+async def test_a_stop_during_the_pre_check_reports_no_status_empty(
+    simulator, runtime_for, db
+) -> None:
+    """Stopped as the pre-check's totals come back, the full comparison lists nothing: its
+    report showed Tiny's total of every status as 0 (none of its pages answered). Now a
+    status's total is the pre-check's, or unknown (None): never a count nobody made."""
+    sim = await simulator(orders=300, seed=9)
+    await sync(sim, runtime_for)
+    await db.execute("DELETE FROM ordens_servico WHERE id = $1", sorted(sim.orders)[0])
+    stop = asyncio.Event()
+    sim.on_list_page = lambda _sim, params: stop.set() if params.get("limit") == "1" else None
+    async with runtime_for(sim, **FAST) as rt:
+        report = Found(await helpers.integrity(rt, at=T0, stop=stop))
+    assert report.interrupted and not report.consistent and report.recovered == []
+    truth = Counter(o.situacao for o in sim.orders.values())
+    totals = {c: row["api"] for c, row in report.report.by_status.items()}
+    assert all(total in (None, truth[c]) for c, total in totals.items()), (totals, truth)
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 299
 
 
 async def test_a_failing_detail_is_not_taken_for_a_deletion(simulator, runtime_for, db) -> None:

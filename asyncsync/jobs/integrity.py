@@ -189,10 +189,13 @@ class _Check:
         listed: dict[int, int] = {}
         self.progress.partitions_total = len(ALL_STATUSES)
         await run_all(self._list_status(int(s), listed) for s in ALL_STATUSES)
+        # A status whose listing failed, or that a stop kept from its first page, keeps the
+        # pre-check's total (None: unknown), never 0: no page of it counted anything.
         self.api_totals = {
-            s: self.api_totals.get(s) if s in self.listing_errors else listed.get(s, 0)
+            s: listed[s] if s in listed and s not in self.listing_errors
+            else self.api_totals.get(s)
             for s in sorted(int(x) for x in ALL_STATUSES)
-        }
+        }  # fmt: skip
         if self.ctx.stop.is_set():
             return
         await self._note_unreadable()
@@ -204,13 +207,13 @@ class _Check:
             await self._confirm_unlisted(unlisted)
 
     async def _list_status(self, situacao: int, listed: dict[int, int]) -> None:
-        listed[situacao] = 0
-
         async def inspect(page: Page) -> None:
             await self._inspect(page)
             # The API's own total when it gives one, else what the pages held.
             listed[situacao] = (
-                page.total if page.total is not None else (listed[situacao] + len(page.items))
+                page.total
+                if page.total is not None
+                else (listed.get(situacao, 0) + len(page.items))
             )
             if page.total is not None:
                 self.totals[situacao] = page.total
