@@ -20,10 +20,14 @@ from ..tasks import Stopped, until_stopped
 T = TypeVar("T")
 
 
+#: What a withheld request says.
+_WITHHELD = "the run is stopping: a request not sent yet was withheld"
+
+
 def withhold(stop: asyncio.Event | None) -> None:
     """Raise RequestWithheld if ``stop`` is set: the request must not go out."""
     if stop is not None and stop.is_set():
-        raise RequestWithheld("the run is stopping: a request not sent yet was withheld")
+        raise RequestWithheld(_WITHHELD)
 
 
 async def waiting(awaitable: Awaitable[T], stop: asyncio.Event | None) -> T:
@@ -31,13 +35,11 @@ async def waiting(awaitable: Awaitable[T], stop: asyncio.Event | None) -> T:
     if it is set before or while it waits."""
     if stop is None:
         return await awaitable
-    try:
-        withhold(stop)
-    except RequestWithheld:
+    if stop.is_set():
         if inspect.iscoroutine(awaitable):
             awaitable.close()  # never started: nothing to undo
-        raise
+        raise RequestWithheld(_WITHHELD)
     try:
         return await until_stopped(awaitable, stop)
     except Stopped:
-        raise RequestWithheld("the run is stopping: a request not sent yet was withheld") from None
+        raise RequestWithheld(_WITHHELD) from None

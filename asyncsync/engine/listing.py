@@ -94,10 +94,10 @@ class _Item:
 class _Batch:
     """Pages parsed into what one ``merge_listed`` call takes."""
 
-    items: list[_Item]
-    records: list[OrderRecord]
-    failures: list[FailureRecord]
-    checkpoints: list[Checkpoint]
+    items: list[_Item] = field(default_factory=list)
+    records: list[OrderRecord] = field(default_factory=list)
+    failures: list[FailureRecord] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
 async def page_through(
@@ -171,7 +171,6 @@ async def page_through(
                 page = await fetch(offset)
             except RequestWithheld:
                 return  # stopped: the other fetchers' pages on their way still come
-
             emptied = emptied or not page.items
             if offset + step >= total and not ends(page, step):
                 beyond = page
@@ -475,7 +474,7 @@ class ListingEngine:
         # A failed merge cancels the writer and the merges still in flight (their
         # transactions roll back), then surfaces through the outer task group.
         async with asyncio.TaskGroup() as merges:
-            batch = _Batch([], [], [], [])
+            batch = _Batch()
             while True:
                 item = await self._queue.get()
                 if item is not None:
@@ -495,7 +494,7 @@ class ListingEngine:
                     await self._merge_slots.acquire()  # parsed: overlaps the merges in flight
                     self._merging += 1
                     merges.create_task(self._merge(batch), name="listing-merge")
-                    batch = _Batch([], [], [], [])
+                    batch = _Batch()
                 if item is None:
                     return
 
