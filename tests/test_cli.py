@@ -883,6 +883,31 @@ async def test_status_of_a_database_nothing_ran_in_says_so(admin_dsn) -> None:
     assert "Traceback" not in result.stderr and "UndefinedTable" not in result.stderr
 
 
+async def test_migrate_says_what_it_found(admin_dsn) -> None:
+    """An empty database's tables are created, an older release's schema updated, this
+    release's applied again: three sentences, not "up to date" for all three."""
+    name = f"asyncsync_migrate_{os.getpid()}"
+    url = with_database(admin_dsn, name)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        said = []
+        for step in ("empty", "current", "older"):
+            if step == "older":
+                older = await asyncpg.connect(url)
+                await older.execute("UPDATE asyncsync_schema SET fingerprint = 'older'")
+                await older.close()
+            result = await asyncio.to_thread(run_cli, "migrate", "--database-url", url)
+            assert result.returncode == 0, result.stderr
+            said.append(result.stdout.strip())
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+    assert said[0].startswith("schema created"), said
+    assert said[1].startswith("schema is up to date"), said
+    assert said[2].startswith("schema updated from an earlier release"), said
+
+
 async def test_status_and_health_of_an_older_install_not_yet_migrated_say_so(
     database_url, db
 ) -> None:

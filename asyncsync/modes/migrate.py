@@ -7,13 +7,21 @@ import asyncio
 
 from ..options import CommonOptions, MigrateOptions
 from ..runtime import database_of
+from ..seams import Migration
 
 
 async def run(common: CommonOptions, options: MigrateOptions, stop: asyncio.Event) -> int:
     """Create or update the schema, the work queue's tables included: applied whole even
     when the database says it has it (an index dropped by hand comes back)."""
     async with database_of(common, stop=stop, apply_schema=False) as database:
-        await database.migrate(always=True)
+        found = await database.migrate(always=True)
         await database.queue.install()
-    print("schema is up to date")
+    print(_SAID[found])
     return 0
+
+
+_SAID = {
+    Migration.CREATED: "schema created: the database had no asyncsync tables",
+    Migration.UPDATED: "schema updated from an earlier release's",
+    Migration.CURRENT: "schema is up to date (applied again: anything dropped by hand is back)",
+}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import datetime as dt
+import enum
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
@@ -207,6 +208,14 @@ class MergeStats:
         return MergeStats(
             **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
         )
+
+
+class Migration(enum.StrEnum):
+    """What applying ``schema.sql`` found: no asyncsync schema, another release's, this one's."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    CURRENT = "current"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ import asyncpg
 from ..clock import Clock, utcnow
 from ..errors import ConfigError, DatabaseError
 from ..overview import AccountStatus
-from ..seams import Census, RetryPolicy
+from ..seams import Census, Migration, RetryPolicy
 from ..status import OPEN_STATUSES
 from .accounts import PgAccounts
 from .database import connect_pool, migrate, resolve_dsn
@@ -175,13 +175,15 @@ class Database:
             _session=session,
         )
 
-    async def migrate(self, *, always: bool = False) -> None:
+    async def migrate(self, *, always: bool = False) -> Migration:
         """Apply ``schema.sql`` (idempotent), unless (or even if ``always``) this very
-        ``schema.sql`` is the one the database had applied last. A role without the
-        rights to apply it is a configuration error (exit 2: a supervisor does not
+        ``schema.sql`` is the one the database had applied last; say what it found. A
+        role without the rights to apply it is a configuration error (exit 2: a supervisor does not
         restart it every 30 s for ever)."""
         try:
-            await self._sql.run("applying schema.sql", lambda: migrate(self._pool, always=always))
+            return await self._sql.run(
+                "applying schema.sql", lambda: migrate(self._pool, always=always)
+            )
         except DatabaseError as exc:
             if exc.sqlstate != "42501":  # insufficient_privilege
                 raise

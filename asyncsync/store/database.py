@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from ..errors import ConfigError, DatabaseError
+from ..seams import Migration
 from . import timestamps
 from .embedded import embedded_refusal, start_embedded
 from .resilience import CAUGHT, classify, guarded
@@ -126,7 +127,7 @@ async def connect_pool(
             pool.terminate()  # a frozen or vanished server: nothing to close politely
 
 
-async def migrate(pool: asyncpg.Pool, *, always: bool = False) -> None:
+async def migrate(pool: asyncpg.Pool, *, always: bool = False) -> Migration:
     """Apply ``schema.sql`` (idempotent); serialized so parallel starts don't collide.
     Skipped (unless ``always``) when the database says this very ``schema.sql`` was
     applied last: its ``CREATE INDEX IF NOT EXISTS`` waits for every write in flight on
@@ -137,16 +138,24 @@ async def migrate(pool: asyncpg.Pool, *, always: bool = False) -> None:
     fingerprint = hashlib.sha256(text.encode()).hexdigest()
     async with pool.acquire() as conn:
         if not always and await _applied(conn) == fingerprint:
-            return
+            return Migration.CURRENT
         async with conn.transaction():
             await conn.execute(sql("schema_lock"))
             # Asked again under the lock: two workers started together after an upgrade
             # both found the old fingerprint, and the second applied it again behind the
             # first one's, waiting on the merges the first had started meanwhile.
-            if not always and await _applied(conn) == fingerprint:
-                return
+            applied = await _applied(conn)
+            if applied == fingerprint:
+                if not always:
+                    return Migration.CURRENT
+                found = Migration.CURRENT
+            elif applied is None and not await conn.fetchval(sql("schema_installed")):
+                found = Migration.CREATED
+            else:
+                found = Migration.UPDATED
             await conn.execute(text)
             await conn.execute(sql("schema_mark"), fingerprint)
+    return found
 
 
 async def _applied(conn: asyncpg.Connection) -> str | None:
