@@ -1253,3 +1253,31 @@ async def test_a_role_that_may_not_apply_the_schema_is_a_configuration_error(
     finally:
         await db.execute(f'DROP OWNED BY "{role}"')
         await db.execute(f'DROP ROLE "{role}"')
+
+
+async def test_a_one_shot_retry_tiny_answers_nothing_of_fails_with_exit_5(
+    simulator, database_url, db
+) -> None:
+    """One or two due failures through a wrong base URL (or a short outage) are too few
+    requests to open the circuit: the retry ended exit 0, "finished ok", with every one
+    left unavailable. A one-shot run that fetched nothing is Tiny being unavailable."""
+    sim = await simulator(orders=30, seed=5)
+    victim = sorted(sim.orders)[3]
+    sim.fail_detail[victim] = "malformed"
+    env = sim_env(sim, DATABASE_URL=database_url)
+    synced = await asyncio.to_thread(run_cli, "sync", env=env)
+    assert synced.returncode == 0, synced.stderr
+    sim.fail_detail.clear()
+    await db.execute("UPDATE import_failures SET ultima_tentativa = now() - interval '1 hour'")
+    wrong = {**env, "TINY_API_BASE_URL": sim.origin + "/wrong/v3"}
+    for args in (("retry",), ("failures", "retry", str(victim))):
+        result = await asyncio.to_thread(run_cli, *args, env=wrong)
+        assert result.returncode == 5, (args, result.stdout, result.stderr)
+        said = result.stderr.strip().splitlines()[-1]
+        assert "Tiny is unavailable: none of the 1 due detail(s) was answered" in said, said
+        assert "check TINY_API_BASE_URL" in said, said
+    row = await db.fetchrow("SELECT tentativas, resolvido FROM import_failures")
+    assert (row["tentativas"], row["resolvido"]) == (1, False)  # no attempt counted
+    fixed = await asyncio.to_thread(run_cli, "failures", "retry", str(victim), env=env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert await db.fetchval("SELECT resolvido FROM import_failures") is True

@@ -57,6 +57,7 @@ class DetailOutcome:
     failures: list[FailureRecord] = field(default_factory=list)  # the record is at fault
     missing: list[int] = field(default_factory=list)  # 404
     unavailable: list[int] = field(default_factory=list)  # 5xx/429/timeouts: try again later
+    unavailable_because: TinyError | None = None  # the last of them: what Tiny answered
     raw: dict[int, object] = field(default_factory=dict)  # id -> parsed JSON body
     outage: TinyOutage | None = None  # the circuit opened: no more requests went out
     carry: list[Waiting] = field(default_factory=list)  # still pausing (without ``drain``)
@@ -151,10 +152,11 @@ async def fetch_details(
             return _UNANSWERED
         except TinyAuthError:
             raise
-        except (TinyUnavailable, TinyRateLimited):
+        except (TinyUnavailable, TinyRateLimited) as exc:
             if tries + 1 < attempts:
                 return _AGAIN
             out.unavailable.append(order_id)
+            out.unavailable_because = exc
             return _UNANSWERED
         except TinyError as exc:
             out.failures.append(failure_for(order_id, exc))

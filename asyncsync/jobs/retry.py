@@ -26,7 +26,7 @@ from collections.abc import Collection, Sequence
 import orjson
 
 from ..engine.details import DetailOutcome, fetch_details
-from ..errors import RecordError
+from ..errors import RecordError, TinyError, TinyUnavailable
 from ..records import (
     DetailRecord,
     FailureRecord,
@@ -90,11 +90,19 @@ async def retry_due(
     chunk: int = 200,
     ids: Collection[int] | None = None,
     budget: int | None = None,
+    outage_if_unanswered: bool = False,
 ) -> RunReport:
     """Try again every failure due at ``now`` (default: the context's clock), or only
     those of ``ids``; resolve what imports, reschedule the rest. At most ``budget``
     failures are tried (None: every one due): the rest stay due, for the next run, and the
-    report counts them (``still_due``). The caller holds the account's run lock."""
+    report counts them (``still_due``). The caller holds the account's run lock.
+
+    A detail Tiny could not serve (5xx, timeouts, refused connections) stays due,
+    ``unavailable``. With ``outage_if_unanswered`` (a one-shot run), a run that tried
+    some and had not one of them answered raises :class:`TinyUnavailable` (exit 5): too
+    few requests to open the circuit (a wrong address, a short outage) must not end as
+    done. A long-running cycle leaves them due: one order whose detail Tiny always
+    fails to serve must not fail every cycle."""
     started_at, api_before = ctx.clock(), source.api_stats()
     now = now or started_at
     resolved: list[int] = []
@@ -103,6 +111,7 @@ async def retry_due(
     exhausted: list[int] = []
     gone: list[int] = []
     tried: set[int] = set()
+    because: TinyError | None = None  # why the last unavailable detail was
     while not ctx.stop.is_set():
         room = chunk if budget is None else min(chunk, budget - len(tried))
         if room <= 0:
@@ -135,11 +144,18 @@ async def retry_due(
         refused = {f.order_id for f in merged.refused}
         resolved += sorted(d.id for d in details if d.id not in refused)
         unavailable += sorted(out.unavailable)  # an outage is not an attempt: still due
+        because = out.unavailable_because or because
         out.raise_outage()
         attempts = {r.id_ordem: r.tentativas + 1 for r in rows}
         for order_id in sorted({f.order_id for f in failed}):
             done = attempts[order_id] >= policy.max_attempts
             (exhausted if done else failed_again).append(order_id)
+    answered = resolved or failed_again or exhausted or gone
+    if outage_if_unanswered and unavailable and not answered and not ctx.stop.is_set():
+        raise TinyUnavailable(
+            f"Tiny is unavailable: none of the {len(unavailable)} due detail(s) was answered "
+            f"({because}); they stay due for the next run"
+        ) from because
     pending, next_due, still_due = await failures.pending(now, policy)
     review = await failures.manual_review(policy)
     notes = [f"manual review: {m.id_ordem} ({m.tentativas}×: {m.erro or '-'})" for m in review[:5]]

@@ -84,7 +84,9 @@ async def _retry(
         store = rt.store
         ctx = rt.context(stop)
         rearmed = await store.failures.rearm(targets, now=ctx.clock(), policy=DEFAULT_POLICY)
-        report = await retry_due(rt.client, store.orders, store.failures, ctx, ids=rearmed)
+        report = await retry_due(
+            rt.client, store.orders, store.failures, ctx, ids=rearmed, outage_if_unanswered=True
+        )
     left = sorted(set(targets or ()) - set(rearmed))
     if not left:
         return report

@@ -1,5 +1,6 @@
 """``--mode retry``: import again the failures whose backoff has run out; see
-:mod:`asyncsync.jobs.retry`. Exit 1 when failures wait for manual review, else 0."""
+:mod:`asyncsync.jobs.retry`. Exit 1 when failures wait for manual review, 5 when Tiny
+answered none of the details it was asked for, else 0."""
 
 from __future__ import annotations
 
@@ -18,4 +19,6 @@ async def run(common: CommonOptions, options: RetryOptions, stop: asyncio.Event)
         rt.store.lock("retry", wait_s=common.run.wait_lock_s, stop=stop),
     ):
         store = rt.store
-        return await retry_due(rt.client, store.orders, store.failures, rt.context(stop))
+        return await retry_due(
+            rt.client, store.orders, store.failures, rt.context(stop), outage_if_unanswered=True
+        )
