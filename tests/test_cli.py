@@ -908,6 +908,47 @@ async def test_migrate_says_what_it_found(admin_dsn) -> None:
     assert said[2].startswith("schema updated from an earlier release"), said
 
 
+async def test_tables_of_asyncsyncs_names_it_did_not_create_are_refused_untouched(
+    admin_dsn,
+) -> None:
+    """The database of the old scripts: their ordens_servico, the planning document's
+    import_failures (no account column). migrate failed half-way with "column account does
+    not exist" and status called it an older release's schema; now: exit 2, the tables
+    named, nothing of theirs altered, and a schema of its own (the hint) works."""
+    name = f"asyncsync_foreign_{os.getpid()}"
+    url = with_database(admin_dsn, name)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        theirs = await asyncpg.connect(url)
+        await theirs.execute(
+            "CREATE TABLE ordens_servico (id_ordem integer PRIMARY KEY, situacao text);"
+            "CREATE TABLE import_failures (id_ordem integer PRIMARY KEY, erro text,"
+            " tentativas integer DEFAULT 1, resolvido boolean DEFAULT false, dados_api jsonb);"
+            "CREATE SCHEMA mirror"
+        )
+        columns = "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public'"
+        before = await theirs.fetchval(columns)
+        refused = await asyncio.to_thread(run_cli, "migrate", "--database-url", url)
+        status = await asyncio.to_thread(run_cli, "status", "--database-url", url)
+        after = await theirs.fetchval(columns)
+        await theirs.close()
+        own = url + ("&" if "?" in url else "?") + "search_path=mirror"
+        migrated = await asyncio.to_thread(run_cli, "migrate", "--database-url", own)
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+    assert refused.returncode == 2, refused.stderr
+    said = refused.stderr.strip()
+    assert "the database already holds import_failures, ordens_servico, which asyncsync" in said
+    assert "?search_path=mirror in DATABASE_URL" in said and "\n" not in said, said
+    assert status.returncode == 1, status.stderr
+    assert "which asyncsync did not create" in status.stdout, status.stdout
+    assert after == before
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.startswith("schema created"), migrated.stdout
+
+
 async def test_status_and_health_of_an_older_install_not_yet_migrated_say_so(
     database_url, db
 ) -> None:

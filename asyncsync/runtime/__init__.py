@@ -183,6 +183,10 @@ async def schema_missing(database: Database) -> str:
     """What status and health, which read only and found a table missing, say: an empty
     database, or an older release's install that no `asyncsync migrate` brought up to date
     (its run history, say, came later)."""
+    foreign = await database.foreign_tables()
+    if foreign:
+        return (f"the database holds {', '.join(foreign)}, which asyncsync did not create: "
+                "`asyncsync migrate` says what to do")  # fmt: skip
     if await database.installed():
         return ("the database's asyncsync schema is an older release's: `asyncsync migrate` "
                 "brings it up to date (every mode that writes does too)")  # fmt: skip

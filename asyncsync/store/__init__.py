@@ -195,6 +195,11 @@ class Database:
                 "the same schema.sql applied change nothing"
             ) from None
 
+    async def foreign_tables(self) -> list[str]:
+        """Tables by asyncsync's names that asyncsync did not create (see migrate)."""
+        rows = await self._sql.fetch("reading the schema", "schema_foreign")
+        return [row["name"] for row in rows]
+
     async def installed(self) -> bool:
         """Whether asyncsync wrote here, whatever release's schema it applied."""
         return bool(await self._sql.fetchval("reading the schema", "schema_installed"))

@@ -145,6 +145,8 @@ async def migrate(pool: asyncpg.Pool, *, always: bool = False) -> Migration:
             # both found the old fingerprint, and the second applied it again behind the
             # first one's, waiting on the merges the first had started meanwhile.
             applied = await _applied(conn)
+            if applied != fingerprint:
+                await _refuse_foreign_tables(conn)
             if applied == fingerprint:
                 if not always:
                     return Migration.CURRENT
@@ -156,6 +158,20 @@ async def migrate(pool: asyncpg.Pool, *, always: bool = False) -> Migration:
             await conn.execute(text)
             await conn.execute(sql("schema_mark"), fingerprint)
     return found
+
+
+async def _refuse_foreign_tables(conn: asyncpg.Connection) -> None:
+    """ConfigError when tables by asyncsync's names are someone else's (the old scripts',
+    the planning document's ``import_failures``): schema.sql would fail on them half-way,
+    "column account does not exist", and nothing of theirs must be altered."""
+    foreign = [row["name"] for row in await conn.fetch(sql("schema_foreign"))]
+    if foreign:
+        raise ConfigError(
+            f"the database already holds {', '.join(foreign)}, which asyncsync did not "
+            "create (no column account): give asyncsync a database of its own, or a schema "
+            "of its own (CREATE SCHEMA mirror, then ?search_path=mirror in DATABASE_URL), "
+            "or rename those tables"
+        )
 
 
 async def _applied(conn: asyncpg.Connection) -> str | None:
