@@ -425,3 +425,28 @@ async def test_a_json_report_file_of_every_account_keeps_every_accounts_report(
     assert [a["account"] for a in json.loads(listed.read_text())["accounts"]] == [
         "north", "south",
     ]  # fmt: skip
+
+
+async def test_a_mistyped_account_key_is_said_so_not_removed_or_uncredentialed(
+    simulator, database_url
+) -> None:
+    """With rows in the accounts table, ``status --account nokey`` said "removed, not
+    served" and exited 0 (a typo passed a status-based check), and ``sync --account nokey``
+    asked for TINY_CLIENT_ID. A key removed from the table, whose mirror stays, is still
+    shown as removed."""
+    sim = await simulator(orders=10)
+    for key in ("acme", "beta"):
+        code, _, err = await cli(*add_args(key, sim, database_url))
+        assert code == 0, err
+    for mode in ("status", "sync"):
+        code, out, err = await cli(mode, "--account", "nokey", "--database-url", database_url)
+        assert code == 2, (mode, out, err)
+        assert "--account 'nokey' is not in the accounts table" in err, (mode, err)
+        assert "accounts list shows its keys" in err and "Traceback" not in err, err
+    code, out, err = await cli("sync", "--account", "acme", "--database-url", database_url,
+                               env=secrets("acme", sim))  # fmt: skip
+    assert code == 0, err
+    code, _, err = await cli("accounts", "remove", "acme", "--database-url", database_url)
+    assert code == 0, err
+    code, out, err = await cli("status", "--account", "acme", "--database-url", database_url)
+    assert '"not_served":"removed"' in out and code == 0, (code, out, err)

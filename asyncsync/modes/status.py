@@ -20,7 +20,7 @@ from rich.text import Text
 
 from ..accounts import not_served
 from ..clock import iso, utcnow
-from ..errors import DatabaseError
+from ..errors import ConfigError, DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, StatusOptions
 from ..overview import render_status, render_summary, status_dict
@@ -41,6 +41,12 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
             ]
             # A stale one no worker keeps fresh is no reason to exit 1.
             unserved = not_served(accounts, await database.registry.all())
+            removed = not options.all_accounts and unserved.get(common.account) == "removed"
+            if removed and common.account not in await database.accounts():  # never here
+                raise ConfigError(
+                    f"--account {common.account!r} is not in the accounts table and nothing "
+                    "ran for it here (asyncsync accounts list shows its keys)"
+                )
         except DatabaseError as exc:
             if exc.sqlstate != "42P01":  # undefined_table
                 raise

@@ -230,6 +230,12 @@ async def resolve_account(
                               "enable)")  # fmt: skip
         return account_tiny(common.tiny, config), config.credentials(os.environ)
     if isinstance(legacy, ConfigError):
+        if not await database.registry.none():  # a key mistyped, more likely than not
+            raise ConfigError(
+                f"--account {common.account!r} is not in the accounts table (asyncsync "
+                "accounts list shows its keys), and the flags and environment give no "
+                f"account of their own either ({legacy})"
+            )
         raise legacy
     return common.tiny, legacy
 
