@@ -357,21 +357,23 @@ def load_bootstrap_tokens(
 ) -> Credentials:
     """Read a ``tiny_token.json``: ``refresh_token`` plus optional ``access_token``,
     ``expires_at`` (epoch seconds or ISO 8601), ``client_id`` and ``client_secret``."""
+    file = f"the token file {path} (--token-file, TINY_TOKEN_FILE)"
     try:
         data: Any = orjson.loads(path.read_bytes())
     except FileNotFoundError:
-        raise ConfigError(f"token file {path} does not exist") from None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise ConfigError(f"token file {path} is not readable JSON: {exc}") from exc
+        raise ConfigError(f"{file} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{file} cannot be read: {exc.strerror or exc}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{file} is not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("refresh_token"), str):
-        raise ConfigError(f"token file {path} has no refresh_token")
+        raise ConfigError(f"{file} has no refresh_token")
     cid = client_id or data.get("client_id")
     secret = client_secret or data.get("client_secret")
     if not cid or not secret:
         raise ConfigError(
             # Not "client_secret: ...": the redaction of secret fields would mask the word.
-            f"token file {path} has no client_id/client_secret; set TINY_CLIENT_ID and "
-            "TINY_CLIENT_SECRET"
+            f"{file} has no client_id/client_secret; set TINY_CLIENT_ID and TINY_CLIENT_SECRET"
         )
     expires: dt.datetime | None = None
     raw_exp = data.get("expires_at")
@@ -379,13 +381,13 @@ def load_bootstrap_tokens(
         try:  # milliseconds (JavaScript's Date.now()) are past the year 9999
             expires = dt.datetime.fromtimestamp(raw_exp, dt.UTC)
         except (OverflowError, OSError, ValueError):
-            raise ConfigError(f"token file {path}: expires_at {raw_exp!r} is no epoch time "
-                              "in seconds") from None  # fmt: skip
+            said = f"{file}: expires_at {raw_exp!r} is no epoch time in seconds"
+            raise ConfigError(said) from None
     elif isinstance(raw_exp, str):
         try:
             expires = dt.datetime.fromisoformat(raw_exp)
         except ValueError:
-            raise ConfigError(f"token file {path}: unreadable expires_at {raw_exp!r}") from None
+            raise ConfigError(f"{file}: unreadable expires_at {raw_exp!r}") from None
         if expires.tzinfo is None:
             expires = expires.replace(tzinfo=dt.UTC)
     if expires is not None and expires < _EPOCH:
