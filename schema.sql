@@ -204,6 +204,20 @@ CREATE TABLE IF NOT EXISTS accounts (
     updated_at         timestamptz NOT NULL DEFAULT now(),
     CHECK (num_nonnulls(client_secret_env, client_secret_file, client_secret) = 1)
 );
+-- The key rule of `asyncsync accounts add` (1 to 64 letters, digits, '.', '_', '-'), kept
+-- by the table too: a row inserted by hand with another key stopped every command that
+-- reads the table. NOT VALID: an older install's rows are not checked, new ones are.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conrelid = 'accounts'::regclass AND conname = 'accounts_key_rule'
+    ) THEN
+        ALTER TABLE accounts ADD CONSTRAINT accounts_key_rule
+            CHECK (key ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$') NOT VALID;
+    END IF;
+END
+$$;
 
 -- Which schema.sql this database had applied last (sha256 of the file): a start that finds
 -- its own skips applying it again, whose CREATE INDEX IF NOT EXISTS waits for every write

@@ -450,3 +450,16 @@ async def test_a_mistyped_account_key_is_said_so_not_removed_or_uncredentialed(
     assert code == 0, err
     code, out, err = await cli("status", "--account", "acme", "--database-url", database_url)
     assert '"not_served":"removed"' in out and code == 0, (code, out, err)
+
+
+async def test_the_table_refuses_a_key_the_tool_would_refuse(db) -> None:
+    """A row inserted by hand as 'bad key!' stopped accounts list, status, health and
+    sync --all-accounts (exit 2), and accounts remove refused to name it."""
+    import asyncpg
+
+    insert = ("INSERT INTO accounts (key, api_base_url, token_url, client_id, "
+              "client_secret_env) VALUES ($1, 'http://x', 'http://x', 'c', 'SEC')")  # fmt: skip
+    with pytest.raises(asyncpg.CheckViolationError, match="accounts_key_rule"):
+        await db.execute(insert, "bad key!")
+    await db.execute(insert, "acme-2.b_c")
+    assert await db.fetchval("SELECT count(*) FROM accounts") == 1
