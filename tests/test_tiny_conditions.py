@@ -307,8 +307,12 @@ async def test_authorization_by_pasting_the_address(simulator, database_url, db)
     async with aiohttp.ClientSession() as browser, browser.get(url, allow_redirects=False) as r:
         landed = r.headers["Location"]  # where the browser ends: pasted back by the person
     assert landed.startswith(redirect + "?code=")
-    _out, err = await asyncio.wait_for(proc.communicate((landed + "\n").encode()), 30)
+    # First the address the person opened, not the one the browser ended on: said, not
+    # ignored in silence until the timeout; then the right one.
+    pasted = f"{url}\n\n{landed}\n".encode()
+    _out, err = await asyncio.wait_for(proc.communicate(pasted), 30)
     assert proc.returncode == 0, err.decode()
+    assert err.decode().count("that is not the address the browser ended on") == 1, err.decode()
     assert await db.fetchval("SELECT refresh_token FROM tiny_tokens") == sim.valid_refresh_token()
 
 

@@ -12,6 +12,7 @@ or a browser on another machine).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from ..errors import ConfigError, TinyAuthError
 from ..seams import TokenSet
 from .tokens import TokenManager
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -126,7 +129,11 @@ class Authorization:
         loop = asyncio.get_running_loop()
 
         def offer(line: str) -> None:
-            if found.done() or ("code=" not in line and "error=" not in line):
+            if found.done() or not line.strip():
+                return
+            if "code=" not in line and "error=" not in line:
+                log.warning("that is not the address the browser ended on: paste the whole "
+                            "address, the one that holds code=...")  # fmt: skip
                 return
             try:
                 found.set_result(code_from(_query(line.strip()), state))
