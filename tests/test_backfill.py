@@ -675,3 +675,26 @@ async def test_a_backfill_told_to_stop_sends_no_page_that_waited_at_the_limiter(
         report = await backfill(rt.client, s.orders, s.metadata, options, context(rt))
     assert report.outcome == "ok"
     assert diff(listed_fields(sim.snapshot()), listed_fields(await mirror(db))) == []
+
+
+async def test_a_month_of_whole_pages_counts_each_order_listed_once(
+    simulator, runtime_for, db
+) -> None:
+    # A full page at its total is followed by a page starting on its last order: that
+    # order was merged a second time, orders_listed one over the month's orders and one
+    # of the orders this run inserted counted unchanged as well. 200 finished orders here.
+    sim = await simulator(orders=3000, seed=11, start_year=2015, today=dt.date(2017, 1, 31))
+    month = busiest_month(sim, Situacao.FINALIZADA, 100)
+    finished = len(in_month(sim, month, Situacao.FINALIZADA))
+    assert finished <= 200
+    for _ in range(200 - finished):
+        sim.add_order(situacao=Situacao.FINALIZADA, data=month)
+    orders = len(in_month(sim, month))
+    async with runtime_for(sim) as rt:
+        s = rt.store
+        options = BackfillOptions(date_from=month, date_to=month, partitions=IN_FLIGHT)
+        report = await backfill(rt.client, s.orders, s.metadata, options, context(rt))
+    assert report.outcome == "ok"
+    counts = [report.count(k) for k in ("orders_listed", "inserted", "unchanged")]
+    assert counts == [orders, orders, 0]
+    assert sorted((await mirror(db)).keys()) == in_month(sim, month)

@@ -30,7 +30,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -193,6 +193,17 @@ def ends(page: Page, full: int) -> bool:
 RESTARTS = 2
 
 
+def past_seam(page: Page) -> Page:
+    """``page`` without its first item: a page asked from one offset before the last
+    order already handed over, found there (the seam), is handed over from the next
+    order on, so each order listed is received, merged and counted once (a true total
+    that is a multiple of the page size counted its last order twice: orders_listed and
+    the listing's progress past the total)."""
+    q = page.query
+    query = replace(q, offset=q.offset + 1, limit=max(q.limit - 1, 0))
+    return replace(page, query=query, items=page.items[1:])
+
+
 async def _page_without_total(
     source: OrderSource,
     part: Partition,
@@ -208,9 +219,10 @@ async def _page_without_total(
     the one before. Another order there, one not seen yet (or none), says the pages
     shifted down: the partition is listed again from its start (twice at most; then the
     cycles' vanished-order details and the sweep are left to find the rest). One seen
-    already says they shifted up: orders seen twice, none lost. The listing ends when
-    only that last order is left, or with a page that :func:`ends` (``full`` items making
-    a full page)."""
+    already says they shifted up: orders seen twice, none lost. The order there as
+    expected, handed over with the page before, is not handed over again
+    (:func:`past_seam`). The listing ends when only that last order is left, or with a
+    page that :func:`ends` (``full`` items making a full page)."""
     page, restarts = first, 0
     offset = first.query.offset + len(first.items)
     while not stop.is_set():
@@ -218,8 +230,8 @@ async def _page_without_total(
         seam = item_id(page.items[-1])
         at = offset if seam is None else offset - 1
         page = await source.list_orders(part.query(at, page_size), stop=stop)
-        await on_page(page)
         head = item_id(page.items[0]) if page.items else None
+        await on_page(past_seam(page) if seam is not None and head == seam else page)
         if seam is not None and head != seam and head not in seen and restarts < RESTARTS:
             restarts += 1
             log.info("%s shifted while it was paged (no paginacao): listed again", part)
@@ -410,6 +422,7 @@ class ListingEngine:
             seam, seam_id = offset, last_id
             head = item_id(page.items[0]) if page.items else None
             moved_down = overlap and head != seam_id and head not in shown
+            merged = past_seam(page) if overlap and head == seam_id else page
             last = page.is_last if full is None else ends(page, full)
             end = last or (overlap and head == seam_id and len(page.items) == 1)
             offset = at + len(page.items)
@@ -432,7 +445,7 @@ class ListingEngine:
                 # Told to stop: no look at the seam now. The checkpoint stays before this
                 # page (merged all the same), so a resumed run looks there first.
                 cp = Checkpoint(part.key, checkpoint_value(seam, False, seam_id))
-                await self._queue.put(_Item(part, page, cp, done))
+                await self._queue.put(_Item(part, merged, cp, done))
                 await done
                 return
             if restarts < RESTARTS and (moved_down or holds is False):
@@ -440,11 +453,11 @@ class ListingEngine:
                 restarts += 1
                 offset, last_total, last_id, overlap = 0, None, None, False
                 cp = Checkpoint(part.key, checkpoint_value(0, False))
-                await self._queue.put(_Item(part, page, cp, done))
+                await self._queue.put(_Item(part, merged, cp, done))
                 await done  # this page is good: merged, the partition restarts
                 continue
             cp = Checkpoint(part.key, checkpoint_value(offset, end, last_id))
-            await self._queue.put(_Item(part, page, cp, done))
+            await self._queue.put(_Item(part, merged, cp, done))
             await done  # merged and checkpointed together
             if end:
                 return
