@@ -118,9 +118,11 @@ CREATE TABLE IF NOT EXISTS integrity_runs (
     account     text        NOT NULL DEFAULT 'default',
     started_at  timestamptz NOT NULL,
     finished_at timestamptz NOT NULL,
-    consistent  boolean     NOT NULL,
+    consistent  boolean,    -- NULL: unknown (a run stopped before it found anything)
     report      jsonb       NOT NULL
 );
+-- Installs made before 2026-12-07 stored a stopped run as inconsistent (NOT NULL).
+ALTER TABLE integrity_runs ALTER COLUMN consistent DROP NOT NULL;
 
 -- Every run of every mode (and every serve cycle): the run report, persisted. The history
 -- `asyncsync status` reads; integrity_runs above is kept for existing readers.

@@ -331,6 +331,24 @@ async def test_a_stop_mid_listing_changes_nothing(simulator, runtime_for, db) ->
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 599
 
 
+async def test_a_stop_before_anything_was_found_is_no_verdict(simulator, runtime_for, db) -> None:
+    """A deep check stopped as its first pages come (SIGTERM) was titled "inconsistencies
+    found and fixed" with every finding 0, and stored consistent = false: nothing was
+    compared. It says it was interrupted, and its verdict is unknown (NULL)."""
+    sim = await simulator(orders=300, seed=9)
+    await sync(sim, runtime_for)
+    stop = asyncio.Event()
+    sim.on_list_page = lambda _sim, _params: stop.set()
+    async with runtime_for(sim, **FAST) as rt:
+        report = Found(await helpers.integrity(rt, deep=True, at=T0, stop=stop))
+    assert report.interrupted and report.exit_code == 130
+    assert report.report.title == (
+        "integrity check (full comparison, deep) — interrupted, nothing found before the stop"
+    )
+    assert report.consistent is None
+    assert await db.fetchval("SELECT consistent IS NULL FROM integrity_runs") is True
+
+
 async def test_a_stop_during_the_pre_check_reports_no_status_empty(
     simulator, runtime_for, db
 ) -> None:
@@ -646,6 +664,10 @@ async def test_a_stop_during_the_import_of_missing_orders_keeps_what_arrived(
     assert len(recovered) == sent
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 100 + len(recovered)
     assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
+    # What it found before the stop is known: the mirror was not consistent.
+    assert report.title.endswith("— interrupted, inconsistencies found and fixed before the stop")
+    assert report.facts["consistent"] is False
+    assert await db.fetchval("SELECT consistent FROM integrity_runs") is False
 
 
 async def test_the_full_comparison_shows_its_progress(simulator, runtime_for, caplog) -> None:

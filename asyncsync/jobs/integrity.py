@@ -146,17 +146,23 @@ class _Check:
             i for i in self.found["awaiting_retry"] if i not in at_review
         ]
         found_new = any(v for k, v in self.found.items() if k not in _KNOWN)
-        consistent = not (found_new or self.listing_errors or ctx.stop.is_set())
         unfixed = sum(len(self.found[k]) for k in _UNFIXED) + len(self.listing_errors)
+        found = (
+            f"{unfixed} problem(s) NOT fixed" if unfixed
+            else "inconsistencies found and fixed" if found_new
+            else ""
+        )  # fmt: skip
+        # Stopped: what it found so far is known, the rest is not. With nothing found,
+        # no verdict (None: integrity_runs.consistent NULL), neither way.
+        consistent: bool | None
         if ctx.stop.is_set():
             outcome = Outcome.INTERRUPTED
+            consistent = False if found_new else None
+            verdict = f"interrupted, {found or 'nothing found'} before the stop"
         else:
             outcome = Outcome.ATTENTION if unfixed else Outcome.OK
-        verdict = (
-            "consistent" + _known(self.found) if consistent
-            else f"{unfixed} problem(s) NOT fixed" if unfixed
-            else "inconsistencies found and fixed"
-        )  # fmt: skip
+            consistent = not (found_new or self.listing_errors)
+            verdict = "consistent" + _known(self.found) if consistent else found
         codes = sorted(set(self.api_totals) | set(db_before) | set(db_after))
         report = RunReport(
             mode="integrity",

@@ -448,7 +448,11 @@ class IntegrityStore(Protocol):
         ...
 
     async def save_run(
-        self, started_at: dt.datetime, finished_at: dt.datetime, consistent: bool, report: str
+        self,
+        started_at: dt.datetime,
+        finished_at: dt.datetime,
+        consistent: bool | None,
+        report: str,
     ) -> None: ...
 
 

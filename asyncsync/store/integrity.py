@@ -105,9 +105,14 @@ class PgIntegrityStore:
         return flagged
 
     async def save_run(
-        self, started_at: dt.datetime, finished_at: dt.datetime, consistent: bool, report: str
+        self,
+        started_at: dt.datetime,
+        finished_at: dt.datetime,
+        consistent: bool | None,
+        report: str,
     ) -> None:
-        """One ``integrity_runs`` row."""
+        """One ``integrity_runs`` row; ``consistent`` None (NULL): unknown, a run stopped
+        before it found anything."""
         await self._sql.execute(
             "saving the integrity run", "integrity_save_run",
             self.account, started_at, finished_at, consistent, storable_json(report),
