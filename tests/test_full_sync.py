@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from decimal import Decimal
 
 import orjson
 import pytest
@@ -434,21 +435,26 @@ async def test_a_status_of_whole_pages_counts_each_order_listed_once(
     # A full page at its total is followed by one more request starting on its last order
     # (a total that lies low hides nothing): that order, handed over a second time, was
     # counted twice, orders_listed 20,001 for 20,000 orders and the listing's progress past
-    # its total. Status 2 holds 200 orders (two pages) and status 5 100 (one) here.
+    # its total. Status 2 holds 200 orders (two pages) and status 5 100 (one), the last of
+    # them (the newest, listed last) an amount no numeric(14, 2) holds: an import failure
+    # counted twice at every listing of its status, one row in import_failures.
     sim = await simulator(orders=600, seed=17)
     held = Counter(o.situacao for o in sim.orders.values())
     for status, want in ((Situacao.SERVICO_CONCLUIDO, 200), (Situacao.APROVADA, 100)):
         assert held[status] <= want
         for _ in range(want - held[status]):
-            sim.add_order(situacao=status)
-    orders = len(sim.orders)
+            last = sim.add_order(situacao=status)
+    sim.edit_order(last, valor=Decimal("1e15"))
+    orders = len(sim.orders) - 1
     async with runtime_for(sim) as rt:
         report = await full_sync(rt)
     assert report.outcome == "ok"
     assert (report.count("orders_listed"), report.count("inserted")) == (orders, orders)
-    assert diff(sim.snapshot(), await mirror(db)) == []
+    assert report.count("import_failures") == 1
+    assert await db.fetchval("SELECT count(*) FROM import_failures") == 1
     # A cycle listing the open statuses (2 and 5 among them) whole: each order once.
     async with runtime_for(sim) as rt:
         cycle = await incremental_sync(rt)
     listed = sum(cycle.count(k) for k in ("inserted", "changed", "unchanged"))
     assert cycle.outcome == "ok" and cycle.count("orders_listed") == listed
+    assert cycle.count("import_failures") == 1
