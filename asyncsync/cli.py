@@ -20,7 +20,6 @@ from typing import Any
 
 from . import collector, flags, logs
 from .errors import (
-    AsyncsyncError,
     ConfigError,
     DatabaseUnavailable,
     LockBusy,
@@ -141,25 +140,22 @@ def report_failure(mode: str, exc: BaseException) -> int:
 
 
 def _explain(mode: str, exc: BaseException) -> tuple[int, str]:
+    from .report import exit_code_of  # here: what the parse alone needs stays light
+
+    code = exit_code_of(exc)  # the one table, which the failed run's report carries too
+    if code is None:
+        raise exc
     if isinstance(exc, ConfigError):
-        return 2, f"configuration error: {cause_chain(exc)}"
-    if isinstance(exc, LockBusy):
-        return 3, str(exc)
-    if isinstance(exc, ReauthorizationRequired):
-        return 4, str(exc)
-    if isinstance(exc, TinyUnavailable):
-        return 5, f"{mode} failed: {exc}"
-    if isinstance(exc, DatabaseUnavailable):
-        return 6, f"{mode} failed: {exc}"
-    if isinstance(exc, AsyncsyncError):
-        return 1, f"{mode} failed: {cause_chain(exc)}"
-    if isinstance(exc, OSError):  # a port taken, a directory not writable...
-        return 1, f"{mode} failed: {exc}"
-    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
-        return 130, "interrupted"
+        return code, f"configuration error: {cause_chain(exc)}"
+    if isinstance(exc, LockBusy | ReauthorizationRequired):
+        return code, str(exc)
     if isinstance(exc, Stopped):
-        return 130, "interrupted before the database answered: nothing ran"
-    raise exc
+        return code, "interrupted before the database answered: nothing ran"
+    if code == 130:
+        return code, "interrupted"
+    if isinstance(exc, TinyUnavailable | DatabaseUnavailable | OSError):
+        return code, f"{mode} failed: {exc}"
+    return code, f"{mode} failed: {cause_chain(exc)}"
 
 
 if __name__ == "__main__":  # pragma: no cover

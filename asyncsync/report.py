@@ -9,6 +9,7 @@ status, the ids found, the API statistics, errors) and how it ended (:class:`Out
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import enum
 import io
@@ -23,10 +24,18 @@ from rich.text import Text
 
 from . import metrics
 from .clock import iso, utcnow
-from .errors import ReauthorizationRequired
+from .errors import (
+    AsyncsyncError,
+    ConfigError,
+    DatabaseUnavailable,
+    LockBusy,
+    ReauthorizationRequired,
+    TinyUnavailable,
+)
 from .seams import ApiStats, Census
 from .status import Situacao
 from .tables import cell, table
+from .tasks import Stopped
 
 #: Id lists longer than this are cut in JSON (their totals stay complete).
 JSON_LIST_CAP = 1000
@@ -43,6 +52,28 @@ class Outcome(enum.StrEnum):
     @property
     def exit_code(self) -> int:
         return {"ok": 0, "attention": 1, "interrupted": 130, "failed": 1}[self.value]
+
+
+#: The exit code of a command an exception ended: the first class it is an instance of
+#: (the README's table of exit codes; the CLI's sentences and the failed reports' figure).
+EXIT_CODE_OF: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigError, 2),  # TinyAuthMisconfigured too: the app itself was refused
+    (LockBusy, 3),
+    (ReauthorizationRequired, 4),
+    (TinyUnavailable, 5),
+    (DatabaseUnavailable, 6),
+    (AsyncsyncError, 1),
+    (OSError, 1),  # a port taken, a directory not writable...
+    (KeyboardInterrupt, 130),
+    (asyncio.CancelledError, 130),  # a second signal cut the drain
+    (Stopped, 130),  # a signal before the database answered
+)
+
+
+def exit_code_of(exc: BaseException) -> int | None:
+    """The exit code of a command ``exc`` ended; None for an error no command expects
+    (a bug: its traceback is shown, and Python exits 1)."""
+    return next((code for kind, code in EXIT_CODE_OF if isinstance(exc, kind)), None)
 
 
 #: Human names of the counts, in the order a report shows them.
@@ -125,6 +156,7 @@ class RunReport:
     notes: Sequence[str] = ()
     errors: Sequence[str] = ()
     census: Census | None = None  # the whole mirror, when the run counted it at its end
+    code: int | None = None  # the exit code an error ended it with; else the outcome's
 
     @property
     def duration_s(self) -> float:
@@ -132,7 +164,7 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        return self.outcome.exit_code
+        return self.outcome.exit_code if self.code is None else self.code
 
     def count(self, name: str) -> int:
         """A count as an int (0 when absent)."""
@@ -212,16 +244,19 @@ def failed_report(
     exc: BaseException,
     api: ApiStats | None = None,
 ) -> RunReport:
-    """The report of a run an error ended (or a second signal cancelled); ``api``: the
-    requests it made before the error (its 429s, when they are what ended it), else
-    those the error carries (:func:`carry_spent`)."""
+    """The report of a run an error ended (or a signal cut), with the exit code the
+    command returns for it (:func:`exit_code_of`: 5 when Tiny is unavailable, 130 when
+    interrupted...); ``api``: the requests it made before the error (its 429s, when they
+    are what ended it), else those the error carries (:func:`carry_spent`)."""
     if api is None:
         carried = getattr(exc, _SPENT, None)
         api = carried if isinstance(carried, ApiStats) else None
+    code = exit_code_of(exc) or 1
+    outcome = Outcome.INTERRUPTED if code == Outcome.INTERRUPTED.exit_code else Outcome.FAILED
     if isinstance(exc, Exception):
-        outcome, error = Outcome.FAILED, f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {exc}"
     else:
-        outcome, error = Outcome.INTERRUPTED, "cancelled before the run could drain"
+        error = "cancelled before the run could drain"
     return RunReport(
         mode=mode,
         account=account,
@@ -230,6 +265,7 @@ def failed_report(
         outcome=outcome,
         errors=[error],
         api=api or ApiStats(),
+        code=code,
     )
 
 

@@ -4,6 +4,7 @@ first authorization — each against the simulator and a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -316,7 +317,7 @@ async def test_authorization_by_pasting_the_address(simulator, database_url, db)
     assert await db.fetchval("SELECT refresh_token FROM tiny_tokens") == sim.valid_refresh_token()
 
 
-async def test_invalid_grant_has_its_own_exit_code(simulator, database_url) -> None:
+async def test_invalid_grant_has_its_own_exit_code(simulator, database_url, db) -> None:
     sim = await simulator(orders=10)
     token = sim.valid_refresh_token()
     sim.revoke_refresh_tokens()
@@ -329,6 +330,10 @@ async def test_invalid_grant_has_its_own_exit_code(simulator, database_url) -> N
         assert proc.returncode == 4, text
         assert "invalid_grant" in text and "asyncsync authorize" in text
         assert "Traceback" not in text
+    # The runs' rows say the exit code the process returned, not 1 for every failure.
+    rows = await db.fetch("SELECT invoked_as, outcome, report FROM sync_runs ORDER BY id")
+    assert {(r["invoked_as"], r["outcome"], json.loads(r["report"])["exit_code"])
+            for r in rows} == {("sync", "failed", 4), ("serve", "failed", 4)}  # fmt: skip
 
 
 async def test_an_outage_fails_a_one_shot_run_without_blaming_records(
