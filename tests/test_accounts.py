@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import socket
 import sys
 
 import aiohttp
@@ -463,3 +464,38 @@ async def test_the_table_refuses_a_key_the_tool_would_refuse(db) -> None:
         await db.execute(insert, "bad key!")
     await db.execute(insert, "acme-2.b_c")
     assert await db.fetchval("SELECT count(*) FROM accounts") == 1
+
+
+async def test_an_account_that_fails_in_all_accounts_has_its_line_in_the_json(
+    simulator, database_url, tmp_path
+) -> None:
+    """``--all-accounts --json PATH`` writes a line an account: the one whose run an error
+    ended had none (the command exiting 5 all the same), and without a run to name, the
+    accounts unlisted, the file was left as an earlier run's."""
+    sims = {"north": await simulator(orders=20), "south": await simulator(orders=10)}
+    with socket.socket() as dead:  # bound, not listening: its Tiny refuses connections
+        dead.bind(("127.0.0.1", 0))
+        env: dict[str, str] = {}
+        for key, sim in sims.items():
+            args = add_args(key, sim, database_url)
+            if key == "south":
+                args[args.index(sim.base_url)] = f"http://127.0.0.1:{dead.getsockname()[1]}/v3"
+            env.update(secrets(key, sim))
+            code, _, err = await cli(*args)
+            assert code == 0, err
+        path = tmp_path / "runs.json"
+        code, _, err = await cli("sync", "--all-accounts", "--database-url", database_url,
+                                 "--breaker-failures", "2", "--timeout", "2",
+                                 "--json", str(path), env=env)  # fmt: skip
+    assert code == 5, err
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["account"], r["outcome"], r["exit_code"]) for r in lines] == [
+        ("north", "ok", 0), ("south", "failed", 5),
+    ], lines  # fmt: skip
+    # The accounts cannot even be listed: one failed line for them all, not the last file.
+    code, _, err = await cli("sync", "--all-accounts", "--database-url",
+                             database_url.rsplit("/", 1)[0] + "/no_such_database_here",
+                             "--json", str(path), env=env)  # fmt: skip
+    assert code != 0, err
+    (whole,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (whole["account"], whole["outcome"], whole["exit_code"]) == ("*", "failed", code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -680,16 +681,20 @@ async def test_a_frozen_one_shot_run_lets_its_account_go(simulator, database_url
     assert diff(sim.snapshot(), await mirror(db)) == []
 
 
-async def test_a_second_signal_cuts_the_drain_at_once(simulator, database_url, db) -> None:
+async def test_a_second_signal_cuts_the_drain_at_once(
+    simulator, database_url, db, tmp_path
+) -> None:
     """SIGTERM drains for up to --drain-timeout (requests in flight, merging what
     arrived); a second SIGTERM (or Ctrl-C) cuts it at once: exit 130, and what was merged
-    stays merged."""
+    stays merged. Its --json report says so (it wrote none: an earlier one stayed)."""
     import time
 
     sim = await simulator(orders=400, latency_s=0.05)
     env = sim_env(sim, TINY_RATE_LIMIT_PER_MINUTE="60000", TINY_MAX_CONCURRENCY="2")
+    path = tmp_path / "report.json"
+    path.write_text('{"outcome": "ok"}\n')  # an earlier run's
     proc = await spawn_cli("sync", "--database-url", database_url, "--log-format", "text",
-                           "--drain-timeout", "120", env=env)  # fmt: skip
+                           "--drain-timeout", "120", "--json", str(path), env=env)  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while not await db.fetchval("SELECT count(*) FROM ordens_servico"):
@@ -713,6 +718,8 @@ async def test_a_second_signal_cuts_the_drain_at_once(simulator, database_url, d
     assert code == 130, said.decode()
     assert took < 10, took  # not the 120-s drain deadline, nor the hanging requests
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") > 0
+    report = json.loads(path.read_text())
+    assert (report["outcome"], report["exit_code"]) == ("interrupted", 130), report
 
 
 async def test_a_drain_sends_no_request_that_was_waiting_at_the_limiter(
@@ -1327,3 +1334,62 @@ async def test_a_one_shot_retry_tiny_answers_nothing_of_fails_with_exit_5(
     fixed = await asyncio.to_thread(run_cli, "failures", "retry", str(victim), env=env)
     assert fixed.returncode == 0, fixed.stderr
     assert await db.fetchval("SELECT resolvido FROM import_failures") is True
+
+
+def refused_port() -> socket.socket:
+    """A socket bound and not listening: a connection to its port is refused (a Tiny or a
+    database that is down), and no other test can take the port meanwhile."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    return held
+
+
+async def test_a_run_that_fails_leaves_its_own_report_with_its_exit_code(
+    simulator, database_url, db, tmp_path
+) -> None:
+    """A run an error ended wrote no JSON: an earlier run's "ok" stayed in the --json file
+    (stdout got nothing with --json -), and its row in sync_runs said exit code 1 whatever
+    the process returned."""
+    sim = await simulator(orders=30)
+    env = sim_env(sim, DATABASE_URL=database_url)
+    path = tmp_path / "report.json"
+    synced = await asyncio.to_thread(run_cli, "sync", "--json", str(path), env=env)
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(path.read_text())["outcome"] == "ok"
+    with refused_port() as dead:
+        down = {**env, "TINY_API_BASE_URL": f"http://127.0.0.1:{dead.getsockname()[1]}/v3"}
+        fast = ("--breaker-failures", "2", "--timeout", "2")
+        failed = await asyncio.to_thread(run_cli, "sync", *fast, "--json", str(path), env=down)
+        piped = await asyncio.to_thread(run_cli, "sync", *fast, "--json", env=down)
+    for result in (failed, piped):
+        assert result.returncode == 5, result.stderr
+        said = result.stderr.strip().splitlines()[-1]  # the one sentence, as it was
+        assert said.startswith("asyncsync: sync failed: Tiny is unavailable"), said
+    for text in (path.read_text(), piped.stdout):
+        assert len(text.splitlines()) == 1, text
+        report = json.loads(text)
+        assert (report["mode"], report["outcome"], report["exit_code"]) == ("sync", "failed", 5)
+        assert "Tiny is unavailable" in report["errors"][0], report
+    rows = await db.fetch("SELECT outcome, report FROM sync_runs ORDER BY id")
+    stored = [(r["outcome"], json.loads(r["report"])["exit_code"]) for r in rows]
+    assert stored == [("ok", 0), ("failed", 5), ("failed", 5)]
+
+
+async def test_status_with_the_database_down_leaves_no_healthy_report(
+    database_url, tmp_path
+) -> None:
+    """status --json PATH with the database down (exit 6) left the last healthy document
+    in PATH for a monitoring script to read."""
+    path = tmp_path / "status.json"
+    shown = await asyncio.to_thread(run_cli, "status", "--database-url", database_url,
+                                    "--json", str(path))  # fmt: skip
+    assert "accounts" in json.loads(path.read_text()), shown.stderr
+    with refused_port() as dead:
+        down = f"postgresql://u@127.0.0.1:{dead.getsockname()[1]}/x"
+        result = await asyncio.to_thread(run_cli, "status", "--database-url", down,
+                                         "--db-reconnect", "0", "--json", str(path))  # fmt: skip
+    assert result.returncode == 6, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    report = json.loads(path.read_text())
+    assert (report["mode"], report["outcome"], report["exit_code"]) == ("status", "failed", 6)
+    assert "accounts" not in report and "DatabaseUnavailable" in report["errors"][0], report

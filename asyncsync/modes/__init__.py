@@ -53,23 +53,36 @@ RECORD_TIMEOUT_S = 30.0
 #: The one-shot modes that run for every enabled account with ``--all-accounts``.
 EACH_ACCOUNT = ("sync", "backfill", "integrity", "retry", "failures")
 
+#: The modes whose result is a report (``--json``): one an error ended still leaves its
+#: failed report where theirs goes, not an earlier run's in its place.
+REPORTING = (*EACH_ACCOUNT, "status", "accounts")
+
+#: The account of a failed report of ``--all-accounts`` as a whole (the accounts could not
+#: be listed, or ``status`` of every account failed).
+EVERY_ACCOUNT = "*"
+
 
 async def each_account(mode: str, common: CommonOptions, options: Any, stop: asyncio.Event) -> int:
     """Run ``mode`` for every enabled account, one after the other. An account that fails
     does not stop the others; the first error is raised at the end (its exit code),
     else the highest exit code is returned."""
-    async with database_of(common, stop=stop) as database:
-        keys = [c.key for c in await database.registry.all() if c.enabled]
-    if not keys:
-        raise ConfigError("--all-accounts: the accounts table has no enabled account "
-                          "(asyncsync accounts add)")  # fmt: skip
-    codes: list[int] = []
-    first: AsyncsyncError | None = None
-    one = dataclasses.replace(common.run, all_accounts=False)
     output = common.output
     if output.json_path is not None and not output.json_to_stdout:
         write_text(output.json_path, "")  # then a line an account, each added in turn
         common = dataclasses.replace(common, output=dataclasses.replace(output, json_append=True))
+    started_at = utcnow()
+    try:
+        async with database_of(common, stop=stop) as database:
+            keys = [c.key for c in await database.registry.all() if c.enabled]
+        if not keys:
+            raise ConfigError("--all-accounts: the accounts table has no enabled account "
+                              "(asyncsync accounts add)")  # fmt: skip
+    except BaseException as exc:
+        emit_failed(failed_report(mode, EVERY_ACCOUNT, started_at, exc), common)
+        raise
+    codes: list[int] = []
+    first: AsyncsyncError | None = None
+    one = dataclasses.replace(common.run, all_accounts=False)
     for key in keys:
         if stop.is_set():
             break
@@ -118,6 +131,10 @@ async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.
             result: RunReport | int = await module.run(effective, options, stop)
         except BaseException as exc:
             job = recorded_as(mode, options)
+            account = EVERY_ACCOUNT if common.run.all_accounts else effective.account
+            report = failed_report(job or mode, account, started_at, exc)
+            if mode in REPORTING:  # first: a second signal's cut may not wait for the rest
+                emit_failed(report, effective)
             # A configuration error stops a run before it starts: no run to record. Tiny
             # refusing the app (TinyAuthMisconfigured) is one too, found by a run that began.
             # Stopped: SIGTERM before the database answered (nothing to record it in).
@@ -125,7 +142,6 @@ async def execute(mode: str, common: CommonOptions, options: Any, stop: asyncio.
                 exc, TinyError
             )
             if job is not None and not unrun:
-                report = failed_report(job, effective.account, started_at, exc)
                 note_failure(effective.account, exc)
                 observe(report)
                 if not isinstance(exc, DatabaseUnavailable):
@@ -187,19 +203,37 @@ def show(renderable: RenderableType, data: object, common: CommonOptions) -> Non
     """Print a result: tables for a person, or one JSON line with ``--json`` or when the
     logs are JSON (so machine-read output never mixes with tables); with ``--json PATH``,
     that line is written to PATH too (status, accounts and failures as well as runs)."""
-    text = data if isinstance(data, str) else orjson.dumps(data).decode()
-    path = common.output.json_path
-    if path is not None and not common.output.json_to_stdout:
-        write_text(path, text + "\n", append=common.output.json_append)
-    if common.output.json_to_stdout or logs.json_mode():
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    else:
+    if not emit(data if isinstance(data, str) else orjson.dumps(data).decode(), common):
         # Piped, a report is still read by a person: wide enough that tables keep whole,
         # unless COLUMNS says how wide; on a terminal, its own size. A COLUMNS of 0 or a
         # word is not a width (rich took 0 for one and printed a column a character).
         width = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns
         Console(width=max(width, MIN_WIDTH)).print(renderable)
+
+
+def emit(text: str, common: CommonOptions) -> bool:
+    """Write a result's JSON line where it goes: to the ``--json`` file (added as a line
+    with ``--all-accounts``), and to stdout with ``--json -`` or JSON logs (then True:
+    no table is printed)."""
+    path = common.output.json_path
+    if path is not None and not common.output.json_to_stdout:
+        write_text(path, text + "\n", append=common.output.json_append)
+    if not (common.output.json_to_stdout or logs.json_mode()):
+        return False
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    return True
+
+
+def emit_failed(report: RunReport, common: CommonOptions) -> None:
+    """The report of a command an error ended, where its result's JSON goes (its error,
+    and the exit code the command returns, in it): never an earlier run's report left in
+    its place. A file that cannot be written is said, not raised: the error stays the
+    command's own."""
+    try:
+        emit(to_json(report), common)
+    except OSError as exc:
+        log.error("could not write the failed report to %s: %s", common.output.json_path, exc)
 
 
 def write_text(path: Path, text: str, *, append: bool = False) -> None:
