@@ -22,7 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from . import metrics
+from . import logs, metrics
 from .clock import iso, utcnow
 from .errors import (
     AsyncsyncError,
@@ -253,8 +253,8 @@ def failed_report(
         api = carried if isinstance(carried, ApiStats) else None
     code = exit_code_of(exc) or 1
     outcome = Outcome.INTERRUPTED if code == Outcome.INTERRUPTED.exit_code else Outcome.FAILED
-    if isinstance(exc, Exception):
-        error = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, Exception):  # masked as the CLI's sentence is: it is printed too
+        error = logs.redact(f"{type(exc).__name__}: {exc}")
     else:
         error = "cancelled before the run could drain"
     return RunReport(

@@ -17,12 +17,13 @@ import orjson
 import pytest
 
 from asyncsync import metrics
+from asyncsync.clock import utcnow
 from asyncsync.errors import ReauthorizationRequired, TinyHTTPError, TinyUnavailable
 from asyncsync.jobs.sync import sync_once
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
 from asyncsync.readiness import Readiness
-from asyncsync.report import Outcome
+from asyncsync.report import Outcome, failed_report
 from asyncsync.runtime.fleet import Fleet, open_fleet
 from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
@@ -788,3 +789,12 @@ async def test_a_token_dropped_soon_after_an_order_refused_403_is_still_replaced
     assert [r["id_ordem"] for r in failed] == [refused]  # no other order blamed
     expected = {i: o for i, o in sim.snapshot().items() if i != refused}
     assert diff(expected, {i: o for i, o in (await mirror(db)).items() if i != refused}) == []
+
+
+def test_a_failed_reports_error_masks_secrets_as_the_cli_sentence_does() -> None:
+    """A failed report is printed (--json, JSON logs) and stored as the CLI's sentence is
+    printed: a token an answer echoed into the error is masked in it too."""
+    echoed = TinyUnavailable('token endpoint said 502: {"refresh_token": "r3fresh-secret"}')
+    report = failed_report("sync", "default", utcnow(), echoed)
+    assert report.exit_code == 5 and "r3fresh-secret" not in report.errors[0], report.errors
+    assert '"refresh_token": "***"' in report.errors[0], report.errors
