@@ -134,9 +134,9 @@ class Reconnect:
                         error = type(error)(said, sqlstate=error.sqlstate)
                     raise error from exc
                 if tries == 1:
-                    log.warning(
-                        "database unavailable while %s; trying again for up to %.0f s: %s",
-                        what, self.within_s, exc,
+                    log.warning(  # the classified error: a timeout's own text is empty
+                        "database unavailable; trying again for up to %.0f s: %s",
+                        self.within_s, error,
                         extra={"fields": {"event": "database_unavailable"}},
                     )  # fmt: skip
                 await asyncio.sleep(pause)

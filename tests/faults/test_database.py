@@ -1371,3 +1371,22 @@ async def test_serve_rides_out_tiny_and_the_database_away_together(
         stop.set()
         code = await asyncio.wait_for(serving, 60)
     assert code == 0
+
+
+async def test_the_warning_of_a_database_that_does_not_answer_says_so(caplog) -> None:
+    """A frozen server's TimeoutError has no text: the warning ended on an empty reason
+    ("...trying again for up to 30 s: "). It says what the classified error says."""
+    calls = itertools.count()
+
+    async def work() -> str:
+        if next(calls) == 0:
+            raise TimeoutError
+        return "answered"
+
+    with caplog.at_level(logging.WARNING, logger="asyncsync.store.resilience"):
+        assert await Reconnect(within_s=5.0).run(work, "reading the detail backlog") == "answered"
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "database unavailable; trying again for up to 5 s: reading the detail backlog: "
+        "the database did not answer in time (frozen?)"
+    ], said
