@@ -881,18 +881,27 @@ def test_a_bad_value_that_bites_late_is_still_exit_2_before_any_work(tmp_path) -
         taken.close()
 
 
-async def test_status_of_a_database_nothing_ran_in_says_so(admin_dsn) -> None:
+async def test_status_of_a_database_nothing_ran_in_says_so(admin_dsn, tmp_path) -> None:
+    """Also where --json sends a status: an earlier healthy document there was left as it
+    was (the sentence went to stdout alone)."""
     name = f"asyncsync_empty_{os.getpid()}"
+    doc = tmp_path / "status.json"
+    doc.write_text('{"accounts": [{"account": "default", "fresh": true}]}\n')
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
-        result = run_cli("status", "--database-url", with_database(admin_dsn, name))
+        url = with_database(admin_dsn, name)
+        result = run_cli("status", "--database-url", url, "--log-format", "text")
+        written = run_cli("status", "--database-url", url, "--json", str(doc))
     finally:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()
     assert result.returncode == 1, result.stderr
     assert result.stdout.startswith("the database has no asyncsync schema yet")
     assert "Traceback" not in result.stderr and "UndefinedTable" not in result.stderr
+    assert written.returncode == 1, written.stderr
+    said = json.loads(doc.read_text())
+    assert "accounts" not in said and said["error"].startswith("the database has no asyncsync")
 
 
 async def test_migrate_says_what_it_found(admin_dsn) -> None:
@@ -972,7 +981,8 @@ async def test_status_and_health_of_an_older_install_not_yet_migrated_say_so(
         " VALUES (1, 0, '{}', '', now())"
     )
     for mode in ("status", "health"):
-        result = await asyncio.to_thread(run_cli, mode, "--database-url", database_url)
+        args = (mode, "--database-url", database_url, "--log-format", "text")
+        result = await asyncio.to_thread(run_cli, *args)
         assert result.returncode == 1, result.stderr
         assert "an older release's: `asyncsync migrate` brings it up to date" in result.stdout
         assert "nothing has run here" not in result.stdout, result.stdout

@@ -50,7 +50,10 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
         except DatabaseError as exc:
             if exc.sqlstate != "42P01":  # undefined_table
                 raise
-            print(await schema_missing(database))
+            # Said where a status goes (--json PATH, JSON logs), as a document without
+            # accounts: never an earlier healthy one left in its place.
+            said = await schema_missing(database)
+            show(said, {"as_of": iso(now), "error": said}, common)
             return 1
         queue = await _census(database.queue, None if options.all_accounts else common.account)
     data = {
