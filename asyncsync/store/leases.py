@@ -265,6 +265,7 @@ class Fence:
         if pid is not None and await conn.fetchval(sql("lease_held"), pid, self._name):
             return
         raise LeaseLost(
-            f"account {self.account}: this worker's lease ended (silent past its heartbeat "
-            "timeout); another worker may hold the account, so this merge writes nothing"
+            f"account {self.account}: this worker's lease ended (its session was cut, or "
+            "silent past its heartbeat timeout); another worker may hold the account, so "
+            "this merge writes nothing"
         )
