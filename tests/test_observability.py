@@ -154,6 +154,50 @@ async def test_readiness_names_its_reasons(simulator, runtime_for, db) -> None:
     assert readiness.ready and metrics.value("asyncsync_ready") == 1
 
 
+async def test_readyz_tiny_says_what_the_circuit_says_while_a_cycle_runs(
+    simulator, runtime_for, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The "tiny" reason was judged only as a cycle ended: once the circuit had closed
+    (Tiny answering the next cycle's probe) /readyz said "tiny: unavailable" for as long
+    as that cycle ran, hours for a first sync. The refresh between cycles judges it too."""
+    import dataclasses
+
+    from asyncsync.work import worker
+
+    monkeypatch.setattr(worker, "READINESS_EVERY_S", 0.2)
+    monkeypatch.setattr(worker, "LEASE_CHECK_S", 0.2)
+    from asyncsync.seams import ListQuery
+
+    sim = await simulator(orders=200, seed=44)
+    readiness = Readiness()
+    options = ServeOptions(interval_s=3600, heartbeat_s=10, integrity_interval_s=0, drain_s=1)
+    stop = asyncio.Event()
+
+    async def reasons_until(done) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        for _ in range(60):  # 3 s
+            if done(readiness.reasons()):
+                return readiness.reasons()
+            await asyncio.sleep(0.05)
+        return readiness.reasons()
+
+    async with runtime_for(sim, max_retries=1, breaker_failures=2, breaker_cooldown_s=0.5) as rt:
+        await rt.client.list_orders(ListQuery(0))  # a token in hand: the API is what fails
+        sim.set_outage("503")
+        serving = asyncio.create_task(serve_loop(rt, options, stop, readiness=readiness))
+        opened = await reasons_until(lambda r: "tiny" in r)  # the failed cycle's judgement
+        sim.config = dataclasses.replace(sim.config, latency_s=4.0)  # the next cycle is long
+        sim.set_outage(None)
+        while rt.client.breaker.retry_at:  # noqa: ASYNC110 (the probe closes it)
+            await asyncio.sleep(0.05)
+        closed = await reasons_until(lambda r: "tiny" not in r)
+        ended = await db.fetchval("SELECT count(*) FROM sync_runs WHERE outcome = 'ok'")
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+    assert opened["tiny"].startswith("unavailable: "), opened
+    assert ended == 0  # the healed cycle still runs
+    assert "tiny" not in closed, closed
+
+
 def test_shipped_rules_and_prometheus_config_pass_promtool() -> None:
     tool = promtool()
     for args in (

@@ -183,6 +183,12 @@ class Fleet:
     def runs(self, account: str) -> RunLog:
         return self._database.account(account).runs
 
+    def breaker(self, account: str) -> CircuitBreaker | None:
+        if self._pinned is not None:
+            return self._pinned.client.breaker if account == self._pinned.account else None
+        kept = self._breakers.get(account)
+        return None if kept is None else kept[1]
+
     async def statuses(self, now: dt.datetime) -> list[AccountStatus]:
         if await self.single():
             accounts = [self._pinned.account if self._pinned else self._common.account]

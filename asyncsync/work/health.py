@@ -20,7 +20,7 @@ from ..overview import (
     reauthorization_problem,
 )
 from ..readiness import Readiness
-from .ports import AccountRuntime, Fleet
+from .ports import AccountRuntime, Breaker, Fleet
 
 #: The sync_metadata key where a worker says how an account's last cycle went (read by
 #: ``--mode health``).
@@ -77,11 +77,7 @@ async def check_readiness(
     """Re-check the database, Tiny, the stored token and freshness of one account, and
     refresh its gauges."""
     now = now or utcnow()
-    breaker = rt.client.breaker
-    if breaker.retry_at:
-        readiness.set("tiny", f"unavailable: {breaker.reason}")
-    else:
-        readiness.clear("tiny")
+    judge_tiny(rt.client.breaker, readiness)
     try:
         await rt.store.ping()
         status = await rt.store.status(now, DEFAULT_POLICY)
@@ -101,7 +97,7 @@ SINGLE_ACCOUNT_REASONS = ("token", "freshness", "authorization", "tiny")
 
 async def refresh(fleet: Fleet, interval_s: float, readiness: Readiness | None) -> None:
     """Between cycles too (a first sync can take hours): the gauges of the accounts this
-    worker serves, and a single-account worker's token and freshness (a worker of the
+    worker serves, and a single-account worker's token, freshness and circuit (a worker of the
     accounts table clears what it said of them while it served a single account)."""
     now = utcnow()
     try:
@@ -117,9 +113,20 @@ async def refresh(fleet: Fleet, interval_s: float, readiness: Readiness | None) 
     forget_others({status.account for status in statuses})
     if single and readiness is not None and statuses:
         judge(statuses[0], interval_s, readiness, now)
+        judge_tiny(fleet.breaker(statuses[0].account), readiness)
     elif readiness is not None and not single:  # the accounts table's: no account judged
         for reason in SINGLE_ACCOUNT_REASONS:
             readiness.clear(reason)
+
+
+def judge_tiny(breaker: Breaker | None, readiness: Readiness) -> None:
+    """The "tiny" reason: what the account's circuit says (``None``: no unit of it ran
+    here yet, nothing said). Judged between cycles too: a circuit that closed as a long
+    cycle began said "unavailable" until that cycle ended."""
+    if breaker is not None and breaker.retry_at:
+        readiness.set("tiny", f"unavailable: {breaker.reason}")
+    else:
+        readiness.clear("tiny")
 
 
 def observe_authorization(status: AccountStatus) -> None:

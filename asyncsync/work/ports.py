@@ -129,6 +129,11 @@ class Fleet(Protocol):
 
     async def ping(self) -> None: ...
 
+    def breaker(self, account: str) -> Breaker | None:
+        """``account``'s circuit as this worker keeps it between units (``None``: no unit
+        of the account ran here yet)."""
+        ...
+
     def runs(self, account: str) -> RunLog:
         """``account``'s run history, for a unit that could not start here (no runtime:
         a secret this worker cannot read)."""
