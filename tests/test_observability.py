@@ -209,6 +209,79 @@ def test_shipped_rules_and_prometheus_config_pass_promtool() -> None:
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+async def test_one_shot_runs_failing_since_the_install_are_alerted_on(
+    simulator, database_url, tmp_path
+) -> None:
+    """Tiny down since the install: the textfile of a failing sync or integrity check
+    had no success gauge to age, and the shipped alerts fired on nothing (absent() of
+    the last success saw other accounts'). Its series, as node-exporter serves them,
+    fire AsyncsyncNoSuccessExported after an hour and AsyncsyncIntegrityNeverSucceeded
+    after two days."""
+    import dataclasses
+    import math
+
+    import yaml
+
+    from asyncsync.options import RunOptions
+
+    tool = promtool()
+    sim = await simulator(orders=20, seed=45)
+    sim.set_outage("503")
+    path = tmp_path / "asyncsync.prom"
+    common = common_for(sim, database_url, account="doomed", max_retries=1, breaker_failures=2)
+    common = dataclasses.replace(common, run=RunOptions(metrics_textfile=path))
+    exported: dict[str, str] = {}  # the file each run leaves, one after the other
+    for mode, options in (("sync", SyncOptions(cycle=cycle())), ("integrity", IntegrityOptions())):
+        with pytest.raises(TinyUnavailable):
+            await execute(mode, common, options, asyncio.Event())
+        for line in path.read_text().splitlines():
+            if line.startswith("asyncsync_") and 'account="doomed"' in line:
+                series, value = line.rsplit(" ", 1)
+                exported[series] = value
+    assert 'asyncsync_runs_total{account="doomed",mode="integrity",outcome="failed"}' in exported
+    alerts = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    described = {r["alert"]: r["annotations"]["description"] for r in alerts["groups"][0]["rules"]}
+
+    def fired(alert: str, severity: str, summary: str) -> list[dict[str, object]]:
+        labels = {"severity": severity, "account": "doomed"}
+        said = {"summary": summary, "description": described[alert]}
+        return [{"exp_labels": labels, "exp_annotations": said}]
+
+    minutes = 50 * 60
+    rules = {
+        "rule_files": [str(ROOT / "deploy/prometheus/alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": series, "values": f"{float(value):.0f}x{minutes}"}
+                for series, value in exported.items()
+                if not math.isnan(float(value)) and float(value) >= 0
+            ] + [{"series": 'asyncsync_last_success_timestamp_seconds{account="other",mode="sync"}',
+                  "values": f"0+60x{minutes}"}],
+            "alert_rule_test": [
+                {"eval_time": "50m", "alertname": "AsyncsyncNoSuccessExported", "exp_alerts": []},
+                {"eval_time": "70m", "alertname": "AsyncsyncNoSuccessExported",
+                 "exp_alerts": fired("AsyncsyncNoSuccessExported", "warning",
+                                     "asyncsync has not reported a successful sync of account "
+                                     "doomed for an hour")},
+                {"eval_time": "47h", "alertname": "AsyncsyncIntegrityNeverSucceeded",
+                 "exp_alerts": []},
+                {"eval_time": "49h", "alertname": "AsyncsyncIntegrityNeverSucceeded",
+                 "exp_alerts": fired("AsyncsyncIntegrityNeverSucceeded", "info",
+                                     "No integrity check of account doomed has succeeded, "
+                                     "and its checks fail")},
+            ],
+        }],
+    }  # fmt: skip
+    tests = tmp_path / "alerts_test.yml"
+    tests.write_text(yaml.safe_dump(rules))
+    done = await asyncio.to_thread(
+        subprocess.run, [tool, "test", "rules", str(tests)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_compose_and_dashboard_are_well_formed() -> None:
     import json
 
