@@ -762,6 +762,10 @@ class Soak:
                 if not isinstance(status, dict):
                     status_bad.append({"t": p["t"], "why": "no JSON", "got": status})
                     continue
+                if not status.get("accounts"):  # a failed run's report, or no schema
+                    status_bad.append({"t": p["t"], "why": "no accounts", "got": status,
+                                       "code": code})  # fmt: skip
+                    continue
                 acct = status["accounts"][0]
                 if p["serve"] == "down" and p["after"]["serve"] == "down" and acct["lock"]["held"]:
                     status_bad.append({"t": p["t"], "why": "lock held while serve is dead",
