@@ -36,7 +36,7 @@ from ..overview import AccountStatus
 from ..seams import Census, Migration, RetryPolicy
 from ..status import OPEN_STATUSES
 from .accounts import PgAccounts
-from .database import connect_pool, migrate, resolve_dsn
+from .database import connect_pool, foreign_tables, migrate, resolve_dsn
 from .embedded import EmbeddedServer
 from .failures import PgFailureLog
 from .integrity import PgIntegrityStore
@@ -197,8 +197,7 @@ class Database:
 
     async def foreign_tables(self) -> list[str]:
         """Tables by asyncsync's names that asyncsync did not create (see migrate)."""
-        rows = await self._sql.fetch("reading the schema", "schema_foreign")
-        return [row["name"] for row in rows]
+        return await self._sql.run("reading the schema", lambda: foreign_tables(self._pool))
 
     async def installed(self) -> bool:
         """Whether asyncsync wrote here, whatever release's schema it applied."""

@@ -27,7 +27,7 @@ from .sqlfiles import sql
 
 log = logging.getLogger(__name__)
 
-__all__ = ["connect_pool", "guarded", "migrate", "redact", "resolve_dsn", "sql"]
+__all__ = ["connect_pool", "foreign_tables", "guarded", "migrate", "redact", "resolve_dsn", "sql"]
 
 
 async def resolve_dsn(
@@ -145,16 +145,14 @@ async def migrate(pool: asyncpg.Pool, *, always: bool = False) -> Migration:
             # both found the old fingerprint, and the second applied it again behind the
             # first one's, waiting on the merges the first had started meanwhile.
             applied = await _applied(conn)
-            if applied != fingerprint:
-                await _refuse_foreign_tables(conn)
             if applied == fingerprint:
                 if not always:
                     return Migration.CURRENT
                 found = Migration.CURRENT
-            elif applied is None and not await conn.fetchval(sql("schema_installed")):
-                found = Migration.CREATED
             else:
-                found = Migration.UPDATED
+                await _refuse_foreign_tables(conn)
+                fresh = applied is None and not await conn.fetchval(sql("schema_installed"))
+                found = Migration.CREATED if fresh else Migration.UPDATED
             await conn.execute(text)
             await conn.execute(sql("schema_mark"), fingerprint)
     return found
@@ -164,7 +162,7 @@ async def _refuse_foreign_tables(conn: asyncpg.Connection) -> None:
     """ConfigError when tables by asyncsync's names are someone else's (the old scripts',
     the planning document's ``import_failures``): schema.sql would fail on them half-way,
     "column account does not exist", and nothing of theirs must be altered."""
-    foreign = [row["name"] for row in await conn.fetch(sql("schema_foreign"))]
+    foreign = await foreign_tables(conn)
     if foreign:
         raise ConfigError(
             f"the database already holds {', '.join(foreign)}, which asyncsync did not "
@@ -172,6 +170,11 @@ async def _refuse_foreign_tables(conn: asyncpg.Connection) -> None:
             "of its own (CREATE SCHEMA mirror, then ?search_path=mirror in DATABASE_URL), "
             "or rename those tables"
         )
+
+
+async def foreign_tables(db: asyncpg.Pool | asyncpg.Connection) -> list[str]:
+    """Tables by asyncsync's names that asyncsync did not create (``schema_foreign``)."""
+    return [row["name"] for row in await db.fetch(sql("schema_foreign"))]
 
 
 async def _applied(conn: asyncpg.Connection) -> str | None:
