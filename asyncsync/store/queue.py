@@ -53,6 +53,8 @@ RETRY_FIRST_PAUSE_S = 0.5
 RETRY_MAX_PAUSE_S = 5.0
 #: Units claimed by one dequeue: small, so that units spread over the workers.
 MAX_BATCH = 4
+#: SQLSTATE of a relation that does not exist.
+UNDEFINED_TABLE = "42P01"
 #: pgqueuer's own lines are about its machinery (a re-queue is how periodic units re-arm
 #: here, not a failure): warnings only.
 logging.getLogger("pgqueuer").setLevel(logging.WARNING)
@@ -379,7 +381,16 @@ class PgWorkQueue:
         try:
             await running
         except CAUGHT as exc:
-            raise classify(exc, "running the work queue") from exc
+            error = classify(exc, "running the work queue")
+            if error.sqlstate == UNDEFINED_TABLE:
+                # Its tables gone while connected: a database restored (dropped, created
+                # again) between two polls. An outage like the restore's own "does not
+                # exist": the worker waits, applies the schema again and goes on.
+                raise DatabaseUnavailable(
+                    f"{error} (the database came back without its tables, restored or "
+                    "created anew?)", sqlstate=UNDEFINED_TABLE,
+                ) from exc  # fmt: skip
+            raise error from exc
 
 
 def _entrypoint(handler: WorkHandler) -> AsyncEntrypoint:
