@@ -157,6 +157,41 @@ async def test_a_month_that_fails_of_its_own_backs_off_instead_of_every_30_s(
     assert all(later > earlier * 1.5 for earlier, later in itertools.pairwise(gaps)), gaps
 
 
+async def test_months_of_an_account_that_waits_for_a_person_cost_tiny_nothing(
+    simulator, database_url, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An account whose refresh token Tiny refused, with months queued: each month sent a
+    refresh of the refused token (and a 401'd request) and recorded a failed run with no
+    month in its title, every interval (156 of each for 13 years). Now Tiny is asked once
+    and one failed month says which and why; the others wait their interval."""
+    sim = await simulator(orders=40, seed=3, start_year=2023)
+    options = ServeOptions(interval_s=3600, slots=4, background_slots=2, heartbeat_s=10,
+                           integrity_interval_s=0, drain_s=2)  # fmt: skip
+    months = [dt.date(2023, m, 1) for m in range(1, 13)]
+    async with open_fleet(common_for(sim, database_url), options) as fleet:
+        await register(fleet.database.registry, {"acme": sim}, monkeypatch)
+        sim.revoke_refresh_tokens()
+        await fleet.database.queue.enqueue(
+            [Unit(Kind.BACKFILL, "acme", month).item() for month in months]
+        )
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(5, stop.set)
+        await asyncio.wait_for(work(fleet.database.queue, fleet, options, stop), 30)
+    queued = await db.fetchval(
+        "SELECT count(*) FROM pgqueuer WHERE entrypoint = 'asyncsync.backfill'"
+    )
+    assert queued == len(months)  # every month kept, due again after the interval
+    runs = await db.fetch("SELECT mode, title, outcome, errors FROM sync_runs ORDER BY id")
+    # (a month the stop cut as it began is recorded as interrupted, as ever)
+    months_run = [r for r in runs if r["mode"] == "backfill" and r["outcome"] != "interrupted"]
+    assert len(months_run) == 1, [(r["mode"], r["title"]) for r in runs]
+    assert months_run[0]["outcome"] == "failed"
+    assert months_run[0]["title"] in {f"backfill {m:%Y-%m}..{m:%Y-%m}" for m in months}
+    assert "invalid_grant" in months_run[0]["errors"][0]
+    assert sim.stats.requests_by_endpoint["token"] == 1, sim.stats.requests_by_endpoint
+    assert sim.stats.requests_by_endpoint["list"] == 0, sim.stats.requests_by_endpoint
+
+
 async def sync_runs(db, outcome: str) -> int:  # type: ignore[no-untyped-def]
     """The sync runs recorded so far that ended with ``outcome``."""
     query = "SELECT count(*) FROM sync_runs WHERE mode = 'sync' AND outcome = $1"

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import orjson
@@ -705,7 +706,9 @@ async def test_a_page_at_the_token_endpoint_is_no_word_on_the_apps_credentials(
             for status in (200, 403):  # `authorize`'s exchange of the code
                 mocked.post(url, status=status, body=page, content_type="text/html")
                 with pytest.raises(TinyAuthMisconfigured, match=f"answered {status} with no OAuth"):
-                    await manager(MemoryTokenStore()).exchange_code("code", "http://x/cb")
+                    await manager(MemoryTokenStore()).exchange_code(
+                        "code", "http://127.0.0.1:8765/callback"
+                    )
             for status, kind in ((403, "text/html"), (401, "text/plain"), (429, "text/html")):
                 mocked.post(url, status=status, body=page, content_type=kind, repeat=3)
                 with pytest.raises(TinyUnavailable, match=f"answered {status}") as caught:
@@ -819,3 +822,40 @@ async def test_a_revoked_token_of_an_account_of_the_table_names_the_account_to_a
             match=r"`asyncsync authorize` once \(or set TINY_REFRESH_TOKEN\)",
         ):
             await tokens.access_token()
+
+
+async def test_a_refused_refresh_token_is_not_presented_again_until_a_person_authorizes(
+    simulator,
+) -> None:
+    # Every unit of an account whose refresh token Tiny had refused sent the order request
+    # with its dead access token (a 401) and the refused refresh token again (invalid_grant):
+    # a backfill of 156 months spent ~470 requests each interval, waiting for a person.
+    sim = await simulator(orders=10)
+    order_id = next(iter(sim.orders))
+    store = MemoryTokenStore()
+    async with client_for(sim, store=store) as client:
+        await client.get_order(order_id)
+        sim.revoke_refresh_tokens()
+        sim.expire_access_tokens()
+        before = dict(sim.stats.requests_by_endpoint)
+        with pytest.raises(ReauthorizationRequired, match="invalid_grant") as first:
+            await client.get_order(order_id)
+        sent = sum(sim.stats.requests_by_endpoint.values()) - sum(before.values())
+        assert sent == 3  # the order's 401, then each refresh token it knows refused
+        for _ in range(5):  # each unit after it: Tiny's word again, without asking Tiny
+            with pytest.raises(ReauthorizationRequired) as again:
+                await client.get_order(order_id)
+            assert str(again.value) == str(first.value)
+        assert sum(sim.stats.requests_by_endpoint.values()) - sum(before.values()) == 3
+        # A person authorizes again (`asyncsync authorize` stores the new tokens): the next
+        # request uses them at once.
+        callback = "http://127.0.0.1:8765/callback"
+        query = {"client_id": sim.config.client_id, "redirect_uri": callback, "scope": "openid",
+                 "response_type": "code"}  # fmt: skip
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sim.auth_url, params=query, allow_redirects=False) as resp:
+                code = parse_qs(urlsplit(resp.headers["Location"]).query)["code"][0]
+            creds = Credentials(sim.config.client_id, sim.config.client_secret, None)
+            await TokenManager(http, sim.token_url, creds, store).exchange_code(code, callback)
+        detail = await client.get_order(order_id)
+        assert detail.order_id == order_id

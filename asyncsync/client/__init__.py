@@ -12,6 +12,13 @@ from __future__ import annotations
 from .breaker import CircuitBreaker
 from .http import TinyClient
 from .ratelimit import AccountLimiter
-from .tokens import MemoryTokenStore, TokenManager
+from .tokens import MemoryTokenStore, Refusals, TokenManager
 
-__all__ = ["AccountLimiter", "CircuitBreaker", "MemoryTokenStore", "TinyClient", "TokenManager"]
+__all__ = [
+    "AccountLimiter",
+    "CircuitBreaker",
+    "MemoryTokenStore",
+    "Refusals",
+    "TinyClient",
+    "TokenManager",
+]

@@ -17,6 +17,11 @@
   stored one (which is then the spent one: presented again, it may revoke the session).
 * :meth:`TokenManager.keep_alive` renews a refresh token past half its lifetime, so an
   idle service does not let it lapse (about a day at Tiny).
+* A refresh token the token endpoint refused (``invalid_grant``) is not presented again
+  for :data:`REFUSED_FOR_S`, nor is an access token sent after the refresh its 401 led to
+  was refused: an account that waits for a person to authorize again costs Tiny no
+  request per unit (a backfill of 150 months spent a token request and a 401 on each,
+  every interval). A new refresh token in the store (``authorize``) is used at once.
 * Tokens are never logged; :class:`~asyncsync.seams.TokenSet` hides them from repr.
 """
 
@@ -72,6 +77,8 @@ TOKEN_URL_HINT = (
 PAGE_HINT = f"if it persists, {TOKEN_URL_HINT}"
 #: A token lifetime longer than this (ten years) is no lifetime a realm sets: unsaid.
 LONGEST_LIFETIME_S = 10 * 365 * 86400.0
+#: How long a refresh token Tiny refused (invalid_grant) is not presented again.
+REFUSED_FOR = dt.timedelta(hours=1)
 #: The reasons of asyncsync_token_refresh_failures_total.
 REFRESH_FAILURE_REASONS = ("invalid_grant", "no_token", "refused", "unavailable")
 
@@ -84,6 +91,28 @@ def renew_at(tokens: TokenSet) -> dt.datetime | None:
     issued = tokens.access_issued_at
     margin = MAX_MARGIN if issued is None else min(MAX_MARGIN, (expires - issued) * MARGIN_SHARE)
     return expires - margin
+
+
+class Refusals:
+    """What an account's token endpoint refused: the refresh tokens it answered
+    ``invalid_grant`` (when, and what that said), and the access token whose 401 led to
+    such a refusal. A worker keeps one per account across its units, each of which has a
+    TokenManager of its own."""
+
+    def __init__(self) -> None:
+        self.refresh: dict[str, tuple[dt.datetime, str]] = {}
+        self.dead_access: str | None = None
+
+    def said(self, refresh_token: str, now: dt.datetime) -> str:
+        """What Tiny said when it refused ``refresh_token`` less than REFUSED_FOR ago
+        (empty: it did not, or longer ago)."""
+        refused = self.refresh.get(refresh_token)
+        if refused is None:
+            return ""
+        if now - refused[0] >= REFUSED_FOR:
+            del self.refresh[refresh_token]
+            return ""
+        return refused[1]
 
 
 class TokenManager:
@@ -100,6 +129,7 @@ class TokenManager:
         clock: Clock = utcnow,
         account: str = "default",
         rescue_dir: Path | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self._session = session
         self._token_url = token_url
@@ -125,6 +155,7 @@ class TokenManager:
         # Whether the token endpoint is known to work: it answered this manager in OAuth
         # JSON, or granted the stored tokens (see _post).
         self._endpoint_works = False
+        self._refusals = refusals or Refusals()
         if credentials.access_token and credentials.refresh_token:
             self._adopt(
                 TokenSet(
@@ -148,7 +179,9 @@ class TokenManager:
 
     def _usable(self, tokens: TokenSet | None) -> bool:
         due = None if tokens is None else renew_at(tokens)
-        return due is not None and due > self._clock()
+        if due is None or tokens is None or tokens.access_token == self._refusals.dead_access:
+            return False
+        return due > self._clock()
 
     async def access_token(self) -> str:
         """A token that will not need renewing for a while."""
@@ -216,7 +249,12 @@ class TokenManager:
                 # Tiny invalidates the spent refresh token at once: once the request is
                 # sent, the new one must be stored and adopted, both locks still held,
                 # even if this task is being cancelled (the cancellation follows).
-                granted = await outlast_cancellation(self._grant_and_save(stored))
+                try:
+                    granted = await outlast_cancellation(self._grant_and_save(stored))
+                except ReauthorizationRequired:
+                    if stale is not None and not force:  # a forced renewal's may still work
+                        self._refusals.dead_access = stale
+                    raise
             assert granted.access_token is not None
             return granted.access_token
 
@@ -387,11 +425,18 @@ class TokenManager:
         # (tokens from the environment or tiny_token.json, never granted here, do not).
         if stored is not None and stored.access_issued_at is not None:
             self._endpoint_works = True
+        now = self._clock()
+        said = [self._refusals.said(t, now) for t in candidates]
+        if all(said):  # each refused within REFUSED_FOR: what Tiny said, without asking
+            raise ReauthorizationRequired(said[0])
         last: ReauthorizationRequired | None = None
-        for refresh_token in candidates:
+        for refresh_token, refused in zip(candidates, said, strict=True):
+            if refused:
+                continue
             try:
                 return await self._post(refresh_token)
             except ReauthorizationRequired as exc:
+                self._refusals.refresh[refresh_token] = (now, str(exc))
                 last = exc
         assert last is not None
         raise last

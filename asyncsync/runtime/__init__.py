@@ -24,7 +24,7 @@ from typing import TextIO
 import aiohttp
 
 from ..accounts import AccountConfig
-from ..client import AccountLimiter, CircuitBreaker, TinyClient, TokenManager
+from ..client import AccountLimiter, CircuitBreaker, Refusals, TinyClient, TokenManager
 from ..client.authorize import Authorization
 from ..clock import Clock, utcnow
 from ..errors import ConfigError, DatabaseError
@@ -97,11 +97,12 @@ def make_client(
     rescue_dir: Path | None = None,
     breaker: CircuitBreaker | None = None,
     limiter: AccountLimiter | None = None,
+    refusals: Refusals | None = None,
 ) -> TinyClient:
     """The Tiny client of one account: its own limiter and token manager, a shared session.
     ``rescue_dir`` keeps tokens the database could not take (see TokenManager); ``breaker``
     and ``limiter`` the account's circuit and pace as an earlier client left them (a
-    worker's next unit)."""
+    worker's next unit), ``refusals`` what its token endpoint refused."""
     manager = TokenManager(
         session,
         tiny.token_url,
@@ -110,6 +111,7 @@ def make_client(
         timeout_s=tiny.request_timeout_s,
         account=account,
         rescue_dir=rescue_dir,
+        refusals=refusals,
     )
     limiter = limiter or new_limiter(account, tiny)
     breaker = breaker or new_breaker(account, tiny)

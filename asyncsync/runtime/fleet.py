@@ -25,7 +25,7 @@ from typing import TypeVar
 import aiohttp
 
 from ..accounts import not_served
-from ..client import AccountLimiter, CircuitBreaker
+from ..client import AccountLimiter, CircuitBreaker, Refusals
 from ..errors import AccountBusy, ConfigError, DatabaseError, DatabaseUnavailable
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, Credentials, ServeOptions
@@ -96,6 +96,7 @@ class Fleet:
         # a fresh client's burst, and /readyz's "tiny" says what the circuit says.
         self._breakers: dict[str, tuple[Hashable, CircuitBreaker]] = {}
         self._limiters: dict[str, tuple[Hashable, AccountLimiter]] = {}
+        self._refusals: dict[str, tuple[Hashable, Refusals]] = {}
         # The status of accounts read lately (monotonic time of the read, the status, and
         # how many times the account's units had ended here when the read began).
         self._read: dict[str, tuple[float, AccountStatus, int]] = {}
@@ -285,9 +286,12 @@ class Fleet:
         breaker = _kept(self._breakers, account, where, lambda: new_breaker(account, tiny))
         shape = (where, tiny.rate_limit_per_minute, tiny.max_concurrency, tiny.quota_share)
         limiter = _kept(self._limiters, account, shape, lambda: new_limiter(account, tiny))
+        # A refresh token its token endpoint refused is not presented again by each unit.
+        app = (tiny.token_url, credentials.client_id)
+        refusals = _kept(self._refusals, account, app, Refusals)
         client = make_client(
             self._session, account, tiny, credentials, store.tokens, common.database.rescue_dir,
-            breaker, limiter,
+            breaker, limiter, refusals,
         )  # fmt: skip
         runtime_common = CommonOptions(
             account=account, database=common.database, tiny=tiny,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -109,6 +110,10 @@ class Dispatcher:
         self.fatal: BaseException | None = None  # stops the worker (single-account install)
         self._db_failures: dict[str, int] = {}
         self._month_failures: dict[int, int] = {}  # queue id -> its own failures in a row
+        #: Accounts whose backfill month met ReauthorizationRequired here, recorded once:
+        #: the account's other months wait for a person too, and a failed run for each of
+        #: them each interval (156 for 13 years) said nothing more.
+        self._awaiting_person: set[str] = set()
         self._cycles = 0
 
     def handlers(self) -> dict[str, WorkHandler]:
@@ -228,6 +233,7 @@ class Dispatcher:
                 self.fatal = exc
                 self.stop.set()
             return self.options.interval_s
+        self._awaiting_person.discard(rt.account)  # authorized: a month may say it again
         failures = self._db_failures.get(rt.account, 0) + 1 if result.database_failed else 0
         self._db_failures[rt.account] = failures
         with contextlib.suppress(DatabaseError):
@@ -284,10 +290,13 @@ class Dispatcher:
             raise
         except (TinyError, DatabaseError) as exc:
             note_failure(rt.account, exc)
-            await record(
-                rt.store.runs, failed_unit(rt, "backfill", started_at, api_before, exc), facts
-            )
-            if isinstance(exc, ReauthorizationRequired):
+            waits = isinstance(exc, ReauthorizationRequired)
+            if not (waits and rt.account in self._awaiting_person):
+                report = failed_unit(rt, "backfill", started_at, api_before, exc)
+                title = f"backfill {month:%Y-%m}..{month:%Y-%m}"  # which month failed
+                await record(rt.store.runs, dataclasses.replace(report, title=title), facts)
+            if waits:
+                self._awaiting_person.add(rt.account)
                 return self.options.interval_s
             wait = BACKFILL_RETRY_S
             if isinstance(exc, TinyUnavailable) and rt.client.breaker.retry_at:
@@ -298,6 +307,7 @@ class Dispatcher:
                 wait = min(BACKFILL_RETRY_S * 2**row, BACKFILL_RETRY_MAX_S)
             return wait
         self._month_failures.pop(unit_id, None)
+        self._awaiting_person.discard(rt.account)
         await record(rt.store.runs, report, facts)
         return 0.0 if report.outcome is Outcome.INTERRUPTED else None
 
