@@ -350,7 +350,7 @@ async def test_a_cycle_retries_no_more_than_its_detail_budget(
             failed, now=utcnow() - dt.timedelta(minutes=5), counts_as_attempt=True
         )
         details = sim.stats.requests_by_endpoint["detail"]
-        _sync, retry = await serve_cycle(rt, options, asyncio.Event())
+        (_sync, retry), _ = await serve_cycle(rt, options, asyncio.Event())
         asked = sim.stats.requests_by_endpoint["detail"] - details
     assert asked <= budget, f"one cycle asked {asked} details; its budget is {budget}"
     assert len(retry.findings["resolved"]) == asked

@@ -174,6 +174,40 @@ async def test_serve_retries_failed_imports_on_its_own(simulator, runtime_for, d
         assert await db.fetchval(detail, order_id)
 
 
+async def test_serve_retries_a_failure_when_it_falls_due_not_at_the_next_sync(
+    simulator, runtime_for, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Section 6's schedule (30 s, 2 min, 8 min, 32 min) was kept only at the next cycle:
+    every 15 minutes by default, so ~90 minutes to manual review, not ~43. A failure that
+    falls due before the next sync wakes the unit, which retries only."""
+    from asyncsync.seams import RetryPolicy
+    from asyncsync.work import cycle as cycle_unit
+
+    monkeypatch.setattr(cycle_unit, "RETRY_POLICY", RetryPolicy(base_s=1.0, factor=2.0))
+    sim = await simulator(orders=50, seed=8)
+    broken = sorted(sim.orders)[0]
+    sim.fail_detail[broken] = "malformed"
+    stop = asyncio.Event()
+    rounds: list[tuple[float, list[str]]] = []
+
+    async def after_cycle(rt, reports) -> None:
+        rounds.append((time.monotonic(), [r.mode for r in reports]))
+        if len(rounds) == 1:
+            sim.fail_detail.clear()  # Tiny serves it now; due again in 1 s
+        else:
+            stop.set()
+
+    async with runtime_for(sim, max_retries=2) as rt:
+        options = ServeOptions(interval_s=3600, cycle=cycle(detail_budget=10_000))
+        await asyncio.wait_for(serve_loop(rt, options, stop, after_cycle=after_cycle), 30)
+    assert [modes for _, modes in rounds] == [["sync", "retry"], ["retry"]]
+    assert rounds[1][0] - rounds[0][0] < 10  # at its due time, not an hour later
+    assert await db.fetchval("SELECT resolvido FROM import_failures") is True
+    syncs = await db.fetchval("SELECT count(*) FROM sync_runs WHERE mode = 'sync'")
+    assert syncs == 1  # the retry's wake listed nothing
+    assert diff(sim.snapshot(), await mirror(db)) == []
+
+
 async def test_a_workers_first_cycle_budgets_its_details_by_the_quota_tiny_announced(
     simulator, runtime_for
 ) -> None:

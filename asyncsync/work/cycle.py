@@ -2,6 +2,10 @@
 due (the daily sweep of closed statuses rides inside the sync, when ``plan_cycle`` says
 it is due), recorded in the run history; then when the next cycle is due.
 
+Failures fall due on their own schedule (30 s, 2 min, 8 min, 32 min after an attempt):
+when one falls due before the next sync, the unit comes back then and retries only
+(the sync's start is kept in the account's metadata, so any worker can tell).
+
 An outage fails a cycle, never the worker: the failed run is recorded, ``--mode health``
 says why, and the next cycle comes after Tiny's cool-down (its circuit is open) or
 sooner, with backoff, after a database failure. Cycles are due every ``--interval`` from
@@ -11,11 +15,14 @@ the start of the last one (one that overran its interval is followed at once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
+
+import orjson
 
 from .. import metrics
 from ..clock import utcnow
@@ -29,13 +36,13 @@ from ..errors import (
     TinyError,
     TinyUnavailable,
 )
-from ..jobs.retry import retry_due
+from ..jobs.retry import DEFAULT_POLICY, retry_due
 from ..jobs.sync import sync_once
 from ..options import ServeOptions
 from ..overview import reauthorization_problem
 from ..readiness import Readiness
 from ..report import RunReport, failed_report, headline, log_fields, note_failure, observe
-from ..seams import ApiStats
+from ..seams import ApiStats, Metadata
 from .health import say_health, say_unsaid
 from .ports import AccountRuntime, RunLog
 
@@ -43,6 +50,12 @@ log = logging.getLogger(__name__)
 
 #: After a database failure the next cycle comes sooner: 5 s, 10 s, … up to the interval.
 DB_RETRY_FIRST_S = 5.0
+#: The retry schedule the cycles keep (``jobs.retry``'s).
+RETRY_POLICY = DEFAULT_POLICY
+#: Where the start of the account's last sync by a cycle is kept.
+SYNC_STARTED_KEY = "cycle_sync_started"
+#: A unit woken this close to the next sync's time syncs (clocks of workers differ).
+SYNC_SLACK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -54,11 +67,15 @@ class CycleResult:
     database_failed: bool = False
 
 
-async def cycle(rt: AccountRuntime, options: ServeOptions, stop: asyncio.Event) -> list[RunReport]:
-    """A sync, then the retries that are due (the caller holds the account's lease, which
-    is its run lock)."""
+async def cycle(
+    rt: AccountRuntime, options: ServeOptions, stop: asyncio.Event
+) -> tuple[list[RunReport], dt.datetime | None]:
+    """A sync when one is due, then the retries that are due (the caller holds the
+    account's lease, which is its run lock); and when the last sync started."""
     ctx = rt.context(stop)
     store = rt.store
+    synced = await _sync_started(store.metadata)
+    reports: list[RunReport] = []
 
     # Detail requests the cycle may spend: at the pace the account's quota allows, asked
     # when its details pass starts (a worker's first cycle of the account learns the quota
@@ -66,19 +83,53 @@ async def cycle(rt: AccountRuntime, options: ServeOptions, stop: asyncio.Event) 
     def budget_now() -> int:
         return options.detail_budget(rt.client.api_stats().quota_per_minute)
 
-    sync_options = dataclasses.replace(options.cycle, detail_budget=budget_now)
-    reports = [await sync_once(rt.client, store.orders, store.metadata, sync_options, ctx)]
+    started_at = utcnow()
+    if synced is None or _seconds_to(synced, options.interval_s, started_at) <= SYNC_SLACK_S:
+        sync_options = dataclasses.replace(options.cycle, detail_budget=budget_now)
+        reports.append(await sync_once(rt.client, store.orders, store.metadata, sync_options, ctx))
+        if not stop.is_set():  # a sync cut short is due again at once
+            synced = started_at
+            stamp = {"started_at": started_at.isoformat()}
+            await store.metadata.set(SYNC_STARTED_KEY, orjson.dumps(stamp).decode())
     if not stop.is_set():
         # The retries share the cycle's detail budget (a tenth of it at least, so they
         # never starve behind a long backlog): thousands due at once must not hold the
         # account for hours; the rest stay due for the next cycle. A budget of 0 asks no
         # detail, retries included.
-        spent, budget = reports[0].api.requests.get("detail", 0), budget_now()
+        spent = reports[0].api.requests.get("detail", 0) if reports else 0
+        budget = budget_now()
         retry_budget = max(budget - spent, budget // 10, min(budget, 1))
-        reports.append(
-            await retry_due(rt.client, store.orders, store.failures, ctx, budget=retry_budget)
+        retried = retry_due(
+            rt.client, store.orders, store.failures, ctx, budget=retry_budget, policy=RETRY_POLICY
         )
-    return reports
+        reports.append(await retried)
+    return reports, synced
+
+
+async def _sync_started(metadata: Metadata) -> dt.datetime | None:
+    raw = await metadata.get(SYNC_STARTED_KEY)
+    try:
+        return None if raw is None else dt.datetime.fromisoformat(orjson.loads(raw)["started_at"])
+    except (ValueError, TypeError, KeyError):  # not ours: a sync is due
+        return None
+
+
+def _seconds_to(synced: dt.datetime, interval_s: float, now: dt.datetime) -> float:
+    """Seconds from ``now`` until the sync after the one started at ``synced`` is due."""
+    return interval_s - (now - synced).total_seconds()
+
+
+async def next_in_s(rt: AccountRuntime, interval_s: float, synced: dt.datetime | None) -> float:
+    """When the account's cycle unit is due again: at the next sync, or sooner when an
+    import failure falls due before it (not one due already: the budget or Tiny left
+    it, and the next sync's retries take it)."""
+    now = utcnow()
+    wait = 0.0 if synced is None else max(_seconds_to(synced, interval_s, now), 0.0)
+    with contextlib.suppress(DatabaseError):  # the sync's time, as before
+        _, next_due, _ = await rt.store.failures.pending(now, RETRY_POLICY)
+        if next_due is not None:
+            wait = min(wait, max((next_due - now).total_seconds(), 1.0))
+    return wait
 
 
 async def record(runs: RunLog, report: RunReport, facts: dict[str, str]) -> RunReport:
@@ -118,12 +169,12 @@ async def run_cycle(
 ) -> CycleResult:
     """One cycle of ``rt``'s account. Raises ReauthorizationRequired (after recording
     it): only a person can fix that."""
-    started_at, started = utcnow(), time.monotonic()
+    started_at = utcnow()
     api_before = rt.client.api_stats()
     await say_unsaid(rt)  # a failure the database was too far away to hear of
     try:
         await rt.client.keep_alive()
-        reports = await cycle(rt, options, stop)
+        reports, synced = await cycle(rt, options, stop)
     except LeaseLost:
         raise  # not this cycle's failure: the account goes on at the worker holding it
     except (TinyError, DatabaseError) as exc:
@@ -149,7 +200,7 @@ async def run_cycle(
         readiness.clear("authorization")
     metrics.REAUTHORIZATION_REQUIRED.labels(rt.account).set(0)
     await say_health(rt, None)
-    return CycleResult(reports, max(options.interval_s - (time.monotonic() - started), 0.0))
+    return CycleResult(reports, await next_in_s(rt, options.interval_s, synced))
 
 
 def next_attempt(
