@@ -97,7 +97,7 @@ COUNT_LABELS: dict[str, str] = {
     "details_gone": "details answering 404",
     "details_unavailable": "details Tiny could not serve (left for later)",
     "detail_backlog": "details still waiting",
-    "import_failures": "import failures recorded",
+    "import_failures": "records that failed (in import_failures)",
     "due": "failures due for a retry",
     "pending": "failures waiting for a later retry",
     "still_due": "failures due, not tried yet (next run)",

@@ -528,3 +528,20 @@ async def test_a_retry_through_a_wrong_base_url_resolves_nothing(
         retried = Retried(await helpers.retry(rt, now=now))
     assert (retried.resolved, retried.gone, retried.exit_code) == (victims, [], 0)
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_retry_report_says_how_many_wait_for_a_person_beyond_the_five_it_names(
+    simulator, runtime_for, db
+) -> None:
+    # Its notes named the first five failures at manual review and stopped: seven read as five.
+    sim = await simulator(orders=5)
+    for order_id in range(1, 8):
+        await db.execute(
+            "INSERT INTO import_failures (id_ordem, erro, tentativas) VALUES ($1, 'broken', 5)",
+            order_id,
+        )
+    async with runtime_for(sim) as rt:
+        report = await helpers.retry(rt, now=utcnow())
+    review = [n for n in report.notes if n.startswith("manual review:")]
+    assert len(review) == 6, review
+    assert review[-1] == "manual review: 2 more (`asyncsync failures list --state review`)"

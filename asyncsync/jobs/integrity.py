@@ -275,6 +275,9 @@ class _Check:
             listed=True,
         )  # fmt: skip
         self.found["unreadable"] = sorted(written)
+        # Met again, its failure open already: the retry mode's (or a person's), like a
+        # missing order whose failure is not due.
+        self.found["awaiting_retry"] += sorted(set(self.unreadable) - set(written))
 
     async def _compare(self) -> tuple[list[int], list[int]]:
         """Compare every listed id; correct statuses; return (ids to import, ids unlisted)."""
@@ -297,7 +300,7 @@ class _Check:
                 self.found["reappeared"].append(s.id)
         # Not due: its next retry is the retry mode's, or its attempts are used up and it
         # waits for a person (section 6), reported as such by the run (manual_review).
-        self.found["awaiting_retry"] = [i for i, due in missing if not due]
+        self.found["awaiting_retry"] += [i for i, due in missing if not due]
         unlisted = [i for i in comparison.unlisted if i not in self.unreadable]
         return [i for i, due in missing if due], unlisted
 

@@ -159,6 +159,10 @@ async def retry_due(
     pending, next_due, still_due = await failures.pending(now, policy)
     review = await failures.manual_review(policy)
     notes = [f"manual review: {m.id_ordem} ({m.tentativas}×: {m.erro or '-'})" for m in review[:5]]
+    if len(review) > 5:
+        notes.append(
+            f"manual review: {len(review) - 5} more (`asyncsync failures list --state review`)"
+        )
     if ctx.stop.is_set():
         outcome = Outcome.INTERRUPTED
     else:
