@@ -103,7 +103,7 @@ async def test_accounts_are_added_listed_disabled_and_removed(simulator, databas
                              "--log-format", "text")  # fmt: skip
     assert code == 0 and "account x removed" in out
     missing = await cli("accounts", "remove", "x", "--database-url", database_url, "--json")
-    assert missing[0] == 1 and json.loads(missing[1]) == {
+    assert missing[0] == 2 and json.loads(missing[1]) == {
         "account": "x",
         "action": "remove",
         "found": False,
@@ -439,11 +439,21 @@ async def test_a_mistyped_account_key_is_said_so_not_removed_or_uncredentialed(
     for key in ("acme", "beta"):
         code, _, err = await cli(*add_args(key, sim, database_url))
         assert code == 0, err
-    for mode in ("status", "sync"):
+    # health said "unhealthy: ... never been synced", exit 1, as for a real account
+    for mode in ("status", "sync", "health"):
         code, out, err = await cli(mode, "--account", "nokey", "--database-url", database_url)
         assert code == 2, (mode, out, err)
         assert "--account 'nokey' is not in the accounts table" in err, (mode, err)
         assert "accounts list shows its keys" in err and "Traceback" not in err, err
+    # accounts disable/enable/remove of a key not in the table: exit 1, "the run failed"
+    for action in ("disable", "enable", "remove"):
+        code, out, err = await cli("accounts", action, "nokey", "--database-url", database_url,
+                                   "--log-format", "text")  # fmt: skip
+        assert code == 2 and "no account nokey in the accounts table" in out, (code, out, err)
+    code, _, err = await cli("accounts", "disable", "beta", "--database-url", database_url)
+    assert code == 0, err
+    code, out, err = await cli("health", "--account", "beta", "--database-url", database_url)
+    assert code == 1 and "account 'beta' is disabled" in out, (code, out, err)
     code, out, err = await cli("sync", "--account", "acme", "--database-url", database_url,
                                env=secrets("acme", sim))  # fmt: skip
     assert code == 0, err

@@ -101,9 +101,14 @@ async def run(common: CommonOptions, options: AccountsOptions, stop: asyncio.Eve
                 await _start(database.queue, key)
         else:
             found = await registry.remove(key)
-        done = f"account {key} {options.action}d" if found else f"no account {key}"
+        # A key not in the table is a mistyped key, as for every command (exit 2).
+        done = (
+            f"account {key} {options.action}d"
+            if found
+            else f"no account {key} in the accounts table (asyncsync accounts list shows its keys)"
+        )
         show(done, {"account": key, "action": options.action, "found": found}, common)
-        return 0 if found else 1
+        return 0 if found else 2
 
 
 def _bootstrap(config: AccountConfig) -> str:

@@ -22,7 +22,7 @@ from ..errors import DatabaseError, DatabaseUnavailable
 from ..options import CommonOptions, HealthOptions
 from ..overview import awaits_authorization, freshness_limit, in_minutes, reauthorization_problem
 from ..runtime import database_of, schema_missing
-from . import SERVE_HEALTH_KEY
+from . import SERVE_HEALTH_KEY, known_account
 
 
 async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event) -> int:
@@ -41,6 +41,10 @@ async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event
                     keys = [c.key for c in await database.registry.all() if c.enabled]
                 else:
                     keys = [common.account]
+                    if await known_account(database, common.account) == "disabled":
+                        print(f"unhealthy: account {common.account!r} is disabled: no worker "
+                              f"syncs it (asyncsync accounts enable {common.account})")  # fmt: skip
+                        return 1
                 said = []
                 for key in keys:
                     store = database.account(key)

@@ -20,14 +20,14 @@ from rich.text import Text
 
 from ..accounts import not_served
 from ..clock import iso, utcnow
-from ..errors import ConfigError, DatabaseError
+from ..errors import DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, StatusOptions
 from ..overview import render_status, render_summary, status_dict
 from ..runtime import database_of, schema_missing
 from ..seams import QueueCount, WorkQueue
 from ..tables import table
-from . import show
+from . import known_account, show
 
 
 async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event) -> int:
@@ -41,12 +41,8 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
             ]
             # A stale one no worker keeps fresh is no reason to exit 1.
             unserved = not_served(accounts, await database.registry.all())
-            removed = not options.all_accounts and unserved.get(common.account) == "removed"
-            if removed and common.account not in await database.accounts():  # never here
-                raise ConfigError(
-                    f"--account {common.account!r} is not in the accounts table and nothing "
-                    "ran for it here (asyncsync accounts list shows its keys)"
-                )
+            if not options.all_accounts:
+                await known_account(database, common.account)
         except DatabaseError as exc:
             if exc.sqlstate != "42P01":  # undefined_table
                 raise
