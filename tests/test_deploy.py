@@ -130,3 +130,24 @@ def test_what_the_readme_names_exists() -> None:
     wrong += [m for m in set(re.findall(r"\basyncsync_[a-z_]+[a-z]", readme))
               if m not in series | tables]  # fmt: skip
     assert wrong == []
+
+
+def test_the_build_context_is_what_the_containerfile_copies_and_compose_keeps_a_health_check() -> (
+    None
+):
+    # Every build sent .venv and .git (~500 MB) as its context; `podman compose --build`
+    # builds in OCI format, which drops the image's HEALTHCHECK, and compose said none.
+    import yaml
+
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    rules = [r.strip() for r in ignore if r.strip() and not r.startswith("#")]
+    assert rules[0] == "*", rules
+    kept = {r[1:] for r in rules if r.startswith("!")}
+    copied: set[str] = set()
+    for line in (ROOT / "Containerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            copied.update(line.split()[1:-1])
+    assert copied and copied == kept, (copied, kept)
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    probe = compose["services"]["asyncsync"]["healthcheck"]["test"]
+    assert "/healthz" in " ".join(probe), probe
