@@ -16,7 +16,7 @@ from ..errors import AsyncsyncError, DatabaseError, DatabaseUnavailable
 from ..options import ServeOptions
 from ..readiness import Readiness
 from ..seams import WorkQueue
-from ..tasks import unwrap
+from ..tasks import Stopped, until_stopped, unwrap
 from .handlers import Dispatcher, Hooks
 from .health import refresh
 from .planner import PLAN_EVERY, plan
@@ -93,11 +93,13 @@ async def work(
         while not stop.is_set():
             started = asyncio.get_running_loop().time()
             try:
+                # A stop ends the wait for a database away (each statement tries again for
+                # --db-reconnect seconds): nothing runs yet, so nothing is left to drain.
                 if failures:  # back, perhaps restored or created anew: tables first
-                    await fleet.reinstall()
+                    await until_stopped(fleet.reinstall(), stop)
                 # The first plan too: a database lost at that moment is an outage to wait
                 # out like any other (it ended serve with exit 6).
-                await plan(fleet, queue, options)
+                await until_stopped(plan(fleet, queue, options), stop)
                 await queue.work(
                     dispatcher.handlers(),
                     slots=options.slots,
@@ -106,6 +108,8 @@ async def work(
                     ticks={PLAN: (PLAN_EVERY, tick)},
                     stop=stop,
                 )
+                return
+            except Stopped:
                 return
             except DatabaseUnavailable as exc:
                 if asyncio.get_running_loop().time() - started > DB_RETRY_MAX_S:

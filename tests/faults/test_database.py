@@ -153,6 +153,55 @@ async def test_serve_rides_out_a_database_restart(
         await pool.close()
 
 
+async def test_serve_stopped_while_it_waits_for_its_database_exits_at_once(
+    simulator, own_postgres: OwnPostgres, caplog
+) -> None:
+    # A SIGTERM while the worker waited for a database that went away (its reinstall
+    # trying again for --db-reconnect seconds): it exited only once that wait ended, 16 s
+    # later here, and with --db-reconnect 120 the drain timeout cut it (exit 130), though
+    # nothing ran. Nothing runs while it waits: it stops at once, exit 0.
+    sim = await simulator(orders=50, seed=14)
+    common = fast_db(common_for(sim, own_postgres.dsn), reconnect_s=120.0)
+    stop = asyncio.Event()
+    pool = await asyncpg.create_pool(own_postgres.dsn, min_size=1, max_size=1)
+    query = (
+        "SELECT count(*) FROM pgqueuer WHERE entrypoint = 'asyncsync.cycle' AND status = 'queued'"
+    )
+
+    async def idle() -> bool:  # the first cycle ended and went back to the queue
+        with contextlib.suppress(asyncpg.PostgresError):
+            return bool(await pool.fetchval(query))
+        return False
+
+    def said(text: str) -> bool:
+        return any(text in r.getMessage() for r in caplog.records)
+
+    async with open_runtime(common) as rt:
+        options = ServeOptions(interval_s=3600, heartbeat_s=2, drain_s=25, cycle=cycle())
+        with caplog.at_level(logging.WARNING):
+            serving = asyncio.create_task(serve_loop(rt, options, stop))
+            try:
+                deadline = time.monotonic() + 60
+                while not await idle() and time.monotonic() < deadline:
+                    assert not serving.done(), serving.result()
+                    await asyncio.sleep(0.1)
+                await pool.close()
+                own_postgres.stop()
+                while not said("trying again for up to 120 s") and time.monotonic() < deadline:  # noqa: ASYNC110 (the log)
+                    await asyncio.sleep(0.1)
+                assert said("trying again for up to 120 s"), [
+                    r.getMessage() for r in caplog.records
+                ]
+                stop.set()
+                stopped_at = time.monotonic()
+                code = await asyncio.wait_for(serving, 60)
+                took = time.monotonic() - stopped_at
+            finally:
+                stop.set()
+                await asyncio.to_thread(own_postgres.start)
+    assert code == 0 and took < 5, (code, took)
+
+
 async def test_serve_started_while_the_database_is_down_waits_for_it(
     simulator, own_postgres: OwnPostgres, caplog
 ) -> None:
