@@ -1,9 +1,9 @@
 -- asyncsync schema: the PostgreSQL mirror of Tiny service orders.
 -- Applied idempotently by `asyncsync --mode migrate`, and at the start of a mode that
 -- writes when asyncsync_schema (at the end) names another version of this file; every
--- statement is safe to run again. Every table but asyncsync_schema is keyed by `account`
--- so that several Tiny accounts can share one database; a single-account install uses
--- 'default'.
+-- statement is safe to run again. Every table but asyncsync_schema and worker_settings
+-- is keyed by `account` so that several Tiny accounts can share one database; a
+-- single-account install uses 'default'.
 
 -- One row per service order: typed columns for reports, raw API payloads for everything else.
 CREATE TABLE IF NOT EXISTS ordens_servico (
@@ -220,6 +220,19 @@ BEGIN
     END IF;
 END
 $$;
+
+-- What each `asyncsync serve` worker runs with, of the settings every worker of the database
+-- must share (README "Many accounts, many workers"): each one refreshes its row every 30 s
+-- and warns when a worker seen within two minutes says another figure. Rows of workers
+-- silent for a day are deleted.
+CREATE TABLE IF NOT EXISTS worker_settings (
+    worker               text             PRIMARY KEY,  -- asyncsync worker host:pid
+    interval_s           double precision NOT NULL,
+    integrity_interval_s double precision NOT NULL,
+    background_slots     integer          NOT NULL,
+    heartbeat_s          double precision NOT NULL,
+    seen_at              timestamptz      NOT NULL DEFAULT now()
+);
 
 -- Which schema.sql this database had applied last (sha256 of the file): a start that finds
 -- its own skips applying it again, whose CREATE INDEX IF NOT EXISTS waits for every write

@@ -168,6 +168,12 @@ INTEGRITY_LAST_RUN = Gauge(
     "Unix time the last finished integrity check ended.",
     ["account"],
 )
+SETTINGS_DIFFER = Gauge(
+    "asyncsync_worker_settings_differ",
+    "Other serve workers of the database, seen within two minutes, that run this setting "
+    "(by flag) with another value than this worker: every worker must use the same.",
+    ["setting"],
+)
 READY = Gauge(
     "asyncsync_ready",
     "1 when serve is ready (database reachable, token valid, last success recent), else 0.",

@@ -24,7 +24,7 @@ RANK: dict[str, float] = {
     "readiness": 0.5,  # a leaf over metrics
     # values that cross the seams
     "records": 1, "options": 1, "accounts": 1.02, "parsers": 1.05, "progress": 1,
-    "seams": 1.1, "tables": 1.15, "report": 1.2, "overview": 1.3,
+    "seams": 1.1, "tables": 1.15, "report": 1.2, "overview": 1.3, "agreement": 1.3,
     # the two sides, and the engine between them
     "client": 2, "store": 2, "engine": 2,
     "jobs": 3,

@@ -2,7 +2,8 @@
 run of each mode and how it ended, freshness, the mirror by status, the detail backlog,
 failures waiting and left for a person, token ages, the quota seen, who holds the lock
 (a worker, while it runs the account's units) — and the work queue: units queued, due
-later and running, by kind.
+later and running, by kind — and the serve workers seen lately, with each setting every
+worker must share that they do not (``workers_disagree``).
 
 Tables on a terminal (``--all-accounts``: a line an account, each one's tables with
 ``--full``), one JSON document with ``--json`` (or JSON logs), whole whatever the flags.
@@ -14,20 +15,25 @@ counted).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from rich.console import Group, RenderableType
 from rich.text import Text
 
 from ..accounts import not_served
+from ..agreement import SEEN_WITHIN_S, Split, WorkerSettings, splits
 from ..clock import iso, utcnow
 from ..errors import DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, StatusOptions
 from ..overview import render_status, render_summary, status_dict
 from ..runtime import database_of, schema_missing
-from ..seams import QueueCount, WorkQueue
+from ..seams import QueueCount
 from ..tables import table
 from . import known_account, show
+
+T = TypeVar("T")
 
 
 async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event) -> int:
@@ -51,11 +57,16 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
             said = await schema_missing(database)
             show(said, {"as_of": iso(now), "error": said}, common)
             return 1
-        queue = await _census(database.queue, None if options.all_accounts else common.account)
+        whose = None if options.all_accounts else common.account
+        queue = await _unless_missing(database.queue.census(whose))
+        workers = await _unless_missing(database.workers.seen(SEEN_WITHIN_S))
+    split = splits(workers)
     data = {
         "as_of": iso(now),
         "accounts": [status_dict(s, options.interval_s, unserved.get(s.account)) for s in states],
         "queue": [c.as_dict() for c in queue],
+        "workers": [vars(w) for w in workers],
+        "workers_disagree": [s.as_dict() for s in split],
     }
     parts: list[RenderableType] = (
         [render_summary(states, options.interval_s, unserved)]
@@ -63,19 +74,31 @@ async def run(common: CommonOptions, options: StatusOptions, stop: asyncio.Event
         else [render_status(s, options.interval_s, unserved.get(s.account)) for s in states]
     )
     parts.append(render_queue(queue, "every account" if options.all_accounts else common.account))
+    if workers:
+        parts.append(render_workers(workers, split))
     show(Group(*parts), data, common)
     served = [s for s in states if s.account not in unserved]
     return 0 if all(s.fresh(options.interval_s) for s in served) else 1
 
 
-async def _census(queue: WorkQueue, account: str | None) -> list[QueueCount]:
-    """The queue's units (none before the queue's tables exist: migrate creates them)."""
+async def _unless_missing(read: Awaitable[list[T]]) -> list[T]:
+    """What ``read`` reads; nothing when its table is not there yet (the queue's before
+    migrate creates them, ``worker_settings`` in a database whose schema predates it)."""
     try:
-        return await queue.census(account)
+        return await read
     except DatabaseError as exc:
         if exc.sqlstate == "42P01":  # undefined_table
             return []
         raise
+
+
+def render_workers(workers: list[WorkerSettings], split: list[Split]) -> RenderableType:
+    """How many serve workers run, and each setting they do not share."""
+    ran = f"serve workers seen in the last {SEEN_WITHIN_S:.0f} s: {len(workers)}"
+    if not split:
+        return Text(ran + (", their settings agree" if len(workers) > 1 else ""))
+    lines = [Text(ran)] + [Text(f"  {s.sentence()}", style="bold red") for s in split]
+    return Group(*lines)
 
 
 def render_queue(counts: list[QueueCount], whose: str) -> RenderableType:

@@ -25,6 +25,7 @@ from typing import TypeVar
 import aiohttp
 
 from ..accounts import not_served
+from ..agreement import SEEN_WITHIN_S, WorkerSettings
 from ..client import AccountLimiter, CircuitBreaker, Refusals
 from ..errors import AccountBusy, ConfigError, DatabaseError, DatabaseUnavailable
 from ..jobs.retry import DEFAULT_POLICY
@@ -180,6 +181,10 @@ class Fleet:
         if not await self._database.schema_present():
             await self._database.migrate(always=True)
         await self._database.queue.install(again=True)
+
+    async def settings(self, own: WorkerSettings) -> list[WorkerSettings]:
+        await self._database.workers.say(own)
+        return await self._database.workers.seen(SEEN_WITHIN_S)
 
     def runs(self, account: str) -> RunLog:
         return self._database.account(account).runs

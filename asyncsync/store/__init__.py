@@ -12,8 +12,9 @@ Modules: ``database`` (connection, SQL files), ``embedded`` (the embedded server
 (comparisons), ``metadata`` (cursors and checkpoints), ``tokens`` (``tiny_tokens``),
 ``locks`` (advisory locks), ``runs`` (``sync_runs``, the run history), ``resilience``
 (errors converted where they enter, statements ridden through brief outages),
-``accounts`` (the ``accounts`` table), ``queue`` (the work queue, on pgqueuer) and
-``leases`` (the accounts a worker holds). Queries are ``sql/<name>.sql`` files with
+``accounts`` (the ``accounts`` table), ``queue`` (the work queue, on pgqueuer),
+``leases`` (the accounts a worker holds) and ``workers`` (the settings each serve
+worker runs with). Queries are ``sql/<name>.sql`` files with
 their parameters in a header.
 """
 
@@ -48,6 +49,7 @@ from .resilience import Reconnect, SqlRunner, guarded, within
 from .runs import PgRunLog
 from .sqlfiles import sql
 from .tokens import PgTokenStore
+from .workers import PgWorkerSettings
 
 if TYPE_CHECKING:
     from .queue import PgWorkQueue
@@ -132,6 +134,7 @@ class Database:
         self._run_history_days = run_history_days  # 0: every run is kept
         self._sql = SqlRunner(pool, reconnect or Reconnect())
         self.registry = PgAccounts(self._sql)  # the accounts table
+        self.workers = PgWorkerSettings(self._sql)  # what each serve worker runs with
 
     @functools.cached_property
     def queue(self) -> PgWorkQueue:

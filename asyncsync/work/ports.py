@@ -12,6 +12,7 @@ import datetime as dt
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TextIO
 
+from ..agreement import WorkerSettings
 from ..clock import Clock
 from ..jobs import RunContext
 from ..overview import AccountStatus
@@ -148,4 +149,9 @@ class Fleet(Protocol):
         """What the gauges show of the accounts this worker serves (the one account of a
         single-account install, else every enabled account: the database's word, the
         same on every worker, whichever of them ran the account last)."""
+        ...
+
+    async def settings(self, own: WorkerSettings) -> list[WorkerSettings]:
+        """Record ``own`` (this worker's settings that every worker must share) as seen
+        now, and return those of every worker seen lately (``agreement.SEEN_WITHIN_S``)."""
         ...

@@ -17,6 +17,7 @@ from ..options import ServeOptions
 from ..readiness import Readiness
 from ..seams import WorkQueue
 from ..tasks import Stopped, until_stopped, unwrap
+from .agreement import Agreement
 from .handlers import Dispatcher, Hooks
 from .health import refresh
 from .planner import PLAN_EVERY, plan
@@ -57,6 +58,12 @@ async def work(
         extra={"fields": {"event": "worker_started", "worker": fleet.name}},
     )  # fmt: skip
     done = asyncio.Event()
+    agreement = Agreement(fleet, options)
+
+    async def refreshed_all() -> None:
+        # Beside the gauges: the settings every worker must share, said and compared.
+        await agreement.check()
+        await refresh(fleet, options.interval_s, hooks.readiness)
 
     async def watch() -> None:
         loop = asyncio.get_running_loop()
@@ -75,10 +82,7 @@ async def work(
                     and refreshing is None
                     and loop.time() - refreshed >= READINESS_EVERY_S
                 ):
-                    refreshing = asyncio.create_task(
-                        refresh(fleet, options.interval_s, hooks.readiness),
-                        name="worker-refresh",
-                    )
+                    refreshing = asyncio.create_task(refreshed_all(), name="worker-refresh")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), LEASE_CHECK_S)
         finally:

@@ -7,7 +7,7 @@ FROM (VALUES ('ordens_servico', 'account'), ('ordem_status_history', 'account'),
              ('sync_metadata', 'account'), ('import_failures', 'account'),
              ('tiny_tokens', 'account'), ('integrity_runs', 'account'),
              ('sync_runs', 'account'), ('ordens_finalizadas', 'account'),
-             ('accounts', 'key')) AS t(name, own_column)
+             ('accounts', 'key'), ('worker_settings', 'worker')) AS t(name, own_column)
 WHERE to_regclass(t.name) IS NOT NULL
   AND NOT EXISTS (
       SELECT 1 FROM pg_attribute a

@@ -9,4 +9,5 @@ SELECT to_regclass('ordens_servico') IS NOT NULL
    AND to_regclass('integrity_runs') IS NOT NULL
    AND to_regclass('sync_runs') IS NOT NULL
    AND to_regclass('ordens_finalizadas') IS NOT NULL
-   AND to_regclass('accounts') IS NOT NULL;
+   AND to_regclass('accounts') IS NOT NULL
+   AND to_regclass('worker_settings') IS NOT NULL;
