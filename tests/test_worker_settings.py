@@ -102,16 +102,20 @@ async def test_workers_with_different_intervals_warn_and_status_shows_it(
         differ = "asyncsync_worker_settings_differ"
         assert metrics.value(differ, {"setting": "--interval"}) == 1
         assert metrics.value(differ, {"setting": "--heartbeat-timeout"}) == 0
+        shown = json.loads(await asyncio.to_thread(status, database_url, "--json"))
+        assert [w["worker"] for w in shown["workers"]] == [a, b]
+        assert shown["workers_disagree"] == [{
+            "setting": "--interval", "env": "ASYNCSYNC_INTERVAL_S",
+            "values": {"60": [a], "900": [b]},
+            "consequence": "an account's next cycle (and keep-alive) follows whichever worker ran "
+                           "it last",
+        }]  # fmt: skip
+        text = await asyncio.to_thread(status, database_url, "--log-format", "text")
+        said = f"workers disagree on --interval (ASYNCSYNC_INTERVAL_S): 60 on {a}; 900 on {b}."
+        assert said in " ".join(text.split())
+    # Stopped, they leave the comparison at once.
     shown = json.loads(await asyncio.to_thread(status, database_url, "--json"))
-    assert [w["worker"] for w in shown["workers"]] == [a, b]
-    assert shown["workers_disagree"] == [{
-        "setting": "--interval", "env": "ASYNCSYNC_INTERVAL_S",
-        "values": {"60": [a], "900": [b]},
-        "consequence": "an account's next cycle (and keep-alive) follows whichever worker ran "
-                       "it last",
-    }]  # fmt: skip
-    text = " ".join((await asyncio.to_thread(status, database_url, "--log-format", "text")).split())
-    assert f"workers disagree on --interval (ASYNCSYNC_INTERVAL_S): 60 on {a}; 900 on {b}." in text
+    assert shown["workers"] == [] and shown["workers_disagree"] == []
 
 
 async def test_workers_that_agree_say_nothing_and_the_long_gone_are_forgotten(

@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -47,6 +47,8 @@ from . import (
 log = logging.getLogger(__name__)
 #: The gauges of accounts another worker runs are read this often (its own, every time).
 OTHERS_EVERY_S = 120.0
+#: Seconds a stopping worker tries to take its row out of ``worker_settings``.
+LEAVE_TIMEOUT_S = 5.0
 
 
 def worker_name() -> str:
@@ -350,6 +352,12 @@ async def open_fleet(common: CommonOptions, options: ServeOptions) -> AsyncItera
         leases = await stack.enter_async_context(database.leases(name, silent_s))
         yield Fleet(common, database, session, leases,
                     open_statuses=options.cycle.open_statuses)  # fmt: skip
+        # Stopped, it no longer counts among the workers others compare their settings
+        # with (a rolling restart that fixes them warned of the old ones for two minutes).
+        # Best effort, briefly: a database away forgets it two minutes after its last word.
+        with suppress(DatabaseError, TimeoutError):
+            async with asyncio.timeout(LEAVE_TIMEOUT_S):
+                await database.workers.forget(name)
 
 
 @asynccontextmanager

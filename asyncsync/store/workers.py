@@ -26,3 +26,8 @@ class PgWorkerSettings:
         rows = await self._sql.fetch("reading the workers' settings", "worker_settings_seen",
                                      within_s)  # fmt: skip
         return [WorkerSettings(**dict(row)) for row in rows]
+
+    async def forget(self, worker: str) -> None:
+        """Take ``worker`` (stopping) out of the comparison."""
+        await self._sql.execute("forgetting this worker's settings", "worker_settings_forget",
+                                worker)  # fmt: skip

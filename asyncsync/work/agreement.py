@@ -53,7 +53,8 @@ class Agreement:
             )  # fmt: skip
         for item in sorted(self._said - set(found), key=_order):
             log.info(
-                "%s no longer runs %s %s beside this one (changed, or silent for two minutes)",
+                "%s no longer runs %s %s beside this one (changed, stopped, or silent for two "
+                "minutes)",
                 item.other, item.setting.flag, shown(item.theirs),
             )  # fmt: skip
         self._said = set(found)
