@@ -21,7 +21,6 @@ import orjson
 from rich.console import Console, RenderableType
 
 from .. import logs, metrics
-from ..accounts import not_served
 from ..clock import utcnow
 from ..errors import AsyncsyncError, ConfigError, DatabaseUnavailable, LockBusy, TinyError
 from ..jobs.retry import DEFAULT_POLICY
@@ -44,7 +43,6 @@ from ..work.health import SERVE_HEALTH_KEY
 
 if TYPE_CHECKING:
     from ..simulator import TinySimulator
-    from ..store import Database
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +98,6 @@ async def each_account(mode: str, common: CommonOptions, options: Any, stop: asy
     if first is not None:
         raise first
     return max(codes, default=0)
-
-
-async def known_account(database: Database, account: str) -> str | None:
-    """Why ``account`` is not served (``disabled``, ``removed``; None: it is), or a
-    ConfigError when it is in neither the accounts table (which has rows) nor the
-    database's history: a mistyped ``--account``."""
-    why = not_served([account], await database.registry.all()).get(account)
-    if why == "removed" and account not in await database.accounts():  # never here
-        raise ConfigError(
-            f"--account {account!r} is not in the accounts table and nothing ran for it "
-            "here (asyncsync accounts list shows its keys)"
-        )
-    return why
 
 
 def recorded_as(mode: str, options: Any) -> str | None:

@@ -21,8 +21,8 @@ from ..clock import utcnow
 from ..errors import DatabaseError, DatabaseUnavailable
 from ..options import CommonOptions, HealthOptions
 from ..overview import awaits_authorization, freshness_limit, in_minutes, reauthorization_problem
-from ..runtime import database_of, schema_missing
-from . import SERVE_HEALTH_KEY, known_account
+from ..runtime import database_of, known_account, schema_missing
+from . import SERVE_HEALTH_KEY
 
 
 async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event) -> int:

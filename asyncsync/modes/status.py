@@ -28,10 +28,10 @@ from ..errors import DatabaseError
 from ..jobs.retry import DEFAULT_POLICY
 from ..options import CommonOptions, StatusOptions
 from ..overview import render_status, render_summary, status_dict
-from ..runtime import database_of, schema_missing
+from ..runtime import database_of, known_account, schema_missing
 from ..seams import QueueCount
 from ..tables import table
-from . import known_account, show
+from . import show
 
 T = TypeVar("T")
 

@@ -23,7 +23,7 @@ from typing import TextIO
 
 import aiohttp
 
-from ..accounts import AccountConfig
+from ..accounts import AccountConfig, not_served
 from ..client import AccountLimiter, CircuitBreaker, Refusals, TinyClient, TokenManager
 from ..client.authorize import Authorization
 from ..clock import Clock, utcnow
@@ -179,6 +179,19 @@ def database_of(
         run_history_days=db.run_history_days,
     )
     return opening if stop is None else _opened_unless_stopped(opening, stop)
+
+
+async def known_account(database: Database, account: str) -> str | None:
+    """Why ``account`` is not served (``disabled``, ``removed``; None: it is), or a
+    ConfigError when it is in neither the accounts table (which has rows) nor the
+    database's history: a mistyped ``--account``."""
+    why = not_served([account], await database.registry.all()).get(account)
+    if why == "removed" and account not in await database.accounts():  # never here
+        raise ConfigError(
+            f"--account {account!r} is not in the accounts table and nothing ran for it "
+            "here (asyncsync accounts list shows its keys)"
+        )
+    return why
 
 
 async def schema_missing(database: Database) -> str:
