@@ -66,14 +66,17 @@ async def test_short_tokens_and_demand_above_quota_lose_nothing(
 
 async def test_the_pace_follows_the_accounts_real_quota(simulator, runtime_for, db) -> None:
     # No --rate-limit: X-RateLimit-Limit (600) sets the pace, not the old default of 120.
-    sim = await simulator(orders=680, seed=5, rate_limit_per_minute=600)
+    # 200 orders, ~210 requests: ~21 s at 600/min, 105 s at 120/min.
+    sim = await simulator(orders=200, seed=5, rate_limit_per_minute=600)
     async with runtime_for(sim) as rt:
         assert rt.common.tiny.rate_limit_per_minute is None
         report = await full_sync(rt)
     assert diff(sim.snapshot(), await mirror(db)) == []
     requests = report.api.total
     achieved = 60 * requests / report.duration_s
-    assert requests >= 690 and achieved >= 0.95 * 600, (requests, report.duration_s, achieved)
+    assert requests >= 200 and achieved >= 0.95 * 600, (requests, report.duration_s, achieved)
+    # ... and not above it: the pace is the quota, not whatever the API lets through.
+    assert 60 * (requests - 1) / report.duration_s <= 600 * 1.05, (requests, report.duration_s)
     assert sim.stats.rate_limited <= max(1, requests // 1000)
     assert report.api.quota_per_minute == 600
     assert metrics.value("asyncsync_tiny_quota_per_minute", {"account": "default"}) == 600
