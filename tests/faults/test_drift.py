@@ -78,8 +78,10 @@ async def test_drift_leftovers_converge_in_two_cycles_without_a_sweep(
 async def test_sigkill_in_the_detail_phase_under_drift_converges(
     simulator, database_url, runtime_for, db
 ) -> None:
-    sim = await simulator(orders=2000, seed=42, max_limit=50, rate_limit_per_minute=3000)
-    sim.on_list_page, _ = drifting(rate=0.4, seed=8, budget=100)
+    # 20 pages moving ~48 orders while listed (as 40 pages at 0.4 did); every detail left
+    # at the kill is fetched at 50/s by the two syncs after it.
+    sim = await simulator(orders=1000, seed=42, max_limit=50, rate_limit_per_minute=3000)
+    sim.on_list_page, left = drifting(rate=0.8, seed=8, budget=100)
     env = cli_env(
         TINY_CLIENT_ID=sim.config.client_id, TINY_CLIENT_SECRET=sim.config.client_secret,
         TINY_REFRESH_TOKEN=sim.valid_refresh_token() or "",
@@ -96,6 +98,7 @@ async def test_sigkill_in_the_detail_phase_under_drift_converges(
         await asyncio.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     await proc.wait()
+    assert left["n"] < 100  # orders really moved while the pages were read
     sim.on_list_page = None
     for _ in range(2):
         async with runtime_for(sim) as rt:
