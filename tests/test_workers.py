@@ -298,7 +298,13 @@ async def test_a_frozen_workers_accounts_go_on_elsewhere(
         frozen = None
         for sim in sims.values():
             sim.set_status(next(iter(sim.orders)), 3)
-        await asyncio.sleep(8)
+        # Every account has a cycle after the wake: the change each was given arrives
+        # within the 8 s this test used to sleep (checked again below, once they stop).
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            if not [k for k, s in sims.items() if diff(s.snapshot(), await mirror(db, k))]:
+                break
+            await asyncio.sleep(0.2)
     finally:
         for proc in procs:
             if frozen is not None:
