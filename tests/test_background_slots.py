@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import subprocess
+import sys
 import time
 
 import pytest
@@ -313,6 +315,13 @@ async def test_a_unit_this_worker_cannot_run_is_a_failed_run_status_shows(
     assert row["errors"][0].startswith("ConfigError: ") and "REFRESH_acme" in row["errors"][0]
     assert '"worker"' in row["report"]  # which worker could not run it
     assert sim.stats.requests_total == 0
+    # health said "has never been synced", not why: the failed run's reason now
+    said = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "asyncsync", "health", "--account", "acme",
+                         "--database-url", database_url], capture_output=True, text=True,
+    )  # fmt: skip
+    assert said.returncode == 1 and "its last sync failed: ConfigError" in said.stdout, said
+    assert "REFRESH_acme" in said.stdout
 
 
 async def test_a_workers_next_unit_of_an_account_keeps_the_pace_tiny_announced(

@@ -615,9 +615,13 @@ async def test_a_token_endpoint_that_does_not_answer_counts_as_a_failed_refresh(
     async with aiohttp.ClientSession() as session:
         tokens = TokenManager(session, "http://127.0.0.1:1/token", creds, MemoryTokenStore(),
                               account="token-unreachable")  # fmt: skip
-        with pytest.raises(TinyUnavailable, match="token endpoint unreachable"):
+        with pytest.raises(TinyUnavailable, match="token endpoint unreachable") as caught:
             await tokens.access_token()
     assert metrics.value("asyncsync_token_refresh_failures_total", labels) > before
+    # One sentence for health and status, not the error's repr (ConnectionKey(host=...)).
+    said = str(caught.value)
+    assert said.startswith("token endpoint unreachable: ClientConnectorError: Cannot connect")
+    assert "ConnectionKey" not in said, said
 
 
 async def test_a_page_at_a_token_endpoint_known_to_work_is_an_outage(simulator) -> None:

@@ -382,7 +382,7 @@ class TokenManager:
             async with self._session.post(self._token_url, data=form, timeout=self._timeout) as r:
                 body, status = await r.read(), r.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TinyUnavailable(f"token endpoint unreachable: {exc!r}") from exc
+            raise _unreachable(exc) from exc
         data = _json_object(body)
         self._note_oauth(data)
         if status == 400 and data.get("error") == "invalid_grant":
@@ -464,7 +464,7 @@ class TokenManager:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
-            raise TinyUnavailable(f"token endpoint unreachable: {exc!r}") from exc
+            raise _unreachable(exc) from exc
         data = _json_object(body)
         self._note_oauth(data)
         return self._granted(status, body, data, sent_at, refresh_token)
@@ -553,6 +553,13 @@ class TokenManager:
             access_issued_at=sent_at,
             refresh_expires_at=sent_at + dt.timedelta(seconds=refresh_in) if refresh_in else None,
         )
+
+
+def _unreachable(exc: Exception) -> TinyUnavailable:
+    """The token endpoint did not answer: one sentence (the error's repr said
+    ``ClientConnectorError(ConnectionKey(host=..., is_ssl=False, ssl=True, proxy=None...``)."""
+    said = str(exc) or "no answer in time"
+    return TinyUnavailable(f"token endpoint unreachable: {type(exc).__name__}: {said}")
 
 
 def _rescue_name(account: str, client_id: str) -> str:

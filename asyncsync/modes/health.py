@@ -20,7 +20,13 @@ import orjson
 from ..clock import utcnow
 from ..errors import DatabaseError, DatabaseUnavailable
 from ..options import CommonOptions, HealthOptions
-from ..overview import awaits_authorization, freshness_limit, in_minutes, reauthorization_problem
+from ..overview import (
+    RunSummary,
+    awaits_authorization,
+    freshness_limit,
+    in_minutes,
+    reauthorization_problem,
+)
 from ..runtime import database_of, known_account, schema_missing
 from . import SERVE_HEALTH_KEY
 
@@ -52,7 +58,7 @@ async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event
                     waiting = awaits_authorization(last_runs.get("sync"), await store.tokens.ages())
                     last = await store.metadata.last_synced()
                     serve = await store.metadata.get(SERVE_HEALTH_KEY)
-                    said.append((last, serve, waiting))
+                    said.append((last, serve, waiting, _failed(last_runs.get("sync"))))
             except DatabaseError as exc:
                 if exc.sqlstate != "42P01":  # undefined_table
                     raise
@@ -70,11 +76,19 @@ async def run(common: CommonOptions, options: HealthOptions, stop: asyncio.Event
     return 0 if all(healthy for healthy, _ in verdicts) else 1
 
 
+def _failed(run: RunSummary | None) -> str | None:
+    """The error of ``run``, the account's latest sync, when it failed."""
+    if run is None or run.outcome != "failed":
+        return None
+    return run.errors[0] if run.errors else "no error recorded"
+
+
 def judge(
     account: str,
     last: dt.datetime | None,
     serve: str | None,
     waiting: bool,
+    failed: str | None,
     limit: dt.timedelta,
 ) -> tuple[bool, str]:
     """Whether one account is healthy (its last success, what serve said of its last
@@ -91,7 +105,10 @@ def judge(
     if problem is not None:
         return False, f"unhealthy: {problem} (at {said.get('at')})"
     if last is None:
-        return False, f"unhealthy: account {account!r} has never been synced"
+        # A run that failed before serve could say anything (a secret this worker cannot
+        # read, a one-shot sync): its error, not "never synced" alone.
+        why = f"; its last sync failed: {failed}" if failed else ""
+        return False, f"unhealthy: account {account!r} has never been synced{why}"
     age = utcnow() - last
     healthy = age <= limit
     state = "healthy" if healthy else "unhealthy"
