@@ -45,11 +45,14 @@ def test_units_publish_on_loopback_and_timers_wait_for_the_lock() -> None:
     assert "-p 127.0.0.1:9108:9108" in serve and "-p 9108:9108" not in serve
     assert "PublishPort=127.0.0.1:9108:9108" in (deploy / "asyncsync.container").read_text()
     assert "HealthCmd=" in (deploy / "asyncsync.container").read_text()
-    for unit in ("asyncsync-integrity.service", "asyncsync-retry.service"):
-        assert "--wait-lock" in (deploy / unit).read_text(), unit
-    for timer in ("asyncsync-integrity.timer", "asyncsync-retry.timer"):
-        service = timer.replace(".timer", ".service")
-        assert (deploy / service).exists() and "OnCalendar=" in (deploy / timer).read_text()
+    timers = sorted(p.name for p in deploy.glob("*.timer"))
+    assert timers == ["asyncsync-integrity-deep.timer", "asyncsync-integrity.timer",
+                      "asyncsync-retry.timer"]  # fmt: skip
+    for timer in timers:
+        service = (deploy / timer.replace(".timer", ".service")).read_text()
+        assert "--wait-lock" in service and "OnCalendar=" in (deploy / timer).read_text()
+    # The planning document's check compares every id: without serve's weekly one, a timer's.
+    assert "--mode integrity --deep" in (deploy / "asyncsync-integrity-deep.service").read_text()
 
 
 def test_workers_scale_out_in_compose_and_kubernetes() -> None:
