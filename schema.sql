@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS ordens_servico (
     detail_hash      bytea,
     observed_at      timestamptz NOT NULL,      -- when the API answer behind this row was requested
     detail_stale     boolean     NOT NULL DEFAULT true,  -- listing changed since the last detail
-    possibly_deleted boolean     NOT NULL DEFAULT false, -- in no API listing at the last integrity run
+    possibly_deleted boolean     NOT NULL DEFAULT false, -- Tiny answered 404 for it, or no listing showed it (integrity)
     first_seen       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),  -- last change of any listed field
     synced_at        timestamptz NOT NULL DEFAULT now(),  -- last write from the API (list or detail)
