@@ -280,6 +280,8 @@ async def test_once_a_person_authorized_again_nothing_asks_them_to(
             sim.revoke_refresh_tokens()
             sim.expire_access_tokens()
             await db.execute("UPDATE tiny_tokens SET access_expires_at = now() - interval '1 min'")
+            # An interval later: the next cycle syncs (within it, it would only retry).
+            await db.execute("DELETE FROM sync_metadata WHERE chave = 'cycle_sync_started'")
             with pytest.raises(ReauthorizationRequired):
                 await run_cycle(leased.runtime, options, asyncio.Event(), facts={})
         # As a worker leaves it: the cycle back on the queue for an interval.
