@@ -18,7 +18,7 @@
 * :meth:`TokenManager.keep_alive` renews a refresh token past half its lifetime, so an
   idle service does not let it lapse (about a day at Tiny).
 * A refresh token the token endpoint refused (``invalid_grant``) is not presented again
-  for :data:`REFUSED_FOR_S`, nor is an access token sent after the refresh its 401 led to
+  for :data:`REFUSED_FOR`, nor is an access token sent after the refresh its 401 led to
   was refused: an account that waits for a person to authorize again costs Tiny no
   request per unit (a backfill of 150 months spent a token request and a 401 on each,
   every interval). A new refresh token in the store (``authorize``) is used at once.

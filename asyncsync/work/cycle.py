@@ -15,7 +15,6 @@ the start of the last one (one that overran its interval is followed at once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -119,16 +118,15 @@ def _seconds_to(synced: dt.datetime, interval_s: float, now: dt.datetime) -> flo
     return interval_s - (now - synced).total_seconds()
 
 
-async def next_in_s(rt: AccountRuntime, interval_s: float, synced: dt.datetime | None) -> float:
+def next_in_s(reports: list[RunReport], interval_s: float, synced: dt.datetime | None) -> float:
     """When the account's cycle unit is due again: at the next sync, or sooner when an
-    import failure falls due before it (not one due already: the budget or Tiny left
-    it, and the next sync's retries take it)."""
+    import failure falls due before it, as the cycle's retry found (not one due already:
+    the budget or Tiny left it, and the next sync's retries take it)."""
     now = utcnow()
     wait = 0.0 if synced is None else max(_seconds_to(synced, interval_s, now), 0.0)
-    with contextlib.suppress(DatabaseError):  # the sync's time, as before
-        _, next_due, _ = await rt.store.failures.pending(now, RETRY_POLICY)
-        if next_due is not None:
-            wait = min(wait, max((next_due - now).total_seconds(), 1.0))
+    due = next((r.facts.get("next_due_at") for r in reports if r.mode == "retry"), None)
+    if isinstance(due, str):
+        wait = min(wait, max((dt.datetime.fromisoformat(due) - now).total_seconds(), 1.0))
     return wait
 
 
@@ -200,7 +198,7 @@ async def run_cycle(
         readiness.clear("authorization")
     metrics.REAUTHORIZATION_REQUIRED.labels(rt.account).set(0)
     await say_health(rt, None)
-    return CycleResult(reports, await next_in_s(rt, options.interval_s, synced))
+    return CycleResult(reports, next_in_s(reports, options.interval_s, synced))
 
 
 def next_attempt(
