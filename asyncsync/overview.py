@@ -225,6 +225,14 @@ def status_dict(
     }
 
 
+#: Characters of a run's error shown in its table cell; a longer one is whole below the table.
+_ERROR_CELL = 60
+
+
+def _cut(error: str) -> str:
+    return error if len(error) <= _ERROR_CELL else error[: _ERROR_CELL - 1] + "…"
+
+
 def _ago(seconds: float | None) -> str:
     if seconds is None:
         return "never"
@@ -264,9 +272,15 @@ def render_status(
             _ago(_age_s(status.as_of, status.last_success[mode].finished_at))
             if mode in status.last_success
             else "never",
-            (run.errors[0] if run.errors else "")[:60],
+            _cut(run.errors[0] if run.errors else ""),
         ]
         for mode, run in sorted(status.last_runs.items())
+    ]
+    # A cell keeps the table narrow; the sentence, often ending in what to do, is whole below.
+    whole = [
+        Text(f"{mode}: {run.errors[0]}", style="red")
+        for mode, run in sorted(status.last_runs.items())
+        if run.errors and len(run.errors[0]) > _ERROR_CELL
     ]
     parts: list[RenderableType] = [head]
     if status.reauthorization_required:
@@ -279,6 +293,7 @@ def render_status(
                 title="last run of each mode",
             )
         )
+        parts.extend(whole)
     else:
         parts.append(Text("no run recorded yet"))
     by_status: list[list[object]] = [

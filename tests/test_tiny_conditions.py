@@ -268,6 +268,11 @@ async def test_once_a_person_authorized_again_nothing_asks_them_to(
             "health": await cli("health"),
             "status": status["accounts"][0].get("reauthorization_required"),
             "status tables": "re-authorization required" in tables,
+            # The last sync's error, whole (a table cell keeps its first 60 characters).
+            "error in tables": [
+                " ".join(error.split()) in " ".join(tables.split())
+                for error in status["accounts"][0]["last_runs"]["sync"]["errors"]
+            ],
             "gauge": metrics.value("asyncsync_reauthorization_required", {"account": "default"}),
             "readiness": readiness.reasons(),
             "cycle": {q["state"] for q in status["queue"] if q["kind"] == Kind.CYCLE.value},
@@ -294,6 +299,7 @@ async def test_once_a_person_authorized_again_nothing_asks_them_to(
     code, line = refused["health"]
     assert code == 1 and line.startswith(f"unhealthy: {problem} (at "), line
     assert refused["gauge"] == 1 and refused["cycle"] == {"deferred"}
+    assert refused["error in tables"] == [True], refused
     code, line = authorized["health"]
     assert code == 0 and line.startswith("healthy: last sync "), line  # freshness alone
     assert authorized["gauge"] == 0 and authorized["readiness"] == {}
