@@ -8,6 +8,7 @@ real data and two benchmarks never share tables.
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+import asyncsync
 from asyncsync.modes import pointed_at
 from asyncsync.options import CommonOptions, DatabaseOptions, TinyOptions
 from asyncsync.records import OrderRecord
@@ -52,6 +54,13 @@ def upsert_args(account: str, r: OrderRecord) -> tuple[Any, ...]:
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 DSN_ENV = "ASYNCSYNC_BENCH_DSN"
+
+
+def compile_package() -> None:
+    """Write the package's bytecode as ``pip install`` does, before a timed command: under
+    PYTHONDONTWRITEBYTECODE (this machine's environment) an editable install compiled every
+    module from source at each start (~0.15 s of a command's wall clock here)."""
+    compileall.compile_dir(Path(asyncsync.__file__).parent, quiet=1)
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:

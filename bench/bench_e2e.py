@@ -38,6 +38,7 @@ import orjson
 from _common import (
     OLD_UPSERT,
     common_options,
+    compile_package,
     describe_dsn,
     parser,
     per_s,
@@ -218,6 +219,7 @@ async def run(args: argparse.Namespace) -> None:
           f"{args.detail_orders:,} orders at {levels} in flight; simulator latency "
           f"{args.latency_ms:g} ms, quota unbound")  # fmt: skip
     print(f"PostgreSQL: {describe_dsn(args.dsn)}; machine: {os.cpu_count()} CPUs\n", flush=True)
+    compile_package()  # the command starts from bytecode, as an installed one does
     listing: list[dict[str, Any]] = []
     for n in sizes:
         async with simulator(sim_args(n, args.latency_ms)) as sim:
