@@ -21,6 +21,7 @@ from asyncsync.work.worker import LEASE_CHECK_S, work
 
 from .helpers import common_for, register
 from .mirror import diff, mirror
+from .test_cli import sim_env
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -461,6 +462,32 @@ async def test_a_mistyped_account_key_is_said_so_not_removed_or_uncredentialed(
     assert code == 0, err
     code, out, err = await cli("status", "--account", "acme", "--database-url", database_url)
     assert '"not_served":"removed"' in out and code == 0, (code, out, err)
+
+
+async def test_a_backfill_enqueued_for_a_key_nothing_ran_for_is_refused_without_a_table(
+    simulator, database_url, db
+) -> None:
+    """A single-account install (no row in the accounts table): ``backfill --enqueue
+    --account nokey`` said "9 of 9 months … enqueued for the workers", exit 0, and each
+    worker then dropped every month ("account nokey is disabled or removed"). A key
+    nothing ran for, where other accounts ran, is a typo (exit 2); the worker's own is
+    enqueued."""
+    sim = await simulator(orders=10)
+    env = sim_env(sim)
+    months = ("--from", "2026-04", "--to", "2026-06", "--database-url", database_url)
+    fresh = await cli("backfill", "--enqueue", "--account", "later", *months, env=env)
+    assert fresh[0] == 0, fresh  # nothing ran here yet: no key to compare with
+    await db.execute("DELETE FROM pgqueuer")
+    code, _, err = await cli("sync", "--database-url", database_url, env=env)
+    assert code == 0, err
+    await db.execute("DELETE FROM pgqueuer")
+    typo = await cli("backfill", "--enqueue", "--account", "nokey", *months, env=env)
+    assert typo[0] == 2, typo
+    assert "--account 'nokey'" in typo[2] and "nothing ran for it here" in typo[2], typo
+    assert await db.fetchval("SELECT count(*) FROM pgqueuer") == 0
+    own = await cli("backfill", "--enqueue", *months, env=env)
+    assert own[0] == 0, own
+    assert await db.fetchval("SELECT count(*) FROM pgqueuer") == 3
 
 
 async def test_the_table_refuses_a_key_the_tool_would_refuse(db) -> None:

@@ -29,12 +29,24 @@ async def enqueue(common: CommonOptions, options: BackfillOptions, stop: asyncio
     units = [Unit(Kind.BACKFILL, common.account, month) for month in months]
     async with database_of(common, stop=stop) as database:
         registry = database.registry
-        if not await registry.none() and await registry.get(common.account) is None:
-            # The workers serve the table's rows alone: they would drop every month.
-            raise ConfigError(
-                f"--account {common.account!r} is not in the accounts table, whose accounts "
-                "alone the workers serve (asyncsync accounts list, or accounts add it first)"
-            )
+        if not await registry.none():
+            if await registry.get(common.account) is None:
+                # The workers serve the table's rows alone: they would drop every month.
+                raise ConfigError(
+                    f"--account {common.account!r} is not in the accounts table, whose "
+                    "accounts alone the workers serve (asyncsync accounts list, or accounts "
+                    "add it first)"
+                )
+        else:
+            # No table: each worker serves its own --account, which ran here (its first
+            # cycle is a full sync); a key nothing ran for, where others ran, is a typo.
+            ran = await database.accounts()
+            if ran and common.account not in ran:
+                raise ConfigError(
+                    f"--account {common.account!r}: nothing ran for it here, and the workers "
+                    f"of this database (no accounts table rows) serve their own --account: "
+                    f"{', '.join(sorted(ran))} (or start its worker first)"
+                )
         added = await database.queue.enqueue([u.item() for u in units])
     said = (f"account {common.account}: {added} of {len(units)} months of backfill "
             f"({first:%Y-%m}..{last:%Y-%m}) enqueued for the workers")  # fmt: skip

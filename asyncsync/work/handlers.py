@@ -130,7 +130,9 @@ class Dispatcher:
                     # Nothing plans months again: kept until the account is enabled.
                     raise Requeue(self.options.interval_s,
                                   f"account {unit.account} is disabled")  # fmt: skip
-                log.info("%s ends: account %s is disabled or removed", unit, unit.account)
+                log.info("%s ends: no worker serves account %s (disabled or removed from the "
+                         "accounts table; with no rows there, not this worker's --account)",
+                         unit, unit.account)  # fmt: skip
                 return
             delay = await self._leased(unit, picked)
         except AccountBusy as exc:
