@@ -279,6 +279,28 @@ async def test_updated_at_moves_when_a_listed_field_changes_not_when_the_listing
     assert (await db.fetchrow(read, order))["updated_at"] > changed["updated_at"]
 
 
+async def test_hashes_of_an_older_release_do_not_move_updated_at(
+    simulator, runtime_for, db
+) -> None:
+    """An install of 2026-11-29 hashed list items otherwise (``canonical_json({**item,
+    **parsed})``): upgraded, its first sweep found every hash changed and stamped every
+    order's ``updated_at`` with the upgrade's time, the same payloads (sweep G: 2,000 of
+    2,000). A row rewritten with its payload unchanged changed nothing listed."""
+    sim = await simulator(orders=300, seed=5)
+    sweep = {"page_size": PAGE, "recent_days": 10, "sweep_interval_s": 0.0}
+    async with runtime_for(sim) as rt:
+        await full_sync(rt, **sweep)
+    await db.execute("UPDATE ordens_servico SET list_hash = '\\x00'::bytea || list_hash, "
+                     "updated_at = updated_at - interval '1 day'")  # fmt: skip
+    before = dict(await db.fetch("SELECT id, updated_at FROM ordens_servico"))
+    async with runtime_for(sim) as rt:
+        await incremental_sync(rt, **sweep)
+    after = dict(await db.fetch("SELECT id, updated_at FROM ordens_servico"))
+    old_hashes = "SELECT count(*) FROM ordens_servico WHERE length(list_hash) = 17"
+    assert await db.fetchval(old_hashes) == 0  # rewritten with today's hashes
+    assert len(after) == 300 and after == before
+
+
 async def test_closed_moves_that_cancel_out_in_the_counts_wait_for_the_sweep(
     simulator, runtime_for, db
 ) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from .queue import PgWorkQueue
 
 __all__ = ["AccountStore", "Database", "Leases", "PgAccounts", "open_database"]
+
+log = logging.getLogger(__name__)
 
 _OPEN = tuple(int(code) for code in OPEN_STATUSES)
 #: Seconds a readiness probe waits for ``SELECT 1`` before the database counts as away.
@@ -255,6 +258,6 @@ async def open_database(
         database = Database(
             pool, Reconnect(within_s=reconnect_s), run_history_days, embedded=embedded
         )
-        if apply_schema:
-            await database.migrate()
+        if apply_schema and await database.migrate() is Migration.UPDATED:
+            log.info("schema updated from an earlier release's (schema.sql applied at start)")
         yield database

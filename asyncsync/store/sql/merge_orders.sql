@@ -32,7 +32,8 @@ ON CONFLICT (account, id) DO UPDATE SET
     -- The last change of a listed field: not a row written with nothing listed changed (a
     -- row listed again after a 404, an integrity correction of the same list item, or the
     -- listing catching up with the status a detail brought, its list_hash emptied by
-    -- merge_details.sql: the change was stamped then).
+    -- merge_details.sql: the change was stamped then; nor one whose hash alone differs, an
+    -- older release's hashing of the same payload).
     updated_at = CASE
         WHEN (o.numero, o.situacao, o.data_emissao, o.data_prevista, o.cliente_id,
               o.cliente_nome, o.valor)
@@ -41,6 +42,7 @@ ON CONFLICT (account, id) DO UPDATE SET
               EXCLUDED.data_prevista, EXCLUDED.cliente_id, EXCLUDED.cliente_nome,
               EXCLUDED.valor)
          AND (o.list_hash = EXCLUDED.list_hash
+              OR o.payload = EXCLUDED.payload
               OR (o.list_hash = '\x'::bytea
                   AND o.payload - 'situacao' = EXCLUDED.payload - 'situacao'))
         THEN o.updated_at ELSE now() END,
