@@ -64,6 +64,22 @@ async def test_short_tokens_and_demand_above_quota_lose_nothing(
     assert sim.stats.unauthorized == 0
 
 
+async def test_a_token_endpoint_slower_than_the_renewal_margin_grants_once_not_per_request(
+    simulator, runtime_for, db
+) -> None:
+    """Tokens of 4 s from an endpoint that answers in 3 s: the token's expiry was counted
+    from the request's sending, its renewal margin (a quarter of its life) from the same,
+    so it arrived already due: one grant per API request, the refresh token rotated each
+    time, a sync that never ended (sweep F: 34 grants for 33 requests in 120 s)."""
+    sim = await simulator(orders=60, seed=2, access_ttl_s=4.0, token_latency_s=3.0)
+    async with runtime_for(sim, max_concurrency=4) as rt:
+        report = await asyncio.wait_for(full_sync(rt), 90)
+    assert report.outcome == "ok"
+    assert diff(sim.snapshot(), await mirror(db)) == []
+    api = sim.stats.requests_by_endpoint["list"] + sim.stats.requests_by_endpoint["detail"]
+    assert api >= 60 and sim.stats.token_refreshes * 5 <= api, sim.stats.as_dict()
+
+
 async def test_the_pace_follows_the_accounts_real_quota(simulator, runtime_for, db) -> None:
     # No --rate-limit: X-RateLimit-Limit (600) sets the pace, not the old default of 120.
     # 200 orders, ~210 requests: ~21 s at 600/min, 105 s at 120/min.

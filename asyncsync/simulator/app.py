@@ -311,6 +311,8 @@ class TinySimulator(SimState):
             self.stats.code_exchanges += 1
         elif grant.outcome == STALE:
             self.stats.stale_refresh_uses += 1
+        if self.config.token_latency_s > 0:
+            await asyncio.sleep(self.config.token_latency_s)
         return _json(grant.body, grant.status, {"Cache-Control": "no-store"})
 
     async def _auth(self, request: web.Request) -> Answer:

@@ -100,6 +100,9 @@ class SimConfig:
     refresh_token: str = "sim-refresh-0"
     access_ttl_s: float = 14400.0
     refresh_ttl_s: float = 86400.0
+    #: Slept after a grant before its answer leaves (a slow Keycloak): the token's life
+    #: has begun when it arrives.
+    token_latency_s: float = 0.0
     #: Each refresh returns a new refresh token and invalidates the old one.
     rotate_refresh_tokens: bool = True
     #: Redirect URIs registered for the app; empty accepts any loopback ``http`` URI.
