@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -209,6 +210,12 @@ def parse_datetime(value: object, field: str) -> dt.datetime | None:
     return None if moment.year >= _NO_DATE_YEAR else moment
 
 
+#: Digits grouped in threes by one separator, dots or commas, nothing else: thousands
+#: with no cents (R$ 1.234 the Brazilian way, 1,234 the US way), or an amount with three
+#: decimals (1.234 the US way, 1,234 the Brazilian way); which was meant is not said.
+_GROUPED = re.compile(r"[+-]?[1-9]\d{0,2}([.,])\d{3}(?:\1\d{3})*")
+
+
 def parse_money(value: object, field: str) -> Decimal | None:
     """A number, ``"1234.56"``, ``"1234,56"`` or ``"1.234,56"`` → Decimal; null/"" → None."""
     if value is None:
@@ -224,6 +231,8 @@ def parse_money(value: object, field: str) -> Decimal | None:
     text = value.strip()
     if not text:
         return None
+    if _GROUPED.fullmatch(text):  # "1.234" or "1,234": a thousand, or one and a bit
+        raise ValueError(f"{field}: ambiguous amount {value!r} (thousands or three decimals)")
     if "," in text:  # Brazilian form: dots group thousands, the comma is the decimal mark
         if "." in text[text.index(",") :]:  # "1,234.56": read so, it was 1.23, silently
             raise ValueError(f"{field}: ambiguous amount {value!r} (a dot after the comma)")

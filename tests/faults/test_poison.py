@@ -164,16 +164,19 @@ async def test_a_detail_the_database_refuses_goes_alone_to_import_failures(
 
 async def test_an_amount_no_number_holds_is_a_failed_record(simulator, runtime_for, db) -> None:
     """... nor one read two ways: ``"1,234.56"`` (US form) was read the Brazilian way,
-    dots dropped, as 1.23, silently."""
+    dots dropped, as 1.23, silently; ``"1.234"`` (Brazilian thousands, no cents) as
+    1.23."""
     sim = await simulator(orders=200, seed=38)
     in_list, in_detail = sorted(sim.orders)[20], sorted(sim.orders)[120]
-    us_form = sorted(sim.orders)[60]
+    us_form, grouped = sorted(sim.orders)[60], sorted(sim.orders)[80]
     render = sim._renderer.list_item
 
     def list_item(order):  # type: ignore[no-untyped-def]
         item = render(order)
         if order.id == us_form:
             return {**item, "valor": "1,234.56"}
+        if order.id == grouped:  # R$ 1.234 the Brazilian way, 1.234 the other: was 1.23
+            return {**item, "valor": "1.234"}
         return {**item, "valor": "1e9999999"} if order.id == in_list else item
 
     sim._renderer.list_item = list_item
@@ -185,8 +188,9 @@ async def test_an_amount_no_number_holds_is_a_failed_record(simulator, runtime_f
     assert [(r["id_ordem"], r["erro"].split(": ", 2)[1]) for r in rows] == [
         (in_list, "amount out of range '1e9999999'"),
         (us_form, "ambiguous amount '1,234.56' (a dot after the comma)"),
+        (grouped, "ambiguous amount '1.234' (thousands or three decimals)"),
     ]
-    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 198
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 197
     # A detail's amounts are not columns: the detail is stored as it came.
     desconto = "SELECT detalhe->>'desconto' FROM ordens_servico WHERE id = $1"
     assert await db.fetchval(desconto, in_detail) == "-1E+999999999"
