@@ -680,7 +680,7 @@ async def test_an_outage_met_at_the_token_endpoint_opens_the_circuit(
 
 @pytest.mark.parametrize("needs", ["due", "refused"])
 async def test_a_token_endpoint_blip_is_tried_again_not_the_end_of_the_run(
-    needs: str, simulator, runtime_for, db
+    needs: str, simulator, runtime_for, db, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The token endpoint answers 503 to one refresh's three tries (a Keycloak restart, a
     # proxy's hiccup) while the API is up. The request that needed the token must go
@@ -701,6 +701,10 @@ async def test_a_token_endpoint_blip_is_tried_again_not_the_end_of_the_run(
         assert rt.client.breaker.state == "closed"
     assert sim.fail_token_requests == 0  # the blip was met
     assert report.outcome == "ok" and report.count("import_failures") == 0
+    # The refresh's own tries given up are no error of a run that went on to succeed
+    # (backoff's "Giving up _post(...)" at ERROR paged whoever alerts on error lines).
+    gave_up = [r for r in caplog.records if r.name == "backoff" and "Giving up" in r.message]
+    assert gave_up and all(r.levelno == logging.WARNING for r in gave_up), gave_up
     assert diff(sim.snapshot(), await mirror(db)) == []
     assert sim.stats.stale_refresh_uses == 0
 

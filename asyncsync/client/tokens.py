@@ -446,8 +446,9 @@ class TokenManager:
         raise last
 
     @backoff.on_exception(
-        backoff.expo, TinyUnavailable, max_tries=3, max_value=10, jitter=backoff.full_jitter
-    )
+        backoff.expo, TinyUnavailable, max_tries=3, max_value=10, jitter=backoff.full_jitter,
+        giveup_log_level=logging.WARNING,  # the caller's retries and breaker judge the outage
+    )  # fmt: skip
     async def _post(self, refresh_token: str) -> TokenSet:
         """One grant; a 5xx, a 429 or an unreachable endpoint is tried three times in all,
         and so is a page (no OAuth JSON, whatever its status but 404 and 405) once the
