@@ -297,6 +297,24 @@ def test_a_database_url_may_list_hosts_to_try_in_turn() -> None:
         assert "s3cret" not in str(refused.value)
 
 
+def test_flags_are_never_abbreviated_and_words_may_follow_options() -> None:
+    """``--mod status`` ran a sync: argparse took it for an abbreviation of --mode, which
+    the mode's choice had not seen (sweep I). And ``failures retry --account acme 123``
+    called the ids "unrecognized arguments"."""
+    from asyncsync.flags import parse
+
+    db = ["--database-url", "postgresql://u@db/tiny"]
+    for argv in (["--mod", "status"], ["--mo=status"], ["status", "--mod", "sync"]):
+        with pytest.raises(ConfigError, match="did you mean --mode"):
+            parse([*argv, *db], {})
+    with pytest.raises(SystemExit):
+        parse(["sync", "--simul", "20", *db], {})  # argparse's own refusal, exit 2
+    retried = parse(["failures", "retry", "--account", "acme", "123", "456", *db], {})
+    assert retried.options.ids == (123, 456) and retried.common.account == "acme"
+    added = parse(["accounts", "add", "--client-id", "c", "acme", *db], {})
+    assert added.options.key == "acme"
+
+
 def test_a_bad_number_for_any_flag_names_the_flag_and_its_variable() -> None:
     """Empty, negative, not a number, past any range, with a unit: one sentence naming where
     the value came from and the other way to set it (exit 2: ConfigError)."""

@@ -83,6 +83,9 @@ def build_parser(mode: str | None) -> argparse.ArgumentParser:
     prog = "asyncsync" if mode is None else f"asyncsync {mode}"
     parser = argparse.ArgumentParser(
         prog=prog,
+        # `--mod status` was taken for argparse's abbreviation of --mode, which pick_mode had
+        # not seen: a sync ran, with writes and requests, where status was asked.
+        allow_abbrev=False,
         description=(
             "Mirror Tiny ERP service orders into PostgreSQL. Usage: asyncsync MODE [options] "
             "(or --mode MODE / ASYNCSYNC_MODE). Modes: "
@@ -229,8 +232,15 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
         mode = "sync"
     spec = MODES[mode]
     parser = build_parser(mode)
-    ns, extra = parser.parse_known_args(rest)
+    # Intermixed: ids and keys after an option (`failures retry --account acme 123`) are
+    # the action's words, not "unrecognized arguments".
+    ns, extra = parser.parse_known_intermixed_args(rest)
     if extra:
+        cut = next((e for e in extra if e.partition("=")[0] in _PREFIXES), None)
+        if cut is not None:
+            flag = cut.partition("=")[0]
+            raise ConfigError(f"{flag} is not a flag: did you mean --mode? (no flag is "
+                              "abbreviated)")  # fmt: skip
         word = next((e for e in extra if e in MODES), None)
         if word is not None and not named:  # `asyncsync --database-url X status`
             raise ConfigError(
@@ -244,6 +254,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
     values = read_values(ns, environ, spec.groups, unread=spec.unread)
     return Invocation(mode, build(CommonOptions, values), build(spec.options, values))
 
+
+#: What argparse took for ``--mode`` once (``--mo``, ``--mod``): flags are not abbreviated.
+_PREFIXES = frozenset({"--mo", "--mod"})
 
 #: The flags whose values are secrets, never shown.
 _SECRETS = tuple(f.flag for f in FLAGS if f.secret)
