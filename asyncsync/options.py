@@ -34,7 +34,12 @@ BATCH_ORDERS = 5000
 
 def default_data_dir() -> Path:
     """Where the embedded PostgreSQL keeps its files when no DATABASE_URL is given."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    base = os.environ.get("XDG_DATA_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".local" / "share")
+        except RuntimeError:  # no HOME and a uid /etc/passwd lacks (a container's): here
+            base = ".local/share"
     return Path(base) / "asyncsync"
 
 

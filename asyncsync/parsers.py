@@ -128,7 +128,16 @@ def http_url(raw: str) -> str:
         port = 0
     if port == 0:  # aiohttp refused it at the first request (exit 5), authorize crashed
         raise ValueError(f"must be an http(s) URL with a port from 1 to 65535, got {raw!r}")
+    if parts.username is not None or parts.password is not None:
+        # aiohttp refused it beside the bearer token, a traceback at the first request
+        raise ValueError("must not carry a user or password (user:password@): Tiny takes "
+                         "its tokens, and the app's credentials, by their own flags")  # fmt: skip
     return raw.strip()
+
+
+#: What a PostgreSQL URL whose password holds a reserved character needs.
+_ENCODE = (" (a password holding '#', '/', '?' or '@' must be percent-encoded: %23, %2F, "
+           "%3F, %40)")  # fmt: skip
 
 
 def dsn(raw: str) -> str:
@@ -141,7 +150,14 @@ def dsn(raw: str) -> str:
         hosts = [urlsplit(f"//{h}") for h in parts.netloc.rpartition("@")[2].split(",")]
         ports = [h.port for h in hosts]  # raises on a port that is not a number
     except ValueError as exc:
-        raise ValueError(f"is not a valid PostgreSQL URL ({exc})") from None
+        if "port" not in str(exc).lower():  # an unclosed [IPv6 address: nothing secret
+            raise ValueError(f"is not a valid PostgreSQL URL ({exc})") from None
+        # urlsplit's message quotes what it took for the port: a password's first part,
+        # cut at an unencoded '#', '/' or '?'.
+        said = "is not a valid PostgreSQL URL: a host's port is no number"
+        raise ValueError(said + _ENCODE) from None
+    if parts.netloc.count("@") > 1:  # libpq cuts at the first: a DNS error blamed the host
+        raise ValueError(f"is not a valid PostgreSQL URL: it holds '@' twice{_ENCODE}")
     if parts.scheme not in ("postgres", "postgresql"):
         raise ValueError(f"must start with postgresql://, got {parts.scheme or 'no'} scheme")
     if not all(h.hostname for h in hosts) and "host=" not in parts.query:
@@ -184,9 +200,15 @@ def month(raw: str) -> dt.date:
 
 
 def path(raw: str) -> Path:
-    if not raw.strip():
+    # Stripped like every other value: a CRLF env file's '\r' or a trailing space named
+    # another file (node-exporter read no `asyncsync.prom `, exit 0).
+    text = raw.strip()
+    if not text:
         raise ValueError("must be a path, got nothing")
-    return Path(raw).expanduser()
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # '~nosuchuser/x', or '~' with no home to expand it to
+        raise ValueError(f"must be a path whose '~' names a home directory, got {raw!r}") from None
 
 
 def writable_file(raw: str) -> Path:

@@ -446,6 +446,17 @@ async def test_a_mistyped_account_key_is_said_so_not_removed_or_uncredentialed(
         assert code == 2, (mode, out, err)
         assert "--account 'nokey' is not in the accounts table" in err, (mode, err)
         assert "accounts list shows its keys" in err and "Traceback" not in err, err
+    # ... and so with the flags' credentials in the environment (an install grown from a
+    # single account keeps them): the typo ran, was recorded, and stayed in status.
+    flags = sim_env(sim)
+    for mode in (["sync"], ["retry"], ["integrity"], ["failures", "list"],
+                 ["failures", "ignore", "5"]):  # fmt: skip
+        code, out, err = await cli(*mode, "--account", "nokey", "--database-url", database_url,
+                                   env=flags)  # fmt: skip
+        assert code == 2 and "--account 'nokey' is not in the accounts table" in err, (
+            mode, code, out, err)  # fmt: skip
+    code, out, err = await cli("status", "--account", "nokey", "--database-url", database_url)
+    assert code == 2, (out, err)  # nothing recorded for it
     # accounts disable/enable/remove of a key not in the table: exit 1, "the run failed"
     for action in ("disable", "enable", "remove"):
         code, out, err = await cli("accounts", action, "nokey", "--database-url", database_url,

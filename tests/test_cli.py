@@ -315,6 +315,44 @@ def test_flags_are_never_abbreviated_and_words_may_follow_options() -> None:
     assert added.options.key == "acme"
 
 
+def test_what_a_deployer_mistypes_is_said_in_one_sentence_no_secret_in_it(
+    monkeypatch, tmp_path
+) -> None:
+    """Sweep I: a password holding an unencoded '#', '/' or '?' had its first part quoted
+    in the message ("as 'Sup3rS'"), one holding '@' was a DNS error blamed on the host; a
+    base URL with user:password@ a traceback at the first request; '~nosuchuser/x', or no
+    home at all, a traceback in every mode; a path's trailing space or CRLF '\r' another
+    file, exit 0; a value quoted in a docker --env-file file a refused refresh token."""
+    from asyncsync.flags import parse
+    from asyncsync.options import default_data_dir
+
+    for secret in ("Sup3rS#cret", "Sup3r/Secret", "Sup3r?Secret", "Sup3r@Secret"):
+        url = f"postgresql://postgres:{secret}@127.0.0.1:5432/tiny"
+        with pytest.raises(ConfigError, match="must be percent-encoded") as said:
+            parse(["status", "--database-url", url], {})
+        assert "Sup3r" not in str(said.value), said.value
+    db = ["--database-url", "postgresql://u@db/tiny"]
+    with pytest.raises(ConfigError, match="must not carry a user or password"):
+        parse(["sync", *db], {"TINY_API_BASE_URL": "https://u:pw@api.tiny.com.br/v3"})
+    with pytest.raises(ConfigError, match="names a home directory"):
+        parse(["status", *db, "--data-dir", "~nosuchuser-asyncsync/x"], {})
+    textfile = tmp_path / "asyncsync.prom"
+    sync = parse(["sync", *db], {"ASYNCSYNC_METRICS_TEXTFILE": f"{textfile} \r"})
+    assert sync.common.run.metrics_textfile == textfile
+    for env in ({"TINY_REFRESH_TOKEN": "'r-0'"}, {"DATABASE_URL": '"postgresql://u@db/t"'}):
+        with pytest.raises(ConfigError, match="is quoted: an env file") as quoted:
+            parse(["sync"], env)
+        assert "r-0" not in str(quoted.value)
+
+    def homeless() -> None:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setattr("pathlib.Path.home", homeless)
+    assert default_data_dir() == Path(".local/share/asyncsync")
+    assert parse(["status", *db], {}).common.database.data_dir == Path(".local/share/asyncsync")
+
+
 def test_a_bad_number_for_any_flag_names_the_flag_and_its_variable() -> None:
     """Empty, negative, not a number, past any range, with a unit: one sentence naming where
     the value came from and the other way to set it (exit 2: ConfigError)."""

@@ -191,6 +191,12 @@ def read_values(
         twin = f"env {flag.env}" if source != flag.env else f"flag {flag.flag}"
         if flag.positional and source == flag.env:
             twin = f"the {flag.field.replace('_', ' ')} after the mode"
+        kept = raw.strip()
+        if source == flag.env and len(kept) > 1 and kept[0] in "'\"" and kept[-1] == kept[0]:
+            # docker/podman --env-file keeps quotes that systemd and a shell strip: a quoted
+            # refresh token was refused as expired (exit 4, "run authorize").
+            raise ConfigError(f"{source} is quoted: an env file read by docker or podman "
+                              f"--env-file takes its values without quotes ({twin})")  # fmt: skip
         try:
             values[(flag.target, flag.field)] = flag.parse(raw)
         except ValueError as exc:

@@ -20,7 +20,7 @@ from ..jobs.retry import DEFAULT_POLICY, retry_due
 from ..options import CommonOptions, FailuresOptions
 from ..overview import render_failures
 from ..report import RunReport
-from ..runtime import database_of, open_runtime
+from ..runtime import database_of, known_account, open_runtime
 from . import show
 
 
@@ -53,6 +53,7 @@ async def run(
         raise ConfigError("failures list takes no order ids (--limit N: the first N)")
     targets = _targets(options) if options.action == "ignore" else None
     async with database_of(common, stop=stop) as database:
+        await known_account(database, common.account)  # a typo: exit 2, not "no failures"
         failures = database.account(common.account).failures
         if options.action == "list":
             rows = await failures.listing(options.state, DEFAULT_POLICY, options.limit)

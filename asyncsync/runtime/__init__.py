@@ -244,13 +244,20 @@ async def resolve_account(
             raise ConfigError(f"account {common.account!r} is disabled (asyncsync accounts "
                               "enable)")  # fmt: skip
         return account_tiny(common.tiny, config), config.credentials(os.environ)
-    if isinstance(legacy, ConfigError):
-        if not await database.registry.none():  # a key mistyped, more likely than not
-            raise ConfigError(
-                f"--account {common.account!r} is not in the accounts table (asyncsync "
-                "accounts list shows its keys), and the flags and environment give no "
-                f"account of their own either ({legacy})"
+    if not await database.registry.none() and common.account not in await database.accounts():
+        # A key mistyped, more likely than not: the flags' account beside the table is one
+        # that ran here. With credentials in the environment the typo ran, was recorded,
+        # and stayed in status for good (or asked a person to authorize it, exit 4).
+        raise ConfigError(
+            f"--account {common.account!r} is not in the accounts table (asyncsync accounts "
+            "list shows its keys) and nothing ran for it here"
+            + (
+                f"; the flags and environment give no account of their own either ({legacy})"
+                if isinstance(legacy, ConfigError)
+                else ": an account beside the table's is added to it (asyncsync accounts add)"
             )
+        )
+    if isinstance(legacy, ConfigError):
         raise legacy
     return common.tiny, legacy
 
