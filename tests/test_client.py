@@ -865,3 +865,28 @@ async def test_a_refused_refresh_token_is_not_presented_again_until_a_person_aut
             await TokenManager(http, sim.token_url, creds, store).exchange_code(code, callback)
         detail = await client.get_order(order_id)
         assert detail.order_id == order_id
+
+
+@pytest.mark.parametrize("failed_tries", [2, 3])
+async def test_a_refresh_counts_as_failed_once_when_its_tries_give_up(
+    simulator, failed_tries: int
+) -> None:
+    """``asyncsync_token_refresh_failures_total{reason="unavailable"}`` counted every try:
+    a refresh whose third try worked left 2 behind, and AsyncsyncTokenRefreshFailing
+    (any increase in an hour) paged for a run that ended ok, nothing in its log (sweep H).
+    A refresh counts once, when its three tries gave up."""
+    sim = await simulator(orders=5)
+    account = f"blip-{failed_tries}"
+    labels = {"account": account, "reason": "unavailable"}
+    before = metrics.value("asyncsync_token_refresh_failures_total", labels)
+    creds = Credentials(sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token())
+    sim.fail_token_requests = failed_tries
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenManager(session, sim.token_url, creds, MemoryTokenStore(), account=account)
+        if failed_tries == 3:
+            with pytest.raises(TinyUnavailable):
+                await tokens.access_token()
+        else:
+            assert await tokens.access_token()
+    counted = metrics.value("asyncsync_token_refresh_failures_total", labels) - before
+    assert counted == (1 if failed_tries == 3 else 0)

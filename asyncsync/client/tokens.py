@@ -395,7 +395,11 @@ class TokenManager:
                 "(codes live about a minute) or the redirect URI differs; authorize again"
             )
         async with self._store.exclusive():
-            tokens = self._granted(status, body, data, sent_at, None)
+            try:
+                tokens = self._granted(status, body, data, sent_at, None)
+            except TinyUnavailable:
+                metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
+                raise
             await outlast_cancellation(self._store.save(tokens))
         metrics.TOKEN_REFRESHES.labels(self._account).inc()
         return self._adopt(tokens)
@@ -439,6 +443,11 @@ class TokenManager:
                 continue
             try:
                 return await self._post(refresh_token)
+            except TinyUnavailable:
+                # Once, as its tries gave up: a try that the next one made good is no
+                # failed refresh (AsyncsyncTokenRefreshFailing paged for an hour on one).
+                metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
+                raise
             except ReauthorizationRequired as exc:
                 self._refusals.refresh[refresh_token] = (now, str(exc))
                 last = exc
@@ -468,7 +477,6 @@ class TokenManager:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
             raise _unreachable(exc) from exc
         data = _json_object(body)
         self._note_oauth(data)
@@ -490,7 +498,6 @@ class TokenManager:
             # block page: an outage like its 5xx (exit 2, which the units do not restart
             # on, ended serve for good; a 401 or 403 blamed TINY_CLIENT_ID). The one
             # TinyUnavailable of the token endpoint that carries a status.
-            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
             raise TinyUnavailable(
                 f"the token endpoint {self._token_url} answered {status} with a page, "
                 f"not OAuth JSON ({preview!r}), though it has answered in OAuth JSON "
@@ -522,7 +529,6 @@ class TokenManager:
                 "to let a person authorize the app again."
             )
         if status >= 500 or status == 429:  # a 429 says nothing of the app either
-            metrics.TOKEN_REFRESH_FAILURES.labels(self._account, "unavailable").inc()
             raise TinyUnavailable(f"token endpoint answered {status}")
         if not _oauth(data) and status not in (404, 405):
             self._page(status, body)
