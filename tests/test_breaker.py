@@ -62,3 +62,23 @@ async def test_an_answer_that_sends_the_client_to_renew_its_token_is_no_verdict(
     assert breaker.state == "half_open"
     breaker.failure("token_endpoint")  # its refresh failed: open again
     assert breaker.state == "open" and breaker.opened == 2
+
+
+async def test_the_opening_line_says_its_span_before_its_hints(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The line ended "...; check TINY_TOKEN_URL (...), or the account's token_url in the
+    accounts table in 16 s; no request for 60 s": the streak's span read as the hint's
+    (sweep H)."""
+    now = [0.0]
+    breaker = CircuitBreaker(2, 60.0, clock=lambda: now[0], account="b3")
+    with caplog.at_level("WARNING", logger="asyncsync.client.breaker"):
+        breaker.failure("not_json", hint="check TINY_TOKEN_URL")
+        now[0] = 16.0
+        breaker.failure("not_json", hint="check TINY_TOKEN_URL")
+    [line] = [r for r in caplog.records if r.name == "asyncsync.client.breaker"]
+    assert line.getMessage() == (
+        "Tiny is unavailable: 2 failures in a row in 16 s: 2 × not_json; check TINY_TOKEN_URL; "
+        "no request for 60 s"
+    )
+    assert line.fields["account"] == "b3"  # type: ignore[attr-defined]

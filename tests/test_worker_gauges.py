@@ -205,3 +205,20 @@ async def test_a_refusal_recorded_by_a_host_behind_the_database_still_waits_for_
         await refresh(fleet, options.interval_s, readiness)  # a person authorized it again
     assert gauge("asyncsync_reauthorization_required", account="default") == 0
     assert "authorization" not in readiness.reasons()
+
+
+async def test_a_failed_cycles_line_names_its_account_as_a_field(
+    simulator, database_url, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker of many accounts logged "the cycle of account acme failed ..." with the
+    account in its prose only: a log query on the account field missed it (sweep H)."""
+    sim = await simulator(orders=10, seed=2)
+    sim.set_outage("503")
+    options = ServeOptions(interval_s=900, integrity_interval_s=0)
+    common = common_for(sim, database_url, max_retries=1)
+    async with open_fleet(common, options) as fleet, fleet.lease("default") as leased:
+        with caplog.at_level("ERROR", logger="asyncsync.work.cycle"):
+            done = await run_cycle(leased.runtime, options, asyncio.Event(), facts={})
+    assert [r.outcome for r in done.reports] == [Outcome.FAILED]
+    [line] = [r for r in caplog.records if "the cycle of account" in r.getMessage()]
+    assert line.fields["account"] == "default"  # type: ignore[attr-defined]

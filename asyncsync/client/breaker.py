@@ -159,8 +159,9 @@ class CircuitBreaker:
             "cooldown_s": self.cooldown_s,
         }  # fmt: skip
         fields.update({f"failures_{k}": n for k, n in self._kinds.items()})
+        # The span before the hints: "... accounts table in 16 s" read as the hint's.
         log.warning(
-            "Tiny is unavailable: %s in %.0f s; no request for %.0f s",
-            self.reason, now - self._streak_started, self.cooldown_s,
+            "Tiny is unavailable: %d failures in a row in %.0f s: %s%s; no request for %.0f s",
+            self._streak, now - self._streak_started, kinds, hints, self.cooldown_s,
             extra={"fields": fields},
         )  # fmt: skip

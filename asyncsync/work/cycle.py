@@ -191,7 +191,8 @@ async def run_cycle(
         await say_health(rt, f"last cycle failed: {exc}")
         wait_s, what = next_attempt(rt, options, exc, db_failures)
         log.error("the cycle of account %s failed (%s); next attempt in %.0f s: %s",
-                  rt.account, what, wait_s, exc)  # fmt: skip
+                  rt.account, what, wait_s, exc,
+                  extra={"fields": {"account": rt.account, "event": "cycle_failed"}})  # fmt: skip
         return CycleResult([failed], wait_s, isinstance(exc, DatabaseUnavailable))
     reports = [await record(rt.store.runs, r, facts) for r in reports]
     if readiness is not None:

@@ -148,11 +148,12 @@ class Dispatcher:
             # A secret this worker cannot read (its variable unset here, say): said once
             # per interval until someone fixes it, the unit kept; a failed run in the
             # history, so `status` says why the account does not sync.
-            log.error("%s cannot run on this worker: %s", unit, exc)
+            log.error("%s cannot run on this worker: %s", unit, exc,
+                      extra={"fields": {"account": unit.account}})  # fmt: skip
             await self._record_unrun(unit, picked, exc)
             raise Requeue(self.options.interval_s, str(exc)) from None
         except LeaseLost as exc:  # woken from a freeze: the account went on elsewhere
-            log.warning("%s stops: %s", unit, exc)
+            log.warning("%s stops: %s", unit, exc, extra={"fields": {"account": unit.account}})
             raise Requeue(LEASE_RETRY_S, str(exc)) from None
         except DatabaseError as exc:  # the database went away before the unit could start
             raise Requeue(LEASE_RETRY_S, f"the database: {exc}") from None
@@ -319,9 +320,10 @@ async def _keep_alive(rt: AccountRuntime) -> None:
         await rt.client.keep_alive()
     except ReauthorizationRequired as exc:
         note_failure(rt.account, exc)
-        log.error("account %s: %s", rt.account, exc)
+        log.error("account %s: %s", rt.account, exc, extra={"fields": {"account": rt.account}})
     except (TinyError, DatabaseError) as exc:
-        log.warning("could not renew the refresh token of account %s yet: %s", rt.account, exc)
+        log.warning("could not renew the refresh token of account %s yet: %s", rt.account, exc,
+                    extra={"fields": {"account": rt.account}})  # fmt: skip
 
 
 @contextlib.asynccontextmanager
