@@ -49,6 +49,10 @@ _HINTS = {
 }
 
 
+#: asyncpg's words for a pool this process closed (``Pool.close``/``terminate``).
+_OURS_CLOSED = frozenset({"pool is closing", "pool is closed"})
+
+
 def classify(exc: BaseException, what: str) -> DatabaseError:
     """The package's error for ``exc`` met while ``what``."""
     if isinstance(exc, asyncpg.PostgresError):
@@ -66,6 +70,10 @@ def classify(exc: BaseException, what: str) -> DatabaseError:
         return classify(exc.__context__, what)
     if isinstance(exc, TimeoutError):
         return DatabaseUnavailable(f"{what}: the database did not answer in time (frozen?)")
+    if isinstance(exc, asyncpg.InterfaceError) and str(exc) in _OURS_CLOSED:
+        # This process closing its own pool (a drain cut at its deadline): no outage to
+        # wait out for 30 s, nor one to blame on the database.
+        return DatabaseError(f"{what}: stopped: this process closed its connections")
     if isinstance(exc, OSError | asyncpg.InterfaceError):
         return DatabaseUnavailable(f"{what}: the database is unreachable: {exc}")
     if isinstance(exc, asyncpg.InternalClientError):

@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 import pytest
 
-from asyncsync.errors import DatabaseUnavailable, LockBusy
+from asyncsync.errors import DatabaseError, DatabaseUnavailable, LockBusy
 from asyncsync.modes import serve
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
@@ -698,6 +698,20 @@ def test_a_timeout_whose_rollback_met_the_closed_connection_is_still_a_timeout()
     # The same error with nothing behind it is a connection that went away.
     alone = classify(asyncpg.InterfaceError("the underlying connection is closed"), "merging")
     assert str(alone) == "merging: the database is unreachable: the underlying connection is closed"
+
+
+async def test_a_pool_this_process_closed_is_no_outage_to_wait_out(database_url) -> None:
+    """A drain cut at its deadline closes the pool under a merge in flight: "pool is
+    closing" was taken for the database gone, tried again for 30 s (the process hung 3 s
+    at its cut) and blamed on the database (sweep I)."""
+    async with connect_pool(database_url) as pool:
+        runner = SqlRunner(pool, Reconnect(within_s=30.0))
+    started = time.monotonic()
+    with pytest.raises(DatabaseError) as caught:
+        await runner.fetchval("merging details", "ping")
+    assert time.monotonic() - started < 1.0
+    assert not isinstance(caught.value, DatabaseUnavailable), caught.value
+    assert "this process closed its connections" in str(caught.value)
 
 
 def test_a_server_that_cannot_take_writes_now_is_away_not_broken() -> None:
