@@ -344,6 +344,18 @@ def test_what_a_deployer_mistypes_is_said_in_one_sentence_no_secret_in_it(
             parse(["sync"], env)
         assert "r-0" not in str(quoted.value)
 
+    # Values no one means: each every answer taken for an outage (exit 5), a MemoryError's
+    # traceback, or a wait for ever on a database that never answers.
+    nonsense = {"--timeout": ("0.001", "--timeout must be ≥ 1"),
+                "--simulator": ("2000000000", "--simulator must be from 1 to")}  # fmt: skip
+    for flag, (value, said) in nonsense.items():
+        with pytest.raises(ConfigError, match=said):
+            parse(["sync", *db, flag, value], {})
+    from asyncsync.store.database import _connect_timeout_s
+
+    with pytest.raises(ConfigError, match="connect_timeout='inf': it must be a number"):
+        _connect_timeout_s("postgresql://u@db/tiny?connect_timeout=inf")
+
     def homeless() -> None:
         raise RuntimeError("Could not determine home directory.")
 
@@ -926,7 +938,13 @@ def test_a_bad_value_that_bites_late_is_still_exit_2_before_any_work(tmp_path) -
         (("sync", *unreachable, *creds, "--json", "/nonexistent/r.json"),
          "--json must be a file in a writable directory"),
         (("backfill", *unreachable, *creds, "--from", "2016-01", "--to", "2015-01"),
-         "--from (ASYNCSYNC_FROM) 2016-01 is after --to 2015-01"),
+         "--from (ASYNCSYNC_FROM) 2016-01 is after --to (ASYNCSYNC_TO) 2015-01"),
+        # A side the user did not give is not blamed by its default's value.
+        (("backfill", *unreachable, *creds, "--from", "9999-12"),
+         "--from (ASYNCSYNC_FROM) 9999-12 is after the current month"),
+        (("backfill", *unreachable, *creds, "--to", "1900-01"),
+         "--to (ASYNCSYNC_TO) 1900-01 is before the first month backfilled by default, "
+         "2014-01: give --from too"),
         (("migrate", "--data-dir", str(a_file)), "--data-dir (ASYNCSYNC_DATA_DIR)"),
         (("serve", *unreachable, *creds, "--metrics-port", str(taken.getsockname()[1])),
          "cannot listen on 127.0.0.1:"),

@@ -132,8 +132,9 @@ FLAGS: tuple[Flag, ...] = (
       metavar="FRACTION"),
     F("--max-concurrency", "TINY_MAX_CONCURRENCY", TinyOptions, "max_concurrency",
       integer(1, 256), "requests in flight, at most", metavar="N"),
+    # At least a second: 0.001 s took every answer for Tiny unavailable (exit 5).
     F("--timeout", "TINY_REQUEST_TIMEOUT_S", TinyOptions, "request_timeout_s",
-      number(0, strict=True), "seconds per request", metavar="S"),
+      number(1), "seconds per request", metavar="S"),
     F("--max-retries", "TINY_MAX_RETRIES", TinyOptions, "max_retries", integer(1, 100),
       "tries per request on 5xx, 429 and timeouts", metavar="N"),
     F("--breaker-failures", "TINY_BREAKER_FAILURES", TinyOptions, "breaker_failures",
@@ -145,7 +146,9 @@ FLAGS: tuple[Flag, ...] = (
       number(0.01), "answers larger than this are refused unread (at least 0.01: 10 kB)",
       metavar="MB"),
     # bundled simulator
-    F("--simulator", "ASYNCSYNC_SIMULATOR_ORDERS", SimulatorOptions, "orders", integer(1),
+    # Drawn at start, in memory: 2e9 ended in a MemoryError's traceback.
+    F("--simulator", "ASYNCSYNC_SIMULATOR_ORDERS", SimulatorOptions, "orders",
+      integer(1, 10_000_000),
       "run against the bundled Tiny simulator with this many orders", metavar="N"),
     F("--sim-seed", "ASYNCSYNC_SIM_SEED", SimulatorOptions, "seed", integer(0),
       "simulator seed", metavar="N"),

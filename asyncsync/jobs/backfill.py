@@ -88,7 +88,8 @@ async def backfill(
     if census and not interrupted and None not in totals and api_total != db_total:
         # Orders moving between statuses while listed explain a few; more is a bug to chase.
         log.warning(
-            "the API counts %d orders emitted in %s..%s, the mirror holds %d",
+            "the API counts %d orders emitted in %s..%s, the mirror holds %d: the next "
+            "sync's listing (or `asyncsync integrity --deep`) reconciles them",
             api_total, f"{first:%Y-%m}", f"{last:%Y-%m}", db_total,
         )  # fmt: skip
     codes = sorted(set(api_totals) | set(mirror))

@@ -55,6 +55,7 @@ def resolve_range(
     before any of its orders exist, and later backfills would skip them.
     """
     this_month = today.replace(day=1)
+    given_first, given_last = first is not None, last is not None
     first = (first or DEFAULT_FIRST_MONTH).replace(day=1)
     last = (last or this_month).replace(day=1)
     if last > this_month:
@@ -62,7 +63,16 @@ def resolve_range(
             f"--to (ASYNCSYNC_TO) {last:%Y-%m} is after the current month {this_month:%Y-%m}"
         )
     if first > last:
-        raise ConfigError(f"--from (ASYNCSYNC_FROM) {first:%Y-%m} is after --to {last:%Y-%m}")
+        # Each side named as it came: a default the user never gave was blamed by name
+        # ("--from 9999-12 is after --to 2026-12", "--from 2014-01 is after --to 1900-01").
+        if not given_last:
+            raise ConfigError(f"--from (ASYNCSYNC_FROM) {first:%Y-%m} is after the current "
+                              f"month {this_month:%Y-%m}")  # fmt: skip
+        if not given_first:
+            raise ConfigError(f"--to (ASYNCSYNC_TO) {last:%Y-%m} is before the first month "
+                              f"backfilled by default, {first:%Y-%m}: give --from too")  # fmt: skip
+        raise ConfigError(f"--from (ASYNCSYNC_FROM) {first:%Y-%m} is after --to (ASYNCSYNC_TO) "
+                          f"{last:%Y-%m}")  # fmt: skip
     return first, last
 
 

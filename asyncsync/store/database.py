@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -201,6 +202,8 @@ def _connect_timeout_s(dsn: str) -> float:
         return CONNECT_TIMEOUT_S
     try:
         seconds = float(raw)
+        if not math.isfinite(seconds):  # inf waited for ever on a port that never answers
+            raise ValueError(raw)
     except ValueError:
         raise ConfigError(
             f"the database URL (--database-url, DATABASE_URL) {redact(dsn)} has "
