@@ -313,6 +313,12 @@ def test_flags_are_never_abbreviated_and_words_may_follow_options() -> None:
     assert retried.options.ids == (123, 456) and retried.common.account == "acme"
     added = parse(["accounts", "add", "--client-id", "c", "acme", *db], {})
     assert added.options.key == "acme"
+    # Both: every account was listed, the key unread.
+    for mode in (["status"], ["health"], ["sync"], ["failures", "list"]):
+        with pytest.raises(ConfigError, match="--account and --all-accounts: give one"):
+            parse([*mode, "--all-accounts", "--account", "x", *db], {})
+    chosen = parse(["status", "--account", "x", *db], {"ASYNCSYNC_ALL_ACCOUNTS": "true"})
+    assert chosen.common.account == "x"  # the environment's is not the flags' conflict
 
 
 def test_what_a_deployer_mistypes_is_said_in_one_sentence_no_secret_in_it(

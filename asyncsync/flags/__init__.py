@@ -257,6 +257,10 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
         # refusal names the words it did not take ("--client-secret s3cr3t" in a log)
         parser.parse_args(_masked(rest))
         raise ConfigError(f"unrecognized arguments: {' '.join(_masked(extra))}")
+    if getattr(ns, "CommonOptions.account", None) is not None and any(
+        getattr(ns, f"{cls.__name__}.all_accounts", None) for cls in spec.groups
+    ):  # `status --all-accounts --account x` listed every account, the key unread
+        raise ConfigError("--account and --all-accounts: give one")
     values = read_values(ns, environ, spec.groups, unread=spec.unread)
     return Invocation(mode, build(CommonOptions, values), build(spec.options, values))
 
