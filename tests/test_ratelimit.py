@@ -167,3 +167,18 @@ def test_a_reset_header_never_holds_the_account_back_for_days() -> None:
     # "0": the window resets within the second (the header counts whole seconds). It was
     # unusable, and a 429 held the account back 10 s.
     assert limiter.throttled({"X-RateLimit-Reset": "0"}) == RESET_NOW_S
+
+
+def test_a_bare_429_waits_for_the_window_the_last_answer_announced() -> None:
+    """A 429 with no headers at all (TINY_API.md: "possibly with no body in that shape")
+    paused the account a flat 10 s each time, though the answer before it had said the
+    window resets in 3 s: 150 orders took 211 s (sweep F). Only with no window known: 10 s."""
+    now = [100.0]
+    limiter = AccountLimiter(6000, 4, clock=lambda: now[0])
+    assert limiter.throttled({}) == DEFAULT_PAUSE_S  # nothing known yet
+    limiter.observe({"X-RateLimit-Limit": "120", "X-RateLimit-Remaining": "4",
+                     "X-RateLimit-Reset": "3"})  # fmt: skip
+    now[0] += 1.0
+    assert limiter.throttled({}) == 2.0
+    now[0] += 5.0  # that window is over: what the next one holds is unknown
+    assert limiter.throttled({}) == DEFAULT_PAUSE_S

@@ -205,6 +205,10 @@ class AccountLimiter:
         reset = _reset_s(header) or _reset_s(headers.get("Retry-After"))
         if reset is None and _number(header) == 0:
             reset = RESET_NOW_S
+        if reset is None and self._budget_until > self._clock():
+            # A bare 429: the window the last answer announced resets then, not a flat
+            # 10 s later (each bare 429 of a 150-order sync cost 10 s: 211 s in all).
+            reset = self._budget_until - self._clock()
         seconds = reset or DEFAULT_PAUSE_S
         self.pause(seconds)
         return seconds
