@@ -174,6 +174,18 @@ SETTINGS_DIFFER = Gauge(
     "(by flag) with another value than this worker: every worker must use the same.",
     ["setting"],
 )
+QUEUE_UNITS = Gauge(
+    "asyncsync_queue_units",
+    "Units on the work queue by kind and state (queued: due now; deferred: due later; "
+    "running; failed), as a worker last read the database: every worker exports the same.",
+    ["kind", "state"],
+)
+QUEUE_OLDEST = Gauge(
+    "asyncsync_queue_oldest_seconds",
+    "Age of the oldest unit of each kind and state: queued since it was due, running since "
+    "it was picked, deferred and failed since put back (0: none).",
+    ["kind", "state"],
+)
 READY = Gauge(
     "asyncsync_ready",
     "1 when serve is ready (database reachable, token valid, last success recent), else 0.",

@@ -191,8 +191,14 @@ async def test_readyz_tiny_says_what_the_circuit_says_while_a_cycle_runs(
             await asyncio.sleep(0.05)
         closed = await reasons_until(lambda r: "tiny" not in r)
         ended = await db.fetchval("SELECT count(*) FROM sync_runs WHERE outcome = 'ok'")
+        # The queue as the worker reads it at each refresh: the long cycle is running.
+        running = {"kind": "cycle", "state": "running"}
+        await reasons_until(lambda _: metrics.value("asyncsync_queue_units", running) == 1)
+        queue = (metrics.value("asyncsync_queue_units", running),
+                 metrics.value("asyncsync_queue_oldest_seconds", running))  # fmt: skip
         stop.set()
         await asyncio.wait_for(serving, 30)
+    assert queue[0] == 1 and queue[1] > 0, queue
     assert opened["tiny"].startswith("unavailable: "), opened
     assert ended == 0  # the healed cycle still runs
     assert "tiny" not in closed, closed

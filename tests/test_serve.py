@@ -14,11 +14,14 @@ import time
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from asyncsync import metrics
 from asyncsync.modes.serve import serve_loop
 from asyncsync.options import ServeOptions
+from asyncsync.seams import QueueCount
 from asyncsync.status import Situacao
+from asyncsync.work.health import observe_queue
 
 from .helpers import cycle
 from .mirror import diff, mirror
@@ -228,3 +231,17 @@ async def test_a_workers_first_cycle_budgets_its_details_by_the_quota_tiny_annou
         options = ServeOptions(interval_s=60.0, cycle=cycle())  # no --detail-budget
         await asyncio.wait_for(serve_loop(rt, options, stop, after_cycle=after_cycle), 60)
     assert fetched == [1200]  # 60,000 × 70% of a minute: every one; it was 500
+
+
+def test_the_queue_gauges_say_each_kind_in_each_state_and_forget_an_emptied_one() -> None:
+    observe_queue([QueueCount("asyncsync.cycle", "queued", 3, 1900.0),
+                   QueueCount("asyncsync.backfill", "deferred", 12, 60.0)])  # fmt: skip
+    units = {"kind": "cycle", "state": "queued"}
+    assert metrics.value("asyncsync_queue_units", units) == 3
+    assert metrics.value("asyncsync_queue_oldest_seconds", units) == 1900.0
+    observe_queue([])  # picked since: not its last count for ever
+    assert metrics.value("asyncsync_queue_units", units) == 0
+    assert metrics.value("asyncsync_queue_oldest_seconds", units) == 0
+    exported = REGISTRY.get_sample_value("asyncsync_queue_units",
+                                         {"kind": "integrity", "state": "failed"})  # fmt: skip
+    assert exported == 0  # every kind in every state, from the first read

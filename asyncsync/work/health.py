@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Sequence
 
 import orjson
 
@@ -20,7 +21,9 @@ from ..overview import (
     reauthorization_problem,
 )
 from ..readiness import Readiness
+from ..seams import QueueCount
 from .ports import AccountRuntime, Breaker, Fleet
+from .units import Kind
 
 #: The sync_metadata key where a worker says how an account's last cycle went (read by
 #: ``--mode health``).
@@ -117,6 +120,22 @@ async def refresh(fleet: Fleet, interval_s: float, readiness: Readiness | None) 
     elif readiness is not None and not single:  # the accounts table's: no account judged
         for reason in SINGLE_ACCOUNT_REASONS:
             readiness.clear(reason)
+
+
+#: The states of a unit on the queue, as ``census`` names them.
+QUEUE_STATES = ("queued", "deferred", "running", "failed")
+
+
+def observe_queue(census: Sequence[QueueCount]) -> None:
+    """The queue's gauges: every kind in every state, 0 when none (a state that emptied
+    must not keep its last count)."""
+    seen = {(c.kind.removeprefix("asyncsync."), c.state): c for c in census}
+    for kind in (k.short for k in Kind):
+        for state in QUEUE_STATES:
+            count = seen.get((kind, state))
+            metrics.QUEUE_UNITS.labels(kind, state).set(count.units if count else 0)
+            oldest = count.oldest_s if count and count.oldest_s else 0.0
+            metrics.QUEUE_OLDEST.labels(kind, state).set(oldest)
 
 
 def judge_tiny(breaker: Breaker | None, readiness: Readiness) -> None:

@@ -19,7 +19,7 @@ from ..seams import WorkQueue
 from ..tasks import Stopped, until_stopped, unwrap
 from .agreement import Agreement
 from .handlers import Dispatcher, Hooks
-from .health import refresh
+from .health import observe_queue, refresh
 from .planner import PLAN_EVERY, plan
 from .ports import Fleet
 from .units import BACKGROUND, PLAN
@@ -63,6 +63,8 @@ async def work(
     async def refreshed_all() -> None:
         # Beside the gauges: the settings every worker must share, said and compared.
         await agreement.check()
+        with contextlib.suppress(DatabaseError):  # the database's absence is said below
+            observe_queue(await queue.census())  # one statement, before every account's
         await refresh(fleet, options.interval_s, hooks.readiness)
 
     async def watch() -> None:
