@@ -253,16 +253,26 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
                 f"the mode comes first: asyncsync {word} [options] (or --mode {word}); "
                 f"got options before {word!r}"
             )
-        # argparse's own message and exit 2, with what follows a secret flag masked: the
-        # refusal names the words it did not take ("--client-secret s3cr3t" in a log)
-        parser.parse_args(_masked(rest))
-        raise ConfigError(f"unrecognized arguments: {' '.join(_masked(extra))}")
+        # One sentence (argparse printed its 19 lines of usage first), what follows a
+        # secret flag masked ("--client-secret s3cr3t" in a log), and which modes read a
+        # flag this one does not.
+        said = f"unrecognized arguments: {' '.join(_masked(extra))}"
+        flags_ = [e.partition("=")[0] for e in extra]  # never a value: a secret's, say
+        elsewhere = [f"{f} is read by {', '.join(_readers(f))}" for f in flags_ if _readers(f)]
+        raise ConfigError(said + (f" ({'; '.join(elsewhere)})" if elsewhere else ""))
     if getattr(ns, "CommonOptions.account", None) is not None and any(
         getattr(ns, f"{cls.__name__}.all_accounts", None) for cls in spec.groups
     ):  # `status --all-accounts --account x` listed every account, the key unread
         raise ConfigError("--account and --all-accounts: give one")
     values = read_values(ns, environ, spec.groups, unread=spec.unread)
     return Invocation(mode, build(CommonOptions, values), build(spec.options, values))
+
+
+def _readers(word: str) -> list[str]:
+    """The modes that read the flag ``word``."""
+    return [name for name, m in MODES.items()
+            if word not in m.unread
+            and any(f.flag == word and f.target in m.groups for f in FLAGS)]  # fmt: skip
 
 
 #: What argparse took for ``--mode`` once (``--mo``, ``--mod``): flags are not abbreviated.
