@@ -253,8 +253,10 @@ def failed_report(
         api = carried if isinstance(carried, ApiStats) else None
     code = exit_code_of(exc) or 1
     outcome = Outcome.INTERRUPTED if code == Outcome.INTERRUPTED.exit_code else Outcome.FAILED
-    if isinstance(exc, Exception):  # masked as the CLI's sentence is: it is printed too
-        error = logs.redact(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, Stopped):  # "Stopped: ", said as the CLI says it
+        error = "interrupted before the database answered: nothing ran"
+    elif isinstance(exc, Exception):  # masked as the CLI's sentence is: it is printed too
+        error = logs.redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     else:
         error = "cancelled before the run could drain"
     return RunReport(

@@ -469,6 +469,9 @@ def test_help_is_grouped_by_mode_and_version_is_shown() -> None:
     assert "(default: 5)" in " ".join(backfill.split())  # --partitions: stated once, shown
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("asyncsync ")
+    for asked in ("--version", "--help"):  # a bad ASYNCSYNC_MODE hid them (exit 2)
+        shown = run_cli(asked, env={"ASYNCSYNC_MODE": "bogus"})
+        assert shown.returncode == 0 and shown.stdout.startswith(("asyncsync", "usage")), shown
     # A mode-specific flag given to another mode is refused.
     wrong = run_cli("sync", "--from", "2014-01")
     assert wrong.returncode == 2 and "unrecognized arguments: --from" in wrong.stderr

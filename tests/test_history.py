@@ -257,3 +257,15 @@ async def test_a_cycle_that_429s_ended_counts_them_in_its_row(simulator, runtime
     assert failed["errors"][0].startswith("TinyRateLimited")
     assert failed["rate_limited"] == sim.stats.rate_limited > 0
     assert failed["requests_total"] >= failed["rate_limited"]
+
+
+def test_a_run_stopped_before_anything_ran_says_so_in_its_report() -> None:
+    """Its JSON report's error read "Stopped: " (sweep I); an error with no message of its
+    own is its kind alone, not "Kind: "."""
+    from asyncsync.tasks import Stopped
+
+    stopped = failed_report("sync", "default", dt.datetime.now(dt.UTC), Stopped())
+    assert stopped.errors == ["interrupted before the database answered: nothing ran"]
+    assert stopped.outcome == "interrupted"
+    bare = failed_report("sync", "default", dt.datetime.now(dt.UTC), TimeoutError())
+    assert bare.errors == ["TimeoutError"]

@@ -230,6 +230,8 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
 
     ``--help`` and ``--version`` print and exit (SystemExit), as argparse does.
     """
+    if {"-h", "--help", "--version"} & set(argv):  # a bad ASYNCSYNC_MODE hid them (exit 2)
+        environ = {k: v for k, v in environ.items() if k != "ASYNCSYNC_MODE"}
     mode, rest = pick_mode(argv, environ)
     named = mode is not None
     if mode is None:
