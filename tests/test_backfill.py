@@ -391,6 +391,9 @@ async def test_a_month_is_its_first_to_its_last_day_whatever_the_apis_window(
         report = await backfill(rt.client, s.orders, s.metadata, options, context(rt))
     assert report.count("partitions_skipped") == partitions
     assert sim.stats.requests_by_endpoint["list"] == listed + 8
+    # Listed in under a minute: no requests per minute beside the quota (a burst the
+    # window allows read as 64,255 a minute against 6,000, no 429: sweep G).
+    assert report.count("listing_s") < 60 and "requests_per_minute" not in report.counts
 
 
 async def test_the_window_look_is_not_fooled_by_an_order_of_the_next_day(
