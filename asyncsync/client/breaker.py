@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import enum
 import logging
 import time
@@ -25,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from .. import metrics
+from ..clock import utcnow
 from ..errors import TinyOutage
 from .withhold import waiting, withhold
 
@@ -77,8 +79,12 @@ class CircuitBreaker:
 
     def _outage(self) -> TinyOutage:
         left = max(self._reopen_at - self._clock(), 0)
+        # The moment too: health and status read this sentence back minutes later, when
+        # "for another 60 s" is long past.
+        until = (utcnow() + dt.timedelta(seconds=left)).strftime("%H:%M:%S UTC")
         return TinyOutage(
-            f"Tiny is unavailable ({self.reason}); no request goes to it for another {left:.0f} s",
+            f"Tiny is unavailable ({self.reason}); no request goes to it for another {left:.0f} s "
+            f"(until {until})",
             retry_at_s=self._reopen_at,
         )
 
