@@ -259,8 +259,8 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
         # secret flag masked ("--client-secret s3cr3t" in a log), and which modes read a
         # flag this one does not.
         said = f"unrecognized arguments: {' '.join(_masked(extra))}"
-        flags_ = [e.partition("=")[0] for e in extra]  # never a value: a secret's, say
-        elsewhere = [f"{f} is read by {', '.join(_readers(f))}" for f in flags_ if _readers(f)]
+        unread = [(w, _readers(w)) for w in (e.partition("=")[0] for e in extra)]  # no value
+        elsewhere = [f"{w} is read by {', '.join(modes)}" for w, modes in unread if modes]
         raise ConfigError(said + (f" ({'; '.join(elsewhere)})" if elsewhere else ""))
     if getattr(ns, "CommonOptions.account", None) is not None and any(
         getattr(ns, f"{cls.__name__}.all_accounts", None) for cls in spec.groups
