@@ -1498,3 +1498,49 @@ async def test_status_with_the_database_down_leaves_no_healthy_report(
     report = json.loads(path.read_text())
     assert (report["mode"], report["outcome"], report["exit_code"]) == ("status", "failed", 6)
     assert "accounts" not in report and "DatabaseUnavailable" in report["errors"][0], report
+
+
+def test_a_flag_given_where_its_mode_would_ignore_it_is_refused() -> None:
+    # Each was accepted and silently ignored: `failures retry --state review 5` retried
+    # order 5 whatever its state, `backfill --enqueue --partitions 9` enqueued months a
+    # worker runs with its own settings, `accounts disable acme --quota-share 0.5` disabled
+    # and kept the old share, `status --full` showed what status shows without it.
+    from asyncsync.errors import ConfigError
+    from asyncsync.flags import MODES, parse
+
+    refused = {
+        ("failures", "retry", "--state", "review", "5"): ("--state", "failures list"),
+        ("failures", "ignore", "--all", "--limit", "3"): ("--limit", "failures list"),
+        ("failures", "list", "--all"): ("--all", "failures retry and failures ignore"),
+        ("failures", "--no-all"): ("--all", "failures retry"),  # list, the default action
+        ("backfill", "--enqueue", "--partitions", "9"): ("--partitions", "without --enqueue"),
+        ("backfill", "--enqueue", "--detail-budget", "0"): ("--detail-budget", "without"),
+        ("status", "--full"): ("--full", "status --all-accounts"),
+        ("accounts", "disable", "acme", "--quota-share", "0.5"): ("--quota-share", "add"),
+        ("accounts", "list", "--client-secret-env", "S"): ("--client-secret-env", "add"),
+        ("accounts", "remove", "acme", "--refresh-token", "r"): ("--refresh-token", "add"),
+    }
+    for argv, (flag, case) in refused.items():
+        with pytest.raises(ConfigError, match=f"^{flag} is read only by [^:]*{case}"):
+            parse(list(argv), {})
+    # Where they are read, they are; and their variables are never refused (one
+    # environment file serves every case).
+    assert parse(["failures", "list", "--state", "review", "--limit", "3"], {}).options.limit == 3
+    assert parse(["failures", "retry", "--all"], {}).options.every
+    assert parse(["backfill", "--partitions", "9"], {}).options.partitions == 9
+    assert parse(["status", "--all-accounts", "--full"], {}).options.full
+    added = parse(["accounts", "add", "acme", "--quota-share", "0.5", "--client-id", "c"], {})
+    assert added.common.tiny.quota_share == 0.5
+    environ = {"ASYNCSYNC_FAILURES_STATE": "review", "ASYNCSYNC_PARTITIONS": "9",
+               "ASYNCSYNC_STATUS_FULL": "true", "TINY_QUOTA_SHARE": "0.5"}  # fmt: skip
+    assert parse(["failures", "retry", "5"], environ).options.ids == (5,)
+    assert parse(["backfill", "--enqueue"], environ).options.enqueue
+    assert not parse(["status"], environ).options.all_accounts
+    assert parse(["accounts", "disable", "acme"], environ).options.key == "acme"
+    # Every rule names flags its mode offers, and a case a field can take.
+    for name, mode in MODES.items():
+        for rule in mode.only:
+            for flag in rule.flags:
+                assert flag not in mode.unread and any(
+                    f.flag == flag and f.target in mode.groups for f in FLAGS
+                ), (name, flag)

@@ -267,7 +267,23 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
     ):  # `status --all-accounts --account x` listed every account, the key unread
         raise ConfigError("--account and --all-accounts: give one")
     values = read_values(ns, environ, spec.groups, unread=spec.unread)
-    return Invocation(mode, build(CommonOptions, values), build(spec.options, values))
+    options = build(spec.options, values)
+    _refuse_elsewhere(spec, ns, options)
+    return Invocation(mode, build(CommonOptions, values), options)
+
+
+def _refuse_elsewhere(spec: Mode, ns: argparse.Namespace, options: object) -> None:
+    """A flag given on the command line in a case of the mode that does not read it
+    (``failures retry --state review``, ``backfill --enqueue --partitions 9``): refused,
+    not silently ignored."""
+    for rule in spec.only:
+        if getattr(options, rule.field) in rule.values:
+            continue
+        for word in rule.flags:
+            flag = next(f for f in FLAGS if f.flag == word and f.target in spec.groups)
+            if getattr(ns, f"{flag.target.__name__}.{flag.field}", None) is not None:
+                raise ConfigError(f"{word} is read only by {rule.case}: this command would "
+                                  "ignore it")  # fmt: skip
 
 
 def _readers(word: str) -> list[str]:

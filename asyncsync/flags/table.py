@@ -324,6 +324,19 @@ class Mode:
     groups: tuple[type, ...]
     help: str
     unread: tuple[str, ...] = ()  # flags of its groups it has no use for: refused, not ignored
+    only: tuple[Only, ...] = ()  # flags it reads in some cases alone: refused in the others
+
+
+@dataclass(frozen=True)
+class Only:
+    """Flags a mode reads only when a field of its options has one of ``values`` (``--state``:
+    ``failures list``). Given on the command line in another case, they are refused, not
+    ignored; their variables are not (one environment file serves every case)."""
+
+    flags: tuple[str, ...]
+    field: str
+    values: tuple[object, ...]
+    case: str  # the case that reads them, as the user writes it: "failures list"
 
 
 #: The modes that print no report: --json offered and ignored was a lie of their --help.
@@ -335,6 +348,10 @@ _NO_RUNS = ("--run-history-days",)
 #: What only a Tiny client (requests to the API) reads.
 _CLIENT = ("--rate-limit", "--max-concurrency", "--timeout", "--max-retries",
            "--breaker-failures", "--breaker-cooldown", "--max-answer-mb")  # fmt: skip
+#: What ``accounts add`` alone reads: list, enable, disable and remove name a key.
+_ADD = ("--api-base-url", "--token-url", "--client-id", "--client-secret", "--refresh-token",
+        "--quota-share",
+        *(f.flag for f in FLAGS if f.target is AccountsOptions and not f.positional))  # fmt: skip
 #: What reaching an account (its URLs and credentials) reads.
 _REACH = ("--api-base-url", "--token-url", "--client-id", "--client-secret", "--refresh-token",
           "--token-file", "--quota-share")  # fmt: skip
@@ -347,20 +364,30 @@ MODES: dict[str, Mode] = {
                   "the service: a cycle every --interval, retries, /metrics, /readyz",
                   (*_NO_REPORT, *_SIM_PORT)),
     "backfill": Mode(BackfillOptions, (BackfillOptions, RunOptions, *_EVERYTHING),
-                     "the history, month by month, checkpointed and resumable", _SIM_PORT),
+                     "the history, month by month, checkpointed and resumable", _SIM_PORT,
+                     # An enqueued month runs on a worker, with the worker's settings.
+                     (Only(("--partitions", "--detail-budget"), "enqueue", (False,),
+                           "backfill without --enqueue (a worker runs an enqueued month with "
+                           "its own)"),)),
     "integrity": Mode(IntegrityOptions, (IntegrityOptions, RunOptions, *_EVERYTHING),
                       "compare the mirror with the API and fix it", _SIM_PORT),
     "retry": Mode(RetryOptions, (RunOptions, *_EVERYTHING), "retry failed imports that are due",
                   _SIM_PORT),
     "status": Mode(StatusOptions, (StatusOptions, *_LOCAL),
                    "last runs, freshness, backlog, failures, tokens and lock, per account",
-                   _NO_RUNS),
+                   _NO_RUNS,
+                   # One account's status shows its tables already.
+                   (Only(("--full",), "all_accounts", (True,), "status --all-accounts"),)),
     "failures": Mode(FailuresOptions, (FailuresOptions, RunOptions, *_EVERYTHING),
-                     "list import failures, retry them now, or ignore them", _SIM_PORT),
+                     "list import failures, retry them now, or ignore them", _SIM_PORT,
+                     (Only(("--state", "--limit"), "action", ("list",), "failures list"),
+                      Only(("--all",), "action", ("retry", "ignore"),
+                           "failures retry and failures ignore"))),
     # add takes an account's URLs, client id and quota share; it sends no request.
     "accounts": Mode(AccountsOptions, (AccountsOptions, TinyOptions, *_LOCAL),
                      "list, add, disable, enable or remove the Tiny accounts of the database",
-                     ("--account", *_NO_RUNS, "--token-file", *_CLIENT)),
+                     ("--account", *_NO_RUNS, "--token-file", *_CLIENT),
+                     (Only(_ADD, "action", ("add",), "accounts add"),)),
     # health sets its own statement timeout (10 s) and no reconnect: a probe answers fast.
     "health": Mode(HealthOptions, (HealthOptions, *_LOCAL),
                    "exit 0 when the mirror was synced recently",
