@@ -46,7 +46,12 @@ _HINTS = {
     "25006": " (the server is read-only: a standby, after a failover?)",
     "53100": " (the database server's disk is full)",
     "3D000": " (dropped while in use: being restored?)",
+    "55000": " (ALTER DATABASE ... ALLOW_CONNECTIONS false: under maintenance?)",
 }
+#: "Not in the prerequisite state", FATAL: said only at connection time, by a database that
+#: takes no connections now (``ALLOW_CONNECTIONS false``); said of a statement, as an
+#: ERROR, it is about that statement. serve died of the first, a one-shot run exited 1.
+_REFUSING = "55000"
 
 
 #: asyncpg's words for a pool this process closed (``Pool.close``/``terminate``).
@@ -57,7 +62,8 @@ def classify(exc: BaseException, what: str) -> DatabaseError:
     """The package's error for ``exc`` met while ``what``."""
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
-        if state.startswith("08") or state in _NOT_NOW:
+        refusing = state == _REFUSING and (exc.severity_en or exc.severity) == "FATAL"
+        if state.startswith("08") or state in _NOT_NOW or refusing:
             hint = _HINTS.get(state, "")
             return DatabaseUnavailable(f"{what}: {exc}{hint}", sqlstate=state)
         return DatabaseError(f"{what}: {exc}", sqlstate=state)

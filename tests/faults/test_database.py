@@ -728,6 +728,18 @@ def test_a_server_that_cannot_take_writes_now_is_away_not_broken() -> None:
     ):
         assert isinstance(classify(exc, "merging orders"), DatabaseUnavailable), exc
     assert "disk is full" in str(classify(errors.DiskFullError("x"), "merging orders"))
+    # A database that takes no connections now says so at connection time, FATAL, in the
+    # class a statement's own misstep shares (55000): only the first is an outage.
+    refusing = asyncpg.PostgresError.new(
+        {"C": "55000", "S": "FATAL", "V": "FATAL",
+         "M": 'database "x" is not currently accepting connections'}
+    )  # fmt: skip
+    assert isinstance(classify(refusing, "merging orders"), DatabaseUnavailable)
+    assert "ALLOW_CONNECTIONS" in str(classify(refusing, "merging orders"))
+    misstep = asyncpg.PostgresError.new(
+        {"C": "55000", "S": "ERROR", "V": "ERROR", "M": "currval is not yet defined"}
+    )
+    assert not isinstance(classify(misstep, "merging orders"), DatabaseUnavailable)
     refused = classify(errors.NotNullViolationError("null value"), "merging orders")
     assert not isinstance(refused, DatabaseUnavailable)  # a record's fault stays one
 
@@ -1491,3 +1503,66 @@ async def test_the_warning_of_a_database_that_does_not_answer_says_so(caplog) ->
         "database unavailable; trying again for up to 5 s: reading the detail backlog: "
         "the database did not answer in time (frozen?)"
     ], said
+
+
+async def test_a_database_that_takes_no_connections_for_a_while_is_ridden_out(
+    simulator, database_url, db, admin_dsn
+) -> None:
+    # A DBA's maintenance step (ALTER DATABASE ... ALLOW_CONNECTIONS false, its sessions
+    # cut): every new connection is refused, FATAL 55000. serve exited 1 within 5 s
+    # ("running the work queue: ... not currently accepting connections") and a one-shot
+    # run exited 1 at once, its reconnect window unused (sweep J).
+    sim = await simulator(orders=300, seed=31)
+    name = await db.fetchval("SELECT current_database()")
+    admin = await asyncpg.connect(admin_dsn)  # a database's own sessions cannot close it
+    common = fast_db(common_for(sim, database_url), reconnect_s=1.0)
+    stop = asyncio.Event()
+    outcomes: list[list[str]] = []
+    reopened: list[asyncio.Task[None]] = []
+
+    async def reopen_later() -> None:
+        await asyncio.sleep(4)
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+    async def after_cycle(rt, reports) -> None:
+        outcomes.append([r.outcome.value for r in reports])
+        if len(outcomes) == 1:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND application_name LIKE 'asyncsync%'",
+                name,
+            )
+            sim.set_status(sorted(sim.orders)[5], Situacao.CANCELADA)
+            reopened.append(asyncio.create_task(reopen_later()))
+        elif len(outcomes) == 2:
+            stop.set()
+
+    try:
+        async with open_runtime(common) as rt:
+            options = ServeOptions(interval_s=0.05, heartbeat_s=2, cycle=cycle())
+            serving = serve_loop(rt, options, stop, after_cycle=after_cycle)
+            code = await asyncio.wait_for(serving, 90)
+        await asyncio.gather(*reopened)
+        assert code == 0  # the service lived through it
+        assert len(outcomes) == 2
+        assert diff(sim.snapshot(), await mirror(db)) == []  # the move is in
+
+        # A one-shot run started meanwhile waits out its reconnect window, then says why
+        # in one sentence, exit 6 (the database is unavailable), not 1.
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        proc = await asyncsync(
+            "sync", "--database-url", database_url, "--api-base-url", sim.base_url,
+            "--token-url", sim.token_url, "--db-reconnect", "2", "--log-format", "json",
+            env=cli_env(TINY_CLIENT_ID=sim.config.client_id,
+                        TINY_CLIENT_SECRET=sim.config.client_secret),
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        text = err.decode()
+        assert proc.returncode == 6, text
+        last = text.strip().splitlines()[-1]
+        assert "not currently accepting connections" in last and "ALLOW_CONNECTIONS" in last
+        assert "Traceback" not in text
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
