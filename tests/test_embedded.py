@@ -495,3 +495,54 @@ def _wait_zombie(pid: int) -> None:
     while stat.read_text().rpartition(")")[2].split()[0] != "Z":
         assert time.monotonic() < deadline, "the child did not exit"
         time.sleep(0.01)
+
+
+def test_a_first_start_killed_during_initdb_is_made_again(tmp_path: Path) -> None:
+    """The first start of the embedded server, SIGKILLed with its process group while
+    initdb ran (the OOM killer, a container's SIGKILL in its first seconds): initdb had
+    written PG_VERSION, which pgserver takes for a cluster made, and the lock file of its
+    standalone backend (a negative pid, seven lines), which pgserver cannot read. Every
+    later command failed, for good: `status` with a bare AssertionError, `sync` with a
+    traceback (sweep J). Now the directory, which holds nothing yet, is made again."""
+    pgdata = tmp_path / "pgdata"
+    first = subprocess.Popen(
+        [sys.executable, "-c", START, str(tmp_path)], start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (pgdata / "PG_VERSION").exists():  # initdb has begun
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert (tmp_path / "pgdata.initializing").exists()  # cut short: the start never ended
+    later = run(START, tmp_path)
+    assert later.returncode == 0, later.stderr
+    assert "was cut short" in later.stderr, later.stderr
+    assert not (tmp_path / "pgdata.initializing").exists()
+    assert gone(pgdata, within_s=15), "the server outlived its last user"
+    # Once a postmaster started there, the directory is never made again: a marker that
+    # a process killed just after the start left is only cleared.
+    (tmp_path / "pgdata.initializing").write_text(f"{_dead_pid()} 1\n")
+    kept = run(START + "; import os, signal; os.kill(os.getpid(), signal.SIGKILL)", tmp_path)
+    assert kept.returncode == -signal.SIGKILL and "cut short" not in kept.stderr, kept.stderr
+    server = postmaster(pgdata)
+    assert server is not None and not (tmp_path / "pgdata.initializing").exists()
+    os.kill(server, signal.SIGINT)
+    assert gone(pgdata, within_s=15)
+
+
+def test_the_lock_of_a_standalone_backend_gone_is_cleared(tmp_path: Path) -> None:
+    """A directory made whole and stopped, then left with the seven-line lock file of a
+    standalone backend (initdb's, or single-user mode's: its pid negated) that is gone:
+    pgserver could not read it (a bare AssertionError); it is removed, and the server
+    starts. One whose backend still works there is never removed."""
+    pgdata = tmp_path / "pgdata"
+    made = run(START, tmp_path)
+    assert made.returncode == 0 and gone(pgdata, within_s=15), made.stderr
+    lock = "\n".join([f"-{_dead_pid()}", str(pgdata), "1796688521", "5432", "", "", "0 0"])
+    (pgdata / "postmaster.pid").write_text(lock + "\n")
+    later = run(START, tmp_path)
+    assert later.returncode == 0, later.stderr
+    assert "was left by a standalone backend" in later.stderr, later.stderr
+    assert gone(pgdata, within_s=15)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -24,7 +25,7 @@ from typing import Any
 import orjson
 
 from ..errors import ConfigError, DatabaseError, DatabaseUnavailable
-from .postmaster import clear_stale, not_its_postmaster
+from .postmaster import clear_stale, not_its_postmaster, postgres_working_in
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def start_embedded(data_dir: Path) -> str:
     """
     key = data_dir.resolve()
     if key not in _STARTED:
-        _STARTED[key] = str(_embedded_server(data_dir).get_uri())
+        _STARTED[key] = _uri(_embedded_server(data_dir))
         return _STARTED[key]
     # Killed since this process started it (serve waiting at start for its database): the
     # DSN it remembers reaches nothing, and nobody else would start it. One not reaped yet
@@ -62,9 +63,13 @@ def embedded_server(data_dir: Path) -> Iterator[str]:
     yields its DSN and stops it on exit, before its directory can be removed."""
     server = _embedded_server(data_dir)
     try:
-        yield str(server.get_uri())
+        yield _uri(server)
     finally:
         server.cleanup()
+
+
+def _uri(server: Any) -> str:
+    return str(server.get_uri())
 
 
 def _embedded_server(data_dir: Path) -> Any:
@@ -87,7 +92,8 @@ def _embedded_server(data_dir: Path) -> Any:
         except ImportError as exc:  # pragma: no cover - it is a hard dependency
             raise ConfigError("no DATABASE_URL and pgserver is not installed") from exc
         except Exception as exc:
-            said = f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
+            why = exc if isinstance(exc, DatabaseError) else _last_fatal(pgdata) or exc
+            said = f"could not start the embedded PostgreSQL in {pgdata}: {why}"
             # Its own refusals (clear_stale) are a sentence already; pgserver's need a cause.
             raise DatabaseError(said) from (None if isinstance(exc, DatabaseError) else exc)
 
@@ -95,14 +101,84 @@ def _embedded_server(data_dir: Path) -> Any:
 def _pgserver(pgdata: Path) -> Any:
     """pgserver's handle on the server under ``pgdata`` (starting it when none runs), what
     dead processes left there cleared first, under the lock pgserver starts servers under:
-    its list of users, a ``postmaster.pid`` naming a pid now another process's."""
+    its list of users, a ``postmaster.pid`` naming a pid now another process's, a first
+    start killed half-way."""
     import pgserver
     from pgserver.postgres_server import PostgresServer
 
     with PostgresServer._lock:
         _forget_the_dead(pgdata)
         _clear_stale(pgdata)
-    return pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        first = _first_start(pgdata)
+    try:
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        _uri(server)  # pgserver asserts a started server; its handle is kept even when not
+    except BaseException:
+        # A failed start left its handle behind, unstarted: the run's next open (its
+        # history row) got it back and died of a bare AssertionError, a traceback.
+        PostgresServer._instances.pop(pgdata.resolve(), None)
+        raise
+    if first:
+        (pgdata.parent / _FIRST_START).unlink(missing_ok=True)
+    return server
+
+
+#: Beside the data directory while its first start (initdb) runs, naming the process that
+#: runs it. initdb writes PG_VERSION early, which pgserver takes for a cluster made: a
+#: first start killed half-way (the OOM killer, a container's SIGKILL) left one that never
+#: started again.
+_FIRST_START = "pgdata.initializing"
+
+
+def _first_start(pgdata: Path) -> bool:
+    """Whether this is the first start of ``pgdata``, initdb to come: marked until it ends.
+    A first start whose process died before any postmaster started there is done again,
+    its directory made anew: it holds nothing (no run writes before a postmaster runs).
+    Under pgserver's lock."""
+    marker = pgdata.parent / _FIRST_START
+    try:
+        said = marker.read_text()
+    except FileNotFoundError:
+        said = None
+    except OSError:
+        said = ""
+    pid = None if said is None else _marking(said)
+    if pid is not None and not pid:
+        # A postmaster ever started there wrote postmaster.opts (initdb's backends do not):
+        # then the start ended, only its unmarking was lost, and the directory is kept.
+        started = (pgdata / "postmaster.opts").exists() or postgres_working_in(pgdata)
+        if not started:
+            log.warning("the first start of the embedded PostgreSQL in %s was cut short "
+                        "(its process killed during initdb): making it again", pgdata,
+                        extra={"fields": {"event": "embedded_init_redone"}})  # fmt: skip
+            shutil.rmtree(pgdata)
+            pgdata.mkdir()
+        marker.unlink(missing_ok=True)
+        pid = None
+    if pid is not None or (pgdata / "PG_VERSION").exists():
+        return False  # made already, or being made by the live process the marker names
+    marker.write_text(f"{os.getpid()} {_started(os.getpid())}\n")
+    return True
+
+
+def _marking(said: str) -> int:
+    """The pid a first start's marker names while that process lives, else 0: pids are
+    reused (in a container, the same few at every start), so it names the process's start
+    too, and this process is never the one (its marker is of an earlier life)."""
+    try:
+        pid, started = said.split()
+        alive = int(pid) != os.getpid() and _alive(int(pid)) and _started(int(pid)) == started
+    except ValueError:  # written half-way: its process died with it
+        return 0
+    return int(pid) if alive else 0
+
+
+def _started(pid: int) -> str:
+    """When ``pid`` started, in clock ticks since boot (Linux; elsewhere "-")."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return "-"
 
 
 def _clear_stale(pgdata: Path) -> None:
@@ -226,6 +302,8 @@ def _death(pgdata: Path) -> tuple[str, bool] | None:
         return "no postmaster runs there", True
     except (OSError, ValueError, IndexError):
         return None  # being written by a start, or not ours to read: not judged dead
+    if pid < 0:  # a standalone backend's lock (initdb's): the start clears it, or says why
+        return f"a standalone backend, pid {-pid}, locked it", True
     if not _alive(pid):
         return f"its postmaster, pid {pid}, is gone", True
     if _zombie(pid):
@@ -285,14 +363,16 @@ def _start_again(pgdata: Path) -> tuple[int, str]:
 
 
 def _last_fatal(pgdata: Path) -> str | None:
-    """The server log's last FATAL line (why a start failed), if any."""
+    """The server log's last FATAL line (why a start failed), or its line from before the
+    logging began (``postgres: could not access the server configuration file``), if any."""
     try:
         with (pgdata / "log").open("rb") as file:
             file.seek(max(file.seek(0, os.SEEK_END) - 4096, 0))
             tail = file.read().decode(errors="replace")
     except OSError:
         return None
-    fatal = [line.strip() for line in tail.splitlines() if "FATAL:" in line]
+    fatal = [line.strip() for line in tail.splitlines()
+             if "FATAL:" in line or line.startswith("postgres: ")]  # fmt: skip
     return fatal[-1] if fatal else None
 
 

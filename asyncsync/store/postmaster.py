@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..errors import DatabaseError
 
-__all__ = ["clear_stale", "not_its_postmaster"]
+__all__ = ["clear_stale", "not_its_postmaster", "postgres_working_in"]
 
 #: The program of the postmaster and of every process it forks (its comm on Linux).
 _POSTGRES = "postgres"
@@ -94,10 +94,12 @@ def clear_stale(pgdata: Path) -> str | None:
         pid = int(lines[0])
     except (OSError, ValueError, IndexError):
         return None  # none, or not one to judge: PostgreSQL's and pgserver's business
+    if pid < 0:
+        return _clear_standalone(pgdata, -pid)
     other = not_its_postmaster(pgdata, pid)
     if other is None:
         return None
-    working = _postgres_working_in(pgdata)
+    working = postgres_working_in(pgdata)
     if working:
         raise DatabaseError(
             f"its postmaster.pid names pid {pid}, now {other}, but PostgreSQL processes "
@@ -112,6 +114,25 @@ def clear_stale(pgdata: Path) -> str | None:
     )
 
 
+def _clear_standalone(pgdata: Path, pid: int) -> str | None:
+    """The lock of a standalone backend (initdb's, or single-user mode's: its pid negated,
+    seven lines), which pgserver cannot read: its start failed with a bare AssertionError,
+    for good, after a first start killed during initdb. Removed once that backend is gone
+    and no PostgreSQL works in the directory (PostgreSQL would take it for stale too)."""
+    working = postgres_working_in(pgdata)
+    if working:
+        raise DatabaseError(
+            f"a standalone PostgreSQL backend (initdb, or single-user mode), pid {pid}, "
+            f"locked its directory and PostgreSQL processes still work there (pid "
+            f"{', '.join(map(str, working))}): let them finish, or stop them"
+        )
+    (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    return (
+        f"{pgdata / 'postmaster.pid'} was left by a standalone backend (initdb, or "
+        f"single-user mode), pid {pid}, now gone: removed it, so the server starts"
+    )
+
+
 def _remove_if_names(lock: Path, pid: int) -> None:
     """Remove a socket's lock file written by the same postmaster: PostgreSQL refuses it
     too while the pid it names lives."""
@@ -122,7 +143,7 @@ def _remove_if_names(lock: Path, pid: int) -> None:
         pass  # gone with the reboot (a runtime directory), or not one PostgreSQL wrote
 
 
-def _postgres_working_in(pgdata: Path) -> list[int]:
+def postgres_working_in(pgdata: Path) -> list[int]:
     """The PostgreSQL processes (other than this one) working in ``pgdata``."""
     here = pgdata.stat()
     ours = (here.st_dev, here.st_ino)
