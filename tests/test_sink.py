@@ -258,6 +258,33 @@ async def test_two_starts_after_an_upgrade_apply_the_schema_once(
     assert await db.fetchval("SELECT count(*) FROM schema_applies") == 1
 
 
+async def test_two_first_starts_on_an_empty_database_say_created_and_current(admin_dsn) -> None:
+    """Both looked for the schema's fingerprint before the lock (no such table, which
+    the session then kept), and the second, under the lock, found the first's mirror but
+    not its fingerprint: "schema updated from an earlier release's" on a database created
+    a second before (sweep J)."""
+    from asyncsync.seams import Migration
+    from asyncsync.store import database as module
+    from asyncsync.store.database import with_database
+
+    name = f"asyncsync_t_empty_{id(admin_dsn) % 100_000}"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        dsn = with_database(admin_dsn, name)
+        async with connect_pool(dsn, max_size=3) as pool, pool.acquire() as holder:
+            await holder.execute("SELECT pg_advisory_lock(hashtext('asyncsync.schema'))")
+            starts = [asyncio.create_task(module.migrate(pool)) for _ in range(2)]
+            await asyncio.sleep(0.5)  # both past their first look, waiting for the lock
+            await holder.execute("SELECT pg_advisory_unlock(hashtext('asyncsync.schema'))")
+            found = sorted(m.value for m in await asyncio.gather(*starts))
+        assert found == sorted([Migration.CREATED.value, Migration.CURRENT.value]), found
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 async def test_an_older_observation_never_overwrites_a_newer_one(db) -> None:
     sink = Database(db).account("default", open_statuses=[0, 1, 2, 5, 6]).orders
     await sink.merge_listed([parse_list_item(item(1, 6), T0)])

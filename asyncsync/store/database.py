@@ -8,6 +8,7 @@ are converted here to :class:`~asyncsync.errors.DatabaseError` with their SQLSTA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -140,8 +141,7 @@ async def migrate(pool: asyncpg.Pool, *, always: bool = False) -> Migration:
     async with pool.acquire() as conn:
         if not always and await _applied(conn) == fingerprint:
             return Migration.CURRENT
-        async with conn.transaction():
-            await conn.execute(sql("schema_lock"))
+        async with schema_locked(conn):
             # Asked again under the lock: two workers started together after an upgrade
             # both found the old fingerprint, and the second applied it again behind the
             # first one's, waiting on the merges the first had started meanwhile.
@@ -157,6 +157,21 @@ async def migrate(pool: asyncpg.Pool, *, always: bool = False) -> Migration:
             await conn.execute(text)
             await conn.execute(sql("schema_mark"), fingerprint)
     return found
+
+
+@asynccontextmanager
+async def schema_locked(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """A transaction begun once the schema lock is held. Taken inside the transaction, the
+    lock let its look at the catalog keep what the session saw before the wait (the first
+    look's "no such table", cached): of two first starts, the second found the other's
+    mirror but not its fingerprint, and said "schema updated from an earlier release's"."""
+    await conn.execute(sql("schema_lock"))
+    try:
+        async with conn.transaction():
+            yield
+    finally:
+        with contextlib.suppress(*CAUGHT):  # a broken session took its lock with it
+            await conn.execute(sql("schema_unlock"))
 
 
 async def _refuse_foreign_tables(conn: asyncpg.Connection) -> None:

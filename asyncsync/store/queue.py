@@ -40,8 +40,8 @@ from pgqueuer.types import JOB_STATUS
 from ..clock import utcnow
 from ..errors import ConfigError, DatabaseUnavailable, Requeue
 from ..seams import PickedWork, QueueCount, Tick, WorkHandler, WorkItem
+from .database import schema_locked
 from .resilience import CAUGHT, SqlRunner, classify, guarded
-from .sqlfiles import sql
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,7 @@ async def install(pool: asyncpg.Pool) -> None:
     _check_names()
     async with pool.acquire() as conn:
         queries = Queries.from_asyncpg_connection(conn)
-        async with conn.transaction():
-            await conn.execute(sql("schema_lock"))
+        async with schema_locked(conn):
             if not await queries.schema_is_installed():
                 await queries.install()
         if (await queries.plan_upgrade()).statements:

@@ -1,2 +1,3 @@
--- Serializes schema migrations of parallel starts (held until the transaction ends).
-SELECT pg_advisory_xact_lock(hashtext('asyncsync.schema'));
+-- Serializes schema migrations of parallel starts: a session's lock, taken before its
+-- transaction begins (see database.schema_locked), released by schema_unlock.
+SELECT pg_advisory_lock(hashtext('asyncsync.schema'));
