@@ -452,7 +452,7 @@ async def test_a_missing_order_at_manual_review_that_reads_again_waits_for_a_lis
     assert diff(sim.snapshot(), await mirror(db)) == []  # the mirror is exact
 
 
-async def test_a_missing_order_at_manual_review_still_broken_costs_no_request(
+async def test_a_missing_order_at_manual_review_still_broken_stays_there_costing_nothing(
     simulator, runtime_for, db
 ) -> None:
     """Its list item reads but its detail is still broken: section 6 stops at 5 attempts,
@@ -463,24 +463,32 @@ async def test_a_missing_order_at_manual_review_still_broken_costs_no_request(
     victim = sorted(sim.orders)[5]
     sim.fail_detail[victim] = "malformed"
     now = T0
+    failure = "SELECT tentativas, resolvido, erro, primeira_tentativa FROM import_failures"
     async with runtime_for(sim, **FAST) as rt:
         await helpers.full_sync(rt)
-        await db.execute("DELETE FROM ordens_servico WHERE id = $1", victim)
-        await db.execute(  # its attempts used up (the sync's details pass recorded it)
+        await db.execute(  # its attempts used up, with the list item as integrity keeps it
             "UPDATE import_failures SET tentativas = 5, ultima_tentativa = $2,"
-            " erro = 'TinyBadPayload: earlier' WHERE id_ordem = $1",
+            " erro = 'TinyBadPayload: earlier', dados_api = jsonb_build_object("
+            "'list_item', (SELECT payload FROM ordens_servico WHERE id = $1),"
+            " 'detail', dados_api) WHERE id_ordem = $1",
             victim, now.replace(tzinfo=None),
         )  # fmt: skip
+        await db.execute("DELETE FROM ordens_servico WHERE id = $1", victim)
         details = sim.stats.requests_by_endpoint["detail"]
         for day in (1, 2):
             report = Found(await helpers.integrity(rt, deep=True, at=now + day * DAY))
+        before = await db.fetchrow(f"{failure} WHERE id_ordem = $1", victim)
+        # A full listing brings the order back into the mirror: its failure,
+        # the same list item held, stays for a person. It was resolved by that listing,
+        # and the detail failing again reopened it at attempt 1, its first attempt
+        # forgotten: five more automatic attempts (sweep K).
+        await helpers.full_sync(rt)
     assert report.manual_review == [victim] and report.failed == report.recovered == []
     assert report.exit_code == 0 and sim.stats.requests_by_endpoint["detail"] - details == 0
-    row = await db.fetchrow(
-        "SELECT tentativas, resolvido, erro FROM import_failures WHERE id_ordem = $1", victim
-    )
-    assert (row["tentativas"], row["resolvido"]) == (5, False)
-    assert row["erro"] == "TinyBadPayload: earlier"  # not asked: nothing newer to say
+    assert (before["tentativas"], before["resolvido"]) == (5, False)
+    assert before["erro"] == "TinyBadPayload: earlier"  # not asked: nothing newer to say
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico WHERE id = $1", victim) == 1
+    assert await db.fetchrow(f"{failure} WHERE id_ordem = $1", victim) == before
 
 
 async def test_an_unlisted_order_at_manual_review_is_asked_but_not_counted_again(

@@ -329,7 +329,9 @@ class PgOrderStore:
                     rows_written = await conn.fetch(sql("merge_orders"), self.account)
                     written = {row["id"] for row in rows_written}
             if new_ids and not attempt:  # an attempt's failures resolve with the detail
-                await conn.execute(sql("resolve_failures"), self.account, list(new_ids), now)
+                await conn.execute(
+                    sql("resolve_relisted_failures"), self.account, list(new_ids), now
+                )
             if unique and not attempt:  # read whole now: what failed of them is fixed
                 resolved = await self._resolve_listed(conn, unique, now)
             recorded = await failure_rows.upsert(
