@@ -219,10 +219,22 @@ async def read_url(proc: asyncio.subprocess.Process) -> str:
 async def authorize_in_a_browser(sim: TinySimulator, database_url: str) -> str:
     """``asyncsync authorize`` run to its end, a person's browser following the address it
     printed; returns what it printed."""
+    proc, status, text = await browse_authorize(sim, database_url, app_env(sim))
+    assert status == 200 and "authorized" in text
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def browse_authorize(
+    sim: TinySimulator, database_url: str, env: dict[str, str]
+) -> tuple[asyncio.subprocess.Process, int, str]:
+    """``asyncsync authorize`` started, a person's browser following the address it
+    printed: the process, and the status and text of the page the browser ends on."""
     port = free_port()
     proc = await asyncsync(
         "authorize", *tiny_args(sim, database_url, api=False),
-        "--redirect-uri", f"http://127.0.0.1:{port}/callback", env=app_env(sim),
+        "--redirect-uri", f"http://127.0.0.1:{port}/callback", env=env,
     )  # fmt: skip
     url = await read_url(proc)
     assert url.startswith(sim.auth_url) and "client_id=sim-client" in url
@@ -235,10 +247,24 @@ async def authorize_in_a_browser(sim: TinySimulator, database_url: str) -> str:
                 break
             except aiohttp.ClientConnectorError:
                 await asyncio.sleep(0.05)
-    assert page.status == 200 and "authorized" in text
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    return proc, page.status, text
+
+
+async def test_the_browser_hears_that_tiny_refused_the_authorization(
+    simulator, database_url, db
+) -> None:
+    # The page said "asyncsync is authorized" before the code was exchanged: with a wrong
+    # client secret the terminal said invalid_client, exit 2, and the person at the
+    # browser, often not the one at the terminal, closed the tab content (sweep K).
+    sim = await simulator(orders=10, seed=4)
+    wrong = {**app_env(sim), "TINY_CLIENT_SECRET": "not-the-secret"}
+    proc, status, text = await browse_authorize(sim, database_url, wrong)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert status == 502 and "Authorization failed" in text and "is authorized" not in text
+    assert "invalid_client" in text, text
+    assert proc.returncode == 2 and "invalid_client" in err.decode().splitlines()[-1]
+    assert await db.fetchval("SELECT count(*) FROM tiny_tokens") == 0
+    assert sim.stats.code_exchanges == 0  # asked once, refused: not asked again
 
 
 async def test_first_authorization_end_to_end(simulator, database_url, db) -> None:

@@ -54,6 +54,9 @@ class Authorization:
         self.redirect_uri = redirect_uri
         self._paste = paste if paste is not None else sys.stdin
         self.caught_locally = urlsplit(redirect_uri).hostname in LOOPBACK
+        # The exchange the redirect's page waited for (a code is good once): its tokens,
+        # or why it failed.
+        self._exchanged: dict[str, TokenSet | BaseException] = {}
 
     def url(self, state: str) -> str:
         """Where the person's browser goes first."""
@@ -81,7 +84,13 @@ class Authorization:
             ) from None
 
     async def exchange(self, code: str) -> TokenSet:
-        """Trade the code for the first tokens, stored in the database at once."""
+        """Trade the code for the first tokens, stored in the database at once (done already
+        when the redirect was caught here: its page says how it went)."""
+        done = self._exchanged.pop(code, None)
+        if isinstance(done, BaseException):
+            raise done
+        if done is not None:
+            return done
         return await self._tokens.exchange_code(code, self.redirect_uri)
 
     @asynccontextmanager
@@ -94,6 +103,8 @@ class Authorization:
         parts = urlsplit(self.redirect_uri)
         path = parts.path or "/"
 
+        taken: list[str] = []
+
         async def callback(request: web.Request) -> web.Response:
             try:
                 code = code_from(dict(request.query), state)
@@ -101,8 +112,21 @@ class Authorization:
                 if not found.done():
                     found.set_exception(exc)
                 return _page(400, "Authorization refused", str(exc))
-            if not found.done():
-                found.set_result(code)
+            if found.done() or taken:  # a second visit (reloaded, or pasted meanwhile)
+                return _page(409, "Already answered", "This authorization has had its answer.")
+            taken.append(code)
+            # The exchange before the page: "authorized" was shown while Tiny refused the
+            # code or the app's credentials (the terminal said so, exit 2), and the person
+            # at the browser, often not the one at the terminal, closed the tab (sweep K).
+            try:
+                self._exchanged[code] = await self._tokens.exchange_code(code, self.redirect_uri)
+            except Exception as exc:  # said at the terminal too, by exchange()
+                self._exchanged[code] = exc
+                _settle(found, code)
+                return _page(502, "Authorization failed",
+                             f"Tiny refused it: {exc}. The terminal running asyncsync "
+                             "authorize says what to do.")  # fmt: skip
+            _settle(found, code)
             return _page(200, "asyncsync is authorized", "You can close this tab.")
 
         app = web.Application()
@@ -148,6 +172,11 @@ class Authorization:
                 return  # no usable standard input: the callback is the only way
 
         threading.Thread(target=read, name="authorize-paste", daemon=True).start()
+
+
+def _settle(found: asyncio.Future[str], code: str) -> None:
+    if not found.done():
+        found.set_result(code)
 
 
 def code_from(query: dict[str, str], state: str) -> str:
