@@ -624,6 +624,34 @@ async def test_a_token_endpoint_that_does_not_answer_counts_as_a_failed_refresh(
     assert "ConnectionKey" not in said, said
 
 
+async def test_a_token_endpoint_that_answers_too_late_is_asked_once_per_refresh(
+    simulator,
+) -> None:
+    # Each refresh tried a hung endpoint three times, each to the timeout, and the breaker
+    # counted one failure for the three: a one-shot run took 16 minutes to exit 5, three
+    # times the API's own hang (sweep K). One try per refresh: the request that needed the
+    # token goes again after its backoff, and the breaker counts every try.
+    sim = await simulator(orders=5, token_latency_s=2.0)
+    creds = Credentials(sim.config.client_id, sim.config.client_secret, sim.valid_refresh_token())
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenManager(session, sim.token_url, creds, MemoryTokenStore(),
+                              account="token-hung", timeout_s=0.3)  # fmt: skip
+        started = time.monotonic()
+        with pytest.raises(TinyUnavailable, match="token endpoint unreachable"):
+            await tokens.access_token()
+        took = time.monotonic() - started
+    assert sim.stats.requests_by_endpoint["token"] == 1 and took < 1.5, took
+    # One that answers 503 at once is still tried three times: a blip, not a hang.
+    other = await simulator(orders=5)
+    other.fail_token_requests = 2
+    creds = dataclasses.replace(creds, refresh_token=other.valid_refresh_token())
+    async with aiohttp.ClientSession() as session:
+        blip = TokenManager(session, other.token_url, creds, MemoryTokenStore(),
+                            account="token-blip", timeout_s=0.3)  # fmt: skip
+        assert await blip.access_token()
+    assert other.stats.requests_by_endpoint["token"] == 3
+
+
 async def test_a_page_at_a_token_endpoint_known_to_work_is_an_outage(simulator) -> None:
     # The token host behind a proxy answers its maintenance page (200, text/html) while
     # down. Before, any such answer was TinyAuthMisconfigured ("check TINY_TOKEN_URL",

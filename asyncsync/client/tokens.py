@@ -456,13 +456,17 @@ class TokenManager:
 
     @backoff.on_exception(
         backoff.expo, TinyUnavailable, max_tries=3, max_value=10, jitter=backoff.full_jitter,
+        giveup=lambda exc: isinstance(exc, _NoAnswer),
         giveup_log_level=logging.WARNING,  # the caller's retries and breaker judge the outage
     )  # fmt: skip
     async def _post(self, refresh_token: str) -> TokenSet:
         """One grant; a 5xx, a 429 or an unreachable endpoint is tried three times in all,
         and so is a page (no OAuth JSON, whatever its status but 404 and 405) once the
         endpoint is known to work (it answered this manager in OAuth JSON, or granted the
-        stored tokens)."""
+        stored tokens). An endpoint that does not answer within the timeout is tried once:
+        the request that needed the token goes again after its backoff, and the breaker
+        counts each (three tries a failure held a one-shot run 16 minutes on a hung token
+        endpoint, three times the API's own hang: sweep K)."""
         form = {
             "grant_type": "refresh_token",
             "client_id": self._credentials.client_id,
@@ -581,7 +585,12 @@ def _unreachable(exc: Exception) -> TinyUnavailable:
     """The token endpoint did not answer: one sentence (the error's repr said
     ``ClientConnectorError(ConnectionKey(host=..., is_ssl=False, ssl=True, proxy=None...``)."""
     said = str(exc) or "no answer in time"
-    return TinyUnavailable(f"token endpoint unreachable: {type(exc).__name__}: {said}")
+    kind = _NoAnswer if isinstance(exc, TimeoutError) else TinyUnavailable
+    return kind(f"token endpoint unreachable: {type(exc).__name__}: {said}")
+
+
+class _NoAnswer(TinyUnavailable):
+    """The token endpoint did not answer in time (not tried again at once)."""
 
 
 def _rescue_name(account: str, client_id: str) -> str:
