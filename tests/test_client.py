@@ -652,6 +652,42 @@ async def test_a_token_endpoint_that_answers_too_late_is_asked_once_per_refresh(
     assert other.stats.requests_by_endpoint["token"] == 3
 
 
+async def test_a_token_endpoint_answer_past_a_megabyte_is_refused_unread() -> None:
+    # Read whole, a gzip answer of 2 MB that inflates to 2 GB took the run to 21.8 GB and
+    # the OOM killer (sweep L); an OAuth answer is a few kB.
+    import gzip
+
+    from aiohttp import web
+
+    inflated = 64 << 20
+    bomb = gzip.compress(b" " * inflated, compresslevel=9)
+    asked: list[int] = []
+
+    async def token(request: web.Request) -> web.Response:
+        asked.append(1)
+        return web.Response(status=503, body=bomb, headers={"Content-Encoding": "gzip"},
+                            content_type="application/json")  # fmt: skip
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        creds = Credentials("id", "secret", "refresh")
+        async with aiohttp.ClientSession() as session:
+            tokens = TokenManager(session, f"http://127.0.0.1:{port}/token", creds,
+                                  MemoryTokenStore(), account="token-bomb")  # fmt: skip
+            with pytest.raises(TinyUnavailable, match="more than 1,048,576 bytes") as caught:
+                await tokens.access_token()
+    finally:
+        await runner.cleanup()
+    assert len(bomb) < inflated // 100 and asked  # a small answer on the wire
+    assert caught.value.status == 503  # counted as a page: the endpoint speaks no OAuth
+
+
 async def test_a_page_at_a_token_endpoint_known_to_work_is_an_outage(simulator) -> None:
     # The token host behind a proxy answers its maintenance page (200, text/html) while
     # down. Before, any such answer was TinyAuthMisconfigured ("check TINY_TOKEN_URL",

@@ -384,7 +384,7 @@ class TokenManager:
         sent_at = self._clock()
         try:
             async with self._session.post(self._token_url, data=form, timeout=self._timeout) as r:
-                body, status = await r.read(), r.status
+                body, status = await self._read(r), r.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _unreachable(exc) from exc
         data = _json_object(body)
@@ -478,13 +478,35 @@ class TokenManager:
             async with self._session.post(
                 self._token_url, data=form, timeout=self._timeout
             ) as resp:
-                body = await resp.read()
+                body = await self._read(resp)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _unreachable(exc) from exc
         data = _json_object(body)
         self._note_oauth(data)
         return self._granted(status, body, data, sent_at, refresh_token)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The token endpoint's answer, refused past :data:`TOKEN_ANSWER_MAX` bytes unread:
+        read whole, a gzip answer of 2 MB inflated to 2 GB and the OOM killer ended the
+        run (sweep L). An outage answer like a page: the endpoint is not speaking OAuth."""
+        if resp.content_length is not None and resp.content_length > TOKEN_ANSWER_MAX:
+            raise self._too_large(resp.status)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > TOKEN_ANSWER_MAX:
+                raise self._too_large(resp.status)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, status: int) -> TinyUnavailable:
+        return TinyUnavailable(
+            f"the token endpoint {self._token_url} answered {status} with more than "
+            f"{TOKEN_ANSWER_MAX:,} bytes, no OAuth answer; the rest was not read",
+            status=status, body="",
+        )  # fmt: skip
 
     def _note_oauth(self, data: dict[str, Any]) -> None:
         """Remember that the token endpoint speaks OAuth (a token, or an OAuth error)."""
@@ -579,6 +601,10 @@ class TokenManager:
             access_issued_at=max(received_at, sent_at),
             refresh_expires_at=sent_at + dt.timedelta(seconds=refresh_in) if refresh_in else None,
         )
+
+
+#: The most a token endpoint's answer may be: an OAuth answer is a few kB.
+TOKEN_ANSWER_MAX = 1 << 20
 
 
 def _unreachable(exc: Exception) -> TinyUnavailable:
