@@ -33,6 +33,13 @@ from .status import Situacao, parse_situacao
 _ZERO_DATES = {"", "0000-00-00", "0000-00-00 00:00:00"}
 #: A year this far out is a placeholder for "no date" (asyncpg maps date.max to infinity).
 _NO_DATE_YEAR = 9999
+#: The year 1 is the other ("0001-01-01", .NET's and Java's "no date"): asyncpg maps
+#: date.min to -infinity, which reports took for a conclusion Tiny gave (sweep L).
+_NO_DATE_YEAR_BEFORE = 1
+
+
+def _placeholder(year: int) -> bool:
+    return year >= _NO_DATE_YEAR or year <= _NO_DATE_YEAR_BEFORE
 #: numeric(14, 2) holds less than this; a larger amount is bad data, not a crash.
 _MONEY_LIMIT = Decimal(10) ** 12
 _FLOAT_LIMIT = 1e12  # _MONEY_LIMIT, exactly, for a float
@@ -180,7 +187,7 @@ def parse_date(value: object, field: str) -> dt.date | None:
         day = dt.date.fromisoformat(text[:10])
     except ValueError:
         raise ValueError(f"{field}: unparseable date {value!r}") from None
-    return None if day.year >= _NO_DATE_YEAR else day
+    return None if _placeholder(day.year) else day
 
 
 def parse_datetime(value: object, field: str) -> dt.datetime | None:
@@ -199,7 +206,7 @@ def parse_datetime(value: object, field: str) -> dt.datetime | None:
             moment = dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
         else:
             moment = dt.datetime.fromisoformat(text)
-            if moment.year >= _NO_DATE_YEAR:  # a placeholder, whatever its offset
+            if _placeholder(moment.year):  # whatever its offset
                 return None
             if moment.tzinfo is not None:  # an instant: Tiny's wall clock at that instant
                 moment = moment.astimezone(TINY_ZONE).replace(tzinfo=None)
@@ -207,7 +214,7 @@ def parse_datetime(value: object, field: str) -> dt.datetime | None:
         raise ValueError(f"{field}: unparseable date-time {value!r}") from None
     except OverflowError:  # "0001-01-01T00:00:00Z": before year 1 in São Paulo
         raise ValueError(f"{field}: date-time out of range {value!r}") from None
-    return None if moment.year >= _NO_DATE_YEAR else moment
+    return None if _placeholder(moment.year) else moment
 
 
 #: Digits grouped in threes by one separator, dots or commas, nothing else: thousands

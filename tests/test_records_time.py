@@ -38,3 +38,18 @@ def test_a_date_sent_as_a_date_time_is_its_day_on_sao_paulos_clock() -> None:
     for bad in ("2024-03-01garbage", "2024-03-01T25:00:00"):
         with pytest.raises(ValueError, match="unparseable"):
             parse_date(bad, "data")
+
+
+def test_the_year_1_is_no_date_as_the_year_9999_is() -> None:
+    """``0001-01-01`` (.NET's and Java's "no date") became -infinity in every date column
+    (asyncpg maps date.min to it), a conclusion from the API in ``ordens_finalizadas``,
+    and ``0001-01-01T00:00:00Z`` a failed record (before the year 1 in São Paulo)."""
+    for text in ("0001-01-01", "0001-01-01 00:00:00", "0001-01-01T00:00:00Z",
+                 "9999-12-31", "9999-12-31 23:59:59"):  # fmt: skip
+        assert parse_date(text, "data") is None, text
+        assert parse_datetime(text, "dataConclusao") is None, text
+    detail = parse_detail(
+        {"id": 7, "situacao": "3", "dataConclusao": "0001-01-01 00:00:00"}, 7, NOW
+    )
+    assert detail.data_conclusao is None
+    assert parse_date("0002-01-01", "data") == dt.date(2, 1, 1)  # a date, however odd
