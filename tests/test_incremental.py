@@ -584,3 +584,42 @@ async def test_a_sweep_stamped_by_a_clock_that_ran_ahead_does_not_put_off_the_ne
         report = await incremental_job(rt.client, s.orders, s.metadata, cycle(**overrides), ctx)
     assert report.facts["closed_statuses"] == "swept completely"
     assert diff(sim.snapshot(), await mirror(db)) == []
+
+
+async def test_a_detail_at_odds_with_the_listing_does_not_flip_the_order_every_cycle(
+    simulator, runtime_for, db
+) -> None:
+    """Tiny lists an order as Finalizada while its detail says Em andamento. The detail
+    moved the row, the next listing moved it back, and so on: two history rows and a
+    detail request at every cycle, a reopening a cycle for the reports, and an order
+    listed as concluded out of ``ordens_finalizadas`` after each cycle (sweep L). Now the
+    listing, which the API's filters and totals follow, wins the dispute: after one detour
+    the order stays as listed, and costs nothing more."""
+    sim = await simulator(orders=300, seed=9)
+    victim = sim.add_order(situacao=Situacao.FINALIZADA)  # today's: in every cycle's window
+    render = sim._renderer.detail
+
+    def at_odds(order):  # type: ignore[no-untyped-def]
+        body = render(order)
+        if order.id == victim:
+            body["situacao"] = int(Situacao.EM_ANDAMENTO)
+        return body
+
+    sim._renderer.detail = at_odds  # type: ignore[method-assign]
+    rows = "SELECT count(*) FROM ordem_status_history WHERE id_os = $1"
+    after: list[tuple[int, int, int]] = []
+    async with runtime_for(sim) as rt:
+        await full_sync(rt)
+        for _ in range(4):
+            asked = sim.stats.requests_by_endpoint["detail"]
+            await incremental_sync(rt)
+            situacao = await db.fetchval(
+                "SELECT situacao FROM ordens_servico WHERE id = $1", victim
+            )
+            after.append((situacao, await db.fetchval(rows, victim),
+                          sim.stats.requests_by_endpoint["detail"] - asked))  # fmt: skip
+    assert after[-1][0] == Situacao.FINALIZADA  # as listed
+    assert after[-1] == after[-2] == (Situacao.FINALIZADA, after[1][1], 0), after  # settled
+    assert after[-1][1] <= 3, after  # its first sighting, at most one detour and back
+    finalizadas = "SELECT count(*) FROM ordens_finalizadas WHERE id = $1"
+    assert await db.fetchval(finalizadas, victim) == 1
