@@ -596,6 +596,16 @@ async def test_timeouts_and_refused_connections_are_retried_then_typed(simulator
         with pytest.raises(TinyUnavailable, match="TimeoutError after retries"):
             await slow.get_order(order_id)
         assert slow.api_stats().retries == 2 and sim.stats.requests_by_endpoint["detail"] == 3
+        # The sentence ended in nothing (a timeout's text is empty); a listing's names its
+        # page (sweep L).
+        listing = TinyClient(session, sim.base_url, tokens, AccountLimiter(6000, 4),
+                             timeout_s=0.1, max_retries=2, max_backoff_s=0.05)  # fmt: skip
+        with pytest.raises(TinyUnavailable) as cut:
+            await listing.list_orders(ListQuery(situacao=3, offset=40, limit=20))
+        assert str(cut.value) == (
+            "/ordem-servico (situacao 3, offset 40): TimeoutError after retries: no whole "
+            "answer within 0.1 s (--timeout, TINY_REQUEST_TIMEOUT_S)"
+        )
         dead = TinyClient(session, "http://127.0.0.1:1/api", tokens, AccountLimiter(6000, 4),
                           max_retries=2, max_backoff_s=0.05)  # fmt: skip
         with pytest.raises(TinyUnavailable, match="ClientConnectorError after retries"):

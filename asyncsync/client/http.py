@@ -444,7 +444,16 @@ class TinyClient:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 metrics.REQUESTS.labels(self.account, endpoint, "error").inc()
                 self.breaker.failure("timeout" if isinstance(exc, TimeoutError) else "connection")
-                error = TinyUnavailable(f"{path}: {type(exc).__name__} after retries: {exc}")
+                said = str(exc) or (  # a timeout says nothing: "TimeoutError after retries: "
+                    f"no whole answer within {self._timeout.total:g} s (--timeout, "
+                    "TINY_REQUEST_TIMEOUT_S)"
+                    if isinstance(exc, TimeoutError)
+                    else "no answer"
+                )
+                where = path
+                if "situacao" in params:  # which page of a listing
+                    where += f" (situacao {params['situacao']}, offset {params.get('offset', 0)})"
+                error = TinyUnavailable(f"{where}: {type(exc).__name__} after retries: {said}")
                 error.__cause__ = exc
                 raise _Retry(error) from exc
             finally:
