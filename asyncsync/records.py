@@ -38,8 +38,23 @@ _NO_DATE_YEAR = 9999
 _NO_DATE_YEAR_BEFORE = 1
 
 
+#: The longest error kept in ``import_failures.erro``: the value it quotes is whole in
+#: ``dados_api`` (a 100,000-character value was stored twice, and filled the terminal).
+ERROR_CHARS = 300
+
+
+def _said(exc: ValueError) -> str:
+    """The error of a record, cut to :data:`ERROR_CHARS` (saying how long it was)."""
+    text = str(exc)
+    if len(text) <= ERROR_CHARS:
+        return text
+    return f"{text[:ERROR_CHARS]}… ({len(text):,} characters; the value is in dados_api)"
+
+
 def _placeholder(year: int) -> bool:
     return year >= _NO_DATE_YEAR or year <= _NO_DATE_YEAR_BEFORE
+
+
 #: numeric(14, 2) holds less than this; a larger amount is bad data, not a crash.
 _MONEY_LIMIT = Decimal(10) ** 12
 _FLOAT_LIMIT = 1e12  # _MONEY_LIMIT, exactly, for a float
@@ -393,7 +408,7 @@ def parse_list_item(item: object, observed_at: dt.datetime) -> OrderRecord:
             observed_at,
         )
     except ValueError as exc:
-        raise RecordError(str(exc), raw=payload, order_id=_raw_id(fields, payload)) from exc
+        raise RecordError(_said(exc), raw=payload, order_id=_raw_id(fields, payload)) from exc
 
 
 def parse_detail(item: object, order_id: int, observed_at: dt.datetime) -> DetailRecord:
@@ -424,7 +439,7 @@ def parse_detail(item: object, order_id: int, observed_at: dt.datetime) -> Detai
             observed_at=observed_at,
         )
     except ValueError as exc:
-        raise RecordError(str(exc), raw=payload, order_id=order_id) from exc
+        raise RecordError(_said(exc), raw=payload, order_id=order_id) from exc
 
 
 def failure_from(exc: RecordError) -> FailureRecord:

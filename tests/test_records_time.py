@@ -53,3 +53,16 @@ def test_the_year_1_is_no_date_as_the_year_9999_is() -> None:
     )
     assert detail.data_conclusao is None
     assert parse_date("0002-01-01", "data") == dt.date(2, 1, 1)  # a date, however odd
+
+
+def test_a_failed_records_error_is_one_line_not_the_whole_value() -> None:
+    """A 100,000-character date went whole into ``erro`` beside ``dados_api`` (sweep L)."""
+    from asyncsync.errors import RecordError
+    from asyncsync.records import ERROR_CHARS
+
+    with pytest.raises(RecordError) as caught:
+        parse_detail({"id": 7, "situacao": "3", "dataConclusao": "9" * 100_000}, 7, NOW)
+    said = str(caught.value)
+    assert said.startswith("dataConclusao: unparseable date-time '999")
+    assert len(said) < ERROR_CHARS + 80 and "100,0" in said, said
+    assert "9" * 100_000 in str(caught.value.raw)  # whole where it is kept
