@@ -618,6 +618,23 @@ async def test_orders_in_no_listing_are_flagged_only_on_a_404_a_few_per_run(
     assert second.findings["possibly_deleted"] == gone[3:] and second.exit_code == 0
 
 
+async def test_a_status_it_could_not_list_leaves_no_verdict(simulator, runtime_for, db) -> None:
+    # Nothing inconsistent found, one status unlisted: stored consistent = false, and a
+    # dashboard on integrity_runs.consistent showed the mirror inconsistent (sweep K).
+    sim = await simulator(orders=120, seed=6)
+    await sync(sim, runtime_for)
+
+    def broken(_sim: TinySimulator, params: dict[str, str]) -> None:
+        if params.get("situacao") == str(int(Situacao.FINALIZADA)):
+            raise RuntimeError("simulated outage")  # the simulator answers 500
+
+    sim.on_list_page = broken
+    async with runtime_for(sim) as rt:
+        report = Found(await helpers.integrity(rt, deep=True))
+    assert report.consistent is None and report.exit_code == 1 and report.listing_errors
+    assert await db.fetchval("SELECT consistent IS NULL FROM integrity_runs") is True
+
+
 async def test_a_status_integrity_could_not_correct_is_not_called_consistent(
     simulator, runtime_for, db
 ) -> None:

@@ -161,7 +161,9 @@ class _Check:
             verdict = f"interrupted, {found or 'nothing found'} before the stop"
         else:
             outcome = Outcome.ATTENTION if unfixed else Outcome.OK
-            consistent = not (found_new or self.listing_errors)
+            # A status it could not list leaves the verdict unknown (NULL), not false: a
+            # dashboard on integrity_runs.consistent showed the mirror inconsistent (sweep K).
+            consistent = False if found_new else None if self.listing_errors else True
             verdict = "consistent" + _known(self.found) if consistent else found
         codes = sorted(set(self.api_totals) | set(db_before) | set(db_after))
         report = RunReport(
