@@ -314,6 +314,30 @@ class _CompatResponse(aiohttp.ClientResponse):
         super().__init__(*args, **kwargs)
 
 
+async def test_a_listing_page_of_itens_null_is_empty_when_its_total_says_so(monkeypatch) -> None:
+    # An API written in PHP says an empty array as null: with a total of 0 that is an
+    # empty page, not "no 'itens' array" failing the run for good (sweep L). With a total
+    # that promises orders it is still a broken page, which names its status and offset.
+    import re
+
+    monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
+    store = MemoryTokenStore(TokenSet("r", "tok", utcnow() + dt.timedelta(hours=1)))
+    base = "http://tiny.test/api"
+    listing = re.compile(re.escape(base) + r"/ordem-servico\?.*")
+    with aioresponses() as mocked:
+        mocked.get(listing, payload={"itens": None, "paginacao": {"total": 0}})
+        mocked.get(listing, payload={"itens": None, "paginacao": {"total": 7}})
+        async with aiohttp.ClientSession() as session:
+            tokens = TokenManager(session, "http://tiny.test/token", Credentials("c", "s", "r"),
+                                  store)  # fmt: skip
+            client = TinyClient(session, base, tokens, AccountLimiter(6000, 4))
+            empty = await client.list_orders(ListQuery(situacao=7, offset=100))
+            assert empty.items == () and empty.total == 0
+            with pytest.raises(TinyBadPayload, match=r"situacao 7, offset 100\): the list "
+                               r"answer has no 'itens' array \(total 7\)"):  # fmt: skip
+                await client.list_orders(ListQuery(situacao=7, offset=100))
+
+
 async def test_server_errors_are_retried_then_typed(monkeypatch) -> None:
     monkeypatch.setattr("aioresponses.core.ClientResponse", _CompatResponse)
     store = MemoryTokenStore(TokenSet("r", "tok", utcnow() + dt.timedelta(hours=1)))
@@ -559,12 +583,18 @@ def test_an_answer_not_in_utf8_is_read_mended(body: bytes, value: object) -> Non
     assert answers.loads(b'{"nome": "Jo\xc3\xa3o"}') == ({"nome": "João"}, False)
 
 
-@pytest.mark.parametrize(
-    "body", [b'{"valor": NaN}', b'{"id": 1', b"<html>", b"\xff", b"[" * 5000 + b"]" * 5000]
-)
+@pytest.mark.parametrize("body", [b'{"valor": NaN}', b'{"id": 1', b"<html>", b"\xff"])
 def test_what_is_not_json_even_mended_is_refused(body: bytes) -> None:
     with pytest.raises(ValueError):
         answers.loads(body)
+
+
+def test_an_answer_nested_past_what_readers_read_is_read_cut() -> None:
+    value, mended = answers.loads(b"[" * 5000 + b"]" * 5000)
+    depth = 0
+    while isinstance(value, list) and value:
+        value, depth = value[0], depth + 1
+    assert mended and depth == answers.CUT_DEPTH and value == "(cut: nested too deeply)"
 
 
 async def test_bootstrap_from_the_users_tiny_token_json(simulator, tmp_path) -> None:

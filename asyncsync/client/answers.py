@@ -69,4 +69,42 @@ def loads(body: bytes) -> tuple[Any, bool]:
         value = json.loads(text, parse_int=_number, parse_constant=_no_constants, strict=False)
         return _mended(value), True
     except RecursionError:  # orjson stops at 1024 levels; Python's stack about there
+        pass
+    # One record nested past that made its whole page unreadable, and every full sync
+    # stopped at it for good (sweep L): what lies deeper than CUT_DEPTH is cut, so the
+    # page reads, and that record (past the 254 levels a row stores) is an import failure.
+    try:
+        value = json.loads(_cut(text, CUT_DEPTH), parse_int=_number,
+                           parse_constant=_no_constants, strict=False)  # fmt: skip
+    except RecursionError:
         raise ValueError("nested too deeply to be an answer") from None
+    return _mended(value), True
+
+
+#: Values nested deeper than this in an answer too deep to read are cut (see loads).
+CUT_DEPTH = 300
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_CUT = '"(cut: nested too deeply)"'
+
+
+def _cut(text: str, depth: int) -> str:
+    """``text`` with every array or object that opens deeper than ``depth`` levels replaced
+    by a string saying so (strings are skipped whole: a bracket inside one is text)."""
+    out: list[str] = []
+    level, kept, skipping_from = 0, 0, -1
+    for token in _TOKENS.finditer(text):
+        mark = token.group()
+        if mark[0] == '"':
+            continue
+        if mark in "[{":
+            level += 1
+            if level == depth + 1 and skipping_from < 0:
+                out.append(text[kept : token.start()])
+                skipping_from = token.start()
+        else:
+            if level == depth + 1 and skipping_from >= 0:
+                out.append(_CUT)
+                kept, skipping_from = token.end(), -1
+            level -= 1
+    out.append(text[kept:] if skipping_from < 0 else text[kept:skipping_from] + _CUT)
+    return "".join(out)

@@ -180,11 +180,20 @@ class TinyClient:
         if last:
             params["dataFinalEmissao"] = last.isoformat()
         body, observed_at = await self._request("list", "/ordem-servico", params, stop=stop)
-        if not isinstance(body, dict) or not isinstance(body.get("itens"), list):
-            raise TinyBadPayload("list answer has no 'itens' array", body=_preview(body))
+        if not isinstance(body, dict):
+            raise TinyBadPayload(f"{_where('/ordem-servico', params)}: the list answer is "
+                                 "not an object", body=_preview(body))  # fmt: skip
         paging = body.get("paginacao")
         total = paging.get("total") if isinstance(paging, dict) else None
-        items = tuple(body["itens"])
+        found = body.get("itens")
+        if found is None and total == 0 and type(total) is int:
+            found = []  # null for none, as an API written in PHP says an empty array
+        if not isinstance(found, list):
+            raise TinyBadPayload(
+                f"{_where('/ordem-servico', params)}: the list answer has no 'itens' array "
+                f"(total {total})", body=_preview(body),
+            )  # fmt: skip
+        items = tuple(found)
         # A total its own page contradicts (fewer orders than it holds, or a boolean) is
         # none: taken as said, the first page of every status would have been its last.
         if type(total) is not int or (items and total < offset + len(items)):
@@ -329,7 +338,8 @@ class TinyClient:
         try:
             value, mended = sent.parsed or answers.loads(sent.body)
         except ValueError as exc:
-            error = TinyBadPayload(f"{path}: answer is not JSON", body=sent.text(10000))
+            error = TinyBadPayload(f"{_where(path, params)}: answer is not JSON ({exc})",
+                                   body=sent.text(10000))  # fmt: skip
             if endpoint == "list":
                 # A page cut short: asked again like a 5xx (a detail's is an import
                 # failure, retried on its schedule; a page's stopped the whole run).
@@ -450,9 +460,7 @@ class TinyClient:
                     if isinstance(exc, TimeoutError)
                     else "no answer"
                 )
-                where = path
-                if "situacao" in params:  # which page of a listing
-                    where += f" (situacao {params['situacao']}, offset {params.get('offset', 0)})"
+                where = _where(path, params)
                 error = TinyUnavailable(f"{where}: {type(exc).__name__} after retries: {said}")
                 error.__cause__ = exc
                 raise _Retry(error) from exc
@@ -502,6 +510,13 @@ class TinyClient:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _where(path: str, params: Mapping[str, str]) -> str:
+    """What was asked, as a message names it: a listing's page by status and offset."""
+    if "situacao" not in params:
+        return path
+    return f"{path} (situacao {params['situacao']}, offset {params.get('offset', 0)})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,27 @@ async def test_a_record_nested_deeper_than_json_writers_go_is_a_failed_record(
     assert diff(expected, await mirror(db)) == []
 
 
+async def test_a_record_nested_past_what_any_reader_reads_is_a_failed_record_not_a_stop(
+    simulator, runtime_for, db
+) -> None:
+    """A list item nested 1,100 levels deep (orjson reads 1,024, Python's json about as
+    many): its whole page was unreadable, asked again, and the run failed, every run, with
+    the pages of other statuses thrown away (sweep L). What lies past 300 levels is cut:
+    the page reads, that record is an import failure, the rest of the mirror is whole."""
+    sim = await simulator(orders=300, seed=35)
+    victim = sorted(sim.orders)[40]
+    sim.orders[victim].cliente = {**sim.orders[victim].cliente, "extra": "ZZDEEP"}
+    deep = b"[" * 1100 + b'"fundo"' + b"]" * 1100
+    sim.byte_patches.append(("ZZDEEP", b'x","fundo":' + deep + b',"y":"y'))
+    async with runtime_for(sim) as rt:
+        report = await full_sync(rt)
+    assert report.outcome == "ok"
+    row = await db.fetchrow("SELECT id_ordem, erro FROM import_failures")
+    assert row is not None and row["id_ordem"] == victim and "nested too deeply" in row["erro"]
+    expected = {i: o for i, o in sim.snapshot().items() if i != victim}
+    assert diff(expected, await mirror(db)) == []
+
+
 async def test_a_detail_the_database_refuses_goes_alone_to_import_failures(
     simulator, runtime_for, db
 ) -> None:
