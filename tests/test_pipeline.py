@@ -113,6 +113,32 @@ async def test_pipelined_listing_of_new_changed_and_moved_orders_is_exact(db) ->
     assert got == want
 
 
+async def test_a_batch_of_large_records_is_merged_by_its_size_not_its_count(
+    db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 5,000 list items of 100 kB held 2 GB before their merge: a batch counted orders
+    # only (sweep L). Past BATCH_CHARS of JSON it merges, whatever its count.
+    from asyncsync.engine import listing as module
+
+    monkeypatch.setattr(module, "BATCH_CHARS", 1_000_000)
+    sink = Database(db).account("default", open_statuses=OPEN).orders
+    sizes: list[int] = []
+    merge = sink.merge_listed
+
+    async def counted(records, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(len(records))
+        return await merge(records, *args, **kwargs)
+
+    sink.merge_listed = counted  # type: ignore[method-assign]
+    big = {i: (3, "10.00") for i in range(1, 601)}
+    pages = {s: [({**it, "observacoes": "x" * 50_000}, at) for it, at in rows]
+             for s, rows in listings(big, T1).items()}  # fmt: skip
+    engine = ListingEngine(PagedSource(pages), sink, batch_size=5000, page_size=10)
+    await engine.run([Partition(3)], checkpointed=False)
+    assert sum(sizes) == 600 and max(sizes) <= 30, sizes  # 1 MB is 20 of them and a page
+    assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 600
+
+
 def test_the_ids_a_listing_read_answer_as_the_set_of_them_would() -> None:
     # Sorted runs merged when the listing ends: repeats across runs and within one (a
     # page starting on the order the one before ended on, an order in two statuses).

@@ -90,6 +90,13 @@ class _Item:
     done: asyncio.Future[None] | None
 
 
+#: A batch is merged once its records' JSON passes this many characters, whatever their
+#: number: 5,000 list items of 100 kB each held 2 GB (each is held several times over:
+#: the answer, the parsed item, its JSON, the COPY buffer), four times the container's
+#: memory limit (sweep L). Ordinary items (about 1 kB) never reach it.
+BATCH_CHARS = 16 << 20
+
+
 @dataclass
 class _Batch:
     """Pages parsed into what one ``merge_listed`` call takes."""
@@ -98,6 +105,7 @@ class _Batch:
     records: list[OrderRecord] = field(default_factory=list)
     failures: list[FailureRecord] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    chars: int = 0  # of the records' and failures' raw JSON: see BATCH_CHARS
 
 
 async def page_through(
@@ -500,6 +508,7 @@ class ListingEngine:
                 flush = (
                     item is None
                     or len(batch.records) + len(batch.failures) >= self._batch_size
+                    or batch.chars >= BATCH_CHARS
                     or item.done is not None
                     or (self._queue.empty() and self._merging == 0)
                 )
@@ -525,6 +534,8 @@ class ListingEngine:
                 failures.append(listed_failure(exc, raw, item.page.query.situacao))
                 if self._seen is not None:
                     self.result.failed.add(failures[-1].order_id)
+        batch.chars += sum(len(rec.payload) for rec in records[first:])
+        batch.chars += sum(len(f.raw or "") for f in failures)
         if self._seen is not None:
             self._seen.extend(rec.id for rec in records[first:])
 
