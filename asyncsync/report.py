@@ -97,7 +97,9 @@ COUNT_LABELS: dict[str, str] = {
     "details_gone": "details answering 404",
     "details_unavailable": "details Tiny could not serve (left for later)",
     "detail_backlog": "details still waiting",
-    "import_failures": "records that failed (in import_failures)",
+    # Rows written, new or failed again: counted per sighting, a relisted status said 45
+    # where the table had 19, and a cycle that found nothing new 2,064 (sweep L).
+    "import_failures": "import failures written (new, or failed again)",
     "due": "failures due for a retry",
     "pending": "failures waiting for a later retry",
     "still_due": "failures due, not tried yet (next run)",
@@ -121,6 +123,7 @@ FINDING_LABELS: dict[str, str] = {
     "found_by_detail": "unlisted, alive by detail",
     "unconfirmed": "unlisted, detail not asked yet (past the limit a run asks)",
     "not_corrected": "status differs, not corrected: the row's observation is newer",
+    "not_imported": "missing, not imported before the stop (the next run does)",
     "resolved": "resolved",
     "failed_again": "failed again, rescheduled",
     "exhausted": "failed for the last time",

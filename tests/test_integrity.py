@@ -689,8 +689,11 @@ async def test_a_stop_during_the_import_of_missing_orders_keeps_what_arrived(
     assert len(recovered) == sent
     assert await db.fetchval("SELECT count(*) FROM ordens_servico") == 100 + len(recovered)
     assert await db.fetchval("SELECT count(*) FROM import_failures") == 0
-    # What it found before the stop is known: the mirror was not consistent.
-    assert report.title.endswith("— interrupted, inconsistencies found and fixed before the stop")
+    # What it found before the stop is known: the mirror was not consistent, and what it
+    # found missing and did not ask is said (it listed only the imported: sweep K).
+    assert sorted([*recovered, *report.findings["not_imported"]]) == missing
+    unfixed = len(missing) - len(recovered)
+    assert report.title.endswith(f"— interrupted, {unfixed} problem(s) NOT fixed before the stop")
     assert report.facts["consistent"] is False
     assert await db.fetchval("SELECT consistent FROM integrity_runs") is False
 

@@ -356,7 +356,7 @@ class PgOrderStore:
             unchanged=len(unique) - len(todo),
             first_sightings=len(new_ids),
             status_changes=history - len(new_ids),
-            failures=len(failures) + len(refused),
+            failures=len(recorded),  # rows written: a broken item seen again is not one
         )
         return stats, written
 
@@ -536,7 +536,7 @@ class PgOrderStore:
         self._opened([*failures, *refused, *not_found], recorded)
         return MergeStats(
             details=len(details),
-            failures=len(failures) + len(refused) + len(not_found),
+            failures=len(recorded),
             missing=len(gone),
             status_changes=history,
         )
