@@ -82,9 +82,11 @@ class CircuitBreaker:
         # The moment too: health and status read this sentence back minutes later, when
         # "for another 60 s" is long past.
         until = (utcnow() + dt.timedelta(seconds=left)).strftime("%H:%M:%S UTC")
+        # "This process": a one-shot run's sentence promised a quiet period that the next
+        # run, a new process, did not keep (sweep K).
         return TinyOutage(
-            f"Tiny is unavailable ({self.reason}); no request goes to it for another {left:.0f} s "
-            f"(until {until})",
+            f"Tiny is unavailable ({self.reason}); this process sends it no request for "
+            f"another {left:.0f} s (until {until})",
             retry_at_s=self._reopen_at,
         )
 
