@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -65,19 +66,23 @@ async def test_short_tokens_and_demand_above_quota_lose_nothing(
 
 
 async def test_a_token_endpoint_slower_than_the_renewal_margin_grants_once_not_per_request(
-    simulator, runtime_for, db
+    simulator, runtime_for, db, caplog
 ) -> None:
     """Tokens of 4 s from an endpoint that answers in 3 s: the token's expiry was counted
     from the request's sending, its renewal margin (a quarter of its life) from the same,
     so it arrived already due: one grant per API request, the refresh token rotated each
     time, a sync that never ended (sweep F: 34 grants for 33 requests in 120 s)."""
     sim = await simulator(orders=60, seed=2, access_ttl_s=4.0, token_latency_s=3.0)
-    async with runtime_for(sim, max_concurrency=4) as rt:
-        report = await asyncio.wait_for(full_sync(rt), 90)
+    with caplog.at_level(logging.INFO, logger="asyncsync.client.tokens"):
+        async with runtime_for(sim, max_concurrency=4) as rt:
+            report = await asyncio.wait_for(full_sync(rt), 90)
     assert report.outcome == "ok"
     assert diff(sim.snapshot(), await mirror(db)) == []
     api = sim.stats.requests_by_endpoint["list"] + sim.stats.requests_by_endpoint["detail"]
     assert api >= 60 and sim.stats.token_refreshes * 5 <= api, sim.stats.as_dict()
+    # What is left of a token on arrival, to the tenth: "valid for 0 s" was said (sweep K).
+    granted = [r.getMessage() for r in caplog.records if "access token granted" in r.getMessage()]
+    assert granted and all(re.search(r"expires in [01]\.\d s \(at ", m) for m in granted), granted
 
 
 async def test_the_pace_follows_the_accounts_real_quota(simulator, runtime_for, db) -> None:
