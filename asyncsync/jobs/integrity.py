@@ -138,6 +138,8 @@ class _Check:
         if deep or not counts_agree:
             method = "full comparison"
             await self._full()
+        else:  # the totals agree counting them: said, not left out of the verdict (sweep K)
+            self.found["awaiting_retry"] = await self.store.tracked()
         db_after, tracked_after = await self.store.counts()
         review = await self.failures.manual_review(self.policy)
         self.found["manual_review"] = [m.id_ordem for m in review]

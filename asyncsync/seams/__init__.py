@@ -420,6 +420,10 @@ class IntegrityStore(Protocol):
         """(mirror rows by status, open failures of absent orders by listed status)."""
         ...
 
+    async def tracked(self) -> list[int]:
+        """Ids of the orders absent from the mirror whose import failure is open."""
+        ...
+
     async def disagreeing(self, records: Sequence[OrderRecord]) -> set[int]: ...
 
     async def compare(

@@ -33,6 +33,11 @@ class PgIntegrityStore:
         )
         return mirror, {int(r["situacao"]): int(r["n"]) for r in tracked}
 
+    async def tracked(self) -> list[int]:
+        """Ids of the orders absent from the mirror whose import failure is open."""
+        rows = await self._sql.fetch("reading failures", "integrity_tracked_ids", self.account)
+        return [row["id_ordem"] for row in rows]
+
     async def disagreeing(self, records: Sequence[OrderRecord]) -> set[int]:
         """Ids of ``records`` the mirror lacks, holds in another status, or flags deleted."""
         if not records:
