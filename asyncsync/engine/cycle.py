@@ -109,6 +109,7 @@ class CycleResult:
     totals: dict[int, int | None] = field(default_factory=dict)  # complete partitions only
     relisted: list[int] = field(default_factory=list)  # statuses listed again: short
     short: list[int] = field(default_factory=list)  # still short: the next cycle lists them
+    gaps: dict[int, int] = field(default_factory=dict)  # of each still short: API − mirror
 
 
 async def run_cycle(
@@ -183,6 +184,7 @@ async def run_cycle(
         result.pages += settled.pages
         result.relisted = sorted({p.situacao for p in settled.relisted})
         result.short = [s.situacao for s in settled.left]
+        result.gaps = {s.situacao: s.api - s.known for s in settled.left}
         if not settled.answered:  # what was short may still be: listed whole next time
             result.short = sorted({*result.short, *plan.whole})
     if not stop.is_set():
