@@ -589,6 +589,14 @@ def test_what_is_not_json_even_mended_is_refused(body: bytes) -> None:
         answers.loads(body)
 
 
+def test_a_number_past_a_doubles_range_is_kept_as_its_text() -> None:
+    # Read as infinity, 1e400 was stored as null: in a failure's raw answer, in a detail.
+    assert answers.loads(b'{"valor": 1e400, "n": -1E+999, "ok": 1.5}') == (
+        {"valor": "1e400", "n": "-1E+999", "ok": 1.5},
+        True,
+    )
+
+
 def test_an_answer_nested_past_what_readers_read_is_read_cut() -> None:
     value, mended = answers.loads(b"[" * 5000 + b"]" * 5000)
     depth = 0

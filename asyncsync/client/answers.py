@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import re
 from typing import Any
 
@@ -45,6 +46,14 @@ def _number(text: str) -> int | float:
     return value if -(2**63) <= value < 2**64 else float(value)
 
 
+def _decimal(text: str) -> float | str:
+    """A number as orjson reads it; one past a double's range (``1e400``: orjson refuses the
+    answer) as its text: read as infinity, it was stored as null, in the failure's raw
+    answer and in a stored detail alike (sweep L)."""
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
 def _mended(value: Any) -> Any:
     """``value`` with lone surrogates replaced by U+FFFD in every string (keys too)."""
     if isinstance(value, str):
@@ -66,7 +75,8 @@ def loads(body: bytes) -> tuple[Any, bool]:
         pass
     text = body.decode("utf-8", errors=_CP1252).removeprefix("\ufeff")
     try:
-        value = json.loads(text, parse_int=_number, parse_constant=_no_constants, strict=False)
+        value = json.loads(text, parse_int=_number, parse_float=_decimal,
+                           parse_constant=_no_constants, strict=False)  # fmt: skip
         return _mended(value), True
     except RecursionError:  # orjson stops at 1024 levels; Python's stack about there
         pass
@@ -74,7 +84,7 @@ def loads(body: bytes) -> tuple[Any, bool]:
     # stopped at it for good (sweep L): what lies deeper than CUT_DEPTH is cut, so the
     # page reads, and that record (past the 254 levels a row stores) is an import failure.
     try:
-        value = json.loads(_cut(text, CUT_DEPTH), parse_int=_number,
+        value = json.loads(_cut(text, CUT_DEPTH), parse_int=_number, parse_float=_decimal,
                            parse_constant=_no_constants, strict=False)  # fmt: skip
     except RecursionError:
         raise ValueError("nested too deeply to be an answer") from None
