@@ -13,7 +13,7 @@ from aiohttp import web
 
 from asyncsync import metrics
 from asyncsync.engine.listing import Partition, page_through
-from asyncsync.errors import ReauthorizationRequired
+from asyncsync.errors import ReauthorizationRequired, TinyUnavailable
 from asyncsync.seams import Page
 from asyncsync.simulator import Quirks, TinySimulator
 from asyncsync.status import Situacao
@@ -490,3 +490,29 @@ async def test_a_status_still_short_after_it_was_listed_again_is_said_in_the_rep
     else:  # listed whole and still short: not listed whole at every cycle for that
         [note] = [n for n in report.notes if "even listed whole" in n]
         assert "7 Cancelada: Tiny counts 1 order(s) more" in note and "daily sweep" in note
+
+
+async def test_a_status_that_fails_for_good_does_not_throw_away_the_others_pages(
+    simulator, runtime_for, db
+) -> None:
+    """One status whose page fails for good (Tiny answers 500 past the retries) failed the
+    first sync, and threw away the pages the other statuses had fetched with it: their
+    merges cancelled, their queued pages dropped (a sync left 25 orders of 2,000 and the
+    next run got no further: sweep L). What was fetched is merged before the run fails."""
+    sim = await simulator(orders=1200, seed=4)
+    sizes = Counter(o.situacao for o in sim.orders.values())
+    biggest = max(sizes, key=lambda s: sizes[s])
+
+    def broken(_sim: TinySimulator, params: dict[str, str]) -> None:
+        if params.get("situacao") == str(int(biggest)) and int(params.get("offset", 0)) >= 200:
+            raise RuntimeError("simulated outage")  # the simulator answers 500
+
+    sim.on_list_page = broken
+    async with runtime_for(sim, max_retries=3) as rt:
+        with pytest.raises(TinyUnavailable):
+            await full_sync(rt, page_size=100)
+    rows = await db.fetch("SELECT id, situacao FROM ordens_servico")
+    held = Counter(r["situacao"] for r in rows)
+    others = {s: n for s, n in sizes.items() if s != biggest}
+    assert {s: held.get(s, 0) for s in others} == others, (held, sizes)
+    assert held.get(biggest, 0) == 200  # its two pages before the one that fails

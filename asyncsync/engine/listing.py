@@ -364,10 +364,20 @@ class ListingEngine:
     async def _run(self, partitions: Sequence[Partition], checkpointed: bool) -> None:
         async with asyncio.TaskGroup() as outer:
             # If the writer dies, the group cancels the producers blocked on the queue.
-            outer.create_task(self._writer(), name="listing-writer")
-            async with asyncio.TaskGroup() as tg:
-                for part in partitions:
-                    tg.create_task(self._produce(part, checkpointed), name=f"list:{part}")
+            writer = outer.create_task(self._writer(), name="listing-writer")
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for part in partitions:
+                        tg.create_task(self._produce(part, checkpointed), name=f"list:{part}")
+            except Exception:
+                # A partition failed for good (its page unreadable, Tiny down): the pages
+                # the others fetched are merged before the run fails with it. They were
+                # thrown away with the writer, and a full sync that failed on one status
+                # kept 25 orders of 2,000, the next run no further (sweep L).
+                if not writer.done():
+                    await self._queue.put(None)
+                    await asyncio.wait({writer})
+                raise
             await self._queue.put(None)
 
     async def _produce(self, part: Partition, checkpointed: bool) -> None:
