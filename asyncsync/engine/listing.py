@@ -536,7 +536,7 @@ class ListingEngine:
         if item.checkpoint is not None:
             batch.checkpoints.append(item.checkpoint)
         records, failures = batch.records, batch.failures
-        first = len(records)
+        first, first_failure = len(records), len(failures)
         for raw in item.page.items:
             try:
                 records.append(parse_list_item(raw, item.page.observed_at))
@@ -545,7 +545,7 @@ class ListingEngine:
                 if self._seen is not None:
                     self.result.failed.add(failures[-1].order_id)
         batch.chars += sum(len(rec.payload) for rec in records[first:])
-        batch.chars += sum(len(f.raw or "") for f in failures)
+        batch.chars += sum(len(f.raw or "") for f in failures[first_failure:])
         if self._seen is not None:
             self._seen.extend(rec.id for rec in records[first:])
 
