@@ -510,6 +510,7 @@ class PgOrderStore:
                         for d in details
                     ],
                 )
+                await conn.execute(sql("detail_disputes"), self.account)
                 history = _affected(await conn.execute(sql("merge_detail_history"), self.account))
                 # Only orders the mirror holds take a detail: a failure is resolved by its
                 # order being there, not by a detail that found no row to land on.
