@@ -19,6 +19,7 @@ import math
 import re
 from typing import Any
 
+import aiohttp
 import orjson
 
 _CP1252 = "asyncsync-cp1252"
@@ -63,6 +64,21 @@ def _mended(value: Any) -> Any:
     if isinstance(value, list):
         return [_mended(v) for v in value]
     return value
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The body of ``resp``, or None once it is announced or read past ``cap`` bytes: no
+    more than that is ever held (a gzip answer inflates as it is read)."""
+    if resp.content_length is not None and resp.content_length > cap:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def loads(body: bytes) -> tuple[Any, bool]:

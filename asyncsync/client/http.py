@@ -499,17 +499,13 @@ class TinyClient:
                 f"{path}: the answer is {resp.content_length:,} bytes, over the "
                 f"{cap:,}-byte cap (--max-answer-mb)"
             )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            size += len(chunk)
-            if size > cap:
-                raise TinyAnswerTooLarge(
-                    f"{path}: the answer passed the {cap:,}-byte cap (--max-answer-mb); "
-                    "the rest was not read"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        body = await answers.read_capped(resp, cap)
+        if body is None:
+            raise TinyAnswerTooLarge(
+                f"{path}: the answer passed the {cap:,}-byte cap (--max-answer-mb); "
+                "the rest was not read"
+            )
+        return body
 
 
 def _where(path: str, params: Mapping[str, str]) -> str:

@@ -57,6 +57,7 @@ from ..errors import (
 from ..options import Credentials
 from ..seams import TokenSet, TokenStore
 from ..tasks import outlast_cancellation
+from . import answers
 
 log = logging.getLogger(__name__)
 
@@ -495,23 +496,14 @@ class TokenManager:
         """The token endpoint's answer, refused past :data:`TOKEN_ANSWER_MAX` bytes unread:
         read whole, a gzip answer of 2 MB inflated to 2 GB and the OOM killer ended the
         run (sweep L). An outage answer like a page: the endpoint is not speaking OAuth."""
-        if resp.content_length is not None and resp.content_length > TOKEN_ANSWER_MAX:
-            raise self._too_large(resp.status)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            size += len(chunk)
-            if size > TOKEN_ANSWER_MAX:
-                raise self._too_large(resp.status)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _too_large(self, status: int) -> TinyUnavailable:
-        return TinyUnavailable(
-            f"the token endpoint {self._token_url} answered {status} with more than "
-            f"{TOKEN_ANSWER_MAX:,} bytes, no OAuth answer; the rest was not read",
-            status=status, body="",
-        )  # fmt: skip
+        body = await answers.read_capped(resp, TOKEN_ANSWER_MAX)
+        if body is None:
+            raise TinyUnavailable(
+                f"the token endpoint {self._token_url} answered {resp.status} with more "
+                f"than {TOKEN_ANSWER_MAX:,} bytes, no OAuth answer; the rest was not read",
+                status=resp.status, body="",
+            )  # fmt: skip
+        return body
 
     def _note_oauth(self, data: dict[str, Any]) -> None:
         """Remember that the token endpoint speaks OAuth (a token, or an OAuth error)."""
