@@ -146,6 +146,7 @@ async def incremental_sync(
     if result.complete and plan.sweep:
         await metadata.set(CLOSED_SWEEP_KEY, _json({"completed_at": started_at.isoformat()}))
     stuck: dict[int, int] = {}
+    short: list[int] = []  # listed whole by the next cycle
     if result.complete:
         known = await _stuck(metadata)
         # Listed whole and still short, or short by no more than when a whole listing
@@ -154,7 +155,8 @@ async def incremental_sync(
             s: gap for s, gap in result.gaps.items()
             if s in plan.whole or (s in known and gap <= known[s])
         }  # fmt: skip
-        await _note_short(metadata, [s for s in result.short if s not in stuck])
+        short = [s for s in result.short if s not in stuck]
+        await _note_short(metadata, short)
         if stuck or known:
             await metadata.set(STUCK_KEY, _json(stuck))
     closed = (
@@ -167,7 +169,7 @@ async def incremental_sync(
         listed=result.listed, details=result.details, pages=result.pages,
         api_totals=result.totals, complete=result.complete, vanished=result.vanished,
         relisted=len(result.relisted),
-        short=[s for s in result.short if s not in stuck] if result.complete else [],
+        short=short,
         facts={"closed_statuses": closed},
         also=[_short_even_whole(code, gap) for code, gap in sorted(stuck.items())],
     )  # fmt: skip
